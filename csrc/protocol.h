@@ -1,0 +1,137 @@
+/*
+ * mayflyd wire protocol between the supervisor (Python) and the sandbox
+ * host (this C helper). Mirrored field by field in
+ * daemon/mayflyd/protocol.py; tests/unit/test_protocol_layout.py checks that
+ * the two agree.
+ *
+ * Every message is one SOCK_SEQPACKET packet: a mf_frame_header followed by
+ * payload_len bytes of payload, in native byte order. Two channels:
+ *
+ *   control channel (one per host, supervisor <-> host):
+ *     supervisor -> host : MF_MSG_REQUEST (+ one fd in SCM_RIGHTS: the
+ *                          per-request socket), MF_MSG_CANCEL, MF_MSG_SHUTDOWN
+ *     host -> supervisor : MF_MSG_READY, MF_MSG_LOAD_FAILED, MF_MSG_CHILD_EXIT,
+ *                          MF_MSG_REQUEST_FAILED
+ *
+ *   request channel (one socketpair per request, supervisor <-> sandbox):
+ *     supervisor -> sandbox : REQ_HEAD, REQ_BODY*, REQ_END
+ *     sandbox -> supervisor : RESP_HEAD, RESP_BODY*, RESP_END
+ *
+ * The request channel is the only thing a sandbox can write to, so it can
+ * answer only its own request; req_id in its frames must match anyway.
+ */
+#ifndef MAYFLYD_PROTOCOL_H
+#define MAYFLYD_PROTOCOL_H
+
+#include <stdint.h>
+
+#define MF_MAGIC 0x594C464Du /* "MFLY" read as little-endian bytes */
+#define MF_PROTOCOL_VERSION 1u
+
+/* Largest payload of one packet; bodies are split into chunks of this size. */
+#define MF_MAX_PAYLOAD (64u * 1024u)
+/* A request or response head (with its headers) must fit in one packet. */
+#define MF_MAX_HEAD MF_MAX_PAYLOAD
+#define MF_MAX_HEADERS 256u
+
+enum mf_msg_type {
+    /* control channel, supervisor -> host */
+    MF_MSG_REQUEST = 1,        /* payload: mf_request_ctl, fd attached */
+    MF_MSG_CANCEL = 2,         /* payload: none; kill the sandbox of req_id */
+    MF_MSG_SHUTDOWN = 3,       /* payload: none; kill sandboxes, exit */
+
+    /* control channel, host -> supervisor */
+    MF_MSG_READY = 16,         /* payload: mf_ready */
+    MF_MSG_LOAD_FAILED = 17,   /* payload: UTF-8 error text */
+    MF_MSG_CHILD_EXIT = 18,    /* payload: mf_child_exit */
+    MF_MSG_REQUEST_FAILED = 19,/* payload: mf_request_failed */
+
+    /* request channel, supervisor -> sandbox */
+    MF_MSG_REQ_HEAD = 32,      /* payload: mf_req_head + strings + headers */
+    MF_MSG_REQ_BODY = 33,      /* payload: body bytes */
+    MF_MSG_REQ_END = 34,       /* payload: none */
+
+    /* request channel, sandbox -> supervisor */
+    MF_MSG_RESP_HEAD = 48,     /* payload: mf_resp_head + headers */
+    MF_MSG_RESP_BODY = 49,     /* payload: body bytes */
+    MF_MSG_RESP_END = 50,      /* payload: none */
+};
+
+struct mf_frame_header {
+    uint32_t magic;        /* MF_MAGIC */
+    uint16_t type;         /* enum mf_msg_type */
+    uint16_t version;      /* MF_PROTOCOL_VERSION */
+    uint64_t req_id;       /* 0 for host-level messages */
+    uint32_t payload_len;  /* bytes after this header; == packet size - 24 */
+    uint32_t reserved;     /* 0 */
+};
+
+enum mf_engine { MF_ENGINE_FORK = 1, MF_ENGINE_RESET = 2 };
+
+struct mf_ready {
+    int32_t pid;           /* host pid as the supervisor sees it */
+    uint32_t engine;       /* enum mf_engine */
+};
+
+struct mf_request_ctl {
+    uint32_t timeout_ms;   /* wall-clock budget; the host kills after it */
+    uint32_t reserved;
+};
+
+/* Why a sandbox ended, as the host saw it. */
+enum mf_exit_flags {
+    MF_EXIT_TIMED_OUT = 1u,   /* killed by the host at its deadline */
+    MF_EXIT_CANCELLED = 2u,   /* killed on MF_MSG_CANCEL */
+};
+
+struct mf_child_exit {
+    int32_t pid;
+    int32_t wait_status;   /* raw status from waitpid() */
+    uint32_t flags;        /* enum mf_exit_flags */
+    uint32_t reserved;
+};
+
+struct mf_request_failed {
+    int32_t error;         /* errno of the failed fork or setup */
+    uint32_t reserved;
+};
+
+/*
+ * REQ_HEAD payload: this struct, then method, path, query and client
+ * (each *_len bytes, no terminator), then header_count headers, each
+ * encoded as mf_header_entry followed by name and value bytes.
+ */
+struct mf_req_head {
+    uint32_t method_len;
+    uint32_t path_len;
+    uint32_t query_len;
+    uint32_t client_len;
+    uint32_t header_count;
+    uint32_t reserved;
+    uint64_t body_len;     /* exact total of the REQ_BODY chunks */
+};
+
+/* RESP_HEAD payload: this struct, then header_count header entries. */
+struct mf_resp_head {
+    uint32_t status;       /* 100..599 */
+    uint32_t header_count;
+    uint64_t body_len;     /* exact total of the RESP_BODY chunks */
+};
+
+struct mf_header_entry {
+    uint32_t name_len;
+    uint32_t value_len;
+};
+
+#define MF_FRAME_HEADER_SIZE 24u
+
+_Static_assert(sizeof(struct mf_frame_header) == MF_FRAME_HEADER_SIZE, "frame header layout");
+_Static_assert(sizeof(struct mf_ready) == 8, "mf_ready layout");
+_Static_assert(sizeof(struct mf_request_ctl) == 8, "mf_request_ctl layout");
+_Static_assert(sizeof(struct mf_child_exit) == 16, "mf_child_exit layout");
+_Static_assert(sizeof(struct mf_request_failed) == 8, "mf_request_failed layout");
+_Static_assert(sizeof(struct mf_req_head) == 32, "mf_req_head layout");
+_Static_assert(sizeof(struct mf_resp_head) == 16, "mf_resp_head layout");
+_Static_assert(sizeof(struct mf_header_entry) == 8, "mf_header_entry layout");
+
+#endif /* MAYFLYD_PROTOCOL_H */
