@@ -1,0 +1,5 @@
+import sys
+
+from mayflyd.cli import main
+
+sys.exit(main())

@@ -1,0 +1,111 @@
+"""The HTTP front end: read a client's request, route it, answer it.
+
+Every request gets an answer: the program's validated response, or one of
+the statuses of DESIGN.md section 6 with a short body.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable
+
+from aiohttp import web
+
+from mayflyd.host import BadResponse, HostUnavailable, RequestData, SandboxCrashed, SandboxTimeout
+from mayflyd.protocol import Response
+from mayflyd.router import Router
+from mayflyd.tenant import Tenant, TenantBusy
+
+__all__ = ["FrontEnd", "make_app"]
+
+log = logging.getLogger("mayflyd.request")
+
+# Headers that describe the connection, not the content: the front end owns
+# them, a program cannot set them.
+_HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te",
+                         "trailer", "upgrade", "content-length"})
+_READ_CHUNK = 64 * 1024
+
+
+def _error(status: int, text: str, req_id: int, *, headers: dict[str, str] | None = None) -> web.Response:
+    response = web.Response(status=status, text=f"{status} {text}\n", headers=headers)
+    response.headers["X-Request-Id"] = str(req_id)
+    return response
+
+
+class FrontEnd:
+    """Turns aiohttp requests into sandbox requests."""
+
+    def __init__(self, router: Callable[[], Router[Tenant]]) -> None:
+        self._router = router
+        self._ids = itertools.count(1)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        req_id = next(self._ids)
+        tenant = self._router().route(request.host)
+        if tenant is None:
+            return _error(404, "Not Found: no tenant serves this host", req_id)
+        extra = {"tenant": tenant.name, "req": req_id}
+        body = await self._read_body(request, tenant.config.limits.max_body)
+        if body is None:
+            log.info("request body over max_body %d", tenant.config.limits.max_body, extra=extra)
+            return _error(413, "Content Too Large: the request body exceeds the tenant's limit", req_id,
+                          headers={"Connection": "close"})
+        data = RequestData(
+            req_id=req_id, method=request.method, path=request.path, query=request.query_string,
+            headers=[(n.decode("latin-1"), v.decode("latin-1")) for n, v in request.raw_headers],
+            body=body, client=request.remote or "")
+        try:
+            answer = await tenant.handle(data)
+        except TenantBusy as exc:
+            log.warning("concurrency limit: %s", exc, extra=extra)
+            return _error(503, "Service Unavailable: the tenant is at its concurrency limit", req_id,
+                          headers={"Retry-After": "1"})
+        except HostUnavailable as exc:
+            log.warning("no host: %s", exc, extra=extra)
+            return _error(503, "Service Unavailable: the tenant's program is not running", req_id,
+                          headers={"Retry-After": "1"})
+        except SandboxTimeout as exc:
+            log.warning("deadline: %s", exc, extra=extra)
+            return _error(504, f"Gateway Timeout: the program did not answer within "
+                               f"{tenant.config.limits.request_timeout_ms} ms", req_id)
+        except SandboxCrashed as exc:
+            log.warning("sandbox failed: %s", exc, extra=extra)
+            return _error(502, "Bad Gateway: the program ended without answering", req_id)
+        except BadResponse as exc:
+            log.warning("invalid response from the sandbox: %s", exc, extra=extra)
+            return _error(502, "Bad Gateway: the program sent an invalid response", req_id)
+        return self._to_http(answer, req_id, extra)
+
+    @staticmethod
+    async def _read_body(request: web.Request, limit: int) -> bytes | None:
+        """The whole body, or None when it is over the limit."""
+        if request.content_length is not None and request.content_length > limit:
+            return None
+        chunks = bytearray()
+        async for chunk in request.content.iter_chunked(_READ_CHUNK):
+            chunks += chunk
+            if len(chunks) > limit:
+                return None
+        return bytes(chunks)
+
+    @staticmethod
+    def _to_http(answer: Response, req_id: int, extra: dict[str, object]) -> web.Response:
+        if answer.status < 200:
+            log.warning("the program answered informational status %d as final", answer.status, extra=extra)
+            return _error(502, "Bad Gateway: the program sent an invalid response", req_id)
+        response = web.Response(status=answer.status)
+        for name, value in answer.headers:
+            if name.lower() not in _HOP_BY_HOP:
+                response.headers.add(name, value)
+        response.headers["X-Request-Id"] = str(req_id)
+        if answer.status not in (204, 304):
+            response.body = answer.body
+        return response
+
+
+def make_app(front_end: FrontEnd) -> web.Application:
+    # The front end enforces each tenant's own max_body while streaming.
+    app = web.Application(client_max_size=1 << 40)
+    app.router.add_route("*", "/{tail:.*}", front_end.handle)
+    return app

@@ -1,0 +1,331 @@
+"""The supervisor's handle on one sandbox host process.
+
+Starts the host, waits for its READY (or its LOAD_FAILED), relays its
+stdout and stderr into the log tagged with the tenant, and runs requests:
+each request gets a fresh socketpair whose one end is passed to the host
+and from there to the request's sandbox alone.
+"""
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from mayflyd import protocol
+from mayflyd.protocol import ChildExit, LoadFailed, Ready, RequestFailed, Response, ResponseDecoder
+from mayflyd.sandbox_host import HostSpec
+
+__all__ = ["SandboxHost", "HostStartError", "SandboxError", "SandboxTimeout", "SandboxCrashed",
+           "BadResponse", "HostUnavailable", "RequestData", "describe_wait_status"]
+
+log = logging.getLogger("mayflyd.host")
+
+_RECV_SIZE = protocol.FRAME_HEADER_SIZE + protocol.MAX_PAYLOAD + 1
+_OUTPUT_LINE_LIMIT = 8192
+
+
+class HostStartError(Exception):
+    """The host could not load or initialise the program."""
+
+
+class SandboxError(Exception):
+    """A request's sandbox did not produce a valid answer."""
+
+
+class SandboxTimeout(SandboxError):
+    pass
+
+
+class SandboxCrashed(SandboxError):
+    pass
+
+
+class BadResponse(SandboxError):
+    pass
+
+
+class HostUnavailable(SandboxError):
+    pass
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestData:
+    req_id: int
+    method: str
+    path: str
+    query: str
+    headers: list[tuple[str, str]]
+    body: bytes
+    client: str
+
+
+def describe_wait_status(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = str(sig)
+        return f"killed by signal {sig} ({name})"
+    if os.WIFEXITED(status):
+        return f"exited with status {os.WEXITSTATUS(status)}"
+    return f"wait status {status:#x}"
+
+
+class SandboxHost:
+    """One running host process of a tenant."""
+
+    def __init__(self, *, tenant: str, spec: HostSpec, env: Mapping[str, str],
+                 on_exit: Callable[[SandboxHost], None]) -> None:
+        self.tenant = tenant
+        self._spec = spec
+        self._env = dict(env)
+        self._on_exit = on_exit
+        self._ctrl: socket.socket | None = None
+        self._proc: asyncio.subprocess.Process | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._pending_exits: dict[int, asyncio.Future[ChildExit | RequestFailed]] = {}
+        self.ready = False
+        self.pid = 0
+        self.started_at = 0.0
+
+    # ---- lifecycle -------------------------------------------------------
+
+    async def start(self, init_timeout: float) -> None:
+        """Spawn the host and wait until it has run on_init() and is serving."""
+        parent_end, host_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        parent_end.setblocking(False)
+        self._ctrl = parent_end
+        spec = HostSpec(**{**_spec_fields(self._spec), "ctrl_fd": host_end.fileno(),
+                           "supervisor_pid": os.getpid()})
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-E", "-s", "-m", "mayflyd.sandbox_host", spec.to_json(),
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, pass_fds=(host_end.fileno(),),
+                env=self._env, cwd="/", start_new_session=True)
+        finally:
+            host_end.close()
+        self.pid = self._proc.pid
+        self.started_at = time.monotonic()
+        assert self._proc.stdout is not None and self._proc.stderr is not None
+        self._tasks.append(asyncio.create_task(self._relay_output(self._proc.stdout, "stdout")))
+        self._tasks.append(asyncio.create_task(self._relay_output(self._proc.stderr, "stderr")))
+        try:
+            async with asyncio.timeout(init_timeout):
+                first = await self._recv_control()
+        except TimeoutError:
+            await self.kill()
+            raise HostStartError(f"loading the program took longer than {init_timeout:g}s") from None
+        if isinstance(first, LoadFailed):
+            await self.kill()
+            raise HostStartError(first.message)
+        if not isinstance(first, Ready):
+            await self.kill()
+            raise HostStartError("the host exited before it was ready" if first is None
+                                 else f"unexpected first message from the host: {first!r}")
+        self.ready = True
+        self._tasks.append(asyncio.create_task(self._read_control()))
+        self._tasks.append(asyncio.create_task(self._watch_process()))
+
+    async def kill(self) -> None:
+        """Stop the host at once; its sandboxes die with it (parent-death signal)."""
+        self.ready = False
+        if self._proc is not None and self._proc.returncode is None:
+            try:
+                self._proc.kill()
+            except ProcessLookupError:
+                pass
+            await self._proc.wait()
+        await self._close()
+
+    async def stop(self, timeout: float = 2.0) -> None:
+        """Ask the host to stop, kill it if it does not within timeout."""
+        self.ready = False
+        if self._ctrl is not None:
+            try:
+                self._ctrl.send(protocol.pack_frame(protocol.MsgType.SHUTDOWN, 0))
+            except OSError:
+                pass  # already gone
+        if self._proc is not None and self._proc.returncode is None:
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._proc.wait()
+            except TimeoutError:
+                log.warning("host did not stop in %gs, killing it", timeout, extra={"tenant": self.tenant})
+        await self.kill()
+
+    async def _close(self) -> None:
+        current = asyncio.current_task()
+        for task in self._tasks:
+            if task is not current:
+                task.cancel()
+        for task in self._tasks:
+            if task is not current:
+                try:
+                    await task
+                except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
+                    pass
+        self._tasks.clear()
+        if self._ctrl is not None:
+            self._ctrl.close()
+            self._ctrl = None
+        for fut in self._pending_exits.values():
+            if not fut.done():
+                fut.cancel()
+        self._pending_exits.clear()
+
+    async def _watch_process(self) -> None:
+        assert self._proc is not None
+        status = await self._proc.wait()
+        self.ready = False
+        if status < 0:
+            reason = f"killed by signal {-status} ({signal.Signals(-status).name})"
+        else:
+            reason = f"exited with status {status}"
+        log.warning("host %d %s", self.pid, reason, extra={"tenant": self.tenant})
+        self._on_exit(self)
+
+    # ---- control channel -------------------------------------------------
+
+    async def _recv_control(self) -> Ready | ChildExit | RequestFailed | LoadFailed | None:
+        assert self._ctrl is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                packet = await loop.sock_recv(self._ctrl, _RECV_SIZE)
+            except OSError:
+                return None
+            if not packet:
+                return None
+            try:
+                return protocol.decode_control(packet)
+            except protocol.ProtocolError as exc:
+                log.error("bad control message from host %d: %s", self.pid, exc, extra={"tenant": self.tenant})
+
+    async def _read_control(self) -> None:
+        while True:
+            message = await self._recv_control()
+            if message is None:
+                self.ready = False
+                return
+            if isinstance(message, (ChildExit, RequestFailed)):
+                fut = self._pending_exits.get(message.req_id)
+                if fut is not None and not fut.done():
+                    fut.set_result(message)
+
+    async def _relay_output(self, stream: asyncio.StreamReader, name: str) -> None:
+        tenant_log = logging.getLogger(f"mayflyd.tenant.{name}")
+        while True:
+            try:
+                line = await stream.readuntil(b"\n")
+            except asyncio.IncompleteReadError as exc:
+                line = exc.partial
+                if not line:
+                    return
+            except asyncio.LimitOverrunError as exc:
+                line = await stream.read(exc.consumed)
+            text = line[:_OUTPUT_LINE_LIMIT].decode("utf-8", "replace").rstrip("\n")
+            tenant_log.info("%s", text, extra={"tenant": self.tenant, "stream": name})
+
+    def _send_control(self, packet: bytes, fds: list[int] | None = None) -> None:
+        if self._ctrl is None or not self.ready:
+            raise HostUnavailable("the host is not running")
+        try:
+            if fds:
+                socket.send_fds(self._ctrl, [packet], fds)
+            else:
+                self._ctrl.send(packet)
+        except BlockingIOError:
+            # Control packets are tiny; a full buffer means the host is stuck.
+            raise HostUnavailable("the host is not reading its control socket") from None
+        except OSError as exc:
+            raise HostUnavailable(f"the host's control socket failed: {exc}") from None
+
+    # ---- requests --------------------------------------------------------
+
+    async def run(self, request: RequestData, *, timeout: float, max_response: int) -> Response:
+        """Run one request in a fresh sandbox and return its validated response."""
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ours.setblocking(False)
+        exit_future: asyncio.Future[ChildExit | RequestFailed] = loop.create_future()
+        self._pending_exits[request.req_id] = exit_future
+        deadline = loop.time() + timeout
+        try:
+            try:
+                self._send_control(protocol.encode_request_ctl(request.req_id, int(timeout * 1000)),
+                                   [theirs.fileno()])
+            finally:
+                theirs.close()
+            try:
+                packets = protocol.encode_request(
+                    request.req_id, method=request.method, path=request.path, query=request.query,
+                    headers=request.headers, body=request.body, client=request.client)
+                async with asyncio.timeout_at(deadline):
+                    return await self._exchange(ours, packets, request.req_id, max_response)
+            except TimeoutError:
+                self._cancel(request.req_id)
+                raise SandboxTimeout(f"no answer within {timeout * 1000:.0f} ms") from None
+            except protocol.ProtocolError as exc:
+                self._cancel(request.req_id)
+                raise BadResponse(str(exc)) from None
+            except SandboxCrashed:
+                if loop.time() >= deadline:
+                    raise SandboxTimeout(f"no answer within {timeout * 1000:.0f} ms") from None
+                ended = await self._sandbox_end(exit_future)
+                if isinstance(ended, RequestFailed):
+                    reason = errno.errorcode.get(ended.error, str(ended.error))
+                    raise HostUnavailable(f"the host could not start a sandbox: {reason}") from None
+                if ended is None:
+                    raise SandboxCrashed("the sandbox ended without answering") from None
+                raise SandboxCrashed(f"the sandbox {describe_wait_status(ended.wait_status)} "
+                                     "without answering") from None
+        finally:
+            ours.close()
+            asyncio.get_running_loop().call_later(5.0, self._pending_exits.pop, request.req_id, None)
+
+    async def _exchange(self, sock: socket.socket, packets: list[bytes], req_id: int,
+                        max_response: int) -> Response:
+        loop = asyncio.get_running_loop()
+        try:
+            for packet in packets:
+                await loop.sock_sendall(sock, packet)
+        except (BrokenPipeError, ConnectionResetError):
+            raise SandboxCrashed("the sandbox closed its channel") from None
+        decoder = ResponseDecoder(req_id, max_response)
+        while not decoder.done:
+            try:
+                packet = await loop.sock_recv(sock, _RECV_SIZE)
+            except ConnectionResetError:
+                packet = b""
+            if not packet:
+                raise SandboxCrashed("the sandbox ended without answering")
+            decoder.feed(packet)
+        return decoder.response()
+
+    async def _sandbox_end(self, exit_future: asyncio.Future[ChildExit | RequestFailed]
+                           ) -> ChildExit | RequestFailed | None:
+        """How the sandbox ended, if the host says so promptly."""
+        try:
+            async with asyncio.timeout(0.2):
+                return await asyncio.shield(exit_future)
+        except (TimeoutError, asyncio.CancelledError):
+            return None
+
+    def _cancel(self, req_id: int) -> None:
+        try:
+            self._send_control(protocol.pack_frame(protocol.MsgType.CANCEL, req_id))
+        except HostUnavailable:
+            pass  # a dead host takes its sandboxes with it
+
+
+def _spec_fields(spec: HostSpec) -> dict[str, object]:
+    return {name: getattr(spec, name) for name in spec.__slots__}  # type: ignore[attr-defined]

@@ -1,0 +1,247 @@
+"""The tenant program contract (DESIGN.md section 4), as run inside a host.
+
+Loads a tenant's module, runs its on_init(), and turns each request into a
+call of on_client_request() in one of the two supported forms:
+
+- the seed's form: ``on_client_request()`` with no parameters returns a
+  callable, whose result is the response;
+- the request form: ``on_client_request(request)`` returns the response.
+
+A response may be a ``str`` or ``bytes`` body, a ``(content_type, body)``
+pair, a ``(status, headers, body)`` triple, a ``dict``/``list`` (sent as
+JSON), ``None`` (204) or a :class:`Response`. Anything a program raises
+becomes a 500 whose traceback goes to the tenant's log only.
+"""
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+from urllib.parse import parse_qs
+
+__all__ = ["Request", "Response", "Headers", "Program", "ProgramError", "load_program"]
+
+RawHeaders = list[tuple[str, str]]
+Result = tuple[int, RawHeaders, bytes]
+
+
+class ProgramError(Exception):
+    """The program cannot be loaded or initialised."""
+
+
+class Headers(Mapping[str, str]):
+    """Request headers: case-insensitive lookup; repeated fields joined by ', '."""
+
+    __slots__ = ("_raw", "_index")
+
+    def __init__(self, raw: RawHeaders) -> None:
+        self._raw = raw
+        index: dict[str, str] = {}
+        for name, value in raw:
+            key = name.lower()
+            index[key] = f"{index[key]}, {value}" if key in index else value
+        self._index = index
+
+    def __getitem__(self, name: str) -> str:
+        return self._index[name.lower()]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._index)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def raw(self) -> RawHeaders:
+        """Every field as received, in order, with its original case."""
+        return list(self._raw)
+
+
+class Request:
+    """What a program sees of one HTTP request."""
+
+    __slots__ = ("id", "method", "path", "query", "headers", "body", "client")
+
+    def __init__(self, *, id: int, method: str, path: str, query: str,
+                 headers: RawHeaders, body: bytes, client: str) -> None:
+        self.id = id
+        self.method = method
+        self.path = path
+        self.query = query
+        self.headers = Headers(headers)
+        self.body = body
+        self.client = client
+
+    @property
+    def args(self) -> dict[str, list[str]]:
+        """The query string parsed into lists of values."""
+        return parse_qs(self.query, keep_blank_values=True)
+
+    def text(self, encoding: str = "utf-8") -> str:
+        return self.body.decode(encoding, "replace")
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class Response:
+    """An explicit response, for programs that want to say everything."""
+
+    __slots__ = ("status", "headers", "body", "content_type")
+
+    def __init__(self, body: str | bytes = b"", *, status: int = 200,
+                 headers: Mapping[str, str] | RawHeaders | None = None,
+                 content_type: str | None = None) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.content_type = content_type
+
+
+def _as_bytes(body: object) -> bytes:
+    if isinstance(body, bytes):
+        return body
+    if isinstance(body, (bytearray, memoryview)):
+        return bytes(body)
+    if isinstance(body, str):
+        return body.encode("utf-8")
+    raise TypeError(f"a response body must be str or bytes, not {type(body).__name__}")
+
+
+def _header_list(headers: object) -> RawHeaders:
+    if headers is None:
+        return []
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    result: RawHeaders = []
+    for item in items:  # type: ignore[attr-defined]
+        name, value = item
+        result.append((str(name), str(value)))
+    return result
+
+
+def _with_content_type(headers: RawHeaders, content_type: str) -> RawHeaders:
+    if any(name.lower() == "content-type" for name, _ in headers):
+        return headers
+    return [("Content-Type", content_type), *headers]
+
+
+def _default_type(body: object) -> str:
+    return "text/plain; charset=utf-8" if isinstance(body, str) else "application/octet-stream"
+
+
+def normalize(result: object) -> Result:
+    """Turn whatever the program returned into (status, headers, body)."""
+    if isinstance(result, Response):
+        headers = _header_list(result.headers)
+        content_type = result.content_type or _default_type(result.body)
+        return int(result.status), _with_content_type(headers, content_type), _as_bytes(result.body)
+    if result is None:
+        return 204, [], b""
+    if isinstance(result, (str, bytes, bytearray, memoryview)):
+        return 200, [("Content-Type", _default_type(result))], _as_bytes(result)
+    if isinstance(result, (dict, list)):
+        return 200, [("Content-Type", "application/json")], json.dumps(result).encode()
+    if isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], str):
+        content_type, body = result
+        return 200, [("Content-Type", content_type)], _as_bytes(body)
+    if isinstance(result, tuple) and len(result) == 3 and isinstance(result[0], int) \
+            and not isinstance(result[0], bool):
+        status, headers, body = result
+        return status, _with_content_type(_header_list(headers), _default_type(body)), _as_bytes(body)
+    raise TypeError(f"unsupported response of type {type(result).__name__}: expected str, bytes, "
+                    "(content_type, body), (status, headers, body), dict, list, None or Response")
+
+
+def _takes_request(handler: Callable[..., object]) -> bool:
+    """True when on_client_request accepts a positional argument."""
+    try:
+        params = inspect.signature(handler).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL) for p in params)
+
+
+class Program:
+    """A loaded and initialised tenant program."""
+
+    __slots__ = ("module", "_handler", "_takes_request")
+
+    def __init__(self, module: ModuleType) -> None:
+        handler = getattr(module, "on_client_request", None)
+        if not callable(handler):
+            raise ProgramError("the program defines no callable on_client_request")
+        self.module = module
+        self._handler: Callable[..., object] = handler
+        self._takes_request = _takes_request(handler)
+
+    def init(self) -> None:
+        on_init = getattr(self.module, "on_init", None)
+        if on_init is None:
+            return
+        if not callable(on_init):
+            raise ProgramError("on_init is not callable")
+        try:
+            on_init()
+        except BaseException as exc:  # noqa: BLE001 - SystemExit in on_init is a failed load too
+            traceback.print_exc()
+            raise ProgramError(f"on_init() raised {type(exc).__name__}: {exc}") from exc
+
+    def call(self, request: Request) -> Result:
+        """Run the handler; never raises (errors become a 500)."""
+        try:
+            if self._takes_request:
+                result = self._handler(request)
+            else:
+                result = self._handler()
+                if callable(result) and not isinstance(result, Response):
+                    result = result()
+            return normalize(result)
+        except SystemExit as exc:
+            # The program chose to end its sandbox without answering: the
+            # client gets a 502, like any other exit.
+            _flush_std_streams()
+            os._exit(exc.code if isinstance(exc.code, int) else 1)
+        except BaseException:  # noqa: BLE001 - anything else becomes a 500
+            sys.stderr.write(f"request {request.id}: the program raised an exception\n")
+            traceback.print_exc()
+            body = f"500 Internal Server Error: the program raised an exception (request {request.id})\n"
+            return 500, [("Content-Type", "text/plain; charset=utf-8")], body.encode()
+        finally:
+            _flush_std_streams()
+
+
+def _flush_std_streams() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass  # a program that closed its own stdout keeps its answer
+
+
+def load_program(path: Path, *, module_name: str | None = None) -> Program:
+    """Import a program file or package directory; does not run on_init()."""
+    if path.is_dir():
+        init_file = path / "__init__.py"
+        name = module_name or path.name
+        spec = importlib.util.spec_from_file_location(name, init_file, submodule_search_locations=[str(path)])
+        sys.path.insert(0, str(path.parent))
+    else:
+        name = module_name or path.stem
+        spec = importlib.util.spec_from_file_location(name, path)
+        sys.path.insert(0, str(path.parent))
+    if spec is None or spec.loader is None:
+        raise ProgramError(f"cannot load {path}: not a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException as exc:  # noqa: BLE001 - a SyntaxError or sys.exit() at import is a failed load
+        traceback.print_exc()
+        raise ProgramError(f"importing {path} raised {type(exc).__name__}: {exc}") from exc
+    return Program(module)

@@ -1,0 +1,134 @@
+"""Runs the real mayflyd as a subprocess on a free port, for integration tests."""
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["Daemon", "Reply", "free_port"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: http.client.HTTPMessage
+    body: bytes
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
+
+
+class Daemon:
+    """A mayflyd serving `tenants`; programs are given as source text."""
+
+    def __init__(self, workdir: Path, tenants: list[dict[str, Any]], programs: dict[str, str],
+                 **top: Any) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.cgroup_prefix = f"mayflyd-test-{uuid.uuid4().hex[:10]}"
+        programs_dir = workdir / "programs"
+        programs_dir.mkdir(parents=True, exist_ok=True)
+        for name, source in programs.items():
+            (programs_dir / name).write_text(textwrap.dedent(source))
+        config = {"listen": f"127.0.0.1:{self.port}", "cgroup_prefix": self.cgroup_prefix, **top,
+                  "tenants": tenants}
+        self.config_path = workdir / "mayflyd.yaml"
+        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        self.log_path = workdir / "daemon.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30.0) -> Daemon:
+        log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mayflyd", "serve", "--config", str(self.config_path)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mayflyd exited with {self.proc.returncode}:\n{self.log()}")
+            if "msg=\"listening on" in self.log():
+                return self
+            time.sleep(0.05)
+        raise RuntimeError(f"mayflyd did not start within {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def request(self, method: str = "GET", path: str = "/", *, host: str | None = None,
+                body: bytes | None = None, headers: dict[str, str] | None = None,
+                timeout: float = 30.0) -> Reply:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            all_headers = dict(headers or {})
+            if host is not None:
+                all_headers["Host"] = host
+            conn.request(method, path, body=body, headers=all_headers)
+            response = conn.getresponse()
+            return Reply(response.status, response.headers, response.read())
+        finally:
+            conn.close()
+
+    def get(self, host: str, path: str = "/", **kwargs: Any) -> Reply:
+        return self.request("GET", path, host=host, **kwargs)
+
+    def wait_for(self, predicate: Any, timeout: float = 15.0, what: str = "condition") -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what}\n{self.log()[-4000:]}")
+
+    def host_pids(self) -> list[int]:
+        """Pids of the sandbox hosts (children of the daemon running sandbox_host)."""
+        import psutil
+        assert self.proc is not None
+        return [c.pid for c in psutil.Process(self.proc.pid).children()
+                if "mayflyd.sandbox_host" in " ".join(c.cmdline())]
+
+    def stop(self, timeout: float = 20.0) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError(f"mayflyd did not stop on SIGTERM within {timeout}s\n{self.log()}")
+        return self.proc.returncode
+
+    def cgroup_dirs(self) -> list[str]:
+        """Any cgroup directories of this daemon still present."""
+        base = Path("/sys/fs/cgroup")
+        return [str(p) for p in base.glob(f"*/{self.cgroup_prefix}") if p.is_dir()]
+
+    def __enter__(self) -> Daemon:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0

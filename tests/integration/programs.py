@@ -1,0 +1,149 @@
+"""Tenant programs used by the integration tests, as source text."""
+
+STATE = '''
+import builtins
+import os
+import random
+
+counter = 0
+items = []
+real_len = len
+
+
+def on_client_request(request):
+    global counter
+    counter += 1
+    items.append(request.path)
+    seen = {
+        "counter": counter,
+        "items": list(items),
+        "env": os.environ.get("MAYFLY_TOUCHED"),
+        "patched": getattr(builtins, "mayfly_patched", False),
+        "len_ok": len([1, 2, 3]) == 3,
+        "random": random.random(),
+    }
+    os.environ["MAYFLY_TOUCHED"] = "yes"
+    builtins.mayfly_patched = True
+    builtins.len = lambda obj: 42
+    if "slow" in request.query:
+        import time
+        time.sleep(0.2)
+    return seen
+'''
+
+CRASHY = '''
+import ctypes
+import os
+import sys
+
+
+def on_client_request(request):
+    if request.path == "/raise":
+        raise ValueError("secret-detail-in-traceback")
+    if request.path == "/exit":
+        os._exit(3)
+    if request.path == "/sysexit":
+        sys.exit(0)
+    if request.path == "/segv":
+        ctypes.string_at(0)
+    if request.path == "/abort":
+        os.abort()
+    if request.path == "/wrongtype":
+        return 12345
+    return "fine"
+'''
+
+SLOW = '''
+import time
+
+
+def on_client_request(request):
+    if request.path == "/sleep":
+        time.sleep(float(request.args.get("s", ["10"])[0]))
+    if request.path == "/spin":
+        while True:
+            pass
+    return "done"
+'''
+
+BAD_RESPONSES = '''
+def on_client_request(request):
+    path = request.path
+    if path == "/status":
+        return 700, {}, "x"
+    if path == "/informational":
+        return 101, {}, ""
+    if path == "/inject":
+        return 200, {"X-A": "a\\r\\nSet-Cookie: pwned=1"}, "x"
+    if path == "/ctype":
+        return "text/plain\\r\\nX-Evil: 1", "x"
+    if path == "/nul":
+        return 200, {"X-A": "a\\x00b"}, "x"
+    if path == "/name":
+        return 200, {"Bad Name": "v"}, "x"
+    if path == "/big":
+        return "x" * (1024 * 1024 + 1)
+    if path == "/justright":
+        return "y" * (1024 * 1024)
+    if path == "/hopbyhop":
+        return 200, {"Content-Length": "999", "Connection": "close", "X-Kept": "1"}, "body"
+    if path == "/triple":
+        return 201, [("X-One", "1"), ("X-One", "2")], b"created"
+    return "ok"
+'''
+
+INIT_FAILS = '''
+def on_init():
+    raise RuntimeError("cannot load the model")
+
+
+def on_client_request():
+    return lambda: ("text/plain", "never")
+'''
+
+WHOAMI = '''
+import ctypes
+import os
+
+libc = ctypes.CDLL(None, use_errno=True)
+PR_GET_NO_NEW_PRIVS = 39
+PR_GET_DUMPABLE = 3
+
+
+def can(action):
+    try:
+        action()
+        return True
+    except OSError:
+        return False
+
+
+def on_client_request(request):
+    return {
+        "uid": os.getuid(), "euid": os.geteuid(), "gid": os.getgid(), "groups": os.getgroups(),
+        "no_new_privs": libc.prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0),
+        "setuid_root": can(lambda: os.setuid(0)),
+        "list_root_home": can(lambda: os.listdir("/root")),
+        "write_program_dir": can(lambda: open(os.path.join(os.path.dirname(__file__), "x"), "w")),
+        "see_etc_passwd": os.path.exists("/etc/passwd"),
+        "pid": os.getpid(), "ppid": os.getppid(),
+    }
+'''
+
+MEMORY_HOG = '''
+def on_client_request(request):
+    if request.path == "/hog":
+        blocks = []
+        for _ in range(100):
+            blocks.append(bytearray(8 * 1024 * 1024))
+        return "survived %d MiB" % (8 * len(blocks))
+    return "small"
+'''
+
+VICTIM = '''
+import os
+
+
+def on_client_request(request):
+    return {"host": os.getppid()}
+'''

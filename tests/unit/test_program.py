@@ -1,0 +1,84 @@
+"""The tenant program contract, run in-process (no sandbox)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mayflyd.program import ProgramError, Request, Response, load_program, normalize
+
+
+def _request(**kw: object) -> Request:
+    fields: dict[str, object] = {"id": 1, "method": "GET", "path": "/", "query": "a=1&a=2",
+                                 "headers": [("X-A", "1"), ("x-a", "2")], "body": b'{"k": 1}', "client": "c"}
+    fields.update(kw)
+    return Request(**fields)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("result,expected", [
+    ("hé", (200, [("Content-Type", "text/plain; charset=utf-8")], "hé".encode())),
+    (b"\x00", (200, [("Content-Type", "application/octet-stream")], b"\x00")),
+    (("text/html", "<p>"), (200, [("Content-Type", "text/html")], b"<p>")),
+    ((404, {"X-A": "1"}, "no"), (404, [("Content-Type", "text/plain; charset=utf-8"), ("X-A", "1")], b"no")),
+    ((201, [("Content-Type", "a/b")], b"x"), (201, [("Content-Type", "a/b")], b"x")),
+    ({"a": 1}, (200, [("Content-Type", "application/json")], b'{"a": 1}')),
+    (None, (204, [], b"")),
+    (Response("x", status=202, content_type="text/x"), (202, [("Content-Type", "text/x")], b"x")),
+])
+def test_normalize(result: object, expected: object) -> None:
+    assert normalize(result) == expected
+
+
+@pytest.mark.parametrize("result", [12, (True, {}, "x"), ("a", "b", "c", "d"), object()])
+def test_normalize_rejects(result: object) -> None:
+    with pytest.raises(TypeError):
+        normalize(result)
+
+
+def test_request_helpers() -> None:
+    request = _request()
+    assert request.headers["x-A"] == "1, 2"
+    assert request.headers.raw() == [("X-A", "1"), ("x-a", "2")]
+    assert request.args == {"a": ["1", "2"]}
+    assert request.json() == {"k": 1}
+
+
+def test_seed_form_and_request_form(tmp_path: Path) -> None:
+    seed = load_program(Path(__file__).resolve().parents[2] / "config" / "programs" / "hello_pythran.py")
+    status, headers, body = seed.call(_request())
+    assert (status, headers) == (200, [("Content-Type", "text/plain")]) and body.startswith(b"\tthis is")
+    (tmp_path / "rich.py").write_text("def on_client_request(r):\n    return r.method + r.path\n")
+    assert load_program(tmp_path / "rich.py").call(_request(method="PUT", path="/x"))[2] == b"PUT/x"
+
+
+def test_exception_is_a_500(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "bad.py").write_text("def on_client_request(r):\n    raise KeyError('hidden')\n")
+    status, _, body = load_program(tmp_path / "bad.py").call(_request())
+    assert status == 500 and b"hidden" not in body
+    assert "hidden" in capsys.readouterr().err
+
+
+def test_package_program(tmp_path: Path) -> None:
+    pkg = tmp_path / "pkgprog"
+    pkg.mkdir()
+    (pkg / "helper.py").write_text("WORD = 'from-helper'\n")
+    (pkg / "__init__.py").write_text("from .helper import WORD\ndef on_client_request(r):\n    return WORD\n")
+    assert load_program(pkg).call(_request())[2] == b"from-helper"
+
+
+@pytest.mark.parametrize("source,message", [
+    ("x = 1\n", "no callable on_client_request"),
+    ("def on_client_request(:\n", "SyntaxError"),
+    ("import sys\nsys.exit(3)\ndef on_client_request(): pass\n", "SystemExit"),
+])
+def test_load_failures(tmp_path: Path, source: str, message: str) -> None:
+    (tmp_path / "p.py").write_text(source)
+    with pytest.raises(ProgramError, match=message):
+        load_program(tmp_path / "p.py")
+
+
+def test_on_init_failure(tmp_path: Path) -> None:
+    (tmp_path / "p.py").write_text("def on_init():\n    raise RuntimeError('nope')\n"
+                                   "def on_client_request(): pass\n")
+    with pytest.raises(ProgramError, match="on_init\\(\\) raised RuntimeError: nope"):
+        load_program(tmp_path / "p.py").init()

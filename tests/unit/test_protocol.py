@@ -1,0 +1,132 @@
+"""The supervisor's side of the wire protocol, and its agreement with the C side."""
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from mayflyd import protocol
+from mayflyd.protocol import MsgType, ProtocolError, ResponseDecoder, pack_frame
+
+_mayfly = pytest.importorskip("mayflyd._mayfly")
+
+
+def test_struct_layouts_match_the_c_header() -> None:
+    layout = _mayfly.struct_layout()
+    assert set(layout) == set(protocol.STRUCTS)
+    for name, (st, fields) in protocol.STRUCTS.items():
+        c_size, c_fields = layout[name]
+        assert st.size == c_size, name
+        assert list(c_fields) == list(fields), name
+        offset = 0
+        for field, code in zip(fields, st.format.lstrip("=")):
+            size = struct.calcsize("=" + code)
+            assert c_fields[field] == (offset, size), f"{name}.{field}"
+            offset += size
+
+
+def test_constants_match_the_c_header() -> None:
+    assert _mayfly.MAGIC == protocol.MAGIC
+    assert _mayfly.PROTOCOL_VERSION == protocol.PROTOCOL_VERSION
+    assert _mayfly.MAX_PAYLOAD == protocol.MAX_PAYLOAD
+    assert _mayfly.MAX_HEADERS == protocol.MAX_HEADERS
+    assert _mayfly.FRAME_HEADER_SIZE == protocol.FRAME_HEADER_SIZE
+    for name in ("REQUEST", "CANCEL", "SHUTDOWN", "READY", "LOAD_FAILED", "CHILD_EXIT", "REQUEST_FAILED",
+                 "REQ_HEAD", "REQ_BODY", "REQ_END", "RESP_HEAD", "RESP_BODY", "RESP_END"):
+        assert getattr(_mayfly, f"MSG_{name}") == getattr(MsgType, name), name
+    assert _mayfly.EXIT_TIMED_OUT == protocol.EXIT_TIMED_OUT
+    assert _mayfly.EXIT_CANCELLED == protocol.EXIT_CANCELLED
+
+
+def test_python_request_decodes_in_c() -> None:
+    body = bytes(range(256)) * 600
+    packets = protocol.encode_request(7, method="POST", path="/p", query="a=1", headers=[("X-A", "b"), ("X-A", "c")],
+                                      body=body, client="127.0.0.1")
+    assert len(packets) == 2 + (len(body) + protocol.MAX_PAYLOAD - 1) // protocol.MAX_PAYLOAD
+    assert _mayfly.decode_request(7, packets) == ("POST", "/p", "a=1", [("X-A", "b"), ("X-A", "c")], body,
+                                                  "127.0.0.1")
+
+
+def test_c_response_decodes_in_python() -> None:
+    body = b"\x00\xff" * 70000
+    packets = _mayfly.encode_response(9, 201, [("Content-Type", "text/plain"), ("X-B", "1")], body)
+    decoder = ResponseDecoder(9, 1 << 20)
+    for packet in packets:
+        decoder.feed(packet)
+    response = decoder.response()
+    assert (response.status, response.headers, response.body) == (
+        201, [("Content-Type", "text/plain"), ("X-B", "1")], body)
+
+
+def _response(status: int = 200, headers: list[tuple[bytes, bytes]] | None = None, body: bytes = b"ok",
+              req_id: int = 1, announced: int | None = None) -> list[bytes]:
+    hdrs = headers or []
+    payload = protocol.RESP_HEAD.pack(status, len(hdrs), len(body) if announced is None else announced)
+    payload += b"".join(protocol.HEADER_ENTRY.pack(len(n), len(v)) + n + v for n, v in hdrs)
+    return [pack_frame(MsgType.RESP_HEAD, req_id, payload), pack_frame(MsgType.RESP_BODY, req_id, body),
+            pack_frame(MsgType.RESP_END, req_id)]
+
+
+def _decode(packets: list[bytes], req_id: int = 1, limit: int = 1000) -> protocol.Response:
+    decoder = ResponseDecoder(req_id, limit)
+    for packet in packets:
+        decoder.feed(packet)
+    return decoder.response()
+
+
+def test_valid_response() -> None:
+    response = _decode(_response(headers=[(b"X-Ok", b"a b\tc")]))
+    assert response.status == 200 and response.headers == [("X-Ok", "a b\tc")] and response.body == b"ok"
+
+
+BAD_RESPONSES = [
+    ("status below 100", _response(status=99), "outside 100-599"),
+    ("status above 599", _response(status=600), "outside 100-599"),
+    ("CR in a value", _response(headers=[(b"X-A", b"a\rb")]), "CR, LF or NUL"),
+    ("LF in a value", _response(headers=[(b"X-A", b"a\nSet-Cookie: x")]), "CR, LF or NUL"),
+    ("NUL in a value", _response(headers=[(b"X-A", b"a\x00")]), "CR, LF or NUL"),
+    ("space in a name", _response(headers=[(b"Bad Name", b"v")]), "invalid header name"),
+    ("colon in a name", _response(headers=[(b"A:B", b"v")]), "invalid header name"),
+    ("empty name", _response(headers=[(b"", b"v")]), "invalid header name"),
+    ("over the size limit", _response(body=b"x" * 1001), "exceeds the limit"),
+    ("short body", _response(body=b"x", announced=2), "announced 2"),
+    ("long body", _response(body=b"xyz", announced=2), "exceeds announced"),
+    ("another request's id", _response(req_id=2), "channel of 1"),
+    ("body before head", _response()[1:], "expected RESP_HEAD"),
+    ("bad magic", [b"\0" * 24] + _response()[1:], "bad magic"),
+    ("short packet", [b"abc"], "short packet"),
+    ("lying payload_len", [_response()[0][:-1]] + _response()[1:], "payload_len"),
+    ("frame after end", _response() + [pack_frame(MsgType.RESP_BODY, 1, b"x")], "after RESP_END"),
+    ("request frame on response channel",
+     [_response()[0], pack_frame(MsgType.REQ_BODY, 1, b"x")], "unexpected frame type"),
+]
+
+
+@pytest.mark.parametrize("name,packets,message", BAD_RESPONSES, ids=[b[0] for b in BAD_RESPONSES])
+def test_invalid_responses_are_rejected(name: str, packets: list[bytes], message: str) -> None:
+    with pytest.raises(ProtocolError, match=message):
+        _decode(packets)
+
+
+def test_incomplete_response_is_not_a_response() -> None:
+    decoder = ResponseDecoder(1, 100)
+    decoder.feed(_response()[0])
+    with pytest.raises(ProtocolError, match="incomplete"):
+        decoder.response()
+
+
+def test_request_head_too_large_is_refused() -> None:
+    with pytest.raises(ValueError, match="exceeds"):
+        protocol.encode_request(1, method="GET", path="/" + "a" * protocol.MAX_PAYLOAD, query="",
+                                headers=[], body=b"", client="")
+
+
+def test_control_messages() -> None:
+    ready = protocol.decode_control(pack_frame(MsgType.READY, 0, protocol.READY.pack(42, protocol.ENGINE_FORK)))
+    assert ready == protocol.Ready(42, protocol.ENGINE_FORK)
+    exit_ = protocol.decode_control(pack_frame(MsgType.CHILD_EXIT, 5, protocol.CHILD_EXIT.pack(9, 11, 1, 0)))
+    assert exit_ == protocol.ChildExit(5, 9, 11, 1)
+    with pytest.raises(ProtocolError, match="expected 8"):
+        protocol.decode_control(pack_frame(MsgType.READY, 0, b"x"))
+    with pytest.raises(ProtocolError, match="unexpected control"):
+        protocol.decode_control(pack_frame(MsgType.RESP_END, 0))
