@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from mayflyd import protocol
 from mayflyd.protocol import ChildExit, LoadFailed, Ready, RequestFailed, Response, ResponseDecoder
@@ -29,6 +30,11 @@ log = logging.getLogger("mayflyd.host")
 
 _RECV_SIZE = protocol.FRAME_HEADER_SIZE + protocol.MAX_PAYLOAD + 1
 _OUTPUT_LINE_LIMIT = 8192
+# The host ignores the environment (-E) and user site (-s), so it is told
+# where this very package lives, installed or in a source checkout.
+_PACKAGE_PARENT = str(Path(__file__).resolve().parents[1])
+_HOST_BOOTSTRAP = (f"import sys; sys.path.insert(0, {_PACKAGE_PARENT!r}); "
+                   "from mayflyd.sandbox_host import main; main()")
 
 
 class HostStartError(Exception):
@@ -93,6 +99,7 @@ class SandboxHost:
         self._tasks: list[asyncio.Task[None]] = []
         self._pending_exits: dict[int, asyncio.Future[ChildExit | RequestFailed]] = {}
         self.ready = False
+        self._stopping = False
         self.pid = 0
         self.started_at = 0.0
 
@@ -107,7 +114,7 @@ class SandboxHost:
                            "supervisor_pid": os.getpid()})
         try:
             self._proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-E", "-s", "-m", "mayflyd.sandbox_host", spec.to_json(),
+                sys.executable, "-E", "-s", "-c", _HOST_BOOTSTRAP, spec.to_json(),
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE, pass_fds=(host_end.fileno(),),
                 env=self._env, cwd="/", start_new_session=True)
@@ -138,6 +145,7 @@ class SandboxHost:
     async def kill(self) -> None:
         """Stop the host at once; its sandboxes die with it (parent-death signal)."""
         self.ready = False
+        self._stopping = True
         if self._proc is not None and self._proc.returncode is None:
             try:
                 self._proc.kill()
@@ -149,6 +157,7 @@ class SandboxHost:
     async def stop(self, timeout: float = 2.0) -> None:
         """Ask the host to stop, kill it if it does not within timeout."""
         self.ready = False
+        self._stopping = True
         if self._ctrl is not None:
             try:
                 self._ctrl.send(protocol.pack_frame(protocol.MsgType.SHUTDOWN, 0))
@@ -190,6 +199,9 @@ class SandboxHost:
             reason = f"killed by signal {-status} ({signal.Signals(-status).name})"
         else:
             reason = f"exited with status {status}"
+        if self._stopping:
+            log.info("host %d %s", self.pid, reason, extra={"tenant": self.tenant})
+            return
         log.warning("host %d %s", self.pid, reason, extra={"tenant": self.tenant})
         self._on_exit(self)
 

@@ -68,7 +68,12 @@ def _build_walls(spec: HostSpec) -> None:
     if spec.cgroup_version:
         _mayfly.cgroup_join(spec.cgroup_version, spec.cgroup_base, spec.cgroup_group, os.getpid())
     # Lowering the score needs CAP_SYS_RESOURCE, so before the identity drop.
-    _mayfly.set_oom_score_adj(HOST_OOM_SCORE_ADJ)
+    # Some machines deny it even to root; sandboxes still rise to 1000.
+    try:
+        _mayfly.set_oom_score_adj(HOST_OOM_SCORE_ADJ)
+    except PermissionError:
+        print("mayflyd: cannot lower the host's oom_score_adj (no CAP_SYS_RESOURCE); sandboxes still "
+              "rise to 1000", file=sys.stderr)
     # The mount namespace needs CAP_SYS_ADMIN; the program directory may sit
     # below a directory only root can traverse (e.g. /root).
     skipped = _mayfly.enter_minimal_root(spec.readonly_paths)

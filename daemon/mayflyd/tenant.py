@@ -27,7 +27,9 @@ BACKOFF_MAX = 30.0
 STABLE_AFTER = 10.0
 
 # Host-side paths every sandbox needs to run Python, read-only.
-_SYSTEM_PATHS = ("/usr", "/lib", "/lib64", "/bin", "/etc/ld.so.cache", "/etc/localtime")
+# /proc is not the host's: the C helper mounts a procfs showing only the
+# tenant's own processes.
+_SYSTEM_PATHS = ("/usr", "/lib", "/lib64", "/bin", "/etc/ld.so.cache", "/etc/localtime", "/proc")
 
 
 class TenantBusy(Exception):

@@ -1,0 +1,25 @@
+/*
+ * Process identity: the uid/gid drop with all capabilities gone, the parent
+ * death signal and the OOM score.
+ */
+#ifndef MAYFLYD_IDENTITY_H
+#define MAYFLYD_IDENTITY_H
+
+#include <stdbool.h>
+#include <sys/types.h>
+
+/* Becomes uid/gid with no supplementary groups, no capabilities (bounding,
+ * ambient, effective, permitted, inheritable), no_new_privs and not
+ * dumpable, then verifies that each step took. Must run last among the
+ * root-only setup steps. */
+bool mf_drop_privileges(uid_t uid, gid_t gid);
+
+/* Arms signum for when the parent dies, then checks the parent is still
+ * expected_ppid (it may have died before the signal was armed). */
+bool mf_set_parent_death_signal(int signum, pid_t expected_ppid);
+
+/* Writes value to /proc/self/oom_score_adj. Works for a non-dumpable
+ * process too (it briefly becomes dumpable to own its /proc entry). */
+bool mf_set_oom_score_adj(int value);
+
+#endif /* MAYFLYD_IDENTITY_H */

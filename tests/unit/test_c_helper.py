@@ -1,0 +1,794 @@
+"""Tests of the C helper mayflyd._mayfly (csrc/).
+
+Protocol tests build and parse packets by hand with struct, independently of
+daemon/mayflyd/protocol.py. Privilege, mount and cgroup tests need root; the
+ones that change the process run in a forked child and report back through
+its exit status and a pipe.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import glob
+import json
+import os
+import random
+import secrets
+import shutil
+import signal
+import socket
+import stat
+import struct
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from mayflyd import _mayfly as M
+
+FRAME = struct.Struct("=IHHQII")
+REQ_HEAD = struct.Struct("=IIIIIIQ")
+RESP_HEAD = struct.Struct("=IIQ")
+ENTRY = struct.Struct("=II")
+CHILD_EXIT = struct.Struct("=iiII")
+READY = struct.Struct("=iI")
+REQUEST_FAILED = struct.Struct("=iI")
+
+is_root = os.geteuid() == 0
+needs_root = pytest.mark.skipif(not is_root, reason="needs root")
+
+
+# ---------------------------------------------------------------- helpers
+
+def frame(msg_type: int, req_id: int, payload: bytes = b"", *, magic: int = M.MAGIC,
+          version: int = M.PROTOCOL_VERSION, payload_len: int | None = None, reserved: int = 0) -> bytes:
+    plen = len(payload) if payload_len is None else payload_len
+    return FRAME.pack(magic, msg_type, version, req_id, plen, reserved) + payload
+
+
+def req_head_payload(method: bytes, path: bytes, query: bytes, client: bytes,
+                     headers: list[tuple[bytes, bytes]], body_len: int, *,
+                     header_count: int | None = None) -> bytes:
+    count = len(headers) if header_count is None else header_count
+    out = REQ_HEAD.pack(len(method), len(path), len(query), len(client), count, 0, body_len)
+    out += method + path + query + client
+    for name, value in headers:
+        out += ENTRY.pack(len(name), len(value)) + name + value
+    return out
+
+
+def request_packets(req_id: int, *, method: bytes = b"GET", path: bytes = b"/", query: bytes = b"",
+                    client: bytes = b"192.0.2.1:5000", headers: list[tuple[bytes, bytes]] | None = None,
+                    body: bytes = b"", chunks: list[int] | None = None) -> list[bytes]:
+    headers = headers or []
+    pkts = [frame(M.MSG_REQ_HEAD, req_id, req_head_payload(method, path, query, client, headers, len(body)))]
+    sizes = chunks if chunks is not None else [M.MAX_PAYLOAD] * (len(body) // M.MAX_PAYLOAD + 1)
+    off = 0
+    for size in sizes:
+        if off >= len(body):
+            break
+        pkts.append(frame(M.MSG_REQ_BODY, req_id, body[off:off + size]))
+        off += size
+    pkts.append(frame(M.MSG_REQ_END, req_id))
+    return pkts
+
+
+def parse_frame(pkt: bytes) -> tuple[int, int, bytes]:
+    magic, msg_type, version, req_id, plen, reserved = FRAME.unpack_from(pkt)
+    assert (magic, version, reserved) == (M.MAGIC, M.PROTOCOL_VERSION, 0)
+    assert plen == len(pkt) - FRAME.size
+    return msg_type, req_id, pkt[FRAME.size:]
+
+
+def parse_response(pkts: list[bytes], req_id: int) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    msg_type, rid, payload = parse_frame(pkts[0])
+    assert (msg_type, rid) == (M.MSG_RESP_HEAD, req_id)
+    status, count, body_len = RESP_HEAD.unpack_from(payload)
+    off = RESP_HEAD.size
+    headers = []
+    for _ in range(count):
+        nlen, vlen = ENTRY.unpack_from(payload, off)
+        off += ENTRY.size
+        headers.append((payload[off:off + nlen], payload[off + nlen:off + nlen + vlen]))
+        off += nlen + vlen
+    assert off == len(payload)
+    body = b""
+    for pkt in pkts[1:-1]:
+        msg_type, rid, chunk = parse_frame(pkt)
+        assert (msg_type, rid) == (M.MSG_RESP_BODY, req_id)
+        assert 0 < len(chunk) <= M.MAX_PAYLOAD
+        body += chunk
+    assert parse_frame(pkts[-1]) == (M.MSG_RESP_END, req_id, b"")
+    assert len(body) == body_len
+    return status, headers, body
+
+
+def run_in_child(fn: Callable[[], Any]) -> Any:
+    """Runs fn in a forked child; returns its JSON-able result or fails with its traceback."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            os.close(r)
+            data = json.dumps({"ok": fn()}).encode()
+        except BaseException:  # noqa: BLE001 - everything goes back to the parent
+            data = json.dumps({"error": traceback.format_exc()}).encode()
+            code = 1
+        try:
+            os.write(w, data)
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        data = f.read()
+    _, status = os.waitpid(pid, 0)
+    result = json.loads(data) if data else {"error": f"child died, wait status {status:#x}"}
+    if "error" in result:
+        pytest.fail(result["error"])
+    return result["ok"]
+
+
+# ---------------------------------------------------------------- layout
+
+def test_struct_layout_matches_native_struct_formats() -> None:
+    layout = M.struct_layout()
+    expected = {"mf_frame_header": FRAME, "mf_req_head": REQ_HEAD, "mf_resp_head": RESP_HEAD,
+                "mf_header_entry": ENTRY, "mf_child_exit": CHILD_EXIT, "mf_ready": READY,
+                "mf_request_failed": REQUEST_FAILED, "mf_request_ctl": struct.Struct("=II")}
+    assert set(layout) == set(expected)
+    for name, st in expected.items():
+        size, fields = layout[name]
+        assert size == st.size, name
+        assert sum(fsize for _, fsize in fields.values()) == size, name
+    assert layout["mf_frame_header"][1]["req_id"] == (8, 8)
+    assert layout["mf_req_head"][1]["body_len"] == (24, 8)
+    assert M.FRAME_HEADER_SIZE == FRAME.size == 24
+
+
+# ---------------------------------------------------------------- decode_request
+
+def test_decode_request_round_trip_with_binary_body_in_chunks() -> None:
+    body = bytes(random.Random(1).getrandbits(8) for _ in range(150_000))
+    headers = [(b"Host", b"example.org"), (b"X-Bin", b"caf\xe9\xff"), (b"Empty", b"")]
+    pkts = request_packets(7, method=b"POST", path=b"/a/b", query=b"x=1&y=%20", headers=headers,
+                           body=body, chunks=[1, 65536, 3, 65536, 65536])
+    method, path, query, hdrs, got_body, client = M.decode_request(7, pkts)
+    assert (method, path, query, client) == ("POST", "/a/b", "x=1&y=%20", "192.0.2.1:5000")
+    assert hdrs == [(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers]
+    assert got_body == body
+
+
+def test_decode_request_empty_body_and_empty_chunk() -> None:
+    pkts = request_packets(1)
+    assert M.decode_request(1, pkts) == ("GET", "/", "", [], b"", "192.0.2.1:5000")
+    pkts.insert(1, frame(M.MSG_REQ_BODY, 1))
+    assert M.decode_request(1, pkts)[4] == b""
+
+
+def _head(req_id: int = 5, **kw: Any) -> bytes:
+    return frame(M.MSG_REQ_HEAD, req_id, req_head_payload(b"GET", b"/", b"", b"c", [], 0, **kw))
+
+
+BAD_REQUESTS = {
+    "bad magic": [frame(M.MSG_REQ_HEAD, 5, req_head_payload(b"GET", b"/", b"", b"c", [], 0),
+                        magic=0x12345678), frame(M.MSG_REQ_END, 5)],
+    "bad version": [frame(M.MSG_REQ_HEAD, 5, req_head_payload(b"GET", b"/", b"", b"c", [], 0),
+                          version=2), frame(M.MSG_REQ_END, 5)],
+    "reserved set": [frame(M.MSG_REQ_HEAD, 5, req_head_payload(b"GET", b"/", b"", b"c", [], 0),
+                           reserved=1), frame(M.MSG_REQ_END, 5)],
+    "end before head": [frame(M.MSG_REQ_END, 5)],
+    "body before head": [frame(M.MSG_REQ_BODY, 5, b"x"), _head(), frame(M.MSG_REQ_END, 5)],
+    "head twice": [_head(), _head(), frame(M.MSG_REQ_END, 5)],
+    "response type": [_head(), frame(M.MSG_RESP_END, 5)],
+    "packet after end": [_head(), frame(M.MSG_REQ_END, 5), frame(M.MSG_REQ_END, 5)],
+    "no end": [_head()],
+    "short frame": [_head()[:20]],
+    "truncated payload": [frame(M.MSG_REQ_HEAD, 5, req_head_payload(b"GET", b"/", b"", b"c", [], 0),
+                                payload_len=100), frame(M.MSG_REQ_END, 5)],
+    "payload shorter than head struct": [frame(M.MSG_REQ_HEAD, 5, b"\0" * 16), frame(M.MSG_REQ_END, 5)],
+    "string past payload": [frame(M.MSG_REQ_HEAD, 5, REQ_HEAD.pack(3, 100, 0, 0, 0, 0, 0) + b"GET/"),
+                            frame(M.MSG_REQ_END, 5)],
+    "header past payload": [frame(M.MSG_REQ_HEAD, 5, REQ_HEAD.pack(0, 0, 0, 0, 1, 0, 0) + ENTRY.pack(4, 4)
+                                  + b"Host"), frame(M.MSG_REQ_END, 5)],
+    "trailing bytes": [frame(M.MSG_REQ_HEAD, 5, req_head_payload(b"GET", b"/", b"", b"c", [], 0) + b"!"),
+                       frame(M.MSG_REQ_END, 5)],
+    "header_count too big": [_head(header_count=M.MAX_HEADERS + 1), frame(M.MSG_REQ_END, 5)],
+    "body shorter than body_len": [frame(M.MSG_REQ_HEAD, 5, req_head_payload(b"GET", b"/", b"", b"c", [], 10)),
+                                   frame(M.MSG_REQ_BODY, 5, b"12345"), frame(M.MSG_REQ_END, 5)],
+    "body longer than body_len": [frame(M.MSG_REQ_HEAD, 5, req_head_payload(b"GET", b"/", b"", b"c", [], 4)),
+                                  frame(M.MSG_REQ_BODY, 5, b"12345"), frame(M.MSG_REQ_END, 5)],
+    "body over cap": [frame(M.MSG_REQ_HEAD, 5, req_head_payload(b"GET", b"/", b"", b"c", [],
+                                                                M.REQUEST_BODY_CAP + 1)),
+                      frame(M.MSG_REQ_END, 5)],
+    "end with payload": [_head(), frame(M.MSG_REQ_END, 5, b"x")],
+    "wrong req_id in head": [_head(req_id=6), frame(M.MSG_REQ_END, 5)],
+    "wrong req_id in end": [_head(), frame(M.MSG_REQ_END, 6)],
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_REQUESTS))
+def test_decode_request_rejects(case: str) -> None:
+    with pytest.raises(ValueError) as info:
+        M.decode_request(5, BAD_REQUESTS[case])
+    assert str(info.value)  # a message saying what was wrong
+
+
+def test_decode_request_messages_name_the_problem() -> None:
+    with pytest.raises(ValueError, match="magic"):
+        M.decode_request(5, BAD_REQUESTS["bad magic"])
+    with pytest.raises(ValueError, match="header_count 257"):
+        M.decode_request(5, BAD_REQUESTS["header_count too big"])
+    with pytest.raises(ValueError, match="req_id 6"):
+        M.decode_request(5, BAD_REQUESTS["wrong req_id in head"])
+    with pytest.raises(ValueError, match="body_len"):
+        M.decode_request(5, BAD_REQUESTS["body shorter than body_len"])
+
+
+# ---------------------------------------------------------------- encode_response
+
+def test_encode_response_packets() -> None:
+    body = os.urandom(2 * M.MAX_PAYLOAD + 17)
+    pkts = M.encode_response(9, 201, [("Content-Type", "text/plain"), ("X-L1", "caf\xe9"),
+                                      ("X-Utf8", "\u20ac")], body)
+    assert len(pkts) == 1 + 3 + 1
+    status, headers, got = parse_response(pkts, 9)
+    assert status == 201
+    assert headers == [(b"Content-Type", b"text/plain"), (b"X-L1", b"caf\xe9"),
+                       (b"X-Utf8", "\u20ac".encode())]
+    assert got == body
+
+
+def test_encode_response_empty_body_and_limits() -> None:
+    pkts = M.encode_response(1, 204, [], b"")
+    assert len(pkts) == 2
+    assert parse_response(pkts, 1) == (204, [], b"")
+    with pytest.raises(ValueError):
+        M.encode_response(1, 200, [("a", "b")] * (M.MAX_HEADERS + 1), b"")
+    with pytest.raises(OSError) as info:
+        M.encode_response(1, 200, [("a", "b" * M.MAX_PAYLOAD)], b"")
+    assert info.value.errno == errno.E2BIG
+    with pytest.raises(TypeError):
+        M.encode_response(1, 200, [("a",)], b"")
+    with pytest.raises(TypeError):
+        M.encode_response(1, 200, [], "not bytes")
+
+
+# ---------------------------------------------------------------- cgroups
+
+def test_cgroup_detect(tmp_path: Path) -> None:
+    assert M.cgroup_detect(str(tmp_path)) == 0
+    assert M.cgroup_detect(str(tmp_path / "missing")) == 0
+    if os.path.ismount("/sys/fs/cgroup/unified"):
+        assert M.cgroup_detect("/sys/fs/cgroup/unified") == 2
+    if os.path.ismount("/sys/fs/cgroup/memory"):
+        assert M.cgroup_detect("/sys/fs/cgroup") == 1
+
+
+def _fake_v2_tree(base: Path, group: str, controllers: str = "cpu memory pids") -> Path:
+    """The documented fake contract: every directory and interface file pre-exists."""
+    d = base
+    for part in [""] + group.split("/"):
+        d = d / part if part else d
+        d.mkdir(exist_ok=True)
+        (d / "cgroup.controllers").write_text(controllers + "\n")
+        (d / "cgroup.subtree_control").write_text("")
+        (d / "cgroup.procs").write_text("")
+    for name, text in {"memory.max": "max\n", "memory.swap.max": "max\n", "memory.current": "12345\n",
+                       "memory.events": "low 0\nhigh 0\nmax 3\noom 2\noom_kill 7\n"}.items():
+        (d / name).write_text(text)
+    return d
+
+
+def test_cgroup_v2_fake_tree(tmp_path: Path) -> None:
+    base = tmp_path / "cg"
+    leaf = _fake_v2_tree(base, "mayflyd/hello")
+    M.cgroup_setup(2, str(base), "mayflyd/hello", 128 << 20)
+    assert (leaf / "memory.max").read_text() == str(128 << 20)
+    assert (leaf / "memory.swap.max").read_text() == "0"
+    # One write per controller; the fake file keeps the last one.
+    assert (base / "cgroup.subtree_control").read_text() == "+cpu"
+    assert (base / "mayflyd" / "cgroup.subtree_control").read_text() == "+cpu"
+    assert (leaf / "cgroup.subtree_control").read_text() == ""  # the leaf enables nothing
+    M.cgroup_join(2, str(base), "mayflyd/hello", os.getpid())
+    assert (leaf / "cgroup.procs").read_text() == str(os.getpid())
+    assert M.cgroup_stats(2, str(base), "mayflyd/hello") == {"oom_kill": 7, "memory_current": 12345}
+    M.cgroup_setup(2, str(base), "mayflyd/hello", 0)
+    assert (leaf / "memory.max").read_text() == "max"
+
+    # A directory with files is not empty: rmdir fails and says so.
+    with pytest.raises(OSError) as info:
+        M.cgroup_remove(2, str(base), "mayflyd/hello")
+    assert info.value.errno == errno.ENOTEMPTY and "hello" in str(info.value)
+    for f in leaf.iterdir():
+        f.unlink()
+    M.cgroup_remove(2, str(base), "mayflyd/hello")
+    assert not leaf.exists() and (base / "mayflyd").exists()  # parent not empty: kept
+    M.cgroup_remove(2, str(base), "mayflyd/hello")  # already gone: fine
+    for f in (base / "mayflyd").iterdir():
+        f.unlink()
+    (base / "mayflyd" / "other").mkdir()
+    (base / "mayflyd" / "other").rmdir()
+    M.cgroup_remove(2, str(base), "mayflyd/gone")
+    assert not (base / "mayflyd").exists() and base.exists()
+
+
+def test_cgroup_v2_fake_tree_controller_subset_and_errors(tmp_path: Path) -> None:
+    base = tmp_path / "cg"
+    leaf = _fake_v2_tree(base, "t", controllers="memory")
+    M.cgroup_setup(2, str(base), "t", 1 << 20)
+    assert (base / "cgroup.subtree_control").read_text() == "+memory"
+    (leaf / "memory.max").unlink()
+    with pytest.raises(FileNotFoundError, match="memory.max"):
+        M.cgroup_setup(2, str(base), "t", 1 << 20)
+    M.cgroup_setup(2, str(base), "t", 0)  # no limit asked: a missing memory.max is fine
+    (base / "cgroup.controllers").unlink()
+    with pytest.raises(FileNotFoundError, match="cgroup.controllers"):
+        M.cgroup_setup(2, str(base), "t", 0)
+    for bad in ["/abs", "a/../b", "", "a//b", "a/", "."]:
+        with pytest.raises(OSError):
+            M.cgroup_setup(2, str(base), bad, 0)
+    with pytest.raises(OSError):
+        M.cgroup_setup(3, str(base), "t", 0)
+    with pytest.raises(OverflowError):
+        M.cgroup_setup(2, str(base), "t", -1)
+
+
+@pytest.fixture
+def sleeper() -> Any:
+    proc = subprocess.Popen(["sleep", "60"])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+@needs_root
+@pytest.mark.skipif(not os.path.ismount("/sys/fs/cgroup/memory") or M.cgroup_detect("/sys/fs/cgroup") != 1,
+                    reason="/sys/fs/cgroup/memory is not a cgroup v1 mount")
+def test_cgroup_v1_real(sleeper: subprocess.Popen[bytes]) -> None:
+    base = "/sys/fs/cgroup"
+    top = f"mayflyd-test-{secrets.token_hex(4)}"
+    group = f"{top}/t"
+    try:
+        M.cgroup_setup(1, base, group, 64 << 20)
+        mem = Path(base, "memory", group)
+        assert int((mem / "memory.limit_in_bytes").read_text()) == 64 << 20
+        M.cgroup_join(1, base, group, sleeper.pid)
+        for ctrl in ("memory", "pids", "cpu"):
+            if os.path.isdir(os.path.join(base, ctrl)):
+                procs = Path(base, ctrl, group, "cgroup.procs").read_text().split()
+                assert str(sleeper.pid) in procs, ctrl
+        stats = M.cgroup_stats(1, base, group)
+        assert stats["oom_kill"] == 0 and stats["memory_current"] >= 0
+        M.cgroup_setup(1, base, group, 0)  # idempotent; 0 lifts the limit
+        assert int((mem / "memory.limit_in_bytes").read_text()) > 1 << 60
+        # Busy: remove kills the sleeper, then removes the group and its parent.
+        M.cgroup_remove(1, base, group)
+        assert sleeper.wait(timeout=5) == -signal.SIGKILL
+        for ctrl in ("memory", "pids", "cpu"):
+            assert not os.path.exists(os.path.join(base, ctrl, top)), ctrl
+    finally:
+        for ctrl in ("memory", "pids", "cpu"):
+            for d in (os.path.join(base, ctrl, group), os.path.join(base, ctrl, top)):
+                if os.path.isdir(d):
+                    os.rmdir(d)
+
+
+@needs_root
+@pytest.mark.skipif(M.cgroup_detect("/sys/fs/cgroup/unified") != 2, reason="no cgroup2 mount")
+def test_cgroup_v2_real_without_controllers(sleeper: subprocess.Popen[bytes]) -> None:
+    base = "/sys/fs/cgroup/unified"
+    top = f"mayflyd-test-{secrets.token_hex(4)}"
+    group = f"{top}/t"
+    try:
+        controllers = Path(base, "cgroup.controllers").read_text().split()
+        M.cgroup_setup(2, base, group, 0 if "memory" not in controllers else 64 << 20)
+        M.cgroup_join(2, base, group, sleeper.pid)
+        assert Path(base, group, "cgroup.procs").read_text().split() == [str(sleeper.pid)]
+        M.cgroup_remove(2, base, group)  # busy: cgroup.kill, then rmdir
+        assert sleeper.wait(timeout=5) == -signal.SIGKILL
+        assert not os.path.exists(os.path.join(base, top))
+    finally:
+        for d in (os.path.join(base, group), os.path.join(base, top)):
+            if os.path.isdir(d):
+                os.rmdir(d)
+
+
+# ---------------------------------------------------------------- identity
+
+def _prctl_get_dumpable() -> int:
+    libc = ctypes.CDLL(None, use_errno=True)
+    return int(libc.prctl(3, 0, 0, 0, 0))  # PR_GET_DUMPABLE
+
+
+def _has_cap(cap: int) -> bool:
+    return bool(int(_status_fields()["CapEff"], 16) >> cap & 1)
+
+
+def _status_fields() -> dict[str, str]:
+    fields = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        fields[key] = value.strip()
+    return fields
+
+
+@needs_root
+def test_drop_privileges_in_child() -> None:
+    def child() -> dict[str, Any]:
+        if _has_cap(24):  # CAP_SYS_RESOURCE; missing in some containers (this CI VM)
+            M.set_oom_score_adj(-500)  # as the host does while still root
+        M.drop_privileges(65534, 65534)
+        out: dict[str, Any] = {"ids": [os.getresuid(), os.getresgid(), os.getgroups()]}
+        try:
+            open("/root/mayflyd-should-not-exist", "w")
+            out["root_write"] = "succeeded"
+        except PermissionError:
+            out["root_write"] = "denied"
+        try:
+            os.setuid(0)
+            out["setuid"] = "succeeded"
+        except PermissionError:
+            out["setuid"] = "denied"
+        st = _status_fields()
+        out["caps"] = [st["CapInh"], st["CapPrm"], st["CapEff"], st["CapBnd"], st["CapAmb"]]
+        out["nnp"] = st["NoNewPrivs"]
+        out["dumpable"] = _prctl_get_dumpable()
+        M.set_oom_score_adj(1000)  # raising works unprivileged, even while not dumpable
+        out["oom"] = Path("/proc/self/oom_score_adj").read_text().strip()
+        out["dumpable_after"] = _prctl_get_dumpable()
+        try:
+            M.set_oom_score_adj(-900)
+            out["lower"] = "succeeded"
+        except PermissionError as exc:
+            out["lower"] = f"denied: {exc}"
+        return out
+
+    out = run_in_child(child)
+    assert out["ids"] == [[65534] * 3, [65534] * 3, [65534]]
+    assert out["root_write"] == "denied" and out["setuid"] == "denied"
+    assert out["caps"] == ["0000000000000000"] * 5
+    assert out["nnp"] == "1" and out["dumpable"] == 0 and out["dumpable_after"] == 0
+    assert out["oom"] == "1000"
+    assert out["lower"].startswith("denied: ") and "oom_score_adj" in out["lower"]
+
+
+def test_drop_privileges_refuses_root_and_parent_check() -> None:
+    with pytest.raises(OSError):
+        M.drop_privileges(0, 0)
+
+    def child() -> str:
+        M.set_parent_death_signal(signal.SIGKILL, os.getppid())
+        try:
+            M.set_parent_death_signal(signal.SIGKILL, os.getppid() + 100000)
+        except ProcessLookupError as exc:
+            return str(exc)
+        return "no error"
+
+    assert "is gone" in run_in_child(child)
+
+
+# ---------------------------------------------------------------- mounts
+
+@needs_root
+def test_enter_minimal_root_in_child(tmp_path: Path) -> None:
+    hidden = Path(f"/root/mayflyd-test-{secrets.token_hex(4)}")
+    hidden.mkdir(mode=0o700)
+    (hidden / "prog.py").write_text("ANSWER = 42\n")
+    (hidden / "secret.txt").write_text("not listed\n")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "f.txt").write_text("data\n")
+    pkg_dir = os.path.dirname(M.__file__)
+    paths = [sys.prefix, sys.base_prefix, "/usr", "/lib", "/lib64", "/bin", pkg_dir, str(hidden / "prog.py"),
+             str(tmp_path / "data"), str(tmp_path / "data" / "f.txt"), "/nonexistent-mayflyd", "/proc"]
+    before = set(glob.glob("/tmp/mayflyd-root-*"))
+
+    def child() -> dict[str, Any]:
+        out: dict[str, Any] = {"skipped": M.enter_minimal_root(paths)}
+        out["top"] = sorted(os.listdir("/"))
+        out["root"] = sorted(os.listdir("/root"))
+        out["hidden"] = sorted(os.listdir(str(hidden)))
+        errors = {}
+        for target in ["/usr/mayflyd-x", "/mayflyd-x", str(hidden / "prog.py"), str(tmp_path / "data" / "n")]:
+            try:
+                open(target, "a").close()
+                errors[target] = 0
+            except OSError as exc:
+                errors[target] = exc.errno
+        out["errors"] = errors
+        with open("/dev/null", "w") as f:
+            f.write("x")
+        with open("/dev/urandom", "rb") as f:
+            out["urandom"] = len(f.read(16))
+        import decimal  # noqa: F401 - the stdlib is reachable
+        M.drop_privileges(65534, 65534)
+        out["prog"] = (hidden / "prog.py").read_text()
+        try:
+            os.listdir("/work/main/tests")
+            out["tests"] = "visible"
+        except FileNotFoundError:
+            out["tests"] = "absent"
+        return out
+
+    try:
+        out = run_in_child(child)
+    finally:
+        shutil.rmtree(hidden)
+    assert out["skipped"] == ["/nonexistent-mayflyd"]
+    expected_top = {p.split("/")[1] for p in paths if os.path.exists(p)} | {"dev"}
+    assert set(out["top"]) == expected_top
+    assert out["root"] == sorted({Path(sys.prefix).relative_to("/root").parts[0], hidden.name}
+                                 if sys.prefix.startswith("/root/") else {hidden.name})
+    assert out["hidden"] == ["prog.py"]
+    assert set(out["errors"].values()) == {errno.EROFS}
+    assert out["urandom"] == 16 and out["prog"] == "ANSWER = 42\n" and out["tests"] == "absent"
+    assert set(glob.glob("/tmp/mayflyd-root-*")) == before  # no directory left in the host's /tmp
+
+
+def test_enter_minimal_root_rejects_relative_paths() -> None:
+    def child() -> str:
+        try:
+            M.enter_minimal_root(["usr"])
+        except OSError as exc:
+            return str(exc)
+        return "accepted"
+
+    assert "not absolute" in run_in_child(child)
+
+
+# ---------------------------------------------------------------- serve_fork
+
+def echo_runner(req_id: int, method: str, path: str, query: str, headers: list[tuple[str, str]],
+                body: bytes, client: str) -> Any:
+    if path == "/sleep":
+        Path(query).write_text(str(os.getpid()))
+        time.sleep(60)
+    if path == "/exit3":
+        os._exit(3)
+    if path == "/raise":
+        raise RuntimeError("boom from the runner")
+    if path == "/shape":
+        return "not a triple"
+    if path == "/slow":
+        time.sleep(0.3)
+    hdrs = [("x-req-id", str(req_id)), ("x-method", method), ("x-path", path), ("x-query", query),
+            ("x-client", client), ("x-pid", str(os.getpid())), ("x-random", repr(random.random())),
+            ("x-oom", Path("/proc/self/oom_score_adj").read_text().strip()), ("x-uid", str(os.getuid()))]
+    return 200, hdrs + [("x-in-" + n, v) for n, v in headers], body[::-1]
+
+
+class Host:
+    """serve_fork in a forked child; the test plays the supervisor."""
+
+    def __init__(self, runner: Callable[..., Any] = echo_runner, setup: Callable[[], None] | None = None) -> None:
+        self.ctrl, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.pid = os.fork()
+        if self.pid == 0:
+            code = 0
+            try:
+                self.ctrl.close()
+                if setup is not None:
+                    setup()
+                M.serve_fork(child_end.fileno(), runner, [])
+            except BaseException:  # noqa: BLE001 - reported through the exit status
+                traceback.print_exc()
+                code = 2
+            os._exit(code)
+        child_end.close()
+        self.ctrl.settimeout(10)
+        msg_type, req_id, payload = parse_frame(self.ctrl.recv(4096))
+        assert (msg_type, req_id) == (M.MSG_READY, 0)
+        assert READY.unpack(payload) == (self.pid, M.ENGINE_FORK)
+
+    def request(self, req_id: int, *, timeout_ms: int = 10_000, **kw: Any) -> socket.socket:
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        socket.send_fds(self.ctrl, [frame(M.MSG_REQUEST, req_id, struct.pack("=II", timeout_ms, 0))],
+                        [theirs.fileno()])
+        theirs.close()
+        mine.settimeout(10)
+        for pkt in request_packets(req_id, **kw):
+            mine.send(pkt)
+        return mine
+
+    def ctrl_message(self) -> tuple[int, int, bytes]:
+        return parse_frame(self.ctrl.recv(4096))
+
+    def child_exit(self, req_id: int) -> tuple[int, int, int]:
+        msg_type, rid, payload = self.ctrl_message()
+        assert (msg_type, rid) == (M.MSG_CHILD_EXIT, req_id)
+        pid, status, flags, reserved = CHILD_EXIT.unpack(payload)
+        assert reserved == 0
+        return pid, status, flags
+
+    def close(self) -> int:
+        self.ctrl.close()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                return os.waitstatus_to_exitcode(status)
+            time.sleep(0.01)
+        os.kill(self.pid, signal.SIGKILL)
+        os.waitpid(self.pid, 0)
+        raise AssertionError("serve_fork did not return after the control socket closed")
+
+
+@pytest.fixture
+def host() -> Any:
+    h = Host()
+    yield h
+    if h.ctrl.fileno() >= 0:
+        h.close()
+
+
+def read_response(sock: socket.socket, req_id: int) -> tuple[int, dict[str, str], bytes]:
+    pkts = []
+    while True:
+        pkt = sock.recv(M.FRAME_HEADER_SIZE + M.MAX_PAYLOAD)
+        assert pkt, "EOF before RESP_END"
+        pkts.append(pkt)
+        if FRAME.unpack_from(pkt)[1] == M.MSG_RESP_END:
+            break
+    status, headers, body = parse_response(pkts, req_id)
+    return status, {n.decode(): v.decode("latin-1") for n, v in headers}, body
+
+
+def test_serve_fork_echo(host: Host) -> None:
+    body = os.urandom(100_000)
+    sock = host.request(11, method=b"PUT", path=b"/p", query=b"q=1", headers=[(b"X-A", b"\xe9")], body=body)
+    status, headers, got = read_response(sock, 11)
+    assert status == 200 and got == body[::-1]
+    assert headers["x-req-id"] == "11" and headers["x-method"] == "PUT" and headers["x-path"] == "/p"
+    assert headers["x-query"] == "q=1" and headers["x-client"] == "192.0.2.1:5000"
+    assert headers["x-in-X-A"] == "\xe9" and headers["x-oom"] == "1000"
+    assert sock.recv(100) == b""  # the sandbox exited
+    pid, status, flags = host.child_exit(11)
+    assert pid == int(headers["x-pid"]) and pid != host.pid
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0 and flags == 0
+
+    # Each sandbox starts from the host's state with a fresh random seed.
+    sock = host.request(12)
+    _, headers2, _ = read_response(sock, 12)
+    host.child_exit(12)
+    assert headers2["x-random"] != headers["x-random"]
+    assert host.close() == 0
+
+
+def test_serve_fork_cancel(host: Host, tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    sock = host.request(21, path=b"/sleep", query=str(pid_file).encode())
+    deadline = time.monotonic() + 10
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    host.ctrl.send(frame(M.MSG_CANCEL, 21))
+    pid, status, flags = host.child_exit(21)
+    assert pid == int(pid_file.read_text())
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    assert flags == M.EXIT_CANCELLED
+    assert sock.recv(100) == b""
+    host.ctrl.send(frame(M.MSG_CANCEL, 999))  # unknown: ignored
+    assert host.close() == 0
+
+
+def test_serve_fork_timeout(host: Host) -> None:
+    sock = host.request(22, timeout_ms=0, path=b"/sleep", query=b"/dev/null")
+    start = time.monotonic()
+    _, status, flags = host.child_exit(22)
+    assert 0.9 < time.monotonic() - start < 5  # timeout 0 + the host's grace
+    assert os.WIFSIGNALED(status) and flags == M.EXIT_TIMED_OUT
+    assert sock.recv(100) == b""
+
+
+@pytest.mark.parametrize("path,code", [(b"/exit3", 3), (b"/raise", M.CHILD_EXIT_HANDLER),
+                                       (b"/shape", M.CHILD_EXIT_HANDLER)])
+def test_serve_fork_sandbox_without_answer(host: Host, path: bytes, code: int) -> None:
+    sock = host.request(31, path=path)
+    assert sock.recv(100) == b""
+    _, status, flags = host.child_exit(31)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == code and flags == 0
+
+
+def test_serve_fork_bad_request_frames(host: Host) -> None:
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    socket.send_fds(host.ctrl, [frame(M.MSG_REQUEST, 41, struct.pack("=II", 10_000, 0))], [theirs.fileno()])
+    theirs.close()
+    mine.send(frame(M.MSG_REQ_END, 41))
+    _, status, _ = host.child_exit(41)
+    assert os.WEXITSTATUS(status) == M.CHILD_EXIT_BAD_REQUEST
+    mine.close()
+
+
+def test_serve_fork_concurrent(host: Host) -> None:
+    a = host.request(51, path=b"/slow", body=b"abc")
+    b = host.request(52, path=b"/slow", body=b"xyz")
+    assert read_response(b, 52)[2] == b"zyx"
+    assert read_response(a, 51)[2] == b"cba"
+    seen = set()
+    for _ in range(2):
+        msg_type, rid, payload = host.ctrl_message()
+        assert msg_type == M.MSG_CHILD_EXIT
+        assert os.WEXITSTATUS(CHILD_EXIT.unpack(payload)[1]) == 0
+        seen.add(rid)
+    assert seen == {51, 52}
+
+
+def test_serve_fork_rejects_bad_control_messages(host: Host) -> None:
+    host.ctrl.send(frame(M.MSG_REQUEST, 61, struct.pack("=II", 1000, 0)))  # no fd
+    msg_type, rid, payload = host.ctrl_message()
+    assert (msg_type, rid) == (M.MSG_REQUEST_FAILED, 61)
+    assert REQUEST_FAILED.unpack(payload)[0] == errno.EBADMSG
+    r, w = os.pipe()  # not a SEQPACKET socket
+    socket.send_fds(host.ctrl, [frame(M.MSG_REQUEST, 62, struct.pack("=II", 1000, 0))], [r])
+    os.close(r)
+    os.close(w)
+    msg_type, rid, payload = host.ctrl_message()
+    assert (msg_type, rid) == (M.MSG_REQUEST_FAILED, 62)
+    assert REQUEST_FAILED.unpack(payload)[0] == errno.ENOTSOCK
+    stream_a, stream_b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    socket.send_fds(host.ctrl, [frame(M.MSG_REQUEST, 64, struct.pack("=II", 1000, 0))], [stream_b.fileno()])
+    stream_a.close()
+    stream_b.close()
+    msg_type, rid, payload = host.ctrl_message()
+    assert (msg_type, rid) == (M.MSG_REQUEST_FAILED, 64)
+    assert REQUEST_FAILED.unpack(payload)[0] == errno.EPROTOTYPE
+    host.ctrl.send(b"garbage that is not a frame at all")  # logged, ignored
+    sock = host.request(63)
+    assert read_response(sock, 63)[0] == 200
+    host.child_exit(63)
+
+
+def test_serve_fork_shutdown_and_close_kill_sandboxes(tmp_path: Path) -> None:
+    for how in ("shutdown", "close"):
+        h = Host()
+        pid_file = tmp_path / f"pid-{how}"
+        sock = h.request(71, path=b"/sleep", query=str(pid_file).encode())
+        deadline = time.monotonic() + 10
+        while not pid_file.exists() or not pid_file.read_text():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        sandbox = int(pid_file.read_text())
+        if how == "shutdown":
+            h.ctrl.send(frame(M.MSG_SHUTDOWN, 0))
+        assert h.close() == 0
+        assert sock.recv(100) == b""
+        with pytest.raises(ProcessLookupError):
+            os.kill(sandbox, 0)  # killed and reaped by the host
+
+
+@needs_root
+def test_serve_fork_inside_walls() -> None:
+    """The host's real order: minimal root, identity drop, then serve."""
+    paths = [sys.prefix, sys.base_prefix, "/usr", "/lib", "/lib64", os.path.dirname(M.__file__), "/proc"]
+
+    def setup() -> None:
+        M.enter_minimal_root(paths)
+        M.drop_privileges(65534, 65534)
+
+    h = Host(setup=setup)
+    try:
+        sock = h.request(81, body=b"walls")
+        status, headers, body = read_response(sock, 81)
+        assert (status, body) == (200, b"sllaw")
+        assert headers["x-uid"] == "65534" and headers["x-oom"] == "1000"
+        assert os.WEXITSTATUS(h.child_exit(81)[1]) == 0
+    finally:
+        assert h.close() == 0
+
+
+@needs_root
+def test_serve_fork_needs_proc() -> None:
+    def child() -> str:
+        M.enter_minimal_root([sys.prefix, "/usr", "/lib", "/lib64"])
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            M.serve_fork(b.fileno(), echo_runner, [])
+        except FileNotFoundError as exc:
+            return str(exc)
+        return "served"
+
+    assert "oom_score_adj" in run_in_child(child)
