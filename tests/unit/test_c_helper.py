@@ -487,6 +487,9 @@ def test_enter_minimal_root_in_child(tmp_path: Path) -> None:
              str(tmp_path / "data"), str(tmp_path / "data" / "f.txt"), "/nonexistent-mayflyd", "/proc"]
     before = set(glob.glob("/tmp/mayflyd-root-*"))
 
+    tests_dir = str(Path(__file__).resolve().parent)
+    assert os.path.isdir(tests_dir)
+
     def child() -> dict[str, Any]:
         out: dict[str, Any] = {"skipped": M.enter_minimal_root(paths)}
         out["top"] = sorted(os.listdir("/"))
@@ -508,7 +511,7 @@ def test_enter_minimal_root_in_child(tmp_path: Path) -> None:
         M.drop_privileges(65534, 65534)
         out["prog"] = (hidden / "prog.py").read_text()
         try:
-            os.listdir("/work/main/tests")
+            os.listdir(tests_dir)
             out["tests"] = "visible"
         except FileNotFoundError:
             out["tests"] = "absent"
@@ -521,8 +524,9 @@ def test_enter_minimal_root_in_child(tmp_path: Path) -> None:
     assert out["skipped"] == ["/nonexistent-mayflyd"]
     expected_top = {p.split("/")[1] for p in paths if os.path.exists(p)} | {"dev"}
     assert set(out["top"]) == expected_top
-    assert out["root"] == sorted({Path(sys.prefix).relative_to("/root").parts[0], hidden.name}
-                                 if sys.prefix.startswith("/root/") else {hidden.name})
+    pythons_under_root = {Path(p).relative_to("/root").parts[0]
+                          for p in (sys.prefix, sys.base_prefix) if p.startswith("/root/")}
+    assert out["root"] == sorted(pythons_under_root | {hidden.name})
     assert out["hidden"] == ["prog.py"]
     assert set(out["errors"].values()) == {errno.EROFS}
     assert out["urandom"] == 16 and out["prog"] == "ANSWER = 42\n" and out["tests"] == "absent"
