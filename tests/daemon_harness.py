@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["Daemon", "Reply", "free_port"]
+__all__ = ["Daemon", "DaemonProcess", "Reply", "free_port"]
 
 
 def free_port() -> int:
@@ -36,37 +36,25 @@ class Reply:
         return self.body.decode("utf-8", "replace")
 
 
-class Daemon:
-    """A mayflyd serving `tenants`; programs are given as source text."""
+class DaemonProcess:
+    """A running mayflyd: its port, its log, and a client for it."""
 
-    def __init__(self, workdir: Path, tenants: list[dict[str, Any]], programs: dict[str, str],
-                 **top: Any) -> None:
-        self.workdir = workdir
-        self.port = free_port()
-        self.cgroup_prefix = f"mayflyd-test-{uuid.uuid4().hex[:10]}"
-        programs_dir = workdir / "programs"
-        programs_dir.mkdir(parents=True, exist_ok=True)
-        for name, source in programs.items():
-            (programs_dir / name).write_text(textwrap.dedent(source))
-        config = {"listen": f"127.0.0.1:{self.port}", "cgroup_prefix": self.cgroup_prefix, **top,
-                  "tenants": tenants}
-        self.config_path = workdir / "mayflyd.yaml"
-        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-        self.log_path = workdir / "daemon.log"
+    def __init__(self, port: int, log_path: Path) -> None:
+        self.port = port
+        self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
+        self.cgroup_prefix = "mayflyd"
 
-    def start(self, timeout: float = 30.0) -> Daemon:
-        log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mayflyd", "serve", "--config", str(self.config_path)],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
+    def spawn(self, args: list[str], timeout: float = 30.0) -> None:
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "mayflyd", *args],
+                                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"mayflyd exited with {self.proc.returncode}:\n{self.log()}")
             if "msg=\"listening on" in self.log():
-                return self
+                return
             time.sleep(0.05)
         raise RuntimeError(f"mayflyd did not start within {timeout}s:\n{self.log()}")
 
@@ -98,13 +86,6 @@ class Daemon:
             time.sleep(0.05)
         raise AssertionError(f"timed out waiting for {what}\n{self.log()[-4000:]}")
 
-    def host_pids(self) -> list[int]:
-        """Pids of the sandbox hosts (children of the daemon running sandbox_host)."""
-        import psutil
-        assert self.proc is not None
-        return [c.pid for c in psutil.Process(self.proc.pid).children()
-                if "mayflyd.sandbox_host" in " ".join(c.cmdline())]
-
     def stop(self, timeout: float = 20.0) -> int:
         if self.proc is None:
             return 0
@@ -122,6 +103,28 @@ class Daemon:
         """Any cgroup directories of this daemon still present."""
         base = Path("/sys/fs/cgroup")
         return [str(p) for p in base.glob(f"*/{self.cgroup_prefix}") if p.is_dir()]
+
+
+class Daemon(DaemonProcess):
+    """A mayflyd serving `tenants`; programs are given as source text."""
+
+    def __init__(self, workdir: Path, tenants: list[dict[str, Any]], programs: dict[str, str],
+                 **top: Any) -> None:
+        super().__init__(free_port(), workdir / "daemon.log")
+        self.workdir = workdir
+        self.cgroup_prefix = f"mayflyd-test-{uuid.uuid4().hex[:10]}"
+        programs_dir = workdir / "programs"
+        programs_dir.mkdir(parents=True, exist_ok=True)
+        for name, source in programs.items():
+            (programs_dir / name).write_text(textwrap.dedent(source))
+        config = {"listen": f"127.0.0.1:{self.port}", "cgroup_prefix": self.cgroup_prefix, **top,
+                  "tenants": tenants}
+        self.config_path = workdir / "mayflyd.yaml"
+        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+    def start(self, timeout: float = 30.0) -> Daemon:
+        self.spawn(["serve", "--config", str(self.config_path)], timeout)
+        return self
 
     def __enter__(self) -> Daemon:
         return self.start()

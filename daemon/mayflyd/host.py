@@ -8,6 +8,7 @@ and from there to the request's sandbox alone.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import logging
 import os
@@ -110,8 +111,7 @@ class SandboxHost:
         parent_end, host_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         parent_end.setblocking(False)
         self._ctrl = parent_end
-        spec = HostSpec(**{**_spec_fields(self._spec), "ctrl_fd": host_end.fileno(),
-                           "supervisor_pid": os.getpid()})
+        spec = dataclasses.replace(self._spec, ctrl_fd=host_end.fileno(), supervisor_pid=os.getpid())
         try:
             self._proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-E", "-s", "-c", _HOST_BOOTSTRAP, spec.to_json(),
@@ -338,6 +338,3 @@ class SandboxHost:
         except HostUnavailable:
             pass  # a dead host takes its sandboxes with it
 
-
-def _spec_fields(spec: HostSpec) -> dict[str, object]:
-    return {name: getattr(spec, name) for name in spec.__slots__}  # type: ignore[attr-defined]

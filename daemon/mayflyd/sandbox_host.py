@@ -1,13 +1,15 @@
 """Entry point of a tenant's sandbox host process.
 
-The supervisor starts ``python -m mayflyd.sandbox_host SPEC_JSON`` with the
-host end of the control socket as an inherited fd. The host walls itself in
+The supervisor starts a Python running :func:`main` with a JSON
+:class:`HostSpec` as its one argument and the host end of the control socket
+as an inherited fd. The host walls itself in
 (cgroup, mount namespace with a minimal read-only root, unprivileged
 identity), loads the program, runs on_init() once, and hands the control
 socket to the C fork engine, which forks one sandbox per request.
 """
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import os
@@ -46,7 +48,7 @@ class HostSpec:
     readonly_paths: list[str]
 
     def to_json(self) -> str:
-        return json.dumps({k: getattr(self, k) for k in self.__slots__})  # type: ignore[attr-defined]
+        return json.dumps(dataclasses.asdict(self))
 
     @classmethod
     def from_json(cls, text: str) -> HostSpec:
@@ -83,7 +85,7 @@ def _build_walls(spec: HostSpec) -> None:
     _mayfly.drop_privileges(spec.uid, spec.gid)
 
 
-def _make_runner(program: Program) -> object:
+def _make_runner(program: Program) -> _mayfly.Runner:
     def runner(req_id: int, method: str, path: str, query: str,
                headers: list[tuple[str, str]], body: bytes, client: str) -> tuple[int, list[tuple[str, str]], bytes]:
         request = Request(id=req_id, method=method, path=path, query=query,

@@ -1,0 +1,49 @@
+"""Type stub of the C helper, mayflyd._mayfly (csrc/module.c)."""
+from collections.abc import Callable, Sequence
+
+MAGIC: int
+PROTOCOL_VERSION: int
+MAX_PAYLOAD: int
+MAX_HEAD: int
+MAX_HEADERS: int
+FRAME_HEADER_SIZE: int
+MSG_REQUEST: int
+MSG_CANCEL: int
+MSG_SHUTDOWN: int
+MSG_READY: int
+MSG_LOAD_FAILED: int
+MSG_CHILD_EXIT: int
+MSG_REQUEST_FAILED: int
+MSG_REQ_HEAD: int
+MSG_REQ_BODY: int
+MSG_REQ_END: int
+MSG_RESP_HEAD: int
+MSG_RESP_BODY: int
+MSG_RESP_END: int
+ENGINE_FORK: int
+ENGINE_RESET: int
+EXIT_TIMED_OUT: int
+EXIT_CANCELLED: int
+REQUEST_BODY_CAP: int
+FORK_MAX_CHILDREN: int
+FORK_GRACE_MS: int
+CHILD_EXIT_HANDLER: int
+CHILD_EXIT_BAD_REQUEST: int
+CHILD_EXIT_SETUP: int
+
+Headers = list[tuple[str, str]]
+Runner = Callable[[int, str, str, str, Headers, bytes, str], tuple[int, Headers, bytes]]
+
+def struct_layout() -> dict[str, tuple[int, dict[str, tuple[int, int]]]]: ...
+def drop_privileges(uid: int, gid: int) -> None: ...
+def set_parent_death_signal(signum: int, expected_ppid: int) -> None: ...
+def set_oom_score_adj(value: int) -> None: ...
+def enter_minimal_root(paths: Sequence[str]) -> list[str]: ...
+def cgroup_detect(base: str) -> int: ...
+def cgroup_setup(version: int, base: str, group: str, memory_max: int) -> None: ...
+def cgroup_join(version: int, base: str, group: str, pid: int) -> None: ...
+def cgroup_remove(version: int, base: str, group: str) -> None: ...
+def cgroup_stats(version: int, base: str, group: str) -> dict[str, int]: ...
+def serve_fork(ctrl_fd: int, runner: Runner, close_in_child: Sequence[int]) -> None: ...
+def encode_response(req_id: int, status: int, headers: Headers, body: bytes) -> list[bytes]: ...
+def decode_request(req_id: int, packets: Sequence[bytes]) -> tuple[str, str, str, Headers, bytes, str]: ...

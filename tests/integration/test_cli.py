@@ -1,0 +1,74 @@
+"""The mayflyd command line: check, and serve on the bundled default config."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from mayflyd.cli import find_default_config
+from mayflyd.config import load_config
+from tests.daemon_harness import DaemonProcess, free_port
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def mayflyd(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "mayflyd", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_check_accepts_the_bundled_config() -> None:
+    result = mayflyd("check", str(REPO / "config" / "mayflyd.yaml"))
+    assert result.returncode == 0, result.stderr
+    assert "OK, 2 tenant(s): hello, echo" in result.stdout
+
+
+def test_check_reports_every_error_with_file_line_and_key(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("listen: 127.0.0.1:99999\ntenants:\n  - name: x\n    hosts: [a]\n    program: nope.py\n"
+                   "    limits: {memroy: 1MiB}\n")
+    result = mayflyd("check", str(bad))
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert any(line.startswith(f"{bad}:1: listen:") for line in lines), lines
+    assert any(line.startswith(f"{bad}:5: tenants[0].program:") for line in lines), lines
+    assert any(f"{bad}:6: tenants[0].limits.memroy: unknown key 'memroy'" in line and "memory" in line
+               for line in lines), lines
+
+
+def test_check_missing_file() -> None:
+    result = mayflyd("check", "/nonexistent/mayflyd.yaml")
+    assert result.returncode == 1 and "/nonexistent/mayflyd.yaml" in result.stderr
+
+
+def test_serve_refuses_a_bad_config_with_exit_1(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tenants: []\n")
+    result = mayflyd("serve", "--config", str(bad))
+    assert result.returncode == 1 and f"{bad}:1: tenants" in result.stderr
+
+
+def test_default_config_is_the_bundled_one() -> None:
+    path = find_default_config()
+    if path != Path("/etc/mayflyd/mayflyd.yaml"):
+        config = load_config(path)
+        assert (config.listen_host, config.listen_port) == ("127.0.0.1", 8080)
+        hello = config.tenant("hello")
+        assert hello.default and hello.hosts == ("hello.localhost",)
+        assert hello.program.read_bytes() == (REPO / "config" / "programs" / "hello_pythran.py").read_bytes()
+        assert config.tenant("echo").hosts == ("echo.localhost",)
+
+
+def test_serve_with_the_default_config(tmp_path: Path) -> None:
+    """`mayflyd serve` with only --listen: the bundled config, both example tenants."""
+    probe = DaemonProcess(free_port(), tmp_path / "log")
+    probe.spawn(["serve", "--listen", f"127.0.0.1:{probe.port}"])
+    try:
+        reply = probe.request("GET", "/")
+        assert reply.status == 200 and reply.headers["Content-Type"] == "text/plain"
+        assert reply.body.startswith(b"\tthis is a very\n")
+        echo = probe.request("POST", "/x?y=1", host="echo.localhost", body=b"hi")
+        assert echo.status == 200 and b'"query": "y=1"' in echo.body
+        assert 'tenant=hello stream=stdout msg="Hello from Python"' in probe.log()
+    finally:
+        assert probe.stop() == 0
