@@ -2,7 +2,7 @@
  * Fork mode: the sealed host forks one child per request; the child reads
  * its request from the per-request socket, runs the handler, answers and
  * exits. The engine is plain C; the Python parts (fork hooks, the handler)
- * come in as callbacks from module.c.
+ * come in as callbacks from py_requests.c.
  */
 #ifndef MAYFLYD_FORK_ENGINE_H
 #define MAYFLYD_FORK_ENGINE_H

@@ -1,8 +1,8 @@
 /*
  * Frames of protocol.h: building, validating, sending and receiving them.
  * The request decoder and response encoder are shared by the sandbox child
- * (fork_engine.c) and the test bindings in module.c, so the tests exercise
- * the exact code the child runs.
+ * (fork_engine.c) and the test bindings in py_requests.c, so the tests
+ * exercise the exact code the child runs.
  */
 #ifndef MAYFLYD_PROTO_H
 #define MAYFLYD_PROTO_H

@@ -1,4 +1,4 @@
-"""Type stub of the C helper, mayflyd._mayfly (csrc/module.c)."""
+"""Type stub of the C helper, mayflyd._mayfly (csrc/module.c and csrc/py_requests.c)."""
 from collections.abc import Callable, Sequence
 
 MAGIC: int

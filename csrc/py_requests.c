@@ -1,0 +1,315 @@
+/*
+ * The request bindings of mayflyd._mayfly: conversion between Python
+ * objects and struct mf_request / mf_response (proto.h), the fork engine's
+ * hooks and serve_fork, and the test bindings encode_response and
+ * decode_request. Registered in module.c's method table.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <limits.h>
+
+#include "fork_engine.h"
+#include "log.h"
+#include "proto.h"
+#include "py_bindings.h"
+
+/* ---- response conversion, shared by the sandbox and encode_response ---- */
+
+struct py_response {
+    struct mf_response resp;
+    struct mf_header *headers;
+    PyObject *keep;         /* the encoded header bytes the pointers refer to */
+    Py_buffer body;
+    bool have_body;
+};
+
+/* str as latin-1, else UTF-8; bytes as they are. New reference. */
+static PyObject *encode_text(PyObject *obj)
+{
+    if (PyBytes_Check(obj))
+        return Py_NewRef(obj);
+    if (!PyUnicode_Check(obj))
+        return PyErr_Format(PyExc_TypeError, "header name/value must be str, not %s",
+                            Py_TYPE(obj)->tp_name);
+    PyObject *b = PyUnicode_AsLatin1String(obj);
+    if (b == NULL && PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) {
+        PyErr_Clear();
+        b = PyUnicode_AsUTF8String(obj);
+    }
+    return b;
+}
+
+static bool add_text(struct py_response *r, PyObject *obj, const uint8_t **ptr, uint32_t *len)
+{
+    PyObject *b = encode_text(obj);
+    if (b == NULL)
+        return false;
+    int rc = PyList_Append(r->keep, b);
+    Py_DECREF(b); /* the list holds it */
+    if (rc < 0)
+        return false;
+    if ((size_t)PyBytes_GET_SIZE(b) > UINT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "header too long");
+        return false;
+    }
+    *ptr = (const uint8_t *)PyBytes_AS_STRING(b);
+    *len = (uint32_t)PyBytes_GET_SIZE(b);
+    return true;
+}
+
+static void py_response_release(struct py_response *r)
+{
+    PyMem_Free(r->headers);
+    Py_CLEAR(r->keep);
+    if (r->have_body)
+        PyBuffer_Release(&r->body);
+    r->headers = NULL;
+    r->have_body = false;
+}
+
+/* Sets a Python exception and returns false on failure. */
+static bool py_response_build(struct py_response *r, PyObject *status, PyObject *headers, PyObject *body)
+{
+    PyObject *seq = NULL;
+    bool ok = false;
+
+    memset(r, 0, sizeof(*r));
+    if (!uint32_converter(status, &r->resp.status))
+        return false;
+    r->keep = PyList_New(0);
+    seq = PySequence_Fast(headers, "headers must be a sequence of (name, value) pairs");
+    if (r->keep == NULL || seq == NULL)
+        goto out;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if (n > (Py_ssize_t)MF_MAX_HEADERS) {
+        PyErr_Format(PyExc_ValueError, "%zd headers, at most %u allowed", n, MF_MAX_HEADERS);
+        goto out;
+    }
+    r->headers = PyMem_Calloc(n > 0 ? (size_t)n : 1, sizeof(*r->headers));
+    if (r->headers == NULL) {
+        PyErr_NoMemory();
+        goto out;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *pair = PySequence_Fast_GET_ITEM(seq, i);
+        struct mf_header *h = &r->headers[i];
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+            PyErr_SetString(PyExc_TypeError, "each header must be a (name, value) tuple");
+            goto out;
+        }
+        if (!add_text(r, PyTuple_GET_ITEM(pair, 0), &h->name, &h->name_len) ||
+            !add_text(r, PyTuple_GET_ITEM(pair, 1), &h->value, &h->value_len))
+            goto out;
+    }
+    if (PyObject_GetBuffer(body, &r->body, PyBUF_SIMPLE) < 0)
+        goto out;
+    r->have_body = true;
+    r->resp.header_count = (uint32_t)n;
+    r->resp.headers = r->headers;
+    r->resp.body = r->body.buf;
+    r->resp.body_len = (uint64_t)r->body.len;
+    ok = true;
+out:
+    Py_XDECREF(seq);
+    if (!ok)
+        py_response_release(r);
+    return ok;
+}
+
+static PyObject *request_tuple(const struct mf_request *req, bool with_id)
+{
+    PyObject *headers = PyList_New(req->header_count);
+    if (headers == NULL)
+        return NULL;
+    for (uint32_t i = 0; i < req->header_count; i++) {
+        const struct mf_header *h = &req->headers[i];
+        PyObject *pair = Py_BuildValue("(NN)",
+                                       PyUnicode_DecodeLatin1((const char *)h->name, h->name_len, NULL),
+                                       PyUnicode_DecodeLatin1((const char *)h->value, h->value_len, NULL));
+        if (pair == NULL) {
+            Py_DECREF(headers);
+            return NULL;
+        }
+        PyList_SET_ITEM(headers, i, pair);
+    }
+    /* Latin-1 maps every byte to one code point: nothing can fail to
+     * decode, and the program sees exactly the bytes the client sent. */
+#define LATIN1(field) PyUnicode_DecodeLatin1((const char *)req->field, req->field##_len, NULL)
+    PyObject *body = PyBytes_FromStringAndSize((const char *)req->body, (Py_ssize_t)req->body_len);
+    if (with_id)
+        return Py_BuildValue("(KNNNNNN)", (unsigned long long)req->req_id, LATIN1(method), LATIN1(path),
+                             LATIN1(query), headers, body, LATIN1(client));
+    return Py_BuildValue("(NNNNNN)", LATIN1(method), LATIN1(path), LATIN1(query), headers, body,
+                         LATIN1(client));
+#undef LATIN1
+}
+
+/* ---- serve_fork ---- */
+
+struct serve_ctx {
+    PyObject *runner;
+    struct py_response resp;
+};
+
+static void hook_before_fork(void *ctx) { (void)ctx; PyOS_BeforeFork(); }
+static void hook_after_fork_parent(void *ctx) { (void)ctx; PyOS_AfterFork_Parent(); }
+static void hook_after_fork_child(void *ctx) { (void)ctx; PyOS_AfterFork_Child(); }
+static bool hook_interrupted(void *ctx) { (void)ctx; return PyErr_CheckSignals() == 0; }
+
+static bool hook_handle(void *vctx, const struct mf_request *req, struct mf_response *out)
+{
+    struct serve_ctx *ctx = vctx;
+    PyObject *args = request_tuple(req, true);
+    PyObject *result = args != NULL ? PyObject_CallObject(ctx->runner, args) : NULL;
+
+    Py_XDECREF(args);
+    if (result != NULL && (!PyTuple_Check(result) || PyTuple_GET_SIZE(result) != 3))
+        PyErr_Format(PyExc_TypeError, "runner returned %s, expected (status, headers, body)",
+                     Py_TYPE(result)->tp_name);
+    else if (result != NULL &&
+             py_response_build(&ctx->resp, PyTuple_GET_ITEM(result, 0), PyTuple_GET_ITEM(result, 1),
+                               PyTuple_GET_ITEM(result, 2))) {
+        /* result stays referenced: the response points into it until _exit. */
+        *out = ctx->resp.resp;
+        return true;
+    }
+    if (PyErr_ExceptionMatches(PyExc_SystemExit)) {
+        /* PyErr_Print would run the host's exit path (atexit) in a sandbox. */
+        PyErr_Clear();
+        mf_warn("request %llu: runner raised SystemExit", (unsigned long long)req->req_id);
+    } else {
+        PyErr_Print();
+    }
+    return false;
+}
+
+PyObject *py_serve_fork(PyObject *self, PyObject *args)
+{
+    struct serve_ctx ctx = {0};
+    struct mf_fork_hooks hooks = {&ctx, hook_before_fork, hook_after_fork_parent, hook_after_fork_child,
+                                  hook_interrupted, hook_handle};
+    struct mf_fork_config cfg = {.hooks = &hooks};
+    PyObject *close_list, *seq;
+    int *fds;
+    bool ok;
+
+    (void)self;
+    if (!PyArg_ParseTuple(args, "iOO:serve_fork", &cfg.ctrl_fd, &ctx.runner, &close_list))
+        return NULL;
+    if (!PyCallable_Check(ctx.runner))
+        return PyErr_Format(PyExc_TypeError, "runner must be callable");
+    seq = PySequence_Fast(close_list, "close_in_child must be a sequence of fds");
+    if (seq == NULL)
+        return NULL;
+    cfg.n_close_in_child = (size_t)PySequence_Fast_GET_SIZE(seq);
+    fds = PyMem_Calloc(cfg.n_close_in_child + 1, sizeof(int));
+    if (fds == NULL) {
+        Py_DECREF(seq);
+        return PyErr_NoMemory();
+    }
+    for (size_t i = 0; i < cfg.n_close_in_child; i++) {
+        long fd = PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, (Py_ssize_t)i));
+        if ((fd == -1 && PyErr_Occurred()) || fd < 0 || fd > INT_MAX) {
+            if (!PyErr_Occurred())
+                PyErr_Format(PyExc_ValueError, "bad fd %ld in close_in_child", fd);
+            PyMem_Free(fds);
+            Py_DECREF(seq);
+            return NULL;
+        }
+        fds[i] = (int)fd;
+    }
+    Py_DECREF(seq);
+    cfg.close_in_child = fds;
+    /* The GIL stays held: the host is single-threaded and forks under it. */
+    ok = mf_fork_serve(&cfg);
+    PyMem_Free(fds);
+    if (PyErr_Occurred())
+        return NULL;
+    if (!ok)
+        return raise_last();
+    Py_RETURN_NONE;
+}
+
+/* ---- protocol test bindings: the same code paths the sandbox uses ---- */
+
+static bool list_sink(void *ctx, const struct iovec *iov, int iovcnt, size_t len)
+{
+    PyObject *pkt = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)len);
+    char *dst;
+
+    if (pkt == NULL)
+        return mf_errx(ENOMEM, "out of memory for a packet");
+    dst = PyBytes_AS_STRING(pkt);
+    for (int i = 0; i < iovcnt; i++) {
+        memcpy(dst, iov[i].iov_base, iov[i].iov_len);
+        dst += iov[i].iov_len;
+    }
+    int rc = PyList_Append(ctx, pkt);
+    Py_DECREF(pkt); /* the list holds it */
+    return rc == 0 || mf_errx(ENOMEM, "out of memory for the packet list");
+}
+
+PyObject *py_encode_response(PyObject *self, PyObject *args)
+{
+    uint64_t req_id;
+    PyObject *status, *headers, *body, *packets;
+    struct py_response r;
+
+    (void)self;
+    if (!PyArg_ParseTuple(args, "O&OOO:encode_response", uint64_converter, &req_id, &status, &headers,
+                          &body))
+        return NULL;
+    if (!py_response_build(&r, status, headers, body))
+        return NULL;
+    packets = PyList_New(0);
+    if (packets != NULL && !mf_response_emit(req_id, &r.resp, list_sink, packets)) {
+        Py_CLEAR(packets);
+        if (!PyErr_Occurred())
+            raise_last();
+    }
+    py_response_release(&r);
+    return packets;
+}
+
+PyObject *py_decode_request(PyObject *self, PyObject *args)
+{
+    uint64_t req_id;
+    PyObject *packets, *seq, *result = NULL;
+    struct mf_request *req;
+
+    (void)self;
+    if (!PyArg_ParseTuple(args, "O&O:decode_request", uint64_converter, &req_id, &packets))
+        return NULL;
+    seq = PySequence_Fast(packets, "packets must be a sequence of bytes");
+    if (seq == NULL)
+        return NULL;
+    req = PyMem_Malloc(sizeof(*req)); /* about 8 KiB of header slots */
+    if (req == NULL) {
+        Py_DECREF(seq);
+        return PyErr_NoMemory();
+    }
+    mf_request_init(req, req_id);
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
+        PyObject *pkt = PySequence_Fast_GET_ITEM(seq, i);
+        if (!PyBytes_Check(pkt)) {
+            PyErr_SetString(PyExc_TypeError, "packets must be bytes");
+            goto out;
+        }
+        if (mf_request_feed(req, (const uint8_t *)PyBytes_AS_STRING(pkt), (size_t)PyBytes_GET_SIZE(pkt)) < 0) {
+            raise_last();
+            goto out;
+        }
+    }
+    if (req->state != MF_REQ_DONE) {
+        PyErr_SetString(PyExc_ValueError, "request incomplete: no REQ_END");
+        goto out;
+    }
+    result = request_tuple(req, false);
+out:
+    mf_request_free(req);
+    PyMem_Free(req);
+    Py_DECREF(seq);
+    return result;
+}
