@@ -78,10 +78,24 @@ static const struct mf_cgroup_backend *backend(const struct mf_cgroup_config *cf
     return NULL;
 }
 
+/* The kernel's bounds, checked here so that both backends (and fake trees)
+ * refuse the same values before touching anything. */
+static bool valid_cpu_limit(const struct mf_cgroup_config *cfg)
+{
+    if (cfg->cpu_period_us < 1000 || cfg->cpu_period_us > 1000000)
+        return mf_errx(EINVAL, "cgroup cpu period %" PRIu64 " us: must be 1000..1000000", cfg->cpu_period_us);
+    if (cfg->cpu_quota_us != 0 && cfg->cpu_quota_us < 1000)
+        return mf_errx(EINVAL, "cgroup cpu quota %" PRIu64 " us: must be 0 (no limit) or at least 1000",
+                       cfg->cpu_quota_us);
+    if (cfg->cpu_quota_us > INT64_MAX / 1000)
+        return mf_errx(EINVAL, "cgroup cpu quota %" PRIu64 " us is too large", cfg->cpu_quota_us);
+    return true;
+}
+
 bool mf_cgroup_setup(const struct mf_cgroup_config *cfg)
 {
     const struct mf_cgroup_backend *b = backend(cfg);
-    return b != NULL && b->setup(cfg);
+    return b != NULL && valid_cpu_limit(cfg) && b->setup(cfg);
 }
 
 bool mf_cgroup_join(const struct mf_cgroup_config *cfg, pid_t pid)
@@ -206,6 +220,12 @@ bool mf_cg_read_u64(const char *dir, const char *file, uint64_t *out)
     if (errno != 0 || end == buf)
         return mf_errx(EINVAL, "%s/%s: '%s' is not a number", dir, file, buf);
     return true;
+}
+
+bool mf_cg_read_u64_optional(const char *dir, const char *file, uint64_t *out, bool *have)
+{
+    *have = mf_cg_read_u64(dir, file, out);
+    return *have || errno == ENOENT;
 }
 
 bool mf_cg_mkdir(const char *base, const char *group)

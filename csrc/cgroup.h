@@ -7,7 +7,8 @@
  * every directory from base down to the leaf already exists and holds the
  * files the call touches (cgroup.controllers and cgroup.subtree_control in
  * base and each ancestor of the leaf; memory.max, cgroup.procs, and
- * optionally memory.swap.max, memory.events, memory.current in the leaf).
+ * optionally memory.swap.max, memory.events, memory.current in the leaf;
+ * pids.max and cpu.max when those limits are set, pids.current if any).
  */
 #ifndef MAYFLYD_CGROUP_H
 #define MAYFLYD_CGROUP_H
@@ -21,11 +22,16 @@ struct mf_cgroup_config {
     const char *base;     /* v1: directory of the controller mounts; v2: delegated cgroup2 dir */
     const char *group;    /* relative path below base, e.g. "mayflyd/hello" */
     uint64_t memory_max;  /* bytes, 0 = no limit */
+    uint64_t pids_max;    /* tasks, 0 = no limit */
+    uint64_t cpu_quota_us;   /* CPU time per period, 0 = no limit */
+    uint64_t cpu_period_us;  /* 1000..1000000 (the kernel's bounds) */
 };
 
 struct mf_cgroup_stats {
     uint64_t oom_kill;        /* processes killed by the OOM killer in this group */
     uint64_t memory_current;  /* bytes charged now */
+    bool have_pids_current;   /* false without the pids controller */
+    uint64_t pids_current;    /* tasks in the group now */
 };
 
 /* 2 if base is a cgroup2 mount, 1 if base/memory is a cgroup v1 mount, 0
@@ -62,6 +68,8 @@ bool mf_cg_read(const char *dir, const char *file, char *buf, size_t cap);
 bool mf_cg_read_key(const char *dir, const char *file, const char *key, uint64_t *out);
 /* Reads a file holding one number. */
 bool mf_cg_read_u64(const char *dir, const char *file, uint64_t *out);
+/* mf_cg_read_u64 of a file that may be missing: *have says whether it was there. */
+bool mf_cg_read_u64_optional(const char *dir, const char *file, uint64_t *out, bool *have);
 /* mkdir -p of base/group, 0755; base must exist. */
 bool mf_cg_mkdir(const char *base, const char *group);
 /* rmdir of base/group; if busy, kills its processes (cgroup.kill when

@@ -1,6 +1,7 @@
 /*
  * cgroup v1: one hierarchy per controller under cfg->base (memory, pids,
- * cpu). memory is required; pids and cpu are used when mounted.
+ * cpu). memory is required; pids and cpu are used when mounted, and
+ * required when their limit is set.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -62,6 +63,39 @@ static bool set_memory_limit(const char *dir, uint64_t memory_max)
     return true;
 }
 
+static bool set_pids_limit(const char *dir, uint64_t pids_max)
+{
+    char value[32];
+
+    if (pids_max == 0)
+        (void)snprintf(value, sizeof(value), "max"); /* fits */
+    else
+        (void)snprintf(value, sizeof(value), "%" PRIu64, pids_max); /* fits */
+    return mf_cg_write(dir, "pids.max", value, false) > 0;
+}
+
+/* Period, then quota (-1: none): the kernel checks a quota against the
+ * period in force. */
+static bool set_cpu_limit(const char *dir, uint64_t quota_us, uint64_t period_us)
+{
+    char value[32];
+
+    (void)snprintf(value, sizeof(value), "%" PRIu64, period_us); /* fits */
+    if (mf_cg_write(dir, "cpu.cfs_period_us", value, false) < 0)
+        return false;
+    if (quota_us == 0)
+        (void)snprintf(value, sizeof(value), "-1"); /* fits */
+    else
+        (void)snprintf(value, sizeof(value), "%" PRIu64, quota_us); /* fits */
+    return mf_cg_write(dir, "cpu.cfs_quota_us", value, false) > 0;
+}
+
+/* Whether the configuration asks controller i for a limit. */
+static bool limit_wanted(const struct mf_cgroup_config *cfg, size_t i)
+{
+    return i == 0 || (i == 1 && cfg->pids_max != 0) || (i == 2 && cfg->cpu_quota_us != 0);
+}
+
 static bool v1_setup(const struct mf_cgroup_config *cfg)
 {
     for (size_t i = 0; i < N_CONTROLLERS; i++) {
@@ -69,16 +103,23 @@ static bool v1_setup(const struct mf_cgroup_config *cfg)
         bool present;
 
         MF_TRY(controller_present(cfg, i, &present));
+        if (!present && limit_wanted(cfg, i))
+            return mf_errx(ENOENT, "cgroup v1 controller %s not mounted under %s, but a limit is set",
+                           controllers[i], cfg->base);
         if (!present) {
             mf_warn("cgroup v1 controller %s not mounted under %s; not used", controllers[i], cfg->base);
             continue;
         }
         MF_TRY(mf_cg_join_path(ctrl_dir, cfg->base, controllers[i]));
         MF_TRY(mf_cg_mkdir(ctrl_dir, cfg->group));
-        if (i == 0) {
-            MF_TRY(leaf_dir(leaf, cfg, controllers[i]));
+        MF_TRY(leaf_dir(leaf, cfg, controllers[i]));
+        /* Limits are written also when 0, so that setup lifts an old one. */
+        if (i == 0)
             MF_TRY(set_memory_limit(leaf, cfg->memory_max));
-        }
+        else if (i == 1)
+            MF_TRY(set_pids_limit(leaf, cfg->pids_max));
+        else
+            MF_TRY(set_cpu_limit(leaf, cfg->cpu_quota_us, cfg->cpu_period_us));
     }
     return true;
 }
@@ -134,7 +175,9 @@ static bool v1_stats(const struct mf_cgroup_config *cfg, struct mf_cgroup_stats 
     MF_TRY(leaf_dir(leaf, cfg, "memory"));
     /* "oom_kill" in memory.oom_control exists since Linux 4.13. */
     MF_TRY(mf_cg_read_key(leaf, "memory.oom_control", "oom_kill", &out->oom_kill));
-    return mf_cg_read_u64(leaf, "memory.usage_in_bytes", &out->memory_current);
+    MF_TRY(mf_cg_read_u64(leaf, "memory.usage_in_bytes", &out->memory_current));
+    MF_TRY(leaf_dir(leaf, cfg, "pids"));
+    return mf_cg_read_u64_optional(leaf, "pids.current", &out->pids_current, &out->have_pids_current);
 }
 
 const struct mf_cgroup_backend mf_cgroup_v1_backend = {

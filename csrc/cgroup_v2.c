@@ -56,7 +56,7 @@ static bool enable_controllers(const char *dir)
 static bool v2_setup(const struct mf_cgroup_config *cfg)
 {
     char leaf[PATH_MAX], dir[PATH_MAX];
-    char value[32];
+    char value[64];
     int rc;
 
     MF_TRY(mf_cg_mkdir(cfg->base, cfg->group));
@@ -84,7 +84,19 @@ static bool v2_setup(const struct mf_cgroup_config *cfg)
     /* Swap only hides memory pressure; absent without swap accounting. */
     if (rc > 0 && mf_cg_write(leaf, "memory.swap.max", "0", true) < 0)
         return false;
-    return true;
+    /* Like memory.max: a missing file is an error only if a limit is set. */
+    if (cfg->pids_max == 0)
+        (void)snprintf(value, sizeof(value), "max"); /* fits */
+    else
+        (void)snprintf(value, sizeof(value), "%" PRIu64, cfg->pids_max); /* fits */
+    if (mf_cg_write(leaf, "pids.max", value, cfg->pids_max == 0) < 0)
+        return false;
+    if (cfg->cpu_quota_us == 0)
+        (void)snprintf(value, sizeof(value), "max %" PRIu64, cfg->cpu_period_us); /* fits */
+    else
+        (void)snprintf(value, sizeof(value), "%" PRIu64 " %" PRIu64, cfg->cpu_quota_us,
+                       cfg->cpu_period_us); /* fits */
+    return mf_cg_write(leaf, "cpu.max", value, cfg->cpu_quota_us == 0) >= 0;
 }
 
 static bool v2_join(const struct mf_cgroup_config *cfg, pid_t pid)
@@ -107,7 +119,8 @@ static bool v2_stats(const struct mf_cgroup_config *cfg, struct mf_cgroup_stats 
 
     MF_TRY(mf_cg_join_path(leaf, cfg->base, cfg->group));
     MF_TRY(mf_cg_read_key(leaf, "memory.events", "oom_kill", &out->oom_kill));
-    return mf_cg_read_u64(leaf, "memory.current", &out->memory_current);
+    MF_TRY(mf_cg_read_u64(leaf, "memory.current", &out->memory_current));
+    return mf_cg_read_u64_optional(leaf, "pids.current", &out->pids_current, &out->have_pids_current);
 }
 
 const struct mf_cgroup_backend mf_cgroup_v2_backend = {

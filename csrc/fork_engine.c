@@ -16,6 +16,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -23,7 +24,9 @@
 #include <unistd.h>
 
 #include "identity.h"
+#include "request_limits.h"
 #include "log.h"
+#include "seccomp.h"
 
 /* Sandboxes, not the host, are what the OOM killer should pick. */
 #define CHILD_OOM_SCORE_ADJ 1000
@@ -105,7 +108,8 @@ static bool close_inherited(const struct engine *e)
 
 static _Noreturn void child_main(const struct engine *e, int req_fd, uint64_t req_id)
 {
-    const struct mf_fork_hooks *hooks = e->cfg->hooks;
+    const struct mf_fork_config *cfg = e->cfg;
+    const struct mf_fork_hooks *hooks = cfg->hooks;
     struct mf_request req;
     struct mf_response resp;
 
@@ -120,6 +124,13 @@ static _Noreturn void child_main(const struct engine *e, int req_fd, uint64_t re
     /* Before any tenant code: the control socket would let a sandbox
      * speak for the host and the other sandboxes. */
     if (!close_inherited(e))
+        goto setup_failed;
+    /* Before any code of the program, its at-fork handlers included. */
+    if (!mf_limits_apply(&cfg->limits))
+        goto setup_failed;
+    /* Last of the sandbox's own set-up: the request filter is what keeps
+     * it from lifting the limits or deleting its CPU timer. */
+    if (cfg->request_filter_len > 0 && !mf_seccomp_load(cfg->request_filter, cfg->request_filter_len))
         goto setup_failed;
     /* The handler may use SIGCHLD (subprocess) like any program. */
     if (sigprocmask(SIG_SETMASK, &e->old_mask, NULL) < 0) {
@@ -300,14 +311,16 @@ static enum step reap_children(struct engine *e)
         return STEP_FAIL;
     }
     for (;;) {
+        struct rusage ru;
         int status;
-        pid_t pid = waitpid(-1, &status, WNOHANG);
+        /* wait4 for the CPU time the sandbox used, to name a CPU kill. */
+        pid_t pid = wait4(-1, &status, WNOHANG, &ru);
         if (pid == 0 || (pid < 0 && errno == ECHILD))
             return STEP_CONTINUE;
         if (pid < 0) {
             if (errno == EINTR)
                 continue;
-            mf_err("waitpid(-1, WNOHANG)");
+            mf_err("wait4(-1, WNOHANG)");
             return STEP_FAIL;
         }
         for (size_t i = 0; i < e->n; i++) {
@@ -316,6 +329,8 @@ static enum step reap_children(struct engine *e)
                 continue;
             e->children[i] = e->children[--e->n];
             struct mf_child_exit msg = {.pid = pid, .wait_status = status, .flags = c.flags};
+            if (mf_limits_cpu_exceeded(&e->cfg->limits, status, &ru))
+                msg.flags |= MF_EXIT_CPU_EXCEEDED;
             if (send_ctrl(e, MF_MSG_CHILD_EXIT, c.req_id, &msg, sizeof(msg)) != STEP_CONTINUE)
                 return STEP_STOP;
             break;

@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "request_limits.h"
 #include "proto.h"
 
 /* In-flight sandboxes per host; beyond that requests fail with EAGAIN. */
@@ -39,6 +40,9 @@ struct mf_fork_config {
     const int *close_in_child;    /* further fds no sandbox may keep */
     size_t n_close_in_child;
     const struct mf_fork_hooks *hooks;
+    struct mf_limits limits;      /* set by each sandbox on itself */
+    const void *request_filter;   /* seccomp BPF loaded last in each sandbox */
+    size_t request_filter_len;    /* 0: no filter */
 };
 
 /*

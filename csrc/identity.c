@@ -1,8 +1,10 @@
 /*
- * Privilege phases: the host starts as root (cgroup, mount namespace),
- * then mf_drop_privileges() turns it into the tenant's uid/gid with no
- * capabilities and no way back (no_new_privs). Every drop that could fail
- * silently is verified afterwards.
+ * Privilege phases: the host starts as root (cgroup, namespaces, mount
+ * namespace), or as the daemon's own uid with every capability inside a
+ * user namespace of its own (userns.c); then mf_drop_privileges() turns it
+ * into the tenant's uid/gid with no capabilities and no way back
+ * (no_new_privs). Every drop that could fail silently is verified
+ * afterwards.
  */
 #define _GNU_SOURCE
 #include "identity.h"
@@ -61,10 +63,41 @@ static bool clear_capability_sets(void)
     return true;
 }
 
-static bool verify_dropped(uid_t uid, gid_t gid, unsigned long last_cap)
+/*
+ * The kernel clears the parent-death signal whenever the effective ids
+ * change, so the drop would silently cut the host loose from its parent:
+ * arm it again, then check that the parent did not die in between. A
+ * parent outside our pid namespace (we are pid 1 of ns.c's) always reads
+ * as ppid 0; then the few instructions since setresuid stay unchecked.
+ */
+static bool rearm_parent_death_signal(int signum, pid_t ppid)
+{
+    if (prctl(PR_SET_PDEATHSIG, (unsigned long)signum, 0, 0, 0) < 0)
+        return mf_err("prctl(PR_SET_PDEATHSIG, %d) after the uid change", signum);
+    if (ppid != 0 && getppid() != ppid)
+        return mf_errx(ESRCH, "parent %d died during the privilege drop", ppid);
+    return true;
+}
+
+/* Exactly [gid]. Not checked with set_groups false (setgroups denied in
+ * userns.c's namespace): the groups are then whatever they were. */
+static bool verify_groups(gid_t gid)
+{
+    gid_t groups[2];
+    int n = getgroups(2, groups);
+
+    if (n < 0 && errno != EINVAL)
+        return mf_err("getgroups()");
+    if (n != 1 || groups[0] != gid)
+        return mf_errx(EPERM, "supplementary groups are not exactly [%u] after setgroups", gid);
+    return true;
+}
+
+static bool verify_dropped(uid_t uid, gid_t gid, bool set_groups, unsigned long last_cap, int pdeathsig)
 {
     uid_t ru, eu, su;
     gid_t rg, eg, sg;
+    int sig = 0;
     struct __user_cap_header_struct hdr = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
     struct __user_cap_data_struct data[_LINUX_CAPABILITY_U32S_3];
 
@@ -78,6 +111,8 @@ static bool verify_dropped(uid_t uid, gid_t gid, unsigned long last_cap)
     if (rg != gid || eg != gid || sg != gid)
         return mf_errx(EPERM, "gid drop did not take: real %u effective %u saved %u, wanted %u",
                        rg, eg, sg, gid);
+    if (set_groups)
+        MF_TRY(verify_groups(gid));
     /* uid 0 as target is refused by the caller, so this must fail. */
     if (setuid(0) == 0)
         return mf_errx(EPERM, "setuid(0) succeeded after the privilege drop");
@@ -96,18 +131,26 @@ static bool verify_dropped(uid_t uid, gid_t gid, unsigned long last_cap)
     }
     if (prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) != 1)
         return mf_errx(EPERM, "no_new_privs is not set");
+    if (prctl(PR_GET_PDEATHSIG, &sig, 0, 0, 0) < 0)
+        return mf_err("prctl(PR_GET_PDEATHSIG)");
+    if (sig != pdeathsig)
+        return mf_errx(EPERM, "parent-death signal is %d, was %d before the drop", sig, pdeathsig);
     return true;
 }
 
-bool mf_drop_privileges(uid_t uid, gid_t gid)
+bool mf_drop_privileges(uid_t uid, gid_t gid, bool set_groups)
 {
     unsigned long last_cap = 0;
+    int pdeathsig = 0;
+    pid_t ppid = getppid();
 
     if (uid == 0 || gid == 0)
         return mf_errx(EINVAL, "drop_privileges(%u, %u): refusing to 'drop' to root", uid, gid);
     MF_TRY(read_cap_last_cap(&last_cap));
+    if (prctl(PR_GET_PDEATHSIG, &pdeathsig, 0, 0, 0) < 0)
+        return mf_err("prctl(PR_GET_PDEATHSIG)");
     /* Groups and gids before the uid: changing them needs CAP_SETGID. */
-    if (setgroups(1, &gid) < 0)
+    if (set_groups && setgroups(1, &gid) < 0)
         return mf_err("setgroups(1, [%u])", gid);
     if (setresgid(gid, gid, gid) < 0)
         return mf_err("setresgid(%u, %u, %u)", gid, gid, gid);
@@ -117,13 +160,16 @@ bool mf_drop_privileges(uid_t uid, gid_t gid)
         return mf_err("prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)");
     if (setresuid(uid, uid, uid) < 0)
         return mf_err("setresuid(%u, %u, %u)", uid, uid, uid);
+    /* Right after the last change of ids: keep the window short. */
+    if (pdeathsig != 0)
+        MF_TRY(rearm_parent_death_signal(pdeathsig, ppid));
     MF_TRY(clear_capability_sets());
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
         return mf_err("prctl(PR_SET_NO_NEW_PRIVS, 1)");
     /* Not dumpable: no core files of tenant memory, no ptrace by the same uid. */
     if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
         return mf_err("prctl(PR_SET_DUMPABLE, 0)");
-    return verify_dropped(uid, gid, last_cap);
+    return verify_dropped(uid, gid, set_groups, last_cap, pdeathsig);
 }
 
 bool mf_set_parent_death_signal(int signum, pid_t expected_ppid)

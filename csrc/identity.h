@@ -8,11 +8,13 @@
 #include <stdbool.h>
 #include <sys/types.h>
 
-/* Becomes uid/gid with no supplementary groups, no capabilities (bounding,
- * ambient, effective, permitted, inheritable), no_new_privs and not
- * dumpable, then verifies that each step took. Must run last among the
- * root-only setup steps. */
-bool mf_drop_privileges(uid_t uid, gid_t gid);
+/* Becomes uid/gid with no supplementary groups (set_groups false: left as
+ * they are, for a user namespace where setgroups is denied), no
+ * capabilities (bounding, ambient, effective, permitted, inheritable),
+ * no_new_privs and not dumpable, then verifies that each step took. A
+ * parent-death signal survives (the kernel clears it on the uid change; it
+ * is armed again). Must run last among the privileged setup steps. */
+bool mf_drop_privileges(uid_t uid, gid_t gid, bool set_groups);
 
 /* Arms signum for when the parent dies, then checks the parent is still
  * expected_ppid (it may have died before the signal was armed). */

@@ -1,6 +1,7 @@
 /*
  * The Python module mayflyd._mayfly: module init, the method table, the
- * constants, struct_layout and the bindings of identity, mounts and cgroups.
+ * constants and the bindings of identity, namespaces, mounts, seccomp and
+ * cgroups.
  * The request bindings (serve_fork, encode_response, decode_request) are in
  * py_requests.c; these two are the only files that know CPython.
  * Each binding converts its arguments, calls one C function and turns a
@@ -12,15 +13,17 @@
 
 #include <errno.h>
 #include <limits.h>
-#include <stddef.h>
 
 #include "cgroup.h"
 #include "fork_engine.h"
 #include "identity.h"
 #include "log.h"
 #include "mounts.h"
+#include "ns.h"
 #include "proto.h"
 #include "py_bindings.h"
+#include "seccomp.h"
+#include "userns.h"
 
 PyObject *raise_last(void)
 {
@@ -62,16 +65,72 @@ int uint64_converter(PyObject *obj, void *out)
     return 1;
 }
 
-/* ---- identity and mounts ---- */
+/* ---- identity, namespaces and mounts ---- */
 
-static PyObject *py_drop_privileges(PyObject *self, PyObject *args)
+static PyObject *py_drop_privileges(PyObject *self, PyObject *args, PyObject *kwargs)
 {
+    static char *kwlist[] = {"uid", "gid", "set_groups", NULL};
     uint32_t uid, gid;
+    int set_groups = 1;
 
     (void)self;
-    if (!PyArg_ParseTuple(args, "O&O&:drop_privileges", uint32_converter, &uid, uint32_converter, &gid))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&O&|p:drop_privileges", kwlist, uint32_converter, &uid,
+                                     uint32_converter, &gid, &set_groups))
         return NULL;
-    if (!mf_drop_privileges(uid, gid))
+    if (!mf_drop_privileges(uid, gid, set_groups != 0))
+        return raise_last();
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_enter_user_namespace(PyObject *self, PyObject *unused)
+{
+    (void)self;
+    (void)unused;
+    if (!mf_enter_user_namespace())
+        return raise_last();
+    Py_RETURN_NONE;
+}
+
+/* Returns only in the new host (pid 1); the caller stays in ns.c's stub. */
+static PyObject *py_enter_namespaces(PyObject *self, PyObject *args)
+{
+    struct mf_ns_hooks hooks = {NULL, hook_before_fork, hook_after_fork_parent, hook_after_fork_child};
+    struct mf_ns_config cfg = {.hooks = &hooks};
+    PyObject *hostname;
+    const char *network;
+    bool ok;
+
+    (void)self;
+    if (!PyArg_ParseTuple(args, "sO&:enter_namespaces", &network, PyUnicode_FSConverter, &hostname))
+        return NULL;
+    if (!mf_network_parse(network, &cfg.network)) {
+        Py_DECREF(hostname);
+        return PyErr_Format(PyExc_ValueError, "%s", mf_last_error());
+    }
+    cfg.hostname = PyBytes_AS_STRING(hostname);
+    /* The GIL stays held across the fork, as PyOS_BeforeFork requires. */
+    ok = mf_enter_namespaces(&cfg);
+    Py_DECREF(hostname);
+    if (!ok)
+        return raise_last();
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_seccomp_load(PyObject *self, PyObject *args)
+{
+    Py_buffer bpf;
+    bool ok;
+
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*:seccomp_load", &bpf))
+        return NULL;
+    if (!mf_seccomp_check((size_t)bpf.len)) {
+        PyBuffer_Release(&bpf);
+        return PyErr_Format(PyExc_ValueError, "%s", mf_last_error());
+    }
+    ok = mf_seccomp_load(bpf.buf, (size_t)bpf.len);
+    PyBuffer_Release(&bpf);
+    if (!ok)
         return raise_last();
     Py_RETURN_NONE;
 }
@@ -207,14 +266,25 @@ static PyObject *py_cgroup_detect(PyObject *self, PyObject *args)
     return v < 0 ? raise_last() : PyLong_FromLong(v);
 }
 
-static PyObject *py_cgroup_setup(PyObject *self, PyObject *args)
+static PyObject *py_cgroup_setup(PyObject *self, PyObject *args, PyObject *kwargs)
 {
-    struct cg_args a;
+    static char *kwlist[] = {"version", "base", "group", "memory_max", "pids_max", "cpu_quota_us",
+                             "cpu_period_us", NULL};
+    struct cg_args a = {.cfg.cpu_period_us = 100000};
     bool ok;
 
     (void)self;
-    if (!parse_cgroup(args, "iO&O&O&:cgroup_setup", &a, uint64_converter, &a.cfg.memory_max))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iO&O&O&|O&O&O&:cgroup_setup", kwlist, &a.cfg.version,
+                                     PyUnicode_FSConverter, &a.base, PyUnicode_FSConverter, &a.group,
+                                     uint64_converter, &a.cfg.memory_max, uint64_converter, &a.cfg.pids_max,
+                                     uint64_converter, &a.cfg.cpu_quota_us, uint64_converter,
+                                     &a.cfg.cpu_period_us)) {
+        Py_XDECREF(a.base);
+        Py_XDECREF(a.group);
         return NULL;
+    }
+    a.cfg.base = PyBytes_AS_STRING(a.base);
+    a.cfg.group = PyBytes_AS_STRING(a.group);
     Py_BEGIN_ALLOW_THREADS
     ok = mf_cgroup_setup(&a.cfg);
     Py_END_ALLOW_THREADS
@@ -265,78 +335,38 @@ static PyObject *py_cgroup_stats(PyObject *self, PyObject *args)
     if (cg_finish(&a, ok) == NULL)
         return NULL;
     Py_DECREF(Py_None); /* cg_finish's return value on success */
-    return Py_BuildValue("{sKsK}", "oom_kill", (unsigned long long)st.oom_kill, "memory_current",
-                         (unsigned long long)st.memory_current);
-}
-
-/* ---- layout of protocol.h, for the test against the Python mirror ---- */
-
-struct field_desc {
-    const char *name;
-    size_t offset, size;
-};
-
-#define FIELD(s, f) {#f, offsetof(struct s, f), sizeof(((struct s *)0)->f)}
-#define STRUCT(s, ...)                                                        \
-    {#s, sizeof(struct s), (const struct field_desc[]){__VA_ARGS__, {NULL, 0, 0}}}
-
-static const struct {
-    const char *name;
-    size_t size;
-    const struct field_desc *fields;
-} layouts[] = {
-    STRUCT(mf_frame_header, FIELD(mf_frame_header, magic), FIELD(mf_frame_header, type),
-           FIELD(mf_frame_header, version), FIELD(mf_frame_header, req_id),
-           FIELD(mf_frame_header, payload_len), FIELD(mf_frame_header, reserved)),
-    STRUCT(mf_ready, FIELD(mf_ready, pid), FIELD(mf_ready, engine)),
-    STRUCT(mf_request_ctl, FIELD(mf_request_ctl, timeout_ms), FIELD(mf_request_ctl, reserved)),
-    STRUCT(mf_child_exit, FIELD(mf_child_exit, pid), FIELD(mf_child_exit, wait_status),
-           FIELD(mf_child_exit, flags), FIELD(mf_child_exit, reserved)),
-    STRUCT(mf_request_failed, FIELD(mf_request_failed, error), FIELD(mf_request_failed, reserved)),
-    STRUCT(mf_req_head, FIELD(mf_req_head, method_len), FIELD(mf_req_head, path_len),
-           FIELD(mf_req_head, query_len), FIELD(mf_req_head, client_len),
-           FIELD(mf_req_head, header_count), FIELD(mf_req_head, reserved), FIELD(mf_req_head, body_len)),
-    STRUCT(mf_resp_head, FIELD(mf_resp_head, status), FIELD(mf_resp_head, header_count),
-           FIELD(mf_resp_head, body_len)),
-    STRUCT(mf_header_entry, FIELD(mf_header_entry, name_len), FIELD(mf_header_entry, value_len)),
-};
-
-static PyObject *py_struct_layout(PyObject *self, PyObject *unused)
-{
-    PyObject *out = PyDict_New();
-
-    (void)self;
-    (void)unused;
-    for (size_t i = 0; out != NULL && i < sizeof(layouts) / sizeof(layouts[0]); i++) {
-        PyObject *fields = PyDict_New();
-        for (const struct field_desc *f = layouts[i].fields; fields != NULL && f->name != NULL; f++) {
-            PyObject *v = Py_BuildValue("(nn)", (Py_ssize_t)f->offset, (Py_ssize_t)f->size);
-            if (v == NULL || PyDict_SetItemString(fields, f->name, v) < 0)
-                Py_CLEAR(fields);
-            Py_XDECREF(v);
-        }
-        PyObject *entry = fields != NULL ? Py_BuildValue("(nN)", (Py_ssize_t)layouts[i].size, fields) : NULL;
-        if (entry == NULL || PyDict_SetItemString(out, layouts[i].name, entry) < 0)
+    PyObject *out = Py_BuildValue("{sKsK}", "oom_kill", (unsigned long long)st.oom_kill, "memory_current",
+                                  (unsigned long long)st.memory_current);
+    if (out != NULL && st.have_pids_current) {
+        PyObject *v = PyLong_FromUnsignedLongLong(st.pids_current);
+        if (v == NULL || PyDict_SetItemString(out, "pids_current", v) < 0)
             Py_CLEAR(out);
-        Py_XDECREF(entry);
+        Py_XDECREF(v);
     }
     return out;
 }
 
 static PyMethodDef methods[] = {
     {"struct_layout", py_struct_layout, METH_NOARGS, "{struct: (size, {field: (offset, size)})}"},
-    {"drop_privileges", py_drop_privileges, METH_VARARGS, "drop_privileges(uid, gid)"},
+    {"drop_privileges", (PyCFunction)(void (*)(void))py_drop_privileges, METH_VARARGS | METH_KEYWORDS,
+     "drop_privileges(uid, gid, set_groups=True)"},
+    {"enter_user_namespace", py_enter_user_namespace, METH_NOARGS, "enter_user_namespace()"},
+    {"enter_namespaces", py_enter_namespaces, METH_VARARGS,
+     "enter_namespaces(network, hostname); returns in pid 1 of the new pid namespace only"},
+    {"seccomp_load", py_seccomp_load, METH_VARARGS, "seccomp_load(bpf)"},
     {"set_parent_death_signal", py_set_parent_death_signal, METH_VARARGS,
      "set_parent_death_signal(signum, expected_ppid)"},
     {"set_oom_score_adj", py_set_oom_score_adj, METH_VARARGS, "set_oom_score_adj(value)"},
     {"enter_minimal_root", py_enter_minimal_root, METH_VARARGS,
      "enter_minimal_root(paths) -> paths skipped because missing"},
     {"cgroup_detect", py_cgroup_detect, METH_VARARGS, "cgroup_detect(base) -> 0, 1 or 2"},
-    {"cgroup_setup", py_cgroup_setup, METH_VARARGS, "cgroup_setup(version, base, group, memory_max)"},
+    {"cgroup_setup", (PyCFunction)(void (*)(void))py_cgroup_setup, METH_VARARGS | METH_KEYWORDS,
+     "cgroup_setup(version, base, group, memory_max, pids_max=0, cpu_quota_us=0, cpu_period_us=100000)"},
     {"cgroup_join", py_cgroup_join, METH_VARARGS, "cgroup_join(version, base, group, pid)"},
     {"cgroup_remove", py_cgroup_remove, METH_VARARGS, "cgroup_remove(version, base, group)"},
     {"cgroup_stats", py_cgroup_stats, METH_VARARGS, "cgroup_stats(version, base, group) -> dict"},
-    {"serve_fork", py_serve_fork, METH_VARARGS, "serve_fork(ctrl_fd, runner, close_in_child)"},
+    {"serve_fork", (PyCFunction)(void (*)(void))py_serve_fork, METH_VARARGS | METH_KEYWORDS,
+     "serve_fork(ctrl_fd, runner, close_in_child, request_filter=b'', cpu_ms=0, memory_bytes=0, nofile=0)"},
     {"encode_response", py_encode_response, METH_VARARGS,
      "encode_response(req_id, status, headers, body) -> [packet, ...]"},
     {"decode_request", py_decode_request, METH_VARARGS,
@@ -366,6 +396,7 @@ PyMODINIT_FUNC PyInit__mayfly(void)
         {"MSG_RESP_END", MF_MSG_RESP_END},
         {"ENGINE_FORK", MF_ENGINE_FORK}, {"ENGINE_RESET", MF_ENGINE_RESET},
         {"EXIT_TIMED_OUT", MF_EXIT_TIMED_OUT}, {"EXIT_CANCELLED", MF_EXIT_CANCELLED},
+        {"EXIT_CPU_EXCEEDED", MF_EXIT_CPU_EXCEEDED},
         {"REQUEST_BODY_CAP", (long)MF_REQUEST_BODY_CAP},
         {"FORK_MAX_CHILDREN", MF_FORK_MAX_CHILDREN}, {"FORK_GRACE_MS", MF_FORK_GRACE_MS},
         {"CHILD_EXIT_HANDLER", MF_CHILD_EXIT_HANDLER}, {"CHILD_EXIT_BAD_REQUEST", MF_CHILD_EXIT_BAD_REQUEST},

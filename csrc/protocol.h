@@ -82,6 +82,7 @@ struct mf_request_ctl {
 enum mf_exit_flags {
     MF_EXIT_TIMED_OUT = 1u,   /* killed by the host at its deadline */
     MF_EXIT_CANCELLED = 2u,   /* killed on MF_MSG_CANCEL */
+    MF_EXIT_CPU_EXCEEDED = 4u,/* SIGKILLed after using its whole CPU budget */
 };
 
 struct mf_child_exit {

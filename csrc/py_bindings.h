@@ -1,8 +1,9 @@
 /*
  * What the two CPython files of mayflyd._mayfly share: module.c (module
- * init, method table, identity/mounts/cgroup bindings) defines the error and
- * argument helpers; py_requests.c defines the request bindings that
- * module.c's method table registers.
+ * init, method table, identity/namespace/mounts/seccomp/cgroup bindings)
+ * defines the error and argument helpers; py_requests.c defines the request
+ * and protocol bindings that module.c's method table registers, and the
+ * CPython fork hooks that module.c's enter_namespaces uses too.
  */
 #ifndef MAYFLYD_PY_BINDINGS_H
 #define MAYFLYD_PY_BINDINGS_H
@@ -24,8 +25,14 @@ int uint32_converter(PyObject *obj, void *out);
 int uint64_converter(PyObject *obj, void *out);
 
 /* py_requests.c */
-PyObject *py_serve_fork(PyObject *self, PyObject *args);
+PyObject *py_serve_fork(PyObject *self, PyObject *args, PyObject *kwargs);
+/* Fork hooks (ctx unused) for the C helpers that fork: CPython's
+ * PyOS_BeforeFork, PyOS_AfterFork_Parent and PyOS_AfterFork_Child. */
+void hook_before_fork(void *ctx);
+void hook_after_fork_parent(void *ctx);
+void hook_after_fork_child(void *ctx);
 PyObject *py_encode_response(PyObject *self, PyObject *args);
 PyObject *py_decode_request(PyObject *self, PyObject *args);
+PyObject *py_struct_layout(PyObject *self, PyObject *unused);
 
 #endif /* MAYFLYD_PY_BINDINGS_H */

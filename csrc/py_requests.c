@@ -1,19 +1,21 @@
 /*
  * The request bindings of mayflyd._mayfly: conversion between Python
  * objects and struct mf_request / mf_response (proto.h), the fork engine's
- * hooks and serve_fork, and the test bindings encode_response and
- * decode_request. Registered in module.c's method table.
+ * hooks and serve_fork, and the protocol test bindings encode_response,
+ * decode_request and struct_layout. Registered in module.c's method table.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
 #include <errno.h>
 #include <limits.h>
+#include <stddef.h>
 
 #include "fork_engine.h"
 #include "log.h"
 #include "proto.h"
 #include "py_bindings.h"
+#include "seccomp.h"
 
 /* ---- response conversion, shared by the sandbox and encode_response ---- */
 
@@ -153,9 +155,9 @@ struct serve_ctx {
     struct py_response resp;
 };
 
-static void hook_before_fork(void *ctx) { (void)ctx; PyOS_BeforeFork(); }
-static void hook_after_fork_parent(void *ctx) { (void)ctx; PyOS_AfterFork_Parent(); }
-static void hook_after_fork_child(void *ctx) { (void)ctx; PyOS_AfterFork_Child(); }
+void hook_before_fork(void *ctx) { (void)ctx; PyOS_BeforeFork(); }
+void hook_after_fork_parent(void *ctx) { (void)ctx; PyOS_AfterFork_Parent(); }
+void hook_after_fork_child(void *ctx) { (void)ctx; PyOS_AfterFork_Child(); }
 static bool hook_interrupted(void *ctx) { (void)ctx; return PyErr_CheckSignals() == 0; }
 
 static bool hook_handle(void *vctx, const struct mf_request *req, struct mf_response *out)
@@ -185,31 +187,21 @@ static bool hook_handle(void *vctx, const struct mf_request *req, struct mf_resp
     return false;
 }
 
-PyObject *py_serve_fork(PyObject *self, PyObject *args)
+/* A sequence of fds as a PyMem array (one spare slot, so never NULL on success). */
+static int *fd_array(PyObject *list, size_t *n)
 {
-    struct serve_ctx ctx = {0};
-    struct mf_fork_hooks hooks = {&ctx, hook_before_fork, hook_after_fork_parent, hook_after_fork_child,
-                                  hook_interrupted, hook_handle};
-    struct mf_fork_config cfg = {.hooks = &hooks};
-    PyObject *close_list, *seq;
+    PyObject *seq = PySequence_Fast(list, "close_in_child must be a sequence of fds");
     int *fds;
-    bool ok;
 
-    (void)self;
-    if (!PyArg_ParseTuple(args, "iOO:serve_fork", &cfg.ctrl_fd, &ctx.runner, &close_list))
-        return NULL;
-    if (!PyCallable_Check(ctx.runner))
-        return PyErr_Format(PyExc_TypeError, "runner must be callable");
-    seq = PySequence_Fast(close_list, "close_in_child must be a sequence of fds");
     if (seq == NULL)
         return NULL;
-    cfg.n_close_in_child = (size_t)PySequence_Fast_GET_SIZE(seq);
-    fds = PyMem_Calloc(cfg.n_close_in_child + 1, sizeof(int));
+    *n = (size_t)PySequence_Fast_GET_SIZE(seq);
+    fds = PyMem_Calloc(*n + 1, sizeof(int));
     if (fds == NULL) {
         Py_DECREF(seq);
-        return PyErr_NoMemory();
+        return (int *)PyErr_NoMemory();
     }
-    for (size_t i = 0; i < cfg.n_close_in_child; i++) {
+    for (size_t i = 0; i < *n; i++) {
         long fd = PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, (Py_ssize_t)i));
         if ((fd == -1 && PyErr_Occurred()) || fd < 0 || fd > INT_MAX) {
             if (!PyErr_Occurred())
@@ -221,15 +213,56 @@ PyObject *py_serve_fork(PyObject *self, PyObject *args)
         fds[i] = (int)fd;
     }
     Py_DECREF(seq);
+    return fds;
+}
+
+PyObject *py_serve_fork(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"ctrl_fd", "runner", "close_in_child", "request_filter", "cpu_ms",
+                             "memory_bytes", "nofile", NULL};
+    struct serve_ctx ctx = {0};
+    struct mf_fork_hooks hooks = {&ctx, hook_before_fork, hook_after_fork_parent, hook_after_fork_child,
+                                  hook_interrupted, hook_handle};
+    struct mf_fork_config cfg = {.hooks = &hooks};
+    Py_buffer filter = {0};
+    PyObject *close_list;
+    int *fds;
+    bool ok;
+
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iOO|y*O&O&O&:serve_fork", kwlist, &cfg.ctrl_fd,
+                                     &ctx.runner, &close_list, &filter, uint32_converter, &cfg.limits.cpu_ms,
+                                     uint64_converter, &cfg.limits.memory_bytes, uint32_converter,
+                                     &cfg.limits.nofile))
+        goto fail;
+    if (!PyCallable_Check(ctx.runner)) {
+        PyErr_Format(PyExc_TypeError, "runner must be callable");
+        goto fail;
+    }
+    /* Checked once here rather than failing every sandbox. */
+    if (filter.len > 0 && !mf_seccomp_check((size_t)filter.len)) {
+        PyErr_Format(PyExc_ValueError, "request_filter: %s", mf_last_error());
+        goto fail;
+    }
+    fds = fd_array(close_list, &cfg.n_close_in_child);
+    if (fds == NULL)
+        goto fail;
     cfg.close_in_child = fds;
+    cfg.request_filter = filter.buf;
+    cfg.request_filter_len = (size_t)filter.len;
     /* The GIL stays held: the host is single-threaded and forks under it. */
     ok = mf_fork_serve(&cfg);
     PyMem_Free(fds);
+    PyBuffer_Release(&filter);
     if (PyErr_Occurred())
         return NULL;
     if (!ok)
         return raise_last();
     Py_RETURN_NONE;
+fail:
+    /* A no-op on a buffer never taken, or already released by a failed parse. */
+    PyBuffer_Release(&filter);
+    return NULL;
 }
 
 /* ---- protocol test bindings: the same code paths the sandbox uses ---- */
@@ -312,4 +345,58 @@ out:
     PyMem_Free(req);
     Py_DECREF(seq);
     return result;
+}
+
+/* ---- layout of protocol.h, for the test against the Python mirror ---- */
+
+struct field_desc {
+    const char *name;
+    size_t offset, size;
+};
+
+#define FIELD(s, f) {#f, offsetof(struct s, f), sizeof(((struct s *)0)->f)}
+#define STRUCT(s, ...)                                                        \
+    {#s, sizeof(struct s), (const struct field_desc[]){__VA_ARGS__, {NULL, 0, 0}}}
+
+static const struct {
+    const char *name;
+    size_t size;
+    const struct field_desc *fields;
+} layouts[] = {
+    STRUCT(mf_frame_header, FIELD(mf_frame_header, magic), FIELD(mf_frame_header, type),
+           FIELD(mf_frame_header, version), FIELD(mf_frame_header, req_id),
+           FIELD(mf_frame_header, payload_len), FIELD(mf_frame_header, reserved)),
+    STRUCT(mf_ready, FIELD(mf_ready, pid), FIELD(mf_ready, engine)),
+    STRUCT(mf_request_ctl, FIELD(mf_request_ctl, timeout_ms), FIELD(mf_request_ctl, reserved)),
+    STRUCT(mf_child_exit, FIELD(mf_child_exit, pid), FIELD(mf_child_exit, wait_status),
+           FIELD(mf_child_exit, flags), FIELD(mf_child_exit, reserved)),
+    STRUCT(mf_request_failed, FIELD(mf_request_failed, error), FIELD(mf_request_failed, reserved)),
+    STRUCT(mf_req_head, FIELD(mf_req_head, method_len), FIELD(mf_req_head, path_len),
+           FIELD(mf_req_head, query_len), FIELD(mf_req_head, client_len),
+           FIELD(mf_req_head, header_count), FIELD(mf_req_head, reserved), FIELD(mf_req_head, body_len)),
+    STRUCT(mf_resp_head, FIELD(mf_resp_head, status), FIELD(mf_resp_head, header_count),
+           FIELD(mf_resp_head, body_len)),
+    STRUCT(mf_header_entry, FIELD(mf_header_entry, name_len), FIELD(mf_header_entry, value_len)),
+};
+
+PyObject *py_struct_layout(PyObject *self, PyObject *unused)
+{
+    PyObject *out = PyDict_New();
+
+    (void)self;
+    (void)unused;
+    for (size_t i = 0; out != NULL && i < sizeof(layouts) / sizeof(layouts[0]); i++) {
+        PyObject *fields = PyDict_New();
+        for (const struct field_desc *f = layouts[i].fields; fields != NULL && f->name != NULL; f++) {
+            PyObject *v = Py_BuildValue("(nn)", (Py_ssize_t)f->offset, (Py_ssize_t)f->size);
+            if (v == NULL || PyDict_SetItemString(fields, f->name, v) < 0)
+                Py_CLEAR(fields);
+            Py_XDECREF(v);
+        }
+        PyObject *entry = fields != NULL ? Py_BuildValue("(nN)", (Py_ssize_t)layouts[i].size, fields) : NULL;
+        if (entry == NULL || PyDict_SetItemString(out, layouts[i].name, entry) < 0)
+            Py_CLEAR(out);
+        Py_XDECREF(entry);
+    }
+    return out;
 }

@@ -1,6 +1,8 @@
 """Runs the real mayflyd as a subprocess on a free port, for integration tests."""
 from __future__ import annotations
 
+import concurrent.futures
+import ctypes
 import http.client
 import os
 import signal
@@ -16,7 +18,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["Daemon", "DaemonProcess", "Reply", "free_port"]
+__all__ = ["Daemon", "DaemonProcess", "IsolatedDaemon", "Reply", "free_port"]
 
 
 def free_port() -> int:
@@ -45,9 +47,9 @@ class DaemonProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.cgroup_prefix = "mayflyd"
 
-    def spawn(self, args: list[str], timeout: float = 30.0) -> None:
+    def spawn(self, args: list[str], timeout: float = 30.0, prefix: list[str] | None = None) -> None:
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "mayflyd", *args],
+            self.proc = subprocess.Popen([*(prefix or []), sys.executable, "-m", "mayflyd", *args],
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -65,6 +67,7 @@ class DaemonProcess:
                 body: bytes | None = None, headers: dict[str, str] | None = None,
                 timeout: float = 30.0) -> Reply:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        conn.sock = self.connect(timeout)
         try:
             all_headers = dict(headers or {})
             if host is not None:
@@ -74,6 +77,9 @@ class DaemonProcess:
             return Reply(response.status, response.headers, response.read())
         finally:
             conn.close()
+
+    def connect(self, timeout: float) -> socket.socket:
+        return socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
 
     def get(self, host: str, path: str = "/", **kwargs: Any) -> Reply:
         return self.request("GET", path, host=host, **kwargs)
@@ -85,6 +91,14 @@ class DaemonProcess:
                 return
             time.sleep(0.05)
         raise AssertionError(f"timed out waiting for {what}\n{self.log()[-4000:]}")
+
+    def host_pid(self, tenant: str) -> int:
+        """The pid of a tenant's host process, as the daemon started it."""
+        import psutil
+        assert self.proc is not None
+        marker = f'"tenant": "{tenant}"'
+        (pid,) = [c.pid for c in psutil.Process(self.proc.pid).children() if marker in " ".join(c.cmdline())]
+        return int(pid)
 
     def stop(self, timeout: float = 20.0) -> int:
         if self.proc is None:
@@ -135,3 +149,55 @@ class Daemon(DaemonProcess):
 
 def is_root() -> bool:
     return os.geteuid() == 0
+
+
+class IsolatedDaemon(Daemon):
+    """A Daemon inside a pid and network namespace of its own.
+
+    For hostile programs: one that gets past a wall reaches only what lives
+    in there (kill(-1) kills the test daemon, not the machine). The test
+    reaches the daemon's 127.0.0.1 through a thread that joined its network
+    namespace.
+    """
+
+    def start(self, timeout: float = 30.0) -> IsolatedDaemon:
+        prefix = ["unshare", "--pid", "--fork", "--mount-proc", "--net", "--kill-child",
+                  sys.executable, "-m", "tests.netns_exec"]
+        self._netns: concurrent.futures.ThreadPoolExecutor | None = None
+        self.spawn(["serve", "--config", str(self.config_path)], timeout, prefix=prefix)
+        return self
+
+    @property
+    def daemon_pid(self) -> int:
+        """The daemon's pid outside its namespace: the child of unshare."""
+        import psutil
+        assert self.proc is not None
+        (child,) = psutil.Process(self.proc.pid).children()
+        return int(child.pid)
+
+    def _join_netns(self) -> None:
+        with open(f"/proc/{self.daemon_pid}/ns/net", "rb") as ns:
+            if _libc.setns(ns.fileno(), CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns(CLONE_NEWNET)")
+
+    def connect(self, timeout: float) -> socket.socket:
+        if self._netns is None:
+            self._netns = concurrent.futures.ThreadPoolExecutor(1, initializer=self._join_netns)
+        return self._netns.submit(socket.create_connection, ("127.0.0.1", self.port), timeout).result()
+
+    def stop(self, timeout: float = 20.0) -> int:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.daemon_pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError(f"mayflyd did not stop on SIGTERM within {timeout}s\n{self.log()}")
+        if self._netns is not None:
+            self._netns.shutdown()
+        return super().stop(timeout)
+
+
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)

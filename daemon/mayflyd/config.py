@@ -21,7 +21,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 import yaml
 from yaml.constructor import ConstructorError, SafeConstructor
@@ -88,6 +88,10 @@ class Limits:
     max_response: int  # bytes
     concurrency: int
     init_timeout_ms: int
+    cpu: float  # share of one core for the whole tenant; 0 = unlimited
+    pids: int  # processes of the tenant at once (host, sandboxes); 0 in defaults: concurrency + 16
+    request_cpu_ms: int  # CPU time one request may use
+    request_memory: int  # bytes one request may allocate; 0 in defaults: the tenant's memory
 
 
 BUILTIN_LIMITS: Final = Limits(
@@ -97,6 +101,10 @@ BUILTIN_LIMITS: Final = Limits(
     max_response=16 * MiB,
     concurrency=32,
     init_timeout_ms=30000,
+    cpu=1.0,
+    pids=0,
+    request_cpu_ms=5000,
+    request_memory=0,
 )
 
 
@@ -111,6 +119,9 @@ class TenantConfig:
     gid: int
     env: tuple[tuple[str, str], ...]  # sorted by key
     limits: Limits
+    network: str  # none | loopback (its own, not the host's) | full
+    files: tuple[Path, ...]  # extra read-only paths in the sandbox's view
+    seccomp_action: str  # what a denied system call does: eperm | kill
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -329,7 +340,12 @@ _TOP_KEYS: Final = (
     "listen", "log_level", "cgroup", "cgroup_root", "cgroup_prefix", "uid_base", "defaults", "tenants"
 )
 _CGROUP_PREFIX_RE: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}(/[A-Za-z0-9_.-]{1,64}){0,3}")
-_TENANT_KEYS: Final = ("name", "hosts", "default", "program", "engine", "uid", "gid", "env", "limits")
+_TENANT_KEYS: Final = (
+    "name", "hosts", "default", "program", "engine", "uid", "gid", "env", "limits",
+    "network", "files", "seccomp_action",
+)
+_NETWORK_MODES: Final = ("none", "loopback", "full")
+_SECCOMP_ACTIONS: Final = ("eperm", "kill")
 _LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 _CGROUP_MODES: Final = ("auto", "v1", "v2", "none")
 _ENGINES: Final = ("fork",)
@@ -355,7 +371,11 @@ _LIMIT_RULES: Final = (
     _LimitRule(key="max_response", is_size=True, low=1, high=1 * GiB),
     _LimitRule(key="concurrency", is_size=False, low=1, high=100_000),
     _LimitRule(key="init_timeout_ms", is_size=False, low=1, high=3_600_000),
+    _LimitRule(key="pids", is_size=False, low=2, high=1_000_000),
+    _LimitRule(key="request_cpu_ms", is_size=False, low=1, high=3_600_000),
+    _LimitRule(key="request_memory", is_size=True, low=1 * MiB, high=None),
 )
+_CPU_RANGE: Final = (0.01, 1024.0)
 
 _Entries = dict[str, tuple[Node, Node]]  # key -> (key node, value node)
 _T = TypeVar("_T")
@@ -449,6 +469,17 @@ class _Parser:
             self._issues.add(node, path, f"must be between {low} and {high}, got {value}")
             return None
         return value
+
+    def _cpu(self, node: Node, path: str) -> float | None:
+        value = self._constructor.construct_object(node) if isinstance(node, ScalarNode) else None
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            self._issues.add(node, path, f"must be a number of cores like 0.5, got {_type_name(node)}")
+            return None
+        low, high = _CPU_RANGE
+        if not low <= value <= high:
+            self._issues.add(node, path, f"must be between {low} and {high:g} cores, got {value}")
+            return None
+        return float(value)
 
     def _choice(self, node: Node, path: str, choices: Sequence[str]) -> str | None:
         value = self._string(node, path)
@@ -548,10 +579,14 @@ class _Parser:
         return self._limits(entries["limits"][1], "defaults.limits", base)
 
     def _limits(self, node: Node, path: str, base: Limits) -> Limits:
-        entries = self._mapping(node, path, [rule.key for rule in _LIMIT_RULES])
+        entries = self._mapping(node, path, [rule.key for rule in _LIMIT_RULES] + ["cpu"])
         if entries is None:
             return base
-        overrides: dict[str, int] = {}
+        overrides: dict[str, Any] = {}
+        if "cpu" in entries:
+            cpu = self._cpu(entries["cpu"][1], f"{path}.cpu")
+            if cpu is not None:
+                overrides["cpu"] = cpu
         for rule in _LIMIT_RULES:
             if rule.key not in entries:
                 continue
@@ -673,6 +708,30 @@ class _Parser:
             else defaults
         )
 
+        limits_at = entries["limits"][1] if "limits" in entries else node
+        # Unset (0) means: follow the other limits, so that raising concurrency
+        # or lowering memory alone never makes a config invalid.
+        if limits.pids == 0:
+            limits = dataclasses.replace(limits, pids=max(64, limits.concurrency + 16))
+        if limits.request_memory == 0:
+            limits = dataclasses.replace(limits, request_memory=limits.memory)
+        if limits.request_memory > limits.memory:
+            self._issues.add(limits_at, f"{path}.limits.request_memory",
+                             f"request_memory ({format_size(limits.request_memory)}) exceeds the tenant's "
+                             f"memory ({format_size(limits.memory)})")
+        if limits.pids <= limits.concurrency:
+            self._issues.add(limits_at, f"{path}.limits.pids",
+                             f"pids ({limits.pids}) must exceed concurrency ({limits.concurrency}): "
+                             "every request is a process, and so is the host")
+        network = "none"
+        if "network" in entries:
+            network = self._choice(entries["network"][1], f"{path}.network", _NETWORK_MODES) or "none"
+        seccomp_action = "eperm"
+        if "seccomp_action" in entries:
+            seccomp_action = (self._choice(entries["seccomp_action"][1], f"{path}.seccomp_action",
+                                           _SECCOMP_ACTIONS) or "eperm")
+        files = self._files(entries["files"][1], f"{path}.files") if "files" in entries else ()
+
         if name is None or program is None or uid is None:
             return None  # already reported
         return TenantConfig(
@@ -685,6 +744,9 @@ class _Parser:
             gid=gid if gid is not None else uid,
             env=env,
             limits=limits,
+            network=network,
+            files=files,
+            seccomp_action=seccomp_action,
         )
 
     def _hosts(
@@ -737,6 +799,24 @@ class _Parser:
                 f"tenant {label} has no hosts; list at least one or make it the default tenant",
             )
         return tuple(hosts)
+
+    def _files(self, node: Node, path: str) -> tuple[Path, ...]:
+        if not isinstance(node, SequenceNode):
+            self._issues.add(node, path, f"must be a list of absolute paths, got {_type_name(node)}")
+            return ()
+        files: list[Path] = []
+        for index, item in enumerate(node.value):
+            item_path = f"{path}[{index}]"
+            text = self._string(item, item_path)
+            if text is None:
+                continue
+            if not os.path.isabs(text) or "\0" in text or "/../" in f"{text}/":
+                self._issues.add(item, item_path, f"must be an absolute path without '..', got {text!r}")
+            elif not os.path.exists(text):
+                self._issues.add(item, item_path, f"{text!r} does not exist")
+            else:
+                files.append(Path(text))
+        return tuple(files)
 
     def _program(self, node: Node, path: str) -> Path | None:
         text = self._string(node, path)

@@ -11,6 +11,9 @@ import asyncio
 import logging
 import os
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 from aiohttp import web
 
@@ -18,6 +21,7 @@ from mayflyd import _mayfly
 from mayflyd.config import Config
 from mayflyd.frontend import FrontEnd, make_app
 from mayflyd.router import Router
+from mayflyd.seccomp_policy import build_filters
 from mayflyd.tenant import Tenant, Walls
 
 __all__ = ["Daemon", "decide_walls"]
@@ -27,26 +31,53 @@ log = logging.getLogger("mayflyd.daemon")
 SHUTDOWN_GRACE = 10.0
 
 
+def _user_namespaces_work() -> bool:
+    """Whether this (unprivileged) process may create a user namespace."""
+    probe = "from mayflyd import _mayfly; _mayfly.enter_user_namespace()"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, timeout=30,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    return result.returncode == 0
+
+
+def _seccomp_works() -> bool:
+    try:
+        build_filters()
+    except Exception as exc:  # noqa: BLE001 - any failure means: no seccomp wall
+        log.warning("cannot build seccomp filters: %s", exc)
+        return False
+    return True
+
+
 def decide_walls(config: Config) -> Walls:
-    """Which walls this process can build, said once in the log."""
+    """Which walls this process can build; said once, exactly, in the log."""
     privileged = os.geteuid() == 0
+    mode = "root" if privileged else ("userns" if _user_namespaces_work() else "none")
     version = {"none": 0, "v1": 1, "v2": 2}.get(config.cgroup)
     if version is None:  # auto
         version = _mayfly.cgroup_detect(config.cgroup_root) if privileged else 0
     if not privileged:
         version = 0
-        log.warning("running without root: no per-tenant uid, no mount namespace, no cgroup limits; "
-                    "tenants run as this user with seccomp and rlimits only where available")
-    elif version == 0:
-        log.warning("no usable cgroup hierarchy at %s: tenants' memory limits are NOT enforced",
-                    config.cgroup_root)
-    walls = Walls(privileged=privileged, cgroup_version=version, cgroup_base=config.cgroup_root,
-                  cgroup_prefix=config.cgroup_prefix)
-    if privileged:
-        log.info("walls: per-tenant uid/gid without capabilities, no_new_privs, read-only minimal root in "
-                 "a mount namespace, %s",
-                 f"cgroup v{version} at {config.cgroup_root} (memory limit)" if version else "no cgroup")
-    return walls
+    seccomp = _seccomp_works()
+    present: list[str] = []
+    missing: list[str] = []
+    (present if mode == "root" else missing).append("a uid/gid of its own per tenant")
+    namespaces = "mount, pid, ipc, uts, cgroup and network namespaces with a read-only minimal root"
+    (present if mode in ("root", "userns") else missing).append(namespaces)
+    if mode == "userns":
+        present.append("a user namespace")
+    cgroup = "cgroup limits (memory, cpu, pids)"
+    if version:
+        present.append(f"cgroup v{version} limits (memory, cpu, pids) at {config.cgroup_root}")
+    else:
+        missing.append(cgroup)
+    (present if seccomp else missing).append("seccomp filters")
+    present.append("no capabilities, no_new_privs, per-request rlimits and CPU budget")
+    log.info("walls present: %s", "; ".join(present))
+    if missing:
+        log.warning("walls MISSING: %s%s", "; ".join(missing),
+                    "" if privileged else " (mayflyd runs without root)")
+    return Walls(mode=mode, cgroup_version=version, cgroup_base=config.cgroup_root,
+                 cgroup_prefix=config.cgroup_prefix, seccomp=seccomp)
 
 
 class Daemon:
@@ -60,7 +91,7 @@ class Daemon:
         return self._router
 
     async def run(self) -> int:
-        walls = decide_walls(self.config)
+        walls = await asyncio.to_thread(decide_walls, self.config)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(sig, self._signals.put_nowait, sig)

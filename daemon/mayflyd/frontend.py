@@ -5,16 +5,18 @@ the statuses of DESIGN.md section 6 with a short body.
 """
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 from collections.abc import Callable
 
 from aiohttp import web
 
-from mayflyd.host import BadResponse, HostUnavailable, RequestData, SandboxCrashed, SandboxTimeout
+from mayflyd.host import (BadResponse, HostUnavailable, RequestData, SandboxCpuExceeded, SandboxCrashed,
+                          SandboxTimeout)
 from mayflyd.protocol import Response
 from mayflyd.router import Router
-from mayflyd.tenant import Tenant, TenantBusy
+from mayflyd.tenant import SandboxOutOfMemory, Tenant, TenantBusy
 
 __all__ = ["FrontEnd", "make_app"]
 
@@ -45,20 +47,27 @@ class FrontEnd:
         tenant = self._router().route(request.host)
         if tenant is None:
             return _error(404, "Not Found: no tenant serves this host", req_id)
-        extra = {"tenant": tenant.name, "req": req_id}
-        body = await self._read_body(request, tenant.config.limits.max_body)
+        limits = tenant.config.limits
+        try:
+            async with asyncio.timeout(limits.request_timeout_ms / 1000):
+                body = await self._read_body(request, limits.max_body)
+        except TimeoutError:
+            tenant.limit_hit("request_timeout_ms", req_id, "the client did not send its body in time")
+            return _error(408, "Request Timeout: the request body did not arrive in time", req_id,
+                          headers={"Connection": "close"})
         if body is None:
-            log.info("request body over max_body %d", tenant.config.limits.max_body, extra=extra)
+            tenant.limit_hit("max_body", req_id, f"request body over {limits.max_body} bytes")
             return _error(413, "Content Too Large: the request body exceeds the tenant's limit", req_id,
                           headers={"Connection": "close"})
         data = RequestData(
             req_id=req_id, method=request.method, path=request.path, query=request.query_string,
             headers=[(n.decode("latin-1"), v.decode("latin-1")) for n, v in request.raw_headers],
             body=body, client=request.remote or "")
+        extra = {"tenant": tenant.name, "req": req_id}
         try:
             answer = await tenant.handle(data)
         except TenantBusy as exc:
-            log.warning("concurrency limit: %s", exc, extra=extra)
+            tenant.limit_hit("concurrency", req_id, str(exc))
             return _error(503, "Service Unavailable: the tenant is at its concurrency limit", req_id,
                           headers={"Retry-After": "1"})
         except HostUnavailable as exc:
@@ -66,14 +75,24 @@ class FrontEnd:
             return _error(503, "Service Unavailable: the tenant's program is not running", req_id,
                           headers={"Retry-After": "1"})
         except SandboxTimeout as exc:
-            log.warning("deadline: %s", exc, extra=extra)
+            tenant.limit_hit("request_timeout_ms", req_id, str(exc))
             return _error(504, f"Gateway Timeout: the program did not answer within "
-                               f"{tenant.config.limits.request_timeout_ms} ms", req_id)
+                               f"{limits.request_timeout_ms} ms", req_id)
+        except SandboxCpuExceeded as exc:
+            tenant.limit_hit("request_cpu_ms", req_id, str(exc))
+            return _error(504, f"Gateway Timeout: the program used more than its {limits.request_cpu_ms} ms "
+                               "of CPU", req_id)
+        except SandboxOutOfMemory as exc:
+            tenant.limit_hit("memory", req_id, str(exc))
+            return _error(502, "Bad Gateway: the program ran out of memory", req_id)
         except SandboxCrashed as exc:
             log.warning("sandbox failed: %s", exc, extra=extra)
             return _error(502, "Bad Gateway: the program ended without answering", req_id)
         except BadResponse as exc:
-            log.warning("invalid response from the sandbox: %s", exc, extra=extra)
+            if exc.over_limit:
+                tenant.limit_hit("max_response", req_id, str(exc))
+            else:
+                log.warning("invalid response from the sandbox: %s", exc, extra=extra)
             return _error(502, "Bad Gateway: the program sent an invalid response", req_id)
         return self._to_http(answer, req_id, extra)
 

@@ -24,7 +24,7 @@ from mayflyd import protocol
 from mayflyd.protocol import ChildExit, LoadFailed, Ready, RequestFailed, Response, ResponseDecoder
 from mayflyd.sandbox_host import HostSpec
 
-__all__ = ["SandboxHost", "HostStartError", "SandboxError", "SandboxTimeout", "SandboxCrashed",
+__all__ = ["SandboxHost", "HostStartError", "SandboxError", "SandboxTimeout", "SandboxCrashed", "SandboxCpuExceeded",
            "BadResponse", "HostUnavailable", "RequestData", "describe_wait_status"]
 
 log = logging.getLogger("mayflyd.host")
@@ -51,11 +51,25 @@ class SandboxTimeout(SandboxError):
 
 
 class SandboxCrashed(SandboxError):
+    def __init__(self, message: str, wait_status: int | None = None) -> None:
+        super().__init__(message)
+        self.wait_status = wait_status
+
+    @property
+    def killed(self) -> bool:
+        """Killed by SIGKILL from outside: the OOM killer, if not the host."""
+        return (self.wait_status is not None and os.WIFSIGNALED(self.wait_status)
+                and os.WTERMSIG(self.wait_status) == signal.SIGKILL)
+
+
+class SandboxCpuExceeded(SandboxError):
     pass
 
 
 class BadResponse(SandboxError):
-    pass
+    def __init__(self, message: str, *, over_limit: bool = False) -> None:
+        super().__init__(message)
+        self.over_limit = over_limit  # the response was over max_response
 
 
 class HostUnavailable(SandboxError):
@@ -92,6 +106,7 @@ class SandboxHost:
     def __init__(self, *, tenant: str, spec: HostSpec, env: Mapping[str, str],
                  on_exit: Callable[[SandboxHost], None]) -> None:
         self.tenant = tenant
+        self._cpu_ms = spec.request_cpu_ms
         self._spec = spec
         self._env = dict(env)
         self._on_exit = on_exit
@@ -288,7 +303,7 @@ class SandboxHost:
                 raise SandboxTimeout(f"no answer within {timeout * 1000:.0f} ms") from None
             except protocol.ProtocolError as exc:
                 self._cancel(request.req_id)
-                raise BadResponse(str(exc)) from None
+                raise BadResponse(str(exc), over_limit=isinstance(exc, protocol.ResponseTooLarge)) from None
             except SandboxCrashed:
                 if loop.time() >= deadline:
                     raise SandboxTimeout(f"no answer within {timeout * 1000:.0f} ms") from None
@@ -298,8 +313,10 @@ class SandboxHost:
                     raise HostUnavailable(f"the host could not start a sandbox: {reason}") from None
                 if ended is None:
                     raise SandboxCrashed("the sandbox ended without answering") from None
+                if ended.flags & protocol.EXIT_CPU_EXCEEDED:
+                    raise SandboxCpuExceeded(f"the sandbox used more than its {self._cpu_ms} ms of CPU") from None
                 raise SandboxCrashed(f"the sandbox {describe_wait_status(ended.wait_status)} "
-                                     "without answering") from None
+                                     "without answering", ended.wait_status) from None
         finally:
             ours.close()
             asyncio.get_running_loop().call_later(5.0, self._pending_exits.pop, request.req_id, None)

@@ -14,7 +14,8 @@ from typing import Final
 __all__ = [
     "MAGIC", "PROTOCOL_VERSION", "MAX_PAYLOAD", "MAX_HEADERS", "FRAME_HEADER_SIZE",
     "MsgType", "ENGINE_FORK", "ENGINE_RESET", "EXIT_TIMED_OUT", "EXIT_CANCELLED",
-    "ProtocolError", "Frame", "STRUCTS", "parse_frame", "pack_frame",
+    "EXIT_CPU_EXCEEDED",
+    "ProtocolError", "ResponseTooLarge", "Frame", "STRUCTS", "parse_frame", "pack_frame",
     "encode_request", "ResponseDecoder", "Response", "Ready", "ChildExit",
     "RequestFailed", "LoadFailed", "decode_control", "encode_request_ctl",
 ]
@@ -46,6 +47,7 @@ ENGINE_FORK: Final = 1
 ENGINE_RESET: Final = 2
 EXIT_TIMED_OUT: Final = 1
 EXIT_CANCELLED: Final = 2
+EXIT_CPU_EXCEEDED: Final = 4
 
 # Native byte order, standard sizes, no padding: the C structs are laid out
 # without holes (checked by _Static_assert there and by the layout test here).
@@ -78,6 +80,10 @@ _BAD_VALUE_RE: Final = re.compile(rb"[\r\n\x00]")
 
 class ProtocolError(Exception):
     """A frame that breaks the protocol; the request it belongs to gets a 502."""
+
+
+class ResponseTooLarge(ProtocolError):
+    """A response body over the tenant's max_response."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,7 +207,7 @@ class ResponseDecoder:
         if count > MAX_HEADERS:
             raise ProtocolError(f"{count} headers, at most {MAX_HEADERS}")
         if body_len > self._max_body:
-            raise ProtocolError(f"response body of {body_len} bytes exceeds the limit of {self._max_body}")
+            raise ResponseTooLarge(f"response body of {body_len} bytes exceeds the limit of {self._max_body}")
         offset = RESP_HEAD.size
         for _ in range(count):
             if offset + HEADER_ENTRY.size > len(payload):

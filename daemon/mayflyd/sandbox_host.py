@@ -4,15 +4,17 @@ The supervisor starts a Python running :func:`main` with a JSON
 :class:`HostSpec` as its one argument and the host end of the control socket
 as an inherited fd. The host walls itself in
 (cgroup, mount namespace with a minimal read-only root, unprivileged
-identity), loads the program, runs on_init() once, and hands the control
+identity, seccomp), loads the program, runs on_init() once, and hands the control
 socket to the C fork engine, which forks one sandbox per request.
 """
 from __future__ import annotations
 
+import base64
 import dataclasses
 import gc
 import json
 import os
+import resource
 import signal
 import socket
 import sys
@@ -41,11 +43,21 @@ class HostSpec:
     supervisor_pid: int
     uid: int
     gid: int
-    walls: bool                 # root-only walls: cgroup, mount namespace, identity
+    # Which walls to build: "root" (all of them), "userns" (unprivileged
+    # daemon: namespaces inside a user namespace, no uid change, no cgroup),
+    # "none" (unprivileged, no user namespaces: seccomp and rlimits only).
+    mode: str
     cgroup_version: int         # 0 = none
     cgroup_base: str
     cgroup_group: str
+    network: str                # none | loopback | full
     readonly_paths: list[str]
+    loading_filter: str         # base64 BPF; "" = no seccomp
+    request_filter: str         # base64 BPF; "" = no seccomp
+    pids: int
+    request_cpu_ms: int
+    request_memory: int
+    nofile: int
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -64,25 +76,42 @@ def _report_load_failure(ctrl: socket.socket, message: str) -> None:
 
 
 def _build_walls(spec: HostSpec) -> None:
-    """Every step that needs root, in order; tenant code has not run yet."""
-    # First, so that everything the host allocates from here on is charged
-    # to the tenant and limited.
-    if spec.cgroup_version:
-        _mayfly.cgroup_join(spec.cgroup_version, spec.cgroup_base, spec.cgroup_group, os.getpid())
-    # Lowering the score needs CAP_SYS_RESOURCE, so before the identity drop.
-    # Some machines deny it even to root; sandboxes still rise to 1000.
-    try:
-        _mayfly.set_oom_score_adj(HOST_OOM_SCORE_ADJ)
-    except PermissionError:
-        print("mayflyd: cannot lower the host's oom_score_adj (no CAP_SYS_RESOURCE); sandboxes still "
-              "rise to 1000", file=sys.stderr)
-    # The mount namespace needs CAP_SYS_ADMIN; the program directory may sit
-    # below a directory only root can traverse (e.g. /root).
-    skipped = _mayfly.enter_minimal_root(spec.readonly_paths)
-    if skipped:
-        print(f"mayflyd: not in the sandbox's view (missing): {', '.join(skipped)}", file=sys.stderr)
-    # Last: after this, nothing can be undone by the tenant.
-    _mayfly.drop_privileges(spec.uid, spec.gid)
+    """Every wall, in order, before any tenant code runs."""
+    # A crashing sandbox must not write a core file anywhere.
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if spec.mode == "root":
+        # First, so that everything the host allocates from here on is
+        # charged to the tenant and limited.
+        if spec.cgroup_version:
+            _mayfly.cgroup_join(spec.cgroup_version, spec.cgroup_base, spec.cgroup_group, os.getpid())
+        # Lowering the score needs CAP_SYS_RESOURCE, so before the identity
+        # drop. Some machines deny it even to root; sandboxes still rise to 1000.
+        try:
+            _mayfly.set_oom_score_adj(HOST_OOM_SCORE_ADJ)
+        except PermissionError:
+            pass
+        # Counted per uid, and the tenant's uid is its own: a second cap on
+        # processes that holds without a pids cgroup too.
+        resource.setrlimit(resource.RLIMIT_NPROC, (spec.pids, spec.pids))
+    elif spec.mode == "userns":
+        # Gives this unprivileged process the capabilities, inside a user
+        # namespace, that the namespaces and mounts below need.
+        _mayfly.enter_user_namespace()
+    if spec.mode in ("root", "userns"):
+        # After the cgroup join (a cgroup namespace rooted at the tenant's
+        # group); from here on this process is pid 1 of a pid namespace and
+        # a stub parent waits for it outside.
+        _mayfly.enter_namespaces(spec.network, f"mayfly-{spec.tenant}")
+        # In the new pid namespace, so that its procfs shows only the tenant;
+        # needs the capabilities the identity drop takes away.
+        skipped = _mayfly.enter_minimal_root(spec.readonly_paths)
+        if skipped:
+            print(f"mayflyd: not in the sandbox's view (missing): {', '.join(skipped)}", file=sys.stderr)
+    # Also sets no_new_privs, which seccomp needs. Only root may set groups.
+    _mayfly.drop_privileges(spec.uid, spec.gid, spec.mode == "root")
+    # Last: the loading filter stays under every sandbox's request filter.
+    if spec.loading_filter:
+        _mayfly.seccomp_load(base64.b64decode(spec.loading_filter))
 
 
 def _make_runner(program: Program) -> _mayfly.Runner:
@@ -99,12 +128,11 @@ def serve(spec: HostSpec) -> int:
     # Dies with the supervisor; the check inside catches a supervisor that
     # died before the signal was armed.
     _mayfly.set_parent_death_signal(signal.SIGKILL, spec.supervisor_pid)
-    if spec.walls:
-        try:
-            _build_walls(spec)
-        except OSError as exc:
-            _report_load_failure(ctrl, f"sandbox setup failed: {exc}")
-            return 1
+    try:
+        _build_walls(spec)
+    except (OSError, ValueError) as exc:
+        _report_load_failure(ctrl, f"sandbox setup failed: {exc}")
+        return 1
     # cwd '' on sys.path would let a file in the sandbox's root shadow stdlib.
     sys.path[:] = [p for p in sys.path if p not in ("", ".")]
     try:
@@ -123,7 +151,9 @@ def serve(spec: HostSpec) -> int:
     # from touching (and so copying) their pages in every sandbox.
     gc.collect()
     gc.freeze()
-    _mayfly.serve_fork(ctrl.fileno(), _make_runner(program), [])
+    _mayfly.serve_fork(ctrl.fileno(), _make_runner(program), [],
+                       request_filter=base64.b64decode(spec.request_filter), cpu_ms=spec.request_cpu_ms,
+                       memory_bytes=spec.request_memory, nofile=spec.nofile)
     return 0
 
 

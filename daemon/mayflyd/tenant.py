@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import collections
 import enum
 import logging
 import os
@@ -13,14 +15,16 @@ from pathlib import Path
 import mayflyd
 from mayflyd import _mayfly
 from mayflyd.config import TenantConfig
-from mayflyd.host import HostStartError, HostUnavailable, RequestData, SandboxHost
+from mayflyd.host import HostStartError, HostUnavailable, RequestData, SandboxCrashed, SandboxError, SandboxHost
 from mayflyd.protocol import Response
 from mayflyd.sandbox_host import HostSpec
+from mayflyd.seccomp_policy import SeccompFilters, build_filters
 
-__all__ = ["Tenant", "TenantBusy", "TenantState", "Walls"]
+__all__ = ["Tenant", "TenantBusy", "TenantState", "Walls", "SandboxOutOfMemory"]
 
 log = logging.getLogger("mayflyd.tenant")
 
+CPU_PERIOD_US = 100_000
 BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 30.0
 # A host that ran this long before dying starts the backoff afresh.
@@ -32,8 +36,16 @@ STABLE_AFTER = 10.0
 _SYSTEM_PATHS = ("/usr", "/lib", "/lib64", "/bin", "/etc/ld.so.cache", "/etc/localtime", "/proc")
 
 
+# Open files of one sandbox (RLIMIT_NOFILE).
+SANDBOX_NOFILE = 256
+
+
 class TenantBusy(Exception):
     """The tenant is at its concurrency limit."""
+
+
+class SandboxOutOfMemory(SandboxError):
+    """The OOM killer took the sandbox: the tenant is at its memory limit."""
 
 
 class TenantState(enum.Enum):
@@ -45,20 +57,22 @@ class TenantState(enum.Enum):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Walls:
-    """The root-only walls this daemon can build, decided once at start-up."""
+    """The walls this daemon can build, decided once at start-up."""
 
-    privileged: bool
+    mode: str                 # root | userns | none: see HostSpec.mode
     cgroup_version: int       # 0: none
     cgroup_base: str
     cgroup_prefix: str
+    seccomp: bool             # libseccomp is there to build the filters
 
     def group_of(self, tenant: str) -> str:
         return f"{self.cgroup_prefix}/{tenant}"
 
 
-def _sandbox_readonly_paths(program: Path) -> list[str]:
+def _sandbox_readonly_paths(config: TenantConfig) -> list[str]:
     package_dir = str(Path(mayflyd.__file__).resolve().parent)
-    paths = [*_SYSTEM_PATHS, sys.prefix, sys.base_prefix, sys.exec_prefix, package_dir, str(program)]
+    paths = [*_SYSTEM_PATHS, sys.prefix, sys.base_prefix, sys.exec_prefix, package_dir, str(config.program),
+             *(str(p) for p in config.files)]
     return list(dict.fromkeys(paths))
 
 
@@ -78,26 +92,45 @@ class Tenant:
         self.state = TenantState.STOPPED
         self.last_error = ""
         self.restarts = 0
+        self.limit_hits: collections.Counter[str] = collections.Counter()
+        self._filters = SeccompFilters(loading=b"", request=b"")
+        self._oom_kills = 0
 
     @property
     def name(self) -> str:
         return self.config.name
 
     def _spec(self) -> HostSpec:
+        walls, limits = self._walls, self.config.limits
+        root = walls.mode == "root"
         return HostSpec(
             tenant=self.name, program=str(self.config.program), ctrl_fd=-1, supervisor_pid=os.getpid(),
-            uid=self.config.uid, gid=self.config.gid, walls=self._walls.privileged,
-            cgroup_version=self._walls.cgroup_version, cgroup_base=self._walls.cgroup_base,
-            cgroup_group=self._walls.group_of(self.name),
-            readonly_paths=_sandbox_readonly_paths(self.config.program))
+            uid=self.config.uid if root else os.geteuid(), gid=self.config.gid if root else os.getegid(),
+            mode=walls.mode, cgroup_version=walls.cgroup_version, cgroup_base=walls.cgroup_base,
+            cgroup_group=walls.group_of(self.name), network=self.config.network,
+            readonly_paths=_sandbox_readonly_paths(self.config),
+            loading_filter=base64.b64encode(self._filters.loading).decode(),
+            request_filter=base64.b64encode(self._filters.request).decode(),
+            pids=limits.pids, request_cpu_ms=limits.request_cpu_ms, request_memory=limits.request_memory,
+            nofile=SANDBOX_NOFILE)
+
+    def limit_hit(self, limit: str, req_id: int, detail: str) -> None:
+        """Count and log a request that ran into one of the tenant's limits."""
+        self.limit_hits[limit] += 1
+        log.warning("limit hit: %s (%s)", limit, detail, extra={"tenant": self.name, "req": req_id})
 
     # ---- lifecycle -------------------------------------------------------
 
     async def start(self) -> None:
         """Set up the cgroup and start keeping a host alive."""
+        limits = self.config.limits
         if self._walls.cgroup_version:
             await asyncio.to_thread(_mayfly.cgroup_setup, self._walls.cgroup_version, self._walls.cgroup_base,
-                                    self._walls.group_of(self.name), self.config.limits.memory)
+                                    self._walls.group_of(self.name), limits.memory, limits.pids,
+                                    round(limits.cpu * CPU_PERIOD_US), CPU_PERIOD_US)
+        if self._walls.seccomp:
+            self._filters = await asyncio.to_thread(build_filters, deny=self.config.seccomp_action,
+                                                    network=self.config.network)
         self.state = TenantState.STARTING
         self._supervisor = asyncio.create_task(self._keep_host_alive(), name=f"tenant-{self.name}")
 
@@ -173,5 +206,23 @@ class Tenant:
         try:
             return await host.run(request, timeout=limits.request_timeout_ms / 1000,
                                   max_response=limits.max_response)
+        except SandboxCrashed as exc:
+            if exc.killed and await self._oom_killed_since_last_look():
+                raise SandboxOutOfMemory(f"{exc}; the tenant is at its memory limit") from None
+            raise
         finally:
             self._in_flight -= 1
+
+    async def _oom_killed_since_last_look(self) -> bool:
+        """Whether the cgroup's OOM-kill counter moved."""
+        if not self._walls.cgroup_version:
+            return False
+        try:
+            stats = await asyncio.to_thread(_mayfly.cgroup_stats, self._walls.cgroup_version,
+                                            self._walls.cgroup_base, self._walls.group_of(self.name))
+        except OSError:
+            return False
+        kills = stats.get("oom_kill", 0)
+        moved = kills > self._oom_kills
+        self._oom_kills = kills
+        return moved

@@ -44,7 +44,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
         {"name": "whoami", "hosts": ["whoami.localhost"], "program": "programs/whoami.py", "uid": 201234,
          "limits": limits()},
         {"name": "hog", "hosts": ["hog.localhost"], "program": "programs/hog.py",
-         "limits": limits(memory="64MiB", request_timeout_ms=10000)},
+         "limits": limits(memory="64MiB", request_memory="32MiB", request_timeout_ms=10000)},
         {"name": "victim", "hosts": ["victim.localhost"], "program": "programs/victim.py", "limits": limits()},
     ]
     sources = {

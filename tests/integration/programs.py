@@ -102,12 +102,7 @@ def on_client_request():
 '''
 
 WHOAMI = '''
-import ctypes
 import os
-
-libc = ctypes.CDLL(None, use_errno=True)
-PR_GET_NO_NEW_PRIVS = 39
-PR_GET_DUMPABLE = 3
 
 
 def can(action):
@@ -121,7 +116,8 @@ def can(action):
 def on_client_request(request):
     return {
         "uid": os.getuid(), "euid": os.geteuid(), "gid": os.getgid(), "groups": os.getgroups(),
-        "no_new_privs": libc.prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0),
+        "status": dict(line.split(":\t", 1) for line in open("/proc/self/status").read().splitlines()
+                       if ":\t" in line),
         "setuid_root": can(lambda: os.setuid(0)),
         "root_home": sorted(os.listdir("/root")) if os.path.isdir("/root") else None,
         "see_config": os.path.exists(request.query),
@@ -135,19 +131,24 @@ def on_client_request(request):
 '''
 
 MEMORY_HOG = '''
+import time
+
+
 def on_client_request(request):
     if request.path == "/hog":
-        blocks = []
-        for _ in range(100):
-            blocks.append(bytearray(8 * 1024 * 1024))
-        return "survived %d MiB" % (8 * len(blocks))
+        blocks = [bytearray(1024 * 1024) for _ in range(int(request.query))]  # zero-filled: touched
+        time.sleep(1.5)
+        return "survived %d MiB" % len(blocks)
     return "small"
 '''
 
 VICTIM = '''
 import os
 
+# Made once per host: a new host has a new one.
+HOST_TOKEN = os.urandom(8).hex()
+
 
 def on_client_request(request):
-    return {"host": os.getppid()}
+    return {"host": HOST_TOKEN}
 '''

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import faulthandler
 import glob
 import json
 import os
 import random
+import resource
 import secrets
+import select
 import shutil
 import signal
 import socket
@@ -338,6 +341,34 @@ def test_cgroup_v2_fake_tree_controller_subset_and_errors(tmp_path: Path) -> Non
         M.cgroup_setup(2, str(base), "t", -1)
 
 
+def test_cgroup_v2_fake_tree_pids_and_cpu(tmp_path: Path) -> None:
+    base = tmp_path / "cg"
+    leaf = _fake_v2_tree(base, "mayflyd/t")
+    M.cgroup_setup(2, str(base), "mayflyd/t", 0)  # no pids/cpu limit: their files may be missing
+    assert not (leaf / "pids.max").exists() and not (leaf / "cpu.max").exists()
+    with pytest.raises(FileNotFoundError, match="pids.max"):
+        M.cgroup_setup(2, str(base), "mayflyd/t", 0, 50)
+    with pytest.raises(FileNotFoundError, match="cpu.max"):
+        M.cgroup_setup(2, str(base), "mayflyd/t", 0, cpu_quota_us=50_000)
+    for name in ("pids.max", "cpu.max"):
+        (leaf / name).write_text("max\n")
+    (leaf / "pids.current").write_text("3\n")
+    M.cgroup_setup(2, str(base), "mayflyd/t", 1 << 20, 50, 25_000, 50_000)
+    assert (leaf / "pids.max").read_text() == "50"
+    assert (leaf / "cpu.max").read_text() == "25000 50000"
+    M.cgroup_setup(2, str(base), "mayflyd/t", 1 << 20, pids_max=0, cpu_quota_us=0)
+    assert (leaf / "pids.max").read_text() == "max"
+    assert (leaf / "cpu.max").read_text() == "max 100000"
+    assert M.cgroup_stats(2, str(base), "mayflyd/t") == {"oom_kill": 7, "memory_current": 12345,
+                                                         "pids_current": 3}
+    # The kernel's bounds, refused before anything is written.
+    for quota, period in [(50_000, 999), (50_000, 1_000_001), (999, 100_000)]:
+        with pytest.raises(OSError) as info:
+            M.cgroup_setup(2, str(base), "mayflyd/t", 0, 0, quota, period)
+        assert info.value.errno == errno.EINVAL
+    assert (leaf / "cpu.max").read_text() == "max 100000"
+
+
 @pytest.fixture
 def sleeper() -> Any:
     proc = subprocess.Popen(["sleep", "60"])
@@ -353,10 +384,19 @@ def test_cgroup_v1_real(sleeper: subprocess.Popen[bytes]) -> None:
     base = "/sys/fs/cgroup"
     top = f"mayflyd-test-{secrets.token_hex(4)}"
     group = f"{top}/t"
+    have_pids = os.path.isdir(os.path.join(base, "pids"))
+    have_cpu = os.path.isdir(os.path.join(base, "cpu"))
     try:
-        M.cgroup_setup(1, base, group, 64 << 20)
+        M.cgroup_setup(1, base, group, 64 << 20, 64 if have_pids else 0, 50_000 if have_cpu else 0, 200_000)
         mem = Path(base, "memory", group)
+        pids = Path(base, "pids", group)
+        cpu = Path(base, "cpu", group)
         assert int((mem / "memory.limit_in_bytes").read_text()) == 64 << 20
+        if have_pids:
+            assert (pids / "pids.max").read_text().strip() == "64"
+        if have_cpu:
+            assert int((cpu / "cpu.cfs_period_us").read_text()) == 200_000
+            assert int((cpu / "cpu.cfs_quota_us").read_text()) == 50_000
         M.cgroup_join(1, base, group, sleeper.pid)
         for ctrl in ("memory", "pids", "cpu"):
             if os.path.isdir(os.path.join(base, ctrl)):
@@ -364,8 +404,15 @@ def test_cgroup_v1_real(sleeper: subprocess.Popen[bytes]) -> None:
                 assert str(sleeper.pid) in procs, ctrl
         stats = M.cgroup_stats(1, base, group)
         assert stats["oom_kill"] == 0 and stats["memory_current"] >= 0
-        M.cgroup_setup(1, base, group, 0)  # idempotent; 0 lifts the limit
+        if have_pids:
+            assert stats["pids_current"] == 1
+        M.cgroup_setup(1, base, group, 0)  # idempotent; 0 lifts the limits
         assert int((mem / "memory.limit_in_bytes").read_text()) > 1 << 60
+        if have_pids:
+            assert (pids / "pids.max").read_text().strip() == "max"
+        if have_cpu:
+            assert int((cpu / "cpu.cfs_period_us").read_text()) == 100_000
+            assert int((cpu / "cpu.cfs_quota_us").read_text()) == -1
         # Busy: remove kills the sleeper, then removes the group and its parent.
         M.cgroup_remove(1, base, group)
         assert sleeper.wait(timeout=5) == -signal.SIGKILL
@@ -457,6 +504,21 @@ def test_drop_privileges_in_child() -> None:
     assert out["lower"].startswith("denied: ") and "oom_score_adj" in out["lower"]
 
 
+@needs_root
+def test_drop_privileges_keeps_the_parent_death_signal_and_groups_option() -> None:
+    """The kernel clears the parent-death signal on a uid change; the drop arms it again."""
+    def child() -> list[Any]:
+        os.setgroups([0, 65533])
+        M.set_parent_death_signal(signal.SIGKILL, os.getppid())
+        M.drop_privileges(65534, 65534, set_groups=False)
+        libc = ctypes.CDLL(None, use_errno=True)
+        sig = ctypes.c_int(-1)
+        assert libc.prctl(2, ctypes.byref(sig), 0, 0, 0) == 0  # PR_GET_PDEATHSIG
+        return [sig.value, sorted(os.getgroups())]
+
+    assert run_in_child(child) == [signal.SIGKILL, [0, 65533]]  # groups left as they were
+
+
 def test_drop_privileges_refuses_root_and_parent_check() -> None:
     with pytest.raises(OSError):
         M.drop_privileges(0, 0)
@@ -544,6 +606,194 @@ def test_enter_minimal_root_rejects_relative_paths() -> None:
     assert "not absolute" in run_in_child(child)
 
 
+# ---------------------------------------------------------------- namespaces
+
+def _wait_exit(pid: int, timeout: float = 10) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    raise AssertionError(f"process {pid} did not exit")
+
+
+def _host_of_stub(stub: int, timeout: float = 10) -> int:
+    """The pid, as we see it, of the host (pid 1 inside) that a stub forked."""
+    children = Path(f"/proc/{stub}/task/{stub}/children")
+    deadline = time.monotonic() + timeout
+    while not children.read_text().split():
+        assert time.monotonic() < deadline, "the stub has no child"
+        time.sleep(0.01)
+    return int(children.read_text().split()[0])
+
+
+def test_enter_namespaces_rejects_unknown_network() -> None:
+    with pytest.raises(ValueError, match="wifi"):
+        M.enter_namespaces("wifi", "x")  # refused before anything is unshared
+
+
+@needs_root
+@pytest.mark.parametrize("network,reach_outside", [("none", "ENETUNREACH"), ("loopback", "ECONNREFUSED"),
+                                                   ("full", "connected")])
+def test_enter_namespaces(network: str, reach_outside: str) -> None:
+    outside = socket.create_server(("127.0.0.1", 0))
+    port = outside.getsockname()[1]
+    ipc_before = os.stat("/proc/self/ns/ipc").st_ino
+    r, w = os.pipe()
+    stub = os.fork()
+    if stub == 0:
+        code = 40
+        try:
+            os.close(r)
+            outside.close()
+            M.enter_namespaces(network, f"box-{network}")
+            out: dict[str, Any] = {"pid": os.getpid(), "ppid": os.getppid(), "hostname": socket.gethostname(),
+                                   "ipc_new": os.stat("/proc/self/ns/ipc").st_ino != ipc_before}
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=5).close()
+                out["outside"] = "connected"
+            except OSError as exc:
+                out["outside"] = errno.errorcode.get(exc.errno or 0, str(exc))
+            if network == "loopback":
+                inside = socket.create_server(("127.0.0.1", 0))
+                socket.create_connection(inside.getsockname(), timeout=5).close()
+                out["inside"] = "connected"
+            data = json.dumps(out).encode()
+        except BaseException:  # noqa: BLE001 - everything goes back to the test
+            data = json.dumps({"error": traceback.format_exc()}).encode()
+            code = 1
+        try:
+            os.write(w, data)
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        out = json.loads(f.read() or b'{"error": "no output"}')
+    outside.close()
+    status = _wait_exit(stub)
+    assert "error" not in out, out["error"]
+    assert os.waitstatus_to_exitcode(status) == 40  # the stub ends with the host's exit code
+    assert (out["pid"], out["ppid"], out["hostname"]) == (1, 0, f"box-{network}")
+    assert socket.gethostname() != f"box-{network}"
+    assert out["ipc_new"] and out["outside"] == reach_outside
+    if network == "loopback":
+        assert out["inside"] == "connected"
+
+
+@needs_root
+@pytest.mark.parametrize("how,sig", [("killed from outside", signal.SIGKILL), ("crashed", signal.SIGSEGV)])
+def test_namespace_stub_ends_with_the_hosts_signal(how: str, sig: int) -> None:
+    stub = os.fork()
+    if stub == 0:
+        try:
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # the stub re-raises SIGSEGV: no core file
+            faulthandler.disable()
+            M.enter_namespaces("none", "x")
+            if how == "crashed":
+                ctypes.string_at(0)
+            time.sleep(60)
+        finally:
+            os._exit(3)
+    if how == "killed from outside":
+        os.kill(_host_of_stub(stub), signal.SIGKILL)
+    status = _wait_exit(stub)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == sig
+
+
+@needs_root
+def test_namespace_host_dies_with_its_stub() -> None:
+    """Also after the walls: the uid change would have cleared the parent-death signal."""
+    r, w = os.pipe()
+    stub = os.fork()
+    if stub == 0:
+        try:
+            os.close(r)
+            M.enter_namespaces("none", "x")
+            M.enter_minimal_root(["/usr", "/proc"])
+            M.drop_privileges(65534, 65534)
+            os.write(w, b"ready")
+            time.sleep(60)
+        finally:
+            os._exit(3)
+    os.close(w)
+    try:
+        assert os.read(r, 5) == b"ready"
+        pidfd = os.pidfd_open(_host_of_stub(stub))
+        try:
+            os.kill(stub, signal.SIGKILL)
+            assert os.WTERMSIG(_wait_exit(stub)) == signal.SIGKILL
+            assert select.select([pidfd], [], [], 5)[0] == [pidfd], "the host outlived its stub"
+        finally:
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)  # leave nothing behind if it did
+            os.close(pidfd)
+    finally:
+        os.close(r)
+
+
+# ---------------------------------------------------------------- seccomp
+
+SECCOMP_RET_ALLOW = 0x7FFF0000
+SECCOMP_RET_ERRNO = 0x00050000
+AUDIT_ARCH_X86_64 = 0xC000003E
+NR_GETPPID = 110
+
+
+def bpf_deny(nr: int, err: int) -> bytes:
+    """A filter failing syscall nr with err on x86_64 and allowing everything else."""
+    insn = struct.Struct("HBBI")
+    ld_abs, jeq, ret = 0x20, 0x15, 0x06  # BPF_LD|BPF_W|BPF_ABS, BPF_JMP|BPF_JEQ|BPF_K, BPF_RET|BPF_K
+    return b"".join([
+        insn.pack(ld_abs, 0, 0, 4),                      # seccomp_data.arch
+        insn.pack(jeq, 1, 0, AUDIT_ARCH_X86_64),
+        insn.pack(ret, 0, 0, SECCOMP_RET_ALLOW),
+        insn.pack(ld_abs, 0, 0, 0),                      # seccomp_data.nr
+        insn.pack(jeq, 0, 1, nr),
+        insn.pack(ret, 0, 0, SECCOMP_RET_ERRNO | err),
+        insn.pack(ret, 0, 0, SECCOMP_RET_ALLOW),
+    ])
+
+
+def _raw_getppid() -> tuple[int, int]:
+    libc = ctypes.CDLL(None, use_errno=True)
+    ctypes.set_errno(0)
+    return int(libc.syscall(NR_GETPPID)), ctypes.get_errno()
+
+
+def _seccomp_status() -> str:
+    return _status_fields()["Seccomp"]
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the test filter is for x86_64")
+def test_seccomp_load() -> None:
+    for bad in (b"", b"\0" * 7, b"\0" * 12, bpf_deny(NR_GETPPID, errno.EPERM) * 600):
+        with pytest.raises(ValueError, match="instruction"):
+            M.seccomp_load(bad)
+
+    def child() -> list[Any]:
+        libc = ctypes.CDLL(None, use_errno=True)
+        assert libc.prctl(38, 1, 0, 0, 0) == 0  # PR_SET_NO_NEW_PRIVS
+        M.seccomp_load(bpf_deny(NR_GETPPID, errno.EPERM))
+        return [_raw_getppid(), _seccomp_status()]
+
+    assert run_in_child(child) == [[-1, errno.EPERM], "2"]
+    assert _raw_getppid()[0] == os.getppid() and _seccomp_status() == "0"
+
+    def unprivileged_child() -> str:
+        if is_root:
+            os.setgid(65534)
+            os.setuid(65534)
+        try:
+            M.seccomp_load(bpf_deny(NR_GETPPID, errno.EPERM))
+        except PermissionError as exc:
+            return str(exc)
+        return "loaded"
+
+    assert "no_new_privs" in run_in_child(unprivileged_child)
+
+
 # ---------------------------------------------------------------- serve_fork
 
 def echo_runner(req_id: int, method: str, path: str, query: str, headers: list[tuple[str, str]],
@@ -568,7 +818,8 @@ def echo_runner(req_id: int, method: str, path: str, query: str, headers: list[t
 class Host:
     """serve_fork in a forked child; the test plays the supervisor."""
 
-    def __init__(self, runner: Callable[..., Any] = echo_runner, setup: Callable[[], None] | None = None) -> None:
+    def __init__(self, runner: Callable[..., Any] = echo_runner, setup: Callable[[], None] | None = None, *,
+                 ready_pid: int | None = None, **serve_kw: Any) -> None:
         self.ctrl, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.pid = os.fork()
         if self.pid == 0:
@@ -577,7 +828,7 @@ class Host:
                 self.ctrl.close()
                 if setup is not None:
                     setup()
-                M.serve_fork(child_end.fileno(), runner, [])
+                M.serve_fork(child_end.fileno(), runner, [], **serve_kw)
             except BaseException:  # noqa: BLE001 - reported through the exit status
                 traceback.print_exc()
                 code = 2
@@ -586,7 +837,8 @@ class Host:
         self.ctrl.settimeout(10)
         msg_type, req_id, payload = parse_frame(self.ctrl.recv(4096))
         assert (msg_type, req_id) == (M.MSG_READY, 0)
-        assert READY.unpack(payload) == (self.pid, M.ENGINE_FORK)
+        # A host in its own pid namespace (enter_namespaces) is pid 1 there.
+        assert READY.unpack(payload) == (ready_pid or self.pid, M.ENGINE_FORK)
 
     def request(self, req_id: int, *, timeout_ms: int = 10_000, **kw: Any) -> socket.socket:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -796,3 +1048,131 @@ def test_serve_fork_needs_proc() -> None:
         return "served"
 
     assert "oom_score_adj" in run_in_child(child)
+
+
+@needs_root
+def test_serve_fork_in_user_namespace_as_unprivileged_user() -> None:
+    """The unprivileged daemon's host: its own uid, all walls built inside a user namespace."""
+    def setup() -> None:
+        # Everything the host needs is imported already: /root (and this Python) is out of reach now.
+        os.setgroups([65534])
+        os.setgid(65534)
+        os.setuid(65534)
+        M.enter_user_namespace()
+        M.enter_namespaces("none", "tenant")
+        M.enter_minimal_root(["/usr", "/lib", "/lib64", "/proc"])
+        with pytest.raises(PermissionError, match="setgroups"):
+            M.drop_privileges(65534, 65534)  # denied in the namespace
+        M.drop_privileges(65534, 65534, False)
+        caps = _status_fields()["CapEff"]
+        assert (os.getpid(), caps) == (1, "0" * 16), (os.getpid(), caps)
+
+    h = Host(setup=setup, ready_pid=1)
+    try:
+        sock = h.request(91, body=b"userns")
+        status, headers, body = read_response(sock, 91)
+        assert (status, body) == (200, b"snresu")
+        assert headers["x-uid"] == "65534" and headers["x-oom"] == "1000"
+        pid, wait_status, flags = h.child_exit(91)
+        assert pid == int(headers["x-pid"]) and 1 < pid < 100  # a pid of the host's namespace
+        assert os.WEXITSTATUS(wait_status) == 0 and flags == 0
+    finally:
+        assert h.close() == 0  # the stub's status is the host's
+
+
+def limits_runner(req_id: int, method: str, path: str, query: str, headers: list[tuple[str, str]],
+                  body: bytes, client: str) -> Any:
+    if path == "/alloc":
+        try:
+            block = bytearray(int(query))
+            return 200, [], b"allocated %d" % len(block)
+        except MemoryError:
+            return 200, [], b"MemoryError"
+    if path == "/spin":
+        while True:
+            pass
+    if path == "/files":
+        files = []
+        try:
+            for _ in range(20):
+                files.append(open("/dev/null", "rb"))
+            return 200, [], b"opened 20"
+        except OSError as exc:
+            return 200, [], errno.errorcode[exc.errno or 0].encode()
+        finally:
+            for f in files:
+                f.close()
+    if path == "/getppid":
+        return 200, [("x-seccomp", _seccomp_status())], json.dumps(_raw_getppid()).encode()
+    return echo_runner(req_id, method, path, query, headers, body, client)
+
+
+def test_serve_fork_memory_limit() -> None:
+    h = Host(limits_runner, memory_bytes=64 << 20)
+    try:
+        for req_id, size, expected in [(1, 128 << 20, b"MemoryError"), (2, 16 << 20, b"allocated %d" % (16 << 20))]:
+            sock = h.request(req_id, path=b"/alloc", query=str(size).encode())
+            assert read_response(sock, req_id)[2] == expected
+            assert h.child_exit(req_id)[1:] == (0, 0)
+    finally:
+        assert h.close() == 0
+
+
+def test_serve_fork_cpu_limit(tmp_path: Path) -> None:
+    h = Host(limits_runner, cpu_ms=200)
+    try:
+        start = time.monotonic()
+        sock = h.request(1, timeout_ms=30_000, path=b"/spin")
+        _, status, flags = h.child_exit(1)
+        assert time.monotonic() - start < 10  # the CPU budget killed it, not the deadline (31 s)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+        assert flags == M.EXIT_CPU_EXCEEDED
+        assert sock.recv(100) == b""
+        # A request within its budget, and a cancelled one, carry no CPU flag.
+        sock = h.request(2, body=b"ok")
+        assert read_response(sock, 2)[2] == b"ko"
+        assert h.child_exit(2)[1:] == (0, 0)
+        pid_file = tmp_path / "pid"
+        h.request(3, path=b"/sleep", query=str(pid_file).encode())
+        deadline = time.monotonic() + 10
+        while not pid_file.exists() or not pid_file.read_text():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        h.ctrl.send(frame(M.MSG_CANCEL, 3))
+        assert h.child_exit(3)[2] == M.EXIT_CANCELLED
+    finally:
+        assert h.close() == 0
+
+
+def test_serve_fork_nofile_limit() -> None:
+    h = Host(limits_runner, nofile=16)
+    try:
+        sock = h.request(1, path=b"/files")
+        assert read_response(sock, 1)[2] == b"EMFILE"
+        h.child_exit(1)
+    finally:
+        assert h.close() == 0
+    h = Host(limits_runner)
+    try:
+        sock = h.request(2, path=b"/files")
+        assert read_response(sock, 2)[2] == b"opened 20"
+        h.child_exit(2)
+    finally:
+        assert h.close() == 0
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the test filter is for x86_64")
+def test_serve_fork_request_filter() -> None:
+    with pytest.raises(ValueError, match="request_filter"):
+        M.serve_fork(-1, limits_runner, [], request_filter=b"1234567")
+    h = Host(limits_runner, request_filter=bpf_deny(NR_GETPPID, errno.EPERM))
+    try:
+        sock = h.request(1, path=b"/getppid")
+        _, headers, body = read_response(sock, 1)
+        assert json.loads(body) == [-1, errno.EPERM] and headers["x-seccomp"] == "2"
+        assert h.child_exit(1)[1:] == (0, 0)
+        host_status = {k: v.strip() for k, _, v in
+                       (line.partition(":") for line in Path(f"/proc/{h.pid}/status").read_text().splitlines())}
+        assert host_status["Seccomp"] == "0"  # the host itself is not filtered
+    finally:
+        assert h.close() == 0

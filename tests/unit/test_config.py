@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import textwrap
 import zlib
@@ -29,6 +30,23 @@ tenants:
   - name: a
     hosts: [a.example]
     program: prog.py
+"""
+# A tenant whose limits (line 7) or extra key (line 5) is filled in by a case.
+TENANT_LIMITS = """\
+tenants:
+  - name: a
+    hosts: [a.example]
+    program: prog.py
+    limits:
+      max_body: 1MiB
+      {}
+"""
+TENANT_EXTRA = """\
+tenants:
+  - name: a
+    hosts: [a.example]
+    program: prog.py
+    {}
 """
 
 
@@ -100,6 +118,24 @@ BAD_CONFIGS = [
     ),
     ("cgroup-prefix-absolute", "cgroup_prefix: /x\n" + TENANT, 1, "cgroup_prefix", "must be a relative path"),
     ("cgroup-prefix-dotdot", "cgroup_prefix: a/../b\n" + TENANT, 1, "cgroup_prefix", "must be a relative path"),
+    ("cpu-zero", TENANT_LIMITS.format("cpu: 0"), 7, "tenants[0].limits.cpu", "must be between 0.01"),
+    ("cpu-string", TENANT_LIMITS.format("cpu: half"), 7, "tenants[0].limits.cpu", "must be a number of cores"),
+    ("pids-not-above-concurrency", TENANT_EXTRA.format("limits: {pids: 8, concurrency: 8}"), 5,
+     "tenants[0].limits.pids", "must exceed concurrency (8)"),
+    ("request-memory-over-memory", TENANT_EXTRA.format("limits: {memory: 32MiB, request_memory: 64MiB}"), 5,
+     "tenants[0].limits.request_memory", "exceeds the tenant's memory (32MiB)"),
+    ("request-cpu-zero", TENANT_LIMITS.format("request_cpu_ms: 0"), 7, "tenants[0].limits.request_cpu_ms",
+     "must be between 1 and"),
+    ("network-bad", TENANT_EXTRA.format("network: internet"), 5, "tenants[0].network",
+     "must be one of none, loopback, full"),
+    ("seccomp-action-bad", TENANT_EXTRA.format("seccomp_action: log"), 5, "tenants[0].seccomp_action",
+     "must be one of eperm, kill"),
+    ("files-relative", TENANT_EXTRA.format("files: [usr/share]"), 5, "tenants[0].files[0]",
+     "must be an absolute path"),
+    ("files-missing", TENANT_EXTRA.format("files: [/nonexistent-mayflyd]"), 5, "tenants[0].files[0]",
+     "does not exist"),
+    ("files-not-list", TENANT_EXTRA.format("files: /usr"), 5, "tenants[0].files",
+     "must be a list of absolute paths"),
     ("uid-base-negative", "uid_base: -5\n" + TENANT, 1, "uid_base", "must be between 1 and"),
     ("defaults-not-mapping", "defaults: 5\n" + TENANT, 1, "defaults", "must be a mapping, got int"),
     (
@@ -513,7 +549,9 @@ def test_minimal(base: Path) -> None:
     assert tenant.engine == "fork"
     assert tenant.gid == tenant.uid
     assert tenant.env == ()
-    assert tenant.limits == BUILTIN_LIMITS
+    # pids and request_memory follow concurrency and memory when unset.
+    assert tenant.limits == dataclasses.replace(BUILTIN_LIMITS, pids=64, request_memory=256 * MiB)
+    assert (tenant.network, tenant.files, tenant.seccomp_action) == ("none", (), "eperm")
     assert config.tenant("a") is tenant
     with pytest.raises(KeyError):
         config.tenant("b")
@@ -527,6 +565,10 @@ def test_builtin_limits() -> None:
         max_response=16 * MiB,
         concurrency=32,
         init_timeout_ms=30000,
+        cpu=1.0,
+        pids=0,
+        request_cpu_ms=5000,
+        request_memory=0,
     )
 
 
@@ -544,6 +586,10 @@ defaults:
     max_response: 32MiB
     concurrency: 8
     init_timeout_ms: 10000
+    cpu: 2
+    pids: 20
+    request_cpu_ms: 700
+    request_memory: 64MiB
 tenants:
   - name: hello
     hosts: [Hello.Localhost., "*.Example.com", localhost]
@@ -553,6 +599,9 @@ tenants:
     uid: 201000
     gid: 202000
     env: {ZED: "z", ALPHA: "a", EMPTY: ""}
+    network: loopback
+    files: [/usr/share]
+    seccomp_action: kill
     limits:
       memory: 128MiB
       request_timeout_ms: 2000
@@ -560,6 +609,10 @@ tenants:
       max_response: 1GiB
       concurrency: 100000
       init_timeout_ms: 3600000
+      cpu: 0.25
+      pids: 100001
+      request_cpu_ms: 100
+      request_memory: 100MiB
 """
 
 
@@ -576,6 +629,10 @@ def test_full(base: Path) -> None:
         max_response=32 * MiB,
         concurrency=8,
         init_timeout_ms=10000,
+        cpu=2.0,
+        pids=20,
+        request_cpu_ms=700,
+        request_memory=64 * MiB,
     )
     tenant = config.tenant("hello")
     assert tenant.hosts == ("hello.localhost", "*.example.com", "localhost")
@@ -590,7 +647,12 @@ def test_full(base: Path) -> None:
         max_response=1 * GiB,
         concurrency=100000,
         init_timeout_ms=3600000,
+        cpu=0.25,
+        pids=100001,
+        request_cpu_ms=100,
+        request_memory=100 * MiB,
     )
+    assert (tenant.network, tenant.files, tenant.seccomp_action) == ("loopback", (Path("/usr/share"),), "kill")
 
 
 def test_default_tenant_needs_no_hosts(base: Path) -> None:
@@ -620,6 +682,10 @@ def test_defaults_merge_key_by_key(base: Path) -> None:
         max_response=16 * MiB,
         concurrency=4,
         init_timeout_ms=30000,
+        cpu=1.0,
+        pids=0,
+        request_cpu_ms=5000,
+        request_memory=0,
     )
     assert config.tenant("a").limits == Limits(
         memory=64 * MiB,  # from defaults
@@ -628,8 +694,12 @@ def test_defaults_merge_key_by_key(base: Path) -> None:
         max_response=16 * MiB,
         concurrency=2,  # own beats defaults
         init_timeout_ms=30000,
+        cpu=1.0,
+        pids=64,  # follows concurrency
+        request_cpu_ms=5000,
+        request_memory=64 * MiB,  # follows memory
     )
-    assert config.tenant("b").limits == config.defaults
+    assert config.tenant("b").limits == dataclasses.replace(config.defaults, pids=64, request_memory=64 * MiB)
 
 
 def test_configs_compare_by_value_for_reload(base: Path) -> None:

@@ -1,0 +1,222 @@
+"""A hostile tenant program: every path is one attack on a wall.
+
+Each attack returns what it observed, so that the test can assert the exact
+outcome: "ok" plus data when the attempt went through, or the exception the
+program saw ("PermissionError EPERM", "FileNotFoundError ENOENT", ...).
+Bombs are capped so that a missing wall fails the test, not the machine.
+"""
+import ctypes
+import errno
+import json
+import os
+import random
+import signal
+import socket
+import stat
+import struct
+import subprocess
+import sys
+import threading
+
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+
+# x86_64 system call numbers for calls Python has no wrapper for.
+SYS = {"ptrace": 101, "process_vm_readv": 310, "unshare": 272, "mount": 165, "keyctl": 250, "bpf": 321,
+       "userfaultfd": 323, "io_uring_setup": 425, "setns": 308, "perf_event_open": 298}
+
+STATE = {"counter": 0}
+GLOBAL_LIST = []
+
+
+def syscall(name, *args):
+    ctypes.set_errno(0)
+    result = libc.syscall(SYS[name], *[ctypes.c_long(a) for a in args])
+    if result == -1:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return result
+
+
+def observed(action):
+    try:
+        result = action()
+    except BaseException as exc:  # noqa: BLE001 - the outcome is what we report
+        code = getattr(exc, "errno", None)
+        name = errno.errorcode.get(code, "") if isinstance(code, int) else ""
+        return f"{type(exc).__name__} {name}".strip()
+    return f"ok {result}" if result is not None else "ok"
+
+
+def read(path):
+    with open(path, "rb") as f:
+        return len(f.read())
+
+
+def write(path):
+    with open(path, "w") as f:
+        f.write("left behind")
+
+
+def fork_bomb():
+    for _ in range(64):  # capped: a missing wall fails the test, not the machine
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+    return "forked 64"
+
+
+def thread_left_running():
+    threading.Thread(target=lambda: __import__("time").sleep(60), daemon=True).start()
+
+
+def spin():
+    while True:
+        pass
+
+
+def deep_c_recursion():
+    """Recursion in C (repr of a deeply nested list) past the C stack: SIGSEGV."""
+    sys.setrecursionlimit(10 ** 8)
+    nested = []
+    for _ in range(300_000):
+        nested = [nested]
+    return len(repr(nested))
+
+
+def request_socket():
+    """The fd of this request's channel: the only socket the sandbox holds."""
+    for fd in range(3, 64):
+        try:
+            if stat.S_ISSOCK(os.fstat(fd).st_mode):
+                return fd
+        except OSError:
+            continue
+    raise RuntimeError("no socket found")
+
+
+def forge_for_request(request):
+    fd = request_socket()
+    other = request.id + 1
+    head = struct.pack("=IIQ", 200, 0, 6)
+    for msg_type, payload in [(48, head), (49, b"forged"), (50, b"")]:
+        os.write(fd, struct.pack("=IHHQII", 0x594C464D, msg_type, 1, other, len(payload), 0) + payload)
+    return None
+
+
+def garbage(request):
+    os.write(request_socket(), b"\xff" * 40)
+    return None
+
+
+def processes():
+    pids = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
+    cmdlines = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdlines.append(f.read().replace(b"\0", b" ").decode(errors="replace"))
+        except OSError:
+            pass
+    return json.dumps({"pids": pids, "daemon_visible": any("mayflyd serve" in c for c in cmdlines)})
+
+
+ATTACKS = {
+    # reading secrets
+    "/read/shadow": lambda r: read("/etc/shadow"),
+    "/read/path": lambda r: read(r.query),
+    "/read/proc-list": lambda r: processes(),
+    "/read/host-environ": lambda r: read("/proc/1/environ"),
+    "/read/own-environ": lambda r: json.dumps(sorted(os.environ)),
+    "/read/own-program": lambda r: read(__file__),
+    # writing
+    "/write/tmp": lambda r: write("/tmp/left-behind"),
+    "/write/program-dir": lambda r: write(os.path.join(os.path.dirname(__file__), "x")),
+    "/write/root": lambda r: write("/left-behind"),
+    "/write/dev-shm": lambda r: write("/dev/shm/left-behind"),
+    "/check/left-behind": lambda r: [p for p in ("/tmp/left-behind", "/left-behind", "/dev/shm/left-behind")
+                                     if os.path.exists(p)],
+    # network
+    "/net/daemon-port": lambda r: socket.create_connection(("127.0.0.1", int(r.query)), timeout=2).close(),
+    "/net/other-port": lambda r: socket.create_connection(("127.0.0.1", 22), timeout=2).close(),
+    "/net/dns": lambda r: socket.getaddrinfo("example.com", 80),
+    "/net/bind": lambda r: socket.socket().bind(("0.0.0.0", 8081)),
+    "/net/raw": lambda r: socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP),
+    "/net/netlink": lambda r: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0),
+    "/net/unix-abstract": lambda r: socket.socket(socket.AF_UNIX).connect("\0mayflyd-nowhere"),
+    # processes
+    "/proc/exec-sh": lambda r: os.execv("/bin/sh", ["sh", "-c", "true"]),
+    "/proc/subprocess": lambda r: subprocess.run(["true"]).returncode,
+    "/proc/fork": lambda r: os.fork(),
+    "/proc/fork-bomb": lambda r: fork_bomb(),
+    "/proc/thread": lambda r: thread_left_running(),
+    "/proc/kill-all": lambda r: os.kill(-1, signal.SIGKILL),
+    "/proc/kill-parent": lambda r: os.kill(os.getppid() or 1, signal.SIGKILL),
+    "/proc/kill-host": lambda r: os.kill(1, signal.SIGKILL),
+    "/proc/ptrace": lambda r: syscall("ptrace", 16, 1, 0, 0),  # PTRACE_ATTACH to the host
+    "/proc/process-vm-readv": lambda r: syscall("process_vm_readv", 1, 0, 0, 0, 0, 0),
+    "/proc/setuid": lambda r: os.setuid(0),
+    "/proc/unshare": lambda r: syscall("unshare", 0x10000000),  # CLONE_NEWUSER
+    "/proc/setns": lambda r: syscall("setns", 0, 0),
+    "/proc/mount": lambda r: syscall("mount", 0, 0, 0, 0, 0),
+    "/proc/keyctl": lambda r: syscall("keyctl", 0, 0, 0, 0, 0),
+    "/proc/bpf": lambda r: syscall("bpf", 0, 0, 0),
+    "/proc/userfaultfd": lambda r: syscall("userfaultfd", 0),
+    "/proc/io-uring": lambda r: syscall("io_uring_setup", 1, 0),
+    "/proc/perf-event": lambda r: syscall("perf_event_open", 0, 0, -1, -1, 0),
+    # resources
+    "/res/memory-bomb": lambda r: len(bytearray(2 * 1024 ** 3)),
+    "/res/memory-creep": lambda r: len([bytearray(1024 * 1024) for _ in range(4096)]),
+    "/res/infinite-loop": lambda r: spin(),
+    "/res/deep-recursion": lambda r: deep_c_recursion(),
+    "/res/print-flood": lambda r: [sys.stdout.write("x" * 1023 + "\n") for _ in range(100 * 1024)] and "done",
+    "/res/open-files": lambda r: len([open(__file__) for _ in range(100000)]),
+    # state left behind (set, then the next request checks)
+    "/state/set": None,
+    "/state/check": None,
+}
+
+
+def set_state():
+    STATE["counter"] += 1
+    GLOBAL_LIST.append("dirty")
+    sys.modules["json"].dumps = lambda *a, **k: "patched"
+    os.environ["LEFT_BEHIND"] = "1"
+    os.chdir("/usr")
+    os.umask(0o777)
+    signal.signal(signal.SIGTERM, lambda *a: None)
+    signal.alarm(1)
+    random.seed(1234)
+    return "dirtied"
+
+
+def check_state():
+    handler = signal.getsignal(signal.SIGTERM)
+    return json.dumps({
+        "counter": STATE["counter"], "list": GLOBAL_LIST, "json_patched": json.dumps([1]) == "patched",
+        "env": os.environ.get("LEFT_BEHIND"), "cwd": os.getcwd(), "umask": os.umask(0o022),
+        "sigterm_default": handler == signal.SIG_DFL, "alarm_pending": signal.alarm(0),
+        "random": random.random(),
+    })
+
+
+def on_client_request(request):
+    if request.path == "/state/set":
+        return set_state()
+    if request.path == "/state/check":
+        return check_state()
+    if request.path == "/protocol/forge":
+        return forge_for_request(request)
+    if request.path == "/protocol/garbage":
+        return garbage(request)
+    if request.path == "/protocol/inject-content-type":
+        return "text/plain\r\nSet-Cookie: owned=1", "x"
+    if request.path == "/protocol/huge-response":
+        return b"x" * (1024 ** 3)
+    if request.path == "/protocol/over-max-response":
+        return b"x" * (20 * 1024 * 1024)
+    attack = ATTACKS.get(request.path)
+    if attack is None:
+        return 404, {}, "no such attack"
+    return observed(lambda: attack(request))

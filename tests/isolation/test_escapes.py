@@ -1,0 +1,224 @@
+"""The escape suite: a hostile program against every wall, through the real daemon.
+
+The daemon runs in a pid and network namespace of its own (IsolatedDaemon).
+Each case asserts the exact outcome: the error the program saw, or the
+status the client got. The hello tenant is probed throughout and must answer
+200 every time (checked last).
+"""
+from __future__ import annotations
+
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests.daemon_harness import IsolatedDaemon
+
+EPERM = "PermissionError EPERM"
+
+
+def attack(daemon: IsolatedDaemon, path: str, tenant: str = "attacker", **kwargs: object) -> tuple[int, str]:
+    reply = daemon.get(f"{tenant}.localhost", path, **kwargs)  # type: ignore[arg-type]
+    return reply.status, reply.text
+
+
+def outcome(daemon: IsolatedDaemon, path: str, tenant: str = "attacker") -> str:
+    status, text = attack(daemon, path, tenant)
+    assert status == 200, f"{path}: {status} {text}"
+    return text
+
+
+# ---- reading secrets -------------------------------------------------------
+
+def test_etc_shadow_is_not_in_view(isolated: IsolatedDaemon) -> None:
+    assert outcome(isolated, "/read/shadow") == "FileNotFoundError ENOENT"
+
+
+def test_another_tenants_program_is_not_in_view(isolated: IsolatedDaemon) -> None:
+    secret = isolated.workdir / "programs" / "secret" / "__init__.py"
+    assert outcome(isolated, f"/read/path?{secret}") == "FileNotFoundError ENOENT"
+    assert isolated.get("secret.localhost").text == "tenant-b-secret"  # it is there, for its tenant
+
+
+def test_daemon_config_is_not_in_view(isolated: IsolatedDaemon) -> None:
+    assert outcome(isolated, f"/read/path?{isolated.config_path}") == "FileNotFoundError ENOENT"
+
+
+def test_only_the_tenants_own_processes_are_visible(isolated: IsolatedDaemon) -> None:
+    seen = json.loads(outcome(isolated, "/read/proc-list").removeprefix("ok "))
+    assert seen["daemon_visible"] is False
+    # A pid namespace of the tenant's own, and a procfs that hides even the
+    # tenant's host (not dumpable): the sandbox sees itself alone.
+    assert len(seen["pids"]) == 1 and seen["pids"][0] < 1000, seen["pids"]
+
+
+def test_environment_of_the_host_is_not_readable(isolated: IsolatedDaemon) -> None:
+    # The host is pid 1 of the sandbox's pid namespace, and invisible in its procfs.
+    assert outcome(isolated, "/read/host-environ") == "FileNotFoundError ENOENT"
+
+
+def test_daemon_environment_does_not_leak(isolated: IsolatedDaemon) -> None:
+    names = json.loads(outcome(isolated, "/read/own-environ").removeprefix("ok "))
+    assert "MAYFLYD_TEST_SECRET" not in names
+    assert set(names) <= {"PATH", "LANG", "LC_CTYPE"}
+
+
+def test_own_program_is_readable(isolated: IsolatedDaemon) -> None:
+    assert outcome(isolated, "/read/own-program").startswith("ok ")
+
+
+# ---- writing ---------------------------------------------------------------
+
+@pytest.mark.parametrize("path,expected", [
+    ("/write/program-dir", "OSError EROFS"),
+    ("/write/root", "OSError EROFS"),
+    ("/write/dev-shm", "FileNotFoundError ENOENT"),
+])
+def test_nothing_is_writable(isolated: IsolatedDaemon, path: str, expected: str) -> None:
+    assert outcome(isolated, path) == expected
+
+
+def test_there_is_no_writable_tmp(isolated: IsolatedDaemon) -> None:
+    # /tmp exists in the view only as a read-only parent of a program below it.
+    under_tmp = str(isolated.workdir).startswith("/tmp/")
+    assert outcome(isolated, "/write/tmp") == ("OSError EROFS" if under_tmp else "FileNotFoundError ENOENT")
+
+
+def test_nothing_is_left_for_the_next_request(isolated: IsolatedDaemon) -> None:
+    for path in ("/write/tmp", "/write/root", "/write/dev-shm"):
+        attack(isolated, path)
+    assert outcome(isolated, "/check/left-behind") == "ok []"
+
+
+# ---- network ---------------------------------------------------------------
+
+@pytest.mark.parametrize("path", ["/net/daemon-port", "/net/other-port", "/net/bind", "/net/raw", "/net/netlink"])
+def test_no_network_by_default(isolated: IsolatedDaemon, path: str) -> None:
+    target = f"{path}?{isolated.port}" if path == "/net/daemon-port" else path
+    assert outcome(isolated, target) == EPERM
+
+
+def test_no_dns(isolated: IsolatedDaemon) -> None:
+    assert outcome(isolated, "/net/dns") == "gaierror"
+
+
+def test_loopback_network_is_the_sandboxes_own(isolated: IsolatedDaemon) -> None:
+    # Sockets are allowed, but 127.0.0.1 is the sandbox's own: the daemon is not there.
+    assert outcome(isolated, f"/net/daemon-port?{isolated.port}", "looper") == "ConnectionRefusedError ECONNREFUSED"
+    assert outcome(isolated, "/net/bind", "looper") == "ok"
+    assert outcome(isolated, "/net/raw", "looper") == EPERM
+    assert outcome(isolated, "/net/netlink", "looper") == EPERM
+
+
+# ---- processes -------------------------------------------------------------
+
+@pytest.mark.parametrize("path", [
+    "/proc/exec-sh", "/proc/subprocess", "/proc/fork", "/proc/fork-bomb", "/proc/kill-all", "/proc/kill-parent",
+    "/proc/kill-host", "/proc/ptrace", "/proc/process-vm-readv", "/proc/setuid", "/proc/unshare", "/proc/setns",
+    "/proc/mount", "/proc/keyctl", "/proc/bpf", "/proc/userfaultfd", "/proc/io-uring", "/proc/perf-event",
+])
+def test_process_escapes_are_denied(isolated: IsolatedDaemon, path: str) -> None:
+    assert outcome(isolated, path) == EPERM
+
+
+def test_threads_cannot_be_started(isolated: IsolatedDaemon) -> None:
+    assert outcome(isolated, "/proc/thread") == "RuntimeError"
+
+
+@pytest.mark.parametrize("path", ["/proc/fork", "/proc/ptrace", "/proc/kill-all", "/net/raw"])
+def test_kill_action_ends_the_sandbox(isolated: IsolatedDaemon, path: str) -> None:
+    status, _ = attack(isolated, path, "killer")
+    assert status == 502
+    assert outcome(isolated, "/read/own-program", "killer").startswith("ok ")
+
+
+# ---- resources -------------------------------------------------------------
+
+def test_memory_bomb_is_a_memory_error(isolated: IsolatedDaemon) -> None:
+    assert outcome(isolated, "/res/memory-bomb") == "MemoryError"
+    assert outcome(isolated, "/res/memory-creep") == "MemoryError"
+
+
+def test_infinite_loop_hits_the_cpu_budget(isolated: IsolatedDaemon) -> None:
+    status, text = attack(isolated, "/res/infinite-loop")
+    assert status == 504 and "1500 ms of CPU" in text
+    assert "limit hit: request_cpu_ms" in isolated.log()
+
+
+def test_deep_recursion_until_segfault_is_a_502(isolated: IsolatedDaemon) -> None:
+    assert attack(isolated, "/res/deep-recursion")[0] == 502
+
+
+def test_open_files_are_capped(isolated: IsolatedDaemon) -> None:
+    assert outcome(isolated, "/res/open-files") == "OSError EMFILE"
+
+
+def test_response_of_a_gibibyte(isolated: IsolatedDaemon) -> None:
+    # It cannot even be built within request_memory: the program fails, 500.
+    assert attack(isolated, "/protocol/huge-response")[0] == 500
+    # One that can be built, but is over max_response: never reaches the client.
+    assert attack(isolated, "/protocol/over-max-response")[0] == 502
+    assert "limit hit: max_response" in isolated.log()
+
+
+def test_printing_100_mb_does_not_hurt_the_daemon(isolated: IsolatedDaemon) -> None:
+    assert outcome(isolated, "/res/print-flood") == "ok done"
+
+
+def test_slow_body_is_cut_at_the_deadline(isolated: IsolatedDaemon) -> None:
+    sock = isolated.connect(10)
+    with sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: attacker.localhost\r\nContent-Length: 1000\r\n\r\nonly a little")
+        sock.settimeout(15)
+        answer = sock.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 408 ")
+
+
+# ---- protocol --------------------------------------------------------------
+
+def test_header_injection_through_the_content_type(isolated: IsolatedDaemon) -> None:
+    reply = isolated.get("attacker.localhost", "/protocol/inject-content-type")
+    assert reply.status == 502 and reply.headers.get("Set-Cookie") is None
+
+
+def test_forged_response_for_another_request(isolated: IsolatedDaemon) -> None:
+    results: dict[str, tuple[int, str]] = {}
+
+    def honest() -> None:
+        results["honest"] = attack(isolated, "/read/own-program")
+
+    thread = threading.Thread(target=honest)
+    thread.start()
+    results["forger"] = attack(isolated, "/protocol/forge")
+    thread.join()
+    assert results["forger"][0] == 502
+    assert results["honest"][0] == 200 and results["honest"][1].startswith("ok ")
+
+
+def test_malformed_frame(isolated: IsolatedDaemon) -> None:
+    assert attack(isolated, "/protocol/garbage")[0] == 502
+
+
+# ---- state left behind -----------------------------------------------------
+
+def test_no_state_survives_a_request(isolated: IsolatedDaemon) -> None:
+    baseline = json.loads(outcome(isolated, "/state/check"))
+    assert outcome(isolated, "/state/set") == "dirtied"
+    with ThreadPoolExecutor(4) as pool:
+        after = [json.loads(text) for text in pool.map(lambda _: outcome(isolated, "/state/check"), range(8))]
+    for state in after:
+        assert state["counter"] == 0 and state["list"] == [] and state["json_patched"] is False
+        assert state["env"] is None and state["cwd"] == baseline["cwd"] and state["umask"] == baseline["umask"]
+        assert state["sigterm_default"] is True and state["alarm_pending"] == 0
+    randoms = [baseline["random"]] + [state["random"] for state in after]
+    assert len(set(randoms)) == len(randoms), "the random sequence repeated across requests"
+
+
+# ---- the health tenant, throughout ----------------------------------------
+
+def test_zz_health_tenant_answered_200_throughout(isolated: IsolatedDaemon) -> None:
+    probe = isolated.health  # type: ignore[attr-defined]
+    statuses = [status for status, _ in probe.results]
+    assert len(statuses) > 20 and set(statuses) == {200}
+    assert isolated.proc is not None and isolated.proc.poll() is None, "the daemon died"
