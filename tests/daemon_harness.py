@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["Daemon", "DaemonProcess", "IsolatedDaemon", "Reply", "free_port"]
+__all__ = ["Daemon", "DaemonProcess", "IsolatedDaemon", "Reply", "UnprivilegedDaemon", "free_port"]
 
 
 def free_port() -> int:
@@ -201,3 +201,20 @@ class IsolatedDaemon(Daemon):
 
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
+
+
+class UnprivilegedDaemon(IsolatedDaemon):
+    """An IsolatedDaemon started as an ordinary user (uid 65534), as on a laptop."""
+
+    UID = 65534
+
+    def start(self, timeout: float = 30.0) -> UnprivilegedDaemon:
+        import mayflyd
+        needed = [sys.prefix, sys.base_prefix, str(Path(mayflyd.__file__).resolve().parents[1]),
+                  str(Path(__file__).resolve().parents[1])]
+        prefix = ["unshare", "--pid", "--fork", "--mount-proc", "--net", "--kill-child",
+                  sys.executable, "-m", "tests.netns_exec",
+                  sys.executable, "-m", "tests.unprivileged_exec", str(self.UID), *needed, "--"]
+        self._netns = None
+        self.spawn(["serve", "--config", str(self.config_path)], timeout, prefix=prefix)
+        return self

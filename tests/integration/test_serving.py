@@ -182,11 +182,18 @@ def test_sandbox_runs_unprivileged_in_a_minimal_root(daemon: Daemon) -> None:
 
 
 @needs_root
-def test_tenant_processes_are_in_its_memory_cgroup(daemon: Daemon) -> None:
+def test_tenant_processes_are_in_its_cgroups(daemon: Daemon) -> None:
     group = Path("/sys/fs/cgroup/memory") / daemon.cgroup_prefix / "hog"
     assert int((group / "memory.limit_in_bytes").read_text()) == 64 * 1024 * 1024
     procs = [int(p) for p in (group / "cgroup.procs").read_text().split()]
     assert daemon.host_pid("hog") in procs, "the host is not in its cgroup"
+    # pids follows concurrency (32 + 16, at least 64); cpu is one core by default.
+    pids = Path("/sys/fs/cgroup/pids") / daemon.cgroup_prefix / "hog"
+    assert (pids / "pids.max").read_text().strip() == "64"
+    assert daemon.host_pid("hog") in [int(p) for p in (pids / "cgroup.procs").read_text().split()]
+    cpu = Path("/sys/fs/cgroup/cpu") / daemon.cgroup_prefix / "hog"
+    assert (cpu / "cpu.cfs_period_us").read_text().strip() == "100000"
+    assert (cpu / "cpu.cfs_quota_us").read_text().strip() == "100000"
 
 
 @needs_root

@@ -1,0 +1,74 @@
+"""Unprivileged mode: mayflyd started without root still serves, with the walls
+an ordinary user can build, and says exactly which walls are missing."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.daemon_harness import UnprivilegedDaemon
+
+HERE = Path(__file__).resolve().parent
+SEED = HERE.parents[1] / "config" / "programs" / "hello_pythran.py"
+
+
+@pytest.fixture(scope="module")
+def unprivileged() -> Iterator[UnprivilegedDaemon]:
+    # Readable by the unprivileged user, unlike pytest's own tmp directories.
+    workdir = Path(tempfile.mkdtemp(prefix="mayflyd-unprivileged-"))
+    workdir.chmod(0o755)
+    (workdir / "programs").mkdir(mode=0o755)
+    shutil.copy(SEED, workdir / "programs" / "hello.py")
+    tenants = [{"name": "hello", "hosts": ["hello.localhost"], "default": True, "program": "programs/hello.py"},
+               {"name": "attacker", "hosts": ["attacker.localhost"], "program": "programs/attacks.py",
+                "limits": {"request_cpu_ms": 1500}}]
+    daemon = UnprivilegedDaemon(workdir, tenants, {"attacks.py": (HERE / "attacks.py").read_text()})
+    for path in workdir.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    daemon.start()
+    try:
+        yield daemon
+    finally:
+        try:
+            assert daemon.stop() == 0, daemon.log()[-3000:]
+        finally:
+            shutil.rmtree(workdir)
+
+
+def test_it_serves_without_root(unprivileged: UnprivilegedDaemon) -> None:
+    reply = unprivileged.get("hello.localhost")
+    assert reply.status == 200 and reply.body.startswith(b"\tthis is a very")
+    assert 'tenant=hello stream=stdout msg="Hello from Python"' in unprivileged.log()
+
+
+def test_it_says_which_walls_are_missing(unprivileged: UnprivilegedDaemon) -> None:
+    log = unprivileged.log()
+    assert ("walls MISSING: a uid/gid of its own per tenant; cgroup limits (memory, cpu, pids) "
+            "(mayflyd runs without root)") in log
+    present = next(line for line in log.splitlines() if "walls present:" in line)
+    assert "a user namespace" in present and "seccomp filters" in present
+    assert "cgroup v" not in present
+
+
+@pytest.mark.parametrize("path,expected", [
+    ("/read/shadow", "FileNotFoundError ENOENT"),
+    ("/proc/fork", "PermissionError EPERM"),
+    ("/proc/ptrace", "PermissionError EPERM"),
+    ("/net/other-port", "PermissionError EPERM"),
+    ("/write/root", "OSError EROFS"),
+])
+def test_the_walls_it_has_hold(unprivileged: UnprivilegedDaemon, path: str, expected: str) -> None:
+    reply = unprivileged.get("attacker.localhost", path)
+    assert (reply.status, reply.text) == (200, expected)
+
+
+def test_sandbox_runs_as_the_daemons_user_without_capabilities(unprivileged: UnprivilegedDaemon) -> None:
+    environ = json.loads(unprivileged.get("attacker.localhost", "/read/own-environ").text.removeprefix("ok "))
+    assert "PATH" in environ
+    assert unprivileged.get("attacker.localhost", "/proc/setuid").text == "PermissionError EPERM"
+    assert unprivileged.proc is not None and os.geteuid() == 0  # the test itself stays root
