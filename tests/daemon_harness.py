@@ -104,7 +104,7 @@ class DaemonProcess:
         if self.proc is None:
             return 0
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            os.kill(self._signal_target(), signal.SIGTERM)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -112,6 +112,11 @@ class DaemonProcess:
                 self.proc.wait()
                 raise AssertionError(f"mayflyd did not stop on SIGTERM within {timeout}s\n{self.log()}")
         return self.proc.returncode
+
+    def _signal_target(self) -> int:
+        """The process that gets SIGTERM: the daemon itself."""
+        assert self.proc is not None
+        return self.proc.pid
 
     def cgroup_dirs(self) -> list[str]:
         """Any cgroup directories of this daemon still present."""
@@ -185,18 +190,15 @@ class IsolatedDaemon(Daemon):
             self._netns = concurrent.futures.ThreadPoolExecutor(1, initializer=self._join_netns)
         return self._netns.submit(socket.create_connection, ("127.0.0.1", self.port), timeout).result()
 
+    def _signal_target(self) -> int:
+        return self.daemon_pid  # not unshare, which would only pass it on as SIGKILL
+
     def stop(self, timeout: float = 20.0) -> int:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.daemon_pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                raise AssertionError(f"mayflyd did not stop on SIGTERM within {timeout}s\n{self.log()}")
-        if self._netns is not None:
-            self._netns.shutdown()
-        return super().stop(timeout)
+        try:
+            return super().stop(timeout)
+        finally:
+            if self._netns is not None:
+                self._netns.shutdown()
 
 
 CLONE_NEWNET = 0x40000000
