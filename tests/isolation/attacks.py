@@ -71,6 +71,28 @@ def thread_left_running():
     threading.Thread(target=lambda: __import__("time").sleep(60), daemon=True).start()
 
 
+def normal_program():
+    """What an ordinary program does in a request must keep working under the walls."""
+    import codecs
+    import datetime
+    import decimal
+    import hashlib
+    import re
+    import time
+    import uuid
+    parsed = time.strptime("2026-11-28", "%Y-%m-%d")
+    digest = hashlib.sha256(b"x").hexdigest()[:8] + hashlib.md5(b"x").hexdigest()[:4]
+    codecs.lookup("cp1252")
+    assert re.match(r"\d+", "123")
+    total = decimal.Decimal("1.10") + decimal.Decimal("2.20")
+    now = datetime.datetime.now().year
+    here = sorted(os.listdir(os.path.dirname(__file__)))
+    with open(__file__, "rb") as f:
+        f.read(10)
+    return json.dumps({"year": parsed.tm_year, "digest": digest, "decimal": str(total), "now": now > 2000,
+                       "urandom": len(os.urandom(16)), "uuid": len(str(uuid.uuid4())), "listing": here})
+
+
 def spin():
     while True:
         pass
@@ -123,6 +145,7 @@ def processes():
 
 
 ATTACKS = {
+    "/normal": lambda r: normal_program(),
     # reading secrets
     "/read/shadow": lambda r: read("/etc/shadow"),
     "/read/path": lambda r: read(r.query),

@@ -29,6 +29,12 @@ def outcome(daemon: IsolatedDaemon, path: str, tenant: str = "attacker") -> str:
     return text
 
 
+def test_an_ordinary_program_still_works(isolated: IsolatedDaemon) -> None:
+    seen = json.loads(outcome(isolated, "/normal").removeprefix("ok "))
+    assert seen == {"year": 2026, "digest": "2d711642" + "9dd4", "decimal": "3.30", "now": True,
+                    "urandom": 16, "uuid": 36, "listing": ["attacks.py"]}
+
+
 # ---- reading secrets -------------------------------------------------------
 
 def test_etc_shadow_is_not_in_view(isolated: IsolatedDaemon) -> None:
