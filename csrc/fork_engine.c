@@ -38,6 +38,7 @@ struct child {
     uint64_t req_id;
     uint64_t deadline_ms;   /* CLOCK_MONOTONIC */
     uint32_t flags;         /* enum mf_exit_flags */
+    uint32_t cost_us;       /* what the fork cost the host */
     bool killed;
 };
 
@@ -53,6 +54,15 @@ struct engine {
 };
 
 enum step { STEP_CONTINUE, STEP_STOP, STEP_FAIL };
+
+/* Microseconds on CLOCK_MONOTONIC; 0 if the clock fails (only a metric uses it). */
+static uint64_t now_us(void)
+{
+    struct timespec ts;
+    if (clock_gettime(CLOCK_MONOTONIC, &ts) < 0)
+        return 0;
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
 
 static bool now_ms(uint64_t *out)
 {
@@ -216,6 +226,7 @@ static enum step start_request(struct engine *e, const struct mf_frame_header *h
         return request_failed(e, hdr->req_id, error);
     }
 
+    uint64_t fork_started = now_us();
     hooks->before_fork(hooks->ctx);
     pid = fork();
     if (pid == 0)
@@ -223,6 +234,7 @@ static enum step start_request(struct engine *e, const struct mf_frame_header *h
     error = errno;
     /* Also after a failed fork: it releases what before_fork took. */
     hooks->after_fork_parent(hooks->ctx);
+    uint64_t fork_cost = now_us() - fork_started;
     /* The host keeps no request fd: a later sandbox must not inherit it. */
     close_or_warn(req_fd, "request");
     if (pid < 0) {
@@ -233,6 +245,7 @@ static enum step start_request(struct engine *e, const struct mf_frame_header *h
         .pid = pid,
         .req_id = hdr->req_id,
         .deadline_ms = now + ctl.timeout_ms + MF_FORK_GRACE_MS,
+        .cost_us = fork_cost > UINT32_MAX ? UINT32_MAX : (uint32_t)fork_cost,
     };
     return STEP_CONTINUE;
 }
@@ -328,7 +341,8 @@ static enum step reap_children(struct engine *e)
             if (c.pid != pid)
                 continue;
             e->children[i] = e->children[--e->n];
-            struct mf_child_exit msg = {.pid = pid, .wait_status = status, .flags = c.flags};
+            struct mf_child_exit msg = {.pid = pid, .wait_status = status, .flags = c.flags,
+                                        .cost_us = c.cost_us};
             if (mf_limits_cpu_exceeded(&e->cfg->limits, status, &ru))
                 msg.flags |= MF_EXIT_CPU_EXCEEDED;
             if (send_ctrl(e, MF_MSG_CHILD_EXIT, c.req_id, &msg, sizeof(msg)) != STEP_CONTINUE)

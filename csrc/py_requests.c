@@ -369,7 +369,7 @@ static const struct {
     STRUCT(mf_ready, FIELD(mf_ready, pid), FIELD(mf_ready, engine)),
     STRUCT(mf_request_ctl, FIELD(mf_request_ctl, timeout_ms), FIELD(mf_request_ctl, reserved)),
     STRUCT(mf_child_exit, FIELD(mf_child_exit, pid), FIELD(mf_child_exit, wait_status),
-           FIELD(mf_child_exit, flags), FIELD(mf_child_exit, reserved)),
+           FIELD(mf_child_exit, flags), FIELD(mf_child_exit, cost_us)),
     STRUCT(mf_request_failed, FIELD(mf_request_failed, error), FIELD(mf_request_failed, reserved)),
     STRUCT(mf_req_head, FIELD(mf_req_head, method_len), FIELD(mf_req_head, path_len),
            FIELD(mf_req_head, query_len), FIELD(mf_req_head, client_len),

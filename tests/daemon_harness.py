@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 import uuid
@@ -136,8 +137,10 @@ class Daemon(DaemonProcess):
         programs_dir.mkdir(parents=True, exist_ok=True)
         for name, source in programs.items():
             (programs_dir / name).write_text(textwrap.dedent(source))
-        config = {"listen": f"127.0.0.1:{self.port}", "cgroup_prefix": self.cgroup_prefix, **top,
-                  "tenants": tenants}
+        # A socket path must stay short (108 bytes): not below pytest's tmp dirs.
+        self.admin_socket = os.path.join(tempfile.mkdtemp(prefix="mfa-"), "admin.sock")
+        config = {"listen": f"127.0.0.1:{self.port}", "cgroup_prefix": self.cgroup_prefix,
+                  "admin_socket": self.admin_socket, **top, "tenants": tenants}
         self.config_path = workdir / "mayflyd.yaml"
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
 
@@ -218,5 +221,6 @@ class UnprivilegedDaemon(IsolatedDaemon):
                   sys.executable, "-m", "tests.netns_exec",
                   sys.executable, "-m", "tests.unprivileged_exec", str(self.UID), *needed, "--"]
         self._netns = None
+        os.chown(os.path.dirname(self.admin_socket), self.UID, self.UID)
         self.spawn(["serve", "--config", str(self.config_path)], timeout, prefix=prefix)
         return self

@@ -1,4 +1,4 @@
-"""The mayflyd command: serve, check."""
+"""The mayflyd command: serve, check, run, status, reload."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +7,11 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from mayflyd.config import Config, ConfigError, load_config, parse_listen
+import json
+import os
+import re
+
+from mayflyd.config import DEFAULT_ADMIN_SOCKET, Config, ConfigError, load_config, parse_config, parse_listen
 
 __all__ = ["main", "find_default_config"]
 
@@ -46,8 +50,74 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"mayflyd: invalid configuration:\n{exc}", file=sys.stderr)
         return 1
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, config.log_format)
+    return asyncio.run(Daemon(config, config_path=path).run())
+
+
+def _run(args: argparse.Namespace) -> int:
+    """One program as the default tenant, reloaded when it changes: for tenant authors."""
+    from mayflyd.daemon import Daemon
+    from mayflyd.logs import setup_logging
+
+    program = Path(args.program).resolve()
+    try:
+        host, port = parse_listen(args.listen)
+    except ValueError as exc:
+        print(f"mayflyd: --listen {args.listen}: {exc}", file=sys.stderr)
+        return 1
+    name = re.sub(r"[^a-z0-9_-]", "-", program.stem.lower()).strip("-_")[:63] or "program"
+    runtime = "/run/mayflyd" if os.geteuid() == 0 else os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/mayflyd-{os.getuid()}"
+    text = json.dumps({  # JSON is YAML: no quoting surprises in paths
+        "listen": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+        "admin_socket": f"{runtime}/run-{port}.sock", "cgroup_prefix": f"mayflyd-run-{port}",
+        "tenants": [{"name": name, "default": True, "program": str(program)}],
+    })
+    try:
+        config = parse_config(text, source=f"mayflyd run {args.program}", base_dir=Path.cwd())
+    except ConfigError as exc:
+        print(f"mayflyd: {exc}", file=sys.stderr)
+        return 1
+    setup_logging(config.log_level, config.log_format)
     return asyncio.run(Daemon(config).run())
+
+
+def _admin_socket(args: argparse.Namespace) -> str:
+    if args.socket:
+        return str(args.socket)
+    path = Path(args.config) if args.config else (SYSTEM_CONFIG if SYSTEM_CONFIG.exists() else None)
+    if path is None:
+        return DEFAULT_ADMIN_SOCKET
+    try:
+        return load_config(path).admin_socket
+    except ConfigError as exc:
+        raise SystemExit(f"mayflyd: cannot find the admin socket: {exc}") from None
+
+
+def _status(args: argparse.Namespace) -> int:
+    from mayflyd.admin_client import AdminError, admin_request, format_status
+
+    try:
+        code, body = admin_request(_admin_socket(args), "GET", "/status")
+    except AdminError as exc:
+        print(f"mayflyd: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(body, indent=2) if args.json else format_status(body))
+    return 0 if code == 200 else 1
+
+
+def _reload(args: argparse.Namespace) -> int:
+    from mayflyd.admin_client import AdminError, admin_request
+
+    try:
+        code, body = admin_request(_admin_socket(args), "POST", "/reload")
+    except AdminError as exc:
+        print(f"mayflyd: {exc}", file=sys.stderr)
+        return 1
+    if code == 200:
+        print("reloaded")
+        return 0
+    print(f"reload failed, the running configuration stays:\n{body.get('error')}", file=sys.stderr)
+    return 1
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -71,6 +141,19 @@ def main(argv: list[str] | None = None) -> int:
     check = commands.add_parser("check", help="validate a config file; exit 0 if valid, 1 with errors")
     check.add_argument("path")
     check.set_defaults(func=_check)
+    run = commands.add_parser("run", help="serve one program as the default tenant, reloading it on change")
+    run.add_argument("program", help="a .py file or a package directory")
+    run.add_argument("--listen", metavar="HOST:PORT", default="127.0.0.1:8080")
+    run.set_defaults(func=_run)
+    for name, func, text in (("status", _status, "show the running daemon's tenants"),
+                             ("reload", _reload, "reload the running daemon's configuration")):
+        sub = commands.add_parser(name, help=text)
+        where = sub.add_mutually_exclusive_group()
+        where.add_argument("--socket", help=f"admin socket (default: from the config, else {DEFAULT_ADMIN_SOCKET})")
+        where.add_argument("--config", help="read the admin socket's path from this config")
+        if name == "status":
+            sub.add_argument("--json", action="store_true", help="the raw JSON status")
+        sub.set_defaults(func=func)
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result

@@ -134,6 +134,11 @@ class Config:
     cgroup_root: str
     cgroup_prefix: str  # tenant cgroups are <prefix>/<tenant name>
     uid_base: int
+    admin_socket: str  # absolute path of the admin API's Unix socket
+    metrics_listen: tuple[str, int] | None  # optional TCP address for GET /metrics
+    log_format: str  # logfmt | json
+    access_log: bool
+    shutdown_grace_ms: int  # how long requests in flight may take to finish on SIGTERM
     defaults: Limits  # built-in defaults merged with defaults.limits
     tenants: tuple[TenantConfig, ...]
 
@@ -337,8 +342,11 @@ def _type_name(node: Node) -> str:
 # --------------------------------------------------------------------------
 
 _TOP_KEYS: Final = (
-    "listen", "log_level", "cgroup", "cgroup_root", "cgroup_prefix", "uid_base", "defaults", "tenants"
+    "listen", "log_level", "cgroup", "cgroup_root", "cgroup_prefix", "uid_base", "admin_socket",
+    "metrics_listen", "log_format", "access_log", "shutdown_grace_ms", "defaults", "tenants",
 )
+_LOG_FORMATS: Final = ("logfmt", "json")
+DEFAULT_ADMIN_SOCKET: Final = "/run/mayflyd/admin.sock"
 _CGROUP_PREFIX_RE: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}(/[A-Za-z0-9_.-]{1,64}){0,3}")
 _TENANT_KEYS: Final = (
     "name", "hosts", "default", "program", "engine", "uid", "gid", "env", "limits",
@@ -532,6 +540,21 @@ class _Parser:
         uid_base = self._optional(
             entries, "uid_base", 200000, lambda n, p: self._int(n, p, 1, _MAX_ID - _UID_SPAN)
         )
+        admin_socket = self._optional(entries, "admin_socket", DEFAULT_ADMIN_SOCKET, self._socket_path)
+        metrics_listen: tuple[str, int] | None = None
+        if "metrics_listen" in entries:
+            node = entries["metrics_listen"][1]
+            text = self._string(node, "metrics_listen")
+            if text is not None:
+                try:
+                    metrics_listen = parse_listen(text)
+                except ValueError as exc:
+                    self._issues.add(node, "metrics_listen", str(exc))
+        log_format = self._optional(entries, "log_format", "logfmt",
+                                    lambda n, p: self._choice(n, p, _LOG_FORMATS))
+        access_log = self._optional(entries, "access_log", False, self._bool)
+        shutdown_grace_ms = self._optional(entries, "shutdown_grace_ms", 10000,
+                                           lambda n, p: self._int(n, p, 0, 3_600_000))
         defaults = BUILTIN_LIMITS
         if "defaults" in entries:
             defaults = self._defaults(entries["defaults"][1], defaults)
@@ -547,6 +570,11 @@ class _Parser:
             cgroup_root=cgroup_root,
             cgroup_prefix=cgroup_prefix,
             uid_base=uid_base,
+            admin_socket=admin_socket,
+            metrics_listen=metrics_listen,
+            log_format=log_format,
+            access_log=access_log,
+            shutdown_grace_ms=shutdown_grace_ms,
             defaults=defaults,
             tenants=tenants,
         )
@@ -562,6 +590,15 @@ class _Parser:
         value = self._string(node, path)
         if value is not None and not os.path.isabs(value):
             self._issues.add(node, path, f"must be an absolute path, got {value!r}")
+            return None
+        return value
+
+    def _socket_path(self, node: Node, path: str) -> str | None:
+        value = self._string(node, path)
+        if value is None:
+            return None
+        if not os.path.isabs(value) or len(value.encode()) > 107:
+            self._issues.add(node, path, f"must be an absolute path of at most 107 bytes, got {value!r}")
             return None
         return value
 

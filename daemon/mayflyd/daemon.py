@@ -1,34 +1,50 @@
 """The supervisor: its whole life in one place.
 
-Start-up builds the walls it can, starts every tenant and then listens.
-Signal handlers only enqueue; the main loop does the work. Shutdown stops
-listening, lets requests in flight finish, then stops the tenants and
-removes their cgroups, in the reverse order of start-up.
+Start-up builds the walls it can, clears what a crashed previous run left,
+opens the admin socket, starts every tenant and then listens. Signal handlers
+only enqueue; the main loop does the work: SIGHUP reloads the config, SIGTERM
+and SIGINT drain and stop (a second one stops at once). Program files are
+watched and a changed program is reloaded. Shutdown releases everything in
+the reverse order of start-up.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
 import os
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
+import mayflyd
 from mayflyd import _mayfly
-from mayflyd.config import Config
+from mayflyd.admin import AdminServer
+from mayflyd.config import Config, ConfigError, TenantConfig, load_config
 from mayflyd.frontend import FrontEnd, make_app
+from mayflyd.metrics import Metrics
+from mayflyd.notify import Notifier
+from mayflyd.program_files import program_fingerprint, program_version
 from mayflyd.router import Router
 from mayflyd.seccomp_policy import build_filters
-from mayflyd.tenant import Tenant, Walls
+from mayflyd.tenant import ReloadResult, Tenant, Walls
 
 __all__ = ["Daemon", "decide_walls"]
 
 log = logging.getLogger("mayflyd.daemon")
 
-SHUTDOWN_GRACE = 10.0
+# How often program files are looked at, and how long they must stay
+# unchanged before a reload (editors write in bursts).
+WATCH_INTERVAL = 0.2
+WATCH_DEBOUNCE = 0.3
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def _user_namespaces_work() -> bool:
@@ -65,11 +81,10 @@ def decide_walls(config: Config) -> Walls:
     (present if mode in ("root", "userns") else missing).append(namespaces)
     if mode == "userns":
         present.append("a user namespace")
-    cgroup = "cgroup limits (memory, cpu, pids)"
     if version:
         present.append(f"cgroup v{version} limits (memory, cpu, pids) at {config.cgroup_root}")
     else:
-        missing.append(cgroup)
+        missing.append("cgroup limits (memory, cpu, pids)")
     (present if seccomp else missing).append("seccomp filters")
     present.append("no capabilities, no_new_privs, per-request rlimits and CPU budget")
     log.info("walls present: %s", "; ".join(present))
@@ -80,62 +95,247 @@ def decide_walls(config: Config) -> Walls:
                  cgroup_prefix=config.cgroup_prefix, seccomp=seccomp)
 
 
+def remove_stale_cgroups(walls: Walls) -> None:
+    """Tenant cgroups a crashed previous run left under this daemon's prefix."""
+    if walls.cgroup_version == 1:
+        parents = [Path(walls.cgroup_base, ctrl, walls.cgroup_prefix) for ctrl in ("memory", "pids", "cpu")]
+    elif walls.cgroup_version == 2:
+        parents = [Path(walls.cgroup_base, walls.cgroup_prefix)]
+    else:
+        return
+    stale = sorted({child.name for parent in parents if parent.is_dir()
+                    for child in parent.iterdir() if child.is_dir()})
+    for name in stale:
+        log.warning("removing the stale cgroup of tenant %s from a previous run", name)
+        try:
+            _mayfly.cgroup_remove(walls.cgroup_version, walls.cgroup_base, walls.group_of(name))
+        except OSError as exc:
+            log.error("cannot remove the stale cgroup %s: %s", walls.group_of(name), exc)
+
+
+def _router_only_change(old: TenantConfig, new: TenantConfig) -> bool:
+    """Only which hosts route to the tenant changed: no new host needed."""
+    return dataclasses.replace(old, hosts=new.hosts, default=new.default) == new
+
+
 class Daemon:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, config_path: Path | None = None, watch_programs: bool = True) -> None:
         self.config = config
+        self._config_path = config_path
+        self._watch = watch_programs
         self._tenants: dict[str, Tenant] = {}
         self._router: Router[Tenant] = Router([])
         self._signals: asyncio.Queue[signal.Signals] = asyncio.Queue()
+        self._metrics = Metrics()
+        self._notifier = Notifier.from_environment()
+        self._walls: Walls | None = None
+        self._reload_lock = asyncio.Lock()
+        self._last_reload: ReloadResult | None = None
+        self._started = time.monotonic()
+        self._program_reloads: set[asyncio.Task[ReloadResult]] = set()
 
     def router(self) -> Router[Tenant]:
         return self._router
 
+    # ---- life ------------------------------------------------------------
+
     async def run(self) -> int:
-        walls = await asyncio.to_thread(decide_walls, self.config)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.add_signal_handler(sig, self._signals.put_nowait, sig)
-        runner: web.AppRunner | None = None
-        try:
-            await self._start_tenants(walls)
-            runner = web.AppRunner(make_app(FrontEnd(self.router)), access_log=None,
-                                   shutdown_timeout=SHUTDOWN_GRACE, handle_signals=False)
-            await runner.setup()
-            site = web.TCPSite(runner, self.config.listen_host, self.config.listen_port, reuse_address=True)
-            await site.start()
+        async with self._signals_handled(), contextlib.AsyncExitStack() as stack:
+            self._walls = await asyncio.to_thread(decide_walls, self.config)
+            # Before anything of ours exists: what a crashed run left behind.
+            await asyncio.to_thread(remove_stale_cgroups, self._walls)
+            admin = AdminServer(self, self._metrics, socket_path=self.config.admin_socket,
+                                metrics_listen=self.config.metrics_listen)
+            await admin.start()
+            stack.push_async_callback(admin.close)
+            stack.push_async_callback(self._stop_tenants)
+            await self._start_tenants(self.config.tenants)
+            runner = await self._listen()
+            stack.push_async_callback(self._drain_front_end, runner)
             log.info("listening on %s:%d with %d tenants", self.config.listen_host, self.config.listen_port,
                      len(self._tenants))
-            await self._main_loop()
-            return 0
+            self._notifier.ready(self._status_line())
+            background = [asyncio.create_task(self._notifier.run_watchdog())]
+            if self._watch:
+                background.append(asyncio.create_task(self._watch_programs()))
+            try:
+                await self._main_loop()
+            finally:
+                for task in background:
+                    task.cancel()
+                self._notifier.stopping("stopping: draining requests")
+        self._notifier.close()
+        log.info("stopped")
+        return 0
+
+    @contextlib.asynccontextmanager
+    async def _signals_handled(self) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+        for sig in (*_STOP_SIGNALS, signal.SIGHUP):
+            loop.add_signal_handler(sig, self._signals.put_nowait, sig)
+        try:
+            yield
         finally:
-            if runner is not None:
-                await runner.cleanup()
-            await self._stop_tenants()
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            for sig in (*_STOP_SIGNALS, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
-            log.info("stopped")
 
     async def _main_loop(self) -> None:
         while True:
             sig = await self._signals.get()
-            if sig in (signal.SIGTERM, signal.SIGINT):
-                log.info("%s: stopping", sig.name)
+            if sig in _STOP_SIGNALS:
+                log.info("%s: stopping (a second signal stops at once)", sig.name)
                 return
             if sig is signal.SIGHUP:
-                log.warning("SIGHUP: configuration reload is not implemented yet; keeping the running config")
+                await self.reload()
 
-    async def _start_tenants(self, walls: Walls) -> None:
-        self._tenants = {t.name: Tenant(t, walls) for t in self.config.tenants}
-        for tenant in self._tenants.values():
+    async def _listen(self) -> web.AppRunner:
+        front_end = FrontEnd(self.router, access_log=self.config.access_log)
+        runner = web.AppRunner(make_app(front_end), access_log=None, handle_signals=False,
+                               shutdown_timeout=self.config.shutdown_grace_ms / 1000)
+        await runner.setup()
+        site = web.TCPSite(runner, self.config.listen_host, self.config.listen_port, reuse_address=True)
+        await site.start()
+        return runner
+
+    async def _drain_front_end(self, runner: web.AppRunner) -> None:
+        """Stop accepting; let requests in flight finish within the grace, or until a second signal."""
+        cleanup = asyncio.create_task(runner.cleanup())
+        second = asyncio.create_task(self._signals.get())
+        done, _ = await asyncio.wait({cleanup, second}, return_when=asyncio.FIRST_COMPLETED)
+        if second in done and cleanup not in done:
+            log.warning("%s again: stopping at once", second.result().name)
+            cleanup.cancel()
+        else:
+            second.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await cleanup
+
+    async def _start_tenants(self, configs: tuple[TenantConfig, ...]) -> None:
+        assert self._walls is not None
+        new = {t.name: Tenant(t, self._walls, self._metrics) for t in configs}
+        for tenant in new.values():
             try:
                 await tenant.start()
             except OSError as exc:
                 log.error("cannot set up the tenant: %s", exc, extra={"tenant": tenant.name})
-        await asyncio.gather(*(t.wait_started() for t in self._tenants.values()))
+        await asyncio.gather(*(t.wait_started() for t in new.values()))
+        self._tenants.update(new)
+        self._rebuild_router()
+
+    def _rebuild_router(self) -> None:
         self._router = Router((t, t.config.hosts, t.config.default) for t in self._tenants.values())
 
     async def _stop_tenants(self) -> None:
-        results = await asyncio.gather(*(t.stop() for t in self._tenants.values()), return_exceptions=True)
-        for tenant, result in zip(self._tenants.values(), results):
+        tenants = list(self._tenants.values())
+        results = await asyncio.gather(*(t.stop() for t in tenants), return_exceptions=True)
+        for tenant, result in zip(tenants, results):
             if isinstance(result, BaseException):
                 log.error("stopping the tenant failed: %s", result, extra={"tenant": tenant.name})
+
+    # ---- reload ----------------------------------------------------------
+
+    async def reload(self) -> dict[str, Any]:
+        """Reload the config file: add, change and remove tenants; a bad file changes nothing."""
+        async with self._reload_lock:
+            self._notifier.reloading("reloading the configuration")
+            result = await self._reload_config()
+            self._last_reload = result
+            self._metrics.reload("config", result.result)
+            self._notifier.ready(self._status_line())
+            return result.as_dict()
+
+    async def _reload_config(self) -> ReloadResult:
+        if self._config_path is None:
+            return ReloadResult(result="failed", error="this daemon was not started from a config file",
+                                at=time.time(), version="")
+        try:
+            new = await asyncio.to_thread(load_config, self._config_path)
+        except ConfigError as exc:
+            log.error("configuration reload rejected, the running configuration stays:\n%s", exc)
+            return ReloadResult(result="failed", error=str(exc), at=time.time(), version="")
+        self._warn_restart_only(new)
+        wanted = {t.name: t for t in new.tenants}
+        removed = [t for name, t in self._tenants.items() if name not in wanted]
+        added = tuple(cfg for name, cfg in wanted.items() if name not in self._tenants)
+        errors: list[str] = []
+        for name, cfg in wanted.items():
+            tenant = self._tenants.get(name)
+            if tenant is None or tenant.config == cfg:
+                continue
+            if _router_only_change(tenant.config, cfg):
+                tenant.config = cfg
+                continue
+            outcome = await tenant.reload(cfg, kind="config")
+            if outcome.result != "ok":
+                errors.append(f"tenant {name}: {outcome.error}")
+        await self._start_tenants(added)
+        for tenant in removed:
+            del self._tenants[tenant.name]
+        self._rebuild_router()
+        for tenant in removed:
+            log.info("tenant removed from the configuration: draining and stopping", extra={"tenant": tenant.name})
+            await tenant.stop(tenant.config.limits.request_timeout_ms / 1000)
+            self._metrics.forget_tenant(tenant.name)
+        self.config = dataclasses.replace(self.config, tenants=new.tenants, defaults=new.defaults,
+                                          log_level=new.log_level)
+        logging.getLogger().setLevel(new.log_level.upper())
+        log.info("configuration reloaded: %d added, %d removed, %d tenants", len(added), len(removed),
+                 len(self._tenants))
+        return ReloadResult(result="failed" if errors else "ok", error="; ".join(errors) or None,
+                            at=time.time(), version="")
+
+    def _warn_restart_only(self, new: Config) -> None:
+        """Settings a running daemon cannot change; they wait for a restart."""
+        for key in ("listen_host", "listen_port", "cgroup", "cgroup_root", "cgroup_prefix", "admin_socket",
+                    "metrics_listen", "log_format", "access_log", "shutdown_grace_ms"):
+            if getattr(new, key) != getattr(self.config, key):
+                log.warning("%s changed in the configuration: it takes effect at the next restart", key)
+
+    async def _watch_programs(self) -> None:
+        """Reload a tenant whose program files changed, once they stop changing."""
+        seen: dict[str, tuple[Any, ...]] = {}
+        changed_at: dict[str, float] = {}
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL)
+            for name, tenant in list(self._tenants.items()):
+                fingerprint = await asyncio.to_thread(program_fingerprint, tenant.config.program)
+                if name not in seen:
+                    seen[name] = fingerprint
+                    continue
+                if fingerprint != seen[name]:
+                    seen[name], changed_at[name] = fingerprint, time.monotonic()
+                    continue
+                if name in changed_at and time.monotonic() - changed_at[name] >= WATCH_DEBOUNCE:
+                    del changed_at[name]
+                    await self._reload_program(tenant)
+
+    async def _reload_program(self, tenant: Tenant) -> None:
+        version = await asyncio.to_thread(program_version, tenant.config.program)
+        if version == tenant.version:
+            return  # touched, not changed
+        log.info("program changed (version %s): reloading", version, extra={"tenant": tenant.name})
+        task = asyncio.create_task(tenant.reload(kind="program"))
+        self._program_reloads.add(task)
+        task.add_done_callback(self._program_reloads.discard)
+
+    # ---- what the admin API shows ---------------------------------------
+
+    def _status_line(self) -> str:
+        ready = sum(1 for t in self._tenants.values() if t.state.value == "ready")
+        return f"serving {ready}/{len(self._tenants)} tenants on {self.config.listen_host}:{self.config.listen_port}"
+
+    def status(self) -> dict[str, Any]:
+        walls = self._walls
+        return {
+            "version": mayflyd.__version__, "pid": os.getpid(), "uptime_s": round(time.monotonic() - self._started, 3),
+            "config": str(self._config_path) if self._config_path else None,
+            "listen": f"{self.config.listen_host}:{self.config.listen_port}",
+            "walls": {"mode": walls.mode, "cgroup": f"v{walls.cgroup_version}" if walls.cgroup_version else None,
+                      "seccomp": walls.seccomp} if walls else None,
+            "last_reload": self._last_reload.as_dict() if self._last_reload else None,
+            "tenants": {name: tenant.status() for name, tenant in self._tenants.items()},
+        }
+
+    def tenant_status(self, name: str) -> dict[str, Any] | None:
+        tenant = self._tenants.get(name)
+        return tenant.status() if tenant else None

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from collections.abc import Callable
 
 from aiohttp import web
@@ -21,6 +22,7 @@ from mayflyd.tenant import SandboxOutOfMemory, Tenant, TenantBusy
 __all__ = ["FrontEnd", "make_app"]
 
 log = logging.getLogger("mayflyd.request")
+access = logging.getLogger("mayflyd.access")
 
 # Headers that describe the connection, not the content: the front end owns
 # them, a program cannot set them.
@@ -38,15 +40,27 @@ def _error(status: int, text: str, req_id: int, *, headers: dict[str, str] | Non
 class FrontEnd:
     """Turns aiohttp requests into sandbox requests."""
 
-    def __init__(self, router: Callable[[], Router[Tenant]]) -> None:
+    def __init__(self, router: Callable[[], Router[Tenant]], *, access_log: bool = False) -> None:
         self._router = router
         self._ids = itertools.count(1)
+        self._access_log = access_log
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         req_id = next(self._ids)
+        started = time.monotonic()
         tenant = self._router().route(request.host)
         if tenant is None:
-            return _error(404, "Not Found: no tenant serves this host", req_id)
+            response = _error(404, "Not Found: no tenant serves this host", req_id)
+        else:
+            response = await self._handle(request, req_id, tenant)
+            tenant.request_done(response.status, time.monotonic() - started)
+        if self._access_log:
+            access.info("%s %s %d", request.method, request.path_qs, response.status,
+                        extra={"tenant": tenant.name if tenant else None, "req": req_id,
+                               "ms": round((time.monotonic() - started) * 1000, 2)})
+        return response
+
+    async def _handle(self, request: web.Request, req_id: int, tenant: Tenant) -> web.Response:
         limits = tenant.config.limits
         try:
             async with asyncio.timeout(limits.request_timeout_ms / 1000):

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from mayflyd import protocol
 from mayflyd.protocol import ChildExit, LoadFailed, Ready, RequestFailed, Response, ResponseDecoder
+from mayflyd.logs import OutputBudget
 from mayflyd.sandbox_host import HostSpec
 
 __all__ = ["SandboxHost", "HostStartError", "SandboxError", "SandboxTimeout", "SandboxCrashed", "SandboxCpuExceeded",
@@ -103,13 +104,17 @@ def describe_wait_status(status: int) -> str:
 class SandboxHost:
     """One running host process of a tenant."""
 
-    def __init__(self, *, tenant: str, spec: HostSpec, env: Mapping[str, str],
-                 on_exit: Callable[[SandboxHost], None]) -> None:
+    def __init__(self, *, tenant: str, version: str, spec: HostSpec, env: Mapping[str, str],
+                 output_budget: OutputBudget, on_sandbox_exit: Callable[[ChildExit], None]) -> None:
         self.tenant = tenant
+        self.version = version  # of the program this host loaded
         self._cpu_ms = spec.request_cpu_ms
         self._spec = spec
         self._env = dict(env)
-        self._on_exit = on_exit
+        self._output_budget = output_budget
+        self._on_sandbox_exit = on_sandbox_exit
+        self.exited = asyncio.Event()
+        self.in_flight = 0
         self._ctrl: socket.socket | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -168,6 +173,7 @@ class SandboxHost:
                 pass
             await self._proc.wait()
         await self._close()
+        self.exited.set()
 
     async def stop(self, timeout: float = 2.0) -> None:
         """Ask the host to stop, kill it if it does not within timeout."""
@@ -216,9 +222,22 @@ class SandboxHost:
             reason = f"exited with status {status}"
         if self._stopping:
             log.info("host %d %s", self.pid, reason, extra={"tenant": self.tenant})
-            return
-        log.warning("host %d %s", self.pid, reason, extra={"tenant": self.tenant})
-        self._on_exit(self)
+        else:
+            log.warning("host %d %s", self.pid, reason, extra={"tenant": self.tenant})
+        self.exited.set()
+
+    @property
+    def uptime(self) -> float:
+        return time.monotonic() - self.started_at if self.started_at else 0.0
+
+    async def died(self, within: float) -> bool:
+        """Whether the host process ends within `within` seconds (or already has)."""
+        try:
+            async with asyncio.timeout(within):
+                await self.exited.wait()
+        except TimeoutError:
+            return False
+        return True
 
     # ---- control channel -------------------------------------------------
 
@@ -243,12 +262,19 @@ class SandboxHost:
             if message is None:
                 self.ready = False
                 return
+            if isinstance(message, ChildExit):
+                self._on_sandbox_exit(message)
             if isinstance(message, (ChildExit, RequestFailed)):
                 fut = self._pending_exits.get(message.req_id)
                 if fut is not None and not fut.done():
                     fut.set_result(message)
 
     async def _relay_output(self, stream: asyncio.StreamReader, name: str) -> None:
+        """The tenant's output, line by line, into the log, within its budget.
+
+        Reading never stops (a blocked pipe would stall the tenant's
+        sandboxes); what is over the budget is dropped and counted.
+        """
         tenant_log = logging.getLogger(f"mayflyd.tenant.{name}")
         while True:
             try:
@@ -259,6 +285,12 @@ class SandboxHost:
                     return
             except asyncio.LimitOverrunError as exc:
                 line = await stream.read(exc.consumed)
+            if not self._output_budget.take(len(line)):
+                continue
+            dropped = self._output_budget.collect_dropped()
+            if dropped:
+                tenant_log.warning("dropped %d lines of output over the rate limit", dropped,
+                                   extra={"tenant": self.tenant, "stream": name})
             text = line[:_OUTPUT_LINE_LIMIT].decode("utf-8", "replace").rstrip("\n")
             tenant_log.info("%s", text, extra={"tenant": self.tenant, "stream": name})
 
@@ -286,6 +318,7 @@ class SandboxHost:
         exit_future: asyncio.Future[ChildExit | RequestFailed] = loop.create_future()
         self._pending_exits[request.req_id] = exit_future
         deadline = loop.time() + timeout
+        self.in_flight += 1
         try:
             try:
                 self._send_control(protocol.encode_request_ctl(request.req_id, int(timeout * 1000)),
@@ -318,6 +351,7 @@ class SandboxHost:
                 raise SandboxCrashed(f"the sandbox {describe_wait_status(ended.wait_status)} "
                                      "without answering", ended.wait_status) from None
         finally:
+            self.in_flight -= 1
             ours.close()
             asyncio.get_running_loop().call_later(5.0, self._pending_exits.pop, request.req_id, None)
 

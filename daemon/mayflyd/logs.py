@@ -1,13 +1,19 @@
-"""Structured log lines: one event per line, logfmt, with tenant and request id."""
+"""Structured log lines: one event per line, logfmt or JSON, with tenant and
+request id; and the budget that keeps a flooding tenant's output in check."""
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
 
-__all__ = ["LogfmtFormatter", "setup_logging"]
+__all__ = ["LogfmtFormatter", "JsonFormatter", "OutputBudget", "setup_logging"]
 
-_CONTEXT_FIELDS = ("tenant", "req", "stream")
+_CONTEXT_FIELDS = ("tenant", "req", "stream", "method", "path", "status", "ms")
+
+
+def _timestamp(record: logging.LogRecord) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
 
 
 def _quote(value: str) -> str:
@@ -21,8 +27,7 @@ class LogfmtFormatter(logging.Formatter):
     """``ts=... level=info logger=mayflyd.tenant tenant=hello req=7 msg="..."``"""
 
     def format(self, record: logging.LogRecord) -> str:
-        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
-        parts = [f"ts={ts}", f"level={record.levelname.lower()}", f"logger={record.name}"]
+        parts = [f"ts={_timestamp(record)}", f"level={record.levelname.lower()}", f"logger={record.name}"]
         for field in _CONTEXT_FIELDS:
             value = getattr(record, field, None)
             if value is not None:
@@ -33,11 +38,62 @@ class LogfmtFormatter(logging.Formatter):
         return " ".join(parts)
 
 
-def setup_logging(level: str) -> None:
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, with the same fields as the logfmt lines."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        event: dict[str, object] = {"ts": _timestamp(record), "level": record.levelname.lower(),
+                                    "logger": record.name}
+        for field in _CONTEXT_FIELDS:
+            value = getattr(record, field, None)
+            if value is not None:
+                event[field] = value
+        event["msg"] = record.getMessage()
+        if record.exc_info:
+            event["exc"] = self.formatException(record.exc_info)
+        return json.dumps(event, ensure_ascii=False, default=str)
+
+
+def setup_logging(level: str, log_format: str = "logfmt") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(LogfmtFormatter())
+    handler.setFormatter(JsonFormatter() if log_format == "json" else LogfmtFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # aiohttp's access log is a later, optional feature; its own errors stay.
+    # aiohttp's own access log stays off; mayflyd writes its own (access_log).
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+class OutputBudget:
+    """A token bucket for one tenant's stdout and stderr.
+
+    A tenant may log in bursts, but not faster on average than `lines` lines
+    and `bytes_` bytes per second: past that, lines are dropped and counted,
+    so that a flooding program can neither fill the disk nor slow the daemon.
+    """
+
+    __slots__ = ("_line_rate", "_byte_rate", "_lines", "_bytes", "_last", "_dropped")
+
+    def __init__(self, *, lines: float = 200.0, bytes_: float = 256 * 1024.0) -> None:
+        self._line_rate, self._byte_rate = lines, bytes_
+        self._lines, self._bytes = lines, bytes_  # a full bucket: one second's worth
+        self._last = time.monotonic()
+        self._dropped = 0
+
+    def take(self, size: int) -> bool:
+        """Whether a line of `size` bytes may be logged now."""
+        now = time.monotonic()
+        elapsed, self._last = now - self._last, now
+        self._lines = min(self._line_rate, self._lines + elapsed * self._line_rate)
+        self._bytes = min(self._byte_rate, self._bytes + elapsed * self._byte_rate)
+        if self._lines < 1 or self._bytes < min(size, self._byte_rate):
+            self._dropped += 1
+            return False
+        self._lines -= 1
+        self._bytes -= size
+        return True
+
+    def collect_dropped(self) -> int:
+        """Lines dropped since the last call."""
+        dropped, self._dropped = self._dropped, 0
+        return dropped

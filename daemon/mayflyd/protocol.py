@@ -65,7 +65,7 @@ STRUCTS: Final[dict[str, tuple[struct.Struct, tuple[str, ...]]]] = {
     "mf_frame_header": (FRAME_HEADER, ("magic", "type", "version", "req_id", "payload_len", "reserved")),
     "mf_ready": (READY, ("pid", "engine")),
     "mf_request_ctl": (REQUEST_CTL, ("timeout_ms", "reserved")),
-    "mf_child_exit": (CHILD_EXIT, ("pid", "wait_status", "flags", "reserved")),
+    "mf_child_exit": (CHILD_EXIT, ("pid", "wait_status", "flags", "cost_us")),
     "mf_request_failed": (REQUEST_FAILED, ("error", "reserved")),
     "mf_req_head": (REQ_HEAD, ("method_len", "path_len", "query_len", "client_len",
                                "header_count", "reserved", "body_len")),
@@ -248,6 +248,7 @@ class ChildExit:
     pid: int
     wait_status: int
     flags: int
+    cost_us: int = 0  # the host's own cost of the sandbox (its fork)
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,8 +275,8 @@ def decode_control(packet: bytes) -> Ready | ChildExit | RequestFailed | LoadFai
         pid, engine = _unpack_exact(READY, frame.payload, "READY")
         return Ready(pid, engine)
     if frame.type == MsgType.CHILD_EXIT:
-        pid, status, flags, _ = _unpack_exact(CHILD_EXIT, frame.payload, "CHILD_EXIT")
-        return ChildExit(frame.req_id, pid, status, flags)
+        pid, status, flags, cost_us = _unpack_exact(CHILD_EXIT, frame.payload, "CHILD_EXIT")
+        return ChildExit(frame.req_id, pid, status, flags, cost_us)
     if frame.type == MsgType.REQUEST_FAILED:
         error, _ = _unpack_exact(REQUEST_FAILED, frame.payload, "REQUEST_FAILED")
         return RequestFailed(frame.req_id, error)

@@ -136,6 +136,13 @@ BAD_CONFIGS = [
      "does not exist"),
     ("files-not-list", TENANT_EXTRA.format("files: /usr"), 5, "tenants[0].files",
      "must be a list of absolute paths"),
+    ("admin-socket-relative", "admin_socket: run/a.sock\n" + TENANT, 1, "admin_socket",
+     "must be an absolute path"),
+    ("metrics-listen-bad", "metrics_listen: nowhere\n" + TENANT, 1, "metrics_listen", "expected HOST:PORT"),
+    ("log-format-bad", "log_format: xml\n" + TENANT, 1, "log_format", "must be one of logfmt, json"),
+    ("access-log-not-bool", "access_log: sometimes\n" + TENANT, 1, "access_log", "true or false"),
+    ("shutdown-grace-negative", "shutdown_grace_ms: -1\n" + TENANT, 1, "shutdown_grace_ms",
+     "must be between 0 and"),
     ("uid-base-negative", "uid_base: -5\n" + TENANT, 1, "uid_base", "must be between 1 and"),
     ("defaults-not-mapping", "defaults: 5\n" + TENANT, 1, "defaults", "must be a mapping, got int"),
     (
@@ -539,6 +546,8 @@ def test_minimal(base: Path) -> None:
     assert (config.listen_host, config.listen_port) == ("127.0.0.1", 8080)
     assert (config.log_level, config.cgroup, config.cgroup_root) == ("info", "auto", "/sys/fs/cgroup")
     assert config.uid_base == 200000
+    assert (config.admin_socket, config.metrics_listen) == ("/run/mayflyd/admin.sock", None)
+    assert (config.log_format, config.access_log, config.shutdown_grace_ms) == ("logfmt", False, 10000)
     assert config.defaults == BUILTIN_LIMITS
     assert config.source == "test.yaml"
     (tenant,) = config.tenants

@@ -1,0 +1,93 @@
+"""The daemon's Prometheus metrics.
+
+Each Metrics object owns its own CollectorRegistry: the default global
+registry would be module-level state shared by every daemon (and every test)
+in the process.
+"""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+__all__ = ["Metrics"]
+
+# A request ranges from a cached answer (~100 us) to the longest timeout a
+# tenant may configure (30 s).
+_REQUEST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                    0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# Isolating one request (a fork of a warm host) costs tens of microseconds;
+# anything near 100 ms means something is badly wrong.
+_SANDBOX_BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
+                    0.01, 0.025, 0.05, 0.1)
+
+
+class Metrics:
+    """The daemon's Prometheus metrics, in a registry of their own."""
+
+    __slots__ = ("registry", "_requests", "_duration", "_sandbox_cost", "_hosts", "_restarts",
+                 "_limit_hits", "_reloads", "_statuses", "_limits")
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self._requests = Counter("mayflyd_requests_total", "Requests answered, by tenant and HTTP status",
+                                 ["tenant", "status"], registry=r)
+        self._duration = Histogram("mayflyd_request_duration_seconds", "Time to answer a request",
+                                   ["tenant"], buckets=_REQUEST_BUCKETS, registry=r)
+        self._sandbox_cost = Histogram("mayflyd_sandbox_cost_seconds",
+                                       "The host's own cost of isolating one request (fork time)",
+                                       ["tenant"], buckets=_SANDBOX_BUCKETS, registry=r)
+        self._hosts = Gauge("mayflyd_hosts_running", "Sandbox hosts running", ["tenant"], registry=r)
+        self._restarts = Counter("mayflyd_host_restarts_total", "Sandbox hosts restarted after an exit",
+                                 ["tenant"], registry=r)
+        self._limit_hits = Counter("mayflyd_limit_hits_total", "Requests stopped by a tenant limit",
+                                   ["tenant", "limit"], registry=r)
+        self._reloads = Counter("mayflyd_reloads_total", "Program and config reloads, by result",
+                                ["kind", "result"], registry=r)
+        # The second label values seen per tenant, so that forget_tenant can
+        # remove every series without reading prometheus_client's private fields.
+        self._statuses: dict[str, set[str]] = {}
+        self._limits: dict[str, set[str]] = {}
+
+    def request_done(self, tenant: str, status: int, seconds: float) -> None:
+        code = str(status)
+        self._statuses.setdefault(tenant, set()).add(code)
+        self._requests.labels(tenant, code).inc()
+        self._duration.labels(tenant).observe(seconds)
+
+    def sandbox_cost(self, tenant: str, seconds: float) -> None:
+        self._sandbox_cost.labels(tenant).observe(seconds)
+
+    def host_started(self, tenant: str) -> None:
+        self._hosts.labels(tenant).inc()
+
+    def host_stopped(self, tenant: str) -> None:
+        self._hosts.labels(tenant).dec()
+
+    def host_restarted(self, tenant: str) -> None:
+        self._restarts.labels(tenant).inc()
+
+    def limit_hit(self, tenant: str, limit: str) -> None:
+        self._limits.setdefault(tenant, set()).add(limit)
+        self._limit_hits.labels(tenant, limit).inc()
+
+    def reload(self, kind: str, result: str) -> None:
+        """kind is "program" or "config"; result is "ok" or "failed"."""
+        self._reloads.labels(kind, result).inc()
+
+    def forget_tenant(self, tenant: str) -> None:
+        """Remove every series of a removed tenant, so that it does not linger."""
+        label_sets: list[tuple[Counter | Gauge | Histogram, tuple[str, ...]]] = [
+            (self._duration, (tenant,)), (self._sandbox_cost, (tenant,)), (self._hosts, (tenant,)),
+            (self._restarts, (tenant,))]
+        label_sets += [(self._requests, (tenant, code)) for code in self._statuses.pop(tenant, set())]
+        label_sets += [(self._limit_hits, (tenant, limit)) for limit in self._limits.pop(tenant, set())]
+        for metric, labels in label_sets:
+            try:
+                metric.remove(*labels)
+            except KeyError:  # this tenant never produced that series
+                pass
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition text and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,56 @@
+"""What a tenant's program is made of on disk: its version and its fingerprint.
+
+The version is a hash of the contents (what the status API shows and what
+decides whether a change needs a reload); the fingerprint is cheap (stat
+only) and is what the watcher polls.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+__all__ = ["program_files", "program_version", "program_fingerprint"]
+
+# A program directory bigger than this is not a program; stop walking there.
+_MAX_FILES = 2000
+
+
+def program_files(program: Path) -> list[Path]:
+    """The program file, or every file of its package directory, sorted."""
+    if not program.is_dir():
+        return [program]
+    files: list[Path] = []
+    for root, dirs, names in os.walk(program):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__" and not d.startswith("."))
+        files.extend(Path(root) / name for name in sorted(names) if not name.endswith(".pyc"))
+        if len(files) >= _MAX_FILES:
+            break
+    return files[:_MAX_FILES]
+
+
+def program_version(program: Path) -> str:
+    """12 hex digits of a SHA-256 over the files' names and contents."""
+    digest = hashlib.sha256()
+    for path in program_files(program):
+        digest.update(str(path.relative_to(program) if program.is_dir() else path.name).encode())
+        digest.update(b"\0")
+        try:
+            digest.update(path.read_bytes())
+        except OSError as exc:
+            digest.update(f"unreadable: {exc.errno}".encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:12]
+
+
+def program_fingerprint(program: Path) -> tuple[tuple[str, int, int, int], ...]:
+    """(name, mtime_ns, size, inode) of every file: changes whenever an editor saves."""
+    result = []
+    for path in program_files(program):
+        try:
+            st = path.stat()
+        except OSError:
+            result.append((str(path), -1, -1, -1))
+            continue
+        result.append((str(path), st.st_mtime_ns, st.st_size, st.st_ino))
+    return tuple(result)
