@@ -48,15 +48,17 @@ class DaemonProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.cgroup_prefix = "mayflyd"
 
-    def spawn(self, args: list[str], timeout: float = 30.0, prefix: list[str] | None = None) -> None:
+    def spawn(self, args: list[str], timeout: float = 30.0, prefix: list[str] | None = None,
+              env: dict[str, str] | None = None) -> None:
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen([*(prefix or []), sys.executable, "-m", "mayflyd", *args],
-                                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+                                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                         env={**os.environ, **(env or {})})
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"mayflyd exited with {self.proc.returncode}:\n{self.log()}")
-            if "msg=\"listening on" in self.log():
+            if "listening on 127.0.0.1" in self.log():
                 return
             time.sleep(0.05)
         raise RuntimeError(f"mayflyd did not start within {timeout}s:\n{self.log()}")
@@ -144,9 +146,21 @@ class Daemon(DaemonProcess):
         self.config_path = workdir / "mayflyd.yaml"
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
 
-    def start(self, timeout: float = 30.0) -> Daemon:
-        self.spawn(["serve", "--config", str(self.config_path)], timeout)
+    def start(self, timeout: float = 30.0, env: dict[str, str] | None = None) -> Daemon:
+        self.spawn(["serve", "--config", str(self.config_path)], timeout, env=env)
         return self
+
+    def write_config(self, tenants: list[dict[str, Any]], **top: Any) -> None:
+        """Rewrite the config file (for reload tests); the daemon's own settings stay."""
+        config = {"listen": f"127.0.0.1:{self.port}", "cgroup_prefix": self.cgroup_prefix,
+                  "admin_socket": self.admin_socket, **top, "tenants": tenants}
+        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+    def status(self) -> dict[str, Any]:
+        from mayflyd.admin_client import admin_request
+        code, body = admin_request(self.admin_socket, "GET", "/status")
+        assert code == 200, body
+        return body
 
     def __enter__(self) -> Daemon:
         return self.start()

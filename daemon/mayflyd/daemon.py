@@ -42,8 +42,8 @@ log = logging.getLogger("mayflyd.daemon")
 
 # How often program files are looked at, and how long they must stay
 # unchanged before a reload (editors write in bursts).
-WATCH_INTERVAL = 0.2
-WATCH_DEBOUNCE = 0.3
+WATCH_INTERVAL = 0.05
+WATCH_DEBOUNCE = 0.1
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -299,10 +299,9 @@ class Daemon:
             await asyncio.sleep(WATCH_INTERVAL)
             for name, tenant in list(self._tenants.items()):
                 fingerprint = await asyncio.to_thread(program_fingerprint, tenant.config.program)
-                if name not in seen:
-                    seen[name] = fingerprint
-                    continue
-                if fingerprint != seen[name]:
+                if fingerprint != seen.get(name):
+                    # A first sight counts as a change too: the file may have
+                    # changed between the host's load and this first look.
                     seen[name], changed_at[name] = fingerprint, time.monotonic()
                     continue
                 if name in changed_at and time.monotonic() - changed_at[name] >= WATCH_DEBOUNCE:
