@@ -61,6 +61,7 @@ class DaemonProcess:
             if "listening on 127.0.0.1" in self.log():
                 return
             time.sleep(0.05)
+        self.stop()  # leave no daemon behind a failed test
         raise RuntimeError(f"mayflyd did not start within {timeout}s:\n{self.log()}")
 
     def log(self) -> str:

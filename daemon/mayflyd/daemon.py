@@ -27,6 +27,7 @@ from aiohttp import web
 import mayflyd
 from mayflyd import _mayfly
 from mayflyd.admin import AdminServer
+from mayflyd.cgroups import leave_delegated_root, remove_stale_cgroups
 from mayflyd.config import Config, ConfigError, TenantConfig, load_config
 from mayflyd.frontend import FrontEnd, make_app
 from mayflyd.metrics import Metrics
@@ -95,24 +96,6 @@ def decide_walls(config: Config) -> Walls:
                  cgroup_prefix=config.cgroup_prefix, seccomp=seccomp)
 
 
-def remove_stale_cgroups(walls: Walls) -> None:
-    """Tenant cgroups a crashed previous run left under this daemon's prefix."""
-    if walls.cgroup_version == 1:
-        parents = [Path(walls.cgroup_base, ctrl, walls.cgroup_prefix) for ctrl in ("memory", "pids", "cpu")]
-    elif walls.cgroup_version == 2:
-        parents = [Path(walls.cgroup_base, walls.cgroup_prefix)]
-    else:
-        return
-    stale = sorted({child.name for parent in parents if parent.is_dir()
-                    for child in parent.iterdir() if child.is_dir()})
-    for name in stale:
-        log.warning("removing the stale cgroup of tenant %s from a previous run", name)
-        try:
-            _mayfly.cgroup_remove(walls.cgroup_version, walls.cgroup_base, walls.group_of(name))
-        except OSError as exc:
-            log.error("cannot remove the stale cgroup %s: %s", walls.group_of(name), exc)
-
-
 def _router_only_change(old: TenantConfig, new: TenantConfig) -> bool:
     """Only which hosts route to the tenant changed: no new host needed."""
     return dataclasses.replace(old, hosts=new.hosts, default=new.default) == new
@@ -142,8 +125,10 @@ class Daemon:
     async def run(self) -> int:
         async with self._signals_handled(), contextlib.AsyncExitStack() as stack:
             self._walls = await asyncio.to_thread(decide_walls, self.config)
-            # Before anything of ours exists: what a crashed run left behind.
+            # Before anything of ours exists: what a crashed run left behind,
+            # and (v2) out of the delegated root, which tenant groups need.
             await asyncio.to_thread(remove_stale_cgroups, self._walls)
+            await asyncio.to_thread(leave_delegated_root, self._walls)
             admin = AdminServer(self, self._metrics, socket_path=self.config.admin_socket,
                                 metrics_listen=self.config.metrics_listen)
             await admin.start()
