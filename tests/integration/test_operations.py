@@ -218,6 +218,20 @@ def test_a_killed_host_leaves_no_request_unanswered(two_tenants: Daemon) -> None
     assert d.status()["tenants"]["a"]["restarts"] == 1
 
 
+def test_requests_on_a_host_that_dies_get_a_retry_or_a_502(two_tenants: Daemon) -> None:
+    d = two_tenants
+    with ThreadPoolExecutor(2) as pool:
+        get = pool.submit(d.get, "a.localhost", "/slow")
+        post = pool.submit(d.request, "POST", "/slow", host="a.localhost", body=b"x")
+        time.sleep(0.4)  # both are in their sandboxes now
+        os.kill(d.host_pid("a"), signal.SIGKILL)
+        # The GET had received nothing: retried once on the fresh host.
+        assert (get.result().status, get.result().text) == (200, "a0 -")
+        # A POST is not safe to repeat.
+        assert post.result().status == 502
+    assert "retrying once on host" in d.log()
+
+
 def test_notify_protocol(tmp_path: Path) -> None:
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify_path = str(tmp_path / "notify")
