@@ -26,6 +26,7 @@
 #include "identity.h"
 #include "request_limits.h"
 #include "log.h"
+#include "private_files.h"
 #include "seccomp.h"
 
 /* Sandboxes, not the host, are what the OOM killer should pick. */
@@ -134,6 +135,10 @@ static _Noreturn void child_main(const struct engine *e, int req_fd, uint64_t re
     /* Before any tenant code: the control socket would let a sandbox
      * speak for the host and the other sandboxes. */
     if (!close_inherited(e))
+        goto setup_failed;
+    /* Before tenant code, while /proc/self/fd may still be opened: a file
+     * the program opened in on_init() must not share its offset. */
+    if (!mf_private_files(req_fd))
         goto setup_failed;
     /* Before any code of the program, its at-fork handlers included. */
     if (!mf_limits_apply(&cfg->limits))

@@ -6,6 +6,8 @@ import os
 import random
 
 counter = 0
+# Opened once in the host: every request must find it at offset 0.
+SELF = open(__file__, "rb")
 items = []
 real_len = len
 
@@ -21,6 +23,7 @@ def on_client_request(request):
         "patched": getattr(builtins, "mayfly_patched", False),
         "len_ok": len([1, 2, 3]) == 3,
         "random": random.random(),
+        "first_bytes": SELF.read(8).decode(),
     }
     os.environ["MAYFLY_TOUCHED"] = "yes"
     builtins.mayfly_patched = True

@@ -76,6 +76,7 @@ def test_every_request_sees_the_pristine_state(daemon: Daemon) -> None:
         assert state["env"] is None
         assert state["patched"] is False
         assert state["len_ok"] is True
+        assert state["first_bytes"] == "\nimport ", "a file opened in on_init kept another request's offset"
     randoms = [state["random"] for state in seen]
     assert len(set(randoms)) == len(randoms), "two sandboxes saw the same random sequence"
 
