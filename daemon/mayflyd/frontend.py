@@ -13,8 +13,8 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from mayflyd.host import (BadResponse, HostUnavailable, RequestData, SandboxCpuExceeded, SandboxCrashed,
-                          SandboxTimeout)
+from mayflyd.host import (BadResponse, HostUnavailable, RequestData, RequestTooLarge, SandboxCpuExceeded,
+                          SandboxCrashed, SandboxTimeout)
 from mayflyd.protocol import Response
 from mayflyd.router import Router
 from mayflyd.tenant import SandboxOutOfMemory, Tenant, TenantBusy
@@ -80,6 +80,9 @@ class FrontEnd:
         extra = {"tenant": tenant.name, "req": req_id}
         try:
             answer = await tenant.handle(data)
+        except RequestTooLarge as exc:
+            log.info("request head too large: %s", exc, extra=extra)
+            return _error(431, "Request Header Fields Too Large", req_id, headers={"Connection": "close"})
         except TenantBusy as exc:
             tenant.limit_hit("concurrency", req_id, str(exc))
             return _error(503, "Service Unavailable: the tenant is at its concurrency limit", req_id,

@@ -25,7 +25,7 @@ from mayflyd.protocol import ChildExit, LoadFailed, Ready, RequestFailed, Respon
 from mayflyd.logs import OutputBudget
 from mayflyd.sandbox_host import HostSpec
 
-__all__ = ["SandboxHost", "HostStartError", "SandboxError", "SandboxTimeout", "SandboxCrashed", "SandboxCpuExceeded",
+__all__ = ["SandboxHost", "HostStartError", "SandboxError", "SandboxTimeout", "SandboxCrashed", "SandboxCpuExceeded", "RequestTooLarge",
            "BadResponse", "HostUnavailable", "RequestData", "describe_wait_status"]
 
 log = logging.getLogger("mayflyd.host")
@@ -65,6 +65,10 @@ class SandboxCrashed(SandboxError):
 
 class SandboxCpuExceeded(SandboxError):
     pass
+
+
+class RequestTooLarge(Exception):
+    """The request's head does not fit the protocol (too many or too large headers)."""
 
 
 class BadResponse(SandboxError):
@@ -313,6 +317,13 @@ class SandboxHost:
     async def run(self, request: RequestData, *, timeout: float, max_response: int) -> Response:
         """Run one request in a fresh sandbox and return its validated response."""
         loop = asyncio.get_running_loop()
+        # Before a sandbox exists for it: a request that cannot be framed gets none.
+        try:
+            packets = protocol.encode_request(
+                request.req_id, method=request.method, path=request.path, query=request.query,
+                headers=request.headers, body=request.body, client=request.client)
+        except ValueError as exc:
+            raise RequestTooLarge(str(exc)) from None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         ours.setblocking(False)
         exit_future: asyncio.Future[ChildExit | RequestFailed] = loop.create_future()
@@ -326,9 +337,6 @@ class SandboxHost:
             finally:
                 theirs.close()
             try:
-                packets = protocol.encode_request(
-                    request.req_id, method=request.method, path=request.path, query=request.query,
-                    headers=request.headers, body=request.body, client=request.client)
                 async with asyncio.timeout_at(deadline):
                     return await self._exchange(ours, packets, request.req_id, max_response)
             except TimeoutError:

@@ -125,6 +125,13 @@ def test_body_over_max_body_is_a_413(daemon: Daemon) -> None:
     assert reply.status == 413
 
 
+def test_a_head_too_large_for_the_protocol_is_a_431_and_starts_no_sandbox(daemon: Daemon) -> None:
+    headers = {f"X-H{i}": "v" * 8000 for i in range(9)}  # 72 KB: a request head is one 64 KiB frame
+    reply = daemon.request("GET", "/", host="echo.localhost", headers=headers)
+    assert reply.status == 431
+    assert daemon.get("echo.localhost").status == 200
+
+
 def test_concurrency_limit_is_a_503_with_retry_after(daemon: Daemon) -> None:
     with ThreadPoolExecutor(1) as pool:
         slow = pool.submit(daemon.get, "small.localhost", "/sleep?s=1.5")
