@@ -4,12 +4,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import sys
-from pathlib import Path
-
 import json
 import os
 import re
+import sys
+from pathlib import Path
+from typing import Any
 
 from mayflyd.config import DEFAULT_ADMIN_SOCKET, Config, ConfigError, load_config, parse_config, parse_listen
 
@@ -93,26 +93,33 @@ def _admin_socket(args: argparse.Namespace) -> str:
         raise SystemExit(f"mayflyd: cannot find the admin socket: {exc}") from None
 
 
-def _status(args: argparse.Namespace) -> int:
-    from mayflyd.admin_client import AdminError, admin_request, format_status
+def _ask(args: argparse.Namespace, method: str, path: str) -> tuple[int, dict[str, Any]] | None:
+    """One admin API call; None (and the reason on stderr) when the daemon cannot be reached."""
+    from mayflyd.admin_client import AdminError, admin_request
 
     try:
-        code, body = admin_request(_admin_socket(args), "GET", "/status")
+        return admin_request(_admin_socket(args), method, path)
     except AdminError as exc:
         print(f"mayflyd: {exc}", file=sys.stderr)
+        return None
+
+
+def _status(args: argparse.Namespace) -> int:
+    from mayflyd.admin_client import format_status
+
+    answer = _ask(args, "GET", "/status")
+    if answer is None:
         return 1
+    code, body = answer
     print(json.dumps(body, indent=2) if args.json else format_status(body))
     return 0 if code == 200 else 1
 
 
 def _reload(args: argparse.Namespace) -> int:
-    from mayflyd.admin_client import AdminError, admin_request
-
-    try:
-        code, body = admin_request(_admin_socket(args), "POST", "/reload")
-    except AdminError as exc:
-        print(f"mayflyd: {exc}", file=sys.stderr)
+    answer = _ask(args, "POST", "/reload")
+    if answer is None:
         return 1
+    code, body = answer
     if code == 200:
         print("reloaded")
         return 0
