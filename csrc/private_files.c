@@ -24,8 +24,17 @@ static bool reopen_private(int fd)
 
     if (fstat(fd, &st) < 0)
         return mf_err("fstat(fd %d)", fd);
-    if (!S_ISREG(st.st_mode))
+    /* Devices (/dev/null, /dev/urandom) hold no state a request could leave. */
+    if (S_ISCHR(st.st_mode))
         return true;
+    /* Pipes, sockets, epoll, eventfd, timerfd: one object shared by every
+     * sandbox, with no private copy to make. A request must not see what
+     * another wrote into them: close them. */
+    if (!S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode)) {
+        if (close(fd) < 0)
+            return mf_err("close(inherited fd %d)", fd);
+        return true;
+    }
     if ((flags = fcntl(fd, F_GETFL)) < 0)
         return mf_err("fcntl(fd %d, F_GETFL)", fd);
     if ((fd_flags = fcntl(fd, F_GETFD)) < 0)

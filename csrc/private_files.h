@@ -10,11 +10,12 @@
 #include <stdbool.h>
 
 /*
- * In the sandbox, before tenant code: reopen every inherited regular file
- * (fds above 2, except keep_fd) through /proc/self/fd with its access mode
- * and offset, over the same fd number. Other kinds (pipes, sockets) stay
- * shared: they have no offset to leak; so does a file the sandbox may not
- * open itself (opened by the host's runtime before the identity drop).
+ * In the sandbox, before tenant code, for every inherited fd above 2 except
+ * keep_fd: a regular file or directory is reopened through /proc/self/fd
+ * with its access mode and offset, over the same fd number; a pipe, socket
+ * or other kernel object (epoll, eventfd, timerfd) is closed, since every
+ * sandbox would share it; devices stay. A file the sandbox may not open
+ * itself (opened by the host's runtime before the identity drop) stays.
  */
 bool mf_private_files(int keep_fd);
 

@@ -11,6 +11,7 @@ def on_client_request(request):
     return 200, {"Content-Type": "application/json"}, json.dumps({
         "method": request.method,
         "path": request.path,
+        "raw_path": request.raw_path,
         "query": request.query,
         "args": request.args,
         "headers": request.headers.raw(),

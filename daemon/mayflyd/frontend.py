@@ -74,7 +74,10 @@ class FrontEnd:
             return _error(413, "Content Too Large: the request body exceeds the tenant's limit", req_id,
                           headers={"Connection": "close"})
         data = RequestData(
-            req_id=req_id, method=request.method, path=request.path, query=request.query_string,
+            # As the client sent them (percent-encoded): the program decodes,
+            # nothing is lost to a character set on the way.
+            req_id=req_id, method=request.method, path=request.raw_path.partition("?")[0],
+            query=request.rel_url.raw_query_string,
             headers=[(n.decode("latin-1"), v.decode("latin-1")) for n, v in request.raw_headers],
             body=body, client=request.remote or "")
         extra = {"tenant": tenant.name, "req": req_id}

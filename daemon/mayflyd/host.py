@@ -32,6 +32,7 @@ log = logging.getLogger("mayflyd.host")
 
 _RECV_SIZE = protocol.FRAME_HEADER_SIZE + protocol.MAX_PAYLOAD + 1
 _OUTPUT_LINE_LIMIT = 8192
+_OUTPUT_CHUNK = 64 * 1024
 # The host ignores the environment (-E) and user site (-s), so it is told
 # where this very package lives, installed or in a source checkout.
 _PACKAGE_PARENT = str(Path(__file__).resolve().parents[1])
@@ -155,6 +156,10 @@ class SandboxHost:
         except TimeoutError:
             await self.kill()
             raise HostStartError(f"loading the program took longer than {init_timeout:g}s") from None
+        except BaseException:
+            # Cancelled (the tenant is stopping): no host may outlive this call.
+            await asyncio.shield(self.kill())
+            raise
         if isinstance(first, LoadFailed):
             await self.kill()
             raise HostStartError(first.message)
@@ -221,7 +226,11 @@ class SandboxHost:
         status = await self._proc.wait()
         self.ready = False
         if status < 0:
-            reason = f"killed by signal {-status} ({signal.Signals(-status).name})"
+            try:
+                name = signal.Signals(-status).name
+            except ValueError:  # a real-time signal has no name
+                name = f"SIGRTMIN+{-status - signal.SIGRTMIN}"
+            reason = f"killed by signal {-status} ({name})"
         else:
             reason = f"exited with status {status}"
         if self._stopping:
@@ -276,27 +285,40 @@ class SandboxHost:
     async def _relay_output(self, stream: asyncio.StreamReader, name: str) -> None:
         """The tenant's output, line by line, into the log, within its budget.
 
-        Reading never stops (a blocked pipe would stall the tenant's
-        sandboxes); what is over the budget is dropped and counted.
+        Read in chunks and charged per chunk, so that a flood of tiny lines
+        costs the event loop as little as one large write; reading never
+        stops (a blocked pipe would stall the tenant's sandboxes); what is
+        over the budget is dropped and counted.
         """
         tenant_log = logging.getLogger(f"mayflyd.tenant.{name}")
+        extra = {"tenant": self.tenant, "stream": name}
+        pending = b""
         while True:
-            try:
-                line = await stream.readuntil(b"\n")
-            except asyncio.IncompleteReadError as exc:
-                line = exc.partial
-                if not line:
-                    return
-            except asyncio.LimitOverrunError as exc:
-                line = await stream.read(exc.consumed)
-            if not self._output_budget.take(len(line)):
+            chunk = await stream.read(_OUTPUT_CHUNK)
+            if not chunk:
+                if pending and self._output_budget.grant(1, len(pending)):
+                    self._log_lines(tenant_log, [pending], extra)
+                return
+            data = pending + chunk
+            cut = data.rfind(b"\n")
+            if cut < 0 and len(data) < _OUTPUT_LINE_LIMIT:
+                pending = data  # an unfinished line
                 continue
-            dropped = self._output_budget.collect_dropped()
-            if dropped:
-                tenant_log.warning("dropped %d lines of output over the rate limit", dropped,
-                                   extra={"tenant": self.tenant, "stream": name})
-            text = line[:_OUTPUT_LINE_LIMIT].decode("utf-8", "replace").rstrip("\n")
-            tenant_log.info("%s", text, extra={"tenant": self.tenant, "stream": name})
+            # Complete lines (or one over-long line), and what follows them.
+            body, pending = (data[:cut], data[cut + 1:]) if cut >= 0 else (data, b"")
+            count = body.count(b"\n") + 1
+            allowed = self._output_budget.grant(count, len(body))
+            if allowed:
+                self._log_lines(tenant_log, body.split(b"\n", allowed)[:allowed], extra)
+            if len(pending) >= _OUTPUT_LINE_LIMIT:
+                pending = pending[:_OUTPUT_LINE_LIMIT]
+
+    def _log_lines(self, tenant_log: logging.Logger, lines: list[bytes], extra: dict[str, str]) -> None:
+        dropped = self._output_budget.collect_dropped()
+        if dropped:
+            tenant_log.warning("dropped %d lines of output over the rate limit", dropped, extra=extra)
+        for line in lines:
+            tenant_log.info("%s", line[:_OUTPUT_LINE_LIMIT].decode("utf-8", "replace"), extra=extra)
 
     def _send_control(self, packet: bytes, fds: list[int] | None = None) -> None:
         if self._ctrl is None or not self.ready:

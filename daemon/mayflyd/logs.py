@@ -16,11 +16,16 @@ def _timestamp(record: logging.LogRecord) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
 
 
+def _escape(char: str) -> str:
+    return {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r"}.get(
+        char, char if char.isprintable() else f"\\x{ord(char):02x}" if ord(char) < 256 else f"\\u{ord(char):04x}")
+
+
 def _quote(value: str) -> str:
-    if value and not any(c in value for c in ' "=\\\n\t') and value.isprintable():
+    """A logfmt value; control characters escaped, so tenant output cannot forge a line."""
+    if value and value.isprintable() and not any(c in value for c in ' "=\\'):
         return value
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t")
-    return f'"{escaped}"'
+    return '"' + "".join(_escape(c) for c in value) + '"'
 
 
 class LogfmtFormatter(logging.Formatter):
@@ -80,18 +85,19 @@ class OutputBudget:
         self._last = time.monotonic()
         self._dropped = 0
 
-    def take(self, size: int) -> bool:
-        """Whether a line of `size` bytes may be logged now."""
+    def grant(self, lines: int, size: int) -> int:
+        """How many of `lines` lines (`size` bytes in all) may be logged now; the rest is dropped."""
         now = time.monotonic()
         elapsed, self._last = now - self._last, now
         self._lines = min(self._line_rate, self._lines + elapsed * self._line_rate)
         self._bytes = min(self._byte_rate, self._bytes + elapsed * self._byte_rate)
-        if self._lines < 1 or self._bytes < min(size, self._byte_rate):
-            self._dropped += 1
-            return False
-        self._lines -= 1
-        self._bytes -= size
-        return True
+        per_line = size / lines if lines else size
+        by_bytes = int(self._bytes // per_line) if per_line > 0 else lines
+        allowed = max(0, min(lines, int(self._lines), by_bytes))
+        self._lines -= allowed
+        self._bytes -= allowed * per_line
+        self._dropped += lines - allowed
+        return allowed
 
     def collect_dropped(self) -> int:
         """Lines dropped since the last call."""

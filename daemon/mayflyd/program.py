@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, unquote
 
 __all__ = ["Request", "Response", "Headers", "Program", "ProgramError", "load_program"]
 
@@ -66,14 +66,15 @@ class Headers(Mapping[str, str]):
 class Request:
     """What a program sees of one HTTP request."""
 
-    __slots__ = ("id", "method", "path", "query", "headers", "body", "client")
+    __slots__ = ("id", "method", "raw_path", "path", "query", "headers", "body", "client")
 
     def __init__(self, *, id: int, method: str, path: str, query: str,
                  headers: RawHeaders, body: bytes, client: str) -> None:
         self.id = id
         self.method = method
-        self.path = path
-        self.query = query
+        self.raw_path = path            # as sent: percent-encoded
+        self.path = unquote(path)       # decoded as UTF-8 (invalid bytes become U+FFFD)
+        self.query = query              # as sent; `args` decodes it
         self.headers = Headers(headers)
         self.body = body
         self.client = client

@@ -8,16 +8,25 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from pathlib import Path
 
 __all__ = ["program_files", "program_version", "program_fingerprint"]
 
 # A program directory bigger than this is not a program; stop walking there.
 _MAX_FILES = 2000
+# Of a larger file, only this much is hashed (with its size): the daemon
+# reads these files as root and must not be made to read forever.
+_MAX_HASHED = 16 * 1024 * 1024
 
 
 def program_files(program: Path) -> list[Path]:
-    """The program file, or every file of its package directory, sorted."""
+    """The program file, or every file of its package directory, sorted.
+
+    Symbolic links inside a package directory are not followed (os.walk's
+    default for directories; links to files are listed, and read_for_hash
+    refuses them).
+    """
     if not program.is_dir():
         return [program]
     files: list[Path] = []
@@ -35,12 +44,22 @@ def program_version(program: Path) -> str:
     for path in program_files(program):
         digest.update(str(path.relative_to(program) if program.is_dir() else path.name).encode())
         digest.update(b"\0")
-        try:
-            digest.update(path.read_bytes())
-        except OSError as exc:
-            digest.update(f"unreadable: {exc.errno}".encode())
+        digest.update(_read_for_hash(path))
         digest.update(b"\0")
     return digest.hexdigest()[:12]
+
+
+def _read_for_hash(path: Path) -> bytes:
+    """A regular file's contents (capped); never follows a link, never blocks on a FIFO."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        return f"unreadable: {exc.errno}".encode()
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return f"not a regular file: {stat.S_IFMT(st.st_mode):o}".encode()
+        return f.read(_MAX_HASHED) + f"size {st.st_size}".encode()
 
 
 def program_fingerprint(program: Path) -> tuple[tuple[str, int, int, int], ...]:

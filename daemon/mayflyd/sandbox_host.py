@@ -18,6 +18,7 @@ import resource
 import signal
 import socket
 import sys
+import threading
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ __all__ = ["HostSpec", "main"]
 # Only the supervisor may make a host fall lower than its own sandboxes in
 # the OOM killer's eyes; sandboxes raise themselves to 1000 after fork.
 HOST_OOM_SCORE_ADJ = -500
+HOSTNAME_MAX = 64  # bytes; sethostname() refuses longer
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -101,7 +103,7 @@ def _build_walls(spec: HostSpec) -> None:
         # After the cgroup join (a cgroup namespace rooted at the tenant's
         # group); from here on this process is pid 1 of a pid namespace and
         # a stub parent waits for it outside.
-        _mayfly.enter_namespaces(spec.network, f"mayfly-{spec.tenant}")
+        _mayfly.enter_namespaces(spec.network, f"mayfly-{spec.tenant}"[:HOSTNAME_MAX])
         # In the new pid namespace, so that its procfs shows only the tenant;
         # needs the capabilities the identity drop takes away.
         skipped = _mayfly.enter_minimal_root(spec.readonly_paths)
@@ -123,8 +125,31 @@ def _make_runner(program: Program) -> _mayfly.Runner:
     return runner
 
 
+def _seal(spec: HostSpec) -> str | None:
+    """Leave nothing of on_init() running beside the host; an error text if that cannot be."""
+    if spec.mode in ("root", "userns"):
+        # pid 1 of the tenant's pid namespace: every other process in it is a
+        # leftover of on_init(), holding the control socket it inherited.
+        try:
+            os.kill(-1, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # none
+        while True:
+            try:
+                os.waitpid(-1, 0)
+            except ChildProcessError:
+                break
+    threads = len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else threading.active_count()
+    if threads > 1:
+        return (f"on_init() left {threads - 1} thread(s) running; a host must be single-threaded "
+                "before it serves (a thread would see every request's channel)")
+    return None
+
+
 def serve(spec: HostSpec) -> int:
     ctrl = socket.socket(fileno=spec.ctrl_fd)
+    # Not across exec: nothing on_init() runs may inherit the control channel.
+    ctrl.set_inheritable(False)
     # Dies with the supervisor; the check inside catches a supervisor that
     # died before the signal was armed.
     _mayfly.set_parent_death_signal(signal.SIGKILL, spec.supervisor_pid)
@@ -147,6 +172,10 @@ def serve(spec: HostSpec) -> int:
         return 1
     sys.stdout.flush()
     sys.stderr.flush()
+    problem = _seal(spec)
+    if problem is not None:
+        _report_load_failure(ctrl, problem)
+        return 1
     # Objects that exist now live as long as the host: keep the collector
     # from touching (and so copying) their pages in every sandbox.
     gc.collect()

@@ -124,6 +124,7 @@ class Tenant:
         self._filters = SeccompFilters(loading=b"", request=b"")
         self._oom_kills = 0
         self.state = TenantState.STOPPED
+        self._stopping = False
         self.last_error = ""
         self.last_reload: ReloadResult | None = None
         self.restarts = 0
@@ -189,6 +190,7 @@ class Tenant:
 
     async def stop(self, grace: float = 0.0) -> None:
         """Stop serving: let requests in flight finish within `grace`, then stop every host."""
+        self._stopping = True
         if self._supervisor is not None:
             self._supervisor.cancel()
             try:
@@ -196,7 +198,8 @@ class Tenant:
             except asyncio.CancelledError:
                 pass
             self._supervisor = None
-        host, self._host = self._host, None
+        async with self._lock:  # a reload in progress finishes (or fails) first
+            host, self._host = self._host, None
         self.state = TenantState.STOPPED
         hosts = [h for h in (host, *self._draining) if h is not None]
         await asyncio.gather(*(self._drain(h, grace) for h in hosts))
@@ -213,6 +216,9 @@ class Tenant:
         """Load the program (and config) in a new host; switch to it only once it is ready."""
         new_config = config or self.config
         async with self._lock:
+            if self._stopping:
+                return ReloadResult(result="failed", error="the tenant is stopping", at=time.time(),
+                                    version=self.version)
             try:
                 await self._apply_walls(new_config, self.config)
                 host = await self._start_host(new_config)
@@ -290,6 +296,7 @@ class Tenant:
                 if host is not self._host:
                     continue  # replaced by a reload; the new one is watched next
                 self._host = None
+                await host.kill()  # closes its control socket and relay tasks
                 self.restarts += 1
                 self._metrics.host_stopped(self.name)
                 self._metrics.host_restarted(self.name)

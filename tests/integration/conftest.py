@@ -46,11 +46,16 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
         {"name": "hog", "hosts": ["hog.localhost"], "program": "programs/hog.py",
          "limits": limits(memory="64MiB", request_memory="32MiB", request_timeout_ms=10000)},
         {"name": "victim", "hosts": ["victim.localhost"], "program": "programs/victim.py", "limits": limits()},
+        {"name": "leftovers", "hosts": ["leftovers.localhost"], "program": "programs/leftovers.py",
+         "limits": limits()},
+        {"name": "threadleft", "hosts": ["threadleft.localhost"], "program": "programs/threadleft.py",
+         "limits": limits()},
     ]
     sources = {
         "echo.py": echo, "state.py": programs.STATE, "crashy.py": programs.CRASHY, "slow.py": programs.SLOW,
         "badresp.py": programs.BAD_RESPONSES, "initfail.py": programs.INIT_FAILS, "whoami.py": programs.WHOAMI,
-        "hog.py": programs.MEMORY_HOG, "victim.py": programs.VICTIM,
+        "hog.py": programs.MEMORY_HOG, "victim.py": programs.VICTIM, "leftovers.py": programs.LEFTOVERS,
+        "threadleft.py": programs.THREAD_LEFT,
     }
     d = Daemon(workdir, tenants, sources)
     d.start()

@@ -155,3 +155,31 @@ HOST_TOKEN = os.urandom(8).hex()
 def on_client_request(request):
     return {"host": HOST_TOKEN}
 '''
+
+LEFTOVERS = '''
+import os
+import time
+
+
+def on_init():
+    if os.fork() == 0:
+        time.sleep(3600)  # a leftover of on_init that would hold the control socket
+        os._exit(0)
+
+
+def on_client_request(request):
+    return "ok"
+'''
+
+THREAD_LEFT = '''
+import threading
+import time
+
+
+def on_init():
+    threading.Thread(target=time.sleep, args=(3600,), daemon=True).start()
+
+
+def on_client_request(request):
+    return "never"
+'''

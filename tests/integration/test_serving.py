@@ -54,6 +54,14 @@ def test_echo_round_trips_method_path_query_headers_and_binary_body(daemon: Daem
     assert echoed["client"] == "127.0.0.1"
 
 
+def test_the_program_sees_the_url_as_sent(daemon: Daemon) -> None:
+    echoed = json.loads(daemon.get("echo.localhost", "/%E2%82%AC/a%2Fb%3Fx=1?q=%E2%82%AC&r=%2F").body)
+    assert echoed["path"] == "/€/a/b?x=1"
+    assert echoed["raw_path"] == "/%E2%82%AC/a%2Fb%3Fx=1"
+    assert echoed["query"] == "q=%E2%82%AC&r=%2F"
+    assert echoed["args"] == {"q": ["€"], "r": ["/"]}
+
+
 def test_wildcard_host_routes(daemon: Daemon) -> None:
     reply = daemon.request("POST", "/w", host="deep.sub.echo.test", body=b"hi")
     assert reply.status == 200
@@ -224,6 +232,20 @@ def test_memory_bomb_kills_the_request_not_the_host(daemon: Daemon) -> None:
     # The sandbox of the last request may still be exiting; the host stays.
     daemon.wait_for(lambda: procs.read_text().split() == host_before, timeout=5,
                     what="only the original host in the cgroup")
+
+
+@needs_root
+def test_processes_left_by_on_init_do_not_survive_sealing(daemon: Daemon) -> None:
+    assert daemon.get("leftovers.localhost").text == "ok"
+    procs = Path("/sys/fs/cgroup/memory") / daemon.cgroup_prefix / "leftovers" / "cgroup.procs"
+    daemon.wait_for(lambda: len(procs.read_text().split()) == 2, timeout=5,
+                    what="only the host and its stub in the cgroup")
+
+
+def test_a_host_with_threads_left_by_on_init_is_refused(daemon: Daemon) -> None:
+    reply = daemon.get("threadleft.localhost")
+    assert reply.status == 503
+    daemon.wait_for(lambda: "left 1 thread(s) running" in daemon.log(), what="the refusal in the log")
 
 
 def test_a_dead_host_is_replaced_and_requests_meanwhile_get_503(daemon: Daemon) -> None:
