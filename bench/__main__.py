@@ -1,0 +1,91 @@
+"""The benchmark harness of mayflyd: one command, servers started and stopped
+on 127.0.0.1 by the harness itself, results under bench/results/.
+
+    python -m bench            # full mode (up to ~15 minutes)
+    python -m bench --quick    # under a minute: a vs d at -c1/-c64, heap 1/100 MB, 1/10 tenants
+    python -m bench --only throughput,heap,tenants,profile
+
+Ends with `headline: sandboxed/unsandboxed throughput at -c64 = N.NN`.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from typing import Any
+
+from bench import measures, report, servers, wrk
+from bench.common import RESULTS, core_count, pinning
+
+STEPS = ("throughput", "heap", "tenants", "profile")
+
+
+def _log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="the under-a-minute subset")
+    parser.add_argument("--only", default=",".join(STEPS), help=f"comma-separated steps of {STEPS}")
+    parser.add_argument("--max-tenants", type=int, default=1000, help="largest tenant count (full mode)")
+    parser.add_argument("--out", default=str(RESULTS), help="results directory")
+    args = parser.parse_args(argv)
+    steps = [s for s in args.only.split(",") if s]
+    unknown = set(steps) - set(STEPS)
+    if unknown:
+        parser.error(f"unknown steps: {', '.join(sorted(unknown))}")
+
+    quick = args.quick
+    pin = pinning()
+    duration = 3.0 if quick else 10.0
+    connections = [1, 64] if quick else [1, 8, 64]
+    kinds = ["a", "d"] if quick else ["a", "b", "c", "d"]
+    started = time.time()
+    stem = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started))
+    data: dict[str, Any] = {
+        "started_utc": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started)),
+        "mode": "quick" if quick else "full",
+        "machine": {"cores": core_count(), "platform": platform.platform(), "python": platform.python_version(),
+                    "root": os.geteuid() == 0, "pinning": pin.description},
+        "wrk_settings": wrk.settings_text(duration, connections),
+        "engines": {"listed": list(servers.ENGINES), "available": sorted(servers.AVAILABLE_ENGINES)},
+        "notes": [],
+    }
+    _log(f"{core_count()} cores; {pin.description}")
+    if quick:
+        data["notes"].append("quick mode: servers b and c, -c8, the 500 MB heap, 100/1000 tenants, tenant "
+                             "throughput and the profile are skipped")
+
+    if "throughput" in steps:
+        data["throughput"] = measures.throughput(pin, kinds, connections, duration, _log)
+        ratio = measures.headline(data["throughput"])
+        data["headline"] = ratio
+        data["headline_text"] = "n/a" if ratio is None else f"{ratio:.2f}"
+    if "heap" in steps:
+        sizes = [1, 100] if quick else [1, 10, 100, 500]
+        data["heap"] = measures.heap_growth(pin, sizes, 300 if quick else 1000, _log)
+    if "tenants" in steps:
+        counts = [1, 10] if quick else [c for c in (1, 10, 100, 1000) if c <= args.max_tenants]
+        data["tenants"] = measures.tenants_scaling(pin, counts, None if quick else duration, _log)
+    if "profile" in steps and not quick:
+        try:
+            data["profile"] = measures.profile(pin, duration, 64, _log)
+        except RuntimeError as exc:
+            data["notes"].append(f"profile step failed: {exc}")
+            _log(f"profile step failed: {exc}")
+
+    data["elapsed_s"] = time.time() - started
+    paths = report.write(data, __import__("pathlib").Path(args.out), stem)
+    print(report.markdown(data, data["charts"], None if data["charts"] else "charts skipped"), end="")
+    print(f"written: {', '.join(str(p) for p in paths)}")
+    print(f"took {data['elapsed_s']:.0f} s")
+    print(f"headline: sandboxed/unsandboxed throughput at -c64 = {data.get('headline_text', 'n/a')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

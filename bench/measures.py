@@ -1,0 +1,245 @@
+"""The measures of the benchmark, each a function returning plain data (dicts
+of numbers) that report.py renders: throughput/latency per server, the
+sandbox's own cost, growth with heap size and tenant count, density, and a
+profile breakdown of the daemon."""
+from __future__ import annotations
+
+import math
+import pstats
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, ContextManager
+
+import psutil
+
+from bench import admin_metrics, servers, wrk
+from bench.common import Pinning
+from bench.latency import measure as sequential_latency
+from bench.servers import RunningServer
+
+Row = dict[str, Any]
+
+# The seed's page, answered by every generated program so bench.latency's check holds.
+_HEAP_PROGRAM = '''
+page = """\tthis is a very
+\tlong string if I had the
+\tenergy to type more and more ...
+"""
+heap = []
+
+def on_init():
+    # %(mb)d MB of distinct 64 KiB bytes objects: every page really written.
+    for i in range(%(mb)d * 16):
+        heap.append(b"%%016d" %% i + bytes(65536 - 16))
+
+def on_client_request():
+    return lambda: ("text/plain", page)
+'''
+
+
+def _ratio(value: float, base: float) -> float | None:
+    return value / base if base and not math.isnan(value) and not math.isnan(base) else None
+
+
+def throughput(pin: Pinning, kinds: list[str], connections: list[int], duration_s: float,
+               log: Callable[[str], None]) -> dict[str, Any]:
+    """1 + 2. wrk against each server kind at each connection count; ratios to
+    the baseline (a) at the same -c. For mayflyd, the sandbox-cost histogram
+    observed during each run (metrics diff)."""
+    factories: dict[str, Callable[[], ContextManager[RunningServer]]] = {
+        "a": lambda: servers.baseline(pin),
+        "b": lambda: servers.per_process(pin, bwrap=False),
+        "c": lambda: servers.per_process(pin, bwrap=True),
+    }
+    for engine in servers.ENGINES:
+        factories[f"d:{engine}"] = (lambda e=engine: servers.mayflyd(pin, engine=e))  # type: ignore[misc]
+    rows: list[Row] = []
+    notes: list[str] = []
+    costs: dict[str, Any] = {}
+    for kind in kinds:
+        keys = [k for k in factories if k == kind or k.startswith(kind + ":")]
+        for key in keys:
+            if key.startswith("d:") and key[2:] not in servers.AVAILABLE_ENGINES:
+                note = f"{key[2:]} engine: not available yet"
+                log(note)
+                notes.append(note)
+                continue
+            with factories[key]() as server:
+                label = server.label
+                wrk.run(pin, server.port, connections=8, duration_s=1, host=server.host_header)  # warm-up
+                for c in connections:
+                    before = admin_metrics.sandbox_cost(server.admin_socket) if server.admin_socket else None
+                    result = wrk.run(pin, server.port, connections=c, duration_s=duration_s,
+                                     host=server.host_header)
+                    row: Row = {"server": label, "key": key, "connections": c, "wrk": result.to_json()}
+                    if server.admin_socket and before is not None:
+                        cost = admin_metrics.diff(admin_metrics.sandbox_cost(server.admin_socket), before)
+                        row["sandbox_cost_mean_s"] = None if math.isnan(cost.mean) else cost.mean
+                        costs[f"{key} -c{c}"] = cost.to_json()
+                    rows.append(row)
+                    log(f"{label} -c{c}: {result.rps:.0f} req/s, p50 {result.latency.get('50', math.nan)*1e3:.2f} ms,"
+                        f" errors {result.errors}")
+    base = {r["connections"]: r["wrk"]["rps"] for r in rows if r["key"] == "a"}
+    base_p50 = {r["connections"]: r["wrk"]["latency"].get("50", math.nan) for r in rows if r["key"] == "a"}
+    for r in rows:
+        r["rps_ratio"] = _ratio(r["wrk"]["rps"], base.get(r["connections"], math.nan))
+        r["p50_ratio"] = _ratio(r["wrk"]["latency"].get("50", math.nan), base_p50.get(r["connections"], math.nan))
+    return {"rows": rows, "notes": notes, "sandbox_cost": costs}
+
+
+def headline(result: dict[str, Any], connections: int = 64) -> float | None:
+    """Best mayflyd engine's req/s at -c64 over the baseline's."""
+    best = [r["rps_ratio"] for r in result["rows"]
+            if r["key"].startswith("d:") and r["connections"] == connections and r["rps_ratio"] is not None]
+    return max(best) if best else None
+
+
+def heap_growth(pin: Pinning, sizes_mb: list[int], requests: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """3a. Fork engine cost against the tenant's heap: sandbox cost (metrics
+    mean) and sequential median latency, as ratios to the smallest heap."""
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="mfb-heap-") as tmp:
+        for mb in sizes_mb:
+            program = Path(tmp) / f"heap_{mb}mb.py"
+            program.write_text(_HEAP_PROGRAM % {"mb": mb})
+            tenants = servers.hello_tenants(1, program=program, memory_mib=mb + 256)
+            with servers.mayflyd(pin, tenants, start_timeout=180) as server:
+                samples = sequential_latency(server.port, requests, server.host_header)
+                cost = admin_metrics.sandbox_cost(server.admin_socket or "", "t0")
+                host_pss = _tenant_pss(server.proc.pid, "t0")
+            ordered = sorted(samples)
+            row: Row = {"heap_mb": mb, "requests": requests, "startup_s": server.startup_s,
+                        "median_us": statistics.median(ordered), "p99_us": ordered[int(len(ordered) * 0.99) - 1],
+                        "sandbox_cost_mean_us": cost.mean * 1e6, "tenant_pss_mb": host_pss / 2**20,
+                        "sandbox_cost": cost.to_json()}
+            rows.append(row)
+            log(f"heap {mb} MB: median {row['median_us']:.0f} us, sandbox cost mean {row['sandbox_cost_mean_us']:.0f} us")
+    for r in rows:
+        r["median_ratio"] = _ratio(r["median_us"], rows[0]["median_us"])
+        r["cost_ratio"] = _ratio(r["sandbox_cost_mean_us"], rows[0]["sandbox_cost_mean_us"])
+    return {"rows": rows}
+
+
+def _tenant_processes(daemon_pid: int, tenant: str) -> list[psutil.Process]:
+    """The daemon's children whose command line names the tenant (the stub),
+    plus their children (the host)."""
+    needle = f'"tenant": "{tenant}"'
+    found: dict[int, psutil.Process] = {}
+    for child in psutil.Process(daemon_pid).children():
+        try:
+            if any(needle in arg for arg in child.cmdline()):
+                found[child.pid] = child
+                for grandchild in child.children(recursive=True):
+                    found[grandchild.pid] = grandchild
+        except psutil.Error:
+            continue
+    return list(found.values())
+
+
+def _tenant_pss(daemon_pid: int, tenant: str) -> int:
+    total = 0
+    for proc in _tenant_processes(daemon_pid, tenant):
+        try:
+            total += proc.memory_full_info().pss
+        except psutil.Error:
+            pass
+    return total
+
+
+def tenants_scaling(pin: Pinning, counts: list[int], duration_s: float | None, log: Callable[[str], None],
+                    start_timeout: float = 300.0) -> dict[str, Any]:
+    """3b + 4. For each tenant count: start-up time per tenant, PSS per idle
+    tenant (summed over stub and host), daemon PSS; and, if duration_s is
+    given, wrk -c64 throughput with a random Host per request."""
+    rows: list[Row] = []
+    for n in counts:
+        tenants = servers.hello_tenants(n)
+        try:
+            with servers.mayflyd(pin, tenants, start_timeout=start_timeout) as server:
+                time.sleep(0.5)  # idle
+                pss = [_tenant_pss(server.proc.pid, t) for t in server.tenants]
+                daemon_pss = psutil.Process(server.proc.pid).memory_full_info().pss
+                row: Row = {"tenants": n, "startup_s": server.startup_s, "startup_per_tenant_ms":
+                            server.startup_s / n * 1e3, "pss_per_tenant_mb": statistics.mean(pss) / 2**20,
+                            "pss_min_mb": min(pss) / 2**20, "pss_max_mb": max(pss) / 2**20,
+                            "daemon_pss_mb": daemon_pss / 2**20, "ready_lines": _ready_lines(server)}
+                if duration_s:
+                    hosts = [h for t in tenants for h in t.hosts]
+                    result = wrk.run(pin, server.port, connections=64, duration_s=duration_s, hosts=hosts)
+                    row["wrk"] = result.to_json()
+                    row["rps"] = result.rps
+            log(f"{n} tenants: started in {row['startup_s']:.2f} s, {row['pss_per_tenant_mb']:.1f} MB PSS per tenant"
+                + (f", {row['rps']:.0f} req/s" if "rps" in row else ""))
+        except RuntimeError as exc:
+            row = {"tenants": n, "error": str(exc).splitlines()[0]}
+            log(f"{n} tenants: FAILED: {row['error']}")
+        rows.append(row)
+    ok = [r for r in rows if "error" not in r]
+    for r in ok:
+        r["pss_ratio"] = _ratio(r["pss_per_tenant_mb"], ok[0]["pss_per_tenant_mb"])
+        r["startup_ratio"] = _ratio(r["startup_per_tenant_ms"], ok[0]["startup_per_tenant_ms"])
+        if "rps" in r and "rps" in ok[0]:
+            r["rps_ratio"] = _ratio(r["rps"], ok[0]["rps"])
+    return {"rows": rows}
+
+
+def _ready_lines(server: RunningServer) -> int:
+    if not server.log_path or not server.log_path.exists():
+        return 0
+    return sum(1 for line in server.log_path.read_text(errors="replace").splitlines() if "ready, serving" in line)
+
+
+# Areas of the daemon's profile, first match wins: (name, test on (file, function)).
+_AREAS: list[tuple[str, Callable[[str, str], bool]]] = [
+    ("waiting (event loop select/epoll)", lambda f, fn: "select.epoll" in fn or "'poll' of" in fn
+     or "select.select" in fn),
+    ("hop to the host (host.py, socket send/recv)", lambda f, fn: f.endswith("mayflyd/host.py")
+     or ("_socket.socket" in fn and any(s in fn for s in ("send", "recv")))),
+    ("protocol encode/decode (protocol.py)", lambda f, fn: f.endswith("mayflyd/protocol.py")),
+    ("routing (router.py)", lambda f, fn: f.endswith("mayflyd/router.py")),
+    ("frontend.py", lambda f, fn: f.endswith("mayflyd/frontend.py")),
+    ("aiohttp HTTP parsing and writing", lambda f, fn: "/aiohttp/" in f or "aiohttp" in fn),
+    ("other mayflyd", lambda f, fn: "/mayflyd/" in f),
+    ("asyncio machinery", lambda f, fn: "/asyncio/" in f),
+]
+
+
+def profile(pin: Pinning, duration_s: float, connections: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """5. Run the daemon under cProfile for a fixed wrk load and group its
+    own time (tottime) by area; the host's fork cost comes from the metrics."""
+    with tempfile.TemporaryDirectory(prefix="mfb-prof-") as tmp:
+        out = Path(tmp) / "mayflyd.prof"
+        with servers.mayflyd(pin, profile_to=out) as server:
+            wrk.run(pin, server.port, connections=8, duration_s=1, host=server.host_header)
+            before = admin_metrics.sandbox_cost(server.admin_socket or "", "t0")
+            result = wrk.run(pin, server.port, connections=connections, duration_s=duration_s,
+                             host=server.host_header)
+            lifetime = admin_metrics.sandbox_cost(server.admin_socket or "", "t0")
+            cost = admin_metrics.diff(lifetime, before)
+        if not out.exists():
+            raise RuntimeError("cProfile wrote no file (did mayflyd exit 0?)")
+        stats = pstats.Stats(str(out))
+    areas: dict[str, float] = {name: 0.0 for name, _ in _AREAS}
+    areas["other"] = 0.0
+    total = 0.0
+    others: list[tuple[float, str]] = []
+    for (filename, _line, function), (_cc, _nc, tottime, _ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
+        total += tottime
+        for name, test in _AREAS:
+            if test(filename, function):
+                areas[name] += tottime
+                break
+        else:
+            areas["other"] += tottime
+            others.append((tottime, f"{Path(filename).name}:{function}"))
+    # The profile covers the daemon's whole life (start-up, warm-up, shutdown): shares, not absolutes.
+    rows = [{"area": name, "seconds": s, "share": s / total if total else 0.0}
+            for name, s in sorted(areas.items(), key=lambda kv: -kv[1])]
+    log(f"profile: {result.rps:.0f} req/s under cProfile, {total:.1f} s profiled")
+    top_other = [{"function": f, "seconds": t} for t, f in sorted(others, reverse=True)[:6]]
+    return {"rows": rows, "profiled_s": total, "top_other": top_other, "wrk": result.to_json(),
+            "sandbox_cost_mean_us": cost.mean * 1e6, "sandbox_cost_total_s": cost.total,
+            "requests": result.requests,
+            "daemon_cpu_per_request_us": (total - areas["waiting (event loop select/epoll)"]) / max(1, lifetime.count) * 1e6}

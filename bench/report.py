@@ -1,0 +1,210 @@
+"""Render a benchmark run: a Markdown report (every table with ratios to its
+baseline), a JSON file with the raw numbers, and PNG charts (matplotlib, a
+bench-only extra: skipped with a note when it is missing)."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+
+def _f(value: Any, fmt: str = "{:.2f}", none: str = "-") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return none
+    return fmt.format(value)
+
+
+def _ms(seconds: Any) -> str:
+    return _f(None if seconds is None else seconds * 1e3, "{:.2f}")
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def throughput_table(result: dict[str, Any]) -> list[str]:
+    rows = []
+    for r in result["rows"]:
+        w = r["wrk"]
+        lat = w["latency"]
+        sock = w["socket_errors"]
+        flag = "**ERRORS**" if w["errors"] else "ok"
+        rows.append([r["server"], f"-c{r['connections']}", _f(w["rps"], "{:.0f}"), _f(r.get("rps_ratio"), "{:.3f}"),
+                     _ms(lat.get("50")), _ms(lat.get("75")), _ms(lat.get("90")), _ms(lat.get("99")),
+                     _f(r.get("p50_ratio"), "{:.1f}x"), str(w["non_2xx"]),
+                     "/".join(str(sock.get(k, 0)) for k in ("connect", "read", "write", "timeout")),
+                     _f(None if r.get("sandbox_cost_mean_s") is None else r["sandbox_cost_mean_s"] * 1e6, "{:.0f}"),
+                     flag])
+    return _table(["server", "conns", "req/s", "req/s ratio to a", "p50 ms", "p75 ms", "p90 ms", "p99 ms",
+                   "p50 ratio to a", "non-2xx", "socket errors c/r/w/t", "sandbox cost mean us", "run"], rows)
+
+
+def histogram_table(hist: dict[str, Any]) -> list[str]:
+    rows, previous, prev_le = [], 0, 0.0
+    for le, cumulative in hist["buckets"]:
+        n = cumulative - previous
+        upper = "+Inf" if le == "+Inf" else f"{le * 1e6:g}"
+        rows.append([f"{prev_le * 1e6:g} - {upper}", str(n), _f(n / hist["count"] * 100 if hist["count"] else None,
+                                                                  "{:.1f}%")])
+        previous, prev_le = cumulative, (math.inf if le == "+Inf" else le)
+    return _table(["fork time (us)", "requests", "share"], rows)
+
+
+def markdown(data: dict[str, Any], charts: list[str], chart_note: str | None) -> str:
+    """The whole report as Markdown."""
+    m = data["machine"]
+    out = [f"# mayflyd benchmark, {data['started_utc']} ({data['mode']} mode)", "",
+           f"- machine: {m['cores']} cores, {m['platform']}, Python {m['python']}, root: {m['root']}",
+           f"- pinning: {m['pinning']}",
+           f"- wrk: {data['wrk_settings']}",
+           f"- run took {data['elapsed_s']:.0f} s; every ratio is against a baseline measured in this run", ""]
+    if "throughput" in data:
+        t = data["throughput"]
+        out += ["## 1. Throughput and latency", "",
+                "Baseline a = unsandboxed aiohttp calling the seed program in-process. mayflyd runs its own config: "
+                "one tenant with the seed program, fork engine, concurrency 64, all walls.", ""]
+        out += throughput_table(t)
+        out += [""] + [f"- {n}" for n in t["notes"]]
+        if data.get("headline") is not None:
+            out += [f"- headline: sandboxed/unsandboxed throughput at -c64 = {data['headline_text']}"]
+        out += [""]
+        hists = t.get("sandbox_cost", {})
+        if hists:
+            key = sorted(hists, key=lambda k: int(k.rsplit("-c", 1)[1]))[-1]
+            h = hists[key]
+            out += ["## 2. The sandbox's own cost per request (mayflyd_sandbox_cost_seconds)", "",
+                    f"During the wrk run `{key}`: {h['count']} sandboxes, mean "
+                    f"{_f(None if h['mean'] is None else h['mean'] * 1e6, '{:.0f}')} us (the host's fork; "
+                    f"Prometheus buckets, so coarse).", ""]
+            out += histogram_table(h) + [""]
+            means = ", ".join(f"{k}: {_f(None if v['mean'] is None else v['mean'] * 1e6, '{:.0f}')} us"
+                              for k, v in hists.items())
+            out += [f"Means per run: {means}.", ""]
+    if "heap" in data:
+        out += ["## 3a. Growth with the tenant's heap (fork engine)", "",
+                "A tenant whose on_init() allocates N MB of distinct 64 KiB bytes objects; sequential keep-alive "
+                "GETs (bench.latency's client), sandbox cost from the metrics. Ratios to the smallest heap.", ""]
+        out += _table(["heap MB", "tenant PSS MB", "median us", "p99 us", "median ratio", "sandbox cost mean us",
+                       "cost ratio"],
+                      [[str(r["heap_mb"]), _f(r["tenant_pss_mb"], "{:.0f}"), _f(r["median_us"], "{:.0f}"),
+                        _f(r["p99_us"], "{:.0f}"), _f(r["median_ratio"], "{:.2f}x"),
+                        _f(r["sandbox_cost_mean_us"], "{:.0f}"), _f(r["cost_ratio"], "{:.2f}x")]
+                       for r in data["heap"]["rows"]]) + [""]
+    if "tenants" in data:
+        out += ["## 3b/4. Tenants: density, start-up and throughput", "",
+                "Each tenant serves the seed program. PSS per idle tenant = its stub + host (psutil, PSS), "
+                "start-up = daemon start to listening / tenants (all tenants start before the daemon listens). "
+                "Throughput: wrk -c64 with a random Host among the tenants per request (Lua). "
+                "Ratios to the 1-tenant case.", ""]
+        rows = []
+        for r in data["tenants"]["rows"]:
+            if "error" in r:
+                rows.append([str(r["tenants"]), "FAILED: " + r["error"], "", "", "", "", "", "", ""])
+                continue
+            rows.append([str(r["tenants"]), _f(r["startup_s"]), _f(r["startup_per_tenant_ms"], "{:.1f}"),
+                         _f(r.get("startup_ratio"), "{:.2f}x"), _f(r["pss_per_tenant_mb"], "{:.1f}"),
+                         _f(r.get("pss_ratio"), "{:.2f}x"), _f(r["daemon_pss_mb"], "{:.0f}"),
+                         _f(r.get("rps"), "{:.0f}"), _f(r.get("rps_ratio"), "{:.2f}")])
+        out += _table(["tenants", "start-up s", "per tenant ms", "ratio", "PSS/tenant MB", "ratio",
+                       "daemon PSS MB", "req/s -c64 random host", "ratio"], rows) + [""]
+    if "profile" in data:
+        p = data["profile"]
+        out += ["## 5. Where a request's time goes in the daemon (cProfile)", "",
+                f"The supervisor process under cProfile for a wrk -c{p['wrk']['connections']} "
+                f"{p['wrk']['duration_s']:g} s load ({p['wrk']['rps']:.0f} req/s under the profiler); own time "
+                f"(tottime) grouped by area, over the daemon's life. The fork happens in the tenant's host "
+                f"(another process): from the metrics, {p['sandbox_cost_mean_us']:.0f} us per request, against "
+                f"{p['daemon_cpu_per_request_us']:.0f} us of the daemon's non-waiting profiled time per request.", ""]
+        out += _table(["area", "seconds", "share"],
+                      [[r["area"], _f(r["seconds"], "{:.3f}"), _f(r["share"] * 100, "{:.1f}%")] for r in p["rows"]])
+        if p.get("top_other"):
+            out += ["", "Largest items of \"other\": " + ", ".join(
+                f"`{o['function']}` {o['seconds']:.3f} s" for o in p["top_other"]) + "."]
+        out += [""]
+    for note in data.get("notes", []):
+        out.append(f"- note: {note}")
+    out += ["", "## Charts", ""]
+    out += [f"- `{c}`" for c in charts] if charts else []
+    if chart_note:
+        out.append(f"- {chart_note}")
+    return "\n".join(out) + "\n"
+
+
+def charts(data: dict[str, Any], directory: Path, stem: str) -> tuple[list[str], str | None]:
+    """PNG charts next to the report; (file names, note if skipped)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return [], "charts skipped: matplotlib is not installed (pip install matplotlib)"
+    names: list[str] = []
+    t = data.get("throughput")
+    if t and t["rows"]:
+        conns = sorted({r["connections"] for r in t["rows"]})
+        servers = list(dict.fromkeys(r["server"] for r in t["rows"]))
+        fig, ax = plt.subplots(figsize=(8, 4))
+        width = 0.8 / len(conns)
+        for i, c in enumerate(conns):
+            values = [next((r["wrk"]["rps"] for r in t["rows"] if r["server"] == s and r["connections"] == c), 0)
+                      for s in servers]
+            ax.bar([x + i * width for x in range(len(servers))], values, width, label=f"-c{c}")
+        ax.set_xticks([x + width * (len(conns) - 1) / 2 for x in range(len(servers))], servers, fontsize=8)
+        ax.set_yscale("log")
+        ax.set_ylabel("requests/s (log)")
+        ax.set_title("Throughput (wrk)")
+        ax.legend()
+        fig.tight_layout()
+        names.append(f"{stem}-throughput.png")
+        fig.savefig(directory / names[-1], dpi=100)
+        plt.close(fig)
+        hists = t.get("sandbox_cost", {})
+        if hists:
+            key = sorted(hists, key=lambda k: int(k.rsplit("-c", 1)[1]))[-1]
+            h = hists[key]
+            labels, counts, previous = [], [], 0
+            for le, cumulative in h["buckets"]:
+                labels.append("+Inf" if le == "+Inf" else f"{le * 1e6:g}")
+                counts.append(cumulative - previous)
+                previous = cumulative
+            fig, ax = plt.subplots(figsize=(8, 4))
+            ax.bar(range(len(labels)), counts)
+            ax.set_xticks(range(len(labels)), [f"<={x}" for x in labels], rotation=45, fontsize=8)
+            ax.set_xlabel("sandbox cost (fork) bucket, us")
+            ax.set_ylabel("requests")
+            ax.set_title(f"mayflyd_sandbox_cost_seconds, {key}")
+            fig.tight_layout()
+            names.append(f"{stem}-sandbox-cost.png")
+            fig.savefig(directory / names[-1], dpi=100)
+            plt.close(fig)
+    heap = data.get("heap")
+    if heap and heap["rows"]:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        xs = [r["heap_mb"] for r in heap["rows"]]
+        ax.plot(xs, [r["median_us"] for r in heap["rows"]], "o-", label="median latency")
+        ax.plot(xs, [r["sandbox_cost_mean_us"] for r in heap["rows"]], "s-", label="sandbox cost mean")
+        ax.set_xscale("log")
+        ax.set_xlabel("tenant heap MB")
+        ax.set_ylabel("us")
+        ax.set_title("Fork engine cost vs heap")
+        ax.legend()
+        fig.tight_layout()
+        names.append(f"{stem}-heap.png")
+        fig.savefig(directory / names[-1], dpi=100)
+        plt.close(fig)
+    return names, None
+
+
+def write(data: dict[str, Any], directory: Path, stem: str) -> list[Path]:
+    """Write <stem>.json, charts, <stem>.md and latest.md; the paths written."""
+    directory.mkdir(parents=True, exist_ok=True)
+    chart_names, chart_note = charts(data, directory, stem)
+    data["charts"] = chart_names
+    json_path = directory / f"{stem}.json"
+    json_path.write_text(json.dumps(data, indent=1, default=str))
+    text = markdown(data, chart_names, chart_note)
+    md_path = directory / f"{stem}.md"
+    md_path.write_text(text)
+    (directory / "latest.md").write_text(text)
+    return [md_path, json_path, *(directory / n for n in chart_names)]
