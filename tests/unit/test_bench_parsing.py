@@ -1,0 +1,51 @@
+"""The bench harness's parsers: wrk's report and mayflyd's sandbox-cost histogram."""
+from __future__ import annotations
+
+import pytest
+
+from bench import admin_metrics, wrk
+from mayflyd.metrics import Metrics
+
+WRK_OUTPUT = """Running 10s test @ http://127.0.0.1:8080/
+  2 threads and 64 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   132.61ms    5.12ms 160.00ms   90.00%
+    Req/Sec   243.00     20.00   300.00     80.00%
+  Latency Distribution
+     50%  132.61ms
+     75%  137.21ms
+     90%  140.56ms
+     99%  145.80ms
+  4830 requests in 10.00s, 1.07MB read
+  Socket errors: connect 0, read 2, write 0, timeout 1
+  Non-2xx or 3xx responses: 6
+Requests/sec:    483.00
+Transfer/sec:    109.00KB
+"""
+
+
+def test_wrk_report() -> None:
+    result = wrk.parse(WRK_OUTPUT, connections=64, duration_s=10, threads=2)
+    assert (result.rps, result.requests, result.non_2xx) == (483.0, 4830, 6)
+    assert result.latency == pytest.approx({"50": 0.13261, "75": 0.13721, "90": 0.14056, "99": 0.1458})
+    assert result.socket_errors == {"connect": 0, "read": 2, "write": 0, "timeout": 1}
+    assert result.errors == 9
+
+
+def test_wrk_report_without_numbers_is_an_error() -> None:
+    with pytest.raises(ValueError, match="no Requests/sec"):
+        wrk.parse("unable to connect to 127.0.0.1:8080 Connection refused", 1, 1, 1)
+
+
+def test_sandbox_cost_histogram_from_real_metrics() -> None:
+    metrics = Metrics()
+    for seconds in (0.0003, 0.0004, 0.003):
+        metrics.sandbox_cost("hello", seconds)
+    metrics.sandbox_cost("other", 0.02)
+    text = metrics.render()[0].decode()
+    hello = admin_metrics.histogram(text, "mayflyd_sandbox_cost_seconds", tenant="hello")
+    assert hello.count == 3 and hello.mean == pytest.approx(0.0037 / 3)
+    assert sum(n for _, n in hello.per_bucket()) == 3
+    both = admin_metrics.histogram(text, "mayflyd_sandbox_cost_seconds")
+    assert both.count == 4
+    assert admin_metrics.diff(both, hello).count == 1
