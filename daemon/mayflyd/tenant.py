@@ -221,10 +221,14 @@ class Tenant:
                                     version=self.version)
             try:
                 await self._apply_walls(new_config, self.config)
+                # Old and new host share the tenant's cgroup until the old one
+                # has drained: room for both, or a tenant using more than half
+                # its memory could not reload (or would lose a host to the OOM killer).
+                await self._set_cgroup_limits(new_config, reloading=True)
                 host = await self._start_host(new_config)
             except (HostStartError, OSError) as exc:
-                if new_config is not self.config:
-                    await self._apply_walls(self.config, new_config)  # back to the limits that serve
+                await self._apply_walls(self.config, new_config)  # back to the limits that serve
+                await self._set_cgroup_limits(self.config, reloading=bool(self._draining))
                 self.last_reload = ReloadResult(result="failed", error=str(exc), at=time.time(),
                                                 version=self.version)
                 self._metrics.reload(kind, "failed")
@@ -239,15 +243,28 @@ class Tenant:
 
     async def _apply_walls(self, config: TenantConfig, previous: TenantConfig | None) -> None:
         """cgroup limits and seccomp filters for `config`, where they changed."""
-        limits = config.limits
-        if self._walls.cgroup_version and (previous is None or previous.limits != limits):
-            await asyncio.to_thread(_mayfly.cgroup_setup, self._walls.cgroup_version, self._walls.cgroup_base,
-                                    self._walls.group_of(self.name), limits.memory, limits.pids,
-                                    round(limits.cpu * CPU_PERIOD_US), CPU_PERIOD_US)
+        if previous is None or previous.limits != config.limits:
+            await self._set_cgroup_limits(config, reloading=bool(self._draining))
         if self._walls.seccomp and (previous is None or (previous.network, previous.seccomp_action)
                                     != (config.network, config.seccomp_action)):
             self._filters = await asyncio.to_thread(build_filters, deny=config.seccomp_action,
                                                     network=config.network)
+
+    async def _set_cgroup_limits(self, config: TenantConfig, *, reloading: bool) -> None:
+        """The tenant's cgroup limits; twice the memory and pids while two generations of hosts overlap."""
+        if not self._walls.cgroup_version:
+            return
+        limits, factor = config.limits, (2 if reloading else 1)
+        try:
+            await asyncio.to_thread(_mayfly.cgroup_setup, self._walls.cgroup_version, self._walls.cgroup_base,
+                                    self._walls.group_of(self.name), limits.memory * factor,
+                                    limits.pids * factor, round(limits.cpu * CPU_PERIOD_US), CPU_PERIOD_US)
+        except OSError as exc:
+            if not reloading and self._host is not None:
+                # Lowering below what is in use fails (v1: EBUSY); the next reload retries.
+                log.warning("cannot lower the cgroup limits yet: %s", exc, extra={"tenant": self.name})
+                return
+            raise
 
     async def _start_host(self, config: TenantConfig) -> SandboxHost:
         version = await asyncio.to_thread(program_version, config.program)
@@ -286,6 +303,10 @@ class Tenant:
             self._metrics.host_stopped(self.name)
         finally:
             self._draining.discard(host)
+        if not self._draining and not self._stopping:
+            async with self._lock:  # not while a reload holds the doubled limits
+                if not self._draining:
+                    await self._set_cgroup_limits(self.config, reloading=False)
 
     async def _keep_host_alive(self) -> None:
         delay = BACKOFF_FIRST

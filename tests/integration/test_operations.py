@@ -354,3 +354,36 @@ def test_mayflyd_run_serves_and_reloads_one_program(tmp_path: Path) -> None:
             time.sleep(0.05)
     finally:
         assert runner.stop() == 0
+
+
+BIG_HEAP = '''
+HEAP = None
+
+
+def on_init():
+    global HEAP
+    HEAP = [bytes([i % 256]) * 65536 for i in range({blocks})]  # {blocks} x 64 KiB, touched
+
+
+def on_client_request(request):
+    return "{version} %d" % len(HEAP)
+'''
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for the memory cgroup")
+def test_a_tenant_using_most_of_its_memory_can_still_reload(tmp_path: Path) -> None:
+    # 40 MiB of heap in a 64 MiB tenant: old and new host side by side need more.
+    big = {"name": "big", "hosts": ["big.localhost"], "program": "programs/big.py",
+           "limits": {"memory": "64MiB", "init_timeout_ms": 10000}}
+    d = Daemon(tmp_path, [big], {"big.py": BIG_HEAP.format(blocks=640, version="v1")}).start()
+    try:
+        assert d.get("big.localhost").text == "v1 640"
+        (d.workdir / "programs" / "big.py").write_text(BIG_HEAP.format(blocks=640, version="v2"))
+        wait_for_answer(d, "big.localhost", "v2 640", timeout=10)
+        assert d.status()["tenants"]["big"]["last_reload"]["result"] == "ok"
+        assert d.status()["tenants"]["big"]["restarts"] == 0
+        # Twice the memory only while both hosts lived; back to 64 MiB once the old one drained.
+        limit = Path("/sys/fs/cgroup/memory") / d.cgroup_prefix / "big" / "memory.limit_in_bytes"
+        d.wait_for(lambda: int(limit.read_text()) == 64 * 1024 * 1024, timeout=10, what="the limit restored")
+    finally:
+        assert d.stop() == 0
