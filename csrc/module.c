@@ -3,7 +3,8 @@
  * constants and the bindings of identity, namespaces, mounts, seccomp and
  * cgroups.
  * The request bindings (serve_fork, encode_response, decode_request) are in
- * py_requests.c; these two are the only files that know CPython.
+ * py_requests.c, the DirtyTracker type in py_dirty_pages.c; these are the
+ * only files that know CPython.
  * Each binding converts its arguments, calls one C function and turns a
  * recorded error (log.c) into OSError (with errno), ValueError (bad
  * frames) or RuntimeError.
@@ -407,5 +408,7 @@ PyMODINIT_FUNC PyInit__mayfly(void)
     for (size_t i = 0; m != NULL && i < sizeof(constants) / sizeof(constants[0]); i++)
         if (PyModule_AddIntConstant(m, constants[i].name, constants[i].value) < 0)
             Py_CLEAR(m);
+    if (m != NULL && py_dirty_pages_add(m) < 0)
+        Py_CLEAR(m);
     return m;
 }

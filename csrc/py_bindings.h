@@ -3,7 +3,8 @@
  * init, method table, identity/namespace/mounts/seccomp/cgroup bindings)
  * defines the error and argument helpers; py_requests.c defines the request
  * and protocol bindings that module.c's method table registers, and the
- * CPython fork hooks that module.c's enter_namespaces uses too.
+ * CPython fork hooks that module.c's enter_namespaces uses too;
+ * py_dirty_pages.c defines the DirtyTracker type that module init adds.
  */
 #ifndef MAYFLYD_PY_BINDINGS_H
 #define MAYFLYD_PY_BINDINGS_H
@@ -34,5 +35,9 @@ void hook_after_fork_child(void *ctx);
 PyObject *py_encode_response(PyObject *self, PyObject *args);
 PyObject *py_decode_request(PyObject *self, PyObject *args);
 PyObject *py_struct_layout(PyObject *self, PyObject *unused);
+
+/* py_dirty_pages.c: adds the type DirtyTracker to the module; -1 with an
+ * exception set on failure. */
+int py_dirty_pages_add(PyObject *module);
 
 #endif /* MAYFLYD_PY_BINDINGS_H */

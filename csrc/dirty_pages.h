@@ -1,0 +1,98 @@
+/*
+ * Dirty-page tracking for the reset engine: which pages of the tracked
+ * ranges were written since they were last write-protected.
+ *
+ * Mechanism (Linux 6.7+): userfaultfd write-protect in asynchronous mode
+ * (UFFD_FEATURE_WP_ASYNC; a write just clears the page's protection, no
+ * event, no thread) plus UFFD_FEATURE_WP_UNPOPULATED (pages never touched
+ * are protected too), and the PAGEMAP_SCAN ioctl on /proc/self/pagemap,
+ * which lists the written pages and can re-protect them in the same call.
+ *
+ * Order of a rewind (DESIGN.md 5): mf_dirty_scan (report only), copy the
+ * snapshot back over the reported pages (which writes them again), then
+ * mf_dirty_protect on exactly those regions. mf_dirty_collect (report and
+ * re-protect at once) is for callers that do not write afterwards.
+ *
+ * Caveats, all the caller's to handle:
+ * - MADV_DONTNEED (and MADV_FREE) on tracked private anonymous memory
+ *   zaps the page; test_dirty_pages.py records what a scan reports then.
+ * - Tracked ranges must be private writable mappings (anonymous here);
+ *   mf_dirty_track marks them MADV_NOHUGEPAGE so a write dirties 4 KiB,
+ *   not 2 MiB.
+ * - The tracker belongs to the process that opened it: /proc/self/pagemap
+ *   names the opener's memory, and a fork's child loses the registration.
+ *   Open it in the process to be rewound, after any fork.
+ * - No threads may write tracked memory during a scan-copy-protect cycle.
+ */
+#ifndef MAYFLYD_DIRTY_PAGES_H
+#define MAYFLYD_DIRTY_PAGES_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Most ranges one tracker holds (the prototype saw 28 writable ranges in a
+ * CPython host). */
+#define MF_DIRTY_MAX_RANGES 128
+
+/* Written pages [start, end), byte addresses, page-aligned. Same layout as
+ * the kernel's struct page_region, so the kernel fills it directly;
+ * categories is PAGE_IS_WRITTEN for every region reported here. */
+struct mf_dirty_region {
+    uint64_t start;
+    uint64_t end;
+    uint64_t categories;
+};
+
+struct mf_dirty_range {
+    uint64_t start, end;
+};
+
+struct mf_dirty_tracker {
+    int uffd;       /* -1 when closed */
+    int pagemap_fd; /* -1 when closed */
+    size_t page_size;
+    size_t nranges; /* ranges[] sorted by start, disjoint */
+    struct mf_dirty_range ranges[MF_DIRTY_MAX_RANGES];
+    /* Where an interrupted scan/collect continues (out was full): the
+     * index of the range and the address in it. resume_addr 0: none. */
+    size_t resume_range;
+    uint64_t resume_addr;
+};
+
+/* userfaultfd(O_CLOEXEC|O_NONBLOCK|UFFD_USER_MODE_ONLY), UFFDIO_API with
+ * WP_ASYNC|WP_UNPOPULATED, open /proc/self/pagemap and check that it
+ * knows PAGEMAP_SCAN. EOPNOTSUPP naming the feature if the kernel lacks
+ * one; ENOTTY if it lacks PAGEMAP_SCAN. Closes what it opened on failure. */
+bool mf_dirty_open(struct mf_dirty_tracker *t);
+
+/* Registers [start, start+len) (page-aligned, not overlapping a tracked
+ * range) for write-protect and protects all of it, populated or not. */
+bool mf_dirty_track(struct mf_dirty_tracker *t, void *start, size_t len);
+
+/* The pages of the tracked ranges written since their last protection,
+ * re-protected in the same call. Fills out[0..*n) and *pages (how many
+ * pages they span). If out fills before the walk ends, the rest is kept
+ * for the next call: mf_dirty_pending() is then true and the next
+ * scan/collect continues where this one stopped (only what was reported
+ * has been re-protected). cap must be at least 1. */
+bool mf_dirty_collect(struct mf_dirty_tracker *t, struct mf_dirty_region *out, size_t cap, size_t *n,
+                      size_t *pages);
+
+/* As mf_dirty_collect, without re-protecting: a second scan reports the
+ * same pages again (plus any written since). */
+bool mf_dirty_scan(struct mf_dirty_tracker *t, struct mf_dirty_region *out, size_t cap, size_t *n,
+                   size_t *pages);
+
+/* True when the last scan/collect stopped because out was full. */
+bool mf_dirty_pending(const struct mf_dirty_tracker *t);
+
+/* Write-protects exactly these regions again (one UFFDIO_WRITEPROTECT
+ * each). Every region must lie inside a tracked range: EINVAL if not. */
+bool mf_dirty_protect(struct mf_dirty_tracker *t, const struct mf_dirty_region *regions, size_t n);
+
+/* Closes both fds (the kernel drops the registrations with the uffd).
+ * Safe on a tracker that failed to open or is already closed. */
+void mf_dirty_close(struct mf_dirty_tracker *t);
+
+#endif /* MAYFLYD_DIRTY_PAGES_H */
