@@ -32,6 +32,7 @@ log = logging.getLogger("mayflyd.host")
 
 _RECV_SIZE = protocol.FRAME_HEADER_SIZE + protocol.MAX_PAYLOAD + 1
 _OUTPUT_LINE_LIMIT = 8192
+LOADING_NICE = -5
 _OUTPUT_CHUNK = 64 * 1024
 # The host ignores the environment (-E) and user site (-s), so it is told
 # where this very package lives, installed or in a source checkout.
@@ -147,6 +148,13 @@ class SandboxHost:
             host_end.close()
         self.pid = self._proc.pid
         self.started_at = time.monotonic()
+        # A loading host is on a reload's or a restart's critical path: ahead
+        # of the sandboxes that keep serving meanwhile (they run at
+        # SERVING_NICE, see sandbox_host.py).
+        try:
+            os.setpriority(os.PRIO_PROCESS, self.pid, LOADING_NICE)
+        except OSError:
+            pass  # without CAP_SYS_NICE it loads at the normal priority
         assert self._proc.stdout is not None and self._proc.stderr is not None
         self._tasks.append(asyncio.create_task(self._relay_output(self._proc.stdout, "stdout")))
         self._tasks.append(asyncio.create_task(self._relay_output(self._proc.stderr, "stderr")))

@@ -32,7 +32,8 @@ __all__ = ["HostSpec", "main"]
 # Only the supervisor may make a host fall lower than its own sandboxes in
 # the OOM killer's eyes; sandboxes raise themselves to 1000 after fork.
 HOST_OOM_SCORE_ADJ = -500
-HOSTNAME_MAX = 64  # bytes; sethostname() refuses longer
+HOSTNAME_MAX = 64
+SERVING_NICE = 5  # bytes; sethostname() refuses longer
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -176,6 +177,9 @@ def serve(spec: HostSpec) -> int:
     if problem is not None:
         _report_load_failure(ctrl, problem)
         return 1
+    # Tenant code yields to the daemon (front end, reloads, restarts) when
+    # the CPU is short; raising one's own nice value needs no privilege.
+    os.setpriority(os.PRIO_PROCESS, 0, SERVING_NICE)
     # Objects that exist now live as long as the host: keep the collector
     # from touching (and so copying) their pages in every sandbox.
     gc.collect()
