@@ -2,35 +2,17 @@
 HTTP over a Unix socket, standard library only) and summarise a histogram."""
 from __future__ import annotations
 
-import http.client
 import math
 import re
-import socket
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    """HTTP over a Unix socket (the pattern of mayflyd/admin_client.py)."""
-
-    def __init__(self, socket_path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._socket_path = socket_path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self._socket_path)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
+from mayflyd.admin_client import UnixHTTPConnection
 
 
 def fetch(socket_path: str, timeout: float = 30.0) -> str:
     """The text of GET /metrics."""
-    conn = _UnixHTTPConnection(socket_path, timeout)
+    conn = UnixHTTPConnection(socket_path, timeout)
     try:
         conn.request("GET", "/metrics")
         response = conn.getresponse()

@@ -21,13 +21,8 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
-try:
-    from mayflyd import _mayfly as M
-except ImportError:  # from the source tree: daemon/ holds the package
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "daemon"))
-    from mayflyd import _mayfly as M
+from mayflyd import _mayfly as M  # bench/__init__.py finds it in a source checkout
 
 PAGE = mmap.PAGESIZE
 SIZE = 32 << 20

@@ -9,14 +9,14 @@ import json
 import socket
 from typing import Any
 
-__all__ = ["AdminError", "admin_request", "format_status"]
+__all__ = ["AdminError", "UnixHTTPConnection", "admin_request", "format_status"]
 
 
 class AdminError(Exception):
     """The admin API could not be reached or gave an answer that is not JSON."""
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
+class UnixHTTPConnection(http.client.HTTPConnection):
     """HTTP over a Unix socket: only connect() differs."""
 
     def __init__(self, socket_path: str, timeout: float) -> None:
@@ -37,7 +37,7 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
 def admin_request(socket_path: str, method: str, path: str, *,
                   timeout: float = 60.0) -> tuple[int, dict[str, Any]]:
     """Send one request to the admin API: (HTTP status, JSON body)."""
-    conn = _UnixHTTPConnection(socket_path, timeout)
+    conn = UnixHTTPConnection(socket_path, timeout)
     try:
         try:
             conn.request(method, path)

@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mayflyd.config import DEFAULT_ADMIN_SOCKET, Config, ConfigError, load_config, parse_config, parse_listen
+from mayflyd.config import (DEFAULT_ADMIN_SOCKET, Config, ConfigError, default_config_path, load_config,
+                            parse_config, parse_listen)
 
 __all__ = ["main", "find_default_config"]
 
@@ -22,7 +23,7 @@ def find_default_config() -> Path:
     """/etc/mayflyd/mayflyd.yaml if present, else the bundled example config."""
     if SYSTEM_CONFIG.exists():
         return SYSTEM_CONFIG
-    installed = Path(__file__).resolve().parent / "default_config" / "mayflyd.yaml"
+    installed = default_config_path()
     if installed.exists():
         return installed
     # Running from a source checkout: the repository's config/ directory.

@@ -179,7 +179,8 @@ class Tenant:
 
     async def start(self) -> None:
         """Set up the cgroup and filters, and start keeping a host alive."""
-        await self._apply_walls(self.config, None)
+        await self._set_cgroup_limits(self.config, reloading=False)
+        await self._update_filters(self.config, None)
         self.state = TenantState.STARTING
         self._supervisor = asyncio.create_task(self._keep_host_alive(), name=f"tenant-{self.name}")
 
@@ -220,14 +221,15 @@ class Tenant:
                 return ReloadResult(result="failed", error="the tenant is stopping", at=time.time(),
                                     version=self.version)
             try:
-                await self._apply_walls(new_config, self.config)
+                await self._update_filters(new_config, self.config)
                 # Old and new host share the tenant's cgroup until the old one
                 # has drained: room for both, or a tenant using more than half
                 # its memory could not reload (or would lose a host to the OOM killer).
                 await self._set_cgroup_limits(new_config, reloading=True)
                 host = await self._start_host(new_config)
             except (HostStartError, OSError) as exc:
-                await self._apply_walls(self.config, new_config)  # back to the limits that serve
+                # Back to the filters and limits of what keeps serving.
+                await self._update_filters(self.config, new_config)
                 await self._set_cgroup_limits(self.config, reloading=bool(self._draining))
                 self.last_reload = ReloadResult(result="failed", error=str(exc), at=time.time(),
                                                 version=self.version)
@@ -241,10 +243,8 @@ class Tenant:
             self._metrics.reload(kind, "ok")
             return self.last_reload
 
-    async def _apply_walls(self, config: TenantConfig, previous: TenantConfig | None) -> None:
-        """cgroup limits and seccomp filters for `config`, where they changed."""
-        if previous is None or previous.limits != config.limits:
-            await self._set_cgroup_limits(config, reloading=bool(self._draining))
+    async def _update_filters(self, config: TenantConfig, previous: TenantConfig | None) -> None:
+        """The seccomp filters new hosts of `config` get, rebuilt only when their inputs changed."""
         if self._walls.seccomp and (previous is None or (previous.network, previous.seccomp_action)
                                     != (config.network, config.seccomp_action)):
             self._filters = await asyncio.to_thread(build_filters, deny=config.seccomp_action,
