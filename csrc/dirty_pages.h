@@ -31,9 +31,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Most ranges one tracker holds (the prototype saw 28 writable ranges in a
- * CPython host). */
-#define MF_DIRTY_MAX_RANGES 128
+/* Most ranges one tracker holds: a CPython host has a writable range or
+ * two per loaded extension module, besides its heap, stack and arenas. */
+#define MF_DIRTY_MAX_RANGES 1024
 
 /* Written pages [start, end), byte addresses, page-aligned. Same layout as
  * the kernel's struct page_region, so the kernel fills it directly;

@@ -366,6 +366,9 @@ static PyMethodDef methods[] = {
     {"cgroup_join", py_cgroup_join, METH_VARARGS, "cgroup_join(version, base, group, pid)"},
     {"cgroup_remove", py_cgroup_remove, METH_VARARGS, "cgroup_remove(version, base, group)"},
     {"cgroup_stats", py_cgroup_stats, METH_VARARGS, "cgroup_stats(version, base, group) -> dict"},
+    {"serve_reset", (PyCFunction)(void (*)(void))py_serve_reset, METH_VARARGS | METH_KEYWORDS,
+     "serve_reset(ctrl_fd, runner, close_in_child, after_rewind, request_filter=b'', cpu_ms=0, memory_bytes=0, "
+     "nofile=0, pool_size=1, verify=False)"},
     {"serve_fork", (PyCFunction)(void (*)(void))py_serve_fork, METH_VARARGS | METH_KEYWORDS,
      "serve_fork(ctrl_fd, runner, close_in_child, request_filter=b'', cpu_ms=0, memory_bytes=0, nofile=0)"},
     {"encode_response", py_encode_response, METH_VARARGS,

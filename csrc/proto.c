@@ -299,6 +299,31 @@ bool mf_send_packet(int fd, uint16_t type, uint64_t req_id, const void *payload,
     return emit_frame(socket_sink, &fd, type, req_id, payload, len);
 }
 
+bool mf_send_packet_fd(int sock, const void *packet, size_t len, int fd)
+{
+    union {
+        struct cmsghdr align;
+        char buf[CMSG_SPACE(sizeof(int))];
+    } control;
+    struct iovec iov = {.iov_base = (void *)packet, .iov_len = len};
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
+                         .msg_controllen = sizeof(control.buf)};
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+    ssize_t n;
+
+    memset(control.buf, 0, sizeof(control.buf));
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(cm), &fd, sizeof(int));
+    do
+        n = sendmsg(sock, &msg, MSG_NOSIGNAL);
+    while (n < 0 && errno == EINTR);
+    if (n < 0)
+        return mf_err("sendmsg(fd %d, %zu bytes + fd %d)", sock, len, fd);
+    return true;
+}
+
 static void close_fds(int *fds, size_t n)
 {
     for (size_t i = 0; i < n; i++)

@@ -72,6 +72,8 @@ bool mf_response_send(int fd, uint64_t req_id, const struct mf_response *resp);
 
 /* Sends one frame; never raises SIGPIPE (EPIPE is returned instead). */
 bool mf_send_packet(int fd, uint16_t type, uint64_t req_id, const void *payload, uint32_t len);
+/* Sends a ready-made packet with one fd attached (SCM_RIGHTS). */
+bool mf_send_packet_fd(int sock, const void *packet, size_t len, int fd);
 /* Receives one packet into buf with MSG_CMSG_CLOEXEC. Returns 1 with a
  * packet, 0 at EOF, -1 on error (EAGAIN included). Passed fds land in fds
  * (at most max_fds; surplus ones are closed and the packet rejected). A

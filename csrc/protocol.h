@@ -11,7 +11,12 @@
  *     supervisor -> host : MF_MSG_REQUEST (+ one fd in SCM_RIGHTS: the
  *                          per-request socket), MF_MSG_CANCEL, MF_MSG_SHUTDOWN
  *     host -> supervisor : MF_MSG_READY, MF_MSG_LOAD_FAILED, MF_MSG_CHILD_EXIT,
- *                          MF_MSG_REQUEST_FAILED
+ *                          MF_MSG_REQUEST_FAILED, MF_MSG_WORKER_REPLACED
+ *
+ *   worker channel (reset engine: one per pool worker, host <-> worker):
+ *     host -> worker : MF_MSG_REQUEST, forwarded as the supervisor sent it
+ *     worker -> host : MF_MSG_WORKER_READY, MF_MSG_REQUEST_DONE,
+ *                      MF_MSG_WORKER_FAILED
  *
  *   request channel (one socketpair per request, supervisor <-> sandbox):
  *     supervisor -> sandbox : REQ_HEAD, REQ_BODY*, REQ_END
@@ -45,6 +50,7 @@ enum mf_msg_type {
     MF_MSG_LOAD_FAILED = 17,   /* payload: UTF-8 error text */
     MF_MSG_CHILD_EXIT = 18,    /* payload: mf_child_exit */
     MF_MSG_REQUEST_FAILED = 19,/* payload: mf_request_failed */
+    MF_MSG_WORKER_REPLACED = 20,/* payload: UTF-8 reason; a pool worker was replaced */
 
     /* request channel, supervisor -> sandbox */
     MF_MSG_REQ_HEAD = 32,      /* payload: mf_req_head + strings + headers */
@@ -55,6 +61,11 @@ enum mf_msg_type {
     MF_MSG_RESP_HEAD = 48,     /* payload: mf_resp_head + headers */
     MF_MSG_RESP_BODY = 49,     /* payload: body bytes */
     MF_MSG_RESP_END = 50,      /* payload: none */
+
+    /* worker channel, worker -> host (reset engine) */
+    MF_MSG_WORKER_READY = 64,  /* payload: mf_worker_ready; snapshot taken */
+    MF_MSG_REQUEST_DONE = 65,  /* payload: mf_request_done; rewound, idle */
+    MF_MSG_WORKER_FAILED = 66, /* payload: UTF-8 reason; the worker exits */
 };
 
 struct mf_frame_header {
@@ -89,7 +100,23 @@ struct mf_child_exit {
     int32_t pid;
     int32_t wait_status;   /* raw status from waitpid() */
     uint32_t flags;        /* enum mf_exit_flags */
-    uint32_t cost_us;      /* the host's own cost of this sandbox: its fork(), in us */
+    uint32_t cost_us;      /* the host's own cost of this sandbox: its fork() or rewind, in us */
+    uint32_t pages;        /* pages rewound after the request (reset engine; 0 for fork) */
+    uint32_t reserved;
+};
+
+struct mf_worker_ready {
+    uint32_t snapshot_pages; /* pages of tracked memory that the snapshot holds */
+    uint32_t ranges;         /* tracked ranges */
+    uint32_t cost_us;        /* time to take the snapshot */
+    uint32_t reserved;
+};
+
+struct mf_request_done {
+    uint32_t status;       /* 0: answered; else an MF_CHILD_EXIT_* code, as a fork child's exit */
+    uint32_t aborted;      /* 1: stopped by the host's abort signal, then rewound */
+    uint32_t cost_us;      /* the rewind, in us */
+    uint32_t pages;        /* pages copied back */
 };
 
 struct mf_request_failed {
@@ -129,7 +156,9 @@ struct mf_header_entry {
 _Static_assert(sizeof(struct mf_frame_header) == MF_FRAME_HEADER_SIZE, "frame header layout");
 _Static_assert(sizeof(struct mf_ready) == 8, "mf_ready layout");
 _Static_assert(sizeof(struct mf_request_ctl) == 8, "mf_request_ctl layout");
-_Static_assert(sizeof(struct mf_child_exit) == 16, "mf_child_exit layout");
+_Static_assert(sizeof(struct mf_child_exit) == 24, "mf_child_exit layout");
+_Static_assert(sizeof(struct mf_worker_ready) == 16, "mf_worker_ready layout");
+_Static_assert(sizeof(struct mf_request_done) == 16, "mf_request_done layout");
 _Static_assert(sizeof(struct mf_request_failed) == 8, "mf_request_failed layout");
 _Static_assert(sizeof(struct mf_req_head) == 32, "mf_req_head layout");
 _Static_assert(sizeof(struct mf_resp_head) == 16, "mf_resp_head layout");

@@ -27,6 +27,7 @@ int uint64_converter(PyObject *obj, void *out);
 
 /* py_requests.c */
 PyObject *py_serve_fork(PyObject *self, PyObject *args, PyObject *kwargs);
+PyObject *py_serve_reset(PyObject *self, PyObject *args, PyObject *kwargs);
 /* Fork hooks (ctx unused) for the C helpers that fork: CPython's
  * PyOS_BeforeFork, PyOS_AfterFork_Parent and PyOS_AfterFork_Child. */
 void hook_before_fork(void *ctx);

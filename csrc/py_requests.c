@@ -11,7 +11,10 @@
 #include <limits.h>
 #include <stddef.h>
 
+#include <sys/mman.h>
+
 #include "fork_engine.h"
+#include "reset_engine.h"
 #include "log.h"
 #include "proto.h"
 #include "py_bindings.h"
@@ -265,6 +268,109 @@ fail:
     return NULL;
 }
 
+/* ---- serve_reset ---- */
+
+/* A pymalloc arena allocator that never unmaps: an arena freed by a
+ * request stays mapped for the next allocation, so the rewind never finds
+ * a sealed mapping gone. Its list lives in tracked memory and is rewound
+ * with the rest of the allocator's state. */
+static void *free_arenas;
+static size_t arena_size;
+
+static void *arena_alloc(void *ctx, size_t size)
+{
+    (void)ctx;
+    if (free_arenas != NULL && size == arena_size) {
+        void *arena = free_arenas;
+        free_arenas = *(void **)arena;
+        return arena;
+    }
+    void *arena = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return arena == MAP_FAILED ? NULL : arena;
+}
+
+static void arena_free(void *ctx, void *ptr, size_t size)
+{
+    (void)ctx;
+    if (arena_size == 0)
+        arena_size = size;
+    if (size != arena_size) { /* never seen; unmapping is always correct, if slower */
+        (void)munmap(ptr, size);
+        return;
+    }
+    *(void **)ptr = free_arenas;
+    free_arenas = ptr;
+}
+
+struct reset_ctx {
+    struct serve_ctx serve;
+    PyObject *after_rewind;
+};
+
+static void hook_prepare(void *ctx)
+{
+    PyObjectArenaAllocator alloc = {ctx, arena_alloc, arena_free};
+    PyObject_SetArenaAllocator(&alloc);
+}
+
+static void hook_after_rewind(void *vctx)
+{
+    struct reset_ctx *ctx = vctx;
+    PyObject *r = PyObject_CallNoArgs(ctx->after_rewind);
+    if (r == NULL)
+        PyErr_Print(); /* the request still runs; what failed is on stderr */
+    Py_XDECREF(r);
+}
+
+PyObject *py_serve_reset(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"ctrl_fd", "runner", "close_in_child", "after_rewind", "request_filter", "cpu_ms",
+                             "memory_bytes", "nofile", "pool_size", "verify", NULL};
+    struct reset_ctx ctx = {{0}, NULL};
+    struct mf_reset_hooks hooks = {{&ctx, hook_before_fork, hook_after_fork_parent, hook_after_fork_child,
+                                    hook_interrupted, hook_handle},
+                                   hook_prepare, hook_after_rewind};
+    struct mf_reset_config cfg = {.hooks = &hooks, .pool_size = 1};
+    Py_buffer filter = {0};
+    PyObject *close_list;
+    int verify = 0;
+    int *fds;
+    bool ok;
+
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iOOO|y*O&O&O&Ip:serve_reset", kwlist, &cfg.ctrl_fd,
+                                     &ctx.serve.runner, &close_list, &ctx.after_rewind, &filter, uint32_converter,
+                                     &cfg.limits.cpu_ms, uint64_converter, &cfg.limits.memory_bytes,
+                                     uint32_converter, &cfg.limits.nofile, &cfg.pool_size, &verify))
+        goto fail;
+    if (!PyCallable_Check(ctx.serve.runner) || !PyCallable_Check(ctx.after_rewind)) {
+        PyErr_Format(PyExc_TypeError, "runner and after_rewind must be callable");
+        goto fail;
+    }
+    if (filter.len > 0 && !mf_seccomp_check((size_t)filter.len)) {
+        PyErr_Format(PyExc_ValueError, "request_filter: %s", mf_last_error());
+        goto fail;
+    }
+    fds = fd_array(close_list, &cfg.n_close_in_child);
+    if (fds == NULL)
+        goto fail;
+    cfg.close_in_child = fds;
+    cfg.request_filter = filter.buf;
+    cfg.request_filter_len = (size_t)filter.len;
+    cfg.verify = verify != 0;
+    ok = mf_reset_serve(&cfg);
+    PyMem_Free(fds);
+    PyBuffer_Release(&filter);
+    if (PyErr_Occurred())
+        return NULL;
+    if (!ok)
+        return raise_last();
+    Py_RETURN_NONE;
+fail:
+    PyBuffer_Release(&filter);
+    return NULL;
+}
+
 /* ---- protocol test bindings: the same code paths the sandbox uses ---- */
 
 static bool list_sink(void *ctx, const struct iovec *iov, int iovcnt, size_t len)
@@ -369,7 +475,12 @@ static const struct {
     STRUCT(mf_ready, FIELD(mf_ready, pid), FIELD(mf_ready, engine)),
     STRUCT(mf_request_ctl, FIELD(mf_request_ctl, timeout_ms), FIELD(mf_request_ctl, reserved)),
     STRUCT(mf_child_exit, FIELD(mf_child_exit, pid), FIELD(mf_child_exit, wait_status),
-           FIELD(mf_child_exit, flags), FIELD(mf_child_exit, cost_us)),
+           FIELD(mf_child_exit, flags), FIELD(mf_child_exit, cost_us), FIELD(mf_child_exit, pages),
+           FIELD(mf_child_exit, reserved)),
+    STRUCT(mf_worker_ready, FIELD(mf_worker_ready, snapshot_pages), FIELD(mf_worker_ready, ranges),
+           FIELD(mf_worker_ready, cost_us), FIELD(mf_worker_ready, reserved)),
+    STRUCT(mf_request_done, FIELD(mf_request_done, status), FIELD(mf_request_done, aborted),
+           FIELD(mf_request_done, cost_us), FIELD(mf_request_done, pages)),
     STRUCT(mf_request_failed, FIELD(mf_request_failed, error), FIELD(mf_request_failed, reserved)),
     STRUCT(mf_req_head, FIELD(mf_req_head, method_len), FIELD(mf_req_head, path_len),
            FIELD(mf_req_head, query_len), FIELD(mf_req_head, client_len),

@@ -91,7 +91,9 @@ class TenantConfig:
     hosts: tuple[str, ...]  # lower-cased, trailing dot removed; "*.suffix" wildcards kept as written
     default: bool
     program: Path  # absolute, resolved
-    engine: str
+    engine: str  # fork | reset | auto (reset where the kernel can, else fork)
+    pool: int    # reset engine: workers per tenant; 0 = one per core
+    verify_rewind: bool  # reset engine, tests: compare every tracked page after each rewind
     uid: int
     gid: int
     env: tuple[tuple[str, str], ...]  # sorted by key

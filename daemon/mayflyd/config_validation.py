@@ -134,15 +134,15 @@ _TOP_KEYS: Final = (
 _LOG_FORMATS: Final = ("logfmt", "json")
 _CGROUP_PREFIX_RE: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}(/[A-Za-z0-9_.-]{1,64}){0,3}")
 _TENANT_KEYS: Final = (
-    "name", "hosts", "default", "program", "engine", "uid", "gid", "env", "limits",
+    "name", "hosts", "default", "program", "engine", "pool", "verify_rewind", "uid", "gid", "env", "limits",
     "network", "files", "seccomp_action",
 )
 _NETWORK_MODES: Final = ("none", "loopback", "full")
 _SECCOMP_ACTIONS: Final = ("eperm", "kill")
 _LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 _CGROUP_MODES: Final = ("auto", "v1", "v2", "none")
-_ENGINES: Final = ("fork",)
-_FUTURE_ENGINES: Final = ("reset", "auto")  # known names, refused with "not available yet"
+_ENGINES: Final = ("auto", "fork", "reset")
+_POOL_MAX: Final = 256  # MF_RESET_MAX_WORKERS in csrc/reset_engine.h
 _NAME_RE: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 _ENV_KEY_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _MAX_ID: Final = 2**31 - 2  # 2^31-1 is reserved by some tools as "no id"
@@ -490,18 +490,15 @@ class _Parser:
         hosts = self._hosts(entries, node, path, label, default, seen)
         program = self._program(entries["program"][1], f"{path}.program") if "program" in entries else None
 
-        engine = "fork"
+        engine = "auto"
         if "engine" in entries:
-            engine_node = entries["engine"][1]
-            value = self._string(engine_node, f"{path}.engine")
-            if value in _FUTURE_ENGINES:
-                self._issues.add(
-                    engine_node, f"{path}.engine", f"engine {value!r} is not available yet (only 'fork')"
-                )
-            elif value is not None and value not in _ENGINES:
-                self._issues.add(engine_node, f"{path}.engine", f"unknown engine {value!r} (only 'fork')")
-            elif value is not None:
-                engine = value
+            engine = self._choice(entries["engine"][1], f"{path}.engine", _ENGINES) or "auto"
+        pool = 0
+        if "pool" in entries:
+            pool = self._int(entries["pool"][1], f"{path}.pool", 1, _POOL_MAX) or 0
+        verify_rewind = False
+        if "verify_rewind" in entries:
+            verify_rewind = bool(self._bool(entries["verify_rewind"][1], f"{path}.verify_rewind"))
 
         uid = self._id(entries, "uid", path)
         gid = self._id(entries, "gid", path)
@@ -562,6 +559,8 @@ class _Parser:
             default=default,
             program=program,
             engine=engine,
+            pool=pool,
+            verify_rewind=verify_rewind,
             uid=uid,
             gid=gid if gid is not None else uid,
             env=env,

@@ -65,6 +65,15 @@ def _seccomp_works() -> bool:
     return True
 
 
+def _reset_engine_missing() -> str:
+    """Why this kernel cannot run the reset engine; "" if it can."""
+    try:
+        _mayfly.DirtyTracker().close()
+    except OSError as exc:
+        return str(exc)
+    return ""
+
+
 def decide_walls(config: Config) -> Walls:
     """Which walls this process can build; said once, exactly, in the log."""
     privileged = os.geteuid() == 0
@@ -92,8 +101,14 @@ def decide_walls(config: Config) -> Walls:
     if missing:
         log.warning("walls MISSING: %s%s", "; ".join(missing),
                     "" if privileged else " (mayflyd runs without root)")
+    reset_missing = _reset_engine_missing()
+    if reset_missing:
+        log.warning("engine auto means fork here: the reset engine needs userfaultfd async write-protect "
+                    "and PAGEMAP_SCAN (Linux 6.7+): %s", reset_missing)
+    else:
+        log.info("engine auto means reset here: userfaultfd async write-protect and PAGEMAP_SCAN work")
     return Walls(mode=mode, cgroup_version=version, cgroup_base=config.cgroup_root,
-                 cgroup_prefix=config.cgroup_prefix, seccomp=seccomp)
+                 cgroup_prefix=config.cgroup_prefix, seccomp=seccomp, reset_missing=reset_missing)
 
 
 def _router_only_change(old: TenantConfig, new: TenantConfig) -> bool:

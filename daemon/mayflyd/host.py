@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mayflyd import protocol
-from mayflyd.protocol import ChildExit, LoadFailed, Ready, RequestFailed, Response, ResponseDecoder
+from mayflyd.protocol import (ChildExit, ControlMessage, LoadFailed, Ready, RequestFailed, Response, ResponseDecoder,
+                              WorkerReplaced)
 from mayflyd.logs import OutputBudget
 from mayflyd.sandbox_host import HostSpec
 
@@ -111,7 +112,7 @@ class SandboxHost:
     """One running host process of a tenant."""
 
     def __init__(self, *, tenant: str, version: str, spec: HostSpec, env: Mapping[str, str],
-                 output_budget: OutputBudget, on_sandbox_exit: Callable[[ChildExit], None]) -> None:
+                 output_budget: OutputBudget, on_sandbox_exit: Callable[[ChildExit | WorkerReplaced], None]) -> None:
         self.tenant = tenant
         self.version = version  # of the program this host loaded
         self._cpu_ms = spec.request_cpu_ms
@@ -262,7 +263,7 @@ class SandboxHost:
 
     # ---- control channel -------------------------------------------------
 
-    async def _recv_control(self) -> Ready | ChildExit | RequestFailed | LoadFailed | None:
+    async def _recv_control(self) -> ControlMessage | None:
         assert self._ctrl is not None
         loop = asyncio.get_running_loop()
         while True:
@@ -283,7 +284,7 @@ class SandboxHost:
             if message is None:
                 self.ready = False
                 return
-            if isinstance(message, ChildExit):
+            if isinstance(message, (ChildExit, WorkerReplaced)):
                 self._on_sandbox_exit(message)
             if isinstance(message, (ChildExit, RequestFailed)):
                 fut = self._pending_exits.get(message.req_id)

@@ -19,13 +19,14 @@ _REQUEST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 
 # anything near 100 ms means something is badly wrong.
 _SANDBOX_BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
                     0.01, 0.025, 0.05, 0.1)
+_PAGE_BUCKETS = (0, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384)
 
 
 class Metrics:
     """The daemon's Prometheus metrics, in a registry of their own."""
 
     __slots__ = ("registry", "_requests", "_duration", "_sandbox_cost", "_hosts", "_restarts",
-                 "_limit_hits", "_reloads", "_statuses", "_limits")
+                 "_limit_hits", "_reloads", "_statuses", "_limits", "_pages", "_replacements")
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -35,13 +36,18 @@ class Metrics:
         self._duration = Histogram("mayflyd_request_duration_seconds", "Time to answer a request",
                                    ["tenant"], buckets=_REQUEST_BUCKETS, registry=r)
         self._sandbox_cost = Histogram("mayflyd_sandbox_cost_seconds",
-                                       "The host's own cost of isolating one request (fork time)",
+                                       "The host's own cost of isolating one request (its fork, or its rewind)",
                                        ["tenant"], buckets=_SANDBOX_BUCKETS, registry=r)
         self._hosts = Gauge("mayflyd_hosts_running", "Sandbox hosts running", ["tenant"], registry=r)
         self._restarts = Counter("mayflyd_host_restarts_total", "Sandbox hosts restarted after an exit",
                                  ["tenant"], registry=r)
         self._limit_hits = Counter("mayflyd_limit_hits_total", "Requests stopped by a tenant limit",
                                    ["tenant", "limit"], registry=r)
+        self._pages = Histogram("mayflyd_rewound_pages", "Pages copied back after one request (reset engine)",
+                                ["tenant"], buckets=_PAGE_BUCKETS, registry=r)
+        self._replacements = Counter("mayflyd_reset_worker_replacements_total",
+                                     "Reset-engine workers replaced because they died or could not be rewound",
+                                     ["tenant"], registry=r)
         self._reloads = Counter("mayflyd_reloads_total", "Program and config reloads, by result",
                                 ["kind", "result"], registry=r)
         # The second label values seen per tenant, so that forget_tenant can
@@ -57,6 +63,12 @@ class Metrics:
 
     def sandbox_cost(self, tenant: str, seconds: float) -> None:
         self._sandbox_cost.labels(tenant).observe(seconds)
+
+    def pages_rewound(self, tenant: str, pages: int) -> None:
+        self._pages.labels(tenant).observe(pages)
+
+    def worker_replaced(self, tenant: str) -> None:
+        self._replacements.labels(tenant).inc()
 
     def host_started(self, tenant: str) -> None:
         self._hosts.labels(tenant).inc()
@@ -79,6 +91,7 @@ class Metrics:
         """Remove every series of a removed tenant, so that it does not linger."""
         label_sets: list[tuple[Counter | Gauge | Histogram, tuple[str, ...]]] = [
             (self._duration, (tenant,)), (self._sandbox_cost, (tenant,)), (self._hosts, (tenant,)),
+            (self._pages, (tenant,)), (self._replacements, (tenant,)),
             (self._restarts, (tenant,))]
         label_sets += [(self._requests, (tenant, code)) for code in self._statuses.pop(tenant, set())]
         label_sets += [(self._limit_hits, (tenant, limit)) for limit in self._limits.pop(tenant, set())]

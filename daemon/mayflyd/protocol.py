@@ -16,7 +16,7 @@ __all__ = [
     "MsgType", "ENGINE_FORK", "ENGINE_RESET", "EXIT_TIMED_OUT", "EXIT_CANCELLED",
     "EXIT_CPU_EXCEEDED",
     "ProtocolError", "ResponseTooLarge", "Frame", "STRUCTS", "parse_frame", "pack_frame",
-    "encode_request", "ResponseDecoder", "Response", "Ready", "ChildExit",
+    "encode_request", "ResponseDecoder", "Response", "Ready", "ChildExit", "WorkerReplaced", "ControlMessage",
     "RequestFailed", "LoadFailed", "decode_control", "encode_request_ctl",
 ]
 
@@ -35,12 +35,17 @@ class MsgType:
     LOAD_FAILED: Final = 17
     CHILD_EXIT: Final = 18
     REQUEST_FAILED: Final = 19
+    WORKER_REPLACED: Final = 20
     REQ_HEAD: Final = 32
     REQ_BODY: Final = 33
     REQ_END: Final = 34
     RESP_HEAD: Final = 48
     RESP_BODY: Final = 49
     RESP_END: Final = 50
+    # worker channel of the reset engine (C side only; listed for the mirror)
+    WORKER_READY: Final = 64
+    REQUEST_DONE: Final = 65
+    WORKER_FAILED: Final = 66
 
 
 ENGINE_FORK: Final = 1
@@ -54,7 +59,9 @@ EXIT_CPU_EXCEEDED: Final = 4
 FRAME_HEADER: Final = struct.Struct("=IHHQII")
 READY: Final = struct.Struct("=iI")
 REQUEST_CTL: Final = struct.Struct("=II")
-CHILD_EXIT: Final = struct.Struct("=iiII")
+CHILD_EXIT: Final = struct.Struct("=iiIIII")
+WORKER_READY: Final = struct.Struct("=IIII")
+REQUEST_DONE: Final = struct.Struct("=IIII")
 REQUEST_FAILED: Final = struct.Struct("=iI")
 REQ_HEAD: Final = struct.Struct("=IIIIIIQ")
 RESP_HEAD: Final = struct.Struct("=IIQ")
@@ -65,7 +72,9 @@ STRUCTS: Final[dict[str, tuple[struct.Struct, tuple[str, ...]]]] = {
     "mf_frame_header": (FRAME_HEADER, ("magic", "type", "version", "req_id", "payload_len", "reserved")),
     "mf_ready": (READY, ("pid", "engine")),
     "mf_request_ctl": (REQUEST_CTL, ("timeout_ms", "reserved")),
-    "mf_child_exit": (CHILD_EXIT, ("pid", "wait_status", "flags", "cost_us")),
+    "mf_child_exit": (CHILD_EXIT, ("pid", "wait_status", "flags", "cost_us", "pages", "reserved")),
+    "mf_worker_ready": (WORKER_READY, ("snapshot_pages", "ranges", "cost_us", "reserved")),
+    "mf_request_done": (REQUEST_DONE, ("status", "aborted", "cost_us", "pages")),
     "mf_request_failed": (REQUEST_FAILED, ("error", "reserved")),
     "mf_req_head": (REQ_HEAD, ("method_len", "path_len", "query_len", "client_len",
                                "header_count", "reserved", "body_len")),
@@ -248,13 +257,21 @@ class ChildExit:
     pid: int
     wait_status: int
     flags: int
-    cost_us: int = 0  # the host's own cost of the sandbox (its fork)
+    cost_us: int = 0  # the host's own cost of the sandbox (its fork, or its rewind)
+    pages: int = 0    # pages rewound after the request (reset engine)
 
 
 @dataclass(frozen=True, slots=True)
 class RequestFailed:
     req_id: int
     error: int
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerReplaced:
+    """A reset-engine worker was replaced: it died, or could not be rewound."""
+
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,18 +285,23 @@ def _unpack_exact(st: struct.Struct, payload: bytes, what: str) -> tuple[int, ..
     return st.unpack(payload)
 
 
-def decode_control(packet: bytes) -> Ready | ChildExit | RequestFailed | LoadFailed:
+ControlMessage = Ready | ChildExit | RequestFailed | LoadFailed | WorkerReplaced
+
+
+def decode_control(packet: bytes) -> ControlMessage:
     """A message the host sent on its control channel."""
     frame = parse_frame(packet)
     if frame.type == MsgType.READY:
         pid, engine = _unpack_exact(READY, frame.payload, "READY")
         return Ready(pid, engine)
     if frame.type == MsgType.CHILD_EXIT:
-        pid, status, flags, cost_us = _unpack_exact(CHILD_EXIT, frame.payload, "CHILD_EXIT")
-        return ChildExit(frame.req_id, pid, status, flags, cost_us)
+        pid, status, flags, cost_us, pages, _ = _unpack_exact(CHILD_EXIT, frame.payload, "CHILD_EXIT")
+        return ChildExit(frame.req_id, pid, status, flags, cost_us, pages)
     if frame.type == MsgType.REQUEST_FAILED:
         error, _ = _unpack_exact(REQUEST_FAILED, frame.payload, "REQUEST_FAILED")
         return RequestFailed(frame.req_id, error)
+    if frame.type == MsgType.WORKER_REPLACED:
+        return WorkerReplaced(frame.payload.decode("utf-8", "replace"))
     if frame.type == MsgType.LOAD_FAILED:
         return LoadFailed(frame.payload.decode("utf-8", "replace"))
     raise ProtocolError(f"unexpected control message type {frame.type}")

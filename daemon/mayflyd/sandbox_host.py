@@ -5,7 +5,8 @@ The supervisor starts a Python running :func:`main` with a JSON
 as an inherited fd. The host walls itself in
 (cgroup, mount namespace with a minimal read-only root, unprivileged
 identity, seccomp), loads the program, runs on_init() once, and hands the control
-socket to the C fork engine, which forks one sandbox per request.
+socket to the C engine: fork (one sandbox forked per request) or reset (a
+pool of workers forked once, each rewound after every request).
 """
 from __future__ import annotations
 
@@ -61,6 +62,9 @@ class HostSpec:
     request_cpu_ms: int
     request_memory: int
     nofile: int
+    engine: str = "fork"        # fork | reset (auto is resolved by the supervisor)
+    pool: int = 1               # reset: workers
+    verify_rewind: bool = False  # reset: compare every tracked page after each rewind
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -126,6 +130,15 @@ def _make_runner(program: Program) -> _mayfly.Runner:
     return runner
 
 
+def _after_rewind() -> None:
+    """Reset engine, before each request: what must differ between requests."""
+    # The rewind brought the generator back to its sealed state; every
+    # request would draw the same numbers.
+    rnd = sys.modules.get("random")
+    if rnd is not None:
+        rnd.seed()
+
+
 def _seal(spec: HostSpec) -> str | None:
     """Leave nothing of on_init() running beside the host; an error text if that cannot be."""
     if spec.mode in ("root", "userns"):
@@ -184,9 +197,15 @@ def serve(spec: HostSpec) -> int:
     # from touching (and so copying) their pages in every sandbox.
     gc.collect()
     gc.freeze()
-    _mayfly.serve_fork(ctrl.fileno(), _make_runner(program), [],
-                       request_filter=base64.b64decode(spec.request_filter), cpu_ms=spec.request_cpu_ms,
-                       memory_bytes=spec.request_memory, nofile=spec.nofile)
+    request_filter = base64.b64decode(spec.request_filter)
+    if spec.engine == "reset":
+        _mayfly.serve_reset(ctrl.fileno(), _make_runner(program), [], _after_rewind,
+                            request_filter=request_filter, cpu_ms=spec.request_cpu_ms,
+                            memory_bytes=spec.request_memory, nofile=spec.nofile, pool_size=spec.pool,
+                            verify=spec.verify_rewind)
+    else:
+        _mayfly.serve_fork(ctrl.fileno(), _make_runner(program), [], request_filter=request_filter,
+                           cpu_ms=spec.request_cpu_ms, memory_bytes=spec.request_memory, nofile=spec.nofile)
     return 0
 
 

@@ -38,6 +38,12 @@ Policy choices:
   sandbox) and TIOCSTI/TIOCLINUX are denied.
 * prlimit64 only queries this process (pid 0, new_limit NULL).
 * landlock allowed in both phases: it can only take rights away.
+* The reset engine (``reset=True``): the loading filter lets the host's
+  workers create their userfaultfd (user-mode faults only), and the request
+  filter lets the rewinder run its two ioctls (``PAGEMAP_SCAN``,
+  ``UFFDIO_WRITEPROTECT``); registering or unregistering ranges stays denied.
+* Signal ``SIGRTMAX - 1`` is the reset engine's abort signal: no request may
+  change its disposition (``rt_sigaction`` is allowed for every other signal).
 """
 
 from __future__ import annotations
@@ -106,6 +112,12 @@ _CLONE_NAMESPACE_FLAGS: Final = (
 _TIOCSTI: Final = 0x5412  # fakes terminal input: a classic escape
 _TIOCLINUX: Final = 0x541C  # console selection/paste, same problem
 
+_UFFD_USER_MODE_ONLY: Final = 1
+_PAGEMAP_SCAN: Final = 0xC060_6610        # _IOWR('f', 16, struct pm_scan_arg)
+_UFFDIO_WRITEPROTECT: Final = 0xC018_AA06  # _IOWR(0xAA, 6, struct uffdio_writeprotect)
+ABORT_SIGNAL: Final = 63  # SIGRTMAX - 1: MF_ABORT_SIGNAL in csrc/reset_worker.h
+_NSIG: Final = 65  # signals 1..64
+
 _PERSONALITY_QUERY: Final = 0xFFFF_FFFF
 _PER_LINUX: Final = 0
 
@@ -122,7 +134,7 @@ _LOADING_DENY: Final = (
     "move_mount", "open_tree", "open_tree_attr", "fsopen", "fsmount", "fsconfig",
     "fspick", "mount_setattr", "open_by_handle_at", "name_to_handle_at",
     # large kernel attack surface with no use in a request handler
-    "keyctl", "add_key", "request_key", "bpf", "userfaultfd",
+    "keyctl", "add_key", "request_key", "bpf",
     "io_uring_setup", "io_uring_enter", "io_uring_register",
     "modify_ldt", "lookup_dcookie", "fanotify_init", "memfd_secret",
     # machine-wide state
@@ -162,7 +174,7 @@ _REQUEST_ALLOW: Final = (
     "sched_get_priority_min", "getcpu", "getrandom", "exit", "exit_group",
     "restart_syscall",
     # signals delivered to this process only
-    "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "rt_sigsuspend",
+    "rt_sigprocmask", "rt_sigreturn", "rt_sigsuspend",
     "rt_sigpending", "rt_sigtimedwait", "sigaltstack",
     # time and timers (they signal only this process and die with it)
     "clock_gettime", "clock_getres", "clock_nanosleep", "nanosleep",
@@ -297,10 +309,16 @@ def _deny_action(deny: str) -> int:
 
 # --- the two filters ---
 
-def _loading_filter(deny: int) -> _Filter:
+def _loading_filter(deny: int, reset: bool) -> _Filter:
     f = _Filter(_ALLOW)
     for name in _LOADING_DENY:
         f.add(deny, name)
+    if reset:
+        # Each worker tracks its own memory; user-mode faults only, which
+        # needs no privilege and cannot stall the kernel.
+        f.add(deny, "userfaultfd", _masked(0, _UFFD_USER_MODE_ONLY, 0))
+    else:
+        f.add(deny, "userfaultfd")
     f.add(int(_sc.ERRNO(errno.ENOSYS)), "clone3")
     # clone() is how glibc forks and starts threads (on_init may): deny only
     # new namespaces.  One rule per flag, as a rule can only test equality.
@@ -328,10 +346,17 @@ def _deny_personality_changes(f: _Filter, deny: int) -> None:
         f.add(deny, "personality", _masked(0, one | zero, one))
 
 
-def _request_filter(deny: int, network: str) -> _Filter:
+def _request_filter(deny: int, network: str, reset: bool) -> _Filter:
     f = _Filter(deny)
     for name in _REQUEST_ALLOW:
         f.add(_ALLOW, name)
+    # Every signal but the abort signal (full 64-bit comparisons: a value
+    # with upper bits set, which the kernel would truncate, is refused).
+    f.add(_ALLOW, "rt_sigaction", _Cmp(0, _sc.LT, ABORT_SIGNAL))
+    f.add(_ALLOW, "rt_sigaction", _eq(0, _NSIG - 1))
+    if reset:
+        for request in (_PAGEMAP_SCAN, _UFFDIO_WRITEPROTECT):
+            f.add(_ALLOW, "ioctl", _eq(1, request))
     f.add(int(_sc.ERRNO(errno.ENOSYS)), "clone3")  # glibc then tries clone: denied
     for cmd in _REQUEST_FCNTL:
         f.add(_ALLOW, "fcntl", _eq(1, cmd))
@@ -350,11 +375,12 @@ def _request_filter(deny: int, network: str) -> _Filter:
     return f
 
 
-def build_filters(*, deny: str = "eperm", network: str = "none") -> SeccompFilters:
+def build_filters(*, deny: str = "eperm", network: str = "none", reset: bool = False) -> SeccompFilters:
     """Build both filters for one tenant configuration.
 
     deny: "eperm" (denied calls fail with EPERM) or "kill" (the process dies
     with SIGSYS).  network: "none" | "loopback" | "full", see the module doc.
+    reset: the tenant runs on the reset engine.
     """
     action = _deny_action(deny)
     if network not in NETWORK_MODES:
@@ -362,8 +388,8 @@ def build_filters(*, deny: str = "eperm", network: str = "none") -> SeccompFilte
     if _sc.system_arch() != _ARCH_X86_64:
         # Argument positions (clone), ioctl numbers and the x32 rule are x86_64's.
         raise RuntimeError("the seccomp policy is written for x86_64 only")
-    return SeccompFilters(loading=_loading_filter(action).export(),
-                          request=_request_filter(action, network).export())
+    return SeccompFilters(loading=_loading_filter(action, reset).export(),
+                          request=_request_filter(action, network, reset).export())
 
 
 # --- loading (tests; production loads from C) ---

@@ -27,7 +27,7 @@ from mayflyd.host import HostStartError, HostUnavailable, RequestData, SandboxCr
 from mayflyd.logs import OutputBudget
 from mayflyd.metrics import Metrics
 from mayflyd.program_files import program_version
-from mayflyd.protocol import ChildExit, Response
+from mayflyd.protocol import ChildExit, Response, WorkerReplaced
 from mayflyd.sandbox_host import HostSpec
 from mayflyd.seccomp_policy import SeccompFilters, build_filters
 
@@ -91,6 +91,13 @@ class Walls:
     cgroup_base: str
     cgroup_prefix: str
     seccomp: bool             # libseccomp is there to build the filters
+    reset_missing: str = ""   # why this kernel cannot run the reset engine; "" = it can
+
+    def engine_of(self, config: TenantConfig) -> str:
+        """The engine a tenant runs on: auto is reset where the kernel allows it."""
+        if config.engine == "auto":
+            return "fork" if self.reset_missing else "reset"
+        return config.engine
 
     def group_of(self, tenant: str) -> str:
         return f"{self.cgroup_prefix}/{tenant}"
@@ -130,6 +137,9 @@ class Tenant:
         self.restarts = 0
         self.limit_hits: collections.Counter[str] = collections.Counter()
         self.requests: collections.Counter[str] = collections.Counter()
+        self.rewinds = 0
+        self.pages_rewound = 0
+        self.worker_replacements = 0
 
     @property
     def name(self) -> str:
@@ -151,7 +161,8 @@ class Tenant:
             loading_filter=base64.b64encode(self._filters.loading).decode(),
             request_filter=base64.b64encode(self._filters.request).decode(),
             pids=limits.pids, request_cpu_ms=limits.request_cpu_ms, request_memory=limits.request_memory,
-            nofile=SANDBOX_NOFILE)
+            nofile=SANDBOX_NOFILE, engine=walls.engine_of(config),
+            pool=config.pool or os.cpu_count() or 1, verify_rewind=config.verify_rewind)
 
     def limit_hit(self, limit: str, req_id: int, detail: str) -> None:
         """Count and log a request that ran into one of the tenant's limits."""
@@ -166,7 +177,10 @@ class Tenant:
     def status(self) -> dict[str, object]:
         hosts = [host for host in (self._host, *self._draining) if host is not None]
         return {
-            "program": str(self.config.program), "version": self.version, "engine": self.config.engine,
+            "program": str(self.config.program), "version": self.version,
+            "engine": self._walls.engine_of(self.config), "engine_configured": self.config.engine,
+            "rewinds": self.rewinds, "pages_rewound": self.pages_rewound,
+            "worker_replacements": self.worker_replacements,
             "state": self.state.value, "error": self.last_error or None,
             "hosts": [{"pid": h.pid, "version": h.version, "in_flight": h.in_flight,
                        "draining": h is not self._host} for h in hosts],
@@ -245,10 +259,12 @@ class Tenant:
 
     async def _update_filters(self, config: TenantConfig, previous: TenantConfig | None) -> None:
         """The seccomp filters new hosts of `config` get, rebuilt only when their inputs changed."""
-        if self._walls.seccomp and (previous is None or (previous.network, previous.seccomp_action)
-                                    != (config.network, config.seccomp_action)):
+        engine = self._walls.engine_of(config)
+        if self._walls.seccomp and (previous is None or (previous.network, previous.seccomp_action,
+                                                         self._walls.engine_of(previous))
+                                    != (config.network, config.seccomp_action, engine)):
             self._filters = await asyncio.to_thread(build_filters, deny=config.seccomp_action,
-                                                    network=config.network)
+                                                    network=config.network, reset=engine == "reset")
 
     async def _set_cgroup_limits(self, config: TenantConfig, *, reloading: bool) -> None:
         """The tenant's cgroup limits; twice the memory and pids while two generations of hosts overlap."""
@@ -344,9 +360,19 @@ class Tenant:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX)
 
-    def _sandbox_exited(self, message: ChildExit) -> None:
+    def _sandbox_exited(self, message: ChildExit | WorkerReplaced) -> None:
+        if isinstance(message, WorkerReplaced):
+            # A dirty worker never serves again; this is how often that happens.
+            self.worker_replacements += 1
+            self._metrics.worker_replaced(self.name)
+            log.warning("reset engine: a worker was replaced: %s", message.reason, extra={"tenant": self.name})
+            return
         if message.cost_us:
             self._metrics.sandbox_cost(self.name, message.cost_us / 1e6)
+        if self._walls.engine_of(self.config) == "reset" and message.cost_us:
+            self.rewinds += 1
+            self.pages_rewound += message.pages
+            self._metrics.pages_rewound(self.name, message.pages)
 
     # ---- requests --------------------------------------------------------
 

@@ -1,0 +1,39 @@
+/*
+ * Reset mode, the host's side: the sealed host forks a pool of workers
+ * once (reset_worker.h) and dispatches each request to an idle one;
+ * requests wait in the host for a free worker. The host keeps each
+ * request's deadline and CPU budget (a timer on the worker's CPU clock,
+ * which the worker cannot touch) and aborts an overrunning request with
+ * MF_ABORT_SIGNAL; a worker that does not come back from an abort, dies,
+ * or cannot rewind is killed and replaced by a fresh fork of the host,
+ * which never serves a request itself.
+ */
+#ifndef MAYFLYD_RESET_ENGINE_H
+#define MAYFLYD_RESET_ENGINE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "reset_worker.h"
+
+#define MF_RESET_MAX_WORKERS 256
+/* How long an aborted request may take to rewind before its worker is killed. */
+#define MF_RESET_ABORT_GRACE_MS 500
+
+struct mf_reset_config {
+    int ctrl_fd;
+    const int *close_in_child;
+    size_t n_close_in_child;
+    const struct mf_reset_hooks *hooks;
+    struct mf_limits limits;
+    const void *request_filter;
+    size_t request_filter_len;
+    unsigned pool_size;
+    bool verify;
+};
+
+/* As mf_fork_serve: READY once every worker has its snapshot (LOAD_FAILED
+ * and true if one cannot take it), then serves until SHUTDOWN or EOF. */
+bool mf_reset_serve(const struct mf_reset_config *cfg);
+
+#endif /* MAYFLYD_RESET_ENGINE_H */
