@@ -2,7 +2,7 @@
 on 127.0.0.1 by the harness itself, results under bench/results/.
 
     python -m bench            # full mode (up to ~15 minutes)
-    python -m bench --quick    # under a minute: a vs d at -c1/-c64, heap 1/100 MB, 1/10 tenants
+    python -m bench --quick    # under a minute: a vs d (fork) and e (reset) at -c1/-c64, heap 1/100 MB, 1/10 tenants
     python -m bench --only throughput,heap,tenants,profile
 
 Ends with `headline: sandboxed/unsandboxed throughput at -c64 = N.NN`.

@@ -105,3 +105,10 @@ def diff(after: Histogram, before: Histogram) -> Histogram:
     prior = dict(before.buckets)
     return Histogram(after.name, after.labels, [(le, n - prior.get(le, 0)) for le, n in after.buckets],
                      after.count - before.count, after.total - before.total)
+
+
+def rewound_pages(socket_path: str, tenant: str | None = None) -> Histogram:
+    """mayflyd_rewound_pages (reset engine only) for one tenant (or all summed);
+    its mean is the pages copied back per request."""
+    match = {"tenant": tenant} if tenant else {}
+    return histogram(fetch(socket_path), "mayflyd_rewound_pages", **match)

@@ -1,9 +1,10 @@
-"""Sequential latency of the hello tenant: mayflyd (fork engine) against an
-unsandboxed aiohttp server calling the same program in-process.
+"""Sequential latency of the hello tenant: mayflyd (fork engine, then reset
+engine) against an unsandboxed aiohttp server calling the same program
+in-process.
 
     python -m bench.latency [--requests N]
 
-Both servers run on this machine, one after the other, measured by the same
+All servers run on this machine, one after the other, measured by the same
 keep-alive client; the figure that matters is the ratio, not the absolutes.
 """
 from __future__ import annotations
@@ -102,16 +103,25 @@ def main() -> None:
         base = _run([sys.executable, str(baseline_script), str(SEED), str(port)], port, args.requests, "x")
         config = Path(tmp) / "config"
         shutil.copytree(REPO / "config", config)
-        port = _free_port()
-        fork = _run([sys.executable, "-m", "mayflyd", "serve", "--config", str(config / "mayflyd.yaml"),
-                     "--listen", f"127.0.0.1:{port}"], port, args.requests, "hello.localhost")
-    (b50, b99), (f50, f99) = _summary(base), _summary(fork)
+        # The same config with every tenant on the reset engine.
+        reset_config = config / "mayflyd-reset.yaml"
+        reset_config.write_text((config / "mayflyd.yaml").read_text().replace("engine: fork", "engine: reset"))
+        runs = {}
+        for engine, path in (("fork", config / "mayflyd.yaml"), ("reset", reset_config)):
+            port = _free_port()
+            runs[engine] = _run([sys.executable, "-m", "mayflyd", "serve", "--config", str(path),
+                                 "--listen", f"127.0.0.1:{port}"], port, args.requests, "hello.localhost")
+    (b50, b99), (f50, f99), (r50, r99) = _summary(base), _summary(runs["fork"]), _summary(runs["reset"])
     print(f"machine: {os.cpu_count()} cores; {args.requests} sequential keep-alive GETs of the seed program")
     print(f"{'server':<28}{'median us':>12}{'p99 us':>12}")
     print(f"{'unsandboxed aiohttp':<28}{b50:>12.0f}{b99:>12.0f}")
     print(f"{'mayflyd fork engine':<28}{f50:>12.0f}{f99:>12.0f}")
+    print(f"{'mayflyd reset engine':<28}{r50:>12.0f}{r99:>12.0f}")
     print(f"ratio fork/unsandboxed: median {f50 / b50:.1f}x, p99 {f99 / b99:.1f}x; "
           f"sandbox overhead per request (median) {f50 - b50:.0f} us")
+    print(f"ratio reset/unsandboxed: median {r50 / b50:.1f}x, p99 {r99 / b99:.1f}x; "
+          f"sandbox overhead per request (median) {r50 - b50:.0f} us")
+    print(f"ratio reset/fork: median {r50 / f50:.2f}x, p99 {r99 / f99:.2f}x")
 
 
 if __name__ == "__main__":

@@ -39,8 +39,10 @@ def on_client_request():
 '''
 
 
-def _ratio(value: float, base: float) -> float | None:
-    return value / base if base and not math.isnan(value) and not math.isnan(base) else None
+def _ratio(value: float | None, base: float | None) -> float | None:
+    if value is None or base is None or math.isnan(value) or math.isnan(base) or not base:
+        return None
+    return value / base
 
 
 def throughput(pin: Pinning, kinds: list[str], connections: list[int], duration_s: float,
@@ -96,30 +98,59 @@ def headline(result: dict[str, Any], connections: int = 64) -> float | None:
     return max(best) if best else None
 
 
-def heap_growth(pin: Pinning, sizes_mb: list[int], requests: int, log: Callable[[str], None]) -> dict[str, Any]:
-    """3a. Fork engine cost against the tenant's heap: sandbox cost (metrics
-    mean) and sequential median latency, as ratios to the smallest heap."""
+def heap_growth(pin: Pinning, sizes_mb: list[int], requests: int, log: Callable[[str], None],
+                engines: list[str] | None = None) -> dict[str, Any]:
+    """3a. Each engine's cost against the tenant's heap: sandbox cost (metrics
+    mean: fork time or rewind time), sequential median latency and, for the
+    reset engine, pages rewound per request. Per heap size, one sub-dict per
+    engine under "engines" (ratios to the smallest heap inside it) and the
+    reset/fork ratios at the top."""
+    engines = engines or [e for e in servers.ENGINES if e in servers.AVAILABLE_ENGINES]
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="mfb-heap-") as tmp:
         for mb in sizes_mb:
             program = Path(tmp) / f"heap_{mb}mb.py"
             program.write_text(_HEAP_PROGRAM % {"mb": mb})
-            tenants = servers.hello_tenants(1, program=program, memory_mib=mb + 256)
-            with servers.mayflyd(pin, tenants, start_timeout=180) as server:
-                samples = sequential_latency(server.port, requests, server.host_header)
-                cost = admin_metrics.sandbox_cost(server.admin_socket or "", "t0")
-                host_pss = _tenant_pss(server.proc.pid, "t0")
-            ordered = sorted(samples)
-            row: Row = {"heap_mb": mb, "requests": requests, "startup_s": server.startup_s,
-                        "median_us": statistics.median(ordered), "p99_us": ordered[int(len(ordered) * 0.99) - 1],
-                        "sandbox_cost_mean_us": cost.mean * 1e6, "tenant_pss_mb": host_pss / 2**20,
-                        "sandbox_cost": cost.to_json()}
+            row: Row = {"heap_mb": mb, "requests": requests, "engines": {}}
+            for engine in engines:
+                tenants = servers.hello_tenants(1, program=program, engine=engine, memory_mib=mb + 256)
+                with servers.mayflyd(pin, tenants, engine=engine, start_timeout=180) as server:
+                    samples = sequential_latency(server.port, requests, server.host_header)
+                    cost = admin_metrics.sandbox_cost(server.admin_socket or "", "t0")
+                    pages = (admin_metrics.rewound_pages(server.admin_socket or "", "t0")
+                             if engine == "reset" else None)
+                    host_pss = _tenant_pss(server.proc.pid, "t0")
+                ordered = sorted(samples)
+                sub: Row = {"startup_s": server.startup_s, "median_us": statistics.median(ordered),
+                            "p99_us": ordered[int(len(ordered) * 0.99) - 1],
+                            "sandbox_cost_mean_us": None if math.isnan(cost.mean) else cost.mean * 1e6,
+                            "tenant_pss_mb": host_pss / 2**20, "sandbox_cost": cost.to_json()}
+                if pages is not None:
+                    sub["rewound_pages_mean"] = None if math.isnan(pages.mean) else pages.mean
+                    sub["rewound_pages_count"] = pages.count
+                row["engines"][engine] = sub
+                log(f"heap {mb} MB, {engine}: median {sub['median_us']:.0f} us, sandbox cost mean "
+                    f"{_fmt(sub['sandbox_cost_mean_us'])} us"
+                    + (f", {_fmt(sub.get('rewound_pages_mean'), '{:.1f}')} pages rewound per request"
+                       if pages is not None else ""))
+            fork, reset = row["engines"].get("fork"), row["engines"].get("reset")
+            if fork and reset:
+                row["reset_fork_cost_ratio"] = _ratio(reset["sandbox_cost_mean_us"], fork["sandbox_cost_mean_us"])
+                row["reset_fork_median_ratio"] = _ratio(reset["median_us"], fork["median_us"])
+                log(f"heap {mb} MB: reset/fork sandbox cost {_fmt(row['reset_fork_cost_ratio'], '{:.2f}')}x,"
+                    f" median {_fmt(row['reset_fork_median_ratio'], '{:.2f}')}x")
             rows.append(row)
-            log(f"heap {mb} MB: median {row['median_us']:.0f} us, sandbox cost mean {row['sandbox_cost_mean_us']:.0f} us")
-    for r in rows:
-        r["median_ratio"] = _ratio(r["median_us"], rows[0]["median_us"])
-        r["cost_ratio"] = _ratio(r["sandbox_cost_mean_us"], rows[0]["sandbox_cost_mean_us"])
-    return {"rows": rows}
+    for engine in engines:
+        first = rows[0]["engines"][engine] if rows else {}
+        for r in rows:
+            sub = r["engines"][engine]
+            sub["median_ratio"] = _ratio(sub["median_us"], first["median_us"])
+            sub["cost_ratio"] = _ratio(sub["sandbox_cost_mean_us"], first["sandbox_cost_mean_us"])
+    return {"engines": engines, "rows": rows}
+
+
+def _fmt(value: float | None, fmt: str = "{:.0f}") -> str:
+    return "n/a" if value is None else fmt.format(value)
 
 
 def _tenant_processes(daemon_pid: int, tenant: str) -> list[psutil.Process]:

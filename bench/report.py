@@ -48,7 +48,52 @@ def histogram_table(hist: dict[str, Any]) -> list[str]:
         rows.append([f"{prev_le * 1e6:g} - {upper}", str(n), _f(n / hist["count"] * 100 if hist["count"] else None,
                                                                   "{:.1f}%")])
         previous, prev_le = cumulative, (math.inf if le == "+Inf" else le)
-    return _table(["fork time (us)", "requests", "share"], rows)
+    return _table(["sandbox cost (us)", "requests", "share"], rows)
+
+
+def _largest_c_keys(hists: dict[str, Any]) -> list[str]:
+    """The sandbox-cost keys ("d:fork -c64") of the largest -c, one per engine."""
+    top = max(int(k.rsplit("-c", 1)[1]) for k in hists)
+    return [k for k in hists if int(k.rsplit("-c", 1)[1]) == top]
+
+
+def heap_engines(row: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A heap row's per-engine sub-dicts (older results: the row itself is fork)."""
+    return row["engines"] if "engines" in row else {"fork": row}
+
+
+def heap_section(heap: dict[str, Any]) -> list[str]:
+    rows = heap["rows"]
+    engines = list(dict.fromkeys(e for r in rows for e in heap_engines(r)))
+    out = ["## 3a. Growth with the tenant's heap (" + " and ".join(f"{e} engine" for e in engines) + ")", "",
+           "A tenant whose on_init() allocates N MB of distinct 64 KiB bytes objects; sequential keep-alive "
+           "GETs (bench.latency's client), sandbox cost from the metrics (fork time for fork, rewind time "
+           "for reset; over the server's life, warm-up included), pages rewound per request from "
+           "mayflyd_rewound_pages (_sum/_count). Ratios \"x\" are to the smallest heap of the same engine.", ""]
+    header = ["heap MB"]
+    for e in engines:
+        header += [f"{e} PSS MB", f"{e} median us", f"{e} p99 us", f"{e} median ratio",
+                   f"{e} cost mean us", f"{e} cost ratio"]
+        if e == "reset":
+            header += ["reset pages rewound/request"]
+    both = "fork" in engines and "reset" in engines
+    if both:
+        header += ["reset/fork cost", "reset/fork median"]
+    table = []
+    for r in rows:
+        subs = heap_engines(r)
+        line = [str(r["heap_mb"])]
+        for e in engines:
+            sub = subs.get(e, {})
+            line += [_f(sub.get("tenant_pss_mb"), "{:.0f}"), _f(sub.get("median_us"), "{:.0f}"),
+                     _f(sub.get("p99_us"), "{:.0f}"), _f(sub.get("median_ratio"), "{:.2f}x"),
+                     _f(sub.get("sandbox_cost_mean_us"), "{:.0f}"), _f(sub.get("cost_ratio"), "{:.2f}x")]
+            if e == "reset":
+                line += [_f(sub.get("rewound_pages_mean"), "{:.1f}")]
+        if both:
+            line += [_f(r.get("reset_fork_cost_ratio"), "{:.2f}"), _f(r.get("reset_fork_median_ratio"), "{:.2f}")]
+        table.append(line)
+    return out + _table(header, table) + [""]
 
 
 def markdown(data: dict[str, Any], charts: list[str], chart_note: str | None) -> str:
@@ -63,7 +108,7 @@ def markdown(data: dict[str, Any], charts: list[str], chart_note: str | None) ->
         t = data["throughput"]
         out += ["## 1. Throughput and latency", "",
                 "Baseline a = unsandboxed aiohttp calling the seed program in-process. mayflyd runs its own config: "
-                "one tenant with the seed program, fork engine, concurrency 64, all walls.", ""]
+                "one tenant with the seed program, concurrency 64, all walls; d = fork engine, e = reset engine.", ""]
         out += throughput_table(t)
         out += [""] + [f"- {n}" for n in t["notes"]]
         if data.get("headline") is not None:
@@ -71,26 +116,19 @@ def markdown(data: dict[str, Any], charts: list[str], chart_note: str | None) ->
         out += [""]
         hists = t.get("sandbox_cost", {})
         if hists:
-            key = sorted(hists, key=lambda k: int(k.rsplit("-c", 1)[1]))[-1]
-            h = hists[key]
             out += ["## 2. The sandbox's own cost per request (mayflyd_sandbox_cost_seconds)", "",
-                    f"During the wrk run `{key}`: {h['count']} sandboxes, mean "
-                    f"{_f(None if h['mean'] is None else h['mean'] * 1e6, '{:.0f}')} us (the host's fork; "
-                    f"Prometheus buckets, so coarse).", ""]
-            out += histogram_table(h) + [""]
+                    "The host's cost of isolating one request: fork time (fork engine), rewind time "
+                    "(reset engine). Prometheus buckets, so coarse.", ""]
+            for key in _largest_c_keys(hists):
+                h = hists[key]
+                out += [f"During the wrk run `{key}`: {h['count']} sandboxes, mean "
+                        f"{_f(None if h['mean'] is None else h['mean'] * 1e6, '{:.0f}')} us.", ""]
+                out += histogram_table(h) + [""]
             means = ", ".join(f"{k}: {_f(None if v['mean'] is None else v['mean'] * 1e6, '{:.0f}')} us"
                               for k, v in hists.items())
             out += [f"Means per run: {means}.", ""]
     if "heap" in data:
-        out += ["## 3a. Growth with the tenant's heap (fork engine)", "",
-                "A tenant whose on_init() allocates N MB of distinct 64 KiB bytes objects; sequential keep-alive "
-                "GETs (bench.latency's client), sandbox cost from the metrics. Ratios to the smallest heap.", ""]
-        out += _table(["heap MB", "tenant PSS MB", "median us", "p99 us", "median ratio", "sandbox cost mean us",
-                       "cost ratio"],
-                      [[str(r["heap_mb"]), _f(r["tenant_pss_mb"], "{:.0f}"), _f(r["median_us"], "{:.0f}"),
-                        _f(r["p99_us"], "{:.0f}"), _f(r["median_ratio"], "{:.2f}x"),
-                        _f(r["sandbox_cost_mean_us"], "{:.0f}"), _f(r["cost_ratio"], "{:.2f}x")]
-                       for r in data["heap"]["rows"]]) + [""]
+        out += heap_section(data["heap"])
     if "tenants" in data:
         out += ["## 3b/4. Tenants: density, start-up and throughput", "",
                 "Each tenant serves the seed program. PSS per idle tenant = its stub + host (psutil, PSS), "
@@ -160,8 +198,7 @@ def charts(data: dict[str, Any], directory: Path, stem: str) -> tuple[list[str],
         fig.savefig(directory / names[-1], dpi=100)
         plt.close(fig)
         hists = t.get("sandbox_cost", {})
-        if hists:
-            key = sorted(hists, key=lambda k: int(k.rsplit("-c", 1)[1]))[-1]
+        for key in (_largest_c_keys(hists) if hists else []):
             h = hists[key]
             labels, counts, previous = [], [], 0
             for le, cumulative in h["buckets"]:
@@ -171,23 +208,28 @@ def charts(data: dict[str, Any], directory: Path, stem: str) -> tuple[list[str],
             fig, ax = plt.subplots(figsize=(8, 4))
             ax.bar(range(len(labels)), counts)
             ax.set_xticks(range(len(labels)), [f"<={x}" for x in labels], rotation=45, fontsize=8)
-            ax.set_xlabel("sandbox cost (fork) bucket, us")
+            ax.set_xlabel("sandbox cost (fork or rewind) bucket, us")
             ax.set_ylabel("requests")
             ax.set_title(f"mayflyd_sandbox_cost_seconds, {key}")
             fig.tight_layout()
-            names.append(f"{stem}-sandbox-cost.png")
+            engine = key.split(" ", 1)[0].split(":")[-1]
+            names.append(f"{stem}-sandbox-cost-{engine}.png")
             fig.savefig(directory / names[-1], dpi=100)
             plt.close(fig)
     heap = data.get("heap")
     if heap and heap["rows"]:
         fig, ax = plt.subplots(figsize=(6, 4))
-        xs = [r["heap_mb"] for r in heap["rows"]]
-        ax.plot(xs, [r["median_us"] for r in heap["rows"]], "o-", label="median latency")
-        ax.plot(xs, [r["sandbox_cost_mean_us"] for r in heap["rows"]], "s-", label="sandbox cost mean")
+        engines = list(dict.fromkeys(e for r in heap["rows"] for e in heap_engines(r)))
+        for e in engines:
+            pts = [(r["heap_mb"], heap_engines(r)[e]) for r in heap["rows"] if e in heap_engines(r)]
+            xs = [x for x, _ in pts]
+            ax.plot(xs, [sub["median_us"] for _, sub in pts], "o-", label=f"{e}: median latency")
+            ax.plot(xs, [math.nan if sub.get("sandbox_cost_mean_us") is None else sub["sandbox_cost_mean_us"]
+                         for _, sub in pts], "s--", label=f"{e}: sandbox cost mean")
         ax.set_xscale("log")
         ax.set_xlabel("tenant heap MB")
         ax.set_ylabel("us")
-        ax.set_title("Fork engine cost vs heap")
+        ax.set_title("Per-request cost vs heap, by engine")
         ax.legend()
         fig.tight_layout()
         names.append(f"{stem}-heap.png")

@@ -3,7 +3,8 @@
 a. ``baseline``: unsandboxed aiohttp calling the program in-process
 b. ``process``: aiohttp running the program in a fresh ``python3`` per request
 c. ``bwrap``: as b, each process wrapped in a bubblewrap sandbox
-d. ``mayflyd`` with an engine from ENGINES (``fork``; ``reset`` is a hook)
+d. ``mayflyd`` fork engine: the host forks a sandbox per request
+e. ``mayflyd`` reset engine: a pool of workers, each rewound after every request
 
 Every server is a context manager that yields a RunningServer and always
 stops what it started (SIGTERM, wait; SIGKILL only as a last resort).
@@ -28,10 +29,11 @@ from bench.common import SEED, Pinning, free_port, mayflyd_env, wait_listening
 from bench.latency import BASELINE
 
 # mayflyd's engines, in the order the benchmark tries them. An engine listed
-# here but not in AVAILABLE_ENGINES is reported as "not available yet"; when
-# the reset engine lands, add it to AVAILABLE_ENGINES and it is measured.
+# here but not in AVAILABLE_ENGINES is reported as "not available yet".
 ENGINES: tuple[str, ...] = ("fork", "reset")
-AVAILABLE_ENGINES: frozenset[str] = frozenset({"fork"})
+AVAILABLE_ENGINES: frozenset[str] = frozenset({"fork", "reset"})
+# The report's row letter of each engine (keys stay "d:<engine>").
+ENGINE_LETTERS: dict[str, str] = {"fork": "d", "reset": "e"}
 
 # Loads the program, runs on_init() (its output to stderr), answers once on stdout.
 _RUN_ONCE = textwrap.dedent('''
@@ -81,6 +83,7 @@ class TenantSpec:
     memory_mib: int = 128
     concurrency: int = 64
     uid: int | None = None
+    pool: int | None = None  # reset engine: workers (None: the daemon's default, one per core)
 
 
 @dataclass
@@ -164,6 +167,7 @@ def write_config(directory: Path, tenants: list[TenantSpec], port: int, admin_so
             {"name": t.name, "hosts": t.hosts, "default": t.default, "program": str(t.program),
              "engine": t.engine,
              **({"uid": t.uid} if t.uid is not None else {}),
+             **({"pool": t.pool} if t.pool is not None else {}),
              "limits": {"memory": f"{t.memory_mib}MiB", "concurrency": t.concurrency,
                         "request_timeout_ms": 10000, "init_timeout_ms": 120000}}
             for t in tenants
@@ -211,7 +215,8 @@ def mayflyd(pin: Pinning, tenants: list[TenantSpec] | None = None, *, engine: st
                     tail = log_path.read_text(errors="replace")[-2000:]
                     raise RuntimeError(f"mayflyd did not start ({exc}); log tail:\n{tail}") from None
                 startup = time.monotonic() - started
-                yield RunningServer(f"d. mayflyd {engine} engine", port, tenants[0].hosts[0], proc, startup,
+                letter = ENGINE_LETTERS.get(engine, "d")
+                yield RunningServer(f"{letter}. mayflyd {engine} engine", port, tenants[0].hosts[0], proc, startup,
                                     admin_socket=admin, log_path=log_path, tenants=[t.name for t in tenants])
             finally:
                 _stop(proc)

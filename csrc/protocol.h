@@ -86,7 +86,7 @@ struct mf_ready {
 
 struct mf_request_ctl {
     uint32_t timeout_ms;   /* wall-clock budget; the host kills after it */
-    uint32_t reserved;
+    uint32_t reserved;     /* 0; on a worker channel, the host's nonce for this request */
 };
 
 /* Why a sandbox ended, as the host saw it. */
@@ -117,6 +117,8 @@ struct mf_request_done {
     uint32_t aborted;      /* 1: stopped by the host's abort signal, then rewound */
     uint32_t cost_us;      /* the rewind, in us */
     uint32_t pages;        /* pages copied back */
+    uint32_t nonce;        /* the REQUEST's nonce: tenant code cannot forge a completion */
+    uint32_t reserved;
 };
 
 struct mf_request_failed {
@@ -158,7 +160,7 @@ _Static_assert(sizeof(struct mf_ready) == 8, "mf_ready layout");
 _Static_assert(sizeof(struct mf_request_ctl) == 8, "mf_request_ctl layout");
 _Static_assert(sizeof(struct mf_child_exit) == 24, "mf_child_exit layout");
 _Static_assert(sizeof(struct mf_worker_ready) == 16, "mf_worker_ready layout");
-_Static_assert(sizeof(struct mf_request_done) == 16, "mf_request_done layout");
+_Static_assert(sizeof(struct mf_request_done) == 24, "mf_request_done layout");
 _Static_assert(sizeof(struct mf_request_failed) == 8, "mf_request_failed layout");
 _Static_assert(sizeof(struct mf_req_head) == 32, "mf_req_head layout");
 _Static_assert(sizeof(struct mf_resp_head) == 16, "mf_resp_head layout");

@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -43,6 +44,7 @@ struct worker {
     uint64_t deadline_ms;
     uint64_t abort_deadline_ms;  /* 0: no abort sent */
     uint32_t flags;              /* enum mf_exit_flags of the request */
+    uint32_t nonce;              /* the request's; a REQUEST_DONE must carry it */
     bool has_timer;
     timer_t cpu_timer;
     char failure[512];           /* what the worker said before exiting */
@@ -220,6 +222,16 @@ static enum step dispatch(struct pool *p)
         struct queued *q = &p->queue[p->q_head];
         p->q_head = (p->q_head + 1) % MF_FORK_MAX_CHILDREN;
         p->q_len--;
+        /* Tenant code can write to its worker's channel; what it cannot
+         * do (without reading raw memory) is learn this number. */
+        struct mf_request_ctl ctl;
+        uint32_t nonce = 0;
+        while (nonce == 0)
+            if (getrandom(&nonce, sizeof(nonce), 0) != (ssize_t)sizeof(nonce))
+                nonce = 0;
+        memcpy(&ctl, q->packet + MF_FRAME_HEADER_SIZE, sizeof(ctl));
+        ctl.reserved = nonce;
+        memcpy(q->packet + MF_FRAME_HEADER_SIZE, &ctl, sizeof(ctl));
         if (!mf_send_packet_fd(w->fd, q->packet, sizeof(q->packet), q->fd)) {
             /* A worker that cannot take a request is finished; its exit replaces it. */
             mf_warn("worker %d: %s", w->pid, mf_last_error());
@@ -237,6 +249,7 @@ static enum step dispatch(struct pool *p)
         w->deadline_ms = q->deadline_ms;
         w->abort_deadline_ms = 0;
         w->flags = 0;
+        w->nonce = nonce;
         set_timer(w, p->cfg->limits.cpu_ms);
     }
     return STEP_CONTINUE;
@@ -412,6 +425,13 @@ static enum step handle_worker(struct pool *p, struct worker *w)
         if (w->state != W_BUSY || hdr.req_id != w->req_id || hdr.payload_len != sizeof(done))
             break;
         memcpy(&done, p->buf + MF_FRAME_HEADER_SIZE, sizeof(done));
+        if (done.nonce != w->nonce) {
+            mf_warn("worker %d: a completion of request %llu with the wrong nonce (forged by tenant code); killed",
+                    w->pid, (unsigned long long)hdr.req_id);
+            snprintf(w->failure, sizeof(w->failure), "forged a completion on its channel to the host");
+            (void)kill(w->pid, SIGKILL);
+            return STEP_CONTINUE;
+        }
         set_timer(w, 0);
         w->state = W_IDLE;
         /* An aborted request reads as a sandbox killed, as in fork mode. */
@@ -430,6 +450,8 @@ static enum step handle_worker(struct pool *p, struct worker *w)
         break;
     }
     mf_warn("worker %d: unexpected message type %u in state %d; killed", w->pid, hdr.type, (int)w->state);
+    snprintf(w->failure, sizeof(w->failure), "sent message type %u to the host in state %d", hdr.type,
+             (int)w->state);
     (void)kill(w->pid, SIGKILL);
     return STEP_CONTINUE;
 }

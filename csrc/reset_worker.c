@@ -37,6 +37,7 @@ struct worker_state {
     volatile uint64_t req_id;
     volatile sig_atomic_t aborted;
     uint32_t status;
+    uint32_t nonce;         /* from the host's REQUEST; never in tracked memory */
     const struct mf_worker_config *cfg;
 };
 
@@ -109,7 +110,8 @@ static void rewinder_entry(void)
         uint64_t cost = now_us() - started;
         struct mf_request_done done = {.status = ws->status, .aborted = ws->aborted ? 1u : 0u,
                                        .cost_us = cost > UINT32_MAX ? UINT32_MAX : (uint32_t)cost,
-                                       .pages = pages > UINT32_MAX ? UINT32_MAX : (uint32_t)pages};
+                                       .pages = pages > UINT32_MAX ? UINT32_MAX : (uint32_t)pages,
+                                       .nonce = ws->nonce};
         if (!mf_send_packet(cfg->chan_fd, MF_MSG_REQUEST_DONE, ws->req_id, &done, sizeof(done)))
             _exit(0);
     }
@@ -140,6 +142,15 @@ static _Noreturn void serve_one(const struct mf_worker_config *cfg)
         mf_errx(EPROTO, "expected a REQUEST with its socket");
         fail(cfg, "worker channel");
     }
+    struct mf_request_ctl ctl;
+    if (hdr.payload_len != sizeof(ctl)) {
+        mf_errx(EPROTO, "REQUEST payload of %u bytes", hdr.payload_len);
+        fail(cfg, "worker channel");
+    }
+    memcpy(&ctl, buf + MF_FRAME_HEADER_SIZE, sizeof(ctl));
+    ws->nonce = ctl.reserved;
+    explicit_bzero(buf, sizeof(buf));
+    explicit_bzero(&ctl, sizeof(ctl));
     ws->req_id = hdr.req_id;
     ws->aborted = 0;
     ws->status = 0;

@@ -53,6 +53,11 @@ struct mf_rewinder *mf_rewinder_create(bool verify, int reserved_signal)
         mf_err("open(/proc/self/maps)");
         return NULL;
     }
+    rw->statm_fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
+    if (rw->statm_fd < 0) {
+        mf_err("open(/proc/self/statm)");
+        return NULL;
+    }
     rw->cwd_fd = open(".", O_PATH | O_DIRECTORY | O_CLOEXEC);
     if (rw->cwd_fd < 0) {
         mf_err("open(cwd, O_PATH)");
@@ -193,6 +198,25 @@ static bool copy_present(struct mf_rewinder *rw)
     return true;
 }
 
+/* Pages of address space (VmSize), the first field of statm. */
+static bool vm_pages(const struct mf_rewinder *rw, uint64_t *out)
+{
+    char buf[160];
+    ssize_t n;
+
+    do
+        n = pread(rw->statm_fd, buf, sizeof(buf) - 1, 0);
+    while (n < 0 && errno == EINTR);
+    if (n <= 0)
+        return mf_err("pread(/proc/self/statm)");
+    buf[n] = '\0';
+    uint64_t v = 0;
+    for (const char *p = buf; *p >= '0' && *p <= '9'; p++)
+        v = v * 10 + (uint64_t)(*p - '0');
+    *out = v;
+    return true;
+}
+
 /* ---- kernel state ---- */
 
 static bool snapshot_fds(struct mf_rewinder *rw)
@@ -295,6 +319,7 @@ bool mf_rewind_snapshot(struct mf_rewinder *rw)
     /* Registration split mappings: this is the text every rewind must match. */
     MF_TRY(read_maps(rw, rw->maps_sealed, &rw->maps_sealed_len, rw->vmas_sealed, &rw->nvmas_sealed));
     MF_TRY(snapshot_kernel_state(rw));
+    MF_TRY(vm_pages(rw, &rw->vm_pages_sealed));
     /* Start clean: collect anything written since the protection. */
     do {
         size_t got, pages;
@@ -369,7 +394,14 @@ static bool repair_mappings(struct mf_rewinder *rw, size_t len)
 static bool rewind_mappings(struct mf_rewinder *rw)
 {
     size_t len = 0;
+    uint64_t size = 0;
 
+    /* A mapping added, removed or grown changes the size; a re-protected
+     * one does not, which the periodic full comparison (and verification
+     * mode, always) catches. */
+    MF_TRY(vm_pages(rw, &size));
+    if (size == rw->vm_pages_sealed && !rw->verify && ++rw->rewinds % MF_REWIND_MAPS_EVERY != 0)
+        return true;
     for (int attempt = 0;; attempt++) {
         MF_TRY(mf_maps_read(rw->maps_fd, rw->maps_now, MF_REWIND_MAPS_CAP, &len));
         if (len == rw->maps_sealed_len && memcmp(rw->maps_now, rw->maps_sealed, len) == 0)

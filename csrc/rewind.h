@@ -38,6 +38,9 @@
 /* Stack the worker grows before its snapshot, so that ordinary requests
  * stay inside the snapshot's [stack] mapping. */
 #define MF_REWIND_STACK_RESERVE (512 * 1024)
+/* Reading /proc/self/maps costs 100+ us; most rewinds compare the size of
+ * the address space instead (a few us), and every so many the whole text. */
+#define MF_REWIND_MAPS_EVERY 64
 
 struct mf_snapshot_fd {
     int fd;
@@ -59,6 +62,9 @@ struct mf_rewinder {
 
     uintptr_t self_start, self_end;  /* this struct, its buffers and stack */
     int maps_fd;
+    int statm_fd;
+    uint64_t vm_pages_sealed;  /* the first field of statm at the snapshot */
+    unsigned rewinds;          /* a full mappings comparison every MF_REWIND_MAPS_EVERY */
     char *maps_sealed;      /* /proc/self/maps text at the snapshot */
     size_t maps_sealed_len;
     char *maps_now;

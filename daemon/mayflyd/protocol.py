@@ -61,7 +61,7 @@ READY: Final = struct.Struct("=iI")
 REQUEST_CTL: Final = struct.Struct("=II")
 CHILD_EXIT: Final = struct.Struct("=iiIIII")
 WORKER_READY: Final = struct.Struct("=IIII")
-REQUEST_DONE: Final = struct.Struct("=IIII")
+REQUEST_DONE: Final = struct.Struct("=IIIIII")
 REQUEST_FAILED: Final = struct.Struct("=iI")
 REQ_HEAD: Final = struct.Struct("=IIIIIIQ")
 RESP_HEAD: Final = struct.Struct("=IIQ")
@@ -74,7 +74,7 @@ STRUCTS: Final[dict[str, tuple[struct.Struct, tuple[str, ...]]]] = {
     "mf_request_ctl": (REQUEST_CTL, ("timeout_ms", "reserved")),
     "mf_child_exit": (CHILD_EXIT, ("pid", "wait_status", "flags", "cost_us", "pages", "reserved")),
     "mf_worker_ready": (WORKER_READY, ("snapshot_pages", "ranges", "cost_us", "reserved")),
-    "mf_request_done": (REQUEST_DONE, ("status", "aborted", "cost_us", "pages")),
+    "mf_request_done": (REQUEST_DONE, ("status", "aborted", "cost_us", "pages", "nonce", "reserved")),
     "mf_request_failed": (REQUEST_FAILED, ("error", "reserved")),
     "mf_req_head": (REQ_HEAD, ("method_len", "path_len", "query_len", "client_len",
                                "header_count", "reserved", "body_len")),

@@ -19,9 +19,12 @@ def limits(**overrides: object) -> dict[str, object]:
     return {"memory": "256MiB", "request_timeout_ms": 3000, "max_body": "1MiB", "concurrency": 32, **overrides}
 
 
-@pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    """One daemon with a tenant per behaviour under test."""
+ENGINES = ("fork", "reset")
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def daemon(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """One daemon with a tenant per behaviour under test, once per engine."""
     workdir = tmp_path_factory.mktemp("mayflyd")
     (workdir / "programs").mkdir()
     shutil.copy(SEED_PROGRAM, workdir / "programs" / "hello_pythran.py")
@@ -51,6 +54,8 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
         {"name": "threadleft", "hosts": ["threadleft.localhost"], "program": "programs/threadleft.py",
          "limits": limits()},
     ]
+    for tenant in tenants:
+        tenant["engine"] = request.param
     sources = {
         "echo.py": echo, "state.py": programs.STATE, "crashy.py": programs.CRASHY, "slow.py": programs.SLOW,
         "badresp.py": programs.BAD_RESPONSES, "initfail.py": programs.INIT_FAILS, "whoami.py": programs.WHOAMI,
@@ -58,6 +63,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
         "threadleft.py": programs.THREAD_LEFT,
     }
     d = Daemon(workdir, tenants, sources)
+    d.engine = request.param
     d.start()
     try:
         yield d

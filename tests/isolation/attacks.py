@@ -108,8 +108,9 @@ def deep_c_recursion():
 
 
 def request_socket():
-    """The fd of this request's channel: the only socket the sandbox holds."""
-    for fd in range(3, 64):
+    """The fd of this request's channel: the newest socket the sandbox holds
+    (a reset-engine worker also holds its channel to the host, opened earlier)."""
+    for fd in range(63, 2, -1):
         try:
             if stat.S_ISSOCK(os.fstat(fd).st_mode):
                 return fd
@@ -124,6 +125,25 @@ def forge_for_request(request):
     head = struct.pack("=IIQ", 200, 0, 6)
     for msg_type, payload in [(48, head), (49, b"forged"), (50, b"")]:
         os.write(fd, struct.pack("=IHHQII", 0x594C464D, msg_type, 1, other, len(payload), 0) + payload)
+    return None
+
+
+def worker_channel():
+    """The oldest socket: in a reset-engine worker, its channel to the host."""
+    for fd in range(3, 64):
+        try:
+            if stat.S_ISSOCK(os.fstat(fd).st_mode):
+                return fd
+        except OSError:
+            continue
+    raise RuntimeError("no socket found")
+
+
+def forge_done(request):
+    """Tell the host this request is done while it is not: the host must not believe it."""
+    fd = worker_channel()
+    done = struct.pack("=IIIIII", 0, 0, 1, 1, 12345, 0)
+    os.write(fd, struct.pack("=IHHQII", 0x594C464D, 65, 1, request.id, len(done), 0) + done)
     return None
 
 
@@ -231,6 +251,8 @@ def on_client_request(request):
         return check_state()
     if request.path == "/protocol/forge":
         return forge_for_request(request)
+    if request.path == "/protocol/forge-done":
+        return forge_done(request)
     if request.path == "/protocol/garbage":
         return garbage(request)
     if request.path == "/protocol/inject-content-type":

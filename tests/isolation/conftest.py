@@ -49,8 +49,8 @@ def _limits(**overrides: object) -> dict[str, object]:
             "request_cpu_ms": 1500, "max_response": "16MiB", "concurrency": 16, **overrides}
 
 
-@pytest.fixture(scope="package")
-def isolated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IsolatedDaemon]:
+@pytest.fixture(scope="package", params=("fork", "reset"))
+def isolated(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[IsolatedDaemon]:
     workdir = tmp_path_factory.mktemp("isolation")
     (workdir / "programs").mkdir()
     shutil.copy(REPO / "config" / "programs" / "hello_pythran.py", workdir / "programs" / "hello.py")
@@ -67,7 +67,10 @@ def isolated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IsolatedDaemo
          "network": "loopback", "limits": _limits()},
         {"name": "secret", "hosts": ["secret.localhost"], "program": "programs/secret"},
     ]
+    for tenant in tenants:
+        tenant["engine"] = request.param
     daemon = IsolatedDaemon(workdir, tenants, {"attacks.py": ATTACKS.read_text()})
+    daemon.engine = request.param
     os.environ["MAYFLYD_TEST_SECRET"] = "daemon-environment-secret"
     try:
         daemon.start()

@@ -202,6 +202,23 @@ def test_forged_response_for_another_request(isolated: IsolatedDaemon) -> None:
     assert results["honest"][0] == 200 and results["honest"][1].startswith("ok ")
 
 
+def test_a_forged_completion_is_not_believed(isolated: IsolatedDaemon) -> None:
+    """Fork mode: the only socket is the request's, so it is a bad frame. Reset
+    mode: the worker's channel to its host, and a completion without the
+    host's nonce gets the worker killed and replaced before it serves again."""
+    replaced = isolated.status()["tenants"]["attacker"]["worker_replacements"]
+    status, _ = attack(isolated, "/protocol/forge-done")
+    if isolated.engine == "fork":
+        assert status == 502
+        return
+    # The answer may already be out when the host kills the worker.
+    assert status in (204, 502)
+    isolated.wait_for(lambda: isolated.status()["tenants"]["attacker"]["worker_replacements"] == replaced + 1,
+                      what="the forging worker's replacement")
+    assert "forged a completion" in isolated.log()
+    assert attack(isolated, "/normal")[0] == 200
+
+
 def test_malformed_frame(isolated: IsolatedDaemon) -> None:
     assert attack(isolated, "/protocol/garbage")[0] == 502
 

@@ -353,21 +353,11 @@ BAD_CONFIGS = [
         "tenants[0].program",
         "must not be empty",
     ),
-    (
-        "engine-reset",
-        TENANT + "    engine: reset\n",
-        5,
-        "tenants[0].engine",
-        "engine 'reset' is not available yet (only 'fork')",
-    ),
-    (
-        "engine-auto",
-        TENANT + "    engine: auto\n",
-        5,
-        "tenants[0].engine",
-        "engine 'auto' is not available yet (only 'fork')",
-    ),
-    ("engine-unknown", TENANT + "    engine: turbo\n", 5, "tenants[0].engine", "unknown engine 'turbo'"),
+    ("engine-unknown", TENANT + "    engine: turbo\n", 5, "tenants[0].engine",
+     "must be one of auto, fork, reset, got 'turbo'"),
+    ("pool-zero", TENANT + "    pool: 0\n", 5, "tenants[0].pool", "must be between 1 and 256, got 0"),
+    ("pool-text", TENANT + "    pool: many\n", 5, "tenants[0].pool", "an int"),
+    ("verify-rewind-text", TENANT + "    verify_rewind: maybe\n", 5, "tenants[0].verify_rewind", "true or false"),
     ("uid-zero", TENANT + "    uid: 0\n", 5, "tenants[0].uid", "must not be 0 (root)"),
     (
         "uid-too-big",
@@ -515,7 +505,7 @@ def test_bad_config(base: Path, text: str, line: int, key: str, message: str) ->
 def test_all_issues_are_collected_and_formatted(base: Path) -> None:
     text = (
         TENANT
-        + "    engine: reset\n    limits:\n      memory: 1MiB\n  - name: a\n    hosts: [a.example]\n    program: prog.py\n"
+        + "    engine: turbo\n    limits:\n      memory: 1MiB\n  - name: a\n    hosts: [a.example]\n    program: prog.py\n"
     )
     with pytest.raises(ConfigError) as info:
         parse(text, base)
@@ -555,7 +545,7 @@ def test_minimal(base: Path) -> None:
     assert tenant.hosts == ("a.example",)
     assert tenant.default is False
     assert tenant.program == (base / "prog.py").resolve()
-    assert tenant.engine == "fork"
+    assert tenant.engine == "auto" and tenant.pool == 0 and not tenant.verify_rewind
     assert tenant.gid == tenant.uid
     assert tenant.env == ()
     # pids and request_memory follow concurrency and memory when unset.
@@ -883,11 +873,11 @@ def test_load_config_real_file(base: Path) -> None:
 
 def test_load_config_errors_name_the_file(base: Path) -> None:
     path = base / "bad.yaml"
-    path.write_text(TENANT + "    engine: reset\n")
+    path.write_text(TENANT + "    engine: turbo\n")
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert (
-        str(info.value) == f"{path}:5: tenants[0].engine: engine 'reset' is not available yet (only 'fork')"
+        str(info.value) == f"{path}:5: tenants[0].engine: must be one of auto, fork, reset, got 'turbo'"
     )
 
 

@@ -124,8 +124,10 @@ def test_request_head_too_large_is_refused() -> None:
 def test_control_messages() -> None:
     ready = protocol.decode_control(pack_frame(MsgType.READY, 0, protocol.READY.pack(42, protocol.ENGINE_FORK)))
     assert ready == protocol.Ready(42, protocol.ENGINE_FORK)
-    exit_ = protocol.decode_control(pack_frame(MsgType.CHILD_EXIT, 5, protocol.CHILD_EXIT.pack(9, 11, 1, 0)))
-    assert exit_ == protocol.ChildExit(5, 9, 11, 1)
+    exit_ = protocol.decode_control(pack_frame(MsgType.CHILD_EXIT, 5, protocol.CHILD_EXIT.pack(9, 11, 1, 0, 7, 0)))
+    assert exit_ == protocol.ChildExit(5, 9, 11, 1, 0, 7)
+    replaced = protocol.decode_control(pack_frame(MsgType.WORKER_REPLACED, 0, b"could not rewind"))
+    assert replaced == protocol.WorkerReplaced("could not rewind")
     with pytest.raises(ProtocolError, match="expected 8"):
         protocol.decode_control(pack_frame(MsgType.READY, 0, b"x"))
     with pytest.raises(ProtocolError, match="unexpected control"):

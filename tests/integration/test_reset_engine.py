@@ -1,0 +1,221 @@
+"""The reset engine through the daemon: rewinds, aborts, replacement, verification."""
+from __future__ import annotations
+
+import http.client
+import json
+import random
+import shutil
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.daemon_harness import Daemon
+from tests.integration.conftest import SEED_PROGRAM, limits, needs_root
+
+# Mutates everything a request can reach from Python, then reports what it
+# found at its start: every request must find the sealed state.
+MUTATOR = '''
+import gc
+import json
+import mmap
+import os
+import random
+import signal
+import sys
+import time
+
+counter = 0
+table = {"seed": 1}
+blobs = []
+KEEP = open(__file__, "rb")
+START_CWD = os.getcwd()
+
+
+def on_client_request(request):
+    global counter
+    seen = {
+        "pid": os.getpid(),
+        "counter": counter,
+        "table": len(table),
+        "blobs": len(blobs),
+        "offset": KEEP.tell(),
+        "cwd": os.getcwd(),
+        "umask": os.umask(0o077),
+        "handler": signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL,
+        "fds": len(os.listdir("/proc/self/fd")),
+        "modules": "colorsys" in sys.modules,
+        "random": random.random(),
+    }
+    counter += 1
+    for i in range(200):
+        table[f"k{counter}-{i}"] = [i] * 10
+    blobs.append(bytearray(64 * 1024))
+    KEEP.read(5)
+    os.chdir("/usr")
+    signal.signal(signal.SIGUSR1, lambda *_: None)
+    open(__file__, "rb")                      # an fd left open
+    import colorsys                           # a module imported in the request
+    q = request.query
+    if "big" in q:
+        blobs.append(bytearray(int(q.split("big=")[1].split("&")[0]) << 20))
+    if "map" in q:
+        m = mmap.mmap(-1, 1 << 20)
+        m[:5] = b"dirty"
+        blobs.append(m)
+    if "gc" in q:
+        gc.collect()
+    if "raise" in q:
+        raise ValueError("a failing request")
+    if "loop" in q:
+        while True:
+            pass
+    if "sleep" in q:
+        time.sleep(10)
+    if "exit" in q:
+        os._exit(3)
+    if "closefd" in q:
+        os.close(KEEP.fileno())
+    return json.dumps(seen)  # json: imported before the seal, by the daemon's own code
+'''
+
+PRISTINE = {"counter": 0, "table": 1, "blobs": 0, "offset": 0, "umask": 0o022, "handler": True,
+            "modules": False}
+
+
+@pytest.fixture(scope="module")
+def reset_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    workdir = tmp_path_factory.mktemp("reset")
+    (workdir / "programs").mkdir()
+    shutil.copy(SEED_PROGRAM, workdir / "programs" / "hello.py")
+    quick = limits(memory="512MiB", request_memory="256MiB", request_timeout_ms=1500, request_cpu_ms=300)
+    tenants = [
+        {"name": "mutator", "hosts": ["mutator.localhost"], "program": "programs/mutator.py",
+         "engine": "reset", "pool": 2, "verify_rewind": True, "limits": quick},
+        {"name": "solo", "hosts": ["solo.localhost"], "program": "programs/mutator.py",
+         "engine": "reset", "pool": 1, "limits": quick},
+        {"name": "hello", "hosts": ["hello.localhost"], "program": "programs/hello.py", "engine": "auto"},
+    ]
+    d = Daemon(workdir, tenants, {"mutator.py": MUTATOR})
+    d.engine = "reset"
+    d.start()
+    try:
+        yield d
+    finally:
+        code = d.stop()
+        assert code == 0, d.log()[-5000:]
+        assert d.cgroup_dirs() == [], "cgroups left behind"
+
+
+def tenant(d: Daemon, name: str) -> dict[str, object]:
+    status: dict[str, object] = d.status()["tenants"][name]
+    return status
+
+
+def seen(d: Daemon, host: str, query: str = "") -> dict[str, object]:
+    reply = d.get(host, "/?" + query if query else "/")
+    assert reply.status == 200, (reply.status, reply.body[:300])
+    found: dict[str, object] = json.loads(reply.body)
+    return found
+
+
+def pristine(found: dict[str, object]) -> bool:
+    return all(found[key] == value for key, value in PRISTINE.items()) and found["cwd"] == "/"
+
+
+def test_auto_means_reset_on_this_kernel(reset_daemon: Daemon) -> None:
+    status = tenant(reset_daemon, "hello")
+    assert status["engine"] == "reset" and status["engine_configured"] == "auto"
+    assert "engine auto means reset here" in reset_daemon.log()
+    assert reset_daemon.get("hello.localhost").status == 200
+
+
+def test_every_request_finds_the_sealed_state(reset_daemon: Daemon) -> None:
+    results = [seen(reset_daemon, "solo.localhost", q) for q in ("", "big=20", "map", "gc", "", "")]
+    assert all(pristine(r) for r in results), results
+    assert len({r["pid"] for r in results}) == 1, "one worker served them all, rewound in place"
+    # The generator is reseeded after each rewind, not rewound with the heap.
+    assert len({r["random"] for r in results}) == len(results)
+    status = tenant(reset_daemon, "solo")
+    assert status["worker_replacements"] == 0
+    assert status["rewinds"] >= len(results) and status["pages_rewound"] > 0
+
+
+def test_a_cpu_overrun_is_aborted_and_rewound_in_place(reset_daemon: Daemon) -> None:
+    before = seen(reset_daemon, "solo.localhost")
+    reply = reset_daemon.get("solo.localhost", "/?loop")
+    assert reply.status == 504, reply.body
+    after = seen(reset_daemon, "solo.localhost")
+    assert after["pid"] == before["pid"] and pristine(after)
+    assert tenant(reset_daemon, "solo")["worker_replacements"] == 0
+    assert "limit hit: request_cpu_ms" in reset_daemon.log()
+
+
+def test_a_deadline_overrun_is_aborted_and_rewound_in_place(reset_daemon: Daemon) -> None:
+    before = seen(reset_daemon, "solo.localhost")
+    assert reset_daemon.get("solo.localhost", "/?sleep").status == 504
+    reset_daemon.wait_for(lambda: tenant(reset_daemon, "solo")["in_flight"] == 0, what="the abort")
+    after = seen(reset_daemon, "solo.localhost")
+    assert after["pid"] == before["pid"] and pristine(after)
+    assert tenant(reset_daemon, "solo")["worker_replacements"] == 0
+
+
+@pytest.mark.parametrize("query, status", [("exit", 502), ("closefd", 200)])
+def test_what_cannot_be_rewound_replaces_the_worker(reset_daemon: Daemon, query: str, status: int) -> None:
+    before = seen(reset_daemon, "solo.localhost")
+    replaced = int(str(tenant(reset_daemon, "solo")["worker_replacements"]))
+    assert reset_daemon.get("solo.localhost", "/?" + query).status == status
+    reset_daemon.wait_for(lambda: tenant(reset_daemon, "solo")["worker_replacements"] == replaced + 1,
+                          what="the worker's replacement")
+    after = seen(reset_daemon, "solo.localhost")
+    assert after["pid"] != before["pid"] and pristine(after)
+    assert "reset engine: a worker was replaced" in reset_daemon.log()
+
+
+@needs_root
+def test_ten_thousand_mutating_requests_rewind_without_a_difference(reset_daemon: Daemon) -> None:
+    """Verification mode compares every tracked page with the snapshot after each rewind."""
+    rng = random.Random(4)
+    queries = rng.choices(["", "", "", "big=8", "map", "gc", "raise", "loop"], weights=[40, 30, 10, 5, 5, 5, 4, 1],
+                          k=10_000)
+
+    def run(chunk: list[str]) -> Counter[int]:
+        statuses: Counter[int] = Counter()
+        conn = http.client.HTTPConnection("127.0.0.1", reset_daemon.port, timeout=30)
+        for q in chunk:
+            conn.request("GET", "/?" + q, headers={"Host": "mutator.localhost"})
+            reply = conn.getresponse()
+            body = reply.read()
+            statuses[reply.status] += 1
+            if reply.status == 200:
+                assert pristine(json.loads(body)), body
+            if reply.getheader("Connection", "").lower() == "close":
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", reset_daemon.port, timeout=30)
+        conn.close()
+        return statuses
+
+    with ThreadPoolExecutor(4) as pool:
+        totals = sum(pool.map(run, [queries[i::4] for i in range(4)]), Counter())
+    expected = Counter({200: 0, 500: queries.count("raise"), 504: queries.count("loop")})
+    expected[200] = len(queries) - expected[500] - expected[504]
+    assert totals == expected
+    # The last rewinds' reports may trail their answers by a moment.
+    reset_daemon.wait_for(lambda: int(str(tenant(reset_daemon, "mutator")["rewinds"])) >= len(queries),
+                          timeout=5, what="every rewind reported")
+    assert tenant(reset_daemon, "mutator")["worker_replacements"] == 0, reset_daemon.log()[-3000:]
+    assert "verification:" not in reset_daemon.log()
+
+
+def test_config_names_the_bad_engine_and_pool(tmp_path: Path) -> None:
+    from mayflyd.config import ConfigError, parse_config
+    program = tmp_path / "p.py"
+    program.write_text("def on_client_request(request):\n    return 'x'\n")
+    with pytest.raises(ConfigError) as caught:
+        parse_config(f"tenants:\n  - name: a\n    program: {program}\n    engine: snapshot\n    pool: 0\n"
+                     "    verify_rewind: maybe\n", source="c.yaml", base_dir=tmp_path)
+    text = str(caught.value)
+    assert "engine" in text and "snapshot" in text
+    assert "pool" in text and "verify_rewind" in text
