@@ -483,7 +483,10 @@ static enum step worker_exited(struct pool *p, unsigned i, int status)
     w->has_timer = false;
     if (!p->ready_sent) {
         char text[800];
-        int n = snprintf(text, sizeof(text), "reset engine: a worker could not start: %s", why);
+        bool killed = WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL && w->failure[0] == '\0';
+        int n = snprintf(text, sizeof(text), "reset engine: a worker could not start: %s%s", why,
+                         killed ? " (out of memory? each worker keeps a snapshot of the host's writable "
+                                  "memory: raise limits.memory, lower pool, or use engine: fork)" : "");
         (void)send_ctrl(p, MF_MSG_LOAD_FAILED, 0, text, n > 0 ? (uint32_t)n : 0u);
         return STEP_STOP;
     }

@@ -280,7 +280,8 @@ def test_admin_api_status_reload_and_metrics(two_tenants: Daemon) -> None:
     raw = json.loads(subprocess.run([sys.executable, "-m", "mayflyd", "status", "--socket", d.admin_socket,
                                      "--json"], capture_output=True, text=True, timeout=30).stdout)
     a = raw["tenants"]["a"]
-    assert a["requests"]["200"] >= 3 and a["engine"] == "fork" and len(a["version"]) == 12
+    assert a["requests"]["200"] >= 3 and len(a["version"]) == 12
+    assert a["engine_configured"] == "auto" and a["engine"] in ("fork", "reset")
     reload = subprocess.run([sys.executable, "-m", "mayflyd", "reload", "--socket", d.admin_socket],
                             capture_output=True, text=True, timeout=30)
     assert reload.returncode == 0 and "reloaded" in reload.stdout
@@ -372,8 +373,10 @@ def on_client_request(request):
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root for the memory cgroup")
 def test_a_tenant_using_most_of_its_memory_can_still_reload(tmp_path: Path) -> None:
-    # 40 MiB of heap in a 64 MiB tenant: old and new host side by side need more.
-    big = {"name": "big", "hosts": ["big.localhost"], "program": "programs/big.py",
+    # 40 MiB of heap in a 64 MiB tenant: old and new host side by side need
+    # more. (The reset engine's workers each keep a snapshot of that heap:
+    # they would not fit in 64 MiB at all.)
+    big = {"name": "big", "hosts": ["big.localhost"], "program": "programs/big.py", "engine": "fork",
            "limits": {"memory": "64MiB", "init_timeout_ms": 10000}}
     d = Daemon(tmp_path, [big], {"big.py": BIG_HEAP.format(blocks=640, version="v1")}).start()
     try:

@@ -81,6 +81,14 @@ def on_client_request(request):
     return json.dumps(seen)  # json: imported before the seal, by the daemon's own code
 '''
 
+FAT = '''
+HEAP = [bytearray(1 << 20) for _ in range(40)]
+
+
+def on_client_request(request):
+    return "fat"
+'''
+
 PRISTINE = {"counter": 0, "table": 1, "blobs": 0, "offset": 0, "umask": 0o022, "handler": True,
             "modules": False}
 
@@ -97,8 +105,11 @@ def reset_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
         {"name": "solo", "hosts": ["solo.localhost"], "program": "programs/mutator.py",
          "engine": "reset", "pool": 1, "limits": quick},
         {"name": "hello", "hosts": ["hello.localhost"], "program": "programs/hello.py", "engine": "auto"},
+        # Two snapshots of a 40 MiB heap do not fit next to it in 64 MiB.
+        {"name": "fat", "hosts": ["fat.localhost"], "program": "programs/fat.py", "engine": "reset", "pool": 2,
+         "limits": limits(memory="64MiB")},
     ]
-    d = Daemon(workdir, tenants, {"mutator.py": MUTATOR})
+    d = Daemon(workdir, tenants, {"mutator.py": MUTATOR, "fat.py": FAT})
     d.engine = "reset"
     d.start()
     try:
@@ -207,6 +218,15 @@ def test_ten_thousand_mutating_requests_rewind_without_a_difference(reset_daemon
                           timeout=5, what="every rewind reported")
     assert tenant(reset_daemon, "mutator")["worker_replacements"] == 0, reset_daemon.log()[-3000:]
     assert "verification:" not in reset_daemon.log()
+
+
+@needs_root
+def test_a_pool_that_does_not_fit_in_memory_says_so(reset_daemon: Daemon) -> None:
+    reset_daemon.wait_for(lambda: "out of memory?" in str(tenant(reset_daemon, "fat")["error"]), timeout=20,
+                          what="the tenant's error")
+    assert "use engine: fork" in str(tenant(reset_daemon, "fat")["error"])
+    assert reset_daemon.get("fat.localhost").status == 503
+    assert reset_daemon.get("hello.localhost").status == 200
 
 
 def test_config_names_the_bad_engine_and_pool(tmp_path: Path) -> None:

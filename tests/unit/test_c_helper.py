@@ -36,7 +36,7 @@ FRAME = struct.Struct("=IHHQII")
 REQ_HEAD = struct.Struct("=IIIIIIQ")
 RESP_HEAD = struct.Struct("=IIQ")
 ENTRY = struct.Struct("=II")
-CHILD_EXIT = struct.Struct("=iiII")
+CHILD_EXIT = struct.Struct("=iiIIII")
 READY = struct.Struct("=iI")
 REQUEST_FAILED = struct.Struct("=iI")
 
@@ -141,7 +141,8 @@ def test_struct_layout_matches_native_struct_formats() -> None:
     layout = M.struct_layout()
     expected = {"mf_frame_header": FRAME, "mf_req_head": REQ_HEAD, "mf_resp_head": RESP_HEAD,
                 "mf_header_entry": ENTRY, "mf_child_exit": CHILD_EXIT, "mf_ready": READY,
-                "mf_request_failed": REQUEST_FAILED, "mf_request_ctl": struct.Struct("=II")}
+                "mf_request_failed": REQUEST_FAILED, "mf_request_ctl": struct.Struct("=II"),
+                "mf_worker_ready": struct.Struct("=IIII"), "mf_request_done": struct.Struct("=IIIIII")}
     assert set(layout) == set(expected)
     for name, st in expected.items():
         size, fields = layout[name]
@@ -855,7 +856,8 @@ class Host:
     def child_exit(self, req_id: int) -> tuple[int, int, int]:
         msg_type, rid, payload = self.ctrl_message()
         assert (msg_type, rid) == (M.MSG_CHILD_EXIT, req_id)
-        pid, status, flags, cost_us = CHILD_EXIT.unpack(payload)
+        pid, status, flags, cost_us, pages, _ = CHILD_EXIT.unpack(payload)
+        assert pages == 0  # the fork engine rewinds nothing
         # The fork's cost: something, and less than a second on any machine.
         assert 0 < cost_us < 1_000_000
         return pid, status, flags

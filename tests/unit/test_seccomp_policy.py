@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from mayflyd.seccomp_policy import SeccompFilters, build_filters, load_filter
+from mayflyd.seccomp_policy import ABORT_SIGNAL, SeccompFilters, build_filters, load_filter
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux" or os.uname().machine != "x86_64",
                                 reason="the policy is written for Linux x86_64")
@@ -621,3 +621,44 @@ def test_bad_arguments_are_refused() -> None:
         build_filters(network="host")
     with pytest.raises(ValueError):
         load_filter(b"\x00" * 7)
+
+
+# --- the reset engine ---
+
+_NR_USERFAULTFD = 323
+_UFFD_USER_MODE_ONLY = 1
+
+
+def _userfaultfd(flags: int) -> None:
+    os.close(_syscall(_NR_USERFAULTFD, flags | os.O_CLOEXEC))
+
+
+def test_reset_loading_phase_allows_only_user_mode_userfaultfd() -> None:
+    reset = build_filters(reset=True)
+
+    def probes() -> dict[str, str]:
+        return {"user mode only": _outcome(lambda: _userfaultfd(_UFFD_USER_MODE_ONLY)),
+                "kernel faults too": _outcome(lambda: _userfaultfd(0))}
+
+    assert _run_child(probes, [reset.loading], drop_caps=True).report == {
+        "user mode only": "ok", "kernel faults too": _EPERM}
+    # The request phase never creates one, and the fork engine's loading phase neither.
+    assert _run_child(probes, [reset.loading, reset.request]).report == {
+        "user mode only": _EPERM, "kernel faults too": _EPERM}
+    fork = build_filters()
+    assert _run_child(probes, [fork.loading]).report == {"user mode only": _EPERM, "kernel faults too": _EPERM}
+
+
+@pytest.mark.parametrize("reset", [False, True])
+def test_no_request_may_take_the_abort_signal(reset: bool) -> None:
+    filters = build_filters(reset=reset)
+    abort = signal.SIGRTMAX - 1
+    assert abort == ABORT_SIGNAL
+
+    def probes() -> dict[str, str]:
+        return {"abort signal": _outcome(lambda: signal.signal(abort, lambda *_: None)),
+                "SIGRTMAX": _outcome(lambda: signal.signal(signal.SIGRTMAX, lambda *_: None)),
+                "SIGUSR1": _outcome(lambda: signal.signal(signal.SIGUSR1, lambda *_: None))}
+
+    assert _run_child(probes, [filters.loading, filters.request]).report == {
+        "abort signal": _EPERM, "SIGRTMAX": "ok", "SIGUSR1": "ok"}
