@@ -83,6 +83,7 @@ struct mf_rewinder {
     bool verify;            /* compare every tracked page after each rewind */
 
     struct mf_dirty_region dirty[MF_REWIND_REGIONS];
+    struct mf_dirty_region reprotected[MF_REWIND_REGIONS];
     /* Room for the caller's own state that rewinds must leave alone. */
     uint8_t owner[256] __attribute__((aligned(64)));
     uint8_t stack[] __attribute__((aligned(64)));
