@@ -2,7 +2,7 @@
 on 127.0.0.1 by the harness itself, results under bench/results/.
 
     python -m bench            # full mode (up to ~15 minutes)
-    python -m bench --quick    # under a minute: a vs d (fork) and e (reset) at -c1/-c64, heap 1/100 MB, 1/10 tenants
+    python -m bench --quick    # under a minute: a vs d (fork) and e (reset) at -c1/-c64, heap 1/200 MB, 1/10 tenants
     python -m bench --only throughput,heap,tenants,profile
 
 Ends with `headline: sandboxed/unsandboxed throughput at -c64 = N.NN`.
@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     _log(f"{core_count()} cores; {pin.description}")
     if quick:
-        data["notes"].append("quick mode: servers b and c, -c8, the 500 MB heap, 100/1000 tenants, tenant "
-                             "throughput and the profile are skipped")
+        data["notes"].append("quick mode: servers b and c, -c8, the 10, 100 and 500 MB heaps, 100/1000 tenants, "
+                             "tenant throughput and the profile are skipped")
 
     if "throughput" in steps:
         data["throughput"] = measures.throughput(pin, kinds, connections, duration, _log)
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         data["headline"] = ratio
         data["headline_text"] = "n/a" if ratio is None else f"{ratio:.2f}"
     if "heap" in steps:
-        sizes = [1, 100] if quick else [1, 10, 100, 500]
+        sizes = [1, 200] if quick else [1, 10, 100, 200, 500]
         data["heap"] = measures.heap_growth(pin, sizes, 300 if quick else 1000, _log)
     if "tenants" in steps:
         counts = [1, 10] if quick else [c for c in (1, 10, 100, 1000) if c <= args.max_tenants]

@@ -103,11 +103,16 @@ def main() -> None:
         base = _run([sys.executable, str(baseline_script), str(SEED), str(port)], port, args.requests, "x")
         config = Path(tmp) / "config"
         shutil.copytree(REPO / "config", config)
-        # The same config with every tenant on the reset engine.
-        reset_config = config / "mayflyd-reset.yaml"
-        reset_config.write_text((config / "mayflyd.yaml").read_text().replace("engine: fork", "engine: reset"))
+        # The bundled config with every tenant on one engine, then the other.
+        bundled = (config / "mayflyd.yaml").read_text()
+        if "engine: auto" not in bundled:
+            raise SystemExit("bench.latency: the bundled config no longer says 'engine: auto'")
+        paths = {}
+        for engine in ("fork", "reset"):
+            paths[engine] = config / f"mayflyd-{engine}.yaml"
+            paths[engine].write_text(bundled.replace("engine: auto", f"engine: {engine}"))
         runs = {}
-        for engine, path in (("fork", config / "mayflyd.yaml"), ("reset", reset_config)):
+        for engine, path in paths.items():
             port = _free_port()
             runs[engine] = _run([sys.executable, "-m", "mayflyd", "serve", "--config", str(path),
                                  "--listen", f"127.0.0.1:{port}"], port, args.requests, "hello.localhost")

@@ -113,7 +113,11 @@ def heap_growth(pin: Pinning, sizes_mb: list[int], requests: int, log: Callable[
             program.write_text(_HEAP_PROGRAM % {"mb": mb})
             row: Row = {"heap_mb": mb, "requests": requests, "engines": {}}
             for engine in engines:
-                tenants = servers.hello_tenants(1, program=program, engine=engine, memory_mib=mb + 256)
+                # Sequential requests need one reset worker; it keeps its own
+                # snapshot of the heap, so the tenant needs the heap twice.
+                pool = 1 if engine == "reset" else None
+                memory = (2 * mb if engine == "reset" else mb) + 256
+                tenants = servers.hello_tenants(1, program=program, engine=engine, memory_mib=memory, pool=pool)
                 with servers.mayflyd(pin, tenants, engine=engine, start_timeout=180) as server:
                     samples = sequential_latency(server.port, requests, server.host_header)
                     cost = admin_metrics.sandbox_cost(server.admin_socket or "", "t0")

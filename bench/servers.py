@@ -179,11 +179,11 @@ def write_config(directory: Path, tenants: list[TenantSpec], port: int, admin_so
 
 
 def hello_tenants(count: int, program: Path = SEED, engine: str = "fork",
-                  memory_mib: int = 128) -> list[TenantSpec]:
+                  memory_mib: int = 128, pool: int | None = None) -> list[TenantSpec]:
     """count tenants t0..t{count-1} serving program, t0 the default; explicit
     uids so that 1000 names cannot collide on crc32-derived ones."""
     return [TenantSpec(name=f"t{i}", program=program, hosts=[f"t{i}.bench.localhost"], default=(i == 0),
-                       engine=engine, memory_mib=memory_mib, uid=300000 + i)
+                       engine=engine, memory_mib=memory_mib, uid=300000 + i, pool=pool)
             for i in range(count)]
 
 

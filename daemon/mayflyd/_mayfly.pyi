@@ -21,6 +21,10 @@ MSG_REQ_END: int
 MSG_RESP_HEAD: int
 MSG_RESP_BODY: int
 MSG_RESP_END: int
+MSG_WORKER_REPLACED: int
+MSG_WORKER_READY: int
+MSG_REQUEST_DONE: int
+MSG_WORKER_FAILED: int
 ENGINE_FORK: int
 ENGINE_RESET: int
 EXIT_TIMED_OUT: int
@@ -52,6 +56,9 @@ def cgroup_remove(version: int, base: str, group: str) -> None: ...
 def cgroup_stats(version: int, base: str, group: str) -> dict[str, int]: ...
 def serve_fork(ctrl_fd: int, runner: Runner, close_in_child: Sequence[int], request_filter: bytes = b"",
                cpu_ms: int = 0, memory_bytes: int = 0, nofile: int = 0) -> None: ...
+def serve_reset(ctrl_fd: int, runner: Runner, close_in_child: Sequence[int], after_rewind: Callable[[], None],
+                request_filter: bytes = b"", cpu_ms: int = 0, memory_bytes: int = 0, nofile: int = 0,
+                pool_size: int = 1, verify: bool = False) -> None: ...
 def encode_response(req_id: int, status: int, headers: Headers, body: bytes) -> list[bytes]: ...
 def decode_request(req_id: int, packets: Sequence[bytes]) -> tuple[str, str, str, Headers, bytes, str]: ...
 

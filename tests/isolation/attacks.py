@@ -107,15 +107,29 @@ def deep_c_recursion():
     return len(repr(nested))
 
 
-def request_socket():
-    """The fd of this request's channel: the newest socket the sandbox holds
-    (a reset-engine worker also holds its channel to the host, opened earlier)."""
-    for fd in range(63, 2, -1):
+def _sockets_by_peer():
+    """This process's Unix sockets: fd -> the pid of the peer (0 outside our pid namespace)."""
+    found = {}
+    for fd in range(3, 256):
         try:
-            if stat.S_ISSOCK(os.fstat(fd).st_mode):
-                return fd
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                continue
         except OSError:
             continue
+        dup = socket.fromfd(fd, socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            found[fd] = struct.unpack("3i", dup.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
+        finally:
+            dup.close()
+    return found
+
+
+def request_socket():
+    """The fd of this request's channel: its peer is the supervisor (a reset
+    worker also holds its channel to the host, whose peer is its parent)."""
+    for fd, peer in _sockets_by_peer().items():
+        if peer != os.getppid():
+            return fd
     raise RuntimeError("no socket found")
 
 
@@ -129,14 +143,11 @@ def forge_for_request(request):
 
 
 def worker_channel():
-    """The oldest socket: in a reset-engine worker, its channel to the host."""
-    for fd in range(3, 64):
-        try:
-            if stat.S_ISSOCK(os.fstat(fd).st_mode):
-                return fd
-        except OSError:
-            continue
-    raise RuntimeError("no socket found")
+    """In a reset-engine worker, its channel to the host (its parent); in a fork sandbox, none."""
+    for fd, peer in _sockets_by_peer().items():
+        if peer == os.getppid():
+            return fd
+    return request_socket()
 
 
 def forge_done(request):

@@ -32,7 +32,8 @@ def test_constants_match_the_c_header() -> None:
     assert _mayfly.MAX_HEADERS == protocol.MAX_HEADERS
     assert _mayfly.FRAME_HEADER_SIZE == protocol.FRAME_HEADER_SIZE
     for name in ("REQUEST", "CANCEL", "SHUTDOWN", "READY", "LOAD_FAILED", "CHILD_EXIT", "REQUEST_FAILED",
-                 "REQ_HEAD", "REQ_BODY", "REQ_END", "RESP_HEAD", "RESP_BODY", "RESP_END"):
+                 "REQ_HEAD", "REQ_BODY", "REQ_END", "RESP_HEAD", "RESP_BODY", "RESP_END", "WORKER_REPLACED",
+                 "WORKER_READY", "REQUEST_DONE", "WORKER_FAILED"):
         assert getattr(_mayfly, f"MSG_{name}") == getattr(MsgType, name), name
     assert _mayfly.EXIT_TIMED_OUT == protocol.EXIT_TIMED_OUT
     assert _mayfly.EXIT_CANCELLED == protocol.EXIT_CANCELLED

@@ -1,0 +1,214 @@
+"""The reset engine's C side (csrc/reset_engine.c, reset_worker.c, rewind.c)
+without the daemon: serve_reset in a forked child, the test plays the
+supervisor on the control socket."""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import struct
+import time
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mayflyd import _mayfly as M
+from tests.unit.test_c_helper import CHILD_EXIT, READY, frame, parse_frame, read_response, request_packets
+
+STATE: list[int] = []
+
+
+def runner(req_id: int, method: str, path: str, query: str, headers: list[tuple[str, str]],
+           body: bytes, client: str) -> Any:
+    seen = len(STATE)
+    STATE.extend(range(1000))       # module state every request must not find
+    hog = bytearray(4 << 20)        # a large allocation: brk or a new mapping
+    fd = os.open("/dev/null", os.O_RDONLY)  # an fd left open
+    os.umask(0o077)
+    signal.signal(signal.SIGUSR2, lambda *_: None)
+    if path == "/sleep":
+        Path(query).write_text(str(os.getpid()))
+        time.sleep(60)
+    if path == "/spin":
+        while True:
+            pass
+    if path == "/exit3":
+        os._exit(3)
+    if path == "/forge":
+        # A completion on the worker's channel (the socket whose peer is the host), without the host's nonce.
+        chan = next(fd for fd in range(3, 64) if _peer_pid(fd) == os.getppid())
+        done = struct.pack("=IIIIII", 0, 0, 1, 1, 12345, 0)
+        os.write(chan, frame(M.MSG_REQUEST_DONE, req_id, done))
+    hdrs = [("x-pid", str(os.getpid())), ("x-seen", str(seen)), ("x-random", repr(random.random())),
+            ("x-fd", str(fd)), ("x-umask", str(os.umask(0o077))), ("x-len", str(len(hog))),
+            ("x-handler", str(signal.getsignal(signal.SIGUSR2) is signal.SIG_DFL))]
+    return 200, hdrs, body[::-1]
+
+
+def _peer_pid(fd: int) -> int | None:
+    try:
+        dup = socket.fromfd(fd, socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    except OSError:
+        return None
+    try:
+        pid: int = struct.unpack("3i", dup.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
+        return pid
+    except OSError:
+        return None
+    finally:
+        dup.close()
+
+
+def after_rewind() -> None:
+    random.seed()
+
+
+class ResetHost:
+    def __init__(self, **serve_kw: Any) -> None:
+        self.ctrl, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.pid = os.fork()
+        if self.pid == 0:
+            code = 0
+            try:
+                self.ctrl.close()
+                os.umask(0o022)
+                M.serve_reset(child_end.fileno(), runner, [], after_rewind, **serve_kw)
+            except BaseException:  # noqa: BLE001 - reported through the exit status
+                traceback.print_exc()
+                code = 2
+            os._exit(code)
+        child_end.close()
+        self.ctrl.settimeout(20)
+        msg_type, req_id, payload = parse_frame(self.ctrl.recv(4096))
+        assert (msg_type, req_id) == (M.MSG_READY, 0), payload
+        assert READY.unpack(payload) == (self.pid, M.ENGINE_RESET)
+
+    def request(self, req_id: int, *, timeout_ms: int = 10_000, **kw: Any) -> socket.socket:
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        socket.send_fds(self.ctrl, [frame(M.MSG_REQUEST, req_id, struct.pack("=II", timeout_ms, 0))],
+                        [theirs.fileno()])
+        theirs.close()
+        mine.settimeout(20)
+        for pkt in request_packets(req_id, **kw):
+            mine.send(pkt)
+        return mine
+
+    def message(self) -> tuple[int, int, bytes]:
+        return parse_frame(self.ctrl.recv(4096))
+
+    def child_exit(self, req_id: int) -> tuple[int, int, int, int, int]:
+        msg_type, rid, payload = self.message()
+        assert (msg_type, rid) == (M.MSG_CHILD_EXIT, req_id), (msg_type, payload)
+        pid, status, flags, cost_us, pages, _ = CHILD_EXIT.unpack(payload)
+        return pid, status, flags, cost_us, pages
+
+    def close(self) -> int:
+        self.ctrl.close()
+        _, status = os.waitpid(self.pid, 0)
+        return os.waitstatus_to_exitcode(status)
+
+
+@pytest.fixture
+def host() -> Iterator[ResetHost]:
+    h = ResetHost(pool_size=1, verify=True, cpu_ms=200)
+    yield h
+    if h.ctrl.fileno() >= 0:
+        assert h.close() == 0
+
+
+def served(host: ResetHost, req_id: int, path: bytes = b"/") -> tuple[dict[str, str], int, int, int]:
+    sock = host.request(req_id, path=path, body=b"abc")
+    status, headers, body = read_response(sock, req_id)
+    assert status == 200 and body == b"cba"
+    pid, wait_status, flags, cost_us, pages = host.child_exit(req_id)
+    assert os.WIFEXITED(wait_status) and os.WEXITSTATUS(wait_status) == 0 and flags == 0
+    assert pid == int(headers["x-pid"]) and pid != host.pid
+    return headers, cost_us, pages, pid
+
+
+def test_each_request_finds_the_sealed_state_in_the_same_worker(host: ResetHost) -> None:
+    results = [served(host, i) for i in range(1, 30)]
+    assert {h["x-seen"] for h, *_ in results} == {"0"}
+    assert {h["x-umask"] for h, *_ in results} == {str(0o077)}  # the request's own, after its umask()
+    assert {h["x-handler"] for h, *_ in results} == {"False"}
+    assert len({h["x-fd"] for h, *_ in results}) == 1, "the fd a request leaves open is closed"
+    assert len({h["x-random"] for h, *_ in results}) == len(results), "random is reseeded"
+    assert len({pid for *_, pid in results}) == 1, "one worker, rewound in place"
+    assert all(cost > 0 and pages > 0 for _, cost, pages, _ in results)
+
+
+def test_cancel_aborts_and_rewinds_in_place(host: ResetHost, tmp_path: Path) -> None:
+    *_, worker = served(host, 1)
+    pid_file = tmp_path / "pid"
+    sock = host.request(2, path=b"/sleep", query=str(pid_file).encode())
+    deadline = time.monotonic() + 10
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    host.ctrl.send(frame(M.MSG_CANCEL, 2))
+    pid, status, flags, cost_us, pages = host.child_exit(2)
+    assert pid == worker and flags == M.EXIT_CANCELLED
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL  # reported like a killed sandbox
+    assert sock.recv(100) == b"", "the rewind closed the request's socket"
+    headers, *_, pid = served(host, 3)
+    assert pid == worker and headers["x-seen"] == "0"
+
+
+def test_cpu_budget_aborts_and_rewinds_in_place(host: ResetHost) -> None:
+    *_, worker = served(host, 1)
+    host.request(2, path=b"/spin")
+    pid, status, flags, *_ = host.child_exit(2)
+    assert pid == worker and flags == M.EXIT_CPU_EXCEEDED
+    headers, *_, pid = served(host, 3)
+    assert pid == worker and headers["x-seen"] == "0"
+
+
+def test_deadline_aborts_and_rewinds_in_place(host: ResetHost) -> None:
+    *_, worker = served(host, 1)
+    started = time.monotonic()
+    host.request(2, path=b"/sleep", query=b"/dev/null", timeout_ms=0)
+    pid, _, flags, *_ = host.child_exit(2)
+    assert pid == worker and flags == M.EXIT_TIMED_OUT
+    assert time.monotonic() - started < 5  # timeout 0 + the host's grace
+    assert served(host, 3)[3] == worker
+
+
+@pytest.mark.parametrize("path, reason", [(b"/exit3", "exited with status 3"),
+                                          (b"/forge", "forged a completion")])
+def test_a_worker_that_dies_or_forges_is_replaced(host: ResetHost, path: bytes, reason: str) -> None:
+    *_, worker = served(host, 1)
+    host.request(2, path=path)
+    messages = {}
+    while M.MSG_WORKER_REPLACED not in messages:
+        msg_type, _, payload = host.message()
+        messages[msg_type] = payload
+    assert reason in messages[M.MSG_WORKER_REPLACED].decode()
+    headers, *_, pid = served(host, 3)
+    assert pid != worker and headers["x-seen"] == "0"
+
+
+def test_a_pool_serves_requests_side_by_side(tmp_path: Path) -> None:
+    h = ResetHost(pool_size=2)
+    try:
+        files = [tmp_path / "a", tmp_path / "b"]
+        socks = [h.request(i + 1, path=b"/sleep", query=str(f).encode()) for i, f in enumerate(files)]
+        deadline = time.monotonic() + 10
+        while not all(f.exists() and f.read_text() for f in files):
+            assert time.monotonic() < deadline, "both requests run at once on two workers"
+            time.sleep(0.01)
+        assert files[0].read_text() != files[1].read_text()
+        # A third request waits in the host for a free worker.
+        third = h.request(3)
+        h.ctrl.send(frame(M.MSG_CANCEL, 1))
+        assert h.child_exit(1)[2] == M.EXIT_CANCELLED
+        assert read_response(third, 3)[0] == 200
+        assert h.child_exit(3)[0] == int(files[0].read_text())
+        h.ctrl.send(frame(M.MSG_CANCEL, 2))
+        assert h.child_exit(2)[2] == M.EXIT_CANCELLED
+        del socks
+    finally:
+        assert h.close() == 0
