@@ -23,6 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "engine_common.h"
 #include "identity.h"
 #include "request_limits.h"
 #include "log.h"
@@ -56,36 +57,12 @@ struct engine {
 
 enum step { STEP_CONTINUE, STEP_STOP, STEP_FAIL };
 
-/* Microseconds on CLOCK_MONOTONIC; 0 if the clock fails (only a metric uses it). */
-static uint64_t now_us(void)
-{
-    struct timespec ts;
-    if (clock_gettime(CLOCK_MONOTONIC, &ts) < 0)
-        return 0;
-    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
-
-static bool now_ms(uint64_t *out)
-{
-    struct timespec ts;
-    if (clock_gettime(CLOCK_MONOTONIC, &ts) < 0)
-        return mf_err("clock_gettime(CLOCK_MONOTONIC)");
-    *out = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-    return true;
-}
-
 static struct child *find_req(struct engine *e, uint64_t req_id)
 {
     for (size_t i = 0; i < e->n; i++)
         if (e->children[i].req_id == req_id)
             return &e->children[i];
     return NULL;
-}
-
-static void close_or_warn(int fd, const char *what)
-{
-    if (close(fd) < 0)
-        mf_warn("close(%s fd %d) failed: %s", what, fd, strerror(errno));
 }
 
 /* The supervisor is gone when a send fails: stop serving. */
@@ -178,21 +155,6 @@ setup_failed:
     _exit(MF_CHILD_EXIT_SETUP);
 }
 
-static bool is_seqpacket_unix(int fd)
-{
-    int type = 0, domain = 0;
-    socklen_t len = sizeof(type);
-
-    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0)
-        return mf_err("getsockopt(fd %d, SO_TYPE)", fd);
-    len = sizeof(domain);
-    if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) < 0)
-        return mf_err("getsockopt(fd %d, SO_DOMAIN)", fd);
-    if (type != SOCK_SEQPACKET || domain != AF_UNIX)
-        return mf_errx(EPROTOTYPE, "request fd %d is not an AF_UNIX SOCK_SEQPACKET socket", fd);
-    return true;
-}
-
 static enum step start_request(struct engine *e, const struct mf_frame_header *hdr,
                                const uint8_t *payload, int req_fd)
 {
@@ -209,12 +171,12 @@ static enum step start_request(struct engine *e, const struct mf_frame_header *h
     } else if (hdr->req_id == 0 || find_req(e, hdr->req_id) != NULL) {
         mf_warn("REQUEST: req_id %llu is 0 or already in flight", (unsigned long long)hdr->req_id);
         error = EEXIST;
-    } else if (!is_seqpacket_unix(req_fd)) {
+    } else if (!mf_is_seqpacket_unix(req_fd)) {
         mf_warn_last();
         error = errno;
     } else if (e->n == MF_FORK_MAX_CHILDREN) {
         error = EAGAIN;
-    } else if (!now_ms(&now)) {
+    } else if (!mf_now_ms(&now)) {
         mf_warn_last();
         error = errno;
     }
@@ -227,11 +189,11 @@ static enum step start_request(struct engine *e, const struct mf_frame_header *h
         }
     }
     if (error != 0) {
-        close_or_warn(req_fd, "request");
+        mf_close_or_warn(req_fd, "request");
         return request_failed(e, hdr->req_id, error);
     }
 
-    uint64_t fork_started = now_us();
+    uint64_t fork_started = mf_now_us();
     hooks->before_fork(hooks->ctx);
     pid = fork();
     if (pid == 0)
@@ -239,9 +201,9 @@ static enum step start_request(struct engine *e, const struct mf_frame_header *h
     error = errno;
     /* Also after a failed fork: it releases what before_fork took. */
     hooks->after_fork_parent(hooks->ctx);
-    uint64_t fork_cost = now_us() - fork_started;
+    uint64_t fork_cost = mf_now_us() - fork_started;
     /* The host keeps no request fd: a later sandbox must not inherit it. */
-    close_or_warn(req_fd, "request");
+    mf_close_or_warn(req_fd, "request");
     if (pid < 0) {
         mf_warn("fork() for request %llu failed: %s", (unsigned long long)hdr->req_id, strerror(error));
         return request_failed(e, hdr->req_id, error);
@@ -286,7 +248,7 @@ static enum step handle_ctrl(struct engine *e)
     if (!mf_frame_parse(e->buf, len, &hdr)) {
         mf_warn("control socket: %s", mf_last_error());
         if (nfds > 0)
-            close_or_warn(fd, "unexpected");
+            mf_close_or_warn(fd, "unexpected");
         return STEP_CONTINUE;
     }
     if (hdr.type == MF_MSG_REQUEST) {
@@ -298,7 +260,7 @@ static enum step handle_ctrl(struct engine *e)
     }
     if (nfds > 0) {
         mf_warn("control message type %u carried an fd; closed", hdr.type);
-        close_or_warn(fd, "unexpected");
+        mf_close_or_warn(fd, "unexpected");
     }
     switch (hdr.type) {
     case MF_MSG_CANCEL: {
@@ -363,7 +325,7 @@ static bool enforce_deadlines(struct engine *e, int *timeout)
 {
     uint64_t now = 0, next = UINT64_MAX;
 
-    MF_TRY(now_ms(&now));
+    MF_TRY(mf_now_ms(&now));
     for (size_t i = 0; i < e->n; i++) {
         struct child *c = &e->children[i];
         if (c->killed)
@@ -460,7 +422,7 @@ static bool engine_init(struct engine *e, const struct mf_fork_config *cfg)
 static void engine_fini(struct engine *e)
 {
     if (e->sigfd >= 0)
-        close_or_warn(e->sigfd, "signalfd");
+        mf_close_or_warn(e->sigfd, "signalfd");
     if (e->mask_saved && sigprocmask(SIG_SETMASK, &e->old_mask, NULL) < 0)
         mf_warn("sigprocmask(SIG_SETMASK) failed: %s", strerror(errno));
     free(e->children);

@@ -23,6 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "engine_common.h"
 #include "identity.h"
 #include "log.h"
 #include "private_files.h"
@@ -73,21 +74,6 @@ struct pool {
 };
 
 enum step { STEP_CONTINUE, STEP_STOP, STEP_FAIL };
-
-static bool now_ms(uint64_t *out)
-{
-    struct timespec ts;
-    if (clock_gettime(CLOCK_MONOTONIC, &ts) < 0)
-        return mf_err("clock_gettime(CLOCK_MONOTONIC)");
-    *out = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-    return true;
-}
-
-static void close_or_warn(int fd, const char *what)
-{
-    if (fd >= 0 && close(fd) < 0)
-        mf_warn("close(%s fd %d) failed: %s", what, fd, strerror(errno));
-}
 
 static enum step send_ctrl(struct pool *p, uint16_t type, uint64_t req_id, const void *payload, uint32_t len)
 {
@@ -179,9 +165,9 @@ static bool spawn_worker(struct pool *p, unsigned i)
     }
     int err = errno;
     hooks->after_fork_parent(hooks->ctx);
-    close_or_warn(sv[1], "worker channel");
+    mf_close_or_warn(sv[1], "worker channel");
     if (pid < 0) {
-        close_or_warn(sv[0], "worker channel");
+        mf_close_or_warn(sv[0], "worker channel");
         errno = err;
         return mf_err("fork(worker)");
     }
@@ -235,7 +221,7 @@ static enum step dispatch(struct pool *p)
         if (!mf_send_packet_fd(w->fd, q->packet, sizeof(q->packet), q->fd)) {
             /* A worker that cannot take a request is finished; its exit replaces it. */
             mf_warn("worker %d: %s", w->pid, mf_last_error());
-            close_or_warn(q->fd, "request");
+            mf_close_or_warn(q->fd, "request");
             (void)kill(w->pid, SIGKILL);
             w->state = W_GONE;
             struct mf_request_failed msg = {.error = EAGAIN};
@@ -243,7 +229,7 @@ static enum step dispatch(struct pool *p)
                 return STEP_STOP;
             continue;
         }
-        close_or_warn(q->fd, "request");
+        mf_close_or_warn(q->fd, "request");
         w->state = W_BUSY;
         w->req_id = q->req_id;
         w->deadline_ms = q->deadline_ms;
@@ -276,9 +262,11 @@ static enum step enqueue(struct pool *p, const struct mf_frame_header *hdr, cons
         error = EBADMSG;
     else if (hdr->req_id == 0 || in_flight(p, hdr->req_id))
         error = EEXIST;
+    else if (!mf_is_seqpacket_unix(fd))
+        error = errno;
     else if (p->q_len == MF_FORK_MAX_CHILDREN)
         error = EAGAIN;
-    else if (!now_ms(&now))
+    else if (!mf_now_ms(&now))
         error = errno;
     if (error == 0) {
         memcpy(&ctl, packet + MF_FRAME_HEADER_SIZE, sizeof(ctl));
@@ -287,7 +275,7 @@ static enum step enqueue(struct pool *p, const struct mf_frame_header *hdr, cons
     }
     if (error != 0) {
         mf_warn("REQUEST %llu refused: %s", (unsigned long long)hdr->req_id, strerror(error));
-        close_or_warn(fd, "request");
+        mf_close_or_warn(fd, "request");
         struct mf_request_failed msg = {.error = error};
         return send_ctrl(p, MF_MSG_REQUEST_FAILED, hdr->req_id, &msg, sizeof(msg));
     }
@@ -307,7 +295,7 @@ static enum step cancel(struct pool *p, uint64_t req_id, uint32_t flag)
     for (unsigned i = 0; i < p->n; i++) {
         struct worker *w = &p->workers[i];
         if (w->state == W_BUSY && w->req_id == req_id) {
-            if (now_ms(&now))
+            if (mf_now_ms(&now))
                 abort_request(p, w, flag, now);
             return STEP_CONTINUE;
         }
@@ -316,7 +304,7 @@ static enum step cancel(struct pool *p, uint64_t req_id, uint32_t flag)
         size_t at = (p->q_head + k) % MF_FORK_MAX_CHILDREN;
         if (p->queue[at].req_id != req_id)
             continue;
-        close_or_warn(p->queue[at].fd, "request");
+        mf_close_or_warn(p->queue[at].fd, "request");
         /* Close the gap: later requests keep their order. */
         for (size_t m = k; m + 1 < p->q_len; m++)
             p->queue[(p->q_head + m) % MF_FORK_MAX_CHILDREN] = p->queue[(p->q_head + m + 1) % MF_FORK_MAX_CHILDREN];
@@ -346,7 +334,7 @@ static enum step handle_ctrl(struct pool *p)
     if (!mf_frame_parse(buf, len, &hdr)) {
         mf_warn("control socket: %s", mf_last_error());
         if (nfds > 0)
-            close_or_warn(fd, "unexpected");
+            mf_close_or_warn(fd, "unexpected");
         return STEP_CONTINUE;
     }
     if (hdr.type == MF_MSG_REQUEST) {
@@ -355,14 +343,14 @@ static enum step handle_ctrl(struct pool *p)
             return send_ctrl(p, MF_MSG_REQUEST_FAILED, hdr.req_id, &msg, sizeof(msg));
         }
         if (len != MF_FRAME_HEADER_SIZE + sizeof(struct mf_request_ctl)) {
-            close_or_warn(fd, "request");
+            mf_close_or_warn(fd, "request");
             struct mf_request_failed msg = {.error = EBADMSG};
             return send_ctrl(p, MF_MSG_REQUEST_FAILED, hdr.req_id, &msg, sizeof(msg));
         }
         return enqueue(p, &hdr, buf, fd);
     }
     if (nfds > 0)
-        close_or_warn(fd, "unexpected");
+        mf_close_or_warn(fd, "unexpected");
     switch (hdr.type) {
     case MF_MSG_CANCEL:
         return cancel(p, hdr.req_id, MF_EXIT_CANCELLED);
@@ -396,10 +384,10 @@ static enum step handle_worker(struct pool *p, struct worker *w)
         rc = 0; /* a broken channel is a dead worker */
     }
     if (nfds > 0)
-        close_or_warn(fd, "unexpected");
+        mf_close_or_warn(fd, "unexpected");
     if (rc == 0) {
         /* Its exit (SIGCHLD) replaces it; stop polling the channel. */
-        close_or_warn(w->fd, "worker channel");
+        mf_close_or_warn(w->fd, "worker channel");
         w->fd = -1;
         return STEP_CONTINUE;
     }
@@ -474,7 +462,7 @@ static enum step worker_exited(struct pool *p, unsigned i, int status)
         snprintf(why, sizeof(why), "%s", w->failure);
     else
         describe_exit(why, sizeof(why), status);
-    close_or_warn(w->fd, "worker channel");
+    mf_close_or_warn(w->fd, "worker channel");
     if (w->has_timer && timer_delete(w->cpu_timer) < 0)
         mf_warn("timer_delete(worker %d) failed: %s", w->pid, strerror(errno));
     enum worker_state was = w->state;
@@ -517,7 +505,7 @@ static enum step handle_signals(struct pool *p)
         if (w->state != W_BUSY || !w->has_timer || timer_gettime(w->cpu_timer, &left) < 0 ||
             left.it_value.tv_sec != 0 || left.it_value.tv_nsec != 0)
             continue;
-        if (now_ms(&now))
+        if (mf_now_ms(&now))
             abort_request(p, w, MF_EXIT_CPU_EXCEEDED, now);
     }
     if (got < 0 && errno != EAGAIN && errno != EINTR) {
@@ -552,7 +540,7 @@ static enum step enforce_deadlines(struct pool *p, int *timeout)
 {
     uint64_t now = 0, next = UINT64_MAX;
 
-    if (!now_ms(&now))
+    if (!mf_now_ms(&now))
         return STEP_FAIL;
     for (unsigned i = 0; i < p->n; i++) {
         struct worker *w = &p->workers[i];
@@ -651,13 +639,13 @@ static void stop_workers(struct pool *p)
             mf_warn("kill(worker %d) failed: %s", w->pid, strerror(errno));
         while (waitpid(w->pid, NULL, 0) < 0 && errno == EINTR)
             ;
-        close_or_warn(w->fd, "worker channel");
+        mf_close_or_warn(w->fd, "worker channel");
         if (w->has_timer)
             (void)timer_delete(w->cpu_timer);
         w->state = W_GONE;
     }
     for (size_t k = 0; k < p->q_len; k++)
-        close_or_warn(p->queue[(p->q_head + k) % MF_FORK_MAX_CHILDREN].fd, "request");
+        mf_close_or_warn(p->queue[(p->q_head + k) % MF_FORK_MAX_CHILDREN].fd, "request");
     p->q_len = 0;
 }
 
@@ -698,7 +686,7 @@ bool mf_reset_serve(const struct mf_reset_config *cfg)
     ok = pool_init(p, cfg) && serve_loop(p);
     stop_workers(p);
     if (p->sigfd >= 0)
-        close_or_warn(p->sigfd, "signalfd");
+        mf_close_or_warn(p->sigfd, "signalfd");
     if (p->mask_saved && sigprocmask(SIG_SETMASK, &p->old_mask, NULL) < 0)
         mf_warn("sigprocmask(SIG_SETMASK) failed: %s", strerror(errno));
     free(p->queue);

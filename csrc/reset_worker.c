@@ -23,6 +23,7 @@
 #include <ucontext.h>
 #include <unistd.h>
 
+#include "engine_common.h"
 #include "log.h"
 #include "proto.h"
 #include "protocol.h"
@@ -44,14 +45,6 @@ struct worker_state {
 /* Set once before the snapshot: the rewind restores the same value. */
 static struct mf_rewinder *the_rewinder;
 static struct worker_state *the_state;
-
-static uint64_t now_us(void)
-{
-    struct timespec ts;
-    if (clock_gettime(CLOCK_MONOTONIC, &ts) < 0)
-        return 0;
-    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
 
 static _Noreturn void fail(const struct mf_worker_config *cfg, const char *when)
 {
@@ -86,7 +79,7 @@ static void rewinder_entry(void)
     struct mf_rewinder *rw = the_rewinder;
     struct worker_state *ws = the_state;
     const struct mf_worker_config *cfg = ws->cfg;
-    uint64_t started = now_us();
+    uint64_t started = mf_now_us();
 
     if (ws->phase == PHASE_SNAPSHOT) {
         if (!mf_rewind_snapshot(rw))
@@ -97,7 +90,7 @@ static void rewinder_entry(void)
             fail(cfg, "request limits");
         if (cfg->request_filter_len > 0 && !mf_seccomp_load(cfg->request_filter, cfg->request_filter_len))
             fail(cfg, "request filter");
-        uint64_t cost = now_us() - started;
+        uint64_t cost = mf_now_us() - started;
         struct mf_worker_ready ready = {.snapshot_pages = (uint32_t)rw->snapshot_pages,
                                         .ranges = (uint32_t)rw->tracker.nranges,
                                         .cost_us = cost > UINT32_MAX ? UINT32_MAX : (uint32_t)cost};
@@ -107,7 +100,7 @@ static void rewinder_entry(void)
         size_t pages = 0;
         if (!mf_rewind_restore(rw, &pages))
             fail(cfg, "rewind");
-        uint64_t cost = now_us() - started;
+        uint64_t cost = mf_now_us() - started;
         struct mf_request_done done = {.status = ws->status, .aborted = ws->aborted ? 1u : 0u,
                                        .cost_us = cost > UINT32_MAX ? UINT32_MAX : (uint32_t)cost,
                                        .pages = pages > UINT32_MAX ? UINT32_MAX : (uint32_t)pages,
