@@ -10,6 +10,7 @@ pool of workers forked once, each rewound after every request).
 """
 from __future__ import annotations
 
+import _random
 import base64
 import dataclasses
 import gc
@@ -133,9 +134,15 @@ def _make_runner(program: Program) -> _mayfly.Runner:
 def _after_rewind() -> None:
     """Reset engine, before each request: what must differ between requests."""
     # The rewind brought the generator back to its sealed state; every
-    # request would draw the same numbers.
+    # request would draw the same numbers. The C-level seed (from the
+    # kernel) dirties half the pages random.seed() does; gauss_next is the
+    # one piece of state the Python level keeps beside it.
     rnd = sys.modules.get("random")
-    if rnd is not None:
+    inst = getattr(rnd, "_inst", None)
+    if isinstance(inst, _random.Random):
+        _random.Random.seed(inst, None)
+        inst.gauss_next = None  # type: ignore[attr-defined]
+    elif rnd is not None:
         rnd.seed()
 
 
