@@ -157,7 +157,7 @@ static bool walk(struct mf_dirty_tracker *t, uint64_t flags, struct mf_dirty_reg
             .start = start,
             .end = r->end,
             .vec = (uint64_t)(uintptr_t)(out + *n),
-            .vec_len = cap - *n,
+            .vec_len = cap - *n < MF_DIRTY_SCAN_BATCH ? cap - *n : MF_DIRTY_SCAN_BATCH,
             .category_mask = PAGE_IS_WRITTEN,
             .return_mask = PAGE_IS_WRITTEN,
         };

@@ -34,6 +34,9 @@
 /* Most ranges one tracker holds: a CPython host has a writable range or
  * two per loaded extension module, besides its heap, stack and arenas. */
 #define MF_DIRTY_MAX_RANGES 1024
+/* Regions asked of one PAGEMAP_SCAN: the kernel allocates a bounce buffer
+ * of this many per call, and a request writes a few dozen per range. */
+#define MF_DIRTY_SCAN_BATCH 64
 
 /* Written pages [start, end), byte addresses, page-aligned. Same layout as
  * the kernel's struct page_region, so the kernel fills it directly;

@@ -442,7 +442,7 @@ static bool reprotect_span(struct mf_rewinder *rw, uint64_t start, uint64_t end,
         struct pm_scan_arg arg = {
             .size = sizeof(arg), .flags = PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
             .start = start, .end = end,
-            .vec = (uint64_t)(uintptr_t)rw->reprotected, .vec_len = MF_REWIND_REGIONS,
+            .vec = (uint64_t)(uintptr_t)rw->reprotected, .vec_len = MF_DIRTY_SCAN_BATCH,
             .category_mask = PAGE_IS_WRITTEN, .return_mask = PAGE_IS_WRITTEN,
         };
         long got = ioctl(rw->tracker.pagemap_fd, PAGEMAP_SCAN, &arg);
