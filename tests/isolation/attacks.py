@@ -158,6 +158,27 @@ def forge_done(request):
     return None
 
 
+def close_tracker():
+    """Reset engine: swap the worker's userfaultfd for an eventfd at the same
+    number, so that nothing is tracked any more. The rewind must notice."""
+    for fd in range(3, 256):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target == "anon_inode:[userfaultfd]":
+            os.close(fd)
+            replacement = os.eventfd(0)
+            return f"replaced fd {fd} with {replacement}"
+    return "no userfaultfd"
+
+
+def spin_with_signals_blocked():
+    """Block every signal that can be blocked, then spin: an abort cannot land."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, set(range(1, signal.NSIG)) - {signal.SIGKILL, signal.SIGSTOP})
+    spin()
+
+
 def garbage(request):
     os.write(request_socket(), b"\xff" * 40)
     return None
@@ -223,6 +244,8 @@ ATTACKS = {
     "/res/memory-bomb": lambda r: len(bytearray(2 * 1024 ** 3)),
     "/res/memory-creep": lambda r: len([bytearray(1024 * 1024) for _ in range(4096)]),
     "/res/infinite-loop": lambda r: spin(),
+    "/res/infinite-loop-signals-blocked": lambda r: spin_with_signals_blocked(),
+    "/reset/close-tracker": lambda r: close_tracker(),
     "/res/deep-recursion": lambda r: deep_c_recursion(),
     "/res/print-flood": lambda r: [sys.stdout.write("x" * 1023 + "\n") for _ in range(100 * 1024)] and "done",
     "/res/open-files": lambda r: len([open(__file__) for _ in range(100000)]),

@@ -152,6 +152,32 @@ def test_infinite_loop_hits_the_cpu_budget(isolated: IsolatedDaemon) -> None:
     assert "limit hit: request_cpu_ms" in isolated.log()
 
 
+def test_infinite_loop_with_every_signal_blocked_still_ends(isolated: IsolatedDaemon) -> None:
+    """Reset engine: the abort signal cannot land, so the host kills the
+    worker after its grace and replaces it; fork engine: the CPU timer's SIGKILL."""
+    replaced = isolated.status()["tenants"]["attacker"]["worker_replacements"]
+    status, _ = attack(isolated, "/res/infinite-loop-signals-blocked")
+    assert status == 504
+    if isolated.engine == "reset":
+        isolated.wait_for(lambda: isolated.status()["tenants"]["attacker"]["worker_replacements"] == replaced + 1,
+                          what="the stuck worker's replacement")
+        assert "did not come back from an abort" in isolated.log()
+    assert attack(isolated, "/normal")[0] == 200
+
+
+def test_untracking_memory_gets_the_worker_replaced(isolated: IsolatedDaemon) -> None:
+    replaced = isolated.status()["tenants"]["attacker"]["worker_replacements"]
+    status, text = attack(isolated, "/reset/close-tracker")
+    assert status == 200
+    if isolated.engine == "fork":
+        assert "no userfaultfd" in text
+        return
+    assert "replaced fd" in text
+    isolated.wait_for(lambda: isolated.status()["tenants"]["attacker"]["worker_replacements"] == replaced + 1,
+                      what="the untracked worker's replacement")
+    assert attack(isolated, "/normal")[0] == 200
+
+
 def test_deep_recursion_until_segfault_is_a_502(isolated: IsolatedDaemon) -> None:
     assert attack(isolated, "/res/deep-recursion")[0] == 502
 
