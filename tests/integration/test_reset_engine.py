@@ -34,9 +34,24 @@ KEEP = open(__file__, "rb")
 START_CWD = os.getcwd()
 
 
+def stack_kib():
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            if line.rstrip().endswith("[stack]"):
+                start, end = (int(x, 16) for x in line.split()[0].split("-"))
+                return (end - start) // 1024
+    return 0
+
+
+def deep(n):
+    # Each level goes through C (map, list), so the C stack grows with it.
+    return 0 if n == 0 else 1 + sum(map(deep, [n - 1]))
+
+
 def on_client_request(request):
     global counter
     seen = {
+        "stack_kib": stack_kib(),
         "pid": os.getpid(),
         "counter": counter,
         "table": len(table),
@@ -67,6 +82,10 @@ def on_client_request(request):
         blobs.append(m)
     if "gc" in q:
         gc.collect()
+    if "deep" in q:
+        sys.setrecursionlimit(20000)
+        deep(6000)
+        seen["deep_stack_kib"] = stack_kib()
     if "raise" in q:
         raise ValueError("a failing request")
     if "loop" in q:
@@ -154,6 +173,15 @@ def test_every_request_finds_the_sealed_state(reset_daemon: Daemon) -> None:
     assert status["rewinds"] >= len(results) and status["pages_rewound"] > 0
 
 
+def test_stack_grown_by_a_request_is_given_back(reset_daemon: Daemon) -> None:
+    before = seen(reset_daemon, "solo.localhost")
+    grown = seen(reset_daemon, "solo.localhost", "deep")
+    assert grown["deep_stack_kib"] > before["stack_kib"] + 1024, (before, grown)
+    after = seen(reset_daemon, "solo.localhost")
+    assert after["stack_kib"] == before["stack_kib"] and pristine(after)
+    assert after["pid"] == before["pid"] and tenant(reset_daemon, "solo")["worker_replacements"] == 0
+
+
 def test_a_cpu_overrun_is_aborted_and_rewound_in_place(reset_daemon: Daemon) -> None:
     before = seen(reset_daemon, "solo.localhost")
     reply = reset_daemon.get("solo.localhost", "/?loop")
@@ -187,10 +215,12 @@ def test_what_cannot_be_rewound_replaces_the_worker(reset_daemon: Daemon, query:
 
 @needs_root
 def test_ten_thousand_mutating_requests_rewind_without_a_difference(reset_daemon: Daemon) -> None:
-    """Verification mode compares every tracked page with the snapshot after each rewind."""
+    """Verification mode compares every tracked page with the snapshot after each rewind:
+    globals and dicts that grow, 8 MiB allocations, new mappings, a collection,
+    a stack grown by 6 MiB, exceptions and CPU-budget aborts at random points."""
     rng = random.Random(4)
-    queries = rng.choices(["", "", "", "big=8", "map", "gc", "raise", "loop"], weights=[40, 30, 10, 5, 5, 5, 4, 1],
-                          k=10_000)
+    queries = rng.choices(["", "", "", "big=8", "map", "gc", "deep", "raise", "loop"],
+                          weights=[40, 30, 10, 5, 5, 3, 2, 4, 1], k=10_000)
 
     def run(chunk: list[str]) -> Counter[int]:
         statuses: Counter[int] = Counter()
