@@ -13,6 +13,7 @@
 
 #include "kernel_uapi.h"
 #include "log.h"
+#include "pagemap_gate.h"
 
 _Static_assert(sizeof(struct mf_dirty_region) == sizeof(struct page_region), "mf_dirty_region is a page_region");
 _Static_assert(offsetof(struct mf_dirty_region, end) == offsetof(struct page_region, end),
@@ -61,7 +62,7 @@ static bool open_fds(struct mf_dirty_tracker *t)
     if (t->pagemap_fd < 0)
         return mf_err("open(/proc/self/pagemap, O_RDONLY)");
     /* An empty walk: ENOTTY on kernels without PAGEMAP_SCAN. */
-    if (ioctl(t->pagemap_fd, PAGEMAP_SCAN, &probe) < 0)
+    if (mf_pagemap_scan(t->pagemap_fd, &probe) < 0)
         return mf_err("ioctl(/proc/self/pagemap, PAGEMAP_SCAN, empty range)");
     return true;
 }
@@ -161,7 +162,7 @@ static bool walk(struct mf_dirty_tracker *t, uint64_t flags, struct mf_dirty_reg
             .category_mask = PAGE_IS_WRITTEN,
             .return_mask = PAGE_IS_WRITTEN,
         };
-        long got = ioctl(t->pagemap_fd, PAGEMAP_SCAN, &arg);
+        long got = mf_pagemap_scan(t->pagemap_fd, &arg);
         if (got < 0)
             return mf_err("ioctl(PAGEMAP_SCAN, %#llx-%#llx, flags=%#llx)", (unsigned long long)start,
                           (unsigned long long)r->end, (unsigned long long)arg.flags);

@@ -46,6 +46,7 @@ struct worker {
     uint64_t abort_deadline_ms;  /* 0: no abort sent */
     uint32_t flags;              /* enum mf_exit_flags of the request */
     uint32_t nonce;              /* the request's; a REQUEST_DONE must carry it */
+    bool doomed;                 /* killed by the host: never dispatched to, messages ignored */
     bool has_timer;
     timer_t cpu_timer;
     char failure[512];           /* what the worker said before exiting */
@@ -175,6 +176,19 @@ static bool spawn_worker(struct pool *p, unsigned i)
     return arm_cpu_timer(p, i);
 }
 
+/* Kills a worker the host no longer trusts; its exit (worker_exited) ends
+ * its request, if it had one, and forks the replacement. */
+static void doom(struct worker *w, const char *why)
+{
+    if (w->doomed)
+        return;
+    if (why != NULL && w->failure[0] == '\0')
+        snprintf(w->failure, sizeof(w->failure), "%s", why);
+    if (kill(w->pid, SIGKILL) < 0)
+        mf_warn("kill(worker %d) failed: %s", w->pid, strerror(errno));
+    w->doomed = true;
+}
+
 static void set_timer(struct worker *w, uint32_t cpu_ms)
 {
     struct itimerspec its = {.it_value = {.tv_sec = cpu_ms / 1000u, .tv_nsec = (long)(cpu_ms % 1000u) * 1000000L}};
@@ -201,7 +215,7 @@ static enum step dispatch(struct pool *p)
     while (p->q_len > 0) {
         struct worker *w = NULL;
         for (unsigned i = 0; i < p->n && w == NULL; i++)
-            if (p->workers[i].state == W_IDLE)
+            if (p->workers[i].state == W_IDLE && !p->workers[i].doomed && p->workers[i].fd >= 0)
                 w = &p->workers[i];
         if (w == NULL)
             return STEP_CONTINUE;
@@ -222,8 +236,7 @@ static enum step dispatch(struct pool *p)
             /* A worker that cannot take a request is finished; its exit replaces it. */
             mf_warn("worker %d: %s", w->pid, mf_last_error());
             mf_close_or_warn(q->fd, "request");
-            (void)kill(w->pid, SIGKILL);
-            w->state = W_GONE;
+            doom(w, "could not be handed a request");
             struct mf_request_failed msg = {.error = EAGAIN};
             if (send_ctrl(p, MF_MSG_REQUEST_FAILED, q->req_id, &msg, sizeof(msg)) != STEP_CONTINUE)
                 return STEP_STOP;
@@ -391,9 +404,11 @@ static enum step handle_worker(struct pool *p, struct worker *w)
         w->fd = -1;
         return STEP_CONTINUE;
     }
+    if (w->doomed)
+        return STEP_CONTINUE; /* nothing a killed worker says counts */
     if (!mf_frame_parse(p->buf, len, &hdr)) {
         mf_warn("worker %d: %s; killed", w->pid, mf_last_error());
-        (void)kill(w->pid, SIGKILL);
+        doom(w, "sent a malformed frame to the host");
         return STEP_CONTINUE;
     }
     switch (hdr.type) {
@@ -416,8 +431,7 @@ static enum step handle_worker(struct pool *p, struct worker *w)
         if (done.nonce != w->nonce) {
             mf_warn("worker %d: a completion of request %llu with the wrong nonce (forged by tenant code); killed",
                     w->pid, (unsigned long long)hdr.req_id);
-            snprintf(w->failure, sizeof(w->failure), "forged a completion on its channel to the host");
-            (void)kill(w->pid, SIGKILL);
+            doom(w, "forged a completion on its channel to the host");
             return STEP_CONTINUE;
         }
         set_timer(w, 0);
@@ -438,9 +452,9 @@ static enum step handle_worker(struct pool *p, struct worker *w)
         break;
     }
     mf_warn("worker %d: unexpected message type %u in state %d; killed", w->pid, hdr.type, (int)w->state);
-    snprintf(w->failure, sizeof(w->failure), "sent message type %u to the host in state %d", hdr.type,
-             (int)w->state);
-    (void)kill(w->pid, SIGKILL);
+    char why[128];
+    snprintf(why, sizeof(why), "sent message type %u to the host in state %d", hdr.type, (int)w->state);
+    doom(w, why);
     return STEP_CONTINUE;
 }
 
@@ -550,9 +564,9 @@ static enum step enforce_deadlines(struct pool *p, int *timeout)
             if (w->abort_deadline_ms <= now) {
                 mf_warn("worker %d did not rewind within %d ms of its abort; killed", w->pid,
                         MF_RESET_ABORT_GRACE_MS);
-                snprintf(w->failure, sizeof(w->failure), "did not come back from an abort within %d ms",
-                         MF_RESET_ABORT_GRACE_MS);
-                (void)kill(w->pid, SIGKILL);
+                char why[96];
+                snprintf(why, sizeof(why), "did not come back from an abort within %d ms", MF_RESET_ABORT_GRACE_MS);
+                doom(w, why);
                 w->abort_deadline_ms = UINT64_MAX;
             } else if (w->abort_deadline_ms < next) {
                 next = w->abort_deadline_ms;

@@ -25,6 +25,7 @@
 
 #include "engine_common.h"
 #include "log.h"
+#include "pagemap_gate.h"
 #include "proto.h"
 #include "protocol.h"
 #include "rewind.h"
@@ -88,6 +89,10 @@ static void rewinder_entry(void)
         struct mf_limits mem = {.memory_bytes = cfg->limits.memory_bytes};
         if (!mf_limits_apply(&mem))
             fail(cfg, "request limits");
+        /* PAGEMAP_SCAN from the rewinder only (pagemap_gate.h); before the
+         * request filter, which denies loading filters. */
+        if (!mf_pagemap_gate_load())
+            fail(cfg, "pagemap gate");
         if (cfg->request_filter_len > 0 && !mf_seccomp_load(cfg->request_filter, cfg->request_filter_len))
             fail(cfg, "request filter");
         uint64_t cost = mf_now_us() - started;
@@ -95,7 +100,7 @@ static void rewinder_entry(void)
                                         .ranges = (uint32_t)rw->tracker.nranges,
                                         .cost_us = cost > UINT32_MAX ? UINT32_MAX : (uint32_t)cost};
         if (!mf_send_packet(cfg->chan_fd, MF_MSG_WORKER_READY, 0, &ready, sizeof(ready)))
-            _exit(0); /* the host is gone */
+            _exit(MF_WORKER_EXIT_DIRTY); /* the host is gone, or tenant code broke the channel */
     } else {
         size_t pages = 0;
         if (!mf_rewind_restore(rw, &pages))
@@ -106,7 +111,7 @@ static void rewinder_entry(void)
                                        .pages = pages > UINT32_MAX ? UINT32_MAX : (uint32_t)pages,
                                        .nonce = ws->nonce};
         if (!mf_send_packet(cfg->chan_fd, MF_MSG_REQUEST_DONE, ws->req_id, &done, sizeof(done)))
-            _exit(0);
+            _exit(MF_WORKER_EXIT_DIRTY);
     }
     ws->phase = PHASE_IDLE;
     setcontext(&rw->rest);
@@ -148,6 +153,14 @@ static _Noreturn void serve_one(const struct mf_worker_config *cfg)
     ws->aborted = 0;
     ws->status = 0;
     ws->phase = PHASE_REQUEST;
+    /* Blocked at rest, so an abort sent as soon as the host dispatched is
+     * held until now rather than dropped as meant for no request. */
+    sigset_t abort_only;
+    if (sigemptyset(&abort_only) < 0 || sigaddset(&abort_only, MF_ABORT_SIGNAL) < 0 ||
+        sigprocmask(SIG_UNBLOCK, &abort_only, NULL) < 0) {
+        mf_err("sigprocmask(SIG_UNBLOCK, abort signal)");
+        fail(cfg, "worker setup");
+    }
 
     mf_request_init(&req, hdr.req_id);
     if (!mf_request_recv(fd, &req)) {
@@ -207,6 +220,12 @@ static bool prepare(const struct mf_worker_config *cfg, struct worker_state *ws)
     MF_TRY(mf_limits_apply(&rl));
     if (sigfillset(&abort_action.sa_mask) < 0 || sigaction(MF_ABORT_SIGNAL, &abort_action, NULL) < 0)
         return mf_err("sigaction(abort signal %d)", MF_ABORT_SIGNAL);
+    /* Blocked in the rest context (saved after this); serve_one unblocks it
+     * once the request it is meant for is the current one. */
+    sigset_t abort_only;
+    if (sigemptyset(&abort_only) < 0 || sigaddset(&abort_only, MF_ABORT_SIGNAL) < 0 ||
+        sigprocmask(SIG_BLOCK, &abort_only, NULL) < 0)
+        return mf_err("sigprocmask(SIG_BLOCK, abort signal)");
     reserve_stack();
     struct mf_rewinder *rw = the_rewinder;
     if (getcontext(&rw->entry) < 0)

@@ -17,6 +17,7 @@
 
 #include "kernel_uapi.h"
 #include "log.h"
+#include "pagemap_gate.h"
 
 #define PAGE 4096u
 
@@ -182,7 +183,7 @@ static bool copy_present(struct mf_rewinder *rw)
                 .category_anyof_mask = PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
                 .return_mask = PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
             };
-            long got = ioctl(t->pagemap_fd, PAGEMAP_SCAN, &arg);
+            long got = mf_pagemap_scan(t->pagemap_fd, &arg);
             if (got < 0)
                 return mf_err("ioctl(PAGEMAP_SCAN present, %#llx-%#llx)", (unsigned long long)from,
                               (unsigned long long)end);
@@ -265,6 +266,12 @@ static bool snapshot_fds(struct mf_rewinder *rw)
             s->dev = st.st_dev;
             s->ino = st.st_ino;
             s->offset = S_ISREG(st.st_mode) ? lseek((int)fd, 0, SEEK_CUR) : -1;
+            s->status_flags = fcntl((int)fd, F_GETFL);
+            if (s->status_flags < 0) {
+                mf_err("fcntl(fd %ld, F_GETFL)", fd);
+                (void)close(dir);
+                return false;
+            }
         }
     }
     if (close(dir) < 0)
@@ -286,6 +293,9 @@ static bool snapshot_kernel_state(struct mf_rewinder *rw)
     for (int i = 0; i < 3; i++)
         if (getitimer(which[i], &rw->timers[i]) < 0)
             return mf_err("getitimer(%d)", which[i]);
+    if (sigaltstack(NULL, &rw->altstack) < 0)
+        return mf_err("sigaltstack(query)");
+    rw->altstack.ss_flags &= SS_DISABLE; /* SS_ONSTACK is a state, not a setting */
     rw->umask = umask(0);
     (void)umask(rw->umask);
     return true;
@@ -312,20 +322,19 @@ bool mf_rewind_snapshot(struct mf_rewinder *rw)
     if (again != total)
         return mf_errx(EAGAIN, "writable memory changed while the snapshot was taken (%zu, then %zu bytes)", total,
                        again);
-    /* Protect first, copy second: nothing written in between can slip by. */
+    /* Protect, record the rest, mark everything clean, copy last: whatever
+     * is written after the copy shows as dirty and is rewound to it. */
     MF_TRY(for_each_piece(rw, rw->vmas_now, n, track_piece, &st));
     MF_TRY(track_run(rw, &st));
-    MF_TRY(copy_present(rw));
     /* Registration split mappings: this is the text every rewind must match. */
     MF_TRY(read_maps(rw, rw->maps_sealed, &rw->maps_sealed_len, rw->vmas_sealed, &rw->nvmas_sealed));
     MF_TRY(snapshot_kernel_state(rw));
     MF_TRY(vm_pages(rw, &rw->vm_pages_sealed));
-    /* Start clean: collect anything written since the protection. */
     do {
         size_t got, pages;
         MF_TRY(mf_dirty_collect(&rw->tracker, rw->dirty, MF_REWIND_REGIONS, &got, &pages));
     } while (mf_dirty_pending(&rw->tracker));
-    return true;
+    return copy_present(rw);
 }
 
 /* ---- the rewind ---- */
@@ -445,7 +454,7 @@ static bool reprotect_span(struct mf_rewinder *rw, uint64_t start, uint64_t end,
             .vec = (uint64_t)(uintptr_t)rw->reprotected, .vec_len = MF_DIRTY_SCAN_BATCH,
             .category_mask = PAGE_IS_WRITTEN, .return_mask = PAGE_IS_WRITTEN,
         };
-        long got = ioctl(rw->tracker.pagemap_fd, PAGEMAP_SCAN, &arg);
+        long got = mf_pagemap_scan(rw->tracker.pagemap_fd, &arg);
         if (got < 0)
             return mf_err("ioctl(PAGEMAP_SCAN, WP, %#llx-%#llx)", (unsigned long long)start, (unsigned long long)end);
         for (long k = 0; k < got; k++)
@@ -541,6 +550,10 @@ static bool rewind_fds(struct mf_rewinder *rw)
             return mf_errx(EBADF, "fd %d of the snapshot was replaced by the request", s->fd);
         if (s->offset >= 0 && lseek(s->fd, s->offset, SEEK_SET) < 0)
             return mf_err("lseek(fd %d, %lld)", s->fd, (long long)s->offset);
+        /* O_NONBLOCK and O_APPEND are the file description's: a request
+         * that set them would hand them to the next. */
+        if (!(s->status_flags & O_PATH) && fcntl(s->fd, F_SETFL, s->status_flags) < 0)
+            return mf_err("fcntl(fd %d, F_SETFL, %#x)", s->fd, s->status_flags);
     }
     return true;
 }
@@ -557,6 +570,8 @@ static bool rewind_signals(struct mf_rewinder *rw)
     for (int i = 0; i < 3; i++)
         if (setitimer(which[i], &rw->timers[i], NULL) < 0)
             return mf_err("setitimer(%d)", which[i]);
+    if (sigaltstack(&rw->altstack, NULL) < 0)
+        return mf_err("sigaltstack back to its sealed setting");
     /* A signal the request left pending (blocked, or raised late) would
      * reach the next request: take it now. */
     if (sigpending(&pending) < 0)

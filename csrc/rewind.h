@@ -47,6 +47,7 @@ struct mf_snapshot_fd {
     dev_t dev;
     ino_t ino;
     off_t offset;   /* -1: not seekable */
+    int status_flags; /* F_GETFL */
 };
 
 struct mf_rewinder {
@@ -78,6 +79,7 @@ struct mf_rewinder {
     bool have_action[NSIG];
     int reserved_signal;    /* its disposition is the worker's own: not restored */
     struct itimerval timers[3];
+    stack_t altstack;
     mode_t umask;
     int cwd_fd;
     bool verify;            /* compare every tracked page after each rewind */
@@ -94,7 +96,8 @@ struct mf_rewinder {
 struct mf_rewinder *mf_rewinder_create(bool verify, int reserved_signal);
 
 /* Takes the snapshot. The caller runs on the rewinder's stack with every
- * signal blocked, and the rest context is already saved. */
+ * signal blocked, and the rest context is already saved. What the caller
+ * writes to tracked memory after it is rewound like a request's writes. */
 bool mf_rewind_snapshot(struct mf_rewinder *rw);
 
 /* Brings the process back to the snapshot; *pages: pages copied back.

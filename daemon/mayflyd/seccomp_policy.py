@@ -40,8 +40,10 @@ Policy choices:
 * landlock allowed in both phases: it can only take rights away.
 * The reset engine (``reset=True``): the loading filter lets the host's
   workers create their userfaultfd (user-mode faults only), and the request
-  filter lets the rewinder run its two ioctls (``PAGEMAP_SCAN``,
-  ``UFFDIO_WRITEPROTECT``); registering or unregistering ranges stays denied.
+  filter lets the rewinder run ``PAGEMAP_SCAN``, which each worker narrows
+  further to its rewinder's own syscall instruction (csrc/pagemap_gate.c).
+  No userfaultfd ioctl is allowed: ``UFFDIO_WRITEPROTECT`` would let a
+  request mark a written page clean.
 * Signal ``SIGRTMAX - 1`` is the reset engine's abort signal: no request may
   change its disposition (``rt_sigaction`` is allowed for every other signal).
 """
@@ -114,7 +116,6 @@ _TIOCLINUX: Final = 0x541C  # console selection/paste, same problem
 
 _UFFD_USER_MODE_ONLY: Final = 1
 _PAGEMAP_SCAN: Final = 0xC060_6610        # _IOWR('f', 16, struct pm_scan_arg)
-_UFFDIO_WRITEPROTECT: Final = 0xC018_AA06  # _IOWR(0xAA, 6, struct uffdio_writeprotect)
 ABORT_SIGNAL: Final = 63  # SIGRTMAX - 1: MF_ABORT_SIGNAL in csrc/reset_worker.h
 _NSIG: Final = 65  # signals 1..64
 
@@ -355,8 +356,7 @@ def _request_filter(deny: int, network: str, reset: bool) -> _Filter:
     f.add(_ALLOW, "rt_sigaction", _Cmp(0, _sc.LT, ABORT_SIGNAL))
     f.add(_ALLOW, "rt_sigaction", _eq(0, _NSIG - 1))
     if reset:
-        for request in (_PAGEMAP_SCAN, _UFFDIO_WRITEPROTECT):
-            f.add(_ALLOW, "ioctl", _eq(1, request))
+        f.add(_ALLOW, "ioctl", _eq(1, _PAGEMAP_SCAN))
     f.add(int(_sc.ERRNO(errno.ENOSYS)), "clone3")  # glibc then tries clone: denied
     for cmd in _REQUEST_FCNTL:
         f.add(_ALLOW, "fcntl", _eq(1, cmd))

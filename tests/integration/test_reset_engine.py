@@ -63,6 +63,7 @@ def on_client_request(request):
         "fds": len(os.listdir("/proc/self/fd")),
         "modules": "colorsys" in sys.modules,
         "random": random.random(),
+        "stdout_blocking": os.get_blocking(1),
     }
     counter += 1
     for i in range(200):
@@ -71,6 +72,7 @@ def on_client_request(request):
     KEEP.read(5)
     os.chdir("/usr")
     signal.signal(signal.SIGUSR1, lambda *_: None)
+    os.set_blocking(1, False)                 # the file description's flags, shared with the host
     open(__file__, "rb")                      # an fd left open
     import colorsys                           # a module imported in the request
     q = request.query
@@ -180,6 +182,15 @@ def test_stack_grown_by_a_request_is_given_back(reset_daemon: Daemon) -> None:
     after = seen(reset_daemon, "solo.localhost")
     assert after["stack_kib"] == before["stack_kib"] and pristine(after)
     assert after["pid"] == before["pid"] and tenant(reset_daemon, "solo")["worker_replacements"] == 0
+
+
+def test_file_status_flags_are_rewound(reset_daemon: Daemon) -> None:
+    """O_NONBLOCK belongs to the open file description: the rewind puts the
+    snapshot's back. (stdout is the host's pipe, shared by the pool's
+    workers as by fork sandboxes: with pool > 1 a concurrent request may see
+    the flag until then.)"""
+    results = [seen(reset_daemon, "solo.localhost") for _ in range(3)]
+    assert [r["stdout_blocking"] for r in results] == [True, True, True]
 
 
 def test_a_cpu_overrun_is_aborted_and_rewound_in_place(reset_daemon: Daemon) -> None:

@@ -173,6 +173,34 @@ def close_tracker():
     return "no userfaultfd"
 
 
+HIDDEN = []
+
+
+def hide_a_write():
+    """Reset engine: write a global, then mark its page clean again, so that
+    the rewind would not restore it: through the worker's userfaultfd
+    (UFFDIO_WRITEPROTECT) and through its pagemap fd (PAGEMAP_SCAN with
+    PM_SCAN_WP_MATCHING). Both must be refused."""
+    import fcntl
+    HIDDEN.append("from an earlier request")
+    page = id(HIDDEN) & ~4095
+    tried = {}
+    for fd in range(3, 256):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target == "anon_inode:[userfaultfd]":
+            arg = bytearray(struct.pack("QQQ", page, 4096, 1))  # range, UFFDIO_WRITEPROTECT_MODE_WP
+            tried["UFFDIO_WRITEPROTECT"] = observed(lambda: fcntl.ioctl(fd, 0xC018AA06, arg))
+        elif target.endswith("/pagemap"):
+            # size, flags=WP_MATCHING, start, end, walk_end, vec, vec_len, max_pages,
+            # category_inverted, category_mask=WRITTEN, anyof, return_mask=WRITTEN
+            arg = bytearray(struct.pack("12Q", 96, 1, page, page + 4096, 0, 0, 0, 0, 0, 2, 0, 2))
+            tried["PAGEMAP_SCAN"] = observed(lambda: fcntl.ioctl(fd, 0xC0606610, arg))
+    return json.dumps(tried)
+
+
 def spin_with_signals_blocked():
     """Block every signal that can be blocked, then spin: an abort cannot land."""
     signal.pthread_sigmask(signal.SIG_BLOCK, set(range(1, signal.NSIG)) - {signal.SIGKILL, signal.SIGSTOP})
@@ -246,6 +274,8 @@ ATTACKS = {
     "/res/infinite-loop": lambda r: spin(),
     "/res/infinite-loop-signals-blocked": lambda r: spin_with_signals_blocked(),
     "/reset/close-tracker": lambda r: close_tracker(),
+    "/reset/hide-write": lambda r: hide_a_write(),
+    "/reset/hidden": lambda r: str(len(HIDDEN)),
     "/res/deep-recursion": lambda r: deep_c_recursion(),
     "/res/print-flood": lambda r: [sys.stdout.write("x" * 1023 + "\n") for _ in range(100 * 1024)] and "done",
     "/res/open-files": lambda r: len([open(__file__) for _ in range(100000)]),

@@ -165,6 +165,19 @@ def test_infinite_loop_with_every_signal_blocked_still_ends(isolated: IsolatedDa
     assert attack(isolated, "/normal")[0] == 200
 
 
+def test_a_write_cannot_be_hidden_from_the_rewind(isolated: IsolatedDaemon) -> None:
+    status, text = attack(isolated, "/reset/hide-write")
+    assert status == 200, text
+    assert text.startswith("ok "), text
+    tried = json.loads(text[3:])
+    if isolated.engine == "fork":
+        assert tried == {}  # a fork sandbox holds neither fd
+    else:
+        assert tried == {"UFFDIO_WRITEPROTECT": "PermissionError EPERM", "PAGEMAP_SCAN": "PermissionError EPERM"}
+    # Whatever the engine, the next requests find the global as sealed.
+    assert {attack(isolated, "/reset/hidden")[1] for _ in range(6)} == {"ok 0"}
+
+
 def test_untracking_memory_gets_the_worker_replaced(isolated: IsolatedDaemon) -> None:
     replaced = isolated.status()["tenants"]["attacker"]["worker_replacements"]
     status, text = attack(isolated, "/reset/close-tracker")

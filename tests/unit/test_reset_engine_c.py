@@ -158,6 +158,19 @@ def test_cancel_aborts_and_rewinds_in_place(host: ResetHost, tmp_path: Path) -> 
     assert pid == worker and headers["x-seen"] == "0"
 
 
+def test_a_cancel_right_behind_its_request_is_not_lost(host: ResetHost, tmp_path: Path) -> None:
+    """The abort can reach the worker before the request does: it must wait
+    for it, not be dropped (the request would then run until the host kills
+    the worker)."""
+    *_, worker = served(host, 1)
+    for req_id in range(2, 12):
+        host.request(req_id, path=b"/sleep", query=str(tmp_path / str(req_id)).encode())
+        host.ctrl.send(frame(M.MSG_CANCEL, req_id))
+        pid, _, flags, *_ = host.child_exit(req_id)
+        assert pid == worker and flags == M.EXIT_CANCELLED
+    assert served(host, 12)[3] == worker
+
+
 def test_cpu_budget_aborts_and_rewinds_in_place(host: ResetHost) -> None:
     *_, worker = served(host, 1)
     host.request(2, path=b"/spin")
