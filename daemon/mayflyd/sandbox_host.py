@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mayflyd import _mayfly
-from mayflyd.program import Program, ProgramError, Request, load_program
+from mayflyd.program import WARM_UP_CALLS, Program, ProgramError, Request, load_program, warm_up_request_path
 from mayflyd.protocol import MsgType, pack_frame
 
 __all__ = ["HostSpec", "main"]
@@ -200,6 +200,11 @@ def serve(spec: HostSpec) -> int:
     # Tenant code yields to the daemon (front end, reloads, restarts) when
     # the CPU is short; raising one's own nice value needs no privilege.
     os.setpriority(os.PRIO_PROCESS, 0, SERVING_NICE)
+    # Sandboxes start from the state sealed here: specialise the daemon's
+    # own per-request code now, not in every one of them.
+    warm_up_request_path(_make_runner)
+    for _ in range(WARM_UP_CALLS):
+        _after_rewind()
     # Objects that exist now live as long as the host: keep the collector
     # from touching (and so copying) their pages in every sandbox.
     gc.collect()

@@ -1,6 +1,7 @@
 """The tenant program contract, run in-process (no sandbox)."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -82,3 +83,20 @@ def test_on_init_failure(tmp_path: Path) -> None:
                                    "def on_client_request(): pass\n")
     with pytest.raises(ProgramError, match="on_init\\(\\) raised RuntimeError: nope"):
         load_program(tmp_path / "p.py").init()
+
+
+def test_warm_up_runs_only_the_daemons_own_code(capsys: pytest.CaptureFixture[str]) -> None:
+    from mayflyd.program import WARM_UP_CALLS, Program, warm_up_request_path
+
+    calls: list[object] = []
+
+    def runner(program: Program) -> Callable[..., object]:
+        def run(req_id: int, *rest: object) -> object:
+            calls.append(req_id)
+            return program.call(Request(id=req_id, method="GET", path="/", query="", headers=[], body=b"",
+                                        client=""))
+        return run
+
+    warm_up_request_path(runner)
+    assert calls == list(range(WARM_UP_CALLS))
+    assert capsys.readouterr() == ("", "")
