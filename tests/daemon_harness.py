@@ -179,6 +179,28 @@ def is_root() -> bool:
     return os.geteuid() == 0
 
 
+def reset_engine_missing() -> str:
+    """Why this kernel cannot run the reset engine ("" if it can): tests
+    of that engine skip for this capability only, never for a failure."""
+    import errno
+
+    from mayflyd import _mayfly
+    try:
+        _mayfly.DirtyTracker().close()
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.ENOTTY, errno.ENOSYS):
+            return str(exc)
+        raise
+    return ""
+
+
+def skip_without_reset_engine(engine: str) -> None:
+    missing = reset_engine_missing() if engine == "reset" else ""
+    if missing:
+        import pytest
+        pytest.skip(f"the kernel cannot run the reset engine: {missing}")
+
+
 class IsolatedDaemon(Daemon):
     """A Daemon inside a pid and network namespace of its own.
 

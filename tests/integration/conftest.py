@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon_harness import Daemon
+from tests.daemon_harness import Daemon, skip_without_reset_engine
 from tests.integration import programs
 
 SEED_PROGRAM = Path(__file__).resolve().parents[2] / "config" / "programs" / "hello_pythran.py"
@@ -25,6 +25,7 @@ ENGINES = ("fork", "reset")
 @pytest.fixture(scope="module", params=ENGINES)
 def daemon(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     """One daemon with a tenant per behaviour under test, once per engine."""
+    skip_without_reset_engine(request.param)
     workdir = tmp_path_factory.mktemp("mayflyd")
     (workdir / "programs").mkdir()
     shutil.copy(SEED_PROGRAM, workdir / "programs" / "hello_pythran.py")

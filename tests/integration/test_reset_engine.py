@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon_harness import Daemon
+from tests.daemon_harness import Daemon, reset_engine_missing
 from tests.integration.conftest import SEED_PROGRAM, limits, needs_root
+
+pytestmark = pytest.mark.skipif(bool(reset_engine_missing()), reason="the kernel cannot run the reset engine")
 
 # Mutates everything a request can reach from Python, then reports what it
 # found at its start: every request must find the sealed state.

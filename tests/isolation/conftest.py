@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon_harness import IsolatedDaemon
+from tests.daemon_harness import IsolatedDaemon, skip_without_reset_engine
 
 REPO = Path(__file__).resolve().parents[2]
 ATTACKS = Path(__file__).resolve().parent / "attacks.py"
@@ -51,6 +51,7 @@ def _limits(**overrides: object) -> dict[str, object]:
 
 @pytest.fixture(scope="package", params=("fork", "reset"))
 def isolated(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[IsolatedDaemon]:
+    skip_without_reset_engine(request.param)
     workdir = tmp_path_factory.mktemp("isolation")
     (workdir / "programs").mkdir()
     shutil.copy(REPO / "config" / "programs" / "hello_pythran.py", workdir / "programs" / "hello.py")

@@ -17,7 +17,10 @@ from typing import Any
 import pytest
 
 from mayflyd import _mayfly as M
+from tests.daemon_harness import reset_engine_missing
 from tests.unit.test_c_helper import CHILD_EXIT, READY, frame, parse_frame, read_response, request_packets
+
+pytestmark = pytest.mark.skipif(bool(reset_engine_missing()), reason="the kernel cannot run the reset engine")
 
 STATE: list[int] = []
 
