@@ -119,7 +119,7 @@ def format_status(status: dict[str, Any]) -> str:
         f"last reload: {_reload_text(last)}" + (f" at {last['at']}" if last.get("at") else ""),
     ]
     header = ("TENANT", "STATE", "VERSION", "ENGINE", "HOSTS", "REQUESTS", "ERRORS", "LIMIT HITS",
-              "LAST RELOAD")
+              "REPLACED", "LAST RELOAD")
     rows: list[tuple[str, ...]] = []
     for name, tenant in sorted(_dict(status.get("tenants")).items()):
         tenant = _dict(tenant)
@@ -131,6 +131,8 @@ def format_status(status: dict[str, Any]) -> str:
             str(sum(requests.values())),
             str(sum(n for code, n in requests.items() if not code.startswith("2"))),
             str(sum(_count(n) for n in _dict(tenant.get("limit_hits")).values())),
+            # Reset-engine workers replaced because they died or could not be rewound.
+            str(_count(tenant.get("worker_replacements"))),
             _reload_text(tenant.get("last_reload")),
         ))
     if not rows:
