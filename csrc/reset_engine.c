@@ -67,8 +67,9 @@ struct pool {
     bool mask_saved;
     bool ready_sent;
     bool cpu_timers_work;
+    uint64_t grow_after_ms;  /* after a worker failed to start: no new one before this */
     struct worker workers[MF_RESET_MAX_WORKERS];
-    unsigned n;
+    unsigned n;              /* slots: the pool's size; a slot is W_GONE until needed */
     struct queued *queue;    /* FIFO ring */
     size_t q_head, q_len;
     uint8_t buf[WORKER_BUF_SIZE];
@@ -210,6 +211,31 @@ static void abort_request(struct pool *p, struct worker *w, uint32_t flag, uint6
 
 /* ---- requests ---- */
 
+/* The pool starts with one worker and grows by one whenever a request
+ * waits with no worker idle or starting for it, up to its size: an idle
+ * tenant keeps one snapshot, not one per core. */
+static void grow(struct pool *p)
+{
+    unsigned starting = 0;
+    uint64_t now = 0;
+
+    if (p->q_len == 0 || !mf_now_ms(&now) || now < p->grow_after_ms)
+        return;
+    for (unsigned i = 0; i < p->n; i++)
+        if (p->workers[i].state == W_STARTING)
+            starting++;
+    for (unsigned i = 0; i < p->n && starting < p->q_len; i++) {
+        if (p->workers[i].state != W_GONE)
+            continue;
+        if (!spawn_worker(p, i)) {
+            mf_warn("reset engine: cannot add a worker: %s", mf_last_error());
+            p->grow_after_ms = now + MF_RESET_GROW_BACKOFF_MS;
+            return;
+        }
+        starting++;
+    }
+}
+
 static enum step dispatch(struct pool *p)
 {
     while (p->q_len > 0) {
@@ -217,8 +243,10 @@ static enum step dispatch(struct pool *p)
         for (unsigned i = 0; i < p->n && w == NULL; i++)
             if (p->workers[i].state == W_IDLE && !p->workers[i].doomed && p->workers[i].fd >= 0)
                 w = &p->workers[i];
-        if (w == NULL)
+        if (w == NULL) {
+            grow(p);
             return STEP_CONTINUE;
+        }
         struct queued *q = &p->queue[p->q_head];
         p->q_head = (p->q_head + 1) % MF_FORK_MAX_CHILDREN;
         p->q_len--;
@@ -497,6 +525,15 @@ static enum step worker_exited(struct pool *p, unsigned i, int status)
     mf_warn("reset engine: worker %d replaced: %s", w->pid, why);
     if (send_ctrl(p, MF_MSG_WORKER_REPLACED, 0, why, (uint32_t)strlen(why)) != STEP_CONTINUE)
         return STEP_STOP;
+    if (was == W_STARTING) {
+        /* It could not even take its snapshot (out of memory, most likely):
+         * forking another at once would fail the same way. Waiting
+         * requests bring one back after the backoff. */
+        uint64_t now = 0;
+        if (mf_now_ms(&now))
+            p->grow_after_ms = now + MF_RESET_GROW_BACKOFF_MS;
+        return STEP_CONTINUE;
+    }
     if (!spawn_worker(p, i)) {
         mf_warn_last();
         return STEP_FAIL;
@@ -589,6 +626,10 @@ static enum step enforce_deadlines(struct pool *p, int *timeout)
         if (due < next)
             next = due;
     }
+    /* Requests waiting while growth backs off: try again when it may. */
+    grow(p);
+    if (p->q_len > 0 && p->grow_after_ms > now && p->grow_after_ms < next)
+        next = p->grow_after_ms;
     *timeout = next == UINT64_MAX ? -1 : next <= now ? 0 : next - now > INT_MAX ? INT_MAX : (int)(next - now);
     return STEP_CONTINUE;
 }
@@ -599,8 +640,7 @@ static bool serve_loop(struct pool *p)
     struct pollfd pfd[2 + MF_RESET_MAX_WORKERS];
     unsigned who[MF_RESET_MAX_WORKERS];
 
-    for (unsigned i = 0; i < p->n; i++)
-        MF_TRY(spawn_worker(p, i));
+    MF_TRY(spawn_worker(p, 0));
     for (;;) {
         enum step step = STEP_CONTINUE;
         int timeout;

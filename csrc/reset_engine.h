@@ -1,7 +1,7 @@
 /*
- * Reset mode, the host's side: the sealed host forks a pool of workers
- * once (reset_worker.h) and dispatches each request to an idle one;
- * requests wait in the host for a free worker. The host keeps each
+ * Reset mode, the host's side: the sealed host forks workers
+ * (reset_worker.h), one at start and more, up to the pool's size, when
+ * requests wait; it dispatches each request to an idle one. The host keeps each
  * request's deadline and CPU budget (a timer on the worker's CPU clock,
  * which the worker cannot touch) and aborts an overrunning request with
  * MF_ABORT_SIGNAL; a worker that does not come back from an abort, dies,
@@ -19,6 +19,8 @@
 #define MF_RESET_MAX_WORKERS 256
 /* How long an aborted request may take to rewind before its worker is killed. */
 #define MF_RESET_ABORT_GRACE_MS 500
+/* After a worker failed to start, how long before the pool tries again. */
+#define MF_RESET_GROW_BACKOFF_MS 1000
 
 struct mf_reset_config {
     int ctrl_fd;

@@ -49,9 +49,10 @@ class DaemonProcess:
         self.cgroup_prefix = "mayflyd"
         self.engine = "fork"  # what the fixture configured its tenants with
 
-    def idle_processes(self, pool: int | None = None) -> int:
-        """Processes of an idle tenant: the stub and the host, plus the reset engine's workers."""
-        return 2 + ((pool or os.cpu_count() or 1) if self.engine == "reset" else 0)
+    def idle_processes(self) -> int:
+        """Processes of an idle tenant: the stub and the host, plus the reset engine's first
+        worker (its pool grows only while requests wait)."""
+        return 2 + (1 if self.engine == "reset" else 0)
 
     def spawn(self, args: list[str], timeout: float = 30.0, prefix: list[str] | None = None,
               env: dict[str, str] | None = None) -> None:

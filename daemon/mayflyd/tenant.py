@@ -239,7 +239,9 @@ class Tenant:
                 # Old and new host share the tenant's cgroup until the old one
                 # has drained: room for both, or a tenant using more than half
                 # its memory could not reload (or would lose a host to the OOM killer).
-                await self._set_cgroup_limits(new_config, reloading=True)
+                # With nothing serving there is no old generation to make room for.
+                overlap = self._host is not None or bool(self._draining)
+                await self._set_cgroup_limits(new_config, reloading=overlap)
                 host = await self._start_host(new_config)
             except (HostStartError, OSError) as exc:
                 # Back to the filters and limits of what keeps serving.

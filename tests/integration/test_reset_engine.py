@@ -172,9 +172,11 @@ def test_every_request_finds_the_sealed_state(reset_daemon: Daemon) -> None:
     assert len({r["pid"] for r in results}) == 1, "one worker served them all, rewound in place"
     # The generator is reseeded after each rewind, not rewound with the heap.
     assert len({r["random"] for r in results}) == len(results)
+    # The last rewind's report may trail its answer by a moment.
+    reset_daemon.wait_for(lambda: int(str(tenant(reset_daemon, "solo")["rewinds"])) >= len(results),
+                          what="every rewind reported")
     status = tenant(reset_daemon, "solo")
-    assert status["worker_replacements"] == 0
-    assert status["rewinds"] >= len(results) and status["pages_rewound"] > 0
+    assert status["worker_replacements"] == 0 and int(str(status["pages_rewound"])) > 0
 
 
 def test_stack_grown_by_a_request_is_given_back(reset_daemon: Daemon) -> None:
@@ -265,8 +267,16 @@ def test_ten_thousand_mutating_requests_rewind_without_a_difference(reset_daemon
 
 @needs_root
 def test_a_pool_that_does_not_fit_in_memory_says_so(reset_daemon: Daemon) -> None:
-    reset_daemon.wait_for(lambda: "out of memory?" in str(tenant(reset_daemon, "fat")["error"]), timeout=20,
-                          what="the tenant's error")
+    errors = set()
+
+    def hinted() -> bool:
+        errors.add(str(tenant(reset_daemon, "fat")["error"]))
+        return "out of memory?" in str(tenant(reset_daemon, "fat")["error"])
+
+    try:
+        reset_daemon.wait_for(hinted, timeout=20, what="the tenant's error")
+    except AssertionError:
+        raise AssertionError(f"errors seen: {errors}") from None
     assert "use engine: fork" in str(tenant(reset_daemon, "fat")["error"])
     assert reset_daemon.get("fat.localhost").status == 503
     assert reset_daemon.get("hello.localhost").status == 200
