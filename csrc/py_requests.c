@@ -219,6 +219,30 @@ static int *fd_array(PyObject *list, size_t *n)
     return fds;
 }
 
+/* What both engines take besides their own arguments: the request filter,
+ * checked once here rather than failing every sandbox, and the fds no
+ * sandbox may keep. NULL with a Python exception set. */
+static int *serve_inputs(const Py_buffer *filter, PyObject *close_list, size_t *n_close)
+{
+    if (filter->len > 0 && !mf_seccomp_check((size_t)filter->len)) {
+        PyErr_Format(PyExc_ValueError, "request_filter: %s", mf_last_error());
+        return NULL;
+    }
+    return fd_array(close_list, n_close);
+}
+
+/* After an engine returned: the Python error, the engine's, or None. */
+static PyObject *serve_result(bool ok, int *fds, Py_buffer *filter)
+{
+    PyMem_Free(fds);
+    PyBuffer_Release(filter);
+    if (PyErr_Occurred())
+        return NULL;
+    if (!ok)
+        return raise_last();
+    Py_RETURN_NONE;
+}
+
 PyObject *py_serve_fork(PyObject *self, PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"ctrl_fd", "runner", "close_in_child", "request_filter", "cpu_ms",
@@ -242,12 +266,7 @@ PyObject *py_serve_fork(PyObject *self, PyObject *args, PyObject *kwargs)
         PyErr_Format(PyExc_TypeError, "runner must be callable");
         goto fail;
     }
-    /* Checked once here rather than failing every sandbox. */
-    if (filter.len > 0 && !mf_seccomp_check((size_t)filter.len)) {
-        PyErr_Format(PyExc_ValueError, "request_filter: %s", mf_last_error());
-        goto fail;
-    }
-    fds = fd_array(close_list, &cfg.n_close_in_child);
+    fds = serve_inputs(&filter, close_list, &cfg.n_close_in_child);
     if (fds == NULL)
         goto fail;
     cfg.close_in_child = fds;
@@ -255,13 +274,7 @@ PyObject *py_serve_fork(PyObject *self, PyObject *args, PyObject *kwargs)
     cfg.request_filter_len = (size_t)filter.len;
     /* The GIL stays held: the host is single-threaded and forks under it. */
     ok = mf_fork_serve(&cfg);
-    PyMem_Free(fds);
-    PyBuffer_Release(&filter);
-    if (PyErr_Occurred())
-        return NULL;
-    if (!ok)
-        return raise_last();
-    Py_RETURN_NONE;
+    return serve_result(ok, fds, &filter);
 fail:
     /* A no-op on a buffer never taken, or already released by a failed parse. */
     PyBuffer_Release(&filter);
@@ -347,11 +360,7 @@ PyObject *py_serve_reset(PyObject *self, PyObject *args, PyObject *kwargs)
         PyErr_Format(PyExc_TypeError, "runner and after_rewind must be callable");
         goto fail;
     }
-    if (filter.len > 0 && !mf_seccomp_check((size_t)filter.len)) {
-        PyErr_Format(PyExc_ValueError, "request_filter: %s", mf_last_error());
-        goto fail;
-    }
-    fds = fd_array(close_list, &cfg.n_close_in_child);
+    fds = serve_inputs(&filter, close_list, &cfg.n_close_in_child);
     if (fds == NULL)
         goto fail;
     cfg.close_in_child = fds;
@@ -359,13 +368,7 @@ PyObject *py_serve_reset(PyObject *self, PyObject *args, PyObject *kwargs)
     cfg.request_filter_len = (size_t)filter.len;
     cfg.verify = verify != 0;
     ok = mf_reset_serve(&cfg);
-    PyMem_Free(fds);
-    PyBuffer_Release(&filter);
-    if (PyErr_Occurred())
-        return NULL;
-    if (!ok)
-        return raise_last();
-    Py_RETURN_NONE;
+    return serve_result(ok, fds, &filter);
 fail:
     PyBuffer_Release(&filter);
     return NULL;

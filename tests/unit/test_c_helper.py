@@ -828,7 +828,7 @@ class Host:
                 self.ctrl.close()
                 if setup is not None:
                     setup()
-                M.serve_fork(child_end.fileno(), runner, [], **serve_kw)
+                self.serve(child_end.fileno(), runner, serve_kw)
             except BaseException:  # noqa: BLE001 - reported through the exit status
                 traceback.print_exc()
                 code = 2
@@ -836,9 +836,15 @@ class Host:
         child_end.close()
         self.ctrl.settimeout(10)
         msg_type, req_id, payload = parse_frame(self.ctrl.recv(4096))
-        assert (msg_type, req_id) == (M.MSG_READY, 0)
+        assert (msg_type, req_id) == (M.MSG_READY, 0), payload
         # A host in its own pid namespace (enter_namespaces) is pid 1 there.
-        assert READY.unpack(payload) == (ready_pid or self.pid, M.ENGINE_FORK)
+        assert READY.unpack(payload) == (ready_pid or self.pid, self.ENGINE)
+
+    ENGINE = M.ENGINE_FORK
+
+    def serve(self, ctrl_fd: int, runner: Callable[..., Any], serve_kw: dict[str, Any]) -> None:
+        """In the forked host: the engine's serve loop."""
+        M.serve_fork(ctrl_fd, runner, [], **serve_kw)
 
     def request(self, req_id: int, *, timeout_ms: int = 10_000, **kw: Any) -> socket.socket:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)

@@ -10,8 +10,7 @@ import socket
 import sys
 import struct
 import time
-import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import pytest
 
 from mayflyd import _mayfly as M
 from tests.daemon_harness import reset_engine_missing
-from tests.unit.test_c_helper import CHILD_EXIT, READY, frame, parse_frame, read_response, request_packets
+from tests.unit.test_c_helper import CHILD_EXIT, Host, frame, read_response
 
 pytestmark = pytest.mark.skipif(bool(reset_engine_missing()), reason="the kernel cannot run the reset engine")
 
@@ -78,49 +77,25 @@ def after_rewind() -> None:
         time.sleep(0.05)
 
 
-class ResetHost:
-    def __init__(self, **serve_kw: Any) -> None:
-        self.ctrl, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.pid = os.fork()
-        if self.pid == 0:
-            code = 0
-            try:
-                self.ctrl.close()
-                os.umask(0o022)
-                M.serve_reset(child_end.fileno(), runner, [], after_rewind, **serve_kw)
-            except BaseException:  # noqa: BLE001 - reported through the exit status
-                traceback.print_exc()
-                code = 2
-            os._exit(code)
-        child_end.close()
-        self.ctrl.settimeout(20)
-        msg_type, req_id, payload = parse_frame(self.ctrl.recv(4096))
-        assert (msg_type, req_id) == (M.MSG_READY, 0), payload
-        assert READY.unpack(payload) == (self.pid, M.ENGINE_RESET)
+class ResetHost(Host):
+    """serve_reset in a forked child; the test plays the supervisor."""
 
-    def request(self, req_id: int, *, timeout_ms: int = 10_000, **kw: Any) -> socket.socket:
-        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        socket.send_fds(self.ctrl, [frame(M.MSG_REQUEST, req_id, struct.pack("=II", timeout_ms, 0))],
-                        [theirs.fileno()])
-        theirs.close()
-        mine.settimeout(20)
-        for pkt in request_packets(req_id, **kw):
-            mine.send(pkt)
-        return mine
+    ENGINE = M.ENGINE_RESET
+
+    def __init__(self, **serve_kw: Any) -> None:
+        super().__init__(runner, lambda: os.umask(0o022), **serve_kw)
+
+    def serve(self, ctrl_fd: int, runner: Callable[..., Any], serve_kw: dict[str, Any]) -> None:
+        M.serve_reset(ctrl_fd, runner, [], after_rewind, **serve_kw)
 
     def message(self) -> tuple[int, int, bytes]:
-        return parse_frame(self.ctrl.recv(4096))
+        return self.ctrl_message()
 
     def child_exit(self, req_id: int) -> tuple[int, int, int, int, int]:
         msg_type, rid, payload = self.message()
         assert (msg_type, rid) == (M.MSG_CHILD_EXIT, req_id), (msg_type, payload)
         pid, status, flags, cost_us, pages, _ = CHILD_EXIT.unpack(payload)
         return pid, status, flags, cost_us, pages
-
-    def close(self) -> int:
-        self.ctrl.close()
-        _, status = os.waitpid(self.pid, 0)
-        return os.waitstatus_to_exitcode(status)
 
 
 @pytest.fixture
