@@ -157,25 +157,23 @@ def _fmt(value: float | None, fmt: str = "{:.0f}") -> str:
     return "n/a" if value is None else fmt.format(value)
 
 
-def _tenant_processes(daemon_pid: int, tenant: str) -> list[psutil.Process]:
-    """The daemon's children whose command line names the tenant (the stub),
-    plus their children (the host)."""
-    needle = f'"tenant": "{tenant}"'
-    found: dict[int, psutil.Process] = {}
-    for child in psutil.Process(daemon_pid).children():
-        try:
-            if any(needle in arg for arg in child.cmdline()):
-                found[child.pid] = child
-                for grandchild in child.children(recursive=True):
-                    found[grandchild.pid] = grandchild
-        except psutil.Error:
-            continue
-    return list(found.values())
+def _status(server: RunningServer) -> dict[str, Any]:
+    from mayflyd.admin_client import admin_request
+    code, body = admin_request(server.admin_socket, "GET", "/status")
+    if code != 200:
+        raise RuntimeError(f"GET /status answered {code}")
+    return body
 
 
-def _tenant_pss(daemon_pid: int, tenant: str) -> int:
+def _pss_of_tree(pid: int) -> int:
+    """PSS of a process and all its descendants (a tenant: stub, host, workers)."""
     total = 0
-    for proc in _tenant_processes(daemon_pid, tenant):
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    for proc in procs:
         try:
             total += proc.memory_full_info().pss
         except psutil.Error:
@@ -184,39 +182,58 @@ def _tenant_pss(daemon_pid: int, tenant: str) -> int:
 
 
 def tenants_scaling(pin: Pinning, counts: list[int], duration_s: float | None, log: Callable[[str], None],
-                    start_timeout: float = 300.0) -> dict[str, Any]:
-    """3b + 4. For each tenant count: start-up time per tenant, PSS per idle
-    tenant (summed over stub and host), daemon PSS; and, if duration_s is
-    given, wrk -c64 throughput with a random Host per request."""
+                    start_timeout: float = 300.0, fresh_counts: list[int] | None = None) -> dict[str, Any]:
+    """3b + 4. For each tenant count, hosts forked from the zygote and (for
+    fresh_counts) hosts started as fresh interpreters, in the same run:
+    start-up time per tenant, PSS per idle tenant (its processes: stub,
+    host, workers), daemon and zygote PSS; and, if duration_s is given,
+    wrk -c64 throughput with a random Host per request (zygote only)."""
     rows: list[Row] = []
+    fresh_counts = counts if fresh_counts is None else fresh_counts
     for n in counts:
-        tenants = servers.hello_tenants(n)
-        try:
-            with servers.mayflyd(pin, tenants, start_timeout=start_timeout) as server:
-                time.sleep(0.5)  # idle
-                pss = [_tenant_pss(server.proc.pid, t) for t in server.tenants]
-                daemon_pss = psutil.Process(server.proc.pid).memory_full_info().pss
-                row: Row = {"tenants": n, "startup_s": server.startup_s, "startup_per_tenant_ms":
-                            server.startup_s / n * 1e3, "pss_per_tenant_mb": statistics.mean(pss) / 2**20,
-                            "pss_min_mb": min(pss) / 2**20, "pss_max_mb": max(pss) / 2**20,
-                            "daemon_pss_mb": daemon_pss / 2**20, "ready_lines": _ready_lines(server)}
-                if duration_s:
-                    hosts = [h for t in tenants for h in t.hosts]
-                    result = wrk.run(pin, server.port, connections=64, duration_s=duration_s, hosts=hosts)
-                    row["wrk"] = result.to_json()
-                    row["rps"] = result.rps
-            log(f"{n} tenants: started in {row['startup_s']:.2f} s, {row['pss_per_tenant_mb']:.1f} MB PSS per tenant"
-                + (f", {row['rps']:.0f} req/s" if "rps" in row else ""))
-        except RuntimeError as exc:
-            row = {"tenants": n, "error": str(exc).splitlines()[0]}
-            log(f"{n} tenants: FAILED: {row['error']}")
-        rows.append(row)
+        for zygote in (True, False):
+            if not zygote and n not in fresh_counts:
+                continue
+            mode = "zygote" if zygote else "fresh"
+            tenants = servers.hello_tenants(n)
+            try:
+                with servers.mayflyd(pin, tenants, start_timeout=start_timeout, zygote=zygote) as server:
+                    time.sleep(0.5)  # idle
+                    status = _status(server)
+                    pss = [_pss_of_tree(t["hosts"][0]["pid"]) for t in status["tenants"].values() if t["hosts"]]
+                    if len(pss) != n:
+                        raise RuntimeError(f"{n - len(pss)} of {n} tenants have no host")
+                    zygote_pid = (status.get("zygote") or {}).get("pid") or 0
+                    zygote_pss = psutil.Process(zygote_pid).memory_full_info().pss if zygote_pid else 0
+                    daemon_pss = psutil.Process(server.proc.pid).memory_full_info().pss
+                    row: Row = {"tenants": n, "mode": mode, "startup_s": server.startup_s,
+                                "startup_per_tenant_ms": server.startup_s / n * 1e3,
+                                "pss_per_tenant_mb": statistics.mean(pss) / 2**20,
+                                "pss_min_mb": min(pss) / 2**20, "pss_max_mb": max(pss) / 2**20,
+                                "daemon_pss_mb": daemon_pss / 2**20, "zygote_pss_mb": zygote_pss / 2**20,
+                                "ready_lines": _ready_lines(server)}
+                    if duration_s and zygote:
+                        hosts = [h for t in tenants for h in t.hosts]
+                        result = wrk.run(pin, server.port, connections=64, duration_s=duration_s, hosts=hosts)
+                        row["wrk"] = result.to_json()
+                        row["rps"] = result.rps
+                log(f"{n} tenants ({mode}): started in {row['startup_s']:.2f} s, "
+                    f"{row['pss_per_tenant_mb']:.1f} MB PSS per tenant"
+                    + (f", {row['rps']:.0f} req/s" if "rps" in row else ""))
+            except RuntimeError as exc:
+                row = {"tenants": n, "mode": mode, "error": str(exc).splitlines()[0]}
+                log(f"{n} tenants ({mode}): FAILED: {row['error']}")
+            rows.append(row)
     ok = [r for r in rows if "error" not in r]
     for r in ok:
-        r["pss_ratio"] = _ratio(r["pss_per_tenant_mb"], ok[0]["pss_per_tenant_mb"])
-        r["startup_ratio"] = _ratio(r["startup_per_tenant_ms"], ok[0]["startup_per_tenant_ms"])
-        if "rps" in r and "rps" in ok[0]:
-            r["rps_ratio"] = _ratio(r["rps"], ok[0]["rps"])
+        fresh = next((f for f in ok if f["mode"] == "fresh" and f["tenants"] == r["tenants"]), None)
+        if fresh is not None:
+            r["pss_ratio"] = _ratio(r["pss_per_tenant_mb"], fresh["pss_per_tenant_mb"])
+            r["startup_ratio"] = _ratio(r["startup_per_tenant_ms"], fresh["startup_per_tenant_ms"])
+    first = next((r for r in ok if "rps" in r), None)
+    for r in ok:
+        if "rps" in r and first is not None:
+            r["rps_ratio"] = _ratio(r["rps"], first["rps"])
     return {"rows": rows}
 
 

@@ -131,21 +131,26 @@ def markdown(data: dict[str, Any], charts: list[str], chart_note: str | None) ->
         out += heap_section(data["heap"])
     if "tenants" in data:
         out += ["## 3b/4. Tenants: density, start-up and throughput", "",
-                "Each tenant serves the seed program. PSS per idle tenant = its stub + host (psutil, PSS), "
-                "start-up = daemon start to listening / tenants (all tenants start before the daemon listens). "
-                "Throughput: wrk -c64 with a random Host among the tenants per request (Lua). "
-                "Ratios to the 1-tenant case.", ""]
+                "Each tenant serves the seed program on the fork engine. Hosts forked from the zygote (the "
+                "default) and, as the baseline, hosts started as fresh interpreters (`zygote: false`), in the "
+                "same run. PSS per idle tenant = its processes (stub, host), psutil; the zygote's own PSS is "
+                "listed apart. Start-up = daemon start to listening / tenants (all tenants start before the "
+                "daemon listens). Ratios: zygote over fresh at the same count. Throughput: wrk -c64 with a "
+                "random Host among the tenants per request (Lua), ratio to the 1-tenant case.", ""]
         rows = []
         for r in data["tenants"]["rows"]:
+            mode = r.get("mode", "fresh")
             if "error" in r:
-                rows.append([str(r["tenants"]), "FAILED: " + r["error"], "", "", "", "", "", "", ""])
+                rows.append([str(r["tenants"]), mode, "FAILED: " + r["error"], "", "", "", "", "", "", "", "", ""])
                 continue
-            rows.append([str(r["tenants"]), _f(r["startup_s"]), _f(r["startup_per_tenant_ms"], "{:.1f}"),
-                         _f(r.get("startup_ratio"), "{:.2f}x"), _f(r["pss_per_tenant_mb"], "{:.1f}"),
-                         _f(r.get("pss_ratio"), "{:.2f}x"), _f(r["daemon_pss_mb"], "{:.0f}"),
+            rows.append([str(r["tenants"]), mode, _f(r["startup_s"]), _f(r["startup_per_tenant_ms"], "{:.1f}"),
+                         _f(r.get("startup_ratio"), "{:.2f}"), _f(r["pss_per_tenant_mb"], "{:.2f}"),
+                         _f(r.get("pss_ratio"), "{:.2f}"), _f(r["daemon_pss_mb"], "{:.0f}"),
+                         _f(r.get("zygote_pss_mb") or None, "{:.1f}"),
                          _f(r.get("rps"), "{:.0f}"), _f(r.get("rps_ratio"), "{:.2f}")])
-        out += _table(["tenants", "start-up s", "per tenant ms", "ratio", "PSS/tenant MB", "ratio",
-                       "daemon PSS MB", "req/s -c64 random host", "ratio"], rows) + [""]
+        out += _table(["tenants", "hosts", "start-up s", "per tenant ms", "zygote/fresh", "PSS/tenant MB",
+                       "zygote/fresh", "daemon PSS MB", "zygote PSS MB", "req/s -c64 random host", "ratio"],
+                      rows) + [""]
     if "profile" in data:
         p = data["profile"]
         out += ["## 5. Where a request's time goes in the daemon (cProfile)", "",

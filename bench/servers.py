@@ -156,11 +156,13 @@ def per_process(pin: Pinning, *, bwrap: bool, program: Path = SEED) -> Iterator[
             yield server
 
 
-def write_config(directory: Path, tenants: list[TenantSpec], port: int, admin_socket: str) -> Path:
+def write_config(directory: Path, tenants: list[TenantSpec], port: int, admin_socket: str,
+                 zygote: bool = True) -> Path:
     """A mayflyd config of our own (JSON is YAML) with a unique cgroup prefix."""
     config = {
         "listen": f"127.0.0.1:{port}",
         "admin_socket": admin_socket,
+        "zygote": zygote,
         "cgroup_prefix": f"mayflyd-bench-{secrets.token_hex(4)}",
         "shutdown_grace_ms": 5000,
         "tenants": [
@@ -189,9 +191,11 @@ def hello_tenants(count: int, program: Path = SEED, engine: str = "fork",
 
 @contextlib.contextmanager
 def mayflyd(pin: Pinning, tenants: list[TenantSpec] | None = None, *, engine: str = "fork",
-            profile_to: Path | None = None, start_timeout: float = 120.0) -> Iterator[RunningServer]:
+            profile_to: Path | None = None, start_timeout: float = 120.0,
+            zygote: bool = True) -> Iterator[RunningServer]:
     """d./e. mayflyd serving the given tenants (default: one tenant t0 with the
-    seed program, concurrency 64) on its own port, admin socket and cgroups."""
+    seed program, concurrency 64) on its own port, admin socket and cgroups;
+    zygote=False starts each host as a fresh interpreter."""
     if engine not in AVAILABLE_ENGINES:
         raise RuntimeError(f"{engine} engine: not available yet")
     tenants = tenants if tenants is not None else hello_tenants(1, engine=engine)
@@ -200,7 +204,7 @@ def mayflyd(pin: Pinning, tenants: list[TenantSpec] | None = None, *, engine: st
         tmp.chmod(0o700)
         port = free_port()
         admin = str(tmp / "admin.sock")
-        config = write_config(tmp, tenants, port, admin)
+        config = write_config(tmp, tenants, port, admin, zygote)
         log_path = tmp / "mayflyd.log"
         profile = ["-m", "cProfile", "-o", str(profile_to)] if profile_to else []
         cmd = [*pin.server, sys.executable, *profile, "-m", "mayflyd", "serve", "--config", str(config)]

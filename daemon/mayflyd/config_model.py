@@ -117,6 +117,7 @@ class Config:
     metrics_listen: tuple[str, int] | None  # optional TCP address for GET /metrics
     log_format: str  # logfmt | json
     access_log: bool
+    zygote: bool  # fork hosts from one pre-warmed interpreter rather than start a python each
     shutdown_grace_ms: int  # how long requests in flight may take to finish on SIGTERM
     defaults: Limits  # built-in defaults merged with defaults.limits
     tenants: tuple[TenantConfig, ...]

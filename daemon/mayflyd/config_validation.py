@@ -129,7 +129,7 @@ def _type_name(node: Node) -> str:
 
 _TOP_KEYS: Final = (
     "listen", "log_level", "cgroup", "cgroup_root", "cgroup_prefix", "uid_base", "admin_socket",
-    "metrics_listen", "log_format", "access_log", "shutdown_grace_ms", "defaults", "tenants",
+    "metrics_listen", "log_format", "access_log", "shutdown_grace_ms", "zygote", "defaults", "tenants",
 )
 _LOG_FORMATS: Final = ("logfmt", "json")
 _CGROUP_PREFIX_RE: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}(/[A-Za-z0-9_.-]{1,64}){0,3}")
@@ -338,6 +338,7 @@ class _Parser:
         log_format = self._optional(entries, "log_format", "logfmt",
                                     lambda n, p: self._choice(n, p, _LOG_FORMATS))
         access_log = self._optional(entries, "access_log", False, self._bool)
+        zygote = self._optional(entries, "zygote", True, self._bool)
         shutdown_grace_ms = self._optional(entries, "shutdown_grace_ms", 10000,
                                            lambda n, p: self._int(n, p, 0, 3_600_000))
         defaults = BUILTIN_LIMITS
@@ -359,6 +360,7 @@ class _Parser:
             metrics_listen=metrics_listen,
             log_format=log_format,
             access_log=access_log,
+            zygote=zygote,
             shutdown_grace_ms=shutdown_grace_ms,
             defaults=defaults,
             tenants=tenants,

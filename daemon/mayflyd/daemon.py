@@ -35,7 +35,8 @@ from mayflyd.notify import Notifier
 from mayflyd.program_files import program_fingerprint, program_version
 from mayflyd.router import Router
 from mayflyd.seccomp_policy import build_filters
-from mayflyd.tenant import ReloadResult, Tenant, Walls
+from mayflyd.zygote_client import ZygoteClient
+from mayflyd.tenant import BASE_HOST_ENVIRONMENT, ReloadResult, Tenant, Walls
 
 __all__ = ["Daemon", "decide_walls"]
 
@@ -131,6 +132,8 @@ class Daemon:
         self._last_reload: ReloadResult | None = None
         self._started = time.monotonic()
         self._program_reloads: set[asyncio.Task[ReloadResult]] = set()
+        # Started by the first host start that needs it.
+        self._zygote = ZygoteClient(BASE_HOST_ENVIRONMENT) if config.zygote else None
 
     def router(self) -> Router[Tenant]:
         return self._router
@@ -148,6 +151,8 @@ class Daemon:
                                 metrics_listen=self.config.metrics_listen)
             await admin.start()
             stack.push_async_callback(admin.close)
+            if self._zygote is not None:
+                stack.push_async_callback(self._zygote.close)
             stack.push_async_callback(self._stop_tenants)
             await self._start_tenants(self.config.tenants)
             runner = await self._listen()
@@ -212,7 +217,7 @@ class Daemon:
 
     async def _start_tenants(self, configs: tuple[TenantConfig, ...]) -> None:
         assert self._walls is not None
-        new = {t.name: Tenant(t, self._walls, self._metrics) for t in configs}
+        new = {t.name: Tenant(t, self._walls, self._metrics, self._zygote) for t in configs}
         for tenant in new.values():
             try:
                 await tenant.start()
@@ -287,7 +292,7 @@ class Daemon:
     def _warn_restart_only(self, new: Config) -> None:
         """Settings a running daemon cannot change; they wait for a restart."""
         for key in ("listen_host", "listen_port", "cgroup", "cgroup_root", "cgroup_prefix", "admin_socket",
-                    "metrics_listen", "log_format", "access_log", "shutdown_grace_ms"):
+                    "metrics_listen", "log_format", "access_log", "shutdown_grace_ms", "zygote"):
             if getattr(new, key) != getattr(self.config, key):
                 log.warning("%s changed in the configuration: it takes effect at the next restart", key)
 
@@ -332,6 +337,7 @@ class Daemon:
             "walls": {"mode": walls.mode, "cgroup": f"v{walls.cgroup_version}" if walls.cgroup_version else None,
                       "seccomp": walls.seccomp} if walls else None,
             "last_reload": self._last_reload.as_dict() if self._last_reload else None,
+            "zygote": {"pid": self._zygote.pid, "starts": self._zygote.starts} if self._zygote else None,
             "tenants": {name: tenant.status() for name, tenant in self._tenants.items()},
         }
 

@@ -1,7 +1,8 @@
 """The supervisor's handle on one sandbox host process.
 
-Starts the host, waits for its READY (or its LOAD_FAILED), relays its
-stdout and stderr into the log tagged with the tenant, and runs requests:
+Starts the host (forked by the zygote, or a fresh interpreter), waits for
+its READY (or its LOAD_FAILED), relays its stdout and stderr into the log
+tagged with the tenant, and runs requests:
 each request gets a fresh socketpair whose one end is passed to the host
 and from there to the request's sandbox alone.
 """
@@ -14,17 +15,17 @@ import logging
 import os
 import signal
 import socket
-import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Protocol
 
 from mayflyd import protocol
 from mayflyd.protocol import (ChildExit, ControlMessage, LoadFailed, Ready, RequestFailed, Response, ResponseDecoder,
                               WorkerReplaced)
 from mayflyd.logs import OutputBudget
 from mayflyd.sandbox_host import HostSpec
+from mayflyd.zygote_client import ZygoteClient, ZygoteError, python_argv
 
 __all__ = ["SandboxHost", "HostStartError", "SandboxError", "SandboxTimeout", "SandboxCrashed", "SandboxCpuExceeded", "RequestTooLarge",
            "BadResponse", "HostUnavailable", "RequestData", "describe_wait_status"]
@@ -35,11 +36,6 @@ _RECV_SIZE = protocol.FRAME_HEADER_SIZE + protocol.MAX_PAYLOAD + 1
 _OUTPUT_LINE_LIMIT = 8192
 LOADING_NICE = -5
 _OUTPUT_CHUNK = 64 * 1024
-# The host ignores the environment (-E) and user site (-s), so it is told
-# where this very package lives, installed or in a source checkout.
-_PACKAGE_PARENT = str(Path(__file__).resolve().parents[1])
-_HOST_BOOTSTRAP = (f"import sys; sys.path.insert(0, {_PACKAGE_PARENT!r}); "
-                   "from mayflyd.sandbox_host import main; main()")
 
 
 class HostStartError(Exception):
@@ -95,6 +91,49 @@ class RequestData:
     client: str
 
 
+class HostProcess(Protocol):
+    """A host's process as the supervisor sees it, however it was started."""
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def returncode(self) -> int | None: ...
+    @property
+    def stdout(self) -> asyncio.StreamReader: ...
+    @property
+    def stderr(self) -> asyncio.StreamReader: ...
+    def kill(self) -> None: ...
+    async def wait(self) -> int: ...
+    def close(self) -> None: ...
+
+
+class ExecChild:
+    """A host started as a fresh interpreter, the supervisor's own child."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None and proc.stderr is not None
+        self._proc = proc
+        self.pid = proc.pid
+        self.stdout = proc.stdout
+        self.stderr = proc.stderr
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.returncode
+
+    def kill(self) -> None:
+        try:
+            self._proc.kill()
+        except ProcessLookupError:
+            pass
+
+    async def wait(self) -> int:
+        return await self._proc.wait()
+
+    def close(self) -> None:
+        pass  # asyncio closes its pipes when the process has exited
+
+
 def describe_wait_status(status: int) -> str:
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
@@ -112,7 +151,8 @@ class SandboxHost:
     """One running host process of a tenant."""
 
     def __init__(self, *, tenant: str, version: str, spec: HostSpec, env: Mapping[str, str],
-                 output_budget: OutputBudget, on_sandbox_exit: Callable[[ChildExit | WorkerReplaced], None]) -> None:
+                 output_budget: OutputBudget, on_sandbox_exit: Callable[[ChildExit | WorkerReplaced], None],
+                 zygote: ZygoteClient | None = None) -> None:
         self.tenant = tenant
         self.version = version  # of the program this host loaded
         self._cpu_ms = spec.request_cpu_ms
@@ -120,10 +160,11 @@ class SandboxHost:
         self._env = dict(env)
         self._output_budget = output_budget
         self._on_sandbox_exit = on_sandbox_exit
+        self._zygote = zygote
         self.exited = asyncio.Event()
         self.in_flight = 0
         self._ctrl: socket.socket | None = None
-        self._proc: asyncio.subprocess.Process | None = None
+        self._proc: HostProcess | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._pending_exits: dict[int, asyncio.Future[ChildExit | RequestFailed]] = {}
         self.ready = False
@@ -138,13 +179,11 @@ class SandboxHost:
         parent_end, host_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         parent_end.setblocking(False)
         self._ctrl = parent_end
-        spec = dataclasses.replace(self._spec, ctrl_fd=host_end.fileno(), supervisor_pid=os.getpid())
         try:
-            self._proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-E", "-s", "-c", _HOST_BOOTSTRAP, spec.to_json(),
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, pass_fds=(host_end.fileno(),),
-                env=self._env, cwd="/", start_new_session=True)
+            self._proc = await self._spawn(host_end.fileno())
+        except ZygoteError as exc:
+            await self._close()
+            raise HostStartError(str(exc)) from None
         finally:
             host_end.close()
         self.pid = self._proc.pid
@@ -156,7 +195,6 @@ class SandboxHost:
             os.setpriority(os.PRIO_PROCESS, self.pid, LOADING_NICE)
         except OSError:
             pass  # without CAP_SYS_NICE it loads at the normal priority
-        assert self._proc.stdout is not None and self._proc.stderr is not None
         self._tasks.append(asyncio.create_task(self._relay_output(self._proc.stdout, "stdout")))
         self._tasks.append(asyncio.create_task(self._relay_output(self._proc.stderr, "stderr")))
         try:
@@ -180,15 +218,23 @@ class SandboxHost:
         self._tasks.append(asyncio.create_task(self._read_control()))
         self._tasks.append(asyncio.create_task(self._watch_process()))
 
+    async def _spawn(self, ctrl_fd: int) -> HostProcess:
+        if self._zygote is not None:
+            # parent_pid is the zygote's, filled in by the zygote.
+            return await self._zygote.spawn(dataclasses.replace(self._spec, ctrl_fd=ctrl_fd), self._env)
+        spec = dataclasses.replace(self._spec, ctrl_fd=ctrl_fd, parent_pid=os.getpid())
+        return ExecChild(await asyncio.create_subprocess_exec(
+            *python_argv("mayflyd.sandbox_host", spec.to_json()),
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, pass_fds=(ctrl_fd,),
+            env=self._env, cwd="/", start_new_session=True))
+
     async def kill(self) -> None:
         """Stop the host at once; its sandboxes die with it (parent-death signal)."""
         self.ready = False
         self._stopping = True
         if self._proc is not None and self._proc.returncode is None:
-            try:
-                self._proc.kill()
-            except ProcessLookupError:
-                pass
+            self._proc.kill()
             await self._proc.wait()
         await self._close()
         self.exited.set()
@@ -222,6 +268,8 @@ class SandboxHost:
                 except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
                     pass
         self._tasks.clear()
+        if self._proc is not None:
+            self._proc.close()
         if self._ctrl is not None:
             self._ctrl.close()
             self._ctrl = None

@@ -45,7 +45,7 @@ class HostSpec:
     tenant: str
     program: str
     ctrl_fd: int
-    supervisor_pid: int
+    parent_pid: int             # the supervisor, or the zygote that forked this host
     uid: int
     gid: int
     # Which walls to build: "root" (all of them), "userns" (unprivileged
@@ -122,7 +122,7 @@ def _build_walls(spec: HostSpec) -> None:
         _mayfly.seccomp_load(base64.b64decode(spec.loading_filter))
 
 
-def _make_runner(program: Program) -> _mayfly.Runner:
+def make_runner(program: Program) -> _mayfly.Runner:
     def runner(req_id: int, method: str, path: str, query: str,
                headers: list[tuple[str, str]], body: bytes, client: str) -> tuple[int, list[tuple[str, str]], bytes]:
         request = Request(id=req_id, method=method, path=path, query=query,
@@ -167,13 +167,13 @@ def _seal(spec: HostSpec) -> str | None:
     return None
 
 
-def serve(spec: HostSpec) -> int:
+def serve(spec: HostSpec, *, warmed_up: bool = False) -> int:
     ctrl = socket.socket(fileno=spec.ctrl_fd)
     # Not across exec: nothing on_init() runs may inherit the control channel.
     ctrl.set_inheritable(False)
-    # Dies with the supervisor; the check inside catches a supervisor that
-    # died before the signal was armed.
-    _mayfly.set_parent_death_signal(signal.SIGKILL, spec.supervisor_pid)
+    # Dies with its parent; the check inside catches a parent that died
+    # before the signal was armed.
+    _mayfly.set_parent_death_signal(signal.SIGKILL, spec.parent_pid)
     try:
         _build_walls(spec)
     except (OSError, ValueError) as exc:
@@ -201,8 +201,9 @@ def serve(spec: HostSpec) -> int:
     # the CPU is short; raising one's own nice value needs no privilege.
     os.setpriority(os.PRIO_PROCESS, 0, SERVING_NICE)
     # Sandboxes start from the state sealed here: specialise the daemon's
-    # own per-request code now, not in every one of them.
-    warm_up_request_path(_make_runner)
+    # own per-request code now, not in every one of them (a zygote did).
+    if not warmed_up:
+        warm_up_request_path(make_runner)
     for _ in range(WARM_UP_CALLS):
         _after_rewind()
     # Objects that exist now live as long as the host: keep the collector
@@ -211,12 +212,12 @@ def serve(spec: HostSpec) -> int:
     gc.freeze()
     request_filter = base64.b64decode(spec.request_filter)
     if spec.engine == "reset":
-        _mayfly.serve_reset(ctrl.fileno(), _make_runner(program), [], _after_rewind,
+        _mayfly.serve_reset(ctrl.fileno(), make_runner(program), [], _after_rewind,
                             request_filter=request_filter, cpu_ms=spec.request_cpu_ms,
                             memory_bytes=spec.request_memory, nofile=spec.nofile, pool_size=spec.pool,
                             verify=spec.verify_rewind)
     else:
-        _mayfly.serve_fork(ctrl.fileno(), _make_runner(program), [], request_filter=request_filter,
+        _mayfly.serve_fork(ctrl.fileno(), make_runner(program), [], request_filter=request_filter,
                            cpu_ms=spec.request_cpu_ms, memory_bytes=spec.request_memory, nofile=spec.nofile)
     return 0
 

@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 from pathlib import Path
 
 import mayflyd
@@ -30,6 +30,7 @@ from mayflyd.program_files import program_version
 from mayflyd.protocol import ChildExit, Response, WorkerReplaced
 from mayflyd.sandbox_host import HostSpec
 from mayflyd.seccomp_policy import SeccompFilters, build_filters
+from mayflyd.zygote_client import ZygoteClient
 
 __all__ = ["Tenant", "TenantBusy", "TenantState", "Walls", "SandboxOutOfMemory", "ReloadResult"]
 
@@ -110,14 +111,19 @@ def _sandbox_readonly_paths(config: TenantConfig) -> list[str]:
     return list(dict.fromkeys(paths))
 
 
+BASE_HOST_ENVIRONMENT: Final = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+
+
 def host_environment(config: TenantConfig) -> dict[str, str]:
     """A clean environment: nothing of the daemon's leaks into a tenant."""
-    return {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", **dict(config.env)}
+    return {**BASE_HOST_ENVIRONMENT, **dict(config.env)}
 
 
 class Tenant:
-    def __init__(self, config: TenantConfig, walls: Walls, metrics: Metrics) -> None:
+    def __init__(self, config: TenantConfig, walls: Walls, metrics: Metrics,
+                 zygote: ZygoteClient | None = None) -> None:
         self.config = config
+        self._zygote = zygote  # forks its hosts; None: each host is a fresh interpreter
         self._walls = walls
         self._metrics = metrics
         self._host: SandboxHost | None = None
@@ -153,7 +159,7 @@ class Tenant:
         walls, limits = self._walls, config.limits
         root = walls.mode == "root"
         return HostSpec(
-            tenant=self.name, program=str(config.program), ctrl_fd=-1, supervisor_pid=os.getpid(),
+            tenant=self.name, program=str(config.program), ctrl_fd=-1, parent_pid=os.getpid(),
             uid=config.uid if root else os.geteuid(), gid=config.gid if root else os.getegid(),
             mode=walls.mode, cgroup_version=walls.cgroup_version, cgroup_base=walls.cgroup_base,
             cgroup_group=walls.group_of(self.name), network=config.network,
@@ -288,7 +294,7 @@ class Tenant:
         version = await asyncio.to_thread(program_version, config.program)
         host = SandboxHost(tenant=self.name, version=version, spec=self._spec(config),
                            env=host_environment(config), output_budget=self._output,
-                           on_sandbox_exit=self._sandbox_exited)
+                           on_sandbox_exit=self._sandbox_exited, zygote=self._zygote)
         await host.start(config.limits.init_timeout_ms / 1000)
         return host
 
