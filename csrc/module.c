@@ -25,6 +25,7 @@
 #include "py_bindings.h"
 #include "seccomp.h"
 #include "userns.h"
+#include "zygote_fork.h"
 
 PyObject *raise_last(void)
 {
@@ -115,6 +116,61 @@ static PyObject *py_enter_namespaces(PyObject *self, PyObject *args)
     if (!ok)
         return raise_last();
     Py_RETURN_NONE;
+}
+
+/* Returns the child's pid in the zygote and 0 in the host (zygote_fork.c). */
+static PyObject *py_zygote_fork(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"ctrl_fd", "stdout_fd", "stderr_fd", "user_namespace", "cgroup_version",
+                             "cgroup_base", "cgroup_group", "network", "hostname", NULL};
+    struct mf_ns_hooks hooks = {NULL, hook_before_fork, hook_after_fork_parent, hook_after_fork_child};
+    struct mf_zygote_fork_config cfg = {.hooks = &hooks, .zygote = getpid()};
+    struct mf_cgroup_config cgroup = {0};
+    struct mf_ns_config ns = {0};
+    PyObject *base = NULL, *group = NULL, *hostname = NULL;
+    const char *network = NULL;
+    int user_namespace = 0;
+    pid_t pid;
+
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iii|piO&O&zO&:zygote_fork", kwlist, &cfg.ctrl_fd,
+                                     &cfg.stdout_fd, &cfg.stderr_fd, &user_namespace, &cgroup.version,
+                                     PyUnicode_FSConverter, &base, PyUnicode_FSConverter, &group, &network,
+                                     PyUnicode_FSConverter, &hostname))
+        goto done;
+    cfg.user_namespace = user_namespace != 0;
+    if (cgroup.version != 0) {
+        if (base == NULL || group == NULL) {
+            PyErr_SetString(PyExc_ValueError, "a cgroup needs cgroup_base and cgroup_group");
+            goto done;
+        }
+        cgroup.base = PyBytes_AS_STRING(base);
+        cgroup.group = PyBytes_AS_STRING(group);
+        cfg.cgroup = &cgroup;
+    }
+    if (network != NULL) {
+        if (hostname == NULL) {
+            PyErr_SetString(PyExc_ValueError, "namespaces need a hostname");
+            goto done;
+        }
+        if (!mf_network_parse(network, &ns.network)) {
+            PyErr_Format(PyExc_ValueError, "%s", mf_last_error());
+            goto done;
+        }
+        ns.hostname = PyBytes_AS_STRING(hostname);
+        cfg.ns = &ns;
+    }
+    /* The GIL stays held across the fork, as PyOS_BeforeFork requires. */
+    pid = mf_zygote_fork(&cfg);
+    Py_XDECREF(base);
+    Py_XDECREF(group);
+    Py_XDECREF(hostname);
+    return pid < 0 ? raise_last() : PyLong_FromLong(pid);
+done:
+    Py_XDECREF(base);
+    Py_XDECREF(group);
+    Py_XDECREF(hostname);
+    return NULL;
 }
 
 static PyObject *py_seccomp_load(PyObject *self, PyObject *args)
@@ -352,6 +408,9 @@ static PyMethodDef methods[] = {
     {"drop_privileges", (PyCFunction)(void (*)(void))py_drop_privileges, METH_VARARGS | METH_KEYWORDS,
      "drop_privileges(uid, gid, set_groups=True)"},
     {"enter_user_namespace", py_enter_user_namespace, METH_NOARGS, "enter_user_namespace()"},
+    {"zygote_fork", (PyCFunction)(void (*)(void))py_zygote_fork, METH_VARARGS | METH_KEYWORDS,
+     "zygote_fork(ctrl_fd, stdout_fd, stderr_fd, user_namespace=False, cgroup_version=0, cgroup_base=None, "
+     "cgroup_group=None, network=None, hostname=None) -> pid, 0 in the host"},
     {"enter_namespaces", py_enter_namespaces, METH_VARARGS,
      "enter_namespaces(network, hostname); returns in pid 1 of the new pid namespace only"},
     {"seccomp_load", py_seccomp_load, METH_VARARGS, "seccomp_load(bpf)"},

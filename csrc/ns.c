@@ -141,26 +141,35 @@ static bool host_watch_stub(const int pipe_fds[2])
     return true;
 }
 
-bool mf_enter_namespaces(const struct mf_ns_config *cfg)
+bool mf_unshare_namespaces(const struct mf_ns_config *cfg, bool pid)
 {
-    const struct mf_ns_hooks *hooks = cfg->hooks;
-    int flags = CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWCGROUP;
-    int pipe_fds[2];
-    pid_t pid;
+    int flags = CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWCGROUP;
 
+    if (pid)
+        flags |= CLONE_NEWPID;
     if (cfg->network != MF_NET_FULL)
         flags |= CLONE_NEWNET;
     /* The cgroup namespace is rooted at our cgroup: join it before this. */
     if (unshare(flags) < 0)
-        return mf_err("unshare(CLONE_NEWPID|CLONE_NEWIPC|CLONE_NEWUTS|CLONE_NEWCGROUP%s)",
+        return mf_err("unshare(%sCLONE_NEWIPC|CLONE_NEWUTS|CLONE_NEWCGROUP%s)", pid ? "CLONE_NEWPID|" : "",
                       cfg->network == MF_NET_FULL ? "" : "|CLONE_NEWNET");
-    /* The uts and net namespaces are the caller's already: set them up
-     * before the fork, so that a failure is raised in the one process there
-     * is rather than in a host whose stub waits for it. */
     if (sethostname(cfg->hostname, strlen(cfg->hostname)) < 0)
         return mf_err("sethostname(%s)", cfg->hostname);
     if (cfg->network == MF_NET_LOOPBACK)
         MF_TRY(loopback_up());
+    return true;
+}
+
+bool mf_enter_namespaces(const struct mf_ns_config *cfg)
+{
+    const struct mf_ns_hooks *hooks = cfg->hooks;
+    int pipe_fds[2];
+    pid_t pid;
+
+    /* The uts and net namespaces are the caller's already: set them up
+     * before the fork, so that a failure is raised in the one process there
+     * is rather than in a host whose stub waits for it. */
+    MF_TRY(mf_unshare_namespaces(cfg, true));
     if (pipe2(pipe_fds, O_CLOEXEC) < 0)
         return mf_err("pipe2(O_CLOEXEC)");
 

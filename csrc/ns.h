@@ -31,6 +31,13 @@ struct mf_ns_config {
 bool mf_network_parse(const char *name, enum mf_network *out);
 
 /*
+ * Unshares the namespaces (the pid namespace only if pid: it takes the
+ * caller's next child), sets the hostname and brings up lo if asked. The
+ * cgroup namespace is rooted at the caller's cgroup: join it first.
+ */
+bool mf_unshare_namespaces(const struct mf_ns_config *cfg, bool pid);
+
+/*
  * Unshares the namespaces, sets the hostname, brings up lo if asked, then
  * forks. The caller becomes a stub that never returns: it waits for the
  * child and ends the way the child ended. The child is pid 1 of the new

@@ -19,7 +19,20 @@ from typing import Any
 
 import yaml
 
-__all__ = ["Daemon", "DaemonProcess", "IsolatedDaemon", "Reply", "UnprivilegedDaemon", "free_port"]
+__all__ = ["Daemon", "DaemonProcess", "IsolatedDaemon", "Reply", "UnprivilegedDaemon", "free_port", "HOST_VARIANTS",
+           "host_variant"]
+
+# How the suites that run once per way of serving run their daemon: the
+# engine, and whether hosts are forked from the zygote (the default) or
+# started as fresh interpreters (zygote: false).
+HOST_VARIANTS = ("fork", "reset", "fork-fresh")
+
+
+def host_variant(param: str) -> tuple[str, bool]:
+    """(engine, zygote) of one of HOST_VARIANTS."""
+    engine, _, fresh = param.partition("-")
+    return engine, fresh != "fresh"
+
 
 
 def free_port() -> int:
@@ -48,11 +61,13 @@ class DaemonProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.cgroup_prefix = "mayflyd"
         self.engine = "fork"  # what the fixture configured its tenants with
+        self.zygote = True     # whether hosts are forked from the zygote
 
     def idle_processes(self) -> int:
-        """Processes of an idle tenant: the stub and the host, plus the reset engine's first
-        worker (its pool grows only while requests wait)."""
-        return 2 + (1 if self.engine == "reset" else 0)
+        """Processes of an idle tenant: the host; the stub a fresh host leaves outside its pid
+        namespace (a zygote's host has none); the reset engine's first worker (its pool grows
+        only while requests wait)."""
+        return 1 + (0 if self.zygote else 1) + (1 if self.engine == "reset" else 0)
 
     def spawn(self, args: list[str], timeout: float = 30.0, prefix: list[str] | None = None,
               env: dict[str, str] | None = None) -> None:
@@ -149,6 +164,7 @@ class Daemon(DaemonProcess):
                   "admin_socket": self.admin_socket, **top, "tenants": tenants}
         self.config_path = workdir / "mayflyd.yaml"
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        self.zygote = bool(top.get("zygote", True))
 
     def start(self, timeout: float = 30.0, env: dict[str, str] | None = None) -> Daemon:
         self.spawn(["serve", "--config", str(self.config_path)], timeout, env=env)

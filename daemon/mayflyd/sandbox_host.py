@@ -20,7 +20,6 @@ import resource
 import signal
 import socket
 import sys
-import threading
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,15 +82,35 @@ def _report_load_failure(ctrl: socket.socket, message: str) -> None:
         pass  # the supervisor is gone; our exit status says enough
 
 
-def _build_walls(spec: HostSpec) -> None:
-    """Every wall, in order, before any tenant code runs."""
-    # A crashing sandbox must not write a core file anywhere.
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    if spec.mode == "root":
+def hostname_of(spec: HostSpec) -> str:
+    return f"mayfly-{spec.tenant}"[:HOSTNAME_MAX]
+
+
+def _enter_tenant(spec: HostSpec) -> None:
+    """The walls a zygote builds in C between its fork and the host (zygote_fork.c)."""
+    if spec.mode == "root" and spec.cgroup_version:
         # First, so that everything the host allocates from here on is
         # charged to the tenant and limited.
-        if spec.cgroup_version:
-            _mayfly.cgroup_join(spec.cgroup_version, spec.cgroup_base, spec.cgroup_group, os.getpid())
+        _mayfly.cgroup_join(spec.cgroup_version, spec.cgroup_base, spec.cgroup_group, os.getpid())
+    elif spec.mode == "userns":
+        # Gives this unprivileged process the capabilities, inside a user
+        # namespace, that the namespaces and mounts below need.
+        _mayfly.enter_user_namespace()
+    if spec.mode in ("root", "userns"):
+        # After the cgroup join (a cgroup namespace rooted at the tenant's
+        # group); from here on this process is pid 1 of a pid namespace and
+        # a stub parent waits for it outside.
+        _mayfly.enter_namespaces(spec.network, hostname_of(spec))
+
+
+def _build_walls(spec: HostSpec, *, entered: bool) -> None:
+    """Every wall, in order, before any tenant code runs; `entered`: a
+    zygote has already put this host in its namespaces and cgroup."""
+    # A crashing sandbox must not write a core file anywhere.
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if not entered:
+        _enter_tenant(spec)
+    if spec.mode == "root":
         # Lowering the score needs CAP_SYS_RESOURCE, so before the identity
         # drop. Some machines deny it even to root; sandboxes still rise to 1000.
         try:
@@ -101,15 +120,7 @@ def _build_walls(spec: HostSpec) -> None:
         # Counted per uid, and the tenant's uid is its own: a second cap on
         # processes that holds without a pids cgroup too.
         resource.setrlimit(resource.RLIMIT_NPROC, (spec.pids, spec.pids))
-    elif spec.mode == "userns":
-        # Gives this unprivileged process the capabilities, inside a user
-        # namespace, that the namespaces and mounts below need.
-        _mayfly.enter_user_namespace()
     if spec.mode in ("root", "userns"):
-        # After the cgroup join (a cgroup namespace rooted at the tenant's
-        # group); from here on this process is pid 1 of a pid namespace and
-        # a stub parent waits for it outside.
-        _mayfly.enter_namespaces(spec.network, f"mayfly-{spec.tenant}"[:HOSTNAME_MAX])
         # In the new pid namespace, so that its procfs shows only the tenant;
         # needs the capabilities the identity drop takes away.
         skipped = _mayfly.enter_minimal_root(spec.readonly_paths)
@@ -160,22 +171,31 @@ def _seal(spec: HostSpec) -> str | None:
                 os.waitpid(-1, 0)
             except ChildProcessError:
                 break
-    threads = len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else threading.active_count()
+    if os.path.isdir("/proc/self/task"):
+        threads = len(os.listdir("/proc/self/task"))
+    else:
+        # Imported only here: a zygote without threading spares every host
+        # its after-fork work (and the pages it would copy).
+        import threading
+        threads = threading.active_count()
     if threads > 1:
         return (f"on_init() left {threads - 1} thread(s) running; a host must be single-threaded "
                 "before it serves (a thread would see every request's channel)")
     return None
 
 
-def serve(spec: HostSpec, *, warmed_up: bool = False) -> int:
+def serve(spec: HostSpec, *, forked_by_zygote: bool = False) -> int:
+    """Run the host; forked_by_zygote: already in its namespaces, dying
+    with its parent, and with the daemon's request path warm."""
     ctrl = socket.socket(fileno=spec.ctrl_fd)
     # Not across exec: nothing on_init() runs may inherit the control channel.
     ctrl.set_inheritable(False)
-    # Dies with its parent; the check inside catches a parent that died
-    # before the signal was armed.
-    _mayfly.set_parent_death_signal(signal.SIGKILL, spec.parent_pid)
+    if not forked_by_zygote:
+        # Dies with its parent; the check inside catches a parent that died
+        # before the signal was armed.
+        _mayfly.set_parent_death_signal(signal.SIGKILL, spec.parent_pid)
     try:
-        _build_walls(spec)
+        _build_walls(spec, entered=forked_by_zygote)
     except (OSError, ValueError) as exc:
         _report_load_failure(ctrl, f"sandbox setup failed: {exc}")
         return 1
@@ -202,7 +222,7 @@ def serve(spec: HostSpec, *, warmed_up: bool = False) -> int:
     os.setpriority(os.PRIO_PROCESS, 0, SERVING_NICE)
     # Sandboxes start from the state sealed here: specialise the daemon's
     # own per-request code now, not in every one of them (a zygote did).
-    if not warmed_up:
+    if not forked_by_zygote:
         warm_up_request_path(make_runner)
     for _ in range(WARM_UP_CALLS):
         _after_rewind()

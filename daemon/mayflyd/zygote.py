@@ -3,7 +3,8 @@
 The supervisor starts it once (zygote_client.py). It imports the host's
 code, specialises the daemon's per-request path and freezes its objects;
 then, for each host the supervisor asks for, it forks a child that becomes
-that host (sandbox_host.serve). Every host so started shares the
+that host: zygote_fork.c puts it in the tenant's cgroup and namespaces
+(leaving the stub behind), and sandbox_host.serve does the rest. Every host so started shares the
 interpreter's pages with all the others instead of loading its own Python,
 which is what makes an idle tenant cheap and quick to start.
 
@@ -30,11 +31,12 @@ import signal
 import socket
 import sys
 import traceback
+from pathlib import Path
 from typing import Any, NoReturn
 
 from mayflyd import _mayfly
-from mayflyd.program import warm_up_request_path
-from mayflyd.sandbox_host import HostSpec, make_runner, serve
+from mayflyd.program import load_program, warm_up_request_path
+from mayflyd.sandbox_host import HostSpec, hostname_of, make_runner, serve
 
 __all__ = ["main", "MAX_MESSAGE", "SPAWN_FDS"]
 
@@ -46,23 +48,18 @@ class Zygote:
     def __init__(self, channel: socket.socket) -> None:
         self._channel = channel
         self._pid = os.getpid()
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_w, False)
+        self._children: dict[int, int] = {}  # pidfd -> pid
+        self._poller = select.poll()
 
     def serve(self) -> int:
-        # SIGCHLD only wakes the poll below; reaping is done there.
-        signal.set_wakeup_fd(self._wake_w)
-        signal.signal(signal.SIGCHLD, lambda signum, frame: None)
-        poller = select.poll()
-        poller.register(self._channel, select.POLLIN)
-        poller.register(self._wake_r, select.POLLIN)
+        # Each child's end shows on its pidfd: no SIGCHLD handler to inherit.
+        self._poller.register(self._channel, select.POLLIN)
         while True:
-            for fd, _events in poller.poll():
-                if fd == self._wake_r:
-                    os.read(self._wake_r, 4096)
+            for fd, _events in self._poller.poll():
+                if fd in self._children:
+                    self._reap(fd)
                 elif not self._handle_message():
                     return 0  # the supervisor is gone
-            self._reap()
 
     def _handle_message(self) -> bool:
         message: Any = None
@@ -93,38 +90,36 @@ class Zygote:
         spec = HostSpec.from_json(message["spec"])
         env = {str(k): str(v) for k, v in message["env"].items()}
         ctrl, stdout, stderr = fds
+        spec = dataclasses.replace(spec, ctrl_fd=ctrl, parent_pid=self._pid)
+        argv = ["-c", spec.to_json()]  # as a fresh host's; made here, where its pages are shared
         sys.stdout.flush()
         sys.stderr.flush()
         try:
-            pid = os.fork()
+            pid = _mayfly.zygote_fork(ctrl, stdout, stderr, **_walls_in_c(spec))
         except OSError as exc:
             self._send({"failed": message["spawn"], "error": f"fork: {exc}"})
             return
         if pid == 0:
-            self._become_host(dataclasses.replace(spec, ctrl_fd=ctrl, parent_pid=self._pid), env, stdout, stderr)
+            self._become_host(spec, env, argv)
         pidfd = os.pidfd_open(pid)
-        try:
-            self._send({"spawned": message["spawn"], "pid": pid}, [pidfd])
-        finally:
-            os.close(pidfd)
+        self._children[pidfd] = pid
+        self._poller.register(pidfd, select.POLLIN)
+        self._send({"spawned": message["spawn"], "pid": pid}, [pidfd])
 
-    def _become_host(self, spec: HostSpec, env: dict[str, str], stdout: int, stderr: int) -> NoReturn:
+    def _become_host(self, spec: HostSpec, env: dict[str, str], argv: list[str]) -> NoReturn:
+        """In the child: only fds 0-2 and the control socket are left (zygote_fork.c)."""
         code = 1
         try:
-            signal.set_wakeup_fd(-1)
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            self._channel.close()
-            os.close(self._wake_r)
-            os.close(self._wake_w)
-            os.dup2(stdout, 1)
-            os.dup2(stderr, 2)
-            os.close(stdout)
-            os.close(stderr)
-            os.setsid()
-            os.environ.clear()
-            os.environ.update(env)
-            sys.argv[:] = ["-c", spec.to_json()]
-            code = serve(spec, warmed_up=True)
+            self._channel.detach()
+            self._children.clear()
+            # Only what differs: the zygote's environment is the hosts' base.
+            for key in [k for k in os.environ if k not in env]:
+                del os.environ[key]
+            for key, value in env.items():
+                if os.environ.get(key) != value:
+                    os.environ[key] = value
+            sys.argv[:] = argv
+            code = serve(spec, forked_by_zygote=True)
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
         except BaseException:  # noqa: BLE001 - a host's failure must not return into the zygote
@@ -137,15 +132,12 @@ class Zygote:
                     pass
             os._exit(code)
 
-    def _reap(self) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            self._send({"exited": pid, "status": status})
+    def _reap(self, pidfd: int) -> None:
+        pid = self._children.pop(pidfd)
+        self._poller.unregister(pidfd)
+        os.close(pidfd)
+        _, status = os.waitpid(pid, 0)  # exited: does not block
+        self._send({"exited": pid, "status": status})
 
     def _send(self, message: dict[str, Any], fds: list[int] | None = None) -> None:
         data = json.dumps(message).encode()
@@ -158,9 +150,32 @@ class Zygote:
             pass  # the supervisor is gone: the next receive ends the loop
 
 
+def _walls_in_c(spec: HostSpec) -> dict[str, Any]:
+    """What zygote_fork builds before the host runs: sandbox_host._enter_tenant's walls."""
+    walls: dict[str, Any] = {}
+    if spec.mode == "root" and spec.cgroup_version:
+        walls.update(cgroup_version=spec.cgroup_version, cgroup_base=spec.cgroup_base,
+                     cgroup_group=spec.cgroup_group)
+    elif spec.mode == "userns":
+        walls.update(user_namespace=True)
+    if spec.mode in ("root", "userns"):
+        walls.update(network=spec.network, hostname=hostname_of(spec))
+    return walls
+
+
+WARM_UP_LOADS = 4
+
+
 def _prewarm() -> None:
-    """What every host would otherwise do for itself, done once."""
+    """What every host would otherwise do for itself, done once: each page
+    this specialises or caches here is one page less copied into every host."""
     warm_up_request_path(make_runner)
+    saved_path = list(sys.path)
+    for i in range(WARM_UP_LOADS):
+        name = f"mayflyd_warm_up_program_{i}"
+        load_program(Path(__file__).with_name("warm_up_program.py"), module_name=name).init()
+        del sys.modules[name]
+    sys.path[:] = saved_path
     # Objects that exist now live as long as the zygote: keep the hosts'
     # collectors from touching (and so copying) their pages.
     gc.collect()

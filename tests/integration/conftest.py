@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon_harness import Daemon, skip_without_reset_engine
+from tests.daemon_harness import HOST_VARIANTS, Daemon, host_variant, skip_without_reset_engine
 from tests.integration import programs
 
 SEED_PROGRAM = Path(__file__).resolve().parents[2] / "config" / "programs" / "hello_pythran.py"
@@ -19,13 +19,11 @@ def limits(**overrides: object) -> dict[str, object]:
     return {"memory": "256MiB", "request_timeout_ms": 3000, "max_body": "1MiB", "concurrency": 32, **overrides}
 
 
-ENGINES = ("fork", "reset")
-
-
-@pytest.fixture(scope="module", params=ENGINES)
+@pytest.fixture(scope="module", params=HOST_VARIANTS)
 def daemon(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    """One daemon with a tenant per behaviour under test, once per engine."""
-    skip_without_reset_engine(request.param)
+    """One daemon with a tenant per behaviour under test, once per engine (and once with fresh hosts)."""
+    engine, zygote = host_variant(request.param)
+    skip_without_reset_engine(engine)
     workdir = tmp_path_factory.mktemp("mayflyd")
     (workdir / "programs").mkdir()
     shutil.copy(SEED_PROGRAM, workdir / "programs" / "hello_pythran.py")
@@ -56,15 +54,15 @@ def daemon(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
          "limits": limits()},
     ]
     for tenant in tenants:
-        tenant["engine"] = request.param
+        tenant["engine"] = engine
     sources = {
         "echo.py": echo, "state.py": programs.STATE, "crashy.py": programs.CRASHY, "slow.py": programs.SLOW,
         "badresp.py": programs.BAD_RESPONSES, "initfail.py": programs.INIT_FAILS, "whoami.py": programs.WHOAMI,
         "hog.py": programs.MEMORY_HOG, "victim.py": programs.VICTIM, "leftovers.py": programs.LEFTOVERS,
         "threadleft.py": programs.THREAD_LEFT,
     }
-    d = Daemon(workdir, tenants, sources)
-    d.engine = request.param
+    d = Daemon(workdir, tenants, sources, zygote=zygote)
+    d.engine = engine
     d.start()
     try:
         yield d

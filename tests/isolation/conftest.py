@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon_harness import IsolatedDaemon, skip_without_reset_engine
+from tests.daemon_harness import HOST_VARIANTS, IsolatedDaemon, host_variant, skip_without_reset_engine
 
 REPO = Path(__file__).resolve().parents[2]
 ATTACKS = Path(__file__).resolve().parent / "attacks.py"
@@ -49,9 +49,10 @@ def _limits(**overrides: object) -> dict[str, object]:
             "request_cpu_ms": 1500, "max_response": "16MiB", "concurrency": 16, **overrides}
 
 
-@pytest.fixture(scope="package", params=("fork", "reset"))
+@pytest.fixture(scope="package", params=HOST_VARIANTS)
 def isolated(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[IsolatedDaemon]:
-    skip_without_reset_engine(request.param)
+    engine, zygote = host_variant(request.param)
+    skip_without_reset_engine(engine)
     workdir = tmp_path_factory.mktemp("isolation")
     (workdir / "programs").mkdir()
     shutil.copy(REPO / "config" / "programs" / "hello_pythran.py", workdir / "programs" / "hello.py")
@@ -69,9 +70,9 @@ def isolated(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
         {"name": "secret", "hosts": ["secret.localhost"], "program": "programs/secret"},
     ]
     for tenant in tenants:
-        tenant["engine"] = request.param
-    daemon = IsolatedDaemon(workdir, tenants, {"attacks.py": ATTACKS.read_text()})
-    daemon.engine = request.param
+        tenant["engine"] = engine
+    daemon = IsolatedDaemon(workdir, tenants, {"attacks.py": ATTACKS.read_text()}, zygote=zygote)
+    daemon.engine = engine
     os.environ["MAYFLYD_TEST_SECRET"] = "daemon-environment-secret"
     try:
         daemon.start()
