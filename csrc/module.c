@@ -17,6 +17,7 @@
 
 #include "cgroup.h"
 #include "fork_engine.h"
+#include "host_walls.h"
 #include "identity.h"
 #include "log.h"
 #include "mounts.h"
@@ -118,61 +119,6 @@ static PyObject *py_enter_namespaces(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-/* Returns the child's pid in the zygote and 0 in the host (zygote_fork.c). */
-static PyObject *py_zygote_fork(PyObject *self, PyObject *args, PyObject *kwargs)
-{
-    static char *kwlist[] = {"ctrl_fd", "stdout_fd", "stderr_fd", "user_namespace", "cgroup_version",
-                             "cgroup_base", "cgroup_group", "network", "hostname", NULL};
-    struct mf_ns_hooks hooks = {NULL, hook_before_fork, hook_after_fork_parent, hook_after_fork_child};
-    struct mf_zygote_fork_config cfg = {.hooks = &hooks, .zygote = getpid()};
-    struct mf_cgroup_config cgroup = {0};
-    struct mf_ns_config ns = {0};
-    PyObject *base = NULL, *group = NULL, *hostname = NULL;
-    const char *network = NULL;
-    int user_namespace = 0;
-    pid_t pid;
-
-    (void)self;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iii|piO&O&zO&:zygote_fork", kwlist, &cfg.ctrl_fd,
-                                     &cfg.stdout_fd, &cfg.stderr_fd, &user_namespace, &cgroup.version,
-                                     PyUnicode_FSConverter, &base, PyUnicode_FSConverter, &group, &network,
-                                     PyUnicode_FSConverter, &hostname))
-        goto done;
-    cfg.user_namespace = user_namespace != 0;
-    if (cgroup.version != 0) {
-        if (base == NULL || group == NULL) {
-            PyErr_SetString(PyExc_ValueError, "a cgroup needs cgroup_base and cgroup_group");
-            goto done;
-        }
-        cgroup.base = PyBytes_AS_STRING(base);
-        cgroup.group = PyBytes_AS_STRING(group);
-        cfg.cgroup = &cgroup;
-    }
-    if (network != NULL) {
-        if (hostname == NULL) {
-            PyErr_SetString(PyExc_ValueError, "namespaces need a hostname");
-            goto done;
-        }
-        if (!mf_network_parse(network, &ns.network)) {
-            PyErr_Format(PyExc_ValueError, "%s", mf_last_error());
-            goto done;
-        }
-        ns.hostname = PyBytes_AS_STRING(hostname);
-        cfg.ns = &ns;
-    }
-    /* The GIL stays held across the fork, as PyOS_BeforeFork requires. */
-    pid = mf_zygote_fork(&cfg);
-    Py_XDECREF(base);
-    Py_XDECREF(group);
-    Py_XDECREF(hostname);
-    return pid < 0 ? raise_last() : PyLong_FromLong(pid);
-done:
-    Py_XDECREF(base);
-    Py_XDECREF(group);
-    Py_XDECREF(hostname);
-    return NULL;
-}
-
 static PyObject *py_seccomp_load(PyObject *self, PyObject *args)
 {
     Py_buffer bpf;
@@ -216,49 +162,199 @@ static PyObject *py_set_oom_score_adj(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* A Python sequence of str paths, encoded for C. */
+struct path_list {
+    PyObject *seq;
+    PyObject **encoded;
+    const char **paths;
+    Py_ssize_t n, done;
+};
+
+static void path_list_free(struct path_list *p)
+{
+    for (Py_ssize_t i = 0; i < p->done; i++)
+        Py_XDECREF(p->encoded[i]);
+    PyMem_Free(p->encoded);
+    PyMem_Free(p->paths);
+    Py_XDECREF(p->seq);
+    memset(p, 0, sizeof(*p));
+}
+
+static bool path_list_encode(PyObject *list, struct path_list *p)
+{
+    memset(p, 0, sizeof(*p));
+    p->seq = PySequence_Fast(list, "paths must be a sequence of str");
+    if (p->seq == NULL)
+        return false;
+    p->n = PySequence_Fast_GET_SIZE(p->seq);
+    p->encoded = PyMem_Calloc((size_t)p->n + 1, sizeof(*p->encoded));
+    p->paths = PyMem_Calloc((size_t)p->n + 1, sizeof(*p->paths));
+    if (p->encoded == NULL || p->paths == NULL) {
+        PyErr_NoMemory();
+        path_list_free(p);
+        return false;
+    }
+    for (; p->done < p->n; p->done++) {
+        if (!PyUnicode_FSConverter(PySequence_Fast_GET_ITEM(p->seq, p->done), &p->encoded[p->done])) {
+            path_list_free(p);
+            return false;
+        }
+        p->paths[p->done] = PyBytes_AS_STRING(p->encoded[p->done]);
+    }
+    return true;
+}
+
 static PyObject *py_enter_minimal_root(PyObject *self, PyObject *args)
 {
-    PyObject *list, *seq, *skipped_list = NULL;
-    PyObject **encoded = NULL;
-    const char **paths = NULL;
-    bool *skipped = NULL;
-    Py_ssize_t n, done = 0;
+    PyObject *list, *skipped_list = NULL;
+    struct path_list p;
+    bool *skipped;
 
     (void)self;
-    if (!PyArg_ParseTuple(args, "O:enter_minimal_root", &list))
+    if (!PyArg_ParseTuple(args, "O:enter_minimal_root", &list) || !path_list_encode(list, &p))
         return NULL;
-    seq = PySequence_Fast(list, "paths must be a sequence of str");
-    if (seq == NULL)
-        return NULL;
-    n = PySequence_Fast_GET_SIZE(seq);
-    encoded = PyMem_Calloc((size_t)n + 1, sizeof(*encoded));
-    paths = PyMem_Calloc((size_t)n + 1, sizeof(*paths));
-    skipped = PyMem_Calloc((size_t)n + 1, sizeof(*skipped));
-    if (encoded == NULL || paths == NULL || skipped == NULL) {
+    skipped = PyMem_Calloc((size_t)p.n + 1, sizeof(*skipped));
+    if (skipped == NULL) {
         PyErr_NoMemory();
-        goto out;
-    }
-    for (; done < n; done++) {
-        if (!PyUnicode_FSConverter(PySequence_Fast_GET_ITEM(seq, done), &encoded[done]))
-            goto out;
-        paths[done] = PyBytes_AS_STRING(encoded[done]);
-    }
-    if (!mf_enter_minimal_root(paths, (size_t)n, skipped)) {
+    } else if (!mf_enter_minimal_root(p.paths, (size_t)p.n, skipped)) {
         raise_last();
-        goto out;
+    } else {
+        skipped_list = PyList_New(0);
+        for (Py_ssize_t i = 0; skipped_list != NULL && i < p.n; i++)
+            if (skipped[i] && PyList_Append(skipped_list, PySequence_Fast_GET_ITEM(p.seq, i)) < 0)
+                Py_CLEAR(skipped_list);
     }
-    skipped_list = PyList_New(0);
-    for (Py_ssize_t i = 0; skipped_list != NULL && i < n; i++)
-        if (skipped[i] && PyList_Append(skipped_list, PySequence_Fast_GET_ITEM(seq, i)) < 0)
-            Py_CLEAR(skipped_list);
-out:
-    for (Py_ssize_t i = 0; i < done; i++)
-        Py_XDECREF(encoded[i]);
-    PyMem_Free(encoded);
-    PyMem_Free(paths);
     PyMem_Free(skipped);
-    Py_DECREF(seq);
+    path_list_free(&p);
     return skipped_list;
+}
+
+/* walls = (root, nproc, uid, gid, readonly_paths or None, loading_filter or None) */
+struct walls_args {
+    struct mf_host_walls w;
+    struct path_list paths;
+    Py_buffer filter;
+};
+
+static void walls_args_free(struct walls_args *a)
+{
+    path_list_free(&a->paths);
+    if (a->filter.obj != NULL)
+        PyBuffer_Release(&a->filter);
+}
+
+static bool walls_args_parse(PyObject *tuple, struct walls_args *a)
+{
+    PyObject *paths, *filter;
+    int root;
+    unsigned long nproc;
+    unsigned int uid, gid;
+
+    memset(a, 0, sizeof(*a));
+    if (!PyArg_ParseTuple(tuple, "pkIIOO:walls", &root, &nproc, &uid, &gid, &paths, &filter))
+        return false;
+    a->w.root = root != 0;
+    a->w.nproc = nproc;
+    a->w.uid = (uid_t)uid;
+    a->w.gid = (gid_t)gid;
+    if (paths != Py_None) {
+        if (!path_list_encode(paths, &a->paths))
+            return false;
+        a->w.minimal_root = true;
+        a->w.readonly_paths = a->paths.paths;
+        a->w.n_paths = (size_t)a->paths.n;
+    }
+    if (filter != Py_None) {
+        if (PyObject_GetBuffer(filter, &a->filter, PyBUF_SIMPLE) < 0) {
+            walls_args_free(a);
+            return false;
+        }
+        if (!mf_seccomp_check((size_t)a->filter.len)) {
+            PyErr_Format(PyExc_ValueError, "%s", mf_last_error());
+            walls_args_free(a);
+            return false;
+        }
+        a->w.loading_filter = a->filter.buf;
+        a->w.filter_len = (size_t)a->filter.len;
+    }
+    return true;
+}
+
+static PyObject *py_build_host_walls(PyObject *self, PyObject *args)
+{
+    struct walls_args a;
+    PyObject *tuple;
+    bool ok;
+
+    (void)self;
+    if (!PyArg_ParseTuple(args, "O!:build_host_walls", &PyTuple_Type, &tuple) || !walls_args_parse(tuple, &a))
+        return NULL;
+    ok = mf_host_walls_build(&a.w);
+    walls_args_free(&a);
+    if (!ok)
+        return raise_last();
+    Py_RETURN_NONE;
+}
+
+/* Returns the child's pid in the zygote and 0 in the host (zygote_fork.c). */
+static PyObject *py_zygote_fork(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"ctrl_fd", "stdout_fd", "stderr_fd", "walls", "user_namespace", "cgroup_version",
+                             "cgroup_base", "cgroup_group", "network", "hostname", NULL};
+    struct mf_ns_hooks hooks = {NULL, hook_before_fork, hook_after_fork_parent, hook_after_fork_child};
+    struct mf_zygote_fork_config cfg = {.hooks = &hooks, .zygote = getpid()};
+    struct mf_cgroup_config cgroup = {0};
+    struct mf_ns_config ns = {0};
+    PyObject *base = NULL, *group = NULL, *hostname = NULL, *walls;
+    struct walls_args w = {0};
+    const char *network = NULL;
+    int user_namespace = 0;
+    pid_t pid;
+
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iiiO!|piO&O&zO&:zygote_fork", kwlist, &cfg.ctrl_fd,
+                                     &cfg.stdout_fd, &cfg.stderr_fd, &PyTuple_Type, &walls, &user_namespace,
+                                     &cgroup.version, PyUnicode_FSConverter, &base, PyUnicode_FSConverter, &group,
+                                     &network, PyUnicode_FSConverter, &hostname))
+        goto done;
+    if (!walls_args_parse(walls, &w))
+        goto done;
+    cfg.walls = &w.w;
+    cfg.user_namespace = user_namespace != 0;
+    if (cgroup.version != 0) {
+        if (base == NULL || group == NULL) {
+            PyErr_SetString(PyExc_ValueError, "a cgroup needs cgroup_base and cgroup_group");
+            goto done;
+        }
+        cgroup.base = PyBytes_AS_STRING(base);
+        cgroup.group = PyBytes_AS_STRING(group);
+        cfg.cgroup = &cgroup;
+    }
+    if (network != NULL) {
+        if (hostname == NULL) {
+            PyErr_SetString(PyExc_ValueError, "namespaces need a hostname");
+            goto done;
+        }
+        if (!mf_network_parse(network, &ns.network)) {
+            PyErr_Format(PyExc_ValueError, "%s", mf_last_error());
+            goto done;
+        }
+        ns.hostname = PyBytes_AS_STRING(hostname);
+        cfg.ns = &ns;
+    }
+    /* The GIL stays held across the fork, as PyOS_BeforeFork requires. */
+    pid = mf_zygote_fork(&cfg);
+    walls_args_free(&w);
+    Py_XDECREF(base);
+    Py_XDECREF(group);
+    Py_XDECREF(hostname);
+    return pid < 0 ? raise_last() : PyLong_FromLong(pid);
+done:
+    walls_args_free(&w);
+    Py_XDECREF(base);
+    Py_XDECREF(group);
+    Py_XDECREF(hostname);
+    return NULL;
 }
 
 /* ---- cgroups: the GIL is released, remove may wait about a second ---- */
@@ -407,9 +503,11 @@ static PyMethodDef methods[] = {
     {"struct_layout", py_struct_layout, METH_NOARGS, "{struct: (size, {field: (offset, size)})}"},
     {"drop_privileges", (PyCFunction)(void (*)(void))py_drop_privileges, METH_VARARGS | METH_KEYWORDS,
      "drop_privileges(uid, gid, set_groups=True)"},
+    {"build_host_walls", py_build_host_walls, METH_VARARGS,
+     "build_host_walls((root, nproc, uid, gid, readonly_paths or None, loading_filter or None))"},
     {"enter_user_namespace", py_enter_user_namespace, METH_NOARGS, "enter_user_namespace()"},
     {"zygote_fork", (PyCFunction)(void (*)(void))py_zygote_fork, METH_VARARGS | METH_KEYWORDS,
-     "zygote_fork(ctrl_fd, stdout_fd, stderr_fd, user_namespace=False, cgroup_version=0, cgroup_base=None, "
+     "zygote_fork(ctrl_fd, stdout_fd, stderr_fd, walls, user_namespace=False, cgroup_version=0, cgroup_base=None, "
      "cgroup_group=None, network=None, hostname=None) -> pid, 0 in the host"},
     {"enter_namespaces", py_enter_namespaces, METH_VARARGS,
      "enter_namespaces(network, hostname); returns in pid 1 of the new pid namespace only"},

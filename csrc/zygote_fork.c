@@ -78,13 +78,14 @@ static bool child_setup(const struct mf_zygote_fork_config *cfg, int zygote_pidf
  * made here, and a stub stays behind in C (ns.c). */
 static bool become_host_in_user_namespace(const struct mf_zygote_fork_config *cfg)
 {
-    struct mf_ns_hooks ns_hooks = {cfg->hooks->ctx, no_hook, no_hook, cfg->hooks->after_fork_child};
+    struct mf_ns_hooks ns_hooks = {cfg->hooks->ctx, no_hook, no_hook, no_hook};
     struct mf_ns_config ns = *cfg->ns;
 
     MF_TRY(child_setup(cfg, -1));
     MF_TRY(mf_enter_user_namespace());
     ns.hooks = &ns_hooks;
-    return mf_enter_namespaces(&ns);
+    MF_TRY(mf_enter_namespaces(&ns));
+    return mf_host_walls_build(cfg->walls);
 }
 
 /* The child, pid 1 of its pid namespace already when cfg->ns is set. */
@@ -96,8 +97,7 @@ static bool become_host(const struct mf_zygote_fork_config *cfg, int zygote_pidf
         MF_TRY(mf_cgroup_join(cfg->cgroup, getpid()));
     if (cfg->ns != NULL)
         MF_TRY(mf_unshare_namespaces(cfg->ns, false));
-    cfg->hooks->after_fork_child(cfg->hooks->ctx);
-    return true;
+    return mf_host_walls_build(cfg->walls);
 }
 
 static _Noreturn void report_and_exit(int ctrl_fd)
@@ -175,6 +175,8 @@ pid_t mf_zygote_fork(const struct mf_zygote_fork_config *cfg)
         bool ok = cfg->user_namespace ? become_host_in_user_namespace(cfg) : become_host(cfg, zygote_pidfd);
         if (!ok)
             report_and_exit(cfg->ctrl_fd);
+        /* Python again, in this process only, and only inside the walls. */
+        cfg->hooks->after_fork_child(cfg->hooks->ctx);
         return 0;
     }
 out:

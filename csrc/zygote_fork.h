@@ -14,6 +14,7 @@
 #include <sys/types.h>
 
 #include "cgroup.h"
+#include "host_walls.h"
 #include "ns.h"
 
 struct mf_zygote_fork_config {
@@ -23,7 +24,8 @@ struct mf_zygote_fork_config {
     pid_t zygote;       /* the caller: the child dies with it */
     bool user_namespace;                   /* an unprivileged daemon's: entered first */
     const struct mf_cgroup_config *cgroup; /* joined before the namespaces; NULL: none */
-    const struct mf_ns_config *ns;         /* NULL: no namespaces, and no stub */
+    const struct mf_ns_config *ns;         /* NULL: no namespaces */
+    const struct mf_host_walls *walls;     /* built last, before the host's first Python */
     /* Around the zygote's fork; after_fork_child runs in the host alone. */
     const struct mf_ns_hooks *hooks;
 };
@@ -31,8 +33,8 @@ struct mf_zygote_fork_config {
 /*
  * Forks. In the zygote: returns the child's pid, or -1 with the error
  * recorded. In the host: returns 0, with stdout and stderr in place, every
- * other fd but ctrl_fd closed, a session of its own, in the cgroup, and
- * (with ns) as pid 1 of new namespaces. A step that fails in between is
+ * other fd but ctrl_fd closed, a session of its own, in the cgroup,
+ * (with ns) as pid 1 of new namespaces, and inside its walls. A step that fails in between is
  * sent to the supervisor as LOAD_FAILED on ctrl_fd, and the child exits 1.
  */
 pid_t mf_zygote_fork(const struct mf_zygote_fork_config *cfg);

@@ -16,7 +16,6 @@ import dataclasses
 import gc
 import json
 import os
-import resource
 import signal
 import socket
 import sys
@@ -30,9 +29,6 @@ from mayflyd.protocol import MsgType, pack_frame
 
 __all__ = ["HostSpec", "main"]
 
-# Only the supervisor may make a host fall lower than its own sandboxes in
-# the OOM killer's eyes; sandboxes raise themselves to 1000 after fork.
-HOST_OOM_SCORE_ADJ = -500
 HOSTNAME_MAX = 64
 SERVING_NICE = 5  # bytes; sethostname() refuses longer
 
@@ -103,34 +99,18 @@ def _enter_tenant(spec: HostSpec) -> None:
         _mayfly.enter_namespaces(spec.network, hostname_of(spec))
 
 
-def _build_walls(spec: HostSpec, *, entered: bool) -> None:
-    """Every wall, in order, before any tenant code runs; `entered`: a
-    zygote has already put this host in its namespaces and cgroup."""
-    # A crashing sandbox must not write a core file anywhere.
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    if not entered:
-        _enter_tenant(spec)
-    if spec.mode == "root":
-        # Lowering the score needs CAP_SYS_RESOURCE, so before the identity
-        # drop. Some machines deny it even to root; sandboxes still rise to 1000.
-        try:
-            _mayfly.set_oom_score_adj(HOST_OOM_SCORE_ADJ)
-        except PermissionError:
-            pass
-        # Counted per uid, and the tenant's uid is its own: a second cap on
-        # processes that holds without a pids cgroup too.
-        resource.setrlimit(resource.RLIMIT_NPROC, (spec.pids, spec.pids))
-    if spec.mode in ("root", "userns"):
-        # In the new pid namespace, so that its procfs shows only the tenant;
-        # needs the capabilities the identity drop takes away.
-        skipped = _mayfly.enter_minimal_root(spec.readonly_paths)
-        if skipped:
-            print(f"mayflyd: not in the sandbox's view (missing): {', '.join(skipped)}", file=sys.stderr)
-    # Also sets no_new_privs, which seccomp needs. Only root may set groups.
-    _mayfly.drop_privileges(spec.uid, spec.gid, spec.mode == "root")
-    # Last: the loading filter stays under every sandbox's request filter.
-    if spec.loading_filter:
-        _mayfly.seccomp_load(base64.b64decode(spec.loading_filter))
+def walls_of(spec: HostSpec) -> tuple[bool, int, int, int, list[str] | None, bytes | None]:
+    """What host_walls.c builds once the host is in its namespaces and cgroup."""
+    namespaces = spec.mode in ("root", "userns")
+    return (spec.mode == "root", spec.pids, spec.uid, spec.gid, spec.readonly_paths if namespaces else None,
+            base64.b64decode(spec.loading_filter) if spec.loading_filter else None)
+
+
+def _build_walls(spec: HostSpec) -> None:
+    """Every wall, in order, before any tenant code runs (a zygote's host
+    has them from zygote_fork.c already)."""
+    _enter_tenant(spec)
+    _mayfly.build_host_walls(walls_of(spec))
 
 
 def make_runner(program: Program) -> _mayfly.Runner:
@@ -194,13 +174,16 @@ def serve(spec: HostSpec, *, forked_by_zygote: bool = False) -> int:
         # Dies with its parent; the check inside catches a parent that died
         # before the signal was armed.
         _mayfly.set_parent_death_signal(signal.SIGKILL, spec.parent_pid)
-    try:
-        _build_walls(spec, entered=forked_by_zygote)
-    except (OSError, ValueError) as exc:
-        _report_load_failure(ctrl, f"sandbox setup failed: {exc}")
-        return 1
+    if not forked_by_zygote:
+        try:
+            _build_walls(spec)
+        except (OSError, ValueError) as exc:
+            _report_load_failure(ctrl, f"sandbox setup failed: {exc}")
+            return 1
     # cwd '' on sys.path would let a file in the sandbox's root shadow stdlib.
     sys.path[:] = [p for p in sys.path if p not in ("", ".")]
+    # The sandbox's root is read-only: every attempt to write a .pyc would fail.
+    sys.dont_write_bytecode = True
     try:
         program = load_program(Path(spec.program))
         program.init()

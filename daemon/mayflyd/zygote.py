@@ -36,7 +36,7 @@ from typing import Any, NoReturn
 
 from mayflyd import _mayfly
 from mayflyd.program import load_program, warm_up_request_path
-from mayflyd.sandbox_host import HostSpec, hostname_of, make_runner, serve
+from mayflyd.sandbox_host import HostSpec, hostname_of, make_runner, serve, walls_of
 
 __all__ = ["main", "MAX_MESSAGE", "SPAWN_FDS"]
 
@@ -95,7 +95,7 @@ class Zygote:
         sys.stdout.flush()
         sys.stderr.flush()
         try:
-            pid = _mayfly.zygote_fork(ctrl, stdout, stderr, **_walls_in_c(spec))
+            pid = _mayfly.zygote_fork(ctrl, stdout, stderr, walls_of(spec), **_namespaces_of(spec))
         except OSError as exc:
             self._send({"failed": message["spawn"], "error": f"fork: {exc}"})
             return
@@ -150,8 +150,8 @@ class Zygote:
             pass  # the supervisor is gone: the next receive ends the loop
 
 
-def _walls_in_c(spec: HostSpec) -> dict[str, Any]:
-    """What zygote_fork builds before the host runs: sandbox_host._enter_tenant's walls."""
+def _namespaces_of(spec: HostSpec) -> dict[str, Any]:
+    """Where zygote_fork puts the host: sandbox_host._enter_tenant's steps."""
     walls: dict[str, Any] = {}
     if spec.mode == "root" and spec.cgroup_version:
         walls.update(cgroup_version=spec.cgroup_version, cgroup_base=spec.cgroup_base,
@@ -170,6 +170,7 @@ def _prewarm() -> None:
     """What every host would otherwise do for itself, done once: each page
     this specialises or caches here is one page less copied into every host."""
     warm_up_request_path(make_runner)
+    sys.dont_write_bytecode = True  # as in a host
     saved_path = list(sys.path)
     for i in range(WARM_UP_LOADS):
         name = f"mayflyd_warm_up_program_{i}"
