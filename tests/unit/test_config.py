@@ -141,6 +141,7 @@ BAD_CONFIGS = [
     ("metrics-listen-bad", "metrics_listen: nowhere\n" + TENANT, 1, "metrics_listen", "expected HOST:PORT"),
     ("log-format-bad", "log_format: xml\n" + TENANT, 1, "log_format", "must be one of logfmt, json"),
     ("access-log-not-bool", "access_log: sometimes\n" + TENANT, 1, "access_log", "true or false"),
+    ("zygote-not-bool", "zygote: fresh\n" + TENANT, 1, "zygote", "true or false"),
     ("shutdown-grace-negative", "shutdown_grace_ms: -1\n" + TENANT, 1, "shutdown_grace_ms",
      "must be between 0 and"),
     ("uid-base-negative", "uid_base: -5\n" + TENANT, 1, "uid_base", "must be between 1 and"),
@@ -538,6 +539,7 @@ def test_minimal(base: Path) -> None:
     assert config.uid_base == 200000
     assert (config.admin_socket, config.metrics_listen) == ("/run/mayflyd/admin.sock", None)
     assert (config.log_format, config.access_log, config.shutdown_grace_ms) == ("logfmt", False, 10000)
+    assert config.zygote is True
     assert config.defaults == BUILTIN_LIMITS
     assert config.source == "test.yaml"
     (tenant,) = config.tenants

@@ -1,0 +1,158 @@
+"""The zygote without the daemon: its C fork (zygote_fork.c) and its process (zygote.py)."""
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mayflyd import _mayfly
+from mayflyd.protocol import LoadFailed, Ready, decode_control
+from mayflyd.sandbox_host import HostSpec
+from mayflyd.zygote_client import python_argv
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the identity drop needs root")
+SEED = Path(__file__).resolve().parents[2] / "config" / "programs" / "hello_pythran.py"
+NOBODY = 65534
+NO_WALLS_BUT_IDENTITY = (False, 0, NOBODY, NOBODY, None, None)
+
+
+def recv_within(sock: socket.socket, timeout: float = 10.0) -> bytes:
+    ready, _, _ = select.select([sock], [], [], timeout)
+    assert ready, "nothing arrived"
+    return sock.recv(65536)
+
+
+@needs_root
+def test_the_forked_host_keeps_only_its_fds_and_leads_a_session_as_nobody() -> None:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    stray = os.open("/dev/null", os.O_RDONLY)  # inheritable, yet must not reach the host
+    os.set_inheritable(stray, True)
+    pid = _mayfly.zygote_fork(theirs.fileno(), out_w, err_w, NO_WALLS_BUT_IDENTITY)
+    if pid == 0:
+        try:
+            report = {"fds": sorted(int(fd) for fd in os.listdir("/proc/self/fd")), "uid": os.getuid(),
+                      "sid_is_pid": os.getsid(0) == os.getpid(), "ppid": os.getppid()}
+            os.write(1, b"to stdout")
+            os.write(theirs.fileno(), json.dumps(report).encode())
+        finally:
+            os._exit(0)
+    for fd in (out_w, err_w, stray):
+        os.close(fd)
+    theirs_fd = theirs.fileno()
+    theirs.close()
+    try:
+        report = json.loads(recv_within(ours))
+        assert os.waitpid(pid, 0)[1] == 0
+        # 0-2, the control socket, and the fd listdir itself opened.
+        assert {0, 1, 2, theirs_fd} <= set(report["fds"]) and len(report["fds"]) == 5
+        assert (report["uid"], report["sid_is_pid"], report["ppid"]) == (NOBODY, True, os.getpid())
+        assert os.read(out_r, 100) == b"to stdout"
+    finally:
+        ours.close()
+        os.close(out_r)
+        os.close(err_r)
+
+
+def test_a_step_that_fails_before_the_host_runs_is_reported_as_load_failed(tmp_path: Path) -> None:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    pid = _mayfly.zygote_fork(theirs.fileno(), out_w, err_w, NO_WALLS_BUT_IDENTITY, cgroup_version=1,
+                              cgroup_base=str(tmp_path / "no-such-cgroupfs"), cgroup_group="tenant")
+    if pid == 0:
+        os._exit(99)  # the cgroup join cannot succeed: never here
+    for fd in (out_w, err_w):
+        os.close(fd)
+    theirs.close()
+    try:
+        message = decode_control(recv_within(ours))
+        assert isinstance(message, LoadFailed)
+        assert message.message.startswith("sandbox setup failed: ")
+        assert "no-such-cgroupfs" in message.message
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 1
+    finally:
+        ours.close()
+        os.close(out_r)
+        os.close(err_r)
+
+
+def test_bad_fds_are_refused_in_the_caller() -> None:
+    with pytest.raises(OSError, match="must be 3 or above"):
+        _mayfly.zygote_fork(0, 1, 2, NO_WALLS_BUT_IDENTITY)
+
+
+@pytest.fixture
+def zygote() -> Iterator[tuple[subprocess.Popen[bytes], socket.socket]]:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    proc = subprocess.Popen(python_argv("mayflyd.zygote", str(theirs.fileno()), str(os.getpid())),
+                            pass_fds=(theirs.fileno(),), env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+                            cwd="/")
+    theirs.close()
+    try:
+        yield proc, ours
+    finally:
+        proc.kill()
+        proc.wait()
+        ours.close()
+
+
+def spec(**overrides: object) -> HostSpec:
+    base: dict[str, object] = dict(
+        tenant="t", program=str(SEED), ctrl_fd=-1, parent_pid=0, uid=NOBODY, gid=NOBODY, mode="none",
+        cgroup_version=0, cgroup_base="", cgroup_group="", network="none", readonly_paths=[], loading_filter="",
+        request_filter="", pids=64, request_cpu_ms=1000, request_memory=0, nofile=64)
+    return HostSpec(**{**base, **overrides})  # type: ignore[arg-type]
+
+
+def test_the_zygote_answers_a_bad_message_and_keeps_serving(zygote: tuple[subprocess.Popen[bytes], socket.socket]
+                                                             ) -> None:
+    proc, channel = zygote
+    channel.send(b"not json")
+    assert json.loads(recv_within(channel)) == {"failed": None, "error": "bad spawn message: "
+                                                "Expecting value: line 1 column 1 (char 0)"}
+    channel.send(json.dumps({"spawn": 7, "spec": "{}", "env": {}}).encode())  # no fds
+    reply = json.loads(recv_within(channel))
+    assert reply["failed"] == 7 and "3 fds" in reply["error"]
+    assert proc.poll() is None
+
+
+@needs_root
+def test_the_zygote_forks_a_host_that_serves_and_reports_its_end(
+        zygote: tuple[subprocess.Popen[bytes], socket.socket]) -> None:
+    _, channel = zygote
+    ctrl, host_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    message = {"spawn": 1, "spec": spec().to_json(), "env": {"PATH": "/bin", "LANG": "C.UTF-8", "X": "1"}}
+    socket.send_fds(channel, [json.dumps(message).encode()], [host_end.fileno(), out_w, err_w])
+    for fd in (out_w, err_w):
+        os.close(fd)
+    host_end.close()
+    try:
+        ready, _, _ = select.select([channel], [], [], 10)
+        assert ready
+        data, fds, _, _ = socket.recv_fds(channel, 4096, 1)
+        reply = json.loads(data)
+        (pidfd,) = fds
+        assert reply["spawned"] == 1 and reply["pid"] > 0
+        assert isinstance(decode_control(recv_within(ctrl)), Ready)
+        assert os.read(out_r, 100) == b"Hello from Python\n"  # on_init's print, on the host's own stdout
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        os.close(pidfd)
+        exited = json.loads(recv_within(channel))
+        assert exited["exited"] == reply["pid"]
+        assert os.WIFSIGNALED(exited["status"]) and os.WTERMSIG(exited["status"]) == signal.SIGKILL
+    finally:
+        ctrl.close()
+        os.close(out_r)
+        os.close(err_r)
