@@ -22,7 +22,7 @@ from typing import Any
 from mayflyd.sandbox_host import HostSpec
 from mayflyd.zygote import MAX_MESSAGE
 
-__all__ = ["ZygoteClient", "ZygoteChild", "ZygoteError", "python_argv"]
+__all__ = ["FdChannel", "ZygoteClient", "ZygoteChild", "ZygoteError", "python_argv"]
 
 log = logging.getLogger("mayflyd.zygote")
 
@@ -109,7 +109,7 @@ class ZygoteClient:
     def __init__(self, env: Mapping[str, str]) -> None:
         self._env = dict(env)
         self._proc: asyncio.subprocess.Process | None = None
-        self._channel: socket.socket | None = None
+        self._channel: FdChannel | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._pending: dict[int, asyncio.Future[ZygoteChild]] = {}
         self._children: dict[int, ZygoteChild] = {}
@@ -135,7 +135,7 @@ class ZygoteClient:
                 raise ZygoteError(f"the host's spec and environment are over {MAX_MESSAGE} bytes")
             self._pending[n] = future
             try:
-                socket.send_fds(channel, [message], [spec.ctrl_fd, out_w, err_w])
+                await channel.send(message, [spec.ctrl_fd, out_w, err_w])
             except OSError as exc:
                 raise ZygoteError(f"cannot reach the zygote: {exc}") from None
             child = await future
@@ -170,7 +170,7 @@ class ZygoteClient:
             self._proc.kill()
             await self._proc.wait()
 
-    async def _running(self) -> socket.socket:
+    async def _running(self) -> FdChannel:
         async with self._lock:
             if self._channel is None:
                 await self._start()
@@ -179,7 +179,6 @@ class ZygoteClient:
 
     async def _start(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        ours.setblocking(False)
         try:
             self._proc = await asyncio.create_subprocess_exec(
                 *python_argv("mayflyd.zygote", str(theirs.fileno()), str(os.getpid())),
@@ -191,18 +190,18 @@ class ZygoteClient:
         finally:
             theirs.close()
         self.starts += 1
-        self._channel = ours
+        self._channel = FdChannel(ours)
         assert self._proc.stdout is not None and self._proc.stderr is not None
         self._tasks = [t for t in self._tasks if not t.done()]
-        self._tasks += [asyncio.create_task(self._read(ours)),
+        self._tasks += [asyncio.create_task(self._read(self._channel)),
                         asyncio.create_task(self._relay(self._proc.stdout)),
                         asyncio.create_task(self._relay(self._proc.stderr))]
         log.info("zygote %d started", self._proc.pid)
 
-    async def _read(self, channel: socket.socket) -> None:
+    async def _read(self, channel: FdChannel) -> None:
         try:
             while True:
-                data, fds = await _recv_fds(channel)
+                data, fds = await channel.recv(1)
                 if not data:
                     break
                 self._dispatch(data, fds)
@@ -263,22 +262,65 @@ class ZygoteClient:
             log.warning("zygote: %s", line.decode("utf-8", "replace").rstrip())
 
 
-async def _recv_fds(channel: socket.socket) -> tuple[bytes, list[int]]:
-    """One packet and the fds that came with it, from a non-blocking socket."""
-    loop = asyncio.get_running_loop()
-    while True:
-        try:
-            data, fds, _flags, _addr = socket.recv_fds(channel, 4096, 1)
-            return data, fds
-        except BlockingIOError:
-            pass
-        readable: asyncio.Future[None] = loop.create_future()
+class FdChannel:
+    """A non-blocking SEQPACKET socket that carries fds, for the event loop.
+
+    A send waits while the peer's queue is full, one sender at a time: the
+    loop keeps a single writer callback per fd, so two waiting senders would
+    take each other's wake-up. Receives are for one reader. close() fails
+    whoever still waits.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self._sending = asyncio.Lock()
+        self._waiting: dict[bool, asyncio.Future[None]] = {}  # write? -> its wake-up
+
+    async def send(self, message: bytes, fds: list[int]) -> None:
+        async with self._sending:
+            while True:
+                try:
+                    socket.send_fds(self.sock, [message], fds)
+                    return
+                except BlockingIOError:
+                    await self._ready(write=True)
+
+    async def recv(self, max_fds: int) -> tuple[bytes, list[int]]:
+        """One packet and the fds that came with it; b"" at the end."""
+        while True:
+            try:
+                data, fds, _flags, _addr = socket.recv_fds(self.sock, 4096, max_fds)
+                return data, fds
+            except BlockingIOError:
+                await self._ready(write=False)
+
+    async def _ready(self, *, write: bool) -> None:
+        if self.sock.fileno() < 0:
+            raise ConnectionResetError("the channel is closed")
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
 
         def wake() -> None:
-            if not readable.done():
-                readable.set_result(None)
-        loop.add_reader(channel.fileno(), wake)
+            if not ready.done():
+                ready.set_result(None)
+        fd = self.sock.fileno()
+        (loop.add_writer if write else loop.add_reader)(fd, wake)
+        self._waiting[write] = ready
         try:
-            await readable
+            await ready
         finally:
-            loop.remove_reader(channel.fileno())
+            if self._waiting.get(write) is ready:  # else close() has unregistered it
+                del self._waiting[write]
+                (loop.remove_writer if write else loop.remove_reader)(fd)
+
+    def close(self) -> None:
+        if self.sock.fileno() < 0:
+            return
+        loop = asyncio.get_running_loop()
+        for write, ready in self._waiting.items():
+            (loop.remove_writer if write else loop.remove_reader)(self.sock.fileno())
+            if not ready.done():
+                ready.set_exception(ConnectionResetError("the channel was closed"))
+        self._waiting.clear()
+        self.sock.close()

@@ -116,3 +116,17 @@ def test_the_zygote_setting_waits_for_a_restart(tmp_path: Path) -> None:
                    what="the warning")
         assert d.status()["zygote"]["pid"] == zygote
         assert d.get("a.localhost").text == "a"
+
+
+def test_hundreds_of_tenants_start_at_once(tmp_path: Path) -> None:
+    # More spawn messages at once than the zygote's socket queue holds: the
+    # supervisor must wait for room, one sender at a time, and lose none.
+    count = 200
+    tenants = [tenant(f"t{i}", uid=310000 + i) for i in range(count)]
+    programs = {f"t{i}.py": f"def on_client_request(request):\n    return 't{i}'\n" for i in range(count)}
+    with Daemon(tmp_path, tenants, programs) as d:
+        d.wait_for(lambda: all(t["state"] == "ready" for t in d.status()["tenants"].values()), timeout=60,
+                   what="every tenant ready")
+        assert "cannot reach the zygote" not in d.log()
+        assert d.log().count("ready, serving") == count
+        assert {d.get(f"t{i}.localhost").text for i in (0, 99, 199)} == {"t0", "t99", "t199"}

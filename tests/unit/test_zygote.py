@@ -1,6 +1,7 @@
 """The zygote without the daemon: its C fork (zygote_fork.c) and its process (zygote.py)."""
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import select
@@ -15,7 +16,7 @@ import pytest
 from mayflyd import _mayfly
 from mayflyd.protocol import LoadFailed, Ready, decode_control
 from mayflyd.sandbox_host import HostSpec
-from mayflyd.zygote_client import python_argv
+from mayflyd.zygote_client import FdChannel, python_argv
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the identity drop needs root")
 SEED = Path(__file__).resolve().parents[2] / "config" / "programs" / "hello_pythran.py"
@@ -156,3 +157,54 @@ def test_the_zygote_forks_a_host_that_serves_and_reports_its_end(
         ctrl.close()
         os.close(out_r)
         os.close(err_r)
+
+
+def test_the_channel_lets_many_senders_wait_for_a_full_queue_and_loses_none() -> None:
+    async def scenario() -> list[bytes]:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        channel = FdChannel(ours)
+        payload = b"x" * 16384
+        r, w = os.pipe()
+        try:
+            # More than the peer's queue holds, all at once.
+            sends = [asyncio.create_task(channel.send(b"%03d" % i + payload, [w])) for i in range(100)]
+            await asyncio.sleep(0.05)
+            assert not all(task.done() for task in sends), "the queue never filled: the test proves nothing"
+            received: list[bytes] = []
+            theirs.setblocking(False)
+            while len(received) < 100:
+                try:
+                    data, fds, _, _ = socket.recv_fds(theirs, 65536, 1)
+                except BlockingIOError:
+                    await asyncio.sleep(0.001)
+                    continue
+                for fd in fds:
+                    os.close(fd)
+                received.append(data[:3])
+            await asyncio.wait_for(asyncio.gather(*sends), 5)
+            return received
+        finally:
+            channel.close()
+            theirs.close()
+            os.close(r)
+            os.close(w)
+    received = asyncio.run(asyncio.wait_for(scenario(), 10))
+    assert sorted(received) == [b"%03d" % i for i in range(100)]
+
+
+def test_closing_the_channel_fails_a_sender_that_waits() -> None:
+    async def scenario() -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        channel = FdChannel(ours)
+        r, w = os.pipe()
+        try:
+            sends = [asyncio.create_task(channel.send(b"y" * 65536, [w])) for _ in range(20)]
+            await asyncio.sleep(0.05)
+            channel.close()
+            results = await asyncio.wait_for(asyncio.gather(*sends, return_exceptions=True), 5)
+            assert any(isinstance(result, ConnectionResetError) for result in results), results
+        finally:
+            theirs.close()
+            os.close(r)
+            os.close(w)
+    asyncio.run(asyncio.wait_for(scenario(), 10))
