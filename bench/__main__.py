@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         data["heap"] = measures.heap_growth(pin, sizes, 300 if quick else 1000, _log)
     if "tenants" in steps:
         counts = [1, 10] if quick else [c for c in (1, 10, 100, 1000) if c <= args.max_tenants]
-        data["tenants"] = measures.tenants_scaling(pin, counts, None if quick else duration, _log)
+        data["tenants"] = measures.tenants_scaling(pin, counts, None if quick else duration, _log,
+                                                   reset_counts=[c for c in counts if c <= 100])
     if "profile" in steps and not quick:
         try:
             data["profile"] = measures.profile(pin, duration, 64, _log)

@@ -123,7 +123,7 @@ def heap_growth(pin: Pinning, sizes_mb: list[int], requests: int, log: Callable[
                     cost = admin_metrics.sandbox_cost(server.admin_socket or "", "t0")
                     pages = (admin_metrics.rewound_pages(server.admin_socket or "", "t0")
                              if engine == "reset" else None)
-                    host_pss = _tenant_pss(server.proc.pid, "t0")
+                    host_pss = _pss_of_tree(_status(server)["tenants"]["t0"]["hosts"][0]["pid"])
                 ordered = sorted(samples)
                 sub: Row = {"startup_s": server.startup_s, "median_us": statistics.median(ordered),
                             "p99_us": ordered[int(len(ordered) * 0.99) - 1],
@@ -182,22 +182,27 @@ def _pss_of_tree(pid: int) -> int:
 
 
 def tenants_scaling(pin: Pinning, counts: list[int], duration_s: float | None, log: Callable[[str], None],
-                    start_timeout: float = 300.0, fresh_counts: list[int] | None = None) -> dict[str, Any]:
-    """3b + 4. For each tenant count, hosts forked from the zygote and (for
-    fresh_counts) hosts started as fresh interpreters, in the same run:
-    start-up time per tenant, PSS per idle tenant (its processes: stub,
-    host, workers), daemon and zygote PSS; and, if duration_s is given,
-    wrk -c64 throughput with a random Host per request (zygote only)."""
+                    start_timeout: float = 300.0, fresh_counts: list[int] | None = None,
+                    reset_counts: list[int] | None = None) -> dict[str, Any]:
+    """3b + 4. For each tenant count, fork-engine hosts forked from the zygote
+    and (for fresh_counts) started as fresh interpreters, and (for
+    reset_counts) reset-engine tenants with one worker, in the same run:
+    start-up time per tenant, PSS per idle tenant (its processes: host,
+    stub, workers), daemon and zygote PSS; and, if duration_s is given, wrk
+    -c64 throughput with a random Host per request (fork, zygote)."""
     rows: list[Row] = []
     fresh_counts = counts if fresh_counts is None else fresh_counts
+    reset_counts = [] if reset_counts is None else reset_counts
+    variants = [("fork", True, counts), ("fork", False, fresh_counts), ("reset", True, reset_counts)]
     for n in counts:
-        for zygote in (True, False):
-            if not zygote and n not in fresh_counts:
+        for engine, zygote, wanted in variants:
+            if n not in wanted:
                 continue
             mode = "zygote" if zygote else "fresh"
-            tenants = servers.hello_tenants(n)
+            tenants = servers.hello_tenants(n, engine=engine, pool=1 if engine == "reset" else None)
             try:
-                with servers.mayflyd(pin, tenants, start_timeout=start_timeout, zygote=zygote) as server:
+                with servers.mayflyd(pin, tenants, start_timeout=start_timeout, zygote=zygote,
+                                     engine=engine) as server:
                     time.sleep(0.5)  # idle
                     status = _status(server)
                     pss = [_pss_of_tree(t["hosts"][0]["pid"]) for t in status["tenants"].values() if t["hosts"]]
@@ -206,27 +211,28 @@ def tenants_scaling(pin: Pinning, counts: list[int], duration_s: float | None, l
                     zygote_pid = (status.get("zygote") or {}).get("pid") or 0
                     zygote_pss = psutil.Process(zygote_pid).memory_full_info().pss if zygote_pid else 0
                     daemon_pss = psutil.Process(server.proc.pid).memory_full_info().pss
-                    row: Row = {"tenants": n, "mode": mode, "startup_s": server.startup_s,
+                    row: Row = {"tenants": n, "engine": engine, "mode": mode, "startup_s": server.startup_s,
                                 "startup_per_tenant_ms": server.startup_s / n * 1e3,
                                 "pss_per_tenant_mb": statistics.mean(pss) / 2**20,
                                 "pss_min_mb": min(pss) / 2**20, "pss_max_mb": max(pss) / 2**20,
                                 "daemon_pss_mb": daemon_pss / 2**20, "zygote_pss_mb": zygote_pss / 2**20,
                                 "ready_lines": _ready_lines(server)}
-                    if duration_s and zygote:
+                    if duration_s and zygote and engine == "fork":
                         hosts = [h for t in tenants for h in t.hosts]
                         result = wrk.run(pin, server.port, connections=64, duration_s=duration_s, hosts=hosts)
                         row["wrk"] = result.to_json()
                         row["rps"] = result.rps
-                log(f"{n} tenants ({mode}): started in {row['startup_s']:.2f} s, "
-                    f"{row['pss_per_tenant_mb']:.1f} MB PSS per tenant"
+                log(f"{n} tenants ({engine}, {mode}): started in {row['startup_s']:.2f} s, "
+                    f"{row['pss_per_tenant_mb']:.2f} MiB PSS per tenant"
                     + (f", {row['rps']:.0f} req/s" if "rps" in row else ""))
             except RuntimeError as exc:
-                row = {"tenants": n, "mode": mode, "error": str(exc).splitlines()[0]}
-                log(f"{n} tenants ({mode}): FAILED: {row['error']}")
+                row = {"tenants": n, "engine": engine, "mode": mode, "error": str(exc).splitlines()[0]}
+                log(f"{n} tenants ({engine}, {mode}): FAILED: {row['error']}")
             rows.append(row)
     ok = [r for r in rows if "error" not in r]
     for r in ok:
-        fresh = next((f for f in ok if f["mode"] == "fresh" and f["tenants"] == r["tenants"]), None)
+        fresh = next((f for f in ok if f["mode"] == "fresh" and f["tenants"] == r["tenants"]
+                      and f["engine"] == r["engine"]), None)
         if fresh is not None:
             r["pss_ratio"] = _ratio(r["pss_per_tenant_mb"], fresh["pss_per_tenant_mb"])
             r["startup_ratio"] = _ratio(r["startup_per_tenant_ms"], fresh["startup_per_tenant_ms"])

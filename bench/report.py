@@ -131,15 +131,15 @@ def markdown(data: dict[str, Any], charts: list[str], chart_note: str | None) ->
         out += heap_section(data["heap"])
     if "tenants" in data:
         out += ["## 3b/4. Tenants: density, start-up and throughput", "",
-                "Each tenant serves the seed program on the fork engine. Hosts forked from the zygote (the "
-                "default) and, as the baseline, hosts started as fresh interpreters (`zygote: false`), in the "
-                "same run. PSS per idle tenant = its processes (stub, host), psutil; the zygote's own PSS is "
-                "listed apart. Start-up = daemon start to listening / tenants (all tenants start before the "
+                "Each tenant serves the seed program. Fork-engine hosts forked from the zygote (the default) "
+                "and, as the baseline, started as fresh interpreters (`zygote: false`); and reset-engine "
+                "tenants with their one idle worker; all in the same run. PSS per idle tenant = its processes "
+                "(host, stub, workers), psutil; the zygote's own PSS is listed apart. Start-up = daemon start to listening / tenants (all tenants start before the "
                 "daemon listens). Ratios: zygote over fresh at the same count. Throughput: wrk -c64 with a "
                 "random Host among the tenants per request (Lua), ratio to the 1-tenant case.", ""]
         rows = []
         for r in data["tenants"]["rows"]:
-            mode = r.get("mode", "fresh")
+            mode = f'{r.get("engine", "fork")}, {r.get("mode", "fresh")}'
             if "error" in r:
                 rows.append([str(r["tenants"]), mode, "FAILED: " + r["error"], "", "", "", "", "", "", "", "", ""])
                 continue
@@ -148,8 +148,8 @@ def markdown(data: dict[str, Any], charts: list[str], chart_note: str | None) ->
                          _f(r.get("pss_ratio"), "{:.2f}"), _f(r["daemon_pss_mb"], "{:.0f}"),
                          _f(r.get("zygote_pss_mb") or None, "{:.1f}"),
                          _f(r.get("rps"), "{:.0f}"), _f(r.get("rps_ratio"), "{:.2f}")])
-        out += _table(["tenants", "hosts", "start-up s", "per tenant ms", "zygote/fresh", "PSS/tenant MB",
-                       "zygote/fresh", "daemon PSS MB", "zygote PSS MB", "req/s -c64 random host", "ratio"],
+        out += _table(["tenants", "engine, hosts", "start-up s", "per tenant ms", "zygote/fresh", "PSS/tenant MiB",
+                       "zygote/fresh", "daemon PSS MiB", "zygote PSS MiB", "req/s -c64 random host", "ratio"],
                       rows) + [""]
     if "profile" in data:
         p = data["profile"]
