@@ -73,9 +73,12 @@ def throughput(pin: Pinning, kinds: list[str], connections: list[int], duration_
                 wrk.run(pin, server.port, connections=8, duration_s=1, host=server.host_header)  # warm-up
                 for c in connections:
                     before = admin_metrics.sandbox_cost(server.admin_socket) if server.admin_socket else None
+                    log_mark = _log_size(server)
                     result = wrk.run(pin, server.port, connections=c, duration_s=duration_s,
                                      host=server.host_header)
                     row: Row = {"server": label, "key": key, "connections": c, "wrk": result.to_json()}
+                    if result.errors:
+                        row["server_log"] = _complaints_since(server, log_mark)
                     if server.admin_socket and before is not None:
                         cost = admin_metrics.diff(admin_metrics.sandbox_cost(server.admin_socket), before)
                         row["sandbox_cost_mean_s"] = None if math.isnan(cost.mean) else cost.mean
@@ -241,6 +244,20 @@ def tenants_scaling(pin: Pinning, counts: list[int], duration_s: float | None, l
         if "rps" in r and first is not None:
             r["rps_ratio"] = _ratio(r["rps"], first["rps"])
     return {"rows": rows}
+
+
+def _log_size(server: RunningServer) -> int:
+    return server.log_path.stat().st_size if server.log_path and server.log_path.exists() else 0
+
+
+def _complaints_since(server: RunningServer, offset: int, limit: int = 5) -> list[str]:
+    """The server's warnings and errors logged since offset: why a run had errors."""
+    if not server.log_path or not server.log_path.exists():
+        return []
+    with open(server.log_path, "rb") as f:
+        f.seek(offset)
+        text = f.read().decode(errors="replace")
+    return [line[:400] for line in text.splitlines() if "level=warning" in line or "level=error" in line][:limit]
 
 
 def _ready_lines(server: RunningServer) -> int:

@@ -40,6 +40,17 @@ def throughput_table(result: dict[str, Any]) -> list[str]:
                    "p50 ratio to a", "non-2xx", "socket errors c/r/w/t", "sandbox cost mean us", "run"], rows)
 
 
+def server_complaints(result: dict[str, Any]) -> list[str]:
+    """What the server logged during runs that had errors (or that it logged nothing)."""
+    out = []
+    for r in result["rows"]:
+        if r["wrk"]["errors"]:
+            lines = r.get("server_log") or ["(nothing logged at warning or error level)"]
+            out.append(f"- errors in `{r['key']} -c{r['connections']}`; the server logged:")
+            out += [f"  - `{line}`" for line in lines]
+    return out
+
+
 def histogram_table(hist: dict[str, Any]) -> list[str]:
     rows, previous, prev_le = [], 0, 0.0
     for le, cumulative in hist["buckets"]:
@@ -110,7 +121,7 @@ def markdown(data: dict[str, Any], charts: list[str], chart_note: str | None) ->
                 "Baseline a = unsandboxed aiohttp calling the seed program in-process. mayflyd runs its own config: "
                 "one tenant with the seed program, concurrency 64, all walls; d = fork engine, e = reset engine.", ""]
         out += throughput_table(t)
-        out += [""] + [f"- {n}" for n in t["notes"]]
+        out += [""] + [f"- {n}" for n in t["notes"]] + server_complaints(t)
         if data.get("headline") is not None:
             out += [f"- headline: sandboxed/unsandboxed throughput at -c64 = {data['headline_text']}"]
         out += [""]

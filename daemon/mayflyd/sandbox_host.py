@@ -1,12 +1,13 @@
-"""Entry point of a tenant's sandbox host process.
+"""A tenant's sandbox host process.
 
-The supervisor starts a Python running :func:`main` with a JSON
-:class:`HostSpec` as its one argument and the host end of the control socket
-as an inherited fd. The host walls itself in
-(cgroup, mount namespace with a minimal read-only root, unprivileged
-identity, seccomp), loads the program, runs on_init() once, and hands the control
-socket to the C engine: fork (one sandbox forked per request) or reset (a
-pool of workers forked once, each rewound after every request).
+Forked by the zygote (zygote.py), which has built its walls in C already, or
+started as a fresh Python running :func:`main` with a JSON :class:`HostSpec`
+as its one argument and the host end of the control socket as an inherited
+fd, which then builds them here (cgroup, namespaces, minimal read-only root,
+unprivileged identity, seccomp). Either way :func:`serve` loads the program,
+runs on_init() once, and hands the control socket to the C engine: fork (one
+sandbox forked per request) or reset (a pool of workers forked once, each
+rewound after every request).
 """
 from __future__ import annotations
 

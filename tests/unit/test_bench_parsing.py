@@ -1,9 +1,12 @@
 """The bench harness's parsers: wrk's report and mayflyd's sandbox-cost histogram."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from bench import admin_metrics, wrk
+from bench import admin_metrics, measures, report, wrk
+from bench.servers import RunningServer
 from mayflyd.metrics import Metrics
 
 WRK_OUTPUT = """Running 10s test @ http://127.0.0.1:8080/
@@ -49,3 +52,20 @@ def test_sandbox_cost_histogram_from_real_metrics() -> None:
     both = admin_metrics.histogram(text, "mayflyd_sandbox_cost_seconds")
     assert both.count == 4
     assert admin_metrics.diff(both, hello).count == 1
+
+
+def test_a_run_with_errors_reports_what_the_server_logged_during_it(tmp_path: Path) -> None:
+    log = tmp_path / "mayflyd.log"
+    log.write_text("ts=1 level=warning msg=before\n")
+    server = RunningServer("d. mayflyd", 1, "h", None, 0.0, log_path=log)  # type: ignore[arg-type]
+    mark = measures._log_size(server)
+    with open(log, "a") as f:
+        f.write("ts=2 level=info msg=fine\nts=3 level=error msg=\"the sandbox crashed\"\n")
+    complaints = measures._complaints_since(server, mark)
+    assert complaints == ['ts=3 level=error msg="the sandbox crashed"']
+    rows = [{"key": "d:fork", "connections": 64, "wrk": {"errors": 1}, "server_log": complaints},
+            {"key": "d:reset", "connections": 64, "wrk": {"errors": 2}},
+            {"key": "a", "connections": 64, "wrk": {"errors": 0}}]
+    assert report.server_complaints({"rows": rows}) == [
+        "- errors in `d:fork -c64`; the server logged:", '  - `ts=3 level=error msg="the sandbox crashed"`',
+        "- errors in `d:reset -c64`; the server logged:", "  - `(nothing logged at warning or error level)`"]
