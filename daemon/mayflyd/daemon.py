@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -47,6 +48,23 @@ log = logging.getLogger("mayflyd.daemon")
 WATCH_INTERVAL = 0.05
 WATCH_DEBOUNCE = 0.1
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+OPEN_FILES_CEILING = 1 << 20
+
+
+def raise_open_files_limit() -> int:
+    """The soft limit on open files raised to the hard one: each tenant holds
+    a few fds in the supervisor and a pidfd in the zygote, so a thousand
+    tenants need more than the usual soft 1024. Returns the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = OPEN_FILES_CEILING
+    if soft != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (OSError, ValueError) as exc:
+            log.warning("cannot raise the open-files limit from %d to %d: %s", soft, hard, exc)
+    return soft
 
 
 def _user_namespaces_work() -> bool:
@@ -142,6 +160,7 @@ class Daemon:
 
     async def run(self) -> int:
         async with self._signals_handled(), contextlib.AsyncExitStack() as stack:
+            raise_open_files_limit()  # before the zygote, which inherits it
             self._walls = await asyncio.to_thread(decide_walls, self.config)
             # Before anything of ours exists: what a crashed run left behind,
             # and (v2) out of the delegated root, which tenant groups need.

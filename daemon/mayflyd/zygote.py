@@ -101,7 +101,13 @@ class Zygote:
             return
         if pid == 0:
             self._become_host(spec, env, argv)
-        pidfd = os.pidfd_open(pid)
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError as exc:  # out of fds: a host nobody could watch must not run
+            os.kill(pid, signal.SIGKILL)  # unreaped, so the pid is still ours
+            os.waitpid(pid, 0)
+            self._send({"failed": message["spawn"], "error": f"pidfd_open: {exc}"})
+            return
         self._children[pidfd] = pid
         self._poller.register(pidfd, select.POLLIN)
         self._send({"spawned": message["spawn"], "pid": pid}, [pidfd])

@@ -4,13 +4,16 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import resource
 import select
 import signal
 import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from mayflyd import _mayfly
@@ -92,13 +95,22 @@ def test_bad_fds_are_refused_in_the_caller() -> None:
         _mayfly.zygote_fork(0, 1, 2, NO_WALLS_BUT_IDENTITY)
 
 
-@pytest.fixture
-def zygote() -> Iterator[tuple[subprocess.Popen[bytes], socket.socket]]:
+def start_zygote(open_files: int | None = None) -> tuple[subprocess.Popen[bytes], socket.socket]:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+
+    def limit_open_files() -> None:
+        if open_files is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
     proc = subprocess.Popen(python_argv("mayflyd.zygote", str(theirs.fileno()), str(os.getpid())),
                             pass_fds=(theirs.fileno(),), env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
-                            cwd="/")
+                            cwd="/", preexec_fn=limit_open_files)
     theirs.close()
+    return proc, ours
+
+
+@pytest.fixture
+def zygote() -> Iterator[tuple[subprocess.Popen[bytes], socket.socket]]:
+    proc, ours = start_zygote()
     try:
         yield proc, ours
     finally:
@@ -208,3 +220,36 @@ def test_closing_the_channel_fails_a_sender_that_waits() -> None:
             os.close(r)
             os.close(w)
     asyncio.run(asyncio.wait_for(scenario(), 10))
+
+
+@needs_root
+def test_a_zygote_out_of_fds_refuses_the_host_and_keeps_serving() -> None:
+    # 0-2, then the three fds of a spawn: no room left for the child's pidfd.
+    proc, channel = start_zygote(open_files=6)
+    ctrl, host_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    try:
+        message = {"spawn": 3, "spec": spec().to_json(), "env": {}}
+        socket.send_fds(channel, [json.dumps(message).encode()], [host_end.fileno(), out_w, err_w])
+        reply = json.loads(recv_within(channel))
+        assert reply["failed"] == 3 and reply["error"].startswith("pidfd_open: [Errno 24]"), reply
+        assert proc.poll() is None
+        assert psutil.Process(proc.pid).children() == []  # the unwatched host was killed and reaped
+    finally:
+        proc.kill()
+        proc.wait()
+        for sock in (channel, ctrl, host_end):
+            sock.close()
+        for fd in (out_r, out_w, err_r, err_w):
+            os.close(fd)
+
+
+def test_the_daemon_raises_its_open_files_limit_to_the_hard_one() -> None:
+    script = ("import resource; soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE); "
+              "resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard)); "
+              "from mayflyd.daemon import raise_open_files_limit; "
+              "print(raise_open_files_limit(), *resource.getrlimit(resource.RLIMIT_NOFILE), hard)")
+    now, soft, hard_after, hard = map(int, subprocess.run([sys.executable, "-c", script], check=True,
+                                                          capture_output=True, text=True).stdout.split())
+    assert now == soft == hard_after == min(hard, 1 << 20) or hard == resource.RLIM_INFINITY
