@@ -9,10 +9,13 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mayflyd.config import (DEFAULT_ADMIN_SOCKET, Config, ConfigError, default_config_path, load_config,
                             parse_config, parse_listen)
+
+if TYPE_CHECKING:
+    from mayflyd.daemon import Daemon
 
 __all__ = ["main", "find_default_config"]
 
@@ -52,7 +55,17 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"mayflyd: invalid configuration:\n{exc}", file=sys.stderr)
         return 1
     setup_logging(config.log_level, config.log_format)
-    return asyncio.run(Daemon(config, config_path=path).run())
+    return _run_daemon(Daemon(config, config_path=path))
+
+
+def _run_daemon(daemon: Daemon) -> int:
+    """Run until stopped; what the machine refuses (a port in use, an unsafe
+    admin socket directory) ends it with one line, not a traceback."""
+    try:
+        return asyncio.run(daemon.run())
+    except OSError as exc:
+        print(f"mayflyd: cannot serve: {exc}", file=sys.stderr)
+        return 1
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -79,7 +92,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"mayflyd: {exc}", file=sys.stderr)
         return 1
     setup_logging(config.log_level, config.log_format)
-    return asyncio.run(Daemon(config).run())
+    return _run_daemon(Daemon(config))
 
 
 def _admin_socket(args: argparse.Namespace) -> str:

@@ -72,3 +72,16 @@ def test_serve_with_the_default_config(tmp_path: Path) -> None:
         assert 'tenant=hello stream=stdout msg="Hello from Python"' in probe.log()
     finally:
         assert probe.stop() == 0
+
+
+def test_serve_that_the_machine_refuses_says_why_in_one_line(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)  # an admin socket there could be replaced by anyone
+    config = tmp_path / "mayflyd.yaml"
+    config.write_text(f"listen: 127.0.0.1:{free_port()}\nadmin_socket: {shared}/admin.sock\n"
+                      f"tenants:\n  - name: a\n    hosts: [a]\n    program: {REPO}/config/programs/hello_pythran.py\n")
+    result = mayflyd("serve", "--config", str(config))
+    assert result.returncode == 1
+    assert f"mayflyd: cannot serve: admin socket directory {shared} is writable by group or others" in result.stderr
+    assert "Traceback" not in result.stderr
