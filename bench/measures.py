@@ -184,6 +184,10 @@ def _pss_of_tree(pid: int) -> int:
     return total
 
 
+# Reset-engine tenants in the density step: how long an idle worker lives.
+RETIRE_AFTER_MS = 2000
+
+
 def tenants_scaling(pin: Pinning, counts: list[int], duration_s: float | None, log: Callable[[str], None],
                     start_timeout: float = 300.0, fresh_counts: list[int] | None = None,
                     reset_counts: list[int] | None = None) -> dict[str, Any]:
@@ -202,7 +206,9 @@ def tenants_scaling(pin: Pinning, counts: list[int], duration_s: float | None, l
             if n not in wanted:
                 continue
             mode = "zygote" if zygote else "fresh"
-            tenants = servers.hello_tenants(n, engine=engine, pool=1 if engine == "reset" else None)
+            reset = engine == "reset"
+            tenants = servers.hello_tenants(n, engine=engine, pool=1 if reset else None,
+                                            pool_idle_ms=RETIRE_AFTER_MS if reset else None)
             try:
                 with servers.mayflyd(pin, tenants, start_timeout=start_timeout, zygote=zygote,
                                      engine=engine) as server:
@@ -220,6 +226,10 @@ def tenants_scaling(pin: Pinning, counts: list[int], duration_s: float | None, l
                                 "pss_min_mb": min(pss) / 2**20, "pss_max_mb": max(pss) / 2**20,
                                 "daemon_pss_mb": daemon_pss / 2**20, "zygote_pss_mb": zygote_pss / 2**20,
                                 "ready_lines": _ready_lines(server)}
+                    if reset:  # and once its worker has retired
+                        time.sleep(RETIRE_AFTER_MS / 1000 + 1.0)
+                        retired = [_pss_of_tree(t["hosts"][0]["pid"]) for t in status["tenants"].values()]
+                        row["pss_retired_mb"] = statistics.mean(retired) / 2**20
                     if duration_s and zygote and engine == "fork":
                         hosts = [h for t in tenants for h in t.hosts]
                         result = wrk.run(pin, server.port, connections=64, duration_s=duration_s, hosts=hosts)
@@ -227,6 +237,8 @@ def tenants_scaling(pin: Pinning, counts: list[int], duration_s: float | None, l
                         row["rps"] = result.rps
                 log(f"{n} tenants ({engine}, {mode}): started in {row['startup_s']:.2f} s, "
                     f"{row['pss_per_tenant_mb']:.2f} MiB PSS per tenant"
+                    + (f", {row['pss_retired_mb']:.2f} MiB once the worker retired" if "pss_retired_mb" in row
+                       else "")
                     + (f", {row['rps']:.0f} req/s" if "rps" in row else ""))
             except RuntimeError as exc:
                 row = {"tenants": n, "engine": engine, "mode": mode, "error": str(exc).splitlines()[0]}

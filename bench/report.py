@@ -144,7 +144,8 @@ def markdown(data: dict[str, Any], charts: list[str], chart_note: str | None) ->
         out += ["## 3b/4. Tenants: density, start-up and throughput", "",
                 "Each tenant serves the seed program. Fork-engine hosts forked from the zygote (the default) "
                 "and, as the baseline, started as fresh interpreters (`zygote: false`); and reset-engine "
-                "tenants with their one idle worker; all in the same run. PSS per idle tenant = its processes "
+                "tenants with their one idle worker, and again once it has retired (`pool_idle_ms`); all in the "
+                "same run. PSS per idle tenant = its processes "
                 "(host, stub, workers), psutil; the zygote's own PSS is listed apart. Start-up = daemon start to listening / tenants (all tenants start before the "
                 "daemon listens). Ratios: zygote over fresh at the same count. Throughput: wrk -c64 with a "
                 "random Host among the tenants per request (Lua), ratio to the 1-tenant case.", ""]
@@ -154,6 +155,8 @@ def markdown(data: dict[str, Any], charts: list[str], chart_note: str | None) ->
             if "error" in r:
                 rows.append([str(r["tenants"]), mode, "FAILED: " + r["error"], "", "", "", "", "", "", "", "", ""])
                 continue
+            if "pss_retired_mb" in r:
+                mode += f" (worker retired: {r['pss_retired_mb']:.2f} MiB)"
             rows.append([str(r["tenants"]), mode, _f(r["startup_s"]), _f(r["startup_per_tenant_ms"], "{:.1f}"),
                          _f(r.get("startup_ratio"), "{:.2f}"), _f(r["pss_per_tenant_mb"], "{:.2f}"),
                          _f(r.get("pss_ratio"), "{:.2f}"), _f(r["daemon_pss_mb"], "{:.0f}"),

@@ -84,6 +84,7 @@ class TenantSpec:
     concurrency: int = 64
     uid: int | None = None
     pool: int | None = None  # reset engine: workers (None: the daemon's default, one per core)
+    pool_idle_ms: int | None = None  # reset engine: idle workers retire after this (None: the default)
 
 
 @dataclass
@@ -170,6 +171,7 @@ def write_config(directory: Path, tenants: list[TenantSpec], port: int, admin_so
              "engine": t.engine,
              **({"uid": t.uid} if t.uid is not None else {}),
              **({"pool": t.pool} if t.pool is not None else {}),
+             **({"pool_idle_ms": t.pool_idle_ms} if t.pool_idle_ms is not None else {}),
              "limits": {"memory": f"{t.memory_mib}MiB", "concurrency": t.concurrency,
                         "request_timeout_ms": 10000, "init_timeout_ms": 120000}}
             for t in tenants
@@ -181,11 +183,13 @@ def write_config(directory: Path, tenants: list[TenantSpec], port: int, admin_so
 
 
 def hello_tenants(count: int, program: Path = SEED, engine: str = "fork",
-                  memory_mib: int = 128, pool: int | None = None) -> list[TenantSpec]:
+                  memory_mib: int = 128, pool: int | None = None,
+                  pool_idle_ms: int | None = None) -> list[TenantSpec]:
     """count tenants t0..t{count-1} serving program, t0 the default; explicit
     uids so that 1000 names cannot collide on crc32-derived ones."""
     return [TenantSpec(name=f"t{i}", program=program, hosts=[f"t{i}.bench.localhost"], default=(i == 0),
-                       engine=engine, memory_mib=memory_mib, uid=300000 + i, pool=pool)
+                       engine=engine, memory_mib=memory_mib, uid=300000 + i, pool=pool,
+                       pool_idle_ms=pool_idle_ms)
             for i in range(count)]
 
 

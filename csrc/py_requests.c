@@ -338,7 +338,7 @@ static void hook_after_rewind(void *vctx)
 PyObject *py_serve_reset(PyObject *self, PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"ctrl_fd", "runner", "close_in_child", "after_rewind", "request_filter", "cpu_ms",
-                             "memory_bytes", "nofile", "pool_size", "verify", NULL};
+                             "memory_bytes", "nofile", "pool_size", "idle_ms", "verify", NULL};
     struct reset_ctx ctx = {{0}, NULL};
     struct mf_reset_hooks hooks = {{&ctx, hook_before_fork, hook_after_fork_parent, hook_after_fork_child,
                                     hook_interrupted, hook_handle},
@@ -351,10 +351,11 @@ PyObject *py_serve_reset(PyObject *self, PyObject *args, PyObject *kwargs)
     bool ok;
 
     (void)self;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iOOO|y*O&O&O&Ip:serve_reset", kwlist, &cfg.ctrl_fd,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iOOO|y*O&O&O&IO&p:serve_reset", kwlist, &cfg.ctrl_fd,
                                      &ctx.serve.runner, &close_list, &ctx.after_rewind, &filter, uint32_converter,
                                      &cfg.limits.cpu_ms, uint64_converter, &cfg.limits.memory_bytes,
-                                     uint32_converter, &cfg.limits.nofile, &cfg.pool_size, &verify))
+                                     uint32_converter, &cfg.limits.nofile, &cfg.pool_size, uint32_converter,
+                                     &cfg.idle_ms, &verify))
         goto fail;
     if (!PyCallable_Check(ctx.serve.runner) || !PyCallable_Check(ctx.after_rewind)) {
         PyErr_Format(PyExc_TypeError, "runner and after_rewind must be callable");

@@ -47,6 +47,8 @@ struct worker {
     uint32_t flags;              /* enum mf_exit_flags of the request */
     uint32_t nonce;              /* the request's; a REQUEST_DONE must carry it */
     bool doomed;                 /* killed by the host: never dispatched to, messages ignored */
+    bool retiring;               /* killed for being idle: not replaced, not reported */
+    uint64_t idle_since_ms;
     bool has_timer;
     timer_t cpu_timer;
     char failure[512];           /* what the worker said before exiting */
@@ -403,6 +405,34 @@ static enum step handle_ctrl(struct pool *p)
     }
 }
 
+static void become_idle(struct worker *w)
+{
+    w->state = W_IDLE;
+    if (!mf_now_ms(&w->idle_since_ms))
+        w->idle_since_ms = 0; /* retires at the next look */
+}
+
+/* Workers idle for idle_ms while nothing waits exit, each taking its
+ * snapshot's memory with it; the next request forks one again. */
+static void retire_idle(struct pool *p, uint64_t now, uint64_t *next)
+{
+    uint64_t idle_ms = p->cfg->idle_ms;
+
+    if (idle_ms == 0 || p->q_len > 0)
+        return;
+    for (unsigned i = 0; i < p->n; i++) {
+        struct worker *w = &p->workers[i];
+        if (w->state != W_IDLE || w->doomed)
+            continue;
+        if (w->idle_since_ms + idle_ms <= now) {
+            w->retiring = true;
+            doom(w, NULL);
+        } else if (w->idle_since_ms + idle_ms < *next) {
+            *next = w->idle_since_ms + idle_ms;
+        }
+    }
+}
+
 static bool all_ready(const struct pool *p)
 {
     for (unsigned i = 0; i < p->n; i++)
@@ -443,7 +473,7 @@ static enum step handle_worker(struct pool *p, struct worker *w)
     case MF_MSG_WORKER_READY:
         if (w->state != W_STARTING || hdr.payload_len != sizeof(struct mf_worker_ready))
             break;
-        w->state = W_IDLE;
+        become_idle(w);
         if (!p->ready_sent && all_ready(p)) {
             struct mf_ready ready = {.pid = p->host_pid, .engine = MF_ENGINE_RESET};
             p->ready_sent = true;
@@ -463,7 +493,7 @@ static enum step handle_worker(struct pool *p, struct worker *w)
             return STEP_CONTINUE;
         }
         set_timer(w, 0);
-        w->state = W_IDLE;
+        become_idle(w);
         /* An aborted request reads as a sandbox killed, as in fork mode. */
         int status = done.aborted ? SIGKILL : (int)(done.status & 0xff) << 8;
         if (request_ended(p, w->req_id, w->pid, status, w->flags, done.cost_us, done.pages) != STEP_CONTINUE)
@@ -494,7 +524,8 @@ static void describe_exit(char *out, size_t cap, int status)
         snprintf(out, cap, "exited with status %d", WEXITSTATUS(status));
 }
 
-/* A worker exited: end its request, say why, and fork its replacement. */
+/* A worker exited: end its request, say why, and fork its replacement
+ * (one retired for being idle just leaves its slot free). */
 static enum step worker_exited(struct pool *p, unsigned i, int status)
 {
     struct worker *w = &p->workers[i];
@@ -511,6 +542,10 @@ static enum step worker_exited(struct pool *p, unsigned i, int status)
     w->state = W_GONE;
     w->fd = -1;
     w->has_timer = false;
+    if (w->retiring && was == W_IDLE) {
+        grow(p); /* for a request that came in as it went */
+        return STEP_CONTINUE;
+    }
     if (!p->ready_sent) {
         char text[800];
         bool killed = WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL && w->failure[0] == '\0';
@@ -626,6 +661,7 @@ static enum step enforce_deadlines(struct pool *p, int *timeout)
         if (due < next)
             next = due;
     }
+    retire_idle(p, now, &next);
     /* Requests waiting while growth backs off: try again when it may. */
     grow(p);
     if (p->q_len > 0 && p->grow_after_ms > now && p->grow_after_ms < next)

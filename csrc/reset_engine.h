@@ -13,6 +13,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "reset_worker.h"
 
@@ -31,11 +32,14 @@ struct mf_reset_config {
     const void *request_filter;
     size_t request_filter_len;
     unsigned pool_size;
+    uint32_t idle_ms;  /* a worker idle this long exits, down to none; 0: never */
     bool verify;
 };
 
 /* As mf_fork_serve: READY once every worker has its snapshot (LOAD_FAILED
- * and true if one cannot take it), then serves until SHUTDOWN or EOF. */
+ * and true if one cannot take it), then serves until SHUTDOWN or EOF. An
+ * idle tenant's workers retire after idle_ms, each taking its snapshot's
+ * memory with it; the next request forks one again. */
 bool mf_reset_serve(const struct mf_reset_config *cfg);
 
 #endif /* MAYFLYD_RESET_ENGINE_H */

@@ -134,7 +134,7 @@ _TOP_KEYS: Final = (
 _LOG_FORMATS: Final = ("logfmt", "json")
 _CGROUP_PREFIX_RE: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}(/[A-Za-z0-9_.-]{1,64}){0,3}")
 _TENANT_KEYS: Final = (
-    "name", "hosts", "default", "program", "engine", "pool", "verify_rewind", "uid", "gid", "env", "limits",
+    "name", "hosts", "default", "program", "engine", "pool", "pool_idle_ms", "verify_rewind", "uid", "gid", "env", "limits",
     "network", "files", "seccomp_action",
 )
 _NETWORK_MODES: Final = ("none", "loopback", "full")
@@ -143,6 +143,10 @@ _LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 _CGROUP_MODES: Final = ("auto", "v1", "v2", "none")
 _ENGINES: Final = ("auto", "fork", "reset")
 _POOL_MAX: Final = 256  # MF_RESET_MAX_WORKERS in csrc/reset_engine.h
+_POOL_IDLE_MS_MAX: Final = 86_400_000
+# An idle reset tenant keeps a worker (and its snapshot, ~11 MiB) this long;
+# the request after that pays for forking one again.
+DEFAULT_POOL_IDLE_MS: Final = 60_000
 _NAME_RE: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 _ENV_KEY_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _MAX_ID: Final = 2**31 - 2  # 2^31-1 is reserved by some tools as "no id"
@@ -498,6 +502,10 @@ class _Parser:
         pool = 0
         if "pool" in entries:
             pool = self._int(entries["pool"][1], f"{path}.pool", 1, _POOL_MAX) or 0
+        pool_idle_ms = DEFAULT_POOL_IDLE_MS
+        if "pool_idle_ms" in entries:
+            value = self._int(entries["pool_idle_ms"][1], f"{path}.pool_idle_ms", 0, _POOL_IDLE_MS_MAX)
+            pool_idle_ms = DEFAULT_POOL_IDLE_MS if value is None else value
         verify_rewind = False
         if "verify_rewind" in entries:
             verify_rewind = bool(self._bool(entries["verify_rewind"][1], f"{path}.verify_rewind"))
@@ -562,6 +570,7 @@ class _Parser:
             program=program,
             engine=engine,
             pool=pool,
+            pool_idle_ms=pool_idle_ms,
             verify_rewind=verify_rewind,
             uid=uid,
             gid=gid if gid is not None else uid,

@@ -61,6 +61,7 @@ class HostSpec:
     nofile: int
     engine: str = "fork"        # fork | reset (auto is resolved by the supervisor)
     pool: int = 1               # reset: workers
+    pool_idle_ms: int = 0       # reset: a worker idle this long exits (0: never)
     verify_rewind: bool = False  # reset: compare every tracked page after each rewind
 
     def to_json(self) -> str:
@@ -219,6 +220,7 @@ def serve(spec: HostSpec, *, forked_by_zygote: bool = False) -> int:
         _mayfly.serve_reset(ctrl.fileno(), make_runner(program), [], _after_rewind,
                             request_filter=request_filter, cpu_ms=spec.request_cpu_ms,
                             memory_bytes=spec.request_memory, nofile=spec.nofile, pool_size=spec.pool,
+                            idle_ms=spec.pool_idle_ms,
                             verify=spec.verify_rewind)
     else:
         _mayfly.serve_fork(ctrl.fileno(), make_runner(program), [], request_filter=request_filter,

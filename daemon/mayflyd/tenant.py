@@ -168,7 +168,8 @@ class Tenant:
             request_filter=base64.b64encode(self._filters.request).decode(),
             pids=limits.pids, request_cpu_ms=limits.request_cpu_ms, request_memory=limits.request_memory,
             nofile=SANDBOX_NOFILE, engine=walls.engine_of(config),
-            pool=config.pool or os.cpu_count() or 1, verify_rewind=config.verify_rewind)
+            pool=config.pool or os.cpu_count() or 1, pool_idle_ms=config.pool_idle_ms,
+            verify_rewind=config.verify_rewind)
 
     def limit_hit(self, limit: str, req_id: int, detail: str) -> None:
         """Count and log a request that ran into one of the tenant's limits."""

@@ -127,6 +127,8 @@ def reset_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
          "engine": "reset", "pool": 2, "verify_rewind": True, "limits": quick},
         {"name": "solo", "hosts": ["solo.localhost"], "program": "programs/mutator.py",
          "engine": "reset", "pool": 1, "limits": quick},
+        {"name": "napper", "hosts": ["napper.localhost"], "program": "programs/mutator.py",
+         "engine": "reset", "pool": 2, "pool_idle_ms": 300, "limits": quick},
         {"name": "hello", "hosts": ["hello.localhost"], "program": "programs/hello.py", "engine": "auto"},
         # Two snapshots of a 40 MiB heap do not fit next to it in 64 MiB.
         {"name": "fat", "hosts": ["fat.localhost"], "program": "programs/fat.py", "engine": "reset", "pool": 2,
@@ -263,6 +265,22 @@ def test_ten_thousand_mutating_requests_rewind_without_a_difference(reset_daemon
                           timeout=5, what="every rewind reported")
     assert tenant(reset_daemon, "mutator")["worker_replacements"] == 0, reset_daemon.log()[-3000:]
     assert "verification:" not in reset_daemon.log()
+
+
+@needs_root
+def test_an_idle_worker_retires_and_the_next_request_forks_one(reset_daemon: Daemon) -> None:
+    procs = Path("/sys/fs/cgroup/memory") / reset_daemon.cgroup_prefix / "napper" / "cgroup.procs"
+    first = seen(reset_daemon, "napper.localhost", "big=20")
+    assert pristine(first)
+    # Idle for pool_idle_ms: the worker (and its snapshot) goes; the host stays.
+    reset_daemon.wait_for(lambda: len(procs.read_text().split()) == reset_daemon.idle_processes() - 1, timeout=5,
+                          what="the idle worker gone, the host alone in the cgroup")
+    again = seen(reset_daemon, "napper.localhost")
+    assert pristine(again) and again["pid"] != first["pid"], "a fresh worker, from the sealed host"
+    assert len(procs.read_text().split()) == reset_daemon.idle_processes()
+    # A retirement is not a failure: nothing replaced, nothing logged as such.
+    assert tenant(reset_daemon, "napper")["worker_replacements"] == 0
+    assert not [line for line in reset_daemon.log().splitlines() if "tenant=napper" in line and "replaced" in line]
 
 
 @needs_root

@@ -358,6 +358,8 @@ BAD_CONFIGS = [
      "must be one of auto, fork, reset, got 'turbo'"),
     ("pool-zero", TENANT + "    pool: 0\n", 5, "tenants[0].pool", "must be between 1 and 256, got 0"),
     ("pool-text", TENANT + "    pool: many\n", 5, "tenants[0].pool", "an int"),
+    ("pool-idle-negative", TENANT + "    pool_idle_ms: -1\n", 5, "tenants[0].pool_idle_ms",
+     "must be between 0 and 86400000, got -1"),
     ("verify-rewind-text", TENANT + "    verify_rewind: maybe\n", 5, "tenants[0].verify_rewind", "true or false"),
     ("uid-zero", TENANT + "    uid: 0\n", 5, "tenants[0].uid", "must not be 0 (root)"),
     (
@@ -548,6 +550,7 @@ def test_minimal(base: Path) -> None:
     assert tenant.default is False
     assert tenant.program == (base / "prog.py").resolve()
     assert tenant.engine == "auto" and tenant.pool == 0 and not tenant.verify_rewind
+    assert tenant.pool_idle_ms == 60_000
     assert tenant.gid == tenant.uid
     assert tenant.env == ()
     # pids and request_memory follow concurrency and memory when unset.
