@@ -220,7 +220,9 @@ def tenants_scaling(pin: Pinning, counts: list[int], duration_s: float | None, l
                     zygote_pid = (status.get("zygote") or {}).get("pid") or 0
                     zygote_pss = psutil.Process(zygote_pid).memory_full_info().pss if zygote_pid else 0
                     daemon_pss = psutil.Process(server.proc.pid).memory_full_info().pss
+                    idle_cpu = _cpu_share(server.proc.pid, 1.0)
                     row: Row = {"tenants": n, "engine": engine, "mode": mode, "startup_s": server.startup_s,
+                                "daemon_idle_cpu_pct": idle_cpu * 100,
                                 "startup_per_tenant_ms": server.startup_s / n * 1e3,
                                 "pss_per_tenant_mb": statistics.mean(pss) / 2**20,
                                 "pss_min_mb": min(pss) / 2**20, "pss_max_mb": max(pss) / 2**20,
@@ -256,6 +258,15 @@ def tenants_scaling(pin: Pinning, counts: list[int], duration_s: float | None, l
         if "rps" in r and first is not None:
             r["rps_ratio"] = _ratio(r["rps"], first["rps"])
     return {"rows": rows}
+
+
+def _cpu_share(pid: int, seconds: float) -> float:
+    """The share of one core a process used over the next `seconds`."""
+    proc = psutil.Process(pid)
+    before = proc.cpu_times()
+    time.sleep(seconds)
+    after = proc.cpu_times()
+    return ((after.user - before.user) + (after.system - before.system)) / seconds
 
 
 def _log_size(server: RunningServer) -> int:

@@ -153,18 +153,19 @@ def markdown(data: dict[str, Any], charts: list[str], chart_note: str | None) ->
         for r in data["tenants"]["rows"]:
             mode = f'{r.get("engine", "fork")}, {r.get("mode", "fresh")}'
             if "error" in r:
-                rows.append([str(r["tenants"]), mode, "FAILED: " + r["error"], "", "", "", "", "", "", "", "", ""])
+                rows.append([str(r["tenants"]), mode, "FAILED: " + r["error"], "", "", "", "", "", "", "", "", "", ""])
                 continue
             if "pss_retired_mb" in r:
                 mode += f" (worker retired: {r['pss_retired_mb']:.2f} MiB)"
             rows.append([str(r["tenants"]), mode, _f(r["startup_s"]), _f(r["startup_per_tenant_ms"], "{:.1f}"),
                          _f(r.get("startup_ratio"), "{:.2f}"), _f(r["pss_per_tenant_mb"], "{:.2f}"),
                          _f(r.get("pss_ratio"), "{:.2f}"), _f(r["daemon_pss_mb"], "{:.0f}"),
+                         _f(r.get("daemon_idle_cpu_pct"), "{:.1f}%"),
                          _f(r.get("zygote_pss_mb") or None, "{:.1f}"),
                          _f(r.get("rps"), "{:.0f}"), _f(r.get("rps_ratio"), "{:.2f}")])
         out += _table(["tenants", "engine, hosts", "start-up s", "per tenant ms", "zygote/fresh", "PSS/tenant MiB",
-                       "zygote/fresh", "daemon PSS MiB", "zygote PSS MiB", "req/s -c64 random host", "ratio"],
-                      rows) + [""]
+                       "zygote/fresh", "daemon PSS MiB", "daemon idle CPU", "zygote PSS MiB",
+                       "req/s -c64 random host", "ratio"], rows) + [""]
     if "profile" in data:
         p = data["profile"]
         out += ["## 5. Where a request's time goes in the daemon (cProfile)", "",
