@@ -154,7 +154,8 @@ class Daemon:
         self._started = time.monotonic()
         self._program_reloads: set[asyncio.Task[ReloadResult]] = set()
         # Started by the first host start that needs it.
-        self._zygote = ZygoteClient(BASE_HOST_ENVIRONMENT) if config.zygote else None
+        self._zygote = (ZygoteClient(BASE_HOST_ENVIRONMENT, on_start=self._metrics.zygote_started)
+                        if config.zygote else None)
 
     def router(self) -> Router[Tenant]:
         return self._router

@@ -26,7 +26,7 @@ class Metrics:
     """The daemon's Prometheus metrics, in a registry of their own."""
 
     __slots__ = ("registry", "_requests", "_duration", "_sandbox_cost", "_hosts", "_restarts",
-                 "_limit_hits", "_reloads", "_statuses", "_limits", "_pages", "_replacements")
+                 "_limit_hits", "_reloads", "_statuses", "_limits", "_pages", "_replacements", "_zygote_starts")
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -50,6 +50,8 @@ class Metrics:
                                      ["tenant"], registry=r)
         self._reloads = Counter("mayflyd_reloads_total", "Program and config reloads, by result",
                                 ["kind", "result"], registry=r)
+        self._zygote_starts = Counter("mayflyd_zygote_starts_total",
+                                      "Zygotes started: the first, and one after each that died", registry=r)
         # The second label values seen per tenant, so that forget_tenant can
         # remove every series without reading prometheus_client's private fields.
         self._statuses: dict[str, set[str]] = {}
@@ -66,6 +68,9 @@ class Metrics:
 
     def pages_rewound(self, tenant: str, pages: int) -> None:
         self._pages.labels(tenant).observe(pages)
+
+    def zygote_started(self) -> None:
+        self._zygote_starts.inc()
 
     def worker_replaced(self, tenant: str) -> None:
         self._replacements.labels(tenant).inc()

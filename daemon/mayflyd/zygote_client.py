@@ -15,7 +15,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -106,8 +106,9 @@ class ZygoteChild:
 
 
 class ZygoteClient:
-    def __init__(self, env: Mapping[str, str]) -> None:
+    def __init__(self, env: Mapping[str, str], on_start: Callable[[], None] | None = None) -> None:
         self._env = dict(env)
+        self._on_start = on_start
         self._proc: asyncio.subprocess.Process | None = None
         self._channel: FdChannel | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -190,6 +191,8 @@ class ZygoteClient:
         finally:
             theirs.close()
         self.starts += 1
+        if self._on_start is not None:
+            self._on_start()
         self._channel = FdChannel(ours)
         assert self._proc.stdout is not None and self._proc.stderr is not None
         self._tasks = [t for t in self._tasks if not t.done()]

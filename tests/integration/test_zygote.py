@@ -9,6 +9,7 @@ from typing import Any
 
 import psutil
 
+from mayflyd.admin_client import UnixHTTPConnection
 from tests.daemon_harness import Daemon
 from tests.integration.conftest import needs_root
 
@@ -32,6 +33,15 @@ def two_tenants(tmp_path: Path, **top: Any) -> Daemon:
     return Daemon(tmp_path, [tenant("a"), tenant("b", env={"GREETING": "hi", "PATH": "/bin"})], programs, **top)
 
 
+def metrics_text(d: Daemon) -> str:
+    conn = UnixHTTPConnection(d.admin_socket, 10)
+    try:
+        conn.request("GET", "/metrics")
+        return conn.getresponse().read().decode()
+    finally:
+        conn.close()
+
+
 def pid_namespace_pids(pid: int) -> list[int]:
     """A process's pid in each pid namespace it is in, outermost first."""
     with open(f"/proc/{pid}/status") as status:
@@ -53,6 +63,7 @@ def test_each_host_is_a_child_of_the_zygote_and_pid_1_of_its_namespace(tmp_path:
             assert pid_namespace_pids(pid) == [pid, 1]
         assert d.get("a.localhost").text == "a"
         assert f"zygote {zygote['pid']} started" in d.log()
+        assert "mayflyd_zygote_starts_total 1.0" in metrics_text(d)
 
 
 def test_a_forked_host_has_its_own_environment_and_nothing_else(tmp_path: Path) -> None:
@@ -93,6 +104,7 @@ def test_a_dead_zygote_takes_its_hosts_and_a_new_one_serves(tmp_path: Path) -> N
             assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
         assert d.get("a.localhost").text == "a"
         assert json.loads(d.get("b.localhost").text)["GREETING"] == "hi"
+        assert "mayflyd_zygote_starts_total 2.0" in metrics_text(d)
 
 
 def test_a_host_killed_from_outside_is_reported_by_the_zygote_and_restarted(tmp_path: Path) -> None:
