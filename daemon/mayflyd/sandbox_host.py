@@ -23,6 +23,7 @@ import sys
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mayflyd import _mayfly
 from mayflyd.program import WARM_UP_CALLS, Program, ProgramError, Request, load_program, warm_up_request_path
@@ -30,8 +31,8 @@ from mayflyd.protocol import MsgType, pack_frame
 
 __all__ = ["HostSpec", "main"]
 
-HOSTNAME_MAX = 64
-SERVING_NICE = 5  # bytes; sethostname() refuses longer
+HOSTNAME_MAX = 64  # bytes; sethostname() refuses longer
+SERVING_NICE = 5
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -84,21 +85,36 @@ def hostname_of(spec: HostSpec) -> str:
     return f"mayfly-{spec.tenant}"[:HOSTNAME_MAX]
 
 
-def _enter_tenant(spec: HostSpec) -> None:
-    """The walls a zygote builds in C between its fork and the host (zygote_fork.c)."""
+def entry_of(spec: HostSpec) -> dict[str, Any]:
+    """Where a host goes before its walls, as zygote_fork's keywords: the
+    user namespace (unprivileged daemon), the tenant's cgroup (root), the
+    namespaces (both). A fresh host takes the same steps in _enter_tenant."""
+    entry: dict[str, Any] = {}
     if spec.mode == "root" and spec.cgroup_version:
+        entry.update(cgroup_version=spec.cgroup_version, cgroup_base=spec.cgroup_base,
+                     cgroup_group=spec.cgroup_group)
+    elif spec.mode == "userns":
+        entry.update(user_namespace=True)
+    if spec.mode in ("root", "userns"):
+        entry.update(network=spec.network, hostname=hostname_of(spec))
+    return entry
+
+
+def _enter_tenant(spec: HostSpec) -> None:
+    entry = entry_of(spec)
+    if "cgroup_version" in entry:
         # First, so that everything the host allocates from here on is
         # charged to the tenant and limited.
-        _mayfly.cgroup_join(spec.cgroup_version, spec.cgroup_base, spec.cgroup_group, os.getpid())
-    elif spec.mode == "userns":
+        _mayfly.cgroup_join(entry["cgroup_version"], entry["cgroup_base"], entry["cgroup_group"], os.getpid())
+    if entry.get("user_namespace"):
         # Gives this unprivileged process the capabilities, inside a user
         # namespace, that the namespaces and mounts below need.
         _mayfly.enter_user_namespace()
-    if spec.mode in ("root", "userns"):
+    if "network" in entry:
         # After the cgroup join (a cgroup namespace rooted at the tenant's
         # group); from here on this process is pid 1 of a pid namespace and
         # a stub parent waits for it outside.
-        _mayfly.enter_namespaces(spec.network, hostname_of(spec))
+        _mayfly.enter_namespaces(entry["network"], entry["hostname"])
 
 
 def walls_of(spec: HostSpec) -> tuple[bool, int, int, int, list[str] | None, bytes | None]:

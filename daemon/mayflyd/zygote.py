@@ -36,7 +36,7 @@ from typing import Any, NoReturn
 
 from mayflyd import _mayfly
 from mayflyd.program import load_program, warm_up_request_path
-from mayflyd.sandbox_host import HostSpec, hostname_of, make_runner, serve, walls_of
+from mayflyd.sandbox_host import HostSpec, entry_of, make_runner, serve, walls_of
 
 __all__ = ["main", "MAX_MESSAGE", "SPAWN_FDS"]
 
@@ -95,7 +95,7 @@ class Zygote:
         sys.stdout.flush()
         sys.stderr.flush()
         try:
-            pid = _mayfly.zygote_fork(ctrl, stdout, stderr, walls_of(spec), **_namespaces_of(spec))
+            pid = _mayfly.zygote_fork(ctrl, stdout, stderr, walls_of(spec), **entry_of(spec))
         except OSError as exc:
             self._send({"failed": message["spawn"], "error": f"fork: {exc}"})
             return
@@ -154,19 +154,6 @@ class Zygote:
                 self._channel.send(data)
         except OSError:
             pass  # the supervisor is gone: the next receive ends the loop
-
-
-def _namespaces_of(spec: HostSpec) -> dict[str, Any]:
-    """Where zygote_fork puts the host: sandbox_host._enter_tenant's steps."""
-    walls: dict[str, Any] = {}
-    if spec.mode == "root" and spec.cgroup_version:
-        walls.update(cgroup_version=spec.cgroup_version, cgroup_base=spec.cgroup_base,
-                     cgroup_group=spec.cgroup_group)
-    elif spec.mode == "userns":
-        walls.update(user_namespace=True)
-    if spec.mode in ("root", "userns"):
-        walls.update(network=spec.network, hostname=hostname_of(spec))
-    return walls
 
 
 WARM_UP_LOADS = 4

@@ -158,14 +158,19 @@ def forge_done(request):
     return None
 
 
+def _open_fds():
+    """(fd, what it points at) for this process's fds from 3 up."""
+    for fd in range(3, 256):
+        try:
+            yield fd, os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+
+
 def close_tracker():
     """Reset engine: swap the worker's userfaultfd for an eventfd at the same
     number, so that nothing is tracked any more. The rewind must notice."""
-    for fd in range(3, 256):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
+    for fd, target in _open_fds():
         if target == "anon_inode:[userfaultfd]":
             os.close(fd)
             replacement = os.eventfd(0)
@@ -185,11 +190,7 @@ def hide_a_write():
     HIDDEN.append("from an earlier request")
     page = id(HIDDEN) & ~4095
     tried = {}
-    for fd in range(3, 256):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
+    for fd, target in _open_fds():
         if target == "anon_inode:[userfaultfd]":
             arg = bytearray(struct.pack("QQQ", page, 4096, 1))  # range, UFFDIO_WRITEPROTECT_MODE_WP
             tried["UFFDIO_WRITEPROTECT"] = observed(lambda: fcntl.ioctl(fd, 0xC018AA06, arg))
