@@ -23,6 +23,7 @@
 #include "mounts.h"
 #include "ns.h"
 #include "proto.h"
+#include "rewind.h"
 #include "py_bindings.h"
 #include "seccomp.h"
 #include "userns.h"
@@ -564,6 +565,7 @@ PyMODINIT_FUNC PyInit__mayfly(void)
         {"FORK_MAX_CHILDREN", MF_FORK_MAX_CHILDREN}, {"FORK_GRACE_MS", MF_FORK_GRACE_MS},
         {"CHILD_EXIT_HANDLER", MF_CHILD_EXIT_HANDLER}, {"CHILD_EXIT_BAD_REQUEST", MF_CHILD_EXIT_BAD_REQUEST},
         {"CHILD_EXIT_SETUP", MF_CHILD_EXIT_SETUP},
+        {"HOT_LEARN_REWINDS", MF_HOT_LEARN_REWINDS},
     };
     PyObject *m = PyModule_Create(&module_def);
 

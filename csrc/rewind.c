@@ -467,40 +467,136 @@ static bool reprotect_span(struct mf_rewinder *rw, uint64_t start, uint64_t end,
     return true;
 }
 
+/* Consecutive written pages of one tracked range, re-protected in one walk. */
+struct span {
+    size_t range; /* SIZE_MAX: none yet */
+    uint64_t start, end;
+    size_t pages;
+};
+
+static bool span_flush(struct mf_rewinder *rw, struct span *sp)
+{
+    if (sp->range != SIZE_MAX)
+        MF_TRY(reprotect_span(rw, sp->start, sp->end, sp->pages));
+    sp->range = SIZE_MAX;
+    return true;
+}
+
+/* A span must not reach over a hot page: the walk would protect it. */
+static bool span_add(struct mf_rewinder *rw, struct span *sp, size_t range, uint64_t a, uint64_t b,
+                     bool hot_between)
+{
+    if (sp->range != range || hot_between) {
+        MF_TRY(span_flush(rw, sp));
+        sp->range = range;
+        sp->start = a;
+        sp->pages = 0;
+    }
+    sp->end = b;
+    sp->pages += (size_t)((b - a) / PAGE);
+    return true;
+}
+
+/* Not merged with its neighbour: a region stays within one tracked range. */
+static void learn_add(struct mf_rewinder *rw, uint64_t a, uint64_t b)
+{
+    if (rw->nlearnt == MF_HOT_MAX_REGIONS) {
+        rw->learning_overflow = true;
+        return;
+    }
+    rw->learnt[rw->nlearnt++] = (struct mf_dirty_region){.start = a, .end = b};
+}
+
+/* Written region [a, b) of this rewind (in address order): keeps what every
+ * rewind so far also wrote (everything, on the first). */
+static void learn_region(struct mf_rewinder *rw, uint64_t a, uint64_t b, size_t *cursor)
+{
+    if (rw->hot_rewinds == 0) {
+        learn_add(rw, a, b);
+        return;
+    }
+    size_t k = *cursor;
+    while (k < rw->nlearning && rw->learning[k].end <= a)
+        k++;
+    *cursor = k;
+    for (; k < rw->nlearning && rw->learning[k].start < b; k++) {
+        uint64_t from = rw->learning[k].start > a ? rw->learning[k].start : a;
+        uint64_t to = rw->learning[k].end < b ? rw->learning[k].end : b;
+        learn_add(rw, from, to);
+    }
+}
+
+/* After a rewind that learnt: the next step, and at the last the hot pages
+ * are fixed. No ioctl unprotects them (the request filter allows none): the
+ * next write to each, the request's or the copy back's, does, and no
+ * re-protection reaches them again. */
+static void learn_end(struct mf_rewinder *rw)
+{
+    memcpy(rw->learning, rw->learnt, rw->nlearnt * sizeof(rw->learnt[0]));
+    rw->nlearning = rw->nlearnt;
+    rw->nlearnt = 0;
+    if (++rw->hot_rewinds < MF_HOT_LEARN_REWINDS || rw->learning_overflow)
+        return;
+    size_t hint = 0;
+    for (size_t k = 0; k < rw->nlearning; k++) {
+        rw->hot[k] = rw->learning[k];
+        rw->hot_range[k] = hint = range_of(&rw->tracker, rw->learning[k].start, hint);
+    }
+    rw->nhot = rw->nlearning;
+}
+
 static bool rewind_pages(struct mf_rewinder *rw, size_t *pages)
 {
     struct mf_dirty_tracker *t = &rw->tracker;
-    size_t hint = 0;
+    bool learning = rw->hot_rewinds < MF_HOT_LEARN_REWINDS;
+    size_t hint = 0, hot = 0, learn_cursor = 0;
+    struct span sp = {.range = SIZE_MAX};
 
     *pages = 0;
+    for (size_t k = 0; k < rw->nhot; k++) {
+        const struct mf_dirty_region *r = &rw->hot[k];
+        size_t i = rw->hot_range[k];
+        memcpy((void *)(uintptr_t)r->start, rw->copy[i] + (r->start - t->ranges[i].start),
+               (size_t)(r->end - r->start));
+        *pages += (size_t)((r->end - r->start) / PAGE);
+    }
+    /* The scan also reports the hot pages (not protected reads as written):
+     * what is left of each region once they are cut out is copied back and
+     * protected again. */
     do {
         size_t got, batch_pages;
         MF_TRY(mf_dirty_scan(t, rw->dirty, MF_REWIND_REGIONS, &got, &batch_pages));
-        /* Spans of consecutive regions within one tracked range. */
-        size_t span_range = SIZE_MAX, span_pages = 0;
-        uint64_t span_start = 0, span_end = 0;
         for (size_t k = 0; k < got; k++) {
             const struct mf_dirty_region *r = &rw->dirty[k];
             size_t i = hint = range_of(t, r->start, hint);
             if (i == t->nranges || r->end > t->ranges[i].end)
                 return mf_errx(EFAULT, "written pages %#llx-%#llx outside the tracked ranges",
                                (unsigned long long)r->start, (unsigned long long)r->end);
-            memcpy((void *)(uintptr_t)r->start, rw->copy[i] + (r->start - t->ranges[i].start),
-                   (size_t)(r->end - r->start));
-            if (i != span_range) {
-                if (span_range != SIZE_MAX)
-                    MF_TRY(reprotect_span(rw, span_start, span_end, span_pages));
-                span_range = i;
-                span_start = r->start;
-                span_pages = 0;
+            if (learning)
+                learn_region(rw, r->start, r->end, &learn_cursor);
+            uint64_t a = r->start;
+            while (a < r->end) {
+                while (hot < rw->nhot && rw->hot[hot].end <= a)
+                    hot++;
+                uint64_t b = r->end;
+                if (hot < rw->nhot && rw->hot[hot].start < b) {
+                    if (rw->hot[hot].start <= a) {
+                        a = rw->hot[hot].end < r->end ? rw->hot[hot].end : r->end;
+                        continue;
+                    }
+                    b = rw->hot[hot].start;
+                }
+                memcpy((void *)(uintptr_t)a, rw->copy[i] + (a - t->ranges[i].start), (size_t)(b - a));
+                MF_TRY(span_add(rw, &sp, i, a, b, hot > 0 && rw->hot[hot - 1].end > sp.end));
+                *pages += (size_t)((b - a) / PAGE);
+                a = b;
             }
-            span_end = r->end;
-            span_pages += (size_t)((r->end - r->start) / PAGE);
         }
-        if (span_range != SIZE_MAX)
-            MF_TRY(reprotect_span(rw, span_start, span_end, span_pages));
-        *pages += batch_pages;
+        (void)batch_pages;
     } while (mf_dirty_pending(t));
+    MF_TRY(span_flush(rw, &sp));
+    if (learning)
+        learn_end(rw);
     return true;
 }
 

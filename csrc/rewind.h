@@ -41,6 +41,11 @@
 /* Reading /proc/self/maps costs 100+ us; most rewinds compare the size of
  * the address space instead (a few us), and every so many the whole text. */
 #define MF_REWIND_MAPS_EVERY 64
+/* Pages written by each of the first MF_HOT_LEARN_REWINDS requests are
+ * "hot": left writable and copied back on every rewind, which costs less
+ * than the write-protect fault and the re-protection each would cost. */
+#define MF_HOT_LEARN_REWINDS 8
+#define MF_HOT_MAX_REGIONS 512
 
 struct mf_snapshot_fd {
     int fd;
@@ -84,6 +89,15 @@ struct mf_rewinder {
     int cwd_fd;
     bool verify;            /* compare every tracked page after each rewind */
 
+    struct mf_dirty_region hot[MF_HOT_MAX_REGIONS]; /* sorted; writable, copied back every rewind */
+    size_t hot_range[MF_HOT_MAX_REGIONS];          /* tracker range of each */
+    size_t nhot;
+    unsigned hot_rewinds;   /* rewinds learnt from; learning ends at MF_HOT_LEARN_REWINDS */
+    struct mf_dirty_region learning[MF_HOT_MAX_REGIONS]; /* written by every rewind so far */
+    size_t nlearning;
+    struct mf_dirty_region learnt[MF_HOT_MAX_REGIONS];   /* ... and by this one */
+    size_t nlearnt;
+    bool learning_overflow; /* too scattered to keep: no hot pages */
     struct mf_dirty_region dirty[MF_REWIND_REGIONS];
     struct mf_dirty_region reprotected[MF_REWIND_REGIONS];
     /* Room for the caller's own state that rewinds must leave alone. */

@@ -218,3 +218,27 @@ def test_a_pool_serves_requests_side_by_side(tmp_path: Path) -> None:
         del socks
     finally:
         assert h.close() == 0
+
+
+def _minor_faults(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
+
+
+def test_pages_every_request_writes_stay_writable_and_are_still_rewound(host: ResetHost) -> None:
+    """After HOT_LEARN_REWINDS requests, the pages each of them wrote are no
+    longer write-protected (no fault per page per request) but copied back
+    on every rewind: the host's verify mode compares every tracked page with
+    the snapshot after each rewind, and each request still finds the sealed state."""
+    def faults_per_request(first: int, count: int) -> tuple[float, float]:
+        before = _minor_faults(worker)
+        results = [served(host, first + i) for i in range(count)]
+        assert {h["x-seen"] for h, *_ in results} == {"0"}
+        return (_minor_faults(worker) - before) / count, sum(pages for _, _, pages, _ in results) / count
+
+    *_, worker = served(host, 1)
+    learning, pages_learning = faults_per_request(2, M.HOT_LEARN_REWINDS - 2)
+    faults_per_request(100, 2)  # the first rewinds after learning
+    learnt, pages_learnt = faults_per_request(200, 10)
+    assert pages_learnt >= pages_learning * 0.8, "the hot pages are still copied back"
+    # Each hot page cost a write-protect fault per request while learning.
+    assert learning - learnt > pages_learnt / 2, (learning, learnt, pages_learnt)
