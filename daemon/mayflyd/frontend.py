@@ -62,13 +62,15 @@ class FrontEnd:
 
     async def _handle(self, request: web.Request, req_id: int, tenant: Tenant) -> web.Response:
         limits = tenant.config.limits
-        try:
-            async with asyncio.timeout(limits.request_timeout_ms / 1000):
-                body = await self._read_body(request, limits.max_body)
-        except TimeoutError:
-            tenant.limit_hit("request_timeout_ms", req_id, "the client did not send its body in time")
-            return _error(408, "Request Timeout: the request body did not arrive in time", req_id,
-                          headers={"Connection": "close"})
+        body: bytes | None = b""
+        if request.body_exists:  # most requests have none: no timer, no reader
+            try:
+                async with asyncio.timeout(limits.request_timeout_ms / 1000):
+                    body = await self._read_body(request, limits.max_body)
+            except TimeoutError:
+                tenant.limit_hit("request_timeout_ms", req_id, "the client did not send its body in time")
+                return _error(408, "Request Timeout: the request body did not arrive in time", req_id,
+                              headers={"Connection": "close"})
         if body is None:
             tenant.limit_hit("max_body", req_id, f"request body over {limits.max_body} bytes")
             return _error(413, "Content Too Large: the request body exceeds the tenant's limit", req_id,

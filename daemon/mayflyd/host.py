@@ -215,7 +215,9 @@ class SandboxHost:
             raise HostStartError("the host exited before it was ready" if first is None
                                  else f"unexpected first message from the host: {first!r}")
         self.ready = True
-        self._tasks.append(asyncio.create_task(self._read_control()))
+        # Read in the loop's callback, every queued message per wake-up: an
+        # exit report per request must not cost a task step and a future.
+        asyncio.get_running_loop().add_reader(self._ctrl.fileno(), self._on_control_readable)
         self._tasks.append(asyncio.create_task(self._watch_process()))
 
     async def _spawn(self, ctrl_fd: int) -> HostProcess:
@@ -271,6 +273,7 @@ class SandboxHost:
         if self._proc is not None:
             self._proc.close()
         if self._ctrl is not None:
+            asyncio.get_running_loop().remove_reader(self._ctrl.fileno())
             self._ctrl.close()
             self._ctrl = None
         for fut in self._pending_exits.values():
@@ -326,16 +329,30 @@ class SandboxHost:
             except protocol.ProtocolError as exc:
                 log.error("bad control message from host %d: %s", self.pid, exc, extra={"tenant": self.tenant})
 
-    async def _read_control(self) -> None:
+    def _on_control_readable(self) -> None:
+        """The host's messages once it is serving: exit reports and worker replacements."""
+        assert self._ctrl is not None
         while True:
-            message = await self._recv_control()
-            if message is None:
-                self.ready = False
+            try:
+                packet = self._ctrl.recv(_RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
                 return
+            except OSError:
+                packet = b""
+            if not packet:  # the host is gone; _watch_process reports how
+                self.ready = False
+                asyncio.get_running_loop().remove_reader(self._ctrl.fileno())
+                return
+            try:
+                message = protocol.decode_control(packet)
+            except protocol.ProtocolError as exc:
+                log.error("bad control message from host %d: %s", self.pid, exc, extra={"tenant": self.tenant})
+                continue
             if isinstance(message, (ChildExit, WorkerReplaced)):
                 self._on_sandbox_exit(message)
             if isinstance(message, (ChildExit, RequestFailed)):
-                fut = self._pending_exits.get(message.req_id)
+                # The host answers each REQUEST it received with exactly one of these.
+                fut = self._pending_exits.pop(message.req_id, None)
                 if fut is not None and not fut.done():
                     fut.set_result(message)
 
@@ -396,36 +413,47 @@ class SandboxHost:
     async def run(self, request: RequestData, *, timeout: float, max_response: int) -> Response:
         """Run one request in a fresh sandbox and return its validated response."""
         loop = asyncio.get_running_loop()
+        req_id = request.req_id
         # Before a sandbox exists for it: a request that cannot be framed gets none.
         try:
             packets = protocol.encode_request(
-                request.req_id, method=request.method, path=request.path, query=request.query,
+                req_id, method=request.method, path=request.path, query=request.query,
                 headers=request.headers, body=request.body, client=request.client)
         except ValueError as exc:
             raise RequestTooLarge(str(exc)) from None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         ours.setblocking(False)
+        # Queued before the host hands the channel on, the request is there
+        # whole when its sandbox first reads: no wake-up per packet.
+        queued = _send_what_fits(ours, packets)
         exit_future: asyncio.Future[ChildExit | RequestFailed] = loop.create_future()
-        self._pending_exits[request.req_id] = exit_future
-        deadline = loop.time() + timeout
+        self._pending_exits[req_id] = exit_future
         self.in_flight += 1
+        reader = _ResponseReader(loop, ours, protocol.ResponseDecoder(req_id, max_response))
+        deadline = loop.time() + timeout
+        timer = loop.call_at(deadline, reader.time_out)
+        sender: asyncio.Task[None] | None = None
         try:
             try:
-                self._send_control(protocol.encode_request_ctl(request.req_id, int(timeout * 1000)),
+                self._send_control(protocol.encode_request_ctl(req_id, int(timeout * 1000)),
                                    [theirs.fileno()])
+            except HostUnavailable:
+                del self._pending_exits[req_id]  # the host never got it: no exit report will come
+                raise
             finally:
                 theirs.close()
+            if queued < len(packets):  # a body larger than the socket's buffer
+                sender = loop.create_task(_send_rest(loop, ours, packets[queued:]))
             try:
-                async with asyncio.timeout_at(deadline):
-                    return await self._exchange(ours, packets, request.req_id, max_response)
+                return await reader.future
             except TimeoutError:
-                self._cancel(request.req_id)
+                self._cancel(req_id)
                 raise SandboxTimeout(f"no answer within {timeout * 1000:.0f} ms") from None
             except protocol.ProtocolError as exc:
-                self._cancel(request.req_id)
+                self._cancel(req_id)
                 raise BadResponse(str(exc), over_limit=isinstance(exc, protocol.ResponseTooLarge)) from None
             except SandboxCrashed:
-                if loop.time() >= deadline:
+                if reader.timed_out or loop.time() >= deadline:  # the host killed it at the deadline
                     raise SandboxTimeout(f"no answer within {timeout * 1000:.0f} ms") from None
                 ended = await self._sandbox_end(exit_future)
                 if isinstance(ended, RequestFailed):
@@ -439,27 +467,11 @@ class SandboxHost:
                                      "without answering", ended.wait_status) from None
         finally:
             self.in_flight -= 1
+            timer.cancel()
+            reader.close()
+            if sender is not None:
+                sender.cancel()
             ours.close()
-            asyncio.get_running_loop().call_later(5.0, self._pending_exits.pop, request.req_id, None)
-
-    async def _exchange(self, sock: socket.socket, packets: list[bytes], req_id: int,
-                        max_response: int) -> Response:
-        loop = asyncio.get_running_loop()
-        try:
-            for packet in packets:
-                await loop.sock_sendall(sock, packet)
-        except (BrokenPipeError, ConnectionResetError):
-            raise SandboxCrashed("the sandbox closed its channel") from None
-        decoder = ResponseDecoder(req_id, max_response)
-        while not decoder.done:
-            try:
-                packet = await loop.sock_recv(sock, _RECV_SIZE)
-            except ConnectionResetError:
-                packet = b""
-            if not packet:
-                raise SandboxCrashed("the sandbox ended without answering")
-            decoder.feed(packet)
-        return decoder.response()
 
     async def _sandbox_end(self, exit_future: asyncio.Future[ChildExit | RequestFailed]
                            ) -> ChildExit | RequestFailed | None:
@@ -476,3 +488,74 @@ class SandboxHost:
         except HostUnavailable:
             pass  # a dead host takes its sandboxes with it
 
+
+def _send_what_fits(sock: socket.socket, packets: list[bytes]) -> int:
+    """Send packets until the socket's buffer is full; how many went."""
+    for sent, packet in enumerate(packets):
+        try:
+            sock.send(packet)
+        except BlockingIOError:
+            return sent
+    return len(packets)
+
+
+async def _send_rest(loop: asyncio.AbstractEventLoop, sock: socket.socket, packets: list[bytes]) -> None:
+    """The rest of a large request, as the sandbox reads it; a sandbox that
+    stops reading is the response reader's to report."""
+    try:
+        for packet in packets:
+            await loop.sock_sendall(sock, packet)
+    except OSError:
+        pass
+
+
+class _ResponseReader:
+    """Reads one sandbox's response in the loop's reader callback, every
+    packet that is there per wake-up, and resolves `future` with it."""
+
+    __slots__ = ("_loop", "_sock", "_fd", "_decoder", "future", "timed_out")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket,
+                 decoder: protocol.ResponseDecoder) -> None:
+        self._loop = loop
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._decoder = decoder
+        self.future: asyncio.Future[Response] = loop.create_future()
+        self.timed_out = False
+        loop.add_reader(self._fd, self._readable)
+
+    def _readable(self) -> None:
+        decoder = self._decoder
+        try:
+            while not decoder.done:
+                try:
+                    packet = self._sock.recv(_RECV_SIZE)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except ConnectionResetError:
+                    packet = b""
+                if not packet:
+                    raise SandboxCrashed("the sandbox ended without answering")
+                decoder.feed(packet)
+            self._finish(decoder.response())
+        except (SandboxCrashed, protocol.ProtocolError) as exc:
+            self._finish(exc)
+
+    def _finish(self, outcome: Response | BaseException) -> None:
+        self.close()
+        if self.future.done():
+            return
+        if isinstance(outcome, BaseException):
+            self.future.set_exception(outcome)
+        else:
+            self.future.set_result(outcome)
+
+    def time_out(self) -> None:
+        self.timed_out = True
+        self._finish(TimeoutError())
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            self._loop.remove_reader(self._fd)
+            self._fd = -1

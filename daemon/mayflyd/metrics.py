@@ -11,6 +11,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 __all__ = ["Metrics"]
 
+_Metric = Counter | Gauge | Histogram
+
 # A request ranges from a cached answer (~100 us) to the longest timeout a
 # tenant may configure (30 s).
 _REQUEST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
@@ -26,7 +28,8 @@ class Metrics:
     """The daemon's Prometheus metrics, in a registry of their own."""
 
     __slots__ = ("registry", "_requests", "_duration", "_sandbox_cost", "_hosts", "_restarts",
-                 "_limit_hits", "_reloads", "_statuses", "_limits", "_pages", "_replacements", "_zygote_starts")
+                 "_limit_hits", "_reloads", "_statuses", "_limits", "_pages", "_replacements", "_zygote_starts",
+                 "_children")
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -56,18 +59,30 @@ class Metrics:
         # remove every series without reading prometheus_client's private fields.
         self._statuses: dict[str, set[str]] = {}
         self._limits: dict[str, set[str]] = {}
+        # The labelled series the per-request calls update: labels() costs
+        # more than the update itself.
+        self._children: dict[tuple[_Metric, tuple[str, ...]], _Metric] = {}
+
+    def _child(self, metric: _Metric, *labels: str) -> _Metric:
+        child = self._children.get((metric, labels))
+        if child is None:
+            child = self._children[(metric, labels)] = metric.labels(*labels)
+        return child
 
     def request_done(self, tenant: str, status: int, seconds: float) -> None:
         code = str(status)
-        self._statuses.setdefault(tenant, set()).add(code)
-        self._requests.labels(tenant, code).inc()
-        self._duration.labels(tenant).observe(seconds)
+        requests = self._children.get((self._requests, (tenant, code)))
+        if requests is None:
+            self._statuses.setdefault(tenant, set()).add(code)
+            requests = self._child(self._requests, tenant, code)
+        requests.inc()  # type: ignore[union-attr]
+        self._child(self._duration, tenant).observe(seconds)  # type: ignore[union-attr]
 
     def sandbox_cost(self, tenant: str, seconds: float) -> None:
-        self._sandbox_cost.labels(tenant).observe(seconds)
+        self._child(self._sandbox_cost, tenant).observe(seconds)  # type: ignore[union-attr]
 
     def pages_rewound(self, tenant: str, pages: int) -> None:
-        self._pages.labels(tenant).observe(pages)
+        self._child(self._pages, tenant).observe(pages)  # type: ignore[union-attr]
 
     def zygote_started(self) -> None:
         self._zygote_starts.inc()
@@ -94,6 +109,7 @@ class Metrics:
 
     def forget_tenant(self, tenant: str) -> None:
         """Remove every series of a removed tenant, so that it does not linger."""
+        self._children = {key: child for key, child in self._children.items() if key[1][0] != tenant}
         label_sets: list[tuple[Counter | Gauge | Histogram, tuple[str, ...]]] = [
             (self._duration, (tenant,)), (self._sandbox_cost, (tenant,)), (self._hosts, (tenant,)),
             (self._pages, (tenant,)), (self._replacements, (tenant,)),
