@@ -3,6 +3,8 @@ without the daemon: serve_reset in a forked child, the test plays the
 supervisor on the control socket."""
 from __future__ import annotations
 
+import ctypes
+import mmap
 import os
 import random
 import signal
@@ -23,11 +25,23 @@ from tests.unit.test_c_helper import CHILD_EXIT, Host, frame, read_response
 pytestmark = pytest.mark.skipif(bool(reset_engine_missing()), reason="the kernel cannot run the reset engine")
 
 STATE: list[int] = []
+# Pages every request writes (hot, once learnt), anonymous and private: tracked.
+HOT = mmap.mmap(-1, 2 * mmap.PAGESIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+HOT[:6] = b"sealed"
+_HOT_ADDR = ctypes.addressof(ctypes.c_char.from_buffer(HOT))
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_MADV_DONTNEED, _PROT_READ = 4, 1
 
 
 def runner(req_id: int, method: str, path: str, query: str, headers: list[tuple[str, str]],
            body: bytes, client: str) -> Any:
     seen = len(STATE)
+    hot_seen = HOT[:6].decode()
+    HOT[:6] = b"dirty!"
+    if path in ("/zap-hot", "/readonly-hot"):
+        op = (_LIBC.madvise, _MADV_DONTNEED) if path == "/zap-hot" else (_LIBC.mprotect, _PROT_READ)
+        if op[0](ctypes.c_void_p(_HOT_ADDR), ctypes.c_size_t(len(HOT)), op[1]) != 0:
+            raise OSError(ctypes.get_errno(), path)
     STATE.extend(range(1000))       # module state every request must not find
     hog = bytearray(4 << 20)        # a large allocation: brk or a new mapping
     fd = os.open("/dev/null", os.O_RDONLY)  # an fd left open
@@ -48,7 +62,7 @@ def runner(req_id: int, method: str, path: str, query: str, headers: list[tuple[
         os.write(chan, frame(M.MSG_REQUEST_DONE, req_id, done))
     hdrs = [("x-pid", str(os.getpid())), ("x-seen", str(seen)), ("x-random", repr(random.random())),
             ("x-fd", str(fd)), ("x-umask", str(os.umask(0o077))), ("x-len", str(len(hog))),
-            ("x-handler", str(signal.getsignal(signal.SIGUSR2) is signal.SIG_DFL))]
+            ("x-handler", str(signal.getsignal(signal.SIGUSR2) is signal.SIG_DFL)), ("x-hot", hot_seen)]
     return 200, hdrs, body[::-1]
 
 
@@ -184,7 +198,9 @@ def test_deadline_aborts_and_rewinds_in_place(host: ResetHost) -> None:
 
 
 @pytest.mark.parametrize("path, reason", [(b"/exit3", "exited with status 3"),
-                                          (b"/forge", "forged a completion")])
+                                          (b"/forge", "forged a completion"),
+                                          # Caught by verify's mappings check, before any copy back.
+                                          (b"/readonly-hot", "mappings cannot be rewound")])
 def test_a_worker_that_dies_or_forges_is_replaced(host: ResetHost, path: bytes, reason: str) -> None:
     *_, worker = served(host, 1)
     host.request(2, path=path)
@@ -242,3 +258,34 @@ def test_pages_every_request_writes_stay_writable_and_are_still_rewound(host: Re
     assert pages_learnt >= pages_learning * 0.8, "the hot pages are still copied back"
     # Each hot page cost a write-protect fault per request while learning.
     assert learning - learnt > pages_learnt / 2, (learning, learnt, pages_learnt)
+
+
+def test_a_hot_page_a_request_zapped_is_copied_back(host: ResetHost) -> None:
+    """A hot page is copied back on every rewind, whatever the request did
+    to it: zapped (MADV_DONTNEED), the next request finds its sealed content."""
+    results = [served(host, i) for i in range(1, M.HOT_LEARN_REWINDS + 3)]
+    assert {h["x-hot"] for h, *_ in results} == {"sealed"}
+    headers, *_, worker = served(host, 100, path=b"/zap-hot")
+    assert headers["x-hot"] == "sealed"
+    after, *_, pid = served(host, 101)
+    assert (after["x-hot"], pid) == ("sealed", worker)
+
+
+def test_a_hot_page_made_read_only_ends_its_worker() -> None:
+    """Without verify, mappings are compared in full only every 64th rewind:
+    the copy back into the read-only page faults, and the worker is replaced."""
+    h = ResetHost(pool_size=1, cpu_ms=200)
+    try:
+        *_, worker = served(h, 1)
+        for i in range(2, M.HOT_LEARN_REWINDS + 3):
+            served(h, i)
+        h.request(100, path=b"/readonly-hot")
+        messages = {}
+        while M.MSG_WORKER_REPLACED not in messages:
+            msg_type, _, payload = h.message()
+            messages[msg_type] = payload
+        assert b"killed by signal 11" in messages[M.MSG_WORKER_REPLACED]
+        headers, *_, pid = served(h, 101)
+        assert pid != worker and headers["x-hot"] == "sealed"
+    finally:
+        assert h.close() == 0
