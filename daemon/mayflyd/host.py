@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from mayflyd import protocol
-from mayflyd.protocol import (ChildExit, ControlMessage, LoadFailed, Ready, RequestFailed, Response, ResponseDecoder,
-                              WorkerReplaced)
+from mayflyd.protocol import (ChildExit, ControlMessage, LoadFailed, Ready, RequestFailed, Response,
+                              ResponseDecoder, WorkerReplaced)
 from mayflyd.logs import OutputBudget
 from mayflyd.sandbox_host import HostSpec
 from mayflyd.zygote_client import ZygoteClient, ZygoteError, python_argv
@@ -429,7 +429,7 @@ class SandboxHost:
         exit_future: asyncio.Future[ChildExit | RequestFailed] = loop.create_future()
         self._pending_exits[req_id] = exit_future
         self.in_flight += 1
-        reader = _ResponseReader(loop, ours, protocol.ResponseDecoder(req_id, max_response))
+        reader = _ResponseReader(loop, ours, ResponseDecoder(req_id, max_response))
         deadline = loop.time() + timeout
         timer = loop.call_at(deadline, reader.time_out)
         sender: asyncio.Task[None] | None = None
@@ -516,7 +516,7 @@ class _ResponseReader:
     __slots__ = ("_loop", "_sock", "_fd", "_decoder", "future", "timed_out")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket,
-                 decoder: protocol.ResponseDecoder) -> None:
+                 decoder: ResponseDecoder) -> None:
         self._loop = loop
         self._sock = sock
         self._fd = sock.fileno()

@@ -54,6 +54,16 @@ def test_echo_round_trips_method_path_query_headers_and_binary_body(daemon: Daem
     assert echoed["client"] == "127.0.0.1"
 
 
+def test_a_body_larger_than_the_channel_buffer_arrives_whole(daemon: Daemon) -> None:
+    """1 MiB is 16 frames, more than a socket buffer holds: the rest is sent
+    while the sandbox reads."""
+    import base64
+    body = os.urandom(1 << 20)
+    reply = daemon.request("POST", "/", host="echo.localhost", body=body)
+    assert reply.status == 200
+    assert base64.b64decode(json.loads(reply.body)["body"]["base64"]) == body
+
+
 def test_the_program_sees_the_url_as_sent(daemon: Daemon) -> None:
     echoed = json.loads(daemon.get("echo.localhost", "/%E2%82%AC/a%2Fb%3Fx=1?q=%E2%82%AC&r=%2F").body)
     assert echoed["path"] == "/€/a/b?x=1"
