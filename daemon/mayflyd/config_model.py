@@ -92,7 +92,7 @@ class TenantConfig:
     default: bool
     program: Path  # absolute, resolved
     engine: str  # fork | reset | auto (reset where the kernel can, else fork)
-    pool: int    # reset engine: workers per tenant; 0 = one per core
+    pool: int    # reset engine: workers per tenant; 0 = one per core the daemon may run on
     pool_idle_ms: int  # reset engine: a worker idle this long exits, down to none; 0 = never
     verify_rewind: bool  # reset engine, tests: compare every tracked page after each rewind
     uid: int

@@ -32,7 +32,7 @@ from mayflyd.sandbox_host import HostSpec
 from mayflyd.seccomp_policy import SeccompFilters, build_filters
 from mayflyd.zygote_client import ZygoteClient
 
-__all__ = ["Tenant", "TenantBusy", "TenantState", "Walls", "SandboxOutOfMemory", "ReloadResult"]
+__all__ = ["Tenant", "TenantBusy", "TenantState", "Walls", "SandboxOutOfMemory", "ReloadResult", "default_pool"]
 
 log = logging.getLogger("mayflyd.tenant")
 
@@ -55,6 +55,12 @@ _SYSTEM_PATHS = ("/usr", "/lib", "/lib64", "/bin", "/etc/ld.so.cache", "/etc/loc
 # Open files of one sandbox (RLIMIT_NOFILE).
 SANDBOX_NOFILE = 256
 
+
+def default_pool() -> int:
+    """Reset-engine workers per tenant when the config says none: the cores
+    this daemon may run on (taskset, a cpuset), not the machine's; a worker
+    beyond them adds a snapshot and no throughput."""
+    return len(os.sched_getaffinity(0)) or 1
 
 class TenantBusy(Exception):
     """The tenant is at its concurrency limit."""
@@ -168,7 +174,7 @@ class Tenant:
             request_filter=base64.b64encode(self._filters.request).decode(),
             pids=limits.pids, request_cpu_ms=limits.request_cpu_ms, request_memory=limits.request_memory,
             nofile=SANDBOX_NOFILE, engine=walls.engine_of(config),
-            pool=config.pool or os.cpu_count() or 1, pool_idle_ms=config.pool_idle_ms,
+            pool=config.pool or default_pool(), pool_idle_ms=config.pool_idle_ms,
             verify_rewind=config.verify_rewind)
 
     def limit_hit(self, limit: str, req_id: int, detail: str) -> None:

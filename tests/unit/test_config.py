@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import pickle
+import subprocess
+import sys
 import textwrap
 import zlib
 from pathlib import Path
@@ -922,3 +925,13 @@ def test_default_config_path() -> None:
     assert path.name == "mayflyd.yaml"
     assert path.parent.name == "default_config"
     assert path.parent.parent.name == "mayflyd"
+
+
+def test_the_default_pool_is_the_cores_the_daemon_may_run_on() -> None:
+    """Not os.cpu_count(): a daemon pinned to one core gets one worker per tenant."""
+    from mayflyd.tenant import default_pool
+    assert default_pool() == len(os.sched_getaffinity(0))
+    pinned = subprocess.run(["taskset", "-c", str(min(os.sched_getaffinity(0))), sys.executable, "-c",
+                             "from mayflyd.tenant import default_pool; print(default_pool())"],
+                            capture_output=True, text=True, check=True)
+    assert pinned.stdout.strip() == "1"
