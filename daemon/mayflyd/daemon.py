@@ -31,7 +31,7 @@ from mayflyd import _mayfly
 from mayflyd.admin import AdminServer
 from mayflyd.cgroups import leave_delegated_root, remove_stale_cgroups
 from mayflyd.config import Config, ConfigError, TenantConfig, load_config
-from mayflyd.frontend import FrontEnd, make_app
+from mayflyd.frontend import FrontEnd, make_server
 from mayflyd.metrics import Metrics
 from mayflyd.notify import Notifier
 from mayflyd.program_files import program_fingerprint, program_version
@@ -227,16 +227,16 @@ class Daemon:
             if sig is signal.SIGHUP:
                 await self.reload()
 
-    async def _listen(self) -> web.AppRunner:
+    async def _listen(self) -> web.BaseRunner:
         front_end = FrontEnd(self.router, access_log=self.config.access_log)
-        runner = web.AppRunner(make_app(front_end), access_log=None, handle_signals=False,
-                               shutdown_timeout=self.config.shutdown_grace_ms / 1000)
+        runner = web.ServerRunner(make_server(front_end), handle_signals=False,
+                                  shutdown_timeout=self.config.shutdown_grace_ms / 1000)
         await runner.setup()
         site = web.TCPSite(runner, self.config.listen_host, self.config.listen_port, reuse_address=True)
         await site.start()
         return runner
 
-    async def _drain_front_end(self, runner: web.AppRunner) -> None:
+    async def _drain_front_end(self, runner: web.BaseRunner) -> None:
         """Stop accepting; let requests in flight finish within the grace, or until a second signal."""
         cleanup = asyncio.create_task(runner.cleanup())
         second = asyncio.create_task(self._signals.get())

@@ -19,7 +19,7 @@ from mayflyd.protocol import Response
 from mayflyd.router import Router
 from mayflyd.tenant import SandboxOutOfMemory, Tenant, TenantBusy
 
-__all__ = ["FrontEnd", "make_app"]
+__all__ = ["FrontEnd", "make_server"]
 
 log = logging.getLogger("mayflyd.request")
 access = logging.getLogger("mayflyd.access")
@@ -45,7 +45,7 @@ class FrontEnd:
         self._ids = itertools.count(1)
         self._access_log = access_log
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         req_id = next(self._ids)
         started = time.monotonic()
         tenant = self._router().route(request.host)
@@ -60,7 +60,7 @@ class FrontEnd:
                                "ms": round((time.monotonic() - started) * 1000, 2)})
         return response
 
-    async def _handle(self, request: web.Request, req_id: int, tenant: Tenant) -> web.Response:
+    async def _handle(self, request: web.BaseRequest, req_id: int, tenant: Tenant) -> web.Response:
         limits = tenant.config.limits
         body: bytes | None = b""
         if request.body_exists:  # most requests have none: no timer, no reader
@@ -119,7 +119,7 @@ class FrontEnd:
         return self._to_http(answer, req_id, extra)
 
     @staticmethod
-    async def _read_body(request: web.Request, limit: int) -> bytes | None:
+    async def _read_body(request: web.BaseRequest, limit: int) -> bytes | None:
         """The whole body, or None when it is over the limit."""
         if request.content_length is not None and request.content_length > limit:
             return None
@@ -145,8 +145,7 @@ class FrontEnd:
         return response
 
 
-def make_app(front_end: FrontEnd) -> web.Application:
-    # The front end enforces each tenant's own max_body while streaming.
-    app = web.Application(client_max_size=1 << 40)
-    app.router.add_route("*", "/{tail:.*}", front_end.handle)
-    return app
+def make_server(front_end: FrontEnd) -> web.Server:
+    """aiohttp's low-level server: every request goes to the front end, with
+    no application router or middleware in between."""
+    return web.Server(front_end.handle, access_log=None)
