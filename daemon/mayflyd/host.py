@@ -333,12 +333,9 @@ class SandboxHost:
         """The host's messages once it is serving: exit reports and worker replacements."""
         assert self._ctrl is not None
         while True:
-            try:
-                packet = self._ctrl.recv(_RECV_SIZE)
-            except (BlockingIOError, InterruptedError):
+            packet = _recv_ready(self._ctrl)
+            if packet is None:
                 return
-            except OSError:
-                packet = b""
             if not packet:  # the host is gone; _watch_process reports how
                 self.ready = False
                 asyncio.get_running_loop().remove_reader(self._ctrl.fileno())
@@ -489,6 +486,16 @@ class SandboxHost:
             pass  # a dead host takes its sandboxes with it
 
 
+def _recv_ready(sock: socket.socket) -> bytes | None:
+    """The next packet; b"" at the end (or on a broken socket); None while none is there."""
+    try:
+        return sock.recv(_RECV_SIZE)
+    except (BlockingIOError, InterruptedError):
+        return None
+    except OSError:
+        return b""
+
+
 def _send_what_fits(sock: socket.socket, packets: list[bytes]) -> int:
     """Send packets until the socket's buffer is full; how many went."""
     for sent, packet in enumerate(packets):
@@ -529,12 +536,9 @@ class _ResponseReader:
         decoder = self._decoder
         try:
             while not decoder.done:
-                try:
-                    packet = self._sock.recv(_RECV_SIZE)
-                except (BlockingIOError, InterruptedError):
+                packet = _recv_ready(self._sock)
+                if packet is None:
                     return
-                except ConnectionResetError:
-                    packet = b""
                 if not packet:
                     raise SandboxCrashed("the sandbox ended without answering")
                 decoder.feed(packet)
