@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -208,7 +209,8 @@ def charts(data: dict[str, Any], directory: Path, stem: str) -> tuple[list[str],
             values = [next((r["wrk"]["rps"] for r in t["rows"] if r["server"] == s and r["connections"] == c), 0)
                       for s in servers]
             ax.bar([x + i * width for x in range(len(servers))], values, width, label=f"-c{c}")
-        ax.set_xticks([x + width * (len(conns) - 1) / 2 for x in range(len(servers))], servers, fontsize=8)
+        ax.set_xticks([x + width * (len(conns) - 1) / 2 for x in range(len(servers))],
+                      [textwrap.fill(s, 16) for s in servers], fontsize=8)  # side by side, not overlapping
         ax.set_yscale("log")
         ax.set_ylabel("requests/s (log)")
         ax.set_title("Throughput (wrk)")
