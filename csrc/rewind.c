@@ -511,7 +511,7 @@ static void learn_add(struct mf_rewinder *rw, uint64_t a, uint64_t b)
  * rewind so far also wrote (everything, on the first). */
 static void learn_region(struct mf_rewinder *rw, uint64_t a, uint64_t b, size_t *cursor)
 {
-    if (rw->hot_rewinds == 0) {
+    if (rw->hot_rewinds == 1) {
         learn_add(rw, a, b);
         return;
     }
@@ -532,10 +532,12 @@ static void learn_region(struct mf_rewinder *rw, uint64_t a, uint64_t b, size_t 
  * re-protection reaches them again. */
 static void learn_end(struct mf_rewinder *rw)
 {
+    if (rw->hot_rewinds++ == 0)
+        return; /* the first request's writes include one-time set-up */
     memcpy(rw->learning, rw->learnt, rw->nlearnt * sizeof(rw->learnt[0]));
     rw->nlearning = rw->nlearnt;
     rw->nlearnt = 0;
-    if (++rw->hot_rewinds < MF_HOT_LEARN_REWINDS || rw->learning_overflow)
+    if (rw->hot_rewinds <= MF_HOT_LEARN_REWINDS || rw->learning_overflow)
         return;
     size_t hint = 0;
     for (size_t k = 0; k < rw->nlearning; k++) {
@@ -548,7 +550,7 @@ static void learn_end(struct mf_rewinder *rw)
 static bool rewind_pages(struct mf_rewinder *rw, size_t *pages)
 {
     struct mf_dirty_tracker *t = &rw->tracker;
-    bool learning = rw->hot_rewinds < MF_HOT_LEARN_REWINDS;
+    bool learning = rw->hot_rewinds <= MF_HOT_LEARN_REWINDS;
     size_t hint = 0, hot = 0, learn_cursor = 0;
     struct span sp = {.range = SIZE_MAX};
 
@@ -572,7 +574,7 @@ static bool rewind_pages(struct mf_rewinder *rw, size_t *pages)
             if (i == t->nranges || r->end > t->ranges[i].end)
                 return mf_errx(EFAULT, "written pages %#llx-%#llx outside the tracked ranges",
                                (unsigned long long)r->start, (unsigned long long)r->end);
-            if (learning)
+            if (learning && rw->hot_rewinds > 0)
                 learn_region(rw, r->start, r->end, &learn_cursor);
             uint64_t a = r->start;
             while (a < r->end) {

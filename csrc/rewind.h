@@ -41,9 +41,10 @@
 /* Reading /proc/self/maps costs 100+ us; most rewinds compare the size of
  * the address space instead (a few us), and every so many the whole text. */
 #define MF_REWIND_MAPS_EVERY 64
-/* Pages written by each of the first MF_HOT_LEARN_REWINDS requests are
- * "hot": left writable and copied back on every rewind, which costs less
- * than the write-protect fault and the re-protection each would cost. */
+/* Pages written by each of MF_HOT_LEARN_REWINDS requests (after the first,
+ * whose writes include one-time set-up) are "hot": left writable and copied
+ * back on every rewind, which costs less than the write-protect fault and
+ * the re-protection each would cost. */
 #define MF_HOT_LEARN_REWINDS 8
 #define MF_HOT_MAX_REGIONS 512
 
@@ -92,7 +93,7 @@ struct mf_rewinder {
     struct mf_dirty_region hot[MF_HOT_MAX_REGIONS]; /* sorted; writable, copied back every rewind */
     size_t hot_range[MF_HOT_MAX_REGIONS];          /* tracker range of each */
     size_t nhot;
-    unsigned hot_rewinds;   /* rewinds learnt from; learning ends at MF_HOT_LEARN_REWINDS */
+    unsigned hot_rewinds;   /* rewinds seen while learning: the first skipped, then learnt from */
     struct mf_dirty_region learning[MF_HOT_MAX_REGIONS]; /* written by every rewind so far */
     size_t nlearning;
     struct mf_dirty_region learnt[MF_HOT_MAX_REGIONS];   /* ... and by this one */
