@@ -497,11 +497,13 @@ def _recv_ready(sock: socket.socket) -> bytes | None:
 
 
 def _send_what_fits(sock: socket.socket, packets: list[bytes]) -> int:
-    """Send packets until the socket's buffer is full; how many went."""
+    """Send packets until the socket's buffer is full; how many went. A
+    failing send stops it too: the rest is _send_rest's, whose failure the
+    response reader sees as a sandbox that never answers."""
     for sent, packet in enumerate(packets):
         try:
             sock.send(packet)
-        except BlockingIOError:
+        except OSError:
             return sent
     return len(packets)
 
