@@ -139,7 +139,6 @@ def _router_only_change(old: TenantConfig, new: TenantConfig) -> bool:
     return dataclasses.replace(old, hosts=new.hosts, default=new.default) == new
 
 
-
 def _settle_heap() -> None:
     """Move what is alive now out of the collector's way: a full collection
     would otherwise walk the daemon's whole heap (tens of ms, a request-tail
@@ -147,6 +146,7 @@ def _settle_heap() -> None:
     gc.unfreeze()
     gc.collect()
     gc.freeze()
+
 
 class Daemon:
     def __init__(self, config: Config, *, config_path: Path | None = None, watch_programs: bool = True) -> None:

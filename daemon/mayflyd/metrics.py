@@ -110,7 +110,7 @@ class Metrics:
     def forget_tenant(self, tenant: str) -> None:
         """Remove every series of a removed tenant, so that it does not linger."""
         self._children = {key: child for key, child in self._children.items() if key[1][0] != tenant}
-        label_sets: list[tuple[Counter | Gauge | Histogram, tuple[str, ...]]] = [
+        label_sets: list[tuple[_Metric, tuple[str, ...]]] = [
             (self._duration, (tenant,)), (self._sandbox_cost, (tenant,)), (self._hosts, (tenant,)),
             (self._pages, (tenant,)), (self._replacements, (tenant,)),
             (self._restarts, (tenant,))]

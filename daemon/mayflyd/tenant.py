@@ -62,6 +62,7 @@ def default_pool() -> int:
     beyond them adds a snapshot and no throughput."""
     return len(os.sched_getaffinity(0)) or 1
 
+
 class TenantBusy(Exception):
     """The tenant is at its concurrency limit."""
 
