@@ -12,7 +12,7 @@ rewound after every request).
 from __future__ import annotations
 
 import _random
-import base64
+import binascii
 import dataclasses
 import gc
 import json
@@ -121,7 +121,7 @@ def walls_of(spec: HostSpec) -> tuple[bool, int, int, int, list[str] | None, byt
     """What host_walls.c builds once the host is in its namespaces and cgroup."""
     namespaces = spec.mode in ("root", "userns")
     return (spec.mode == "root", spec.pids, spec.uid, spec.gid, spec.readonly_paths if namespaces else None,
-            base64.b64decode(spec.loading_filter) if spec.loading_filter else None)
+            binascii.a2b_base64(spec.loading_filter) if spec.loading_filter else None)
 
 
 def _build_walls(spec: HostSpec) -> None:
@@ -225,13 +225,14 @@ def serve(spec: HostSpec, *, forked_by_zygote: bool = False) -> int:
     # own per-request code now, not in every one of them (a zygote did).
     if not forked_by_zygote:
         warm_up_request_path(make_runner)
-    for _ in range(WARM_UP_CALLS):
-        _after_rewind()
+    if spec.engine == "reset":  # the only engine that calls it
+        for _ in range(WARM_UP_CALLS):
+            _after_rewind()
     # Objects that exist now live as long as the host: keep the collector
     # from touching (and so copying) their pages in every sandbox.
     gc.collect()
     gc.freeze()
-    request_filter = base64.b64decode(spec.request_filter)
+    request_filter = binascii.a2b_base64(spec.request_filter)
     if spec.engine == "reset":
         _mayfly.serve_reset(ctrl.fileno(), make_runner(program), [], _after_rewind,
                             request_filter=request_filter, cpu_ms=spec.request_cpu_ms,

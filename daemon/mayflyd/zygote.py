@@ -22,7 +22,6 @@ One JSON message per SEQPACKET packet:
 """
 from __future__ import annotations
 
-import dataclasses
 import gc
 import json
 import os
@@ -48,6 +47,7 @@ class Zygote:
     def __init__(self, channel: socket.socket) -> None:
         self._channel = channel
         self._pid = os.getpid()
+        self._environment = dict(os.environ)
         self._children: dict[int, int] = {}  # pidfd -> pid
         self._poller = select.poll()
 
@@ -87,11 +87,14 @@ class Zygote:
         return True
 
     def _spawn(self, message: dict[str, Any], fds: list[int]) -> None:
-        spec = HostSpec.from_json(message["spec"])
-        env = {str(k): str(v) for k, v in message["env"].items()}
+        # Every page this loop writes between two forks is a page the earlier
+        # host keeps a copy of: as few Python calls as the spawn needs.
         ctrl, stdout, stderr = fds
-        spec = dataclasses.replace(spec, ctrl_fd=ctrl, parent_pid=self._pid)
-        argv = ["-c", spec.to_json()]  # as a fresh host's; made here, where its pages are shared
+        fields = json.loads(message["spec"])
+        fields.update(ctrl_fd=ctrl, parent_pid=self._pid)
+        spec = HostSpec(**fields)
+        env: dict[str, str] = message["env"]
+        argv = ["-c", json.dumps(fields)]  # as a fresh host's; made here, where its pages are shared
         sys.stdout.flush()
         sys.stderr.flush()
         try:
@@ -118,12 +121,14 @@ class Zygote:
         try:
             self._channel.detach()
             self._children.clear()
-            # Only what differs: the zygote's environment is the hosts' base.
-            for key in [k for k in os.environ if k not in env]:
-                del os.environ[key]
-            for key, value in env.items():
-                if os.environ.get(key) != value:
-                    os.environ[key] = value
+            # Only what differs: the zygote's environment is the hosts' base,
+            # and usually all of it (os.environ's methods are Python: pages).
+            if env != self._environment:
+                for key in [k for k in os.environ if k not in env]:
+                    del os.environ[key]
+                for key, value in env.items():
+                    if os.environ.get(key) != value:
+                        os.environ[key] = value
             sys.argv[:] = argv
             code = serve(spec, forked_by_zygote=True)
         except SystemExit as exc:

@@ -1,6 +1,9 @@
 """The tenant program contract, run in-process (no sandbox)."""
 from __future__ import annotations
 
+import importlib.util
+import inspect
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -57,6 +60,23 @@ def test_exception_is_a_500(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     status, _, body = load_program(tmp_path / "bad.py").call(_request())
     assert status == 500 and b"hidden" not in body
     assert "hidden" in capsys.readouterr().err
+
+
+def test_a_file_program_is_the_module_importlib_would_make(tmp_path: Path) -> None:
+    path = tmp_path / "mayfly_attrs_program.py"
+    path.write_text("import sys\nSELF = sys.modules[__name__]\n"
+                    "def on_client_request(r):\n    return __spec__.origin\n")
+    module = load_program(path).module
+    reference = importlib.util.module_from_spec(importlib.util.spec_from_file_location(path.stem, path))
+    assert module.SELF is module and sys.modules[path.stem] is module
+    assert (module.__name__, module.__file__) == (reference.__name__, reference.__file__)
+    spec, expected = module.__spec__, reference.__spec__
+    assert (spec.name, spec.origin, spec.has_location, spec.parent, spec.cached) == \
+        (expected.name, expected.origin, expected.has_location, expected.parent, expected.cached)
+    assert type(spec.loader) is type(expected.loader) and module.__loader__ is spec.loader
+    assert spec.loader.get_filename(path.stem) == str(path)
+    assert inspect.getsource(module.on_client_request).startswith("def on_client_request(r):")
+    assert load_program(path).call(_request())[2] == str(path).encode()
 
 
 def test_package_program(tmp_path: Path) -> None:
