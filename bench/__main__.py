@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     pin = pinning()
     duration = 3.0 if quick else 10.0
     connections = [1, 64] if quick else [1, 8, 64]
-    kinds = ["a", "d"] if quick else ["a", "b", "c", "d"]
+    kinds = ["a", "d"] if quick else ["a", "b", "c", "d", "f"]
     started = time.time()
     stem = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started))
     data: dict[str, Any] = {
@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
                                                    reset_counts=[c for c in counts if c <= 100])
     if "profile" in steps and not quick:
         try:
+            data["cpu"] = measures.cpu_per_request(pin, duration, 64, _log)
             data["profile"] = measures.profile(pin, duration, 64, _log)
         except RuntimeError as exc:
             data["notes"].append(f"profile step failed: {exc}")

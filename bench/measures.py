@@ -57,6 +57,7 @@ def throughput(pin: Pinning, kinds: list[str], connections: list[int], duration_
     }
     for engine in servers.ENGINES:
         factories[f"d:{engine}"] = (lambda e=engine: servers.mayflyd(pin, engine=e))  # type: ignore[misc]
+    factories["f"] = lambda: servers.hop_floor(pin)
     rows: list[Row] = []
     notes: list[str] = []
     costs: dict[str, Any] = {}
@@ -289,10 +290,77 @@ def _ready_lines(server: RunningServer) -> int:
     return sum(1 for line in server.log_path.read_text(errors="replace").splitlines() if "ready, serving" in line)
 
 
+def _process_roles(server: RunningServer) -> dict[int, str]:
+    """Each process of a server by what it does: for mayflyd from its status
+    API (supervisor, zygote, tenant host, reset workers), otherwise the
+    front end and the processes it started."""
+    root = psutil.Process(server.proc.pid)
+    roles = {p.pid: "child processes" for p in root.children(recursive=True)}
+    roles[root.pid] = "main process"
+    if server.admin_socket:
+        roles = {pid: "other daemon processes" for pid in roles}
+        roles[root.pid] = "supervisor (front end, routing, the hop)"
+        status = _status(server)
+        if status.get("zygote"):
+            roles[status["zygote"]["pid"]] = "zygote"
+        for tenant in status["tenants"].values():
+            for host in tenant["hosts"]:
+                roles[host["pid"]] = "tenant host (dispatch, timers)"
+                for worker in psutil.Process(host["pid"]).children():
+                    roles[worker.pid] = "reset workers (handler and rewind)"
+    return roles
+
+
+def _cpu_seconds(pids: list[int]) -> dict[int, float]:
+    out = {}
+    for pid in pids:
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.Error:
+            continue
+        out[pid] = times.user + times.system
+    return out
+
+
+def cpu_per_request(pin: Pinning, duration_s: float, connections: int,
+                    log: Callable[[str], None]) -> dict[str, Any]:
+    """5a. CPU time per request of every process of the baseline (a), the hop
+    floor (f) and mayflyd's reset engine (e) under the same wrk load, from
+    /proc; kernel threads (kthreadd's children) machine-wide, apart."""
+    kinds: list[tuple[str, Callable[[], ContextManager[RunningServer]]]] = [
+        ("a", lambda: servers.baseline(pin)), ("f", lambda: servers.hop_floor(pin)),
+        ("e", lambda: servers.mayflyd(pin, engine="reset"))]
+    results = []
+    for key, start in kinds:
+        with start() as server:
+            wrk.run(pin, server.port, connections=8, duration_s=1, host=server.host_header)  # warm-up
+            roles = _process_roles(server)
+            kernel = [p.pid for p in psutil.Process(2).children()]
+            before = _cpu_seconds([*roles, *kernel])
+            result = wrk.run(pin, server.port, connections=connections, duration_s=duration_s,
+                             host=server.host_header)
+            roles.update({pid: role for pid, role in _process_roles(server).items() if pid not in roles})
+            after = _cpu_seconds([*roles, *kernel])
+        per_role: dict[str, float] = {}
+        for pid, seconds in after.items():
+            role = roles.get(pid, "kernel threads (machine-wide: wrk's core too)")
+            per_role[role] = per_role.get(role, 0.0) + seconds - before.get(pid, 0.0)
+        requests = max(1, result.requests)
+        rows: list[Row] = [{"role": role, "us_per_request": seconds / requests * 1e6}
+                           for role, seconds in sorted(per_role.items(), key=lambda kv: -kv[1]) if seconds > 0]
+        own = sum(r["us_per_request"] for r in rows if not r["role"].startswith("kernel threads"))
+        results.append({"key": key, "server": server.label, "rps": result.rps, "requests": result.requests,
+                        "rows": rows, "server_us_per_request": own})
+        log(f"{server.label}: {own:.0f} us of CPU per request in its processes at {result.rps:.0f} req/s")
+    return {"connections": connections, "duration_s": duration_s, "servers": results}
+
+
 # Areas of the daemon's profile, first match wins: (name, test on (file, function)).
 _AREAS: list[tuple[str, Callable[[str, str], bool]]] = [
+    # uvloop's loop is compiled code cProfile does not see: its waiting is the
+    # own time of asyncio's Runner.run, which calls it.
     ("waiting (event loop select/epoll)", lambda f, fn: "select.epoll" in fn or "'poll' of" in fn
-     or "select.select" in fn),
+     or "select.select" in fn or (f.endswith("asyncio/runners.py") and fn == "run")),
     ("hop to the host (host.py, socket send/recv)", lambda f, fn: f.endswith("mayflyd/host.py")
      or ("_socket.socket" in fn and any(s in fn for s in ("send", "recv")))),
     ("protocol encode/decode (protocol.py)", lambda f, fn: f.endswith("mayflyd/protocol.py")),
@@ -305,11 +373,12 @@ _AREAS: list[tuple[str, Callable[[str, str], bool]]] = [
 
 
 def profile(pin: Pinning, duration_s: float, connections: int, log: Callable[[str], None]) -> dict[str, Any]:
-    """5. Run the daemon under cProfile for a fixed wrk load and group its
-    own time (tottime) by area; the host's fork cost comes from the metrics."""
+    """5b. Run the daemon (reset engine) under cProfile for a fixed wrk load
+    and group its own time (tottime) by area; the rewind's cost comes from
+    the metrics."""
     with tempfile.TemporaryDirectory(prefix="mfb-prof-") as tmp:
         out = Path(tmp) / "mayflyd.prof"
-        with servers.mayflyd(pin, profile_to=out) as server:
+        with servers.mayflyd(pin, engine="reset", profile_to=out) as server:
             wrk.run(pin, server.port, connections=8, duration_s=1, host=server.host_header)
             before = admin_metrics.sandbox_cost(server.admin_socket or "", "t0")
             result = wrk.run(pin, server.port, connections=connections, duration_s=duration_s,

@@ -108,6 +108,30 @@ def heap_section(heap: dict[str, Any]) -> list[str]:
     return out + _table(header, table) + [""]
 
 
+def cpu_section(cpu: dict[str, Any]) -> list[str]:
+    """5a: CPU per request by process, one column per server."""
+    runs = cpu["servers"]
+    roles = list(dict.fromkeys(r["role"] for run in runs for r in run["rows"]))
+    kernel = [role for role in roles if role.startswith("kernel threads")]
+    roles = [role for role in roles if role not in kernel] + kernel
+    base = next((run["server_us_per_request"] for run in runs if run["key"] == "a"), None)
+    table = []
+    for role in roles:
+        cells = [next((r["us_per_request"] for r in run["rows"] if r["role"] == role), None) for run in runs]
+        table.append([role] + [_f(c, "{:.1f}") for c in cells])
+    table.append(["**all of the server's processes**"]
+                 + [f"**{run['server_us_per_request']:.1f}**" for run in runs])
+    table.append(["ratio to a"] + [_f(run["server_us_per_request"] / base if base else None, "{:.2f}x")
+                                   for run in runs])
+    table.append(["req/s during the run"] + [f"{run['rps']:.0f}" for run in runs])
+    return ["## 5a. Where a request's CPU goes, by process", "",
+            f"User and system CPU time of each process (from /proc, psutil) over a wrk -c{cpu['connections']} "
+            f"{cpu['duration_s']:g} s run, divided by the requests answered, in microseconds. The servers run "
+            "on one core, so a server's total per request bounds its throughput there. Kernel threads are "
+            "counted machine-wide, wrk's core included.", ""] \
+        + _table(["process", *(run["server"] for run in runs)], table) + [""]
+
+
 def markdown(data: dict[str, Any], charts: list[str], chart_note: str | None) -> str:
     """The whole report as Markdown."""
     m = data["machine"]
@@ -120,11 +144,19 @@ def markdown(data: dict[str, Any], charts: list[str], chart_note: str | None) ->
         t = data["throughput"]
         out += ["## 1. Throughput and latency", "",
                 "Baseline a = unsandboxed aiohttp calling the seed program in-process. mayflyd runs its own config: "
-                "one tenant with the seed program, concurrency 64, all walls; d = fork engine, e = reset engine.", ""]
+                "one tenant with the seed program, concurrency 64, all walls; d = fork engine, e = reset engine. "
+                "f = mayflyd's front end and one persistent hop to a plain worker running the program, with no "
+                "sandbox (bench/hop_floor.py): the most any sandbox in another process behind this front end "
+                "can reach.", ""]
         out += throughput_table(t)
         out += [""] + [f"- {n}" for n in t["notes"]] + server_complaints(t)
         if data.get("headline") is not None:
             out += [f"- headline: sandboxed/unsandboxed throughput at -c64 = {data['headline_text']}"]
+        ceiling = [r for r in t["rows"] if r["key"] == "f" and r["connections"] == 64 and r.get("rps_ratio")]
+        if ceiling:
+            out += [f"- ceiling of this shape (f, no sandbox) at -c64 = {ceiling[0]['rps_ratio']:.2f} of a; "
+                    f"the best engine reaches {_f(data.get('headline'))} of a, "
+                    f"{_f(data['headline'] / ceiling[0]['rps_ratio'] if data.get('headline') else None)} of f"]
         out += [""]
         hists = t.get("sandbox_cost", {})
         if hists:
@@ -167,14 +199,19 @@ def markdown(data: dict[str, Any], charts: list[str], chart_note: str | None) ->
         out += _table(["tenants", "engine, hosts", "start-up s", "per tenant ms", "zygote/fresh", "PSS/tenant MiB",
                        "zygote/fresh", "daemon PSS MiB", "daemon idle CPU", "zygote PSS MiB",
                        "req/s -c64 random host", "ratio"], rows) + [""]
+    if "cpu" in data:
+        out += cpu_section(data["cpu"])
     if "profile" in data:
         p = data["profile"]
-        out += ["## 5. Where a request's time goes in the daemon (cProfile)", "",
+        out += ["## 5b. Where the supervisor's time goes (cProfile)", "",
                 f"The supervisor process under cProfile for a wrk -c{p['wrk']['connections']} "
                 f"{p['wrk']['duration_s']:g} s load ({p['wrk']['rps']:.0f} req/s under the profiler); own time "
-                f"(tottime) grouped by area, over the daemon's life. The fork happens in the tenant's host "
-                f"(another process): from the metrics, {p['sandbox_cost_mean_us']:.0f} us per request, against "
-                f"{p['daemon_cpu_per_request_us']:.0f} us of the daemon's non-waiting profiled time per request.", ""]
+                f"(tottime) grouped by area, over the daemon's life. The rewind happens in the tenant's "
+                f"worker (another process): from the metrics, {p['sandbox_cost_mean_us']:.0f} us per request, "
+                f"against {p['daemon_cpu_per_request_us']:.0f} us of the daemon's non-waiting profiled time per "
+                "request. cProfile counts wall time, and all processes share one core: a call that wakes "
+                "another process (the `sendmsg` that hands a request to the host) also counts the time the "
+                "supervisor then waits for the core, so 5a is the measure of CPU.", ""]
         out += _table(["area", "seconds", "share"],
                       [[r["area"], _f(r["seconds"], "{:.3f}"), _f(r["share"] * 100, "{:.1f}%")] for r in p["rows"]])
         if p.get("top_other"):

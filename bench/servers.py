@@ -5,6 +5,8 @@ b. ``process``: aiohttp running the program in a fresh ``python3`` per request
 c. ``bwrap``: as b, each process wrapped in a bubblewrap sandbox
 d. ``mayflyd`` fork engine: the host forks a sandbox per request
 e. ``mayflyd`` reset engine: a pool of workers, each rewound after every request
+f. ``hop_floor``: mayflyd's front end and one hop to a plain worker, no sandbox
+   (bench/hop_floor.py): the most a sandbox in another process can reach
 
 Every server is a context manager that yields a RunningServer and always
 stops what it started (SIGTERM, wait; SIGKILL only as a last resort).
@@ -25,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from bench.common import SEED, Pinning, free_port, mayflyd_env, wait_listening
+from bench.common import REPO, SEED, Pinning, free_port, mayflyd_env, wait_listening
 from bench.latency import BASELINE
 
 # mayflyd's engines, in the order the benchmark tries them. An engine listed
@@ -135,6 +137,15 @@ def baseline(pin: Pinning, program: Path = SEED) -> Iterator[RunningServer]:
         with _popen("a. unsandboxed aiohttp", [*pin.server, sys.executable, str(script), str(program), str(port)],
                     port, "x") as server:
             yield server
+
+
+@contextlib.contextmanager
+def hop_floor(pin: Pinning, program: Path = SEED) -> Iterator[RunningServer]:
+    """f. mayflyd's front end, one persistent hop to an unsandboxed worker."""
+    port = free_port()
+    cmd = [*pin.server, sys.executable, "-m", "bench.hop_floor", str(program), str(port)]
+    with _popen("f. front end + hop, no sandbox", cmd, port, "x", env=mayflyd_env(), cwd=REPO) as server:
+        yield server
 
 
 @contextlib.contextmanager

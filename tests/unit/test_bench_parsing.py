@@ -1,11 +1,14 @@
-"""The bench harness's parsers: wrk's report and mayflyd's sandbox-cost histogram."""
+"""The bench harness: wrk's report, mayflyd's sandbox-cost histogram, the report's
+lines and the hop floor's answers."""
 from __future__ import annotations
 
+import http.client
 from pathlib import Path
 
 import pytest
 
-from bench import admin_metrics, measures, report, wrk
+from bench import admin_metrics, measures, report, servers, wrk
+from bench.common import SEED, Pinning
 from bench.servers import RunningServer
 from mayflyd.metrics import Metrics
 
@@ -69,3 +72,61 @@ def test_a_run_with_errors_reports_what_the_server_logged_during_it(tmp_path: Pa
     assert report.server_complaints({"rows": rows}) == [
         "- errors in `d:fork -c64`; the server logged:", '  - `ts=3 level=error msg="the sandbox crashed"`',
         "- errors in `d:reset -c64`; the server logged:", "  - `(nothing logged at warning or error level)`"]
+
+
+def test_the_hop_floor_serves_the_seed_program_as_the_baseline_does() -> None:
+    pin = Pinning((), (), "none")
+    answers = []
+    for start in (servers.baseline, servers.hop_floor):
+        with start(pin) as server:
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+            for _ in range(3):  # one connection, several requests: the hop keeps its order
+                conn.request("GET", "/any/path?q=1")
+                response = conn.getresponse()
+                answers.append((start.__name__, response.status, response.getheader("Content-Type"),
+                                response.read()))
+            conn.close()
+    page = SEED.read_text().split('"""')[1].encode()
+    assert {a[1:] for a in answers} == {(200, "text/plain", page)}, answers
+
+
+def test_the_report_states_the_ceiling_next_to_the_headline() -> None:
+    def row(key: str, rps: float) -> dict[str, object]:
+        return {"server": key, "key": key, "connections": 64, "rps_ratio": rps / 40000,
+                "wrk": {"rps": rps, "latency": {}, "socket_errors": {}, "non_2xx": 0, "errors": 0}}
+    data = {"started_utc": "t", "mode": "full", "wrk_settings": "w", "elapsed_s": 1.0,
+            "machine": {"cores": 2, "platform": "p", "python": "3", "root": True, "pinning": "p"},
+            "throughput": {"rows": [row("a", 40000), row("d:reset", 5000), row("f", 20000)], "notes": []},
+            "headline": 0.125, "headline_text": "0.12"}
+    text = report.markdown(data, [], None)
+    assert "- ceiling of this shape (f, no sandbox) at -c64 = 0.50 of a; the best engine reaches 0.12 of a, " \
+           "0.25 of f" in text
+
+
+def test_the_cpu_table_has_a_column_per_server_and_kernel_threads_last() -> None:
+    kernel = "kernel threads (machine-wide: wrk's core too)"
+    cpu = {"connections": 64, "duration_s": 10.0, "servers": [
+        {"key": "a", "server": "a. base", "rps": 40000, "server_us_per_request": 25.0,
+         "rows": [{"role": "main process", "us_per_request": 25.0}, {"role": kernel, "us_per_request": 0.1}]},
+        {"key": "e", "server": "e. reset", "rps": 5000, "server_us_per_request": 200.0,
+         "rows": [{"role": kernel, "us_per_request": 5.0},
+                  {"role": "supervisor (front end, routing, the hop)", "us_per_request": 110.0},
+                  {"role": "reset workers (handler and rewind)", "us_per_request": 90.0}]}]}
+    table = [line for line in report.cpu_section(cpu) if line.startswith("|")]
+    assert table[0] == "| process | a. base | e. reset |"
+    assert [line.split(" | ")[0] for line in table[2:]] == [
+        "| main process", "| supervisor (front end, routing, the hop)", "| reset workers (handler and rewind)",
+        f"| {kernel}", "| **all of the server's processes**", "| ratio to a", "| req/s during the run"]
+    assert table[2] == "| main process | 25.0 | - |"
+    assert table[-3:] == ["| **all of the server's processes** | **25.0** | **200.0** |",
+                          "| ratio to a | 1.00x | 8.00x |", "| req/s during the run | 40000 | 5000 |"]
+
+
+@pytest.mark.parametrize(("filename", "function", "area"), [
+    ("/usr/lib/python3.11/asyncio/runners.py", "run", "waiting (event loop select/epoll)"),
+    ("~", "<method 'poll' of 'select.epoll' objects>", "waiting (event loop select/epoll)"),
+    ("/x/site-packages/mayflyd/host.py", "run", "hop to the host (host.py, socket send/recv)"),
+    ("/usr/lib/python3.11/asyncio/tasks.py", "run", "asyncio machinery"),
+])
+def test_profile_areas(filename: str, function: str, area: str) -> None:
+    assert next(name for name, test in measures._AREAS if test(filename, function)) == area
