@@ -30,6 +30,7 @@
 #include "protocol.h"
 #include "rewind.h"
 #include "seccomp.h"
+#include "sigaction_gate.h"
 
 enum phase { PHASE_SNAPSHOT, PHASE_IDLE, PHASE_REQUEST, PHASE_REWIND };
 
@@ -93,6 +94,9 @@ static void rewinder_entry(void)
          * request filter, which denies loading filters. */
         if (!mf_pagemap_gate_load())
             fail(cfg, "pagemap gate");
+        if (!mf_sigaction_gate_load())
+            fail(cfg, "sigaction gate");
+        mf_rewind_signals_gated(rw);
         if (cfg->request_filter_len > 0 && !mf_seccomp_load(cfg->request_filter, cfg->request_filter_len))
             fail(cfg, "request filter");
         uint64_t cost = mf_now_us() - started;
@@ -220,6 +224,7 @@ static bool prepare(const struct mf_worker_config *cfg, struct worker_state *ws)
     MF_TRY(mf_limits_apply(&rl));
     if (sigfillset(&abort_action.sa_mask) < 0 || sigaction(MF_ABORT_SIGNAL, &abort_action, NULL) < 0)
         return mf_err("sigaction(abort signal %d)", MF_ABORT_SIGNAL);
+    MF_TRY(mf_sigaction_gate_prepare(&the_rewinder->signals_dirty, MF_ABORT_SIGNAL));
     /* Blocked in the rest context (saved after this); serve_one unblocks it
      * once the request it is meant for is the current one. */
     sigset_t abort_only;

@@ -284,11 +284,19 @@ static bool snapshot_kernel_state(struct mf_rewinder *rw)
     static const int which[3] = {ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF};
 
     MF_TRY(snapshot_fds(rw));
+    rw->resethand = false;
     for (int sig = 1; sig < NSIG; sig++) {
         if (sig == SIGKILL || sig == SIGSTOP || sig == rw->reserved_signal)
             continue;
-        /* glibc refuses its own internal signals (32, 33): leave them. */
-        rw->have_action[sig] = sigaction(sig, NULL, &rw->actions[sig]) == 0;
+        /* The kernel's own struct, restorer included: put back exactly. */
+        long err = mf_gated_sigaction(sig, NULL, &rw->actions[sig]);
+        if (err < 0) {
+            errno = (int)-err;
+            return mf_err("rt_sigaction(%d, query)", sig);
+        }
+        rw->have_action[sig] = true;
+        if (rw->actions[sig].flags & SA_RESETHAND)
+            rw->resethand = true;
     }
     for (int i = 0; i < 3; i++)
         if (getitimer(which[i], &rw->timers[i]) < 0)
@@ -656,15 +664,55 @@ static bool rewind_fds(struct mf_rewinder *rw)
     return true;
 }
 
+/* Under verification, a disposition that changed with no gated call would
+ * mean the gate missed one: fail rather than restore quietly. */
+static bool check_dispositions(const struct mf_rewinder *rw)
+{
+    for (int sig = 1; sig < NSIG; sig++) {
+        struct mf_kernel_sigaction now;
+        if (!rw->have_action[sig])
+            continue;
+        long err = mf_gated_sigaction(sig, NULL, &now);
+        if (err < 0) {
+            errno = (int)-err;
+            return mf_err("rt_sigaction(%d, query)", sig);
+        }
+        if (memcmp(&now, &rw->actions[sig], sizeof(now)) != 0)
+            return mf_errx(EPERM, "signal %d's disposition changed without passing the sigaction gate", sig);
+    }
+    return true;
+}
+
+static bool rewind_dispositions(struct mf_rewinder *rw)
+{
+    bool every = ++rw->signal_rewinds % MF_REWIND_MAPS_EVERY == 0;
+    if (rw->signals_gated && !rw->resethand && !rw->signals_dirty && !every)
+        return rw->verify ? check_dispositions(rw) : true;
+    for (int sig = 1; sig < NSIG; sig++) {
+        if (!rw->have_action[sig])
+            continue;
+        long err = mf_gated_sigaction(sig, &rw->actions[sig], NULL);
+        if (err < 0) {
+            errno = (int)-err;
+            return mf_err("rt_sigaction(%d) back to its sealed disposition", sig);
+        }
+    }
+    rw->signals_dirty = 0;
+    return true;
+}
+
+void mf_rewind_signals_gated(struct mf_rewinder *rw)
+{
+    rw->signals_gated = true;
+}
+
 static bool rewind_signals(struct mf_rewinder *rw)
 {
     static const int which[3] = {ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF};
     static const struct timespec no_wait = {0, 0};
     sigset_t pending;
 
-    for (int sig = 1; sig < NSIG; sig++)
-        if (rw->have_action[sig] && sigaction(sig, &rw->actions[sig], NULL) < 0)
-            return mf_err("sigaction(%d) back to its sealed disposition", sig);
+    MF_TRY(rewind_dispositions(rw));
     for (int i = 0; i < 3; i++)
         if (setitimer(which[i], &rw->timers[i], NULL) < 0)
             return mf_err("setitimer(%d)", which[i]);

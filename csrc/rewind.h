@@ -29,6 +29,7 @@
 
 #include "dirty_pages.h"
 #include "memory_map.h"
+#include "sigaction_gate.h"
 
 #define MF_REWIND_MAX_VMAS 4096
 #define MF_REWIND_MAPS_CAP (1024 * 1024)
@@ -81,9 +82,16 @@ struct mf_rewinder {
     uintptr_t brk;
     struct mf_snapshot_fd fds[MF_REWIND_MAX_FDS];
     size_t nfds;
-    struct sigaction actions[NSIG];
+    struct mf_kernel_sigaction actions[NSIG];
     bool have_action[NSIG];
     int reserved_signal;    /* its disposition is the worker's own: not restored */
+    /* Set by the sigaction gate's SIGSYS handler when a request changed a
+     * disposition; while the gate is loaded (gated) the dispositions are
+     * put back only then (and every MF_REWIND_MAPS_EVERY rewinds). */
+    volatile sig_atomic_t signals_dirty;
+    bool signals_gated;
+    unsigned signal_rewinds;
+    bool resethand;         /* a sealed handler is SA_RESETHAND: delivery changes it, no call needed */
     struct itimerval timers[3];
     stack_t altstack;
     mode_t umask;
@@ -114,6 +122,11 @@ struct mf_rewinder *mf_rewinder_create(bool verify, int reserved_signal);
  * signal blocked, and the rest context is already saved. What the caller
  * writes to tracked memory after it is rewound like a request's writes. */
 bool mf_rewind_snapshot(struct mf_rewinder *rw);
+
+/* From now on a request's disposition changes go through the sigaction
+ * gate (loaded by the caller): restore dispositions only when one was
+ * changed. No effect when a sealed handler is SA_RESETHAND. */
+void mf_rewind_signals_gated(struct mf_rewinder *rw);
 
 /* Brings the process back to the snapshot; *pages: pages copied back.
  * false: something could not be rewound; the process must not serve again. */

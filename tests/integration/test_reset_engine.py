@@ -5,6 +5,7 @@ import http.client
 import json
 import random
 import shutil
+import signal
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -45,6 +46,13 @@ def stack_kib():
     return 0
 
 
+def kernel_signals():
+    # The kernel's dispositions (not Python's handler table, which the memory
+    # rewind restores anyway): caught and ignored signals as bit masks.
+    with open("/proc/self/status") as status:
+        return " ".join(line.split()[1] for line in status if line.startswith(("SigIgn", "SigCgt")))
+
+
 def deep(n):
     # Each level goes through C (map, list), so the C stack grows with it.
     return 0 if n == 0 else 1 + sum(map(deep, [n - 1]))
@@ -66,6 +74,7 @@ def on_client_request(request):
         "modules": "colorsys" in sys.modules,
         "random": random.random(),
         "stdout_blocking": os.get_blocking(1),
+        "sig_kernel": kernel_signals(),
     }
     counter += 1
     for i in range(200):
@@ -73,11 +82,29 @@ def on_client_request(request):
     blobs.append(bytearray(64 * 1024))
     KEEP.read(5)
     os.chdir("/usr")
-    signal.signal(signal.SIGUSR1, lambda *_: None)
+    q = request.query
+    if "nosig" not in q:                      # the sigaction gate's quick path: nothing to put back
+        signal.signal(signal.SIGUSR1, lambda *_: None)
     os.set_blocking(1, False)                 # the file description's flags, shared with the host
     open(__file__, "rb")                      # an fd left open
     import colorsys                           # a module imported in the request
-    q = request.query
+    if "alarm" in q:
+        got = []
+        signal.signal(signal.SIGALRM, lambda *_: got.append(1))
+        signal.setitimer(signal.ITIMER_REAL, 0.001)
+        time.sleep(0.05)
+        seen["alarm_handled"] = got == [1]
+        seen["sig_kernel_after"] = kernel_signals()
+    if "protected" in q:
+        for name, sig in (("sigsys", signal.SIGSYS), ("abort", signal.SIGRTMAX - 1)):
+            try:
+                signal.signal(sig, signal.SIG_IGN)
+                seen[name] = "changed"
+            except OSError as exc:
+                seen[name] = exc.errno
+    if "blocksys" in q:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGSYS})
+        signal.signal(signal.SIGUSR2, signal.SIG_IGN)
     if "big" in q:
         blobs.append(bytearray(int(q.split("big=")[1].split("&")[0]) << 20))
     if "map" in q:
@@ -181,6 +208,31 @@ def test_every_request_finds_the_sealed_state(reset_daemon: Daemon) -> None:
     assert status["worker_replacements"] == 0 and int(str(status["pages_rewound"])) > 0
 
 
+def _caught(kernel_signals: str) -> int:
+    return int(kernel_signals.split()[1], 16)
+
+
+def test_signal_dispositions_are_rewound_in_the_kernel(reset_daemon: Daemon) -> None:
+    """Requests set SIGUSR1's handler (and one SIGALRM's) through the
+    sigaction gate: the handler works in that request, and the kernel's
+    disposition is the sealed one again in the next, changed or not."""
+    usr1_alrm = 1 << (signal.SIGUSR1 - 1) | 1 << (signal.SIGALRM - 1)
+    first = seen(reset_daemon, "solo.localhost", "nosig")
+    alarmed = seen(reset_daemon, "solo.localhost", "alarm")
+    assert alarmed["alarm_handled"] is True
+    assert _caught(str(alarmed["sig_kernel_after"])) & usr1_alrm == usr1_alrm
+    after = [seen(reset_daemon, "solo.localhost", q) for q in ("nosig", "", "nosig")]
+    assert {r["sig_kernel"] for r in [first, alarmed, *after]} == {first["sig_kernel"]}
+    assert _caught(str(first["sig_kernel"])) & usr1_alrm == 0
+    assert len({r["pid"] for r in [first, alarmed, *after]}) == 1
+
+
+def test_a_request_cannot_take_sigsys_or_the_abort_signal(reset_daemon: Daemon) -> None:
+    found = seen(reset_daemon, "solo.localhost", "protected")
+    assert (found["sigsys"], found["abort"]) == (1, 1)  # EPERM
+    assert pristine(seen(reset_daemon, "solo.localhost"))
+
+
 def test_stack_grown_by_a_request_is_given_back(reset_daemon: Daemon) -> None:
     before = seen(reset_daemon, "solo.localhost")
     grown = seen(reset_daemon, "solo.localhost", "deep")
@@ -230,13 +282,24 @@ def test_what_cannot_be_rewound_replaces_the_worker(reset_daemon: Daemon, query:
     assert "reset engine: a worker was replaced" in reset_daemon.log()
 
 
+def test_blocking_sigsys_then_setting_a_handler_ends_only_that_worker(reset_daemon: Daemon) -> None:
+    before = seen(reset_daemon, "solo.localhost")
+    replaced = int(str(tenant(reset_daemon, "solo")["worker_replacements"]))
+    assert reset_daemon.get("solo.localhost", "/?blocksys").status == 502
+    reset_daemon.wait_for(lambda: tenant(reset_daemon, "solo")["worker_replacements"] == replaced + 1,
+                          what="the worker's replacement")
+    after = seen(reset_daemon, "solo.localhost")
+    assert after["pid"] != before["pid"] and pristine(after)
+    assert after["sig_kernel"] == before["sig_kernel"]
+
+
 @needs_root
 def test_ten_thousand_mutating_requests_rewind_without_a_difference(reset_daemon: Daemon) -> None:
     """Verification mode compares every tracked page with the snapshot after each rewind:
     globals and dicts that grow, 8 MiB allocations, new mappings, a collection,
     a stack grown by 6 MiB, exceptions and CPU-budget aborts at random points."""
     rng = random.Random(4)
-    queries = rng.choices(["", "", "", "big=8", "map", "gc", "deep", "raise", "loop"],
+    queries = rng.choices(["", "nosig", "", "big=8", "map", "gc", "deep", "raise", "loop"],
                           weights=[40, 30, 10, 5, 5, 3, 2, 4, 1], k=10_000)
 
     def run(chunk: list[str]) -> Counter[int]:
