@@ -46,6 +46,9 @@ Policy choices:
   request mark a written page clean.
 * Signal ``SIGRTMAX - 1`` is the reset engine's abort signal: no request may
   change its disposition (``rt_sigaction`` is allowed for every other signal).
+  Each reset worker also stacks the sigaction gate (csrc/sigaction_gate.h),
+  which routes a request's disposition changes through its SIGSYS handler
+  and refuses SIGSYS itself.
 """
 
 from __future__ import annotations

@@ -299,9 +299,17 @@ def set_state():
     return "dirtied"
 
 
+def kernel_signal_masks():
+    """The kernel's caught and ignored signals: Python's handler table is
+    rewound with the heap, the dispositions must be too."""
+    with open("/proc/self/status") as status:
+        return [line.split()[1] for line in status if line.startswith(("SigIgn", "SigCgt"))]
+
+
 def check_state():
     handler = signal.getsignal(signal.SIGTERM)
     return json.dumps({
+        "kernel_signals": kernel_signal_masks(),
         "counter": STATE["counter"], "list": GLOBAL_LIST, "json_patched": json.dumps([1]) == "patched",
         "env": os.environ.get("LEFT_BEHIND"), "cwd": os.getcwd(), "umask": os.umask(0o022),
         "sigterm_default": handler == signal.SIG_DFL, "alarm_pending": signal.alarm(0),

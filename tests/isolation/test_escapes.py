@@ -273,6 +273,7 @@ def test_no_state_survives_a_request(isolated: IsolatedDaemon) -> None:
         assert state["counter"] == 0 and state["list"] == [] and state["json_patched"] is False
         assert state["env"] is None and state["cwd"] == baseline["cwd"] and state["umask"] == baseline["umask"]
         assert state["sigterm_default"] is True and state["alarm_pending"] == 0
+        assert state["kernel_signals"] == baseline["kernel_signals"]
     randoms = [baseline["random"]] + [state["random"] for state in after]
     assert len(set(randoms)) == len(randoms), "the random sequence repeated across requests"
 
