@@ -7,10 +7,10 @@
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <stddef.h>
-#include <string.h>
 #include <sys/syscall.h>
 #include <ucontext.h>
 
+#include "gate_filter.h"
 #include "log.h"
 #include "seccomp.h"
 
@@ -23,26 +23,11 @@
 #define SYS_SECCOMP 1
 #endif
 
-#define MF_STR2(x) #x
-#define MF_STRINGIFY(x) MF_STR2(x)
-
-/* rt_sigaction(2) with the syscall instruction at a known address (the
- * kernel reports the address after it as seccomp_data.instruction_pointer). */
+/* rt_sigaction(2) from a known address (gate_filter.h); the fourth
+ * argument is rcx in C and r10 in a syscall. */
 long mf_sigaction_syscall(long sig, long act, long old, long size);
 extern const char mf_sigaction_syscall_after[];
-__asm__(".text\n"
-        ".globl mf_sigaction_syscall\n"
-        ".hidden mf_sigaction_syscall\n"
-        ".type mf_sigaction_syscall, @function\n"
-        "mf_sigaction_syscall:\n"
-        "    mov %rcx, %r10\n" /* the fourth argument: rcx in C, r10 in a syscall */
-        "    mov $" MF_STRINGIFY(SYS_rt_sigaction) ", %eax\n"
-        "    syscall\n"
-        ".globl mf_sigaction_syscall_after\n"
-        ".hidden mf_sigaction_syscall_after\n"
-        "mf_sigaction_syscall_after:\n"
-        "    ret\n"
-        ".size mf_sigaction_syscall, . - mf_sigaction_syscall\n");
+MF_GATE_STUB(mf_sigaction_syscall, SYS_rt_sigaction, "    mov %rcx, %r10\n");
 
 long mf_gated_sigaction(int sig, const struct mf_kernel_sigaction *act, struct mf_kernel_sigaction *old)
 {
@@ -81,31 +66,22 @@ bool mf_sigaction_gate_prepare(volatile sig_atomic_t *dirty, int protected_signa
     return true;
 }
 
-#define DATA(field) offsetof(struct seccomp_data, field)
-#define LOW(off) (off)
-#define HIGH(off) ((off) + 4)
-
 bool mf_sigaction_gate_load(void)
 {
     uint64_t ip = (uint64_t)(uintptr_t)mf_sigaction_syscall_after;
     /* Everything but a disposition change from elsewhere passes here; the
      * request filter below decides it. */
     struct sock_filter prog[] = {
-        /* 0 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, DATA(arch)),
-        /* 1 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 0, 10),
-        /* 2 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, DATA(nr)),
-        /* 3 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_rt_sigaction, 0, 8),
-        /* 4: act == NULL (all 64 bits) only reads: allowed */
-        /* 4 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, LOW(DATA(args[1]))),
-        /* 5 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0, 0, 2),
-        /* 6 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, HIGH(DATA(args[1]))),
-        /* 7 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0, 4, 0),
-        /* 8 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, LOW(DATA(instruction_pointer))),
-        /* 9 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (uint32_t)ip, 0, 3),
-        /* 10 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, HIGH(DATA(instruction_pointer))),
-        /* 11 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (uint32_t)(ip >> 32), 0, 1),
-        /* 12 */ BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-        /* 13 */ BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_TRAP),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, MF_GATE_DATA(arch)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 0, 10),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, MF_GATE_DATA(nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_rt_sigaction, 0, 8),
+        /* act == NULL (all 64 bits) only reads a disposition: allowed. */
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, MF_GATE_LOW(MF_GATE_DATA(args[1]))),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0, 0, 2),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, MF_GATE_HIGH(MF_GATE_DATA(args[1]))),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0, 4, 0),
+        MF_GATE_TAIL(ip, SECCOMP_RET_TRAP),
     };
     _Static_assert(sizeof(prog) / sizeof(prog[0]) == 14, "jump offsets count these instructions");
     return mf_seccomp_load(prog, sizeof(prog));
