@@ -7,6 +7,7 @@
 #ifndef MAYFLYD_GATE_FILTER_H
 #define MAYFLYD_GATE_FILTER_H
 
+#include <linux/audit.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <stddef.h>
@@ -33,6 +34,15 @@
 #define MF_GATE_DATA(field) offsetof(struct seccomp_data, field)
 #define MF_GATE_LOW(off) (off)
 #define MF_GATE_HIGH(off) ((off) + 4)
+
+/* The filter's first four instructions: any call but syscall `number` (or from
+ * another architecture, which the request filter kills) goes to the tail's
+ * SECCOMP_RET_ALLOW, past the `between` instructions of the filter's own. */
+#define MF_GATE_HEAD(number, between)                                                         \
+    BPF_STMT(BPF_LD | BPF_W | BPF_ABS, MF_GATE_DATA(arch)),                               \
+    BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 0, (between) + 6),             \
+    BPF_STMT(BPF_LD | BPF_W | BPF_ABS, MF_GATE_DATA(nr)),                                 \
+    BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (number), 0, (between) + 4)
 
 /* The filter's last six instructions: allow the call if it came from `ip`
  * (a uint64_t), else return `deny`. Earlier jumps that let a call pass go

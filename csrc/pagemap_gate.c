@@ -38,10 +38,7 @@ bool mf_pagemap_gate_load(void)
     uint64_t ip = (uint64_t)(uintptr_t)mf_pagemap_syscall_after;
     /* Everything else passes here; the request filter below decides it. */
     struct sock_filter prog[] = {
-        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, MF_GATE_DATA(arch)),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 0, 8),
-        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, MF_GATE_DATA(nr)),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_ioctl, 0, 6),
+        MF_GATE_HEAD(SYS_ioctl, 2),
         /* The kernel reads cmd as 32 bits: compare only those. */
         BPF_STMT(BPF_LD | BPF_W | BPF_ABS, MF_GATE_LOW(MF_GATE_DATA(args[1]))),
         BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (uint32_t)PAGEMAP_SCAN, 0, 4),

@@ -72,10 +72,7 @@ bool mf_sigaction_gate_load(void)
     /* Everything but a disposition change from elsewhere passes here; the
      * request filter below decides it. */
     struct sock_filter prog[] = {
-        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, MF_GATE_DATA(arch)),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 0, 10),
-        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, MF_GATE_DATA(nr)),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_rt_sigaction, 0, 8),
+        MF_GATE_HEAD(SYS_rt_sigaction, 4),
         /* act == NULL (all 64 bits) only reads a disposition: allowed. */
         BPF_STMT(BPF_LD | BPF_W | BPF_ABS, MF_GATE_LOW(MF_GATE_DATA(args[1]))),
         BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0, 0, 2),
