@@ -38,15 +38,13 @@ def _worker(sock: socket.socket, program_path: str) -> None:
         if not packet:
             return
         frame = protocol.parse_frame(packet)
-        if frame.type != protocol.MsgType.REQ_END:
-            continue  # the head and body: the seed's handler reads neither
+        if frame.type not in (protocol.MsgType.REQ_WHOLE, protocol.MsgType.REQ_END):
+            continue  # a head or body of a larger request: the seed's handler reads neither
         content_type, page = program.on_client_request()()
         body = page.encode()
         headers = [(b"Content-Type", content_type.encode())]
         head = protocol.RESP_HEAD.pack(200, len(headers), len(body)) + protocol._encode_headers(headers)
-        sock.send(protocol.pack_frame(protocol.MsgType.RESP_HEAD, frame.req_id, head))
-        sock.send(protocol.pack_frame(protocol.MsgType.RESP_BODY, frame.req_id, body))
-        sock.send(protocol.pack_frame(protocol.MsgType.RESP_END, frame.req_id))
+        sock.send(protocol.pack_frame(protocol.MsgType.RESP_WHOLE, frame.req_id, head + body))
 
 
 class _Hop:

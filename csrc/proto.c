@@ -123,6 +123,25 @@ static bool parse_head(struct mf_request *req, const uint8_t *payload, uint32_t 
     return true;
 }
 
+/* REQ_WHOLE: a REQ_HEAD payload, then exactly its body_len bytes of body. */
+static bool parse_whole(struct mf_request *req, const uint8_t *payload, uint32_t len)
+{
+    struct mf_req_head h;
+
+    if (len < sizeof(h))
+        return mf_errx(EPROTO, "REQ_WHOLE: %u bytes, shorter than struct mf_req_head", len);
+    memcpy(&h, payload, sizeof(h));
+    if (h.body_len > len - sizeof(h))
+        return mf_errx(EPROTO, "REQ_WHOLE: body_len %llu runs past the %u-byte payload",
+                       (unsigned long long)h.body_len, len);
+    uint32_t head_len = len - (uint32_t)h.body_len;
+    MF_TRY(parse_head(req, payload, head_len));
+    if (h.body_len > 0)
+        memcpy(req->body, payload + head_len, h.body_len);
+    req->body_received = h.body_len;
+    return true;
+}
+
 int mf_request_feed(struct mf_request *req, const uint8_t *pkt, size_t len)
 {
     struct mf_frame_header hdr;
@@ -137,8 +156,14 @@ int mf_request_feed(struct mf_request *req, const uint8_t *pkt, size_t len)
     }
     switch (req->state) {
     case MF_REQ_WANT_HEAD:
+        if (hdr.type == MF_MSG_REQ_WHOLE) {
+            if (!parse_whole(req, payload, hdr.payload_len))
+                return -1;
+            req->state = MF_REQ_DONE;
+            return 1;
+        }
         if (hdr.type != MF_MSG_REQ_HEAD) {
-            mf_errx(EPROTO, "expected REQ_HEAD, got frame type %u", hdr.type);
+            mf_errx(EPROTO, "expected REQ_HEAD or REQ_WHOLE, got frame type %u", hdr.type);
             return -1;
         }
         if (!parse_head(req, payload, hdr.payload_len))
@@ -208,19 +233,29 @@ bool mf_request_recv(int fd, struct mf_request *req)
     return ok;
 }
 
-static bool emit_frame(mf_packet_sink sink, void *ctx, uint16_t type, uint64_t req_id,
-                       const void *payload, uint32_t len)
+/* One frame whose payload is `payload` followed by `tail` (tail_len may be 0). */
+static bool emit_frame2(mf_packet_sink sink, void *ctx, uint16_t type, uint64_t req_id,
+                        const void *payload, uint32_t len, const void *tail, uint32_t tail_len)
 {
     struct mf_frame_header hdr;
-    struct iovec iov[2];
+    struct iovec iov[3];
+    int n = 1;
 
-    mf_frame_init(&hdr, type, req_id, len);
+    mf_frame_init(&hdr, type, req_id, len + tail_len);
     iov[0].iov_base = &hdr;
     iov[0].iov_len = sizeof(hdr);
     /* iov_base is not const in the API; the sink only reads. */
-    iov[1].iov_base = (void *)(uintptr_t)payload;
-    iov[1].iov_len = len;
-    return sink(ctx, iov, len > 0 ? 2 : 1, sizeof(hdr) + len);
+    if (len > 0)
+        iov[n++] = (struct iovec){.iov_base = (void *)(uintptr_t)payload, .iov_len = len};
+    if (tail_len > 0)
+        iov[n++] = (struct iovec){.iov_base = (void *)(uintptr_t)tail, .iov_len = tail_len};
+    return sink(ctx, iov, n, sizeof(hdr) + len + tail_len);
+}
+
+static bool emit_frame(mf_packet_sink sink, void *ctx, uint16_t type, uint64_t req_id,
+                       const void *payload, uint32_t len)
+{
+    return emit_frame2(sink, ctx, type, req_id, payload, len, NULL, 0);
 }
 
 /* Appends n bytes to the head buffer, which holds at most MF_MAX_HEAD bytes. */
@@ -256,6 +291,10 @@ bool mf_response_emit(uint64_t req_id, const struct mf_response *resp, mf_packet
         if (!put(head, &off, &e, sizeof(e)) || !put(head, &off, src->name, src->name_len) ||
             !put(head, &off, src->value, src->value_len))
             goto out;
+    }
+    if (resp->body_len <= MF_MAX_PAYLOAD - off) {
+        ok = emit_frame2(sink, ctx, MF_MSG_RESP_WHOLE, req_id, head, off, resp->body, (uint32_t)resp->body_len);
+        goto out;
     }
     if (!emit_frame(sink, ctx, MF_MSG_RESP_HEAD, req_id, head, off))
         goto out;

@@ -59,13 +59,14 @@ bool mf_frame_parse(const uint8_t *pkt, size_t len, struct mf_frame_header *hdr)
 
 void mf_request_init(struct mf_request *req, uint64_t req_id);
 /* Consumes one packet: -1 invalid (error recorded, errno EPROTO), 0 more
- * packets expected, 1 request complete (REQ_END seen). */
+ * packets expected, 1 request complete (REQ_END or REQ_WHOLE seen). */
 int mf_request_feed(struct mf_request *req, const uint8_t *pkt, size_t len);
 /* Reads packets from fd until the request is complete. */
 bool mf_request_recv(int fd, struct mf_request *req);
 void mf_request_free(struct mf_request *req);
 
-/* Encodes RESP_HEAD, RESP_BODY chunks and RESP_END into sink. */
+/* Encodes the response into sink: one RESP_WHOLE packet when it fits, else
+ * RESP_HEAD, RESP_BODY chunks and RESP_END. */
 bool mf_response_emit(uint64_t req_id, const struct mf_response *resp, mf_packet_sink sink, void *ctx);
 /* mf_response_emit to a socket (blocking sends). */
 bool mf_response_send(int fd, uint64_t req_id, const struct mf_response *resp);

@@ -19,8 +19,10 @@
  *                      MF_MSG_WORKER_FAILED
  *
  *   request channel (one socketpair per request, supervisor <-> sandbox):
- *     supervisor -> sandbox : REQ_HEAD, REQ_BODY*, REQ_END
- *     sandbox -> supervisor : RESP_HEAD, RESP_BODY*, RESP_END
+ *     supervisor -> sandbox : REQ_WHOLE, or REQ_HEAD, REQ_BODY*, REQ_END
+ *     sandbox -> supervisor : RESP_WHOLE, or RESP_HEAD, RESP_BODY*, RESP_END
+ *   A request or response that fits one packet travels as one *_WHOLE
+ *   packet (a send and a receive each instead of three).
  *
  * The request channel is the only thing a sandbox can write to, so it can
  * answer only its own request; req_id in its frames must match anyway.
@@ -56,11 +58,13 @@ enum mf_msg_type {
     MF_MSG_REQ_HEAD = 32,      /* payload: mf_req_head + strings + headers */
     MF_MSG_REQ_BODY = 33,      /* payload: body bytes */
     MF_MSG_REQ_END = 34,       /* payload: none */
+    MF_MSG_REQ_WHOLE = 35,     /* payload: a REQ_HEAD payload, then its body_len body bytes */
 
     /* request channel, sandbox -> supervisor */
     MF_MSG_RESP_HEAD = 48,     /* payload: mf_resp_head + headers */
     MF_MSG_RESP_BODY = 49,     /* payload: body bytes */
     MF_MSG_RESP_END = 50,      /* payload: none */
+    MF_MSG_RESP_WHOLE = 51,    /* payload: a RESP_HEAD payload, then its body_len body bytes */
 
     /* worker channel, worker -> host (reset engine) */
     MF_MSG_WORKER_READY = 64,  /* payload: mf_worker_ready; snapshot taken */

@@ -39,9 +39,11 @@ class MsgType:
     REQ_HEAD: Final = 32
     REQ_BODY: Final = 33
     REQ_END: Final = 34
+    REQ_WHOLE: Final = 35  # a request that fits one packet: head payload, then the body
     RESP_HEAD: Final = 48
     RESP_BODY: Final = 49
     RESP_END: Final = 50
+    RESP_WHOLE: Final = 51  # a response that fits one packet: head payload, then the body
     # worker channel of the reset engine (C side only; listed for the mirror)
     WORKER_READY: Final = 64
     REQUEST_DONE: Final = 65
@@ -135,7 +137,8 @@ def encode_request_ctl(req_id: int, timeout_ms: int) -> bytes:
 
 def encode_request(req_id: int, *, method: str, path: str, query: str,
                    headers: list[tuple[str, str]], body: bytes, client: str) -> list[bytes]:
-    """The packets of one request: REQ_HEAD, REQ_BODY chunks, REQ_END.
+    """The packets of one request: one REQ_WHOLE when head and body fit in
+    one packet, else REQ_HEAD, REQ_BODY chunks, REQ_END.
 
     Raises ValueError when the head does not fit in one packet (the caller
     answers 431).
@@ -148,6 +151,8 @@ def encode_request(req_id: int, *, method: str, path: str, query: str,
     payload = head + b"".join(strings) + _encode_headers(hdrs)
     if len(payload) > MAX_PAYLOAD:
         raise ValueError(f"request head of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
+    if len(payload) + len(body) <= MAX_PAYLOAD:
+        return [pack_frame(MsgType.REQ_WHOLE, req_id, payload + body)]
     packets = [pack_frame(MsgType.REQ_HEAD, req_id, payload)]
     view = memoryview(body)
     for start in range(0, len(body), MAX_PAYLOAD):
@@ -190,8 +195,11 @@ class ResponseDecoder:
         if frame.req_id != self._req_id:
             raise ProtocolError(f"frame for request {frame.req_id} on the channel of {self._req_id}")
         if self._body_len < 0:
+            if frame.type == MsgType.RESP_WHOLE:
+                self._parse_whole(frame.payload)
+                return
             if frame.type != MsgType.RESP_HEAD:
-                raise ProtocolError(f"expected RESP_HEAD, got type {frame.type}")
+                raise ProtocolError(f"expected RESP_HEAD or RESP_WHOLE, got type {frame.type}")
             self._parse_head(frame.payload)
         elif frame.type == MsgType.RESP_BODY:
             self._received += len(frame.payload)
@@ -206,6 +214,20 @@ class ResponseDecoder:
             self.done = True
         else:
             raise ProtocolError(f"unexpected frame type {frame.type} in a response body")
+
+    def _parse_whole(self, payload: bytes) -> None:
+        """RESP_WHOLE: a RESP_HEAD payload, then exactly its body_len bytes."""
+        if len(payload) < RESP_HEAD.size:
+            raise ProtocolError("RESP_WHOLE too short")
+        body_len = RESP_HEAD.unpack_from(payload)[2]
+        if body_len > len(payload) - RESP_HEAD.size:
+            raise ProtocolError(f"RESP_WHOLE announces {body_len} body bytes, carries fewer")
+        head_len = len(payload) - body_len
+        self._parse_head(payload[:head_len])
+        if body_len:
+            self._chunks.append(payload[head_len:])
+        self._received = body_len
+        self.done = True
 
     def _parse_head(self, payload: bytes) -> None:
         if len(payload) < RESP_HEAD.size:

@@ -87,9 +87,12 @@ def parse_frame(pkt: bytes) -> tuple[int, int, bytes]:
 
 
 def parse_response(pkts: list[bytes], req_id: int) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """RESP_WHOLE alone when the response fits one packet, else RESP_HEAD,
+    RESP_BODY chunks, RESP_END."""
     msg_type, rid, payload = parse_frame(pkts[0])
-    assert (msg_type, rid) == (M.MSG_RESP_HEAD, req_id)
+    assert rid == req_id and msg_type in (M.MSG_RESP_HEAD, M.MSG_RESP_WHOLE)
     status, count, body_len = RESP_HEAD.unpack_from(payload)
+    whole = msg_type == M.MSG_RESP_WHOLE
     off = RESP_HEAD.size
     headers = []
     for _ in range(count):
@@ -97,7 +100,10 @@ def parse_response(pkts: list[bytes], req_id: int) -> tuple[int, list[tuple[byte
         off += ENTRY.size
         headers.append((payload[off:off + nlen], payload[off + nlen:off + nlen + vlen]))
         off += nlen + vlen
-    assert off == len(payload)
+    if whole:
+        assert len(pkts) == 1 and off + body_len == len(payload)
+        return status, headers, payload[off:]
+    assert off == len(payload) and off + body_len > M.MAX_PAYLOAD, "fits one packet: should be RESP_WHOLE"
     body = b""
     for pkt in pkts[1:-1]:
         msg_type, rid, chunk = parse_frame(pkt)
@@ -173,6 +179,15 @@ def test_decode_request_empty_body_and_empty_chunk() -> None:
     assert M.decode_request(1, pkts)[4] == b""
 
 
+def test_decode_request_whole_in_one_packet() -> None:
+    headers = [(b"Host", b"h"), (b"X-Bin", b"\xff")]
+    body = b"payload \x00 bytes"
+    pkt = frame(M.MSG_REQ_WHOLE, 3, req_head_payload(b"PUT", b"/w", b"q=1", b"c", headers, len(body)) + body)
+    assert M.decode_request(3, [pkt]) == ("PUT", "/w", "q=1", [("Host", "h"), ("X-Bin", "\xff")], body, "c")
+    empty = frame(M.MSG_REQ_WHOLE, 3, req_head_payload(b"GET", b"/", b"", b"c", [], 0))
+    assert M.decode_request(3, [empty])[4] == b""
+
+
 def _head(req_id: int = 5, **kw: Any) -> bytes:
     return frame(M.MSG_REQ_HEAD, req_id, req_head_payload(b"GET", b"/", b"", b"c", [], 0, **kw))
 
@@ -211,6 +226,13 @@ BAD_REQUESTS = {
     "end with payload": [_head(), frame(M.MSG_REQ_END, 5, b"x")],
     "wrong req_id in head": [_head(req_id=6), frame(M.MSG_REQ_END, 5)],
     "wrong req_id in end": [_head(), frame(M.MSG_REQ_END, 6)],
+    "whole: body_len past the payload": [frame(M.MSG_REQ_WHOLE, 5, req_head_payload(b"GET", b"/", b"", b"c", [], 9)
+                                               + b"12345")],
+    "whole: shorter than the head struct": [frame(M.MSG_REQ_WHOLE, 5, b"\0" * 16)],
+    "whole: headers past the head": [frame(M.MSG_REQ_WHOLE, 5, REQ_HEAD.pack(0, 0, 0, 0, 1, 0, 4) + b"body")],
+    "whole, then an end": [frame(M.MSG_REQ_WHOLE, 5, req_head_payload(b"GET", b"/", b"", b"c", [], 0)),
+                           frame(M.MSG_REQ_END, 5)],
+    "whole after a head": [_head(), frame(M.MSG_REQ_WHOLE, 5, req_head_payload(b"GET", b"/", b"", b"c", [], 0))],
 }
 
 
@@ -234,6 +256,16 @@ def test_decode_request_messages_name_the_problem() -> None:
 
 # ---------------------------------------------------------------- encode_response
 
+@pytest.mark.parametrize("extra, packets", [(0, 1), (1, 3)])
+def test_a_response_that_fits_one_packet_is_one_resp_whole(extra: int, packets: int) -> None:
+    headers = [("Content-Type", "text/plain")]
+    head_len = RESP_HEAD.size + ENTRY.size + len("Content-Type") + len("text/plain")
+    body = os.urandom(M.MAX_PAYLOAD - head_len + extra)
+    pkts = M.encode_response(4, 200, headers, body)
+    assert len(pkts) == packets
+    assert parse_response(pkts, 4) == (200, [(b"Content-Type", b"text/plain")], body)
+
+
 def test_encode_response_packets() -> None:
     body = os.urandom(2 * M.MAX_PAYLOAD + 17)
     pkts = M.encode_response(9, 201, [("Content-Type", "text/plain"), ("X-L1", "caf\xe9"),
@@ -248,7 +280,7 @@ def test_encode_response_packets() -> None:
 
 def test_encode_response_empty_body_and_limits() -> None:
     pkts = M.encode_response(1, 204, [], b"")
-    assert len(pkts) == 2
+    assert len(pkts) == 1 and FRAME.unpack_from(pkts[0])[1] == M.MSG_RESP_WHOLE
     assert parse_response(pkts, 1) == (204, [], b"")
     with pytest.raises(ValueError):
         M.encode_response(1, 200, [("a", "b")] * (M.MAX_HEADERS + 1), b"")
@@ -893,9 +925,9 @@ def read_response(sock: socket.socket, req_id: int) -> tuple[int, dict[str, str]
     pkts = []
     while True:
         pkt = sock.recv(M.FRAME_HEADER_SIZE + M.MAX_PAYLOAD)
-        assert pkt, "EOF before RESP_END"
+        assert pkt, "EOF before the response's last packet"
         pkts.append(pkt)
-        if FRAME.unpack_from(pkt)[1] == M.MSG_RESP_END:
+        if FRAME.unpack_from(pkt)[1] in (M.MSG_RESP_END, M.MSG_RESP_WHOLE):
             break
     status, headers, body = parse_response(pkts, req_id)
     return status, {n.decode(): v.decode("latin-1") for n, v in headers}, body

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
 import pytest
 
@@ -32,7 +33,8 @@ def test_constants_match_the_c_header() -> None:
     assert _mayfly.MAX_HEADERS == protocol.MAX_HEADERS
     assert _mayfly.FRAME_HEADER_SIZE == protocol.FRAME_HEADER_SIZE
     for name in ("REQUEST", "CANCEL", "SHUTDOWN", "READY", "LOAD_FAILED", "CHILD_EXIT", "REQUEST_FAILED",
-                 "REQ_HEAD", "REQ_BODY", "REQ_END", "RESP_HEAD", "RESP_BODY", "RESP_END", "WORKER_REPLACED",
+                 "REQ_HEAD", "REQ_BODY", "REQ_END", "REQ_WHOLE", "RESP_HEAD", "RESP_BODY", "RESP_END",
+                 "RESP_WHOLE", "WORKER_REPLACED",
                  "WORKER_READY", "REQUEST_DONE", "WORKER_FAILED"):
         assert getattr(_mayfly, f"MSG_{name}") == getattr(MsgType, name), name
     assert _mayfly.EXIT_TIMED_OUT == protocol.EXIT_TIMED_OUT
@@ -46,6 +48,20 @@ def test_python_request_decodes_in_c() -> None:
     assert len(packets) == 2 + (len(body) + protocol.MAX_PAYLOAD - 1) // protocol.MAX_PAYLOAD
     assert _mayfly.decode_request(7, packets) == ("POST", "/p", "a=1", [("X-A", "b"), ("X-A", "c")], body,
                                                   "127.0.0.1")
+
+
+def test_a_request_that_fits_one_packet_is_one_req_whole() -> None:
+    packets = protocol.encode_request(8, method="GET", path="/s", query="", headers=[("Host", "h")],
+                                      body=b"tiny", client="c")
+    assert len(packets) == 1 and protocol.parse_frame(packets[0]).type == MsgType.REQ_WHOLE
+    assert _mayfly.decode_request(8, packets) == ("GET", "/s", "", [("Host", "h")], b"tiny", "c")
+
+
+def test_a_small_c_response_decodes_in_python() -> None:
+    packets = _mayfly.encode_response(2, 200, [("Content-Type", "text/plain")], b"hello")
+    assert len(packets) == 1 and protocol.parse_frame(packets[0]).type == MsgType.RESP_WHOLE
+    response = _decode(packets, req_id=2)
+    assert (response.status, response.headers, response.body) == (200, [("Content-Type", "text/plain")], b"hello")
 
 
 def test_c_response_decodes_in_python() -> None:
@@ -68,6 +84,13 @@ def _response(status: int = 200, headers: list[tuple[bytes, bytes]] | None = Non
             pack_frame(MsgType.RESP_END, req_id)]
 
 
+def _whole(status: int = 200, headers: list[tuple[bytes, bytes]] | None = None, body: bytes = b"ok",
+           req_id: int = 1, announced: int | None = None) -> list[bytes]:
+    head, body_frame, _ = (protocol.parse_frame(p).payload for p in _response(status, headers, body, req_id,
+                                                                               announced))
+    return [pack_frame(MsgType.RESP_WHOLE, req_id, head + body_frame)]
+
+
 def _decode(packets: list[bytes], req_id: int = 1, limit: int = 1000) -> protocol.Response:
     decoder = ResponseDecoder(req_id, limit)
     for packet in packets:
@@ -75,9 +98,11 @@ def _decode(packets: list[bytes], req_id: int = 1, limit: int = 1000) -> protoco
     return decoder.response()
 
 
-def test_valid_response() -> None:
-    response = _decode(_response(headers=[(b"X-Ok", b"a b\tc")]))
+@pytest.mark.parametrize("encode", [_response, _whole])
+def test_valid_response(encode: Callable[..., list[bytes]]) -> None:
+    response = _decode(encode(headers=[(b"X-Ok", b"a b\tc")]))
     assert response.status == 200 and response.headers == [("X-Ok", "a b\tc")] and response.body == b"ok"
+    assert _decode(encode(status=204, body=b"")).body == b""
 
 
 BAD_RESPONSES = [
@@ -100,6 +125,15 @@ BAD_RESPONSES = [
     ("frame after end", _response() + [pack_frame(MsgType.RESP_BODY, 1, b"x")], "after RESP_END"),
     ("request frame on response channel",
      [_response()[0], pack_frame(MsgType.REQ_BODY, 1, b"x")], "unexpected frame type"),
+    ("whole: status", _whole(status=600), "outside 100-599"),
+    ("whole: LF in a value", _whole(headers=[(b"X-A", b"a\nb")]), "CR, LF or NUL"),
+    ("whole: over the size limit", _whole(body=b"x" * 1001), "exceeds the limit"),
+    ("whole: body_len past the payload", _whole(body=b"x", announced=2), "carries fewer"),
+    ("whole: body_len short of the payload", _whole(body=b"xyz", announced=2), "trailing bytes"),
+    ("whole: shorter than its head", [pack_frame(MsgType.RESP_WHOLE, 1, b"\0" * 8)], "too short"),
+    ("whole: another request's id", _whole(req_id=2), "channel of 1"),
+    ("whole after a head", [_response()[0], *_whole()], "unexpected frame type"),
+    ("frame after whole", _whole() + [pack_frame(MsgType.RESP_END, 1)], "after RESP_END"),
 ]
 
 
