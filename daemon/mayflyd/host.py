@@ -8,6 +8,7 @@ and from there to the request's sandbox alone.
 """
 from __future__ import annotations
 
+import _socket
 import asyncio
 import dataclasses
 import errno
@@ -15,10 +16,11 @@ import logging
 import os
 import signal
 import socket
+import struct
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 from mayflyd import protocol
 from mayflyd.protocol import (ChildExit, ControlMessage, LoadFailed, Ready, RequestFailed, Response,
@@ -33,6 +35,7 @@ __all__ = ["SandboxHost", "HostStartError", "SandboxError", "SandboxTimeout", "S
 log = logging.getLogger("mayflyd.host")
 
 _RECV_SIZE = protocol.FRAME_HEADER_SIZE + protocol.MAX_PAYLOAD + 1
+_FD = struct.Struct("i")  # one fd in SCM_RIGHTS
 _OUTPUT_LINE_LIMIT = 8192
 LOADING_NICE = -5
 _OUTPUT_CHUNK = 64 * 1024
@@ -391,12 +394,12 @@ class SandboxHost:
         for line in lines:
             tenant_log.info("%s", line[:_OUTPUT_LINE_LIMIT].decode("utf-8", "replace"), extra=extra)
 
-    def _send_control(self, packet: bytes, fds: list[int] | None = None) -> None:
+    def _send_control(self, packet: bytes, fd: int = -1) -> None:
         if self._ctrl is None or not self.ready:
             raise HostUnavailable("the host is not running")
         try:
-            if fds:
-                socket.send_fds(self._ctrl, [packet], fds)
+            if fd >= 0:
+                self._ctrl.sendmsg([packet], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, _FD.pack(fd))])
             else:
                 self._ctrl.send(packet)
         except BlockingIOError:
@@ -418,7 +421,9 @@ class SandboxHost:
                 headers=request.headers, body=request.body, client=request.client)
         except ValueError as exc:
             raise RequestTooLarge(str(exc)) from None
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        # _socket's own objects: socket.socketpair() wraps each end in a
+        # Python class, which the supervisor pays for on every request.
+        ours, theirs = _socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         ours.setblocking(False)
         # Queued before the host hands the channel on, the request is there
         # whole when its sandbox first reads: no wake-up per packet.
@@ -432,8 +437,7 @@ class SandboxHost:
         sender: asyncio.Task[None] | None = None
         try:
             try:
-                self._send_control(protocol.encode_request_ctl(req_id, int(timeout * 1000)),
-                                   [theirs.fileno()])
+                self._send_control(protocol.encode_request_ctl(req_id, int(timeout * 1000)), theirs.fileno())
             except HostUnavailable:
                 del self._pending_exits[req_id]  # the host never got it: no exit report will come
                 raise
@@ -486,7 +490,7 @@ class SandboxHost:
             pass  # a dead host takes its sandboxes with it
 
 
-def _recv_ready(sock: socket.socket) -> bytes | None:
+def _recv_ready(sock: _socket.socket) -> bytes | None:
     """The next packet; b"" at the end (or on a broken socket); None while none is there."""
     try:
         return sock.recv(_RECV_SIZE)
@@ -496,7 +500,7 @@ def _recv_ready(sock: socket.socket) -> bytes | None:
         return b""
 
 
-def _send_what_fits(sock: socket.socket, packets: list[bytes]) -> int:
+def _send_what_fits(sock: _socket.socket, packets: list[bytes]) -> int:
     """Send packets until the socket's buffer is full; how many went. A
     failing send stops it too: the rest is _send_rest's, whose failure the
     response reader sees as a sandbox that never answers."""
@@ -508,12 +512,14 @@ def _send_what_fits(sock: socket.socket, packets: list[bytes]) -> int:
     return len(packets)
 
 
-async def _send_rest(loop: asyncio.AbstractEventLoop, sock: socket.socket, packets: list[bytes]) -> None:
+async def _send_rest(loop: asyncio.AbstractEventLoop, sock: _socket.socket, packets: list[bytes]) -> None:
     """The rest of a large request, as the sandbox reads it; a sandbox that
     stops reading is the response reader's to report."""
+    # The event loop needs only what _socket's base class has (fileno, send).
+    wrapped = cast(socket.socket, sock)
     try:
         for packet in packets:
-            await loop.sock_sendall(sock, packet)
+            await loop.sock_sendall(wrapped, packet)
     except OSError:
         pass
 
@@ -524,7 +530,7 @@ class _ResponseReader:
 
     __slots__ = ("_loop", "_sock", "_fd", "_decoder", "future", "timed_out")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket,
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: _socket.socket,
                  decoder: ResponseDecoder) -> None:
         self._loop = loop
         self._sock = sock
