@@ -14,6 +14,7 @@ import dataclasses
 import errno
 import logging
 import os
+import select
 import signal
 import socket
 import struct
@@ -170,6 +171,7 @@ class SandboxHost:
         self._proc: HostProcess | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._pending_exits: dict[int, asyncio.Future[ChildExit | RequestFailed]] = {}
+        self._response_sockets: _ResponseSockets | None = None
         self.ready = False
         self._stopping = False
         self.pid = 0
@@ -221,6 +223,7 @@ class SandboxHost:
         # Read in the loop's callback, every queued message per wake-up: an
         # exit report per request must not cost a task step and a future.
         asyncio.get_running_loop().add_reader(self._ctrl.fileno(), self._on_control_readable)
+        self._response_sockets = _ResponseSockets(asyncio.get_running_loop())
         self._tasks.append(asyncio.create_task(self._watch_process()))
 
     async def _spawn(self, ctrl_fd: int) -> HostProcess:
@@ -283,6 +286,9 @@ class SandboxHost:
             if not fut.done():
                 fut.cancel()
         self._pending_exits.clear()
+        if self._response_sockets is not None:
+            self._response_sockets.close()
+            self._response_sockets = None
 
     async def _watch_process(self) -> None:
         assert self._proc is not None
@@ -421,6 +427,9 @@ class SandboxHost:
                 headers=request.headers, body=request.body, client=request.client)
         except ValueError as exc:
             raise RequestTooLarge(str(exc)) from None
+        sockets = self._response_sockets
+        if sockets is None:  # not started yet, or closed
+            raise HostUnavailable("the host is not running")
         # _socket's own objects: socket.socketpair() wraps each end in a
         # Python class, which the supervisor pays for on every request.
         ours, theirs = _socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -431,7 +440,7 @@ class SandboxHost:
         exit_future: asyncio.Future[ChildExit | RequestFailed] = loop.create_future()
         self._pending_exits[req_id] = exit_future
         self.in_flight += 1
-        reader = _ResponseReader(loop, ours, ResponseDecoder(req_id, max_response))
+        reader = _ResponseReader(loop, sockets, ours, ResponseDecoder(req_id, max_response))
         deadline = loop.time() + timeout
         timer = loop.call_at(deadline, reader.time_out)
         sender: asyncio.Task[None] | None = None
@@ -524,23 +533,63 @@ async def _send_rest(loop: asyncio.AbstractEventLoop, sock: _socket.socket, pack
         pass
 
 
+class _ResponseSockets:
+    """The in-flight requests' sockets of one host, in an epoll set of its
+    own that the event loop watches as one fd: uvloop's add_reader and
+    remove_reader for each request's socket cost the supervisor more than
+    a register and an unregister here."""
+
+    __slots__ = ("_loop", "_epoll", "_readers", "_closing")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._epoll = select.epoll()
+        self._readers: dict[int, _ResponseReader] = {}
+        self._closing = False
+        loop.add_reader(self._epoll.fileno(), self._ready)
+
+    def add(self, fd: int, reader: _ResponseReader) -> None:
+        self._epoll.register(fd, select.EPOLLIN)
+        self._readers[fd] = reader
+
+    def discard(self, fd: int) -> None:
+        if self._readers.pop(fd, None) is not None:
+            self._epoll.unregister(fd)
+        if self._closing and not self._readers:
+            self.close()
+
+    def _ready(self) -> None:
+        for fd, _ in self._epoll.poll(0):
+            reader = self._readers.get(fd)
+            if reader is not None:  # one finished earlier in this batch is gone
+                reader.readable()
+
+    def close(self) -> None:
+        """Now, or once the requests still in flight have ended (a dead
+        host's sandboxes end with it: their sockets read EOF)."""
+        self._closing = True
+        if not self._readers and not self._epoll.closed:
+            self._loop.remove_reader(self._epoll.fileno())
+            self._epoll.close()
+
+
 class _ResponseReader:
-    """Reads one sandbox's response in the loop's reader callback, every
+    """Reads one sandbox's response when its socket is readable, every
     packet that is there per wake-up, and resolves `future` with it."""
 
-    __slots__ = ("_loop", "_sock", "_fd", "_decoder", "future", "timed_out")
+    __slots__ = ("_sockets", "_sock", "_fd", "_decoder", "future", "timed_out")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, sock: _socket.socket,
+    def __init__(self, loop: asyncio.AbstractEventLoop, sockets: _ResponseSockets, sock: _socket.socket,
                  decoder: ResponseDecoder) -> None:
-        self._loop = loop
+        self._sockets = sockets
         self._sock = sock
         self._fd = sock.fileno()
         self._decoder = decoder
         self.future: asyncio.Future[Response] = loop.create_future()
         self.timed_out = False
-        loop.add_reader(self._fd, self._readable)
+        sockets.add(self._fd, self)
 
-    def _readable(self) -> None:
+    def readable(self) -> None:
         decoder = self._decoder
         try:
             while not decoder.done:
@@ -569,5 +618,5 @@ class _ResponseReader:
 
     def close(self) -> None:
         if self._fd >= 0:
-            self._loop.remove_reader(self._fd)
+            self._sockets.discard(self._fd)
             self._fd = -1
