@@ -552,9 +552,13 @@ class _ResponseSockets:
         self._epoll.register(fd, select.EPOLLIN)
         self._readers[fd] = reader
 
-    def discard(self, fd: int) -> None:
-        if self._readers.pop(fd, None) is not None:
-            self._epoll.unregister(fd)
+    def discard(self, fd: int, reader: _ResponseReader) -> None:
+        if self._readers.get(fd) is reader:
+            del self._readers[fd]
+            try:
+                self._epoll.unregister(fd)
+            except OSError:
+                pass  # already closed, which took it out of the set
         if self._closing and not self._readers:
             self.close()
 
@@ -618,5 +622,5 @@ class _ResponseReader:
 
     def close(self) -> None:
         if self._fd >= 0:
-            self._sockets.discard(self._fd)
+            self._sockets.discard(self._fd, self)
             self._fd = -1

@@ -74,3 +74,27 @@ def test_a_reader_that_timed_out_is_not_called_for_late_data() -> None:
         ours.close()
         theirs.close()
     asyncio.run(main())
+
+
+def test_a_stale_reader_does_not_unregister_the_socket_that_reused_its_fd() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        sockets = host._ResponseSockets(loop)
+        ours, theirs = _pair()
+        stale = host._ResponseReader(loop, sockets, ours, ResponseDecoder(1, 100))
+        fd = ours.fileno()
+        ours.close()  # closing took it out of the epoll set
+        theirs.close()
+        ours2, theirs2 = _pair()
+        assert fd in (ours2.fileno(), theirs2.fileno())  # the lowest free numbers: reused
+        if ours2.fileno() != fd:
+            ours2, theirs2 = theirs2, ours2
+            ours2.setblocking(False)
+        fresh = host._ResponseReader(loop, sockets, ours2, ResponseDecoder(2, 100))
+        stale.close()
+        theirs2.send(_whole(2, b"mine"))
+        assert (await asyncio.wait_for(fresh.future, 5)).body == b"mine"
+        sockets.close()
+        ours2.close()
+        theirs2.close()
+    asyncio.run(main())
