@@ -279,6 +279,13 @@ static bool snapshot_fds(struct mf_rewinder *rw)
     return true;
 }
 
+/* Every disposition the snapshot records and the rewind puts back: not
+ * SIGKILL's or SIGSTOP's (fixed), nor the worker's own reserved signal. */
+static bool restorable(const struct mf_rewinder *rw, int sig)
+{
+    return sig != SIGKILL && sig != SIGSTOP && sig != rw->reserved_signal;
+}
+
 static bool snapshot_kernel_state(struct mf_rewinder *rw)
 {
     static const int which[3] = {ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF};
@@ -286,7 +293,7 @@ static bool snapshot_kernel_state(struct mf_rewinder *rw)
     MF_TRY(snapshot_fds(rw));
     rw->resethand = false;
     for (int sig = 1; sig < NSIG; sig++) {
-        if (sig == SIGKILL || sig == SIGSTOP || sig == rw->reserved_signal)
+        if (!restorable(rw, sig))
             continue;
         /* The kernel's own struct, restorer included: put back exactly. */
         long err = mf_gated_sigaction(sig, NULL, &rw->actions[sig]);
@@ -294,7 +301,6 @@ static bool snapshot_kernel_state(struct mf_rewinder *rw)
             errno = (int)-err;
             return mf_err("rt_sigaction(%d, query)", sig);
         }
-        rw->have_action[sig] = true;
         if (rw->actions[sig].flags & SA_RESETHAND)
             rw->resethand = true;
     }
@@ -670,7 +676,7 @@ static bool check_dispositions(const struct mf_rewinder *rw)
 {
     for (int sig = 1; sig < NSIG; sig++) {
         struct mf_kernel_sigaction now;
-        if (!rw->have_action[sig])
+        if (!restorable(rw, sig))
             continue;
         long err = mf_gated_sigaction(sig, NULL, &now);
         if (err < 0) {
@@ -689,7 +695,7 @@ static bool rewind_dispositions(struct mf_rewinder *rw)
     if (rw->signals_gated && !rw->resethand && !rw->signals_dirty && !every)
         return rw->verify ? check_dispositions(rw) : true;
     for (int sig = 1; sig < NSIG; sig++) {
-        if (!rw->have_action[sig])
+        if (!restorable(rw, sig))
             continue;
         long err = mf_gated_sigaction(sig, &rw->actions[sig], NULL);
         if (err < 0) {

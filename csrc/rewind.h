@@ -83,7 +83,6 @@ struct mf_rewinder {
     struct mf_snapshot_fd fds[MF_REWIND_MAX_FDS];
     size_t nfds;
     struct mf_kernel_sigaction actions[NSIG];
-    bool have_action[NSIG];
     int reserved_signal;    /* its disposition is the worker's own: not restored */
     /* Set by the sigaction gate's SIGSYS handler when a request changed a
      * disposition; while the gate is loaded (gated) the dispositions are

@@ -440,7 +440,7 @@ class SandboxHost:
         exit_future: asyncio.Future[ChildExit | RequestFailed] = loop.create_future()
         self._pending_exits[req_id] = exit_future
         self.in_flight += 1
-        reader = _ResponseReader(loop, sockets, ours, ResponseDecoder(req_id, max_response))
+        reader = _ResponseReader(sockets, ours, ResponseDecoder(req_id, max_response))
         deadline = loop.time() + timeout
         timer = loop.call_at(deadline, reader.time_out)
         sender: asyncio.Task[None] | None = None
@@ -539,10 +539,10 @@ class _ResponseSockets:
     remove_reader for each request's socket cost the supervisor more than
     a register and an unregister here."""
 
-    __slots__ = ("_loop", "_epoll", "_readers", "_closing")
+    __slots__ = ("loop", "_epoll", "_readers", "_closing")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        self.loop = loop
         self._epoll = select.epoll()
         self._readers: dict[int, _ResponseReader] = {}
         self._closing = False
@@ -573,7 +573,7 @@ class _ResponseSockets:
         host's sandboxes end with it: their sockets read EOF)."""
         self._closing = True
         if not self._readers and not self._epoll.closed:
-            self._loop.remove_reader(self._epoll.fileno())
+            self.loop.remove_reader(self._epoll.fileno())
             self._epoll.close()
 
 
@@ -583,13 +583,12 @@ class _ResponseReader:
 
     __slots__ = ("_sockets", "_sock", "_fd", "_decoder", "future", "timed_out")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, sockets: _ResponseSockets, sock: _socket.socket,
-                 decoder: ResponseDecoder) -> None:
+    def __init__(self, sockets: _ResponseSockets, sock: _socket.socket, decoder: ResponseDecoder) -> None:
         self._sockets = sockets
         self._sock = sock
         self._fd = sock.fileno()
         self._decoder = decoder
-        self.future: asyncio.Future[Response] = loop.create_future()
+        self.future: asyncio.Future[Response] = sockets.loop.create_future()
         self.timed_out = False
         sockets.add(self._fd, self)
 

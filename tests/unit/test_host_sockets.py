@@ -27,7 +27,7 @@ def test_responses_on_several_sockets_reach_their_own_requests() -> None:
         loop = asyncio.get_running_loop()
         sockets = host._ResponseSockets(loop)
         pairs = [_pair() for _ in range(3)]
-        readers = [host._ResponseReader(loop, sockets, ours, ResponseDecoder(i + 1, 100))
+        readers = [host._ResponseReader(sockets, ours, ResponseDecoder(i + 1, 100))
                    for i, (ours, _) in enumerate(pairs)]
         for i, (_, theirs) in enumerate(reversed(pairs)):
             theirs.send(_whole(3 - i, f"answer {3 - i}".encode()))
@@ -47,7 +47,7 @@ def test_closing_waits_for_the_requests_in_flight_which_a_dead_sandbox_ends() ->
         loop = asyncio.get_running_loop()
         sockets = host._ResponseSockets(loop)
         ours, theirs = _pair()
-        reader = host._ResponseReader(loop, sockets, ours, ResponseDecoder(7, 100))
+        reader = host._ResponseReader(sockets, ours, ResponseDecoder(7, 100))
         sockets.close()  # the host is going away with a request still on it
         assert not sockets._epoll.closed
         theirs.close()  # its sandbox dies with it
@@ -63,7 +63,7 @@ def test_a_reader_that_timed_out_is_not_called_for_late_data() -> None:
         loop = asyncio.get_running_loop()
         sockets = host._ResponseSockets(loop)
         ours, theirs = _pair()
-        reader = host._ResponseReader(loop, sockets, ours, ResponseDecoder(9, 100))
+        reader = host._ResponseReader(sockets, ours, ResponseDecoder(9, 100))
         reader.time_out()
         theirs.send(_whole(9, b"late"))
         await asyncio.sleep(0.05)
@@ -81,7 +81,7 @@ def test_a_stale_reader_does_not_unregister_the_socket_that_reused_its_fd() -> N
         loop = asyncio.get_running_loop()
         sockets = host._ResponseSockets(loop)
         ours, theirs = _pair()
-        stale = host._ResponseReader(loop, sockets, ours, ResponseDecoder(1, 100))
+        stale = host._ResponseReader(sockets, ours, ResponseDecoder(1, 100))
         fd = ours.fileno()
         ours.close()  # closing took it out of the epoll set
         theirs.close()
@@ -90,7 +90,7 @@ def test_a_stale_reader_does_not_unregister_the_socket_that_reused_its_fd() -> N
         if ours2.fileno() != fd:
             ours2, theirs2 = theirs2, ours2
             ours2.setblocking(False)
-        fresh = host._ResponseReader(loop, sockets, ours2, ResponseDecoder(2, 100))
+        fresh = host._ResponseReader(sockets, ours2, ResponseDecoder(2, 100))
         stale.close()
         theirs2.send(_whole(2, b"mine"))
         assert (await asyncio.wait_for(fresh.future, 5)).body == b"mine"
