@@ -28,8 +28,8 @@ setup(
     ext_modules=[
         Extension(
             "mayflyd._mayfly",
-            sources=sorted(glob("csrc/*.c")),
-            depends=sorted(glob("csrc/*.h")),
+            sources=sorted(glob("csrc/*/*.c")),
+            depends=sorted(glob("csrc/*/*.h")),
             include_dirs=["csrc"],
             extra_compile_args=["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Werror"],
             # Bind every symbol at load time: the host must never enter the

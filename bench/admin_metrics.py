@@ -7,7 +7,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from mayflyd.admin_client import UnixHTTPConnection
+from mayflyd.cli.admin_client import UnixHTTPConnection
 
 
 def fetch(socket_path: str, timeout: float = 30.0) -> str:

@@ -23,7 +23,7 @@ import uvloop
 from aiohttp import web
 
 from mayflyd import protocol
-from mayflyd.program import load_program
+from mayflyd.host.program import load_program
 
 _RECV_SIZE = protocol.FRAME_HEADER_SIZE + protocol.MAX_PAYLOAD
 _REQ_ID = struct.Struct("=8xQ")  # the frame header's req_id

@@ -162,7 +162,7 @@ def _fmt(value: float | None, fmt: str = "{:.0f}") -> str:
 
 
 def _status(server: RunningServer) -> dict[str, Any]:
-    from mayflyd.admin_client import admin_request
+    from mayflyd.cli.admin_client import admin_request
     code, body = admin_request(server.admin_socket, "GET", "/status")
     if code != 200:
         raise RuntimeError(f"GET /status answered {code}")

@@ -177,7 +177,7 @@ class Daemon(DaemonProcess):
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
 
     def status(self) -> dict[str, Any]:
-        from mayflyd.admin_client import admin_request
+        from mayflyd.cli.admin_client import admin_request
         code, body = admin_request(self.admin_socket, "GET", "/status")
         assert code == 200, body
         return body

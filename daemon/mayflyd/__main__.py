@@ -1,5 +1,5 @@
 import sys
 
-from mayflyd.cli import main
+from mayflyd.cli.main import main
 
 sys.exit(main())

@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mayflyd.cli import find_default_config
+from mayflyd.cli.main import find_default_config
 from mayflyd.config import load_config
 from tests.daemon_harness import DaemonProcess, free_port
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from mayflyd.admin_client import admin_request
+from mayflyd.cli.admin_client import admin_request
 from tests.daemon_harness import Daemon, DaemonProcess, free_port
 
 VERSIONED = '''

@@ -9,7 +9,7 @@ from typing import Any
 
 import psutil
 
-from mayflyd.admin_client import UnixHTTPConnection
+from mayflyd.cli.admin_client import UnixHTTPConnection
 from tests.daemon_harness import Daemon
 from tests.integration.conftest import needs_root
 
@@ -81,9 +81,9 @@ def test_without_the_zygote_each_host_is_a_fresh_interpreter(tmp_path: Path) -> 
         for name in ("a", "b"):
             host = psutil.Process(d.host_pid(name))
             assert host.ppid() == d.proc.pid
-            assert "from mayflyd.sandbox_host import main" in " ".join(host.cmdline())
+            assert "from mayflyd.host.sandbox_host import main" in " ".join(host.cmdline())
         assert json.loads(d.get("b.localhost").text) == {"GREETING": "hi", "LANG": "C.UTF-8", "PATH": "/bin"}
-        assert "logger=mayflyd.zygote" not in d.log()
+        assert "logger=mayflyd.host.zygote" not in d.log()
 
 
 def test_a_dead_zygote_takes_its_hosts_and_a_new_one_serves(tmp_path: Path) -> None:

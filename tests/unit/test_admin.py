@@ -12,9 +12,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from mayflyd.admin import AdminServer
-from mayflyd.admin_client import AdminError, admin_request, format_status
-from mayflyd.metrics import Metrics
+from mayflyd.supervisor.admin import AdminServer
+from mayflyd.cli.admin_client import AdminError, admin_request, format_status
+from mayflyd.supervisor.metrics import Metrics
 
 SAMPLE_STATUS: dict[str, Any] = {
     "version": "0.1.0", "pid": 123, "uptime_s": 12.5, "config": "/etc/mayflyd/mayflyd.yaml",

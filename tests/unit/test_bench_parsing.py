@@ -10,7 +10,7 @@ import pytest
 from bench import admin_metrics, measures, report, servers, wrk
 from bench.common import SEED, Pinning
 from bench.servers import RunningServer
-from mayflyd.metrics import Metrics
+from mayflyd.supervisor.metrics import Metrics
 
 WRK_OUTPUT = """Running 10s test @ http://127.0.0.1:8080/
   2 threads and 64 connections

@@ -4,8 +4,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from mayflyd.cgroups import leave_delegated_root, own_cgroup_v2
-from mayflyd.tenant import Walls
+from mayflyd.supervisor.cgroups import leave_delegated_root, own_cgroup_v2
+from mayflyd.supervisor.tenant import Walls
 
 
 def walls(base: Path, version: int = 2) -> Walls:

@@ -25,7 +25,7 @@ from mayflyd.config import (
     parse_listen,
     parse_size,
 )
-from mayflyd.sizes import GiB, KiB, MiB, format_size
+from mayflyd.config.sizes import GiB, KiB, MiB, format_size
 
 # A valid first tenant; bad cases append keys at line 5 and beyond.
 TENANT = """\
@@ -929,9 +929,9 @@ def test_default_config_path() -> None:
 
 def test_the_default_pool_is_the_cores_the_daemon_may_run_on() -> None:
     """Not os.cpu_count(): a daemon pinned to one core gets one worker per tenant."""
-    from mayflyd.tenant import default_pool
+    from mayflyd.supervisor.tenant import default_pool
     assert default_pool() == len(os.sched_getaffinity(0))
     pinned = subprocess.run(["taskset", "-c", str(min(os.sched_getaffinity(0))), sys.executable, "-c",
-                             "from mayflyd.tenant import default_pool; print(default_pool())"],
+                             "from mayflyd.supervisor.tenant import default_pool; print(default_pool())"],
                             capture_output=True, text=True, check=True)
     assert pinned.stdout.strip() == "1"

@@ -8,7 +8,8 @@ import socket
 
 import pytest
 
-from mayflyd import host, protocol
+from mayflyd import protocol
+from mayflyd.supervisor import host_handle as host
 from mayflyd.protocol import MsgType, ResponseDecoder, pack_frame
 
 

@@ -1,4 +1,4 @@
-"""Tests of mayflyd.notify: the exact datagrams a service manager receives."""
+"""Tests of mayflyd.supervisor.notify: the exact datagrams a service manager receives."""
 from __future__ import annotations
 
 import asyncio
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mayflyd.notify import Notifier
+from mayflyd.supervisor.notify import Notifier
 
 
 @pytest.fixture

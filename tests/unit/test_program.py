@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mayflyd.program import ProgramError, Request, Response, load_program, normalize
+from mayflyd.host.program import ProgramError, Request, Response, load_program, normalize
 
 
 def _request(**kw: object) -> Request:
@@ -106,7 +106,7 @@ def test_on_init_failure(tmp_path: Path) -> None:
 
 
 def test_warm_up_runs_only_the_daemons_own_code(capsys: pytest.CaptureFixture[str]) -> None:
-    from mayflyd.program import WARM_UP_CALLS, Program, warm_up_request_path
+    from mayflyd.host.program import WARM_UP_CALLS, Program, warm_up_request_path
 
     calls: list[object] = []
 

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from mayflyd.router import Router, normalize_host
+from mayflyd.supervisor.router import Router, normalize_host
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from mayflyd.seccomp_policy import ABORT_SIGNAL, SeccompFilters, build_filters, load_filter
+from mayflyd.supervisor.seccomp_policy import ABORT_SIGNAL, SeccompFilters, build_filters, load_filter
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux" or os.uname().machine != "x86_64",
                                 reason="the policy is written for Linux x86_64")

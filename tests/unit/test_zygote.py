@@ -18,8 +18,8 @@ import pytest
 
 from mayflyd import _mayfly
 from mayflyd.protocol import LoadFailed, Ready, decode_control
-from mayflyd.sandbox_host import HostSpec
-from mayflyd.zygote_client import FdChannel, python_argv
+from mayflyd.host.sandbox_host import HostSpec
+from mayflyd.supervisor.zygote_client import FdChannel, python_argv
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the identity drop needs root")
 SEED = Path(__file__).resolve().parents[2] / "config" / "programs" / "hello_pythran.py"
@@ -101,7 +101,7 @@ def start_zygote(open_files: int | None = None) -> tuple[subprocess.Popen[bytes]
     def limit_open_files() -> None:
         if open_files is not None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
-    proc = subprocess.Popen(python_argv("mayflyd.zygote", str(theirs.fileno()), str(os.getpid())),
+    proc = subprocess.Popen(python_argv("mayflyd.host.zygote", str(theirs.fileno()), str(os.getpid())),
                             pass_fds=(theirs.fileno(),), env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
                             cwd="/", preexec_fn=limit_open_files)
     theirs.close()
@@ -248,7 +248,7 @@ def test_a_zygote_out_of_fds_refuses_the_host_and_keeps_serving() -> None:
 def test_the_daemon_raises_its_open_files_limit_to_the_hard_one() -> None:
     script = ("import resource; soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE); "
               "resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard)); "
-              "from mayflyd.daemon import raise_open_files_limit; "
+              "from mayflyd.supervisor.daemon import raise_open_files_limit; "
               "print(raise_open_files_limit(), *resource.getrlimit(resource.RLIMIT_NOFILE), hard)")
     now, soft, hard_after, hard = map(int, subprocess.run([sys.executable, "-c", script], check=True,
                                                           capture_output=True, text=True).stdout.split())

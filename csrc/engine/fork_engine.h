@@ -1,0 +1,56 @@
+/*
+ * Fork mode: the sealed host forks one child per request; the child reads
+ * its request from the per-request socket, runs the handler, answers and
+ * exits. The engine is plain C; the Python parts (fork hooks, the handler)
+ * come in as callbacks from py_requests.c.
+ */
+#ifndef MAYFLYD_FORK_ENGINE_H
+#define MAYFLYD_FORK_ENGINE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "walls/request_limits.h"
+#include "wire/proto.h"
+
+/* In-flight sandboxes per host; beyond that requests fail with EAGAIN. */
+#define MF_FORK_MAX_CHILDREN 4096
+/* The supervisor times out first and cancels; the host's deadline is a backstop. */
+#define MF_FORK_GRACE_MS 1000
+
+/* Exit statuses of a child that did not get to answer. */
+#define MF_CHILD_EXIT_HANDLER 1   /* the handler failed (already reported) */
+#define MF_CHILD_EXIT_BAD_REQUEST 65
+#define MF_CHILD_EXIT_SETUP 70
+
+struct mf_fork_hooks {
+    void *ctx;
+    void (*before_fork)(void *ctx);
+    void (*after_fork_parent)(void *ctx);
+    void (*after_fork_child)(void *ctx);
+    /* poll() was interrupted by a signal; false stops serving. */
+    bool (*interrupted)(void *ctx);
+    /* In the child: fills resp (its memory must stay valid until the child
+     * exits). false: the failure is reported, the child exits unanswered. */
+    bool (*handle)(void *ctx, const struct mf_request *req, struct mf_response *resp);
+};
+
+struct mf_fork_config {
+    int ctrl_fd;                  /* control socket to the supervisor */
+    const int *close_in_child;    /* further fds no sandbox may keep */
+    size_t n_close_in_child;
+    const struct mf_fork_hooks *hooks;
+    struct mf_limits limits;      /* set by each sandbox on itself */
+    const void *request_filter;   /* seccomp BPF loaded last in each sandbox */
+    size_t request_filter_len;    /* 0: no filter */
+};
+
+/*
+ * Sends READY and serves until the supervisor closes the control socket,
+ * fails, or sends SHUTDOWN (returns true), or until setup fails or
+ * hooks->interrupted says stop (returns false). Every child is killed and
+ * reaped before returning.
+ */
+bool mf_fork_serve(const struct mf_fork_config *cfg);
+
+#endif /* MAYFLYD_FORK_ENGINE_H */

@@ -1,0 +1,518 @@
+/*
+ * The request bindings of mayflyd._mayfly: conversion between Python
+ * objects and struct mf_request / mf_response (proto.h), the fork engine's
+ * hooks and serve_fork, and the protocol test bindings encode_response,
+ * decode_request and struct_layout. Registered in module.c's method table.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <limits.h>
+#include <stddef.h>
+
+#include <sys/mman.h>
+
+#include "engine/fork_engine.h"
+#include "engine/reset_engine.h"
+#include "base/log.h"
+#include "wire/proto.h"
+#include "python/py_bindings.h"
+#include "walls/seccomp.h"
+
+/* ---- response conversion, shared by the sandbox and encode_response ---- */
+
+struct py_response {
+    struct mf_response resp;
+    struct mf_header *headers;
+    PyObject *keep;         /* the encoded header bytes the pointers refer to */
+    Py_buffer body;
+    bool have_body;
+};
+
+/* str as latin-1, else UTF-8; bytes as they are. New reference. */
+static PyObject *encode_text(PyObject *obj)
+{
+    if (PyBytes_Check(obj))
+        return Py_NewRef(obj);
+    if (!PyUnicode_Check(obj))
+        return PyErr_Format(PyExc_TypeError, "header name/value must be str, not %s",
+                            Py_TYPE(obj)->tp_name);
+    PyObject *b = PyUnicode_AsLatin1String(obj);
+    if (b == NULL && PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) {
+        PyErr_Clear();
+        b = PyUnicode_AsUTF8String(obj);
+    }
+    return b;
+}
+
+static bool add_text(struct py_response *r, PyObject *obj, const uint8_t **ptr, uint32_t *len)
+{
+    PyObject *b = encode_text(obj);
+    if (b == NULL)
+        return false;
+    int rc = PyList_Append(r->keep, b);
+    Py_DECREF(b); /* the list holds it */
+    if (rc < 0)
+        return false;
+    if ((size_t)PyBytes_GET_SIZE(b) > UINT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "header too long");
+        return false;
+    }
+    *ptr = (const uint8_t *)PyBytes_AS_STRING(b);
+    *len = (uint32_t)PyBytes_GET_SIZE(b);
+    return true;
+}
+
+static void py_response_release(struct py_response *r)
+{
+    PyMem_Free(r->headers);
+    Py_CLEAR(r->keep);
+    if (r->have_body)
+        PyBuffer_Release(&r->body);
+    r->headers = NULL;
+    r->have_body = false;
+}
+
+/* Sets a Python exception and returns false on failure. */
+static bool py_response_build(struct py_response *r, PyObject *status, PyObject *headers, PyObject *body)
+{
+    PyObject *seq = NULL;
+    bool ok = false;
+
+    memset(r, 0, sizeof(*r));
+    if (!uint32_converter(status, &r->resp.status))
+        return false;
+    r->keep = PyList_New(0);
+    seq = PySequence_Fast(headers, "headers must be a sequence of (name, value) pairs");
+    if (r->keep == NULL || seq == NULL)
+        goto out;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if (n > (Py_ssize_t)MF_MAX_HEADERS) {
+        PyErr_Format(PyExc_ValueError, "%zd headers, at most %u allowed", n, MF_MAX_HEADERS);
+        goto out;
+    }
+    r->headers = PyMem_Calloc(n > 0 ? (size_t)n : 1, sizeof(*r->headers));
+    if (r->headers == NULL) {
+        PyErr_NoMemory();
+        goto out;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *pair = PySequence_Fast_GET_ITEM(seq, i);
+        struct mf_header *h = &r->headers[i];
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+            PyErr_SetString(PyExc_TypeError, "each header must be a (name, value) tuple");
+            goto out;
+        }
+        if (!add_text(r, PyTuple_GET_ITEM(pair, 0), &h->name, &h->name_len) ||
+            !add_text(r, PyTuple_GET_ITEM(pair, 1), &h->value, &h->value_len))
+            goto out;
+    }
+    if (PyObject_GetBuffer(body, &r->body, PyBUF_SIMPLE) < 0)
+        goto out;
+    r->have_body = true;
+    r->resp.header_count = (uint32_t)n;
+    r->resp.headers = r->headers;
+    r->resp.body = r->body.buf;
+    r->resp.body_len = (uint64_t)r->body.len;
+    ok = true;
+out:
+    Py_XDECREF(seq);
+    if (!ok)
+        py_response_release(r);
+    return ok;
+}
+
+static PyObject *request_tuple(const struct mf_request *req, bool with_id)
+{
+    PyObject *headers = PyList_New(req->header_count);
+    if (headers == NULL)
+        return NULL;
+    for (uint32_t i = 0; i < req->header_count; i++) {
+        const struct mf_header *h = &req->headers[i];
+        PyObject *pair = Py_BuildValue("(NN)",
+                                       PyUnicode_DecodeLatin1((const char *)h->name, h->name_len, NULL),
+                                       PyUnicode_DecodeLatin1((const char *)h->value, h->value_len, NULL));
+        if (pair == NULL) {
+            Py_DECREF(headers);
+            return NULL;
+        }
+        PyList_SET_ITEM(headers, i, pair);
+    }
+    /* Latin-1 maps every byte to one code point: nothing can fail to
+     * decode, and the program sees exactly the bytes the client sent. */
+#define LATIN1(field) PyUnicode_DecodeLatin1((const char *)req->field, req->field##_len, NULL)
+    PyObject *body = PyBytes_FromStringAndSize((const char *)req->body, (Py_ssize_t)req->body_len);
+    if (with_id)
+        return Py_BuildValue("(KNNNNNN)", (unsigned long long)req->req_id, LATIN1(method), LATIN1(path),
+                             LATIN1(query), headers, body, LATIN1(client));
+    return Py_BuildValue("(NNNNNN)", LATIN1(method), LATIN1(path), LATIN1(query), headers, body,
+                         LATIN1(client));
+#undef LATIN1
+}
+
+/* ---- serve_fork ---- */
+
+struct serve_ctx {
+    PyObject *runner;
+    struct py_response resp;
+};
+
+void hook_before_fork(void *ctx) { (void)ctx; PyOS_BeforeFork(); }
+void hook_after_fork_parent(void *ctx) { (void)ctx; PyOS_AfterFork_Parent(); }
+void hook_after_fork_child(void *ctx) { (void)ctx; PyOS_AfterFork_Child(); }
+static bool hook_interrupted(void *ctx) { (void)ctx; return PyErr_CheckSignals() == 0; }
+
+static bool hook_handle(void *vctx, const struct mf_request *req, struct mf_response *out)
+{
+    struct serve_ctx *ctx = vctx;
+    PyObject *args = request_tuple(req, true);
+    PyObject *result = args != NULL ? PyObject_CallObject(ctx->runner, args) : NULL;
+
+    Py_XDECREF(args);
+    if (result != NULL && (!PyTuple_Check(result) || PyTuple_GET_SIZE(result) != 3))
+        PyErr_Format(PyExc_TypeError, "runner returned %s, expected (status, headers, body)",
+                     Py_TYPE(result)->tp_name);
+    else if (result != NULL &&
+             py_response_build(&ctx->resp, PyTuple_GET_ITEM(result, 0), PyTuple_GET_ITEM(result, 1),
+                               PyTuple_GET_ITEM(result, 2))) {
+        /* result stays referenced: the response points into it until _exit. */
+        *out = ctx->resp.resp;
+        return true;
+    }
+    if (PyErr_ExceptionMatches(PyExc_SystemExit)) {
+        /* PyErr_Print would run the host's exit path (atexit) in a sandbox. */
+        PyErr_Clear();
+        mf_warn("request %llu: runner raised SystemExit", (unsigned long long)req->req_id);
+    } else {
+        PyErr_Print();
+    }
+    return false;
+}
+
+/* A sequence of fds as a PyMem array (one spare slot, so never NULL on success). */
+static int *fd_array(PyObject *list, size_t *n)
+{
+    PyObject *seq = PySequence_Fast(list, "close_in_child must be a sequence of fds");
+    int *fds;
+
+    if (seq == NULL)
+        return NULL;
+    *n = (size_t)PySequence_Fast_GET_SIZE(seq);
+    fds = PyMem_Calloc(*n + 1, sizeof(int));
+    if (fds == NULL) {
+        Py_DECREF(seq);
+        return (int *)PyErr_NoMemory();
+    }
+    for (size_t i = 0; i < *n; i++) {
+        long fd = PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, (Py_ssize_t)i));
+        if ((fd == -1 && PyErr_Occurred()) || fd < 0 || fd > INT_MAX) {
+            if (!PyErr_Occurred())
+                PyErr_Format(PyExc_ValueError, "bad fd %ld in close_in_child", fd);
+            PyMem_Free(fds);
+            Py_DECREF(seq);
+            return NULL;
+        }
+        fds[i] = (int)fd;
+    }
+    Py_DECREF(seq);
+    return fds;
+}
+
+/* What both engines take besides their own arguments: the request filter,
+ * checked once here rather than failing every sandbox, and the fds no
+ * sandbox may keep. NULL with a Python exception set. */
+static int *serve_inputs(const Py_buffer *filter, PyObject *close_list, size_t *n_close)
+{
+    if (filter->len > 0 && !mf_seccomp_check((size_t)filter->len)) {
+        PyErr_Format(PyExc_ValueError, "request_filter: %s", mf_last_error());
+        return NULL;
+    }
+    return fd_array(close_list, n_close);
+}
+
+/* After an engine returned: the Python error, the engine's, or None. */
+static PyObject *serve_result(bool ok, int *fds, Py_buffer *filter)
+{
+    PyMem_Free(fds);
+    PyBuffer_Release(filter);
+    if (PyErr_Occurred())
+        return NULL;
+    if (!ok)
+        return raise_last();
+    Py_RETURN_NONE;
+}
+
+PyObject *py_serve_fork(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"ctrl_fd", "runner", "close_in_child", "request_filter", "cpu_ms",
+                             "memory_bytes", "nofile", NULL};
+    struct serve_ctx ctx = {0};
+    struct mf_fork_hooks hooks = {&ctx, hook_before_fork, hook_after_fork_parent, hook_after_fork_child,
+                                  hook_interrupted, hook_handle};
+    struct mf_fork_config cfg = {.hooks = &hooks};
+    Py_buffer filter = {0};
+    PyObject *close_list;
+    int *fds;
+    bool ok;
+
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iOO|y*O&O&O&:serve_fork", kwlist, &cfg.ctrl_fd,
+                                     &ctx.runner, &close_list, &filter, uint32_converter, &cfg.limits.cpu_ms,
+                                     uint64_converter, &cfg.limits.memory_bytes, uint32_converter,
+                                     &cfg.limits.nofile))
+        goto fail;
+    if (!PyCallable_Check(ctx.runner)) {
+        PyErr_Format(PyExc_TypeError, "runner must be callable");
+        goto fail;
+    }
+    fds = serve_inputs(&filter, close_list, &cfg.n_close_in_child);
+    if (fds == NULL)
+        goto fail;
+    cfg.close_in_child = fds;
+    cfg.request_filter = filter.buf;
+    cfg.request_filter_len = (size_t)filter.len;
+    /* The GIL stays held: the host is single-threaded and forks under it. */
+    ok = mf_fork_serve(&cfg);
+    return serve_result(ok, fds, &filter);
+fail:
+    /* A no-op on a buffer never taken, or already released by a failed parse. */
+    PyBuffer_Release(&filter);
+    return NULL;
+}
+
+/* ---- serve_reset ---- */
+
+/* A pymalloc arena allocator that never unmaps: an arena freed by a
+ * request stays mapped for the next allocation, so the rewind never finds
+ * a sealed mapping gone. Its list lives in tracked memory and is rewound
+ * with the rest of the allocator's state. */
+static void *free_arenas;
+static size_t arena_size;
+
+static void *arena_alloc(void *ctx, size_t size)
+{
+    (void)ctx;
+    if (free_arenas != NULL && size == arena_size) {
+        void *arena = free_arenas;
+        free_arenas = *(void **)arena;
+        return arena;
+    }
+    void *arena = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return arena == MAP_FAILED ? NULL : arena;
+}
+
+static void arena_free(void *ctx, void *ptr, size_t size)
+{
+    (void)ctx;
+    if (arena_size == 0)
+        arena_size = size;
+    if (size != arena_size) { /* never seen; unmapping is always correct, if slower */
+        (void)munmap(ptr, size);
+        return;
+    }
+    *(void **)ptr = free_arenas;
+    free_arenas = ptr;
+}
+
+struct reset_ctx {
+    struct serve_ctx serve;
+    PyObject *after_rewind;
+};
+
+static void hook_prepare(void *ctx)
+{
+    PyObjectArenaAllocator alloc = {ctx, arena_alloc, arena_free};
+    PyObject_SetArenaAllocator(&alloc);
+}
+
+static void hook_after_rewind(void *vctx)
+{
+    struct reset_ctx *ctx = vctx;
+    PyObject *r = PyObject_CallNoArgs(ctx->after_rewind);
+    if (r == NULL)
+        PyErr_Print(); /* the request still runs; what failed is on stderr */
+    Py_XDECREF(r);
+}
+
+PyObject *py_serve_reset(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"ctrl_fd", "runner", "close_in_child", "after_rewind", "request_filter", "cpu_ms",
+                             "memory_bytes", "nofile", "pool_size", "idle_ms", "verify", NULL};
+    struct reset_ctx ctx = {{0}, NULL};
+    struct mf_reset_hooks hooks = {{&ctx, hook_before_fork, hook_after_fork_parent, hook_after_fork_child,
+                                    hook_interrupted, hook_handle},
+                                   hook_prepare, hook_after_rewind};
+    struct mf_reset_config cfg = {.hooks = &hooks, .pool_size = 1};
+    Py_buffer filter = {0};
+    PyObject *close_list;
+    int verify = 0;
+    int *fds;
+    bool ok;
+
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iOOO|y*O&O&O&IO&p:serve_reset", kwlist, &cfg.ctrl_fd,
+                                     &ctx.serve.runner, &close_list, &ctx.after_rewind, &filter, uint32_converter,
+                                     &cfg.limits.cpu_ms, uint64_converter, &cfg.limits.memory_bytes,
+                                     uint32_converter, &cfg.limits.nofile, &cfg.pool_size, uint32_converter,
+                                     &cfg.idle_ms, &verify))
+        goto fail;
+    if (!PyCallable_Check(ctx.serve.runner) || !PyCallable_Check(ctx.after_rewind)) {
+        PyErr_Format(PyExc_TypeError, "runner and after_rewind must be callable");
+        goto fail;
+    }
+    fds = serve_inputs(&filter, close_list, &cfg.n_close_in_child);
+    if (fds == NULL)
+        goto fail;
+    cfg.close_in_child = fds;
+    cfg.request_filter = filter.buf;
+    cfg.request_filter_len = (size_t)filter.len;
+    cfg.verify = verify != 0;
+    ok = mf_reset_serve(&cfg);
+    return serve_result(ok, fds, &filter);
+fail:
+    PyBuffer_Release(&filter);
+    return NULL;
+}
+
+/* ---- protocol test bindings: the same code paths the sandbox uses ---- */
+
+static bool list_sink(void *ctx, const struct iovec *iov, int iovcnt, size_t len)
+{
+    PyObject *pkt = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)len);
+    char *dst;
+
+    if (pkt == NULL)
+        return mf_errx(ENOMEM, "out of memory for a packet");
+    dst = PyBytes_AS_STRING(pkt);
+    for (int i = 0; i < iovcnt; i++) {
+        memcpy(dst, iov[i].iov_base, iov[i].iov_len);
+        dst += iov[i].iov_len;
+    }
+    int rc = PyList_Append(ctx, pkt);
+    Py_DECREF(pkt); /* the list holds it */
+    return rc == 0 || mf_errx(ENOMEM, "out of memory for the packet list");
+}
+
+PyObject *py_encode_response(PyObject *self, PyObject *args)
+{
+    uint64_t req_id;
+    PyObject *status, *headers, *body, *packets;
+    struct py_response r;
+
+    (void)self;
+    if (!PyArg_ParseTuple(args, "O&OOO:encode_response", uint64_converter, &req_id, &status, &headers,
+                          &body))
+        return NULL;
+    if (!py_response_build(&r, status, headers, body))
+        return NULL;
+    packets = PyList_New(0);
+    if (packets != NULL && !mf_response_emit(req_id, &r.resp, list_sink, packets)) {
+        Py_CLEAR(packets);
+        if (!PyErr_Occurred())
+            raise_last();
+    }
+    py_response_release(&r);
+    return packets;
+}
+
+PyObject *py_decode_request(PyObject *self, PyObject *args)
+{
+    uint64_t req_id;
+    PyObject *packets, *seq, *result = NULL;
+    struct mf_request *req;
+
+    (void)self;
+    if (!PyArg_ParseTuple(args, "O&O:decode_request", uint64_converter, &req_id, &packets))
+        return NULL;
+    seq = PySequence_Fast(packets, "packets must be a sequence of bytes");
+    if (seq == NULL)
+        return NULL;
+    req = PyMem_Malloc(sizeof(*req)); /* about 8 KiB of header slots */
+    if (req == NULL) {
+        Py_DECREF(seq);
+        return PyErr_NoMemory();
+    }
+    mf_request_init(req, req_id);
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
+        PyObject *pkt = PySequence_Fast_GET_ITEM(seq, i);
+        if (!PyBytes_Check(pkt)) {
+            PyErr_SetString(PyExc_TypeError, "packets must be bytes");
+            goto out;
+        }
+        if (mf_request_feed(req, (const uint8_t *)PyBytes_AS_STRING(pkt), (size_t)PyBytes_GET_SIZE(pkt)) < 0) {
+            raise_last();
+            goto out;
+        }
+    }
+    if (req->state != MF_REQ_DONE) {
+        PyErr_SetString(PyExc_ValueError, "request incomplete: no REQ_END");
+        goto out;
+    }
+    result = request_tuple(req, false);
+out:
+    mf_request_free(req);
+    PyMem_Free(req);
+    Py_DECREF(seq);
+    return result;
+}
+
+/* ---- layout of protocol.h, for the test against the Python mirror ---- */
+
+struct field_desc {
+    const char *name;
+    size_t offset, size;
+};
+
+#define FIELD(s, f) {#f, offsetof(struct s, f), sizeof(((struct s *)0)->f)}
+#define STRUCT(s, ...)                                                        \
+    {#s, sizeof(struct s), (const struct field_desc[]){__VA_ARGS__, {NULL, 0, 0}}}
+
+static const struct {
+    const char *name;
+    size_t size;
+    const struct field_desc *fields;
+} layouts[] = {
+    STRUCT(mf_frame_header, FIELD(mf_frame_header, magic), FIELD(mf_frame_header, type),
+           FIELD(mf_frame_header, version), FIELD(mf_frame_header, req_id),
+           FIELD(mf_frame_header, payload_len), FIELD(mf_frame_header, reserved)),
+    STRUCT(mf_ready, FIELD(mf_ready, pid), FIELD(mf_ready, engine)),
+    STRUCT(mf_request_ctl, FIELD(mf_request_ctl, timeout_ms), FIELD(mf_request_ctl, reserved)),
+    STRUCT(mf_child_exit, FIELD(mf_child_exit, pid), FIELD(mf_child_exit, wait_status),
+           FIELD(mf_child_exit, flags), FIELD(mf_child_exit, cost_us), FIELD(mf_child_exit, pages),
+           FIELD(mf_child_exit, reserved)),
+    STRUCT(mf_worker_ready, FIELD(mf_worker_ready, snapshot_pages), FIELD(mf_worker_ready, ranges),
+           FIELD(mf_worker_ready, cost_us), FIELD(mf_worker_ready, reserved)),
+    STRUCT(mf_request_done, FIELD(mf_request_done, status), FIELD(mf_request_done, aborted),
+           FIELD(mf_request_done, cost_us), FIELD(mf_request_done, pages), FIELD(mf_request_done, nonce),
+           FIELD(mf_request_done, reserved)),
+    STRUCT(mf_request_failed, FIELD(mf_request_failed, error), FIELD(mf_request_failed, reserved)),
+    STRUCT(mf_req_head, FIELD(mf_req_head, method_len), FIELD(mf_req_head, path_len),
+           FIELD(mf_req_head, query_len), FIELD(mf_req_head, client_len),
+           FIELD(mf_req_head, header_count), FIELD(mf_req_head, reserved), FIELD(mf_req_head, body_len)),
+    STRUCT(mf_resp_head, FIELD(mf_resp_head, status), FIELD(mf_resp_head, header_count),
+           FIELD(mf_resp_head, body_len)),
+    STRUCT(mf_header_entry, FIELD(mf_header_entry, name_len), FIELD(mf_header_entry, value_len)),
+};
+
+PyObject *py_struct_layout(PyObject *self, PyObject *unused)
+{
+    PyObject *out = PyDict_New();
+
+    (void)self;
+    (void)unused;
+    for (size_t i = 0; out != NULL && i < sizeof(layouts) / sizeof(layouts[0]); i++) {
+        PyObject *fields = PyDict_New();
+        for (const struct field_desc *f = layouts[i].fields; fields != NULL && f->name != NULL; f++) {
+            PyObject *v = Py_BuildValue("(nn)", (Py_ssize_t)f->offset, (Py_ssize_t)f->size);
+            if (v == NULL || PyDict_SetItemString(fields, f->name, v) < 0)
+                Py_CLEAR(fields);
+            Py_XDECREF(v);
+        }
+        PyObject *entry = fields != NULL ? Py_BuildValue("(nN)", (Py_ssize_t)layouts[i].size, fields) : NULL;
+        if (entry == NULL || PyDict_SetItemString(out, layouts[i].name, entry) < 0)
+            Py_CLEAR(out);
+        Py_XDECREF(entry);
+    }
+    return out;
+}

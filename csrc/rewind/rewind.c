@@ -1,0 +1,758 @@
+/* Snapshot and rewind of a reset-engine worker; see rewind.h. */
+#define _GNU_SOURCE
+#include "rewind/rewind.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "base/kernel_uapi.h"
+#include "base/log.h"
+#include "rewind/pagemap_gate.h"
+
+#define PAGE 4096u
+
+static size_t round_up(size_t n)
+{
+    return (n + PAGE - 1) / PAGE * PAGE;
+}
+
+struct mf_rewinder *mf_rewinder_create(bool verify, int reserved_signal)
+{
+    size_t head = round_up(sizeof(struct mf_rewinder) + MF_REWIND_STACK_SIZE);
+    size_t vmas = round_up(MF_REWIND_MAX_VMAS * sizeof(struct mf_vma));
+    size_t len = head + 2 * MF_REWIND_MAPS_CAP + 2 * vmas;
+    /* NORESERVE: most of the buffers are never touched. */
+    uint8_t *base = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    struct mf_rewinder *rw;
+
+    if (base == MAP_FAILED) {
+        mf_err("mmap(%zu bytes for the rewinder)", len);
+        return NULL;
+    }
+    rw = (struct mf_rewinder *)base;
+    rw->self_start = (uintptr_t)base;
+    rw->self_end = (uintptr_t)base + len;
+    rw->maps_sealed = (char *)base + head;
+    rw->maps_now = rw->maps_sealed + MF_REWIND_MAPS_CAP;
+    rw->vmas_sealed = (struct mf_vma *)(rw->maps_now + MF_REWIND_MAPS_CAP);
+    rw->vmas_now = (struct mf_vma *)((uint8_t *)rw->vmas_sealed + vmas);
+    rw->verify = verify;
+    rw->reserved_signal = reserved_signal;
+    rw->cwd_fd = -1;
+    rw->maps_fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+    if (rw->maps_fd < 0) {
+        mf_err("open(/proc/self/maps)");
+        return NULL;
+    }
+    rw->statm_fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
+    if (rw->statm_fd < 0) {
+        mf_err("open(/proc/self/statm)");
+        return NULL;
+    }
+    rw->cwd_fd = open(".", O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (rw->cwd_fd < 0) {
+        mf_err("open(cwd, O_PATH)");
+        return NULL;
+    }
+    /* A process that is not dumpable finds its own /proc files owned by
+     * root, and pagemap is 0400: dumpable just for the open. */
+    if (prctl(PR_SET_DUMPABLE, 1) < 0) {
+        mf_err("prctl(PR_SET_DUMPABLE, 1)");
+        return NULL;
+    }
+    bool opened = mf_dirty_open(&rw->tracker);
+    int err = errno;
+    if (prctl(PR_SET_DUMPABLE, 0) < 0) {
+        mf_err("prctl(PR_SET_DUMPABLE, 0)");
+        return NULL;
+    }
+    errno = err;
+    return opened ? rw : NULL;
+}
+
+/* ---- memory ---- */
+
+static bool is_special(const struct mf_vma *v)
+{
+    return strcmp(v->name, "[vvar]") == 0 || strcmp(v->name, "[vdso]") == 0 ||
+           strcmp(v->name, "[vsyscall]") == 0 || strcmp(v->name, "[vvar_vclock]") == 0;
+}
+
+/* Calls add(start, end) for each piece of the writable private mappings,
+ * with the rewinder's own mappings (and the snapshot, once it exists) cut out. */
+static bool for_each_piece(struct mf_rewinder *rw, const struct mf_vma *vmas, size_t n,
+                           bool (*add)(struct mf_rewinder *, uint64_t, uint64_t, void *), void *arg)
+{
+    uint64_t cut_a[2] = {rw->self_start, (uintptr_t)rw->snapshot};
+    uint64_t cut_b[2] = {rw->self_end, (uintptr_t)rw->snapshot + rw->snapshot_len};
+
+    /* In address order, so that one pass splits a mapping around both. */
+    if (cut_a[1] < cut_a[0]) {
+        uint64_t a = cut_a[0], b = cut_b[0];
+        cut_a[0] = cut_a[1];
+        cut_b[0] = cut_b[1];
+        cut_a[1] = a;
+        cut_b[1] = b;
+    }
+
+    for (size_t i = 0; i < n; i++) {
+        const struct mf_vma *v = &vmas[i];
+        if (!v->writable || is_special(v))
+            continue;
+        if (v->shared)
+            return mf_errx(ENOTSUP, "a writable shared mapping at %#llx-%#llx cannot be rewound",
+                           (unsigned long long)v->start, (unsigned long long)v->end);
+        uint64_t a = v->start, b = v->end;
+        /* At most two cuts, each possibly inside this mapping: split around them. */
+        for (int c = 0; c < 2 && a < b; c++) {
+            if (cut_a[c] == cut_b[c] || cut_b[c] <= a || cut_a[c] >= b)
+                continue;
+            if (cut_a[c] > a)
+                MF_TRY(add(rw, a, cut_a[c], arg));
+            a = cut_b[c] < b ? cut_b[c] : b;
+        }
+        if (a < b)
+            MF_TRY(add(rw, a, b, arg));
+    }
+    return true;
+}
+
+static bool count_piece(struct mf_rewinder *rw, uint64_t a, uint64_t b, void *arg)
+{
+    (void)rw;
+    *(size_t *)arg += (size_t)(b - a);
+    return true;
+}
+
+struct track_state {
+    uint64_t run_a, run_b;  /* adjacent pieces are tracked as one range */
+};
+
+static bool track_run(struct mf_rewinder *rw, struct track_state *st)
+{
+    if (st->run_a == st->run_b)
+        return true;
+    return mf_dirty_track(&rw->tracker, (void *)(uintptr_t)st->run_a, (size_t)(st->run_b - st->run_a));
+}
+
+static bool track_piece(struct mf_rewinder *rw, uint64_t a, uint64_t b, void *arg)
+{
+    struct track_state *st = arg;
+    if (st->run_b == a && st->run_a != st->run_b) {
+        st->run_b = b;
+        return true;
+    }
+    MF_TRY(track_run(rw, st));
+    st->run_a = a;
+    st->run_b = b;
+    return true;
+}
+
+static bool read_maps(struct mf_rewinder *rw, char *buf, size_t *len, struct mf_vma *vmas, size_t *n)
+{
+    MF_TRY(mf_maps_read(rw->maps_fd, buf, MF_REWIND_MAPS_CAP, len));
+    return mf_maps_parse(buf, *len, vmas, MF_REWIND_MAX_VMAS, n);
+}
+
+/* Copies the pages of each tracked range that hold anything (present or
+ * swapped); the rest of the snapshot stays untouched zero pages. */
+static bool copy_present(struct mf_rewinder *rw)
+{
+    const struct mf_dirty_tracker *t = &rw->tracker;
+    size_t offset = 0;
+
+    rw->snapshot_pages = 0;
+    for (size_t i = 0; i < t->nranges; i++) {
+        uint64_t from = t->ranges[i].start, end = t->ranges[i].end;
+        rw->copy[i] = rw->snapshot + offset;
+        offset += (size_t)(end - from);
+        while (from < end) {
+            struct pm_scan_arg arg = {
+                .size = sizeof(arg), .start = from, .end = end,
+                .vec = (uint64_t)(uintptr_t)rw->dirty, .vec_len = MF_REWIND_REGIONS,
+                .category_anyof_mask = PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+                .return_mask = PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+            };
+            long got = mf_pagemap_scan(t->pagemap_fd, &arg);
+            if (got < 0)
+                return mf_err("ioctl(PAGEMAP_SCAN present, %#llx-%#llx)", (unsigned long long)from,
+                              (unsigned long long)end);
+            for (long k = 0; k < got; k++) {
+                const struct mf_dirty_region *r = &rw->dirty[k];
+                memcpy(rw->copy[i] + (r->start - t->ranges[i].start), (void *)(uintptr_t)r->start,
+                       (size_t)(r->end - r->start));
+                rw->snapshot_pages += (size_t)(r->end - r->start) / PAGE;
+            }
+            from = arg.walk_end;
+        }
+    }
+    return true;
+}
+
+/* Pages of address space (VmSize), the first field of statm. */
+static bool vm_pages(const struct mf_rewinder *rw, uint64_t *out)
+{
+    char buf[160];
+    ssize_t n;
+
+    do
+        n = pread(rw->statm_fd, buf, sizeof(buf) - 1, 0);
+    while (n < 0 && errno == EINTR);
+    if (n <= 0)
+        return mf_err("pread(/proc/self/statm)");
+    buf[n] = '\0';
+    uint64_t v = 0;
+    for (const char *p = buf; *p >= '0' && *p <= '9'; p++)
+        v = v * 10 + (uint64_t)(*p - '0');
+    *out = v;
+    return true;
+}
+
+/* ---- kernel state ---- */
+
+static bool snapshot_fds(struct mf_rewinder *rw)
+{
+    char buf[16384];
+    int dir = open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+    if (dir < 0)
+        return mf_err("open(/proc/self/fd)");
+    rw->nfds = 0;
+    for (;;) {
+        long n = syscall(SYS_getdents64, dir, buf, sizeof(buf));
+        if (n < 0) {
+            mf_err("getdents64(/proc/self/fd)");
+            (void)close(dir);
+            return false;
+        }
+        if (n == 0)
+            break;
+        for (long pos = 0; pos < n;) {
+            struct dirent64 *d = (struct dirent64 *)(buf + pos);
+            pos += d->d_reclen;
+            char *end;
+            long fd = strtol(d->d_name, &end, 10);
+            if (d->d_name[0] == '.' || *end != '\0' || fd == dir)
+                continue;
+            if (rw->nfds == MF_REWIND_MAX_FDS) {
+                (void)close(dir);
+                return mf_errx(EMFILE, "more than %d open fds at the snapshot", MF_REWIND_MAX_FDS);
+            }
+            struct stat st;
+            if (fstat((int)fd, &st) < 0) {
+                mf_err("fstat(fd %ld)", fd);
+                (void)close(dir);
+                return false;
+            }
+            struct mf_snapshot_fd *s = &rw->fds[rw->nfds];
+            /* Insertion keeps them sorted for the close_range() gaps. */
+            size_t at = rw->nfds++;
+            while (at > 0 && rw->fds[at - 1].fd > fd) {
+                rw->fds[at] = rw->fds[at - 1];
+                at--;
+            }
+            s = &rw->fds[at];
+            s->fd = (int)fd;
+            s->dev = st.st_dev;
+            s->ino = st.st_ino;
+            s->offset = S_ISREG(st.st_mode) ? lseek((int)fd, 0, SEEK_CUR) : -1;
+            s->status_flags = fcntl((int)fd, F_GETFL);
+            if (s->status_flags < 0) {
+                mf_err("fcntl(fd %ld, F_GETFL)", fd);
+                (void)close(dir);
+                return false;
+            }
+        }
+    }
+    if (close(dir) < 0)
+        return mf_err("close(/proc/self/fd)");
+    return true;
+}
+
+/* Every disposition the snapshot records and the rewind puts back: not
+ * SIGKILL's or SIGSTOP's (fixed), nor the worker's own reserved signal. */
+static bool restorable(const struct mf_rewinder *rw, int sig)
+{
+    return sig != SIGKILL && sig != SIGSTOP && sig != rw->reserved_signal;
+}
+
+static bool snapshot_kernel_state(struct mf_rewinder *rw)
+{
+    static const int which[3] = {ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF};
+
+    MF_TRY(snapshot_fds(rw));
+    rw->resethand = false;
+    for (int sig = 1; sig < NSIG; sig++) {
+        if (!restorable(rw, sig))
+            continue;
+        /* The kernel's own struct, restorer included: put back exactly. */
+        long err = mf_gated_sigaction(sig, NULL, &rw->actions[sig]);
+        if (err < 0) {
+            errno = (int)-err;
+            return mf_err("rt_sigaction(%d, query)", sig);
+        }
+        if (rw->actions[sig].flags & SA_RESETHAND)
+            rw->resethand = true;
+    }
+    for (int i = 0; i < 3; i++)
+        if (getitimer(which[i], &rw->timers[i]) < 0)
+            return mf_err("getitimer(%d)", which[i]);
+    if (sigaltstack(NULL, &rw->altstack) < 0)
+        return mf_err("sigaltstack(query)");
+    rw->altstack.ss_flags &= SS_DISABLE; /* SS_ONSTACK is a state, not a setting */
+    rw->umask = umask(0);
+    (void)umask(rw->umask);
+    return true;
+}
+
+bool mf_rewind_snapshot(struct mf_rewinder *rw)
+{
+    size_t len = 0, n = 0, total = 0, again = 0;
+    struct track_state st = {0};
+
+    rw->brk = (uintptr_t)syscall(SYS_brk, 0);
+    MF_TRY(read_maps(rw, rw->maps_now, &len, rw->vmas_now, &n));
+    MF_TRY(for_each_piece(rw, rw->vmas_now, n, count_piece, &total));
+    rw->snapshot_len = round_up(total);
+    rw->snapshot = mmap(NULL, rw->snapshot_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                        -1, 0);
+    if (rw->snapshot == MAP_FAILED) {
+        rw->snapshot = NULL;
+        return mf_err("mmap(%zu bytes for the snapshot)", rw->snapshot_len);
+    }
+    /* The snapshot's own mapping may have merged with a neighbour: cut it out. */
+    MF_TRY(read_maps(rw, rw->maps_now, &len, rw->vmas_now, &n));
+    MF_TRY(for_each_piece(rw, rw->vmas_now, n, count_piece, &again));
+    if (again != total)
+        return mf_errx(EAGAIN, "writable memory changed while the snapshot was taken (%zu, then %zu bytes)", total,
+                       again);
+    /* Protect, record the rest, mark everything clean, copy last: whatever
+     * is written after the copy shows as dirty and is rewound to it. */
+    MF_TRY(for_each_piece(rw, rw->vmas_now, n, track_piece, &st));
+    MF_TRY(track_run(rw, &st));
+    /* Registration split mappings: this is the text every rewind must match. */
+    MF_TRY(read_maps(rw, rw->maps_sealed, &rw->maps_sealed_len, rw->vmas_sealed, &rw->nvmas_sealed));
+    MF_TRY(snapshot_kernel_state(rw));
+    MF_TRY(vm_pages(rw, &rw->vm_pages_sealed));
+    do {
+        size_t got, pages;
+        MF_TRY(mf_dirty_collect(&rw->tracker, rw->dirty, MF_REWIND_REGIONS, &got, &pages));
+    } while (mf_dirty_pending(&rw->tracker));
+    return copy_present(rw);
+}
+
+/* ---- the rewind ---- */
+
+static const char *line_of(const char *text, size_t len, size_t at, int *line_len)
+{
+    size_t a = at, b = at;
+    while (a > 0 && text[a - 1] != '\n')
+        a--;
+    while (b < len && text[b] != '\n')
+        b++;
+    *line_len = (int)(b - a);
+    return text + a;
+}
+
+static int prot_of(const struct mf_vma *v)
+{
+    return (v->readable ? PROT_READ : 0) | (v->writable ? PROT_WRITE : 0) | (v->executable ? PROT_EXEC : 0);
+}
+
+/* Unmaps what the request mapped; puts protections back where they changed.
+ * What it cannot repair (a sealed mapping gone or replaced) the caller's
+ * second comparison finds. */
+static bool repair_mappings(struct mf_rewinder *rw, size_t len)
+{
+    size_t n = 0, s = 0;
+
+    MF_TRY(mf_maps_parse(rw->maps_now, len, rw->vmas_now, MF_REWIND_MAX_VMAS, &n));
+    for (size_t i = 0; i < n; i++) {
+        const struct mf_vma *v = &rw->vmas_now[i];
+        uint64_t a = v->start;
+        while (s < rw->nvmas_sealed && rw->vmas_sealed[s].end <= a)
+            s++;
+        /* The parts of v that no sealed mapping covers were added since. */
+        for (size_t k = s; a < v->end; k++) {
+            uint64_t gap_end = v->end;
+            if (k < rw->nvmas_sealed && rw->vmas_sealed[k].start < v->end)
+                gap_end = rw->vmas_sealed[k].start;
+            if (gap_end > a && munmap((void *)(uintptr_t)a, (size_t)(gap_end - a)) < 0)
+                return mf_err("munmap(%#llx-%#llx, added by the request)", (unsigned long long)a,
+                              (unsigned long long)gap_end);
+            if (gap_end == v->end)
+                break;
+            if (rw->vmas_sealed[k].end > a)
+                a = rw->vmas_sealed[k].end;
+        }
+    }
+    for (size_t k = 0; k < rw->nvmas_sealed; k++) {
+        const struct mf_vma *sv = &rw->vmas_sealed[k];
+        for (size_t i = 0; i < n; i++) {
+            const struct mf_vma *v = &rw->vmas_now[i];
+            if (v->start != sv->start || v->end != sv->end || prot_of(v) == prot_of(sv))
+                continue;
+            /* Written through a protection the snapshot did not track. */
+            if (v->writable && !sv->writable)
+                return mf_errx(EPERM, "the request made %#llx-%#llx writable; its pages cannot be rewound",
+                               (unsigned long long)v->start, (unsigned long long)v->end);
+            if (mprotect((void *)(uintptr_t)v->start, (size_t)(v->end - v->start), prot_of(sv)) < 0)
+                return mf_err("mprotect(%#llx-%#llx) back to its sealed protection", (unsigned long long)v->start,
+                              (unsigned long long)v->end);
+        }
+    }
+    return true;
+}
+
+static bool rewind_mappings(struct mf_rewinder *rw)
+{
+    size_t len = 0;
+    uint64_t size = 0;
+
+    /* A mapping added, removed or grown changes the size; a re-protected
+     * one does not, which the periodic full comparison (and verification
+     * mode, always) catches. */
+    MF_TRY(vm_pages(rw, &size));
+    if (size == rw->vm_pages_sealed && !rw->verify && ++rw->rewinds % MF_REWIND_MAPS_EVERY != 0)
+        return true;
+    for (int attempt = 0;; attempt++) {
+        MF_TRY(mf_maps_read(rw->maps_fd, rw->maps_now, MF_REWIND_MAPS_CAP, &len));
+        if (len == rw->maps_sealed_len && memcmp(rw->maps_now, rw->maps_sealed, len) == 0)
+            return true;
+        if (attempt == 1)
+            break;
+        MF_TRY(repair_mappings(rw, len));
+    }
+    size_t at = 0;
+    while (at < len && at < rw->maps_sealed_len && rw->maps_now[at] == rw->maps_sealed[at])
+        at++;
+    int was_len, now_len;
+    const char *was = line_of(rw->maps_sealed, rw->maps_sealed_len, at, &was_len);
+    const char *now = line_of(rw->maps_now, len, at, &now_len);
+    return mf_errx(EFAULT, "mappings cannot be rewound: sealed '%.*s', now '%.*s'", was_len, was, now_len, now);
+}
+
+static size_t range_of(const struct mf_dirty_tracker *t, uint64_t addr, size_t hint)
+{
+    size_t i = hint < t->nranges ? hint : 0;
+    if (t->ranges[i].start > addr)
+        i = 0;
+    while (i < t->nranges && t->ranges[i].end <= addr)
+        i++;
+    return i;
+}
+
+/* Write-protects again the written pages of [start, end), which the copy
+ * back just wrote, in one walk; it must find exactly `expected` pages (a
+ * page written since the scan would be protected with content the snapshot
+ * never had). One call per span instead of one UFFDIO_WRITEPROTECT per
+ * region: a CPython request writes ~100 scattered regions. */
+static bool reprotect_span(struct mf_rewinder *rw, uint64_t start, uint64_t end, size_t expected)
+{
+    size_t found = 0;
+
+    while (start < end) {
+        struct pm_scan_arg arg = {
+            .size = sizeof(arg), .flags = PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
+            .start = start, .end = end,
+            .vec = (uint64_t)(uintptr_t)rw->reprotected, .vec_len = MF_DIRTY_SCAN_BATCH,
+            .category_mask = PAGE_IS_WRITTEN, .return_mask = PAGE_IS_WRITTEN,
+        };
+        long got = mf_pagemap_scan(rw->tracker.pagemap_fd, &arg);
+        if (got < 0)
+            return mf_err("ioctl(PAGEMAP_SCAN, WP, %#llx-%#llx)", (unsigned long long)start, (unsigned long long)end);
+        for (long k = 0; k < got; k++)
+            found += (size_t)((rw->reprotected[k].end - rw->reprotected[k].start) / PAGE);
+        start = arg.walk_end;
+    }
+    if (found != expected)
+        return mf_errx(EFAULT, "%zu pages written during the rewind itself (re-protected %zu, copied %zu)",
+                       found - expected, found, expected);
+    return true;
+}
+
+/* Consecutive written pages of one tracked range, re-protected in one walk. */
+struct span {
+    size_t range; /* SIZE_MAX: none yet */
+    uint64_t start, end;
+    size_t pages;
+};
+
+static bool span_flush(struct mf_rewinder *rw, struct span *sp)
+{
+    if (sp->range != SIZE_MAX)
+        MF_TRY(reprotect_span(rw, sp->start, sp->end, sp->pages));
+    sp->range = SIZE_MAX;
+    return true;
+}
+
+/* A span must not reach over a hot page: the walk would protect it. */
+static bool span_add(struct mf_rewinder *rw, struct span *sp, size_t range, uint64_t a, uint64_t b,
+                     bool hot_between)
+{
+    if (sp->range != range || hot_between) {
+        MF_TRY(span_flush(rw, sp));
+        sp->range = range;
+        sp->start = a;
+        sp->pages = 0;
+    }
+    sp->end = b;
+    sp->pages += (size_t)((b - a) / PAGE);
+    return true;
+}
+
+/* Not merged with its neighbour: a region stays within one tracked range. */
+static void learn_add(struct mf_rewinder *rw, uint64_t a, uint64_t b)
+{
+    if (rw->nlearnt == MF_HOT_MAX_REGIONS) {
+        rw->learning_overflow = true;
+        return;
+    }
+    rw->learnt[rw->nlearnt++] = (struct mf_dirty_region){.start = a, .end = b};
+}
+
+/* Written region [a, b) of this rewind (in address order): keeps what every
+ * rewind so far also wrote (everything, on the first). */
+static void learn_region(struct mf_rewinder *rw, uint64_t a, uint64_t b, size_t *cursor)
+{
+    if (rw->hot_rewinds == 1) {
+        learn_add(rw, a, b);
+        return;
+    }
+    size_t k = *cursor;
+    while (k < rw->nlearning && rw->learning[k].end <= a)
+        k++;
+    *cursor = k;
+    for (; k < rw->nlearning && rw->learning[k].start < b; k++) {
+        uint64_t from = rw->learning[k].start > a ? rw->learning[k].start : a;
+        uint64_t to = rw->learning[k].end < b ? rw->learning[k].end : b;
+        learn_add(rw, from, to);
+    }
+}
+
+/* After a rewind that learnt: the next step, and at the last the hot pages
+ * are fixed. No ioctl unprotects them (the request filter allows none): the
+ * next write to each, the request's or the copy back's, does, and no
+ * re-protection reaches them again. */
+static void learn_end(struct mf_rewinder *rw)
+{
+    if (rw->hot_rewinds++ == 0)
+        return; /* the first request's writes include one-time set-up */
+    memcpy(rw->learning, rw->learnt, rw->nlearnt * sizeof(rw->learnt[0]));
+    rw->nlearning = rw->nlearnt;
+    rw->nlearnt = 0;
+    if (rw->hot_rewinds <= MF_HOT_LEARN_REWINDS || rw->learning_overflow)
+        return;
+    size_t hint = 0;
+    for (size_t k = 0; k < rw->nlearning; k++) {
+        rw->hot[k] = rw->learning[k];
+        rw->hot_range[k] = hint = range_of(&rw->tracker, rw->learning[k].start, hint);
+    }
+    rw->nhot = rw->nlearning;
+}
+
+static bool rewind_pages(struct mf_rewinder *rw, size_t *pages)
+{
+    struct mf_dirty_tracker *t = &rw->tracker;
+    bool learning = rw->hot_rewinds <= MF_HOT_LEARN_REWINDS;
+    size_t hint = 0, hot = 0, learn_cursor = 0;
+    struct span sp = {.range = SIZE_MAX};
+
+    *pages = 0;
+    for (size_t k = 0; k < rw->nhot; k++) {
+        const struct mf_dirty_region *r = &rw->hot[k];
+        size_t i = rw->hot_range[k];
+        memcpy((void *)(uintptr_t)r->start, rw->copy[i] + (r->start - t->ranges[i].start),
+               (size_t)(r->end - r->start));
+        *pages += (size_t)((r->end - r->start) / PAGE);
+    }
+    /* The scan also reports the hot pages (not protected reads as written):
+     * what is left of each region once they are cut out is copied back and
+     * protected again. */
+    do {
+        size_t got, batch_pages;
+        MF_TRY(mf_dirty_scan(t, rw->dirty, MF_REWIND_REGIONS, &got, &batch_pages));
+        for (size_t k = 0; k < got; k++) {
+            const struct mf_dirty_region *r = &rw->dirty[k];
+            size_t i = hint = range_of(t, r->start, hint);
+            if (i == t->nranges || r->end > t->ranges[i].end)
+                return mf_errx(EFAULT, "written pages %#llx-%#llx outside the tracked ranges",
+                               (unsigned long long)r->start, (unsigned long long)r->end);
+            if (learning && rw->hot_rewinds > 0)
+                learn_region(rw, r->start, r->end, &learn_cursor);
+            uint64_t a = r->start;
+            while (a < r->end) {
+                while (hot < rw->nhot && rw->hot[hot].end <= a)
+                    hot++;
+                uint64_t b = r->end;
+                if (hot < rw->nhot && rw->hot[hot].start < b) {
+                    if (rw->hot[hot].start <= a) {
+                        a = rw->hot[hot].end < r->end ? rw->hot[hot].end : r->end;
+                        continue;
+                    }
+                    b = rw->hot[hot].start;
+                }
+                memcpy((void *)(uintptr_t)a, rw->copy[i] + (a - t->ranges[i].start), (size_t)(b - a));
+                MF_TRY(span_add(rw, &sp, i, a, b, hot > 0 && rw->hot[hot - 1].end > sp.end));
+                *pages += (size_t)((b - a) / PAGE);
+                a = b;
+            }
+        }
+        (void)batch_pages;
+    } while (mf_dirty_pending(t));
+    MF_TRY(span_flush(rw, &sp));
+    if (learning)
+        learn_end(rw);
+    return true;
+}
+
+static bool verify_pages(const struct mf_rewinder *rw)
+{
+    const struct mf_dirty_tracker *t = &rw->tracker;
+
+    for (size_t i = 0; i < t->nranges; i++) {
+        const uint8_t *live = (const uint8_t *)(uintptr_t)t->ranges[i].start;
+        size_t len = (size_t)(t->ranges[i].end - t->ranges[i].start);
+        if (memcmp(live, rw->copy[i], len) == 0)
+            continue;
+        size_t at = 0;
+        while (at < len && live[at] == rw->copy[i][at])
+            at++;
+        return mf_errx(EFAULT, "verification: byte %#llx differs from the snapshot after the rewind "
+                       "(range %#llx-%#llx)", (unsigned long long)(t->ranges[i].start + at),
+                       (unsigned long long)t->ranges[i].start, (unsigned long long)t->ranges[i].end);
+    }
+    return true;
+}
+
+static bool close_range_checked(unsigned a, unsigned b)
+{
+    if (a <= b && syscall(SYS_close_range, a, b, 0) < 0)
+        return mf_err("close_range(%u, %u)", a, b);
+    return true;
+}
+
+static bool rewind_fds(struct mf_rewinder *rw)
+{
+    unsigned next = 0;
+
+    for (size_t i = 0; i < rw->nfds; i++) {
+        const struct mf_snapshot_fd *s = &rw->fds[i];
+        if ((unsigned)s->fd > next)
+            MF_TRY(close_range_checked(next, (unsigned)s->fd - 1));
+        next = (unsigned)s->fd + 1;
+    }
+    MF_TRY(close_range_checked(next, ~0u));
+    for (size_t i = 0; i < rw->nfds; i++) {
+        const struct mf_snapshot_fd *s = &rw->fds[i];
+        struct stat st;
+        if (fstat(s->fd, &st) < 0)
+            return mf_err("fd %d of the snapshot", s->fd);
+        if (st.st_dev != s->dev || st.st_ino != s->ino)
+            return mf_errx(EBADF, "fd %d of the snapshot was replaced by the request", s->fd);
+        if (s->offset >= 0 && lseek(s->fd, s->offset, SEEK_SET) < 0)
+            return mf_err("lseek(fd %d, %lld)", s->fd, (long long)s->offset);
+        /* O_NONBLOCK and O_APPEND are the file description's: a request
+         * that set them would hand them to the next. */
+        if (!(s->status_flags & O_PATH) && fcntl(s->fd, F_SETFL, s->status_flags) < 0)
+            return mf_err("fcntl(fd %d, F_SETFL, %#x)", s->fd, s->status_flags);
+    }
+    return true;
+}
+
+/* Under verification, a disposition that changed with no gated call would
+ * mean the gate missed one: fail rather than restore quietly. */
+static bool check_dispositions(const struct mf_rewinder *rw)
+{
+    for (int sig = 1; sig < NSIG; sig++) {
+        struct mf_kernel_sigaction now;
+        if (!restorable(rw, sig))
+            continue;
+        long err = mf_gated_sigaction(sig, NULL, &now);
+        if (err < 0) {
+            errno = (int)-err;
+            return mf_err("rt_sigaction(%d, query)", sig);
+        }
+        if (memcmp(&now, &rw->actions[sig], sizeof(now)) != 0)
+            return mf_errx(EPERM, "signal %d's disposition changed without passing the sigaction gate", sig);
+    }
+    return true;
+}
+
+static bool rewind_dispositions(struct mf_rewinder *rw)
+{
+    bool every = ++rw->signal_rewinds % MF_REWIND_MAPS_EVERY == 0;
+    if (rw->signals_gated && !rw->resethand && !rw->signals_dirty && !every)
+        return rw->verify ? check_dispositions(rw) : true;
+    for (int sig = 1; sig < NSIG; sig++) {
+        if (!restorable(rw, sig))
+            continue;
+        long err = mf_gated_sigaction(sig, &rw->actions[sig], NULL);
+        if (err < 0) {
+            errno = (int)-err;
+            return mf_err("rt_sigaction(%d) back to its sealed disposition", sig);
+        }
+    }
+    rw->signals_dirty = 0;
+    return true;
+}
+
+void mf_rewind_signals_gated(struct mf_rewinder *rw)
+{
+    rw->signals_gated = true;
+}
+
+static bool rewind_signals(struct mf_rewinder *rw)
+{
+    static const int which[3] = {ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF};
+    static const struct timespec no_wait = {0, 0};
+    sigset_t pending;
+
+    MF_TRY(rewind_dispositions(rw));
+    for (int i = 0; i < 3; i++)
+        if (setitimer(which[i], &rw->timers[i], NULL) < 0)
+            return mf_err("setitimer(%d)", which[i]);
+    if (sigaltstack(&rw->altstack, NULL) < 0)
+        return mf_err("sigaltstack back to its sealed setting");
+    /* A signal the request left pending (blocked, or raised late) would
+     * reach the next request: take it now. */
+    if (sigpending(&pending) < 0)
+        return mf_err("sigpending");
+    for (int sig = 1; sig < NSIG; sig++) {
+        if (sigismember(&pending, sig) != 1)
+            continue;
+        sigset_t one;
+        sigemptyset(&one);
+        sigaddset(&one, sig);
+        if (sigtimedwait(&one, NULL, &no_wait) < 0 && errno != EAGAIN)
+            return mf_err("sigtimedwait(%d)", sig);
+    }
+    return true;
+}
+
+bool mf_rewind_restore(struct mf_rewinder *rw, size_t *pages)
+{
+    /* brk first: the heap's end is part of what the mappings must match. */
+    if ((uintptr_t)syscall(SYS_brk, rw->brk) != rw->brk)
+        return mf_errx(ENOMEM, "brk(%#lx) did not restore the heap's end", (unsigned long)rw->brk);
+    MF_TRY(rewind_mappings(rw));
+    MF_TRY(rewind_pages(rw, pages));
+    if (rw->verify)
+        MF_TRY(verify_pages(rw));
+    MF_TRY(rewind_fds(rw));
+    MF_TRY(rewind_signals(rw));
+    (void)umask(rw->umask);
+    if (fchdir(rw->cwd_fd) < 0)
+        return mf_err("fchdir back to the sealed cwd");
+    return true;
+}

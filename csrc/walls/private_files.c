@@ -1,0 +1,98 @@
+#define _GNU_SOURCE
+#include "walls/private_files.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "base/log.h"
+
+/* Flags that describe how a file was opened rather than what to do to it now. */
+#define REOPEN_FLAGS_KEPT (O_ACCMODE | O_APPEND | O_NONBLOCK | O_DIRECT | O_NOATIME | O_SYNC | O_DSYNC)
+
+static bool reopen_private(int fd)
+{
+    char path[64];
+    struct stat st;
+    int flags, fd_flags, copy;
+    off_t offset;
+
+    if (fstat(fd, &st) < 0)
+        return mf_err("fstat(fd %d)", fd);
+    /* Devices (/dev/null, /dev/urandom) hold no state a request could leave. */
+    if (S_ISCHR(st.st_mode))
+        return true;
+    /* Pipes, sockets, epoll, eventfd, timerfd: one object shared by every
+     * sandbox, with no private copy to make. A request must not see what
+     * another wrote into them: close them. */
+    if (!S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode)) {
+        if (close(fd) < 0)
+            return mf_err("close(inherited fd %d)", fd);
+        return true;
+    }
+    if ((flags = fcntl(fd, F_GETFL)) < 0)
+        return mf_err("fcntl(fd %d, F_GETFL)", fd);
+    if ((fd_flags = fcntl(fd, F_GETFD)) < 0)
+        return mf_err("fcntl(fd %d, F_GETFD)", fd);
+    if ((offset = lseek(fd, 0, SEEK_CUR)) < 0)
+        return mf_err("lseek(fd %d, 0, SEEK_CUR)", fd);
+    (void)snprintf(path, sizeof(path), "/proc/self/fd/%d", fd); /* cannot truncate: 64 > len */
+    copy = open(path, (flags & REOPEN_FLAGS_KEPT) | O_CLOEXEC);
+    /* A file the sandbox may not open itself was opened before the identity
+     * drop, by the host's runtime rather than the program: it stays shared. */
+    if (copy < 0 && (errno == EACCES || errno == EPERM))
+        return true;
+    if (copy < 0)
+        return mf_err("open(%s) to make fd %d private", path, fd);
+    if (lseek(copy, offset, SEEK_SET) < 0) {
+        mf_err("lseek(%s, %lld)", path, (long long)offset);
+        (void)close(copy); /* already failing; the lseek error is the one to report */
+        return false;
+    }
+    /* dup3 keeps the fd number the program holds; it closes the shared one. */
+    if (dup3(copy, fd, (fd_flags & FD_CLOEXEC) ? O_CLOEXEC : 0) < 0) {
+        mf_err("dup3(%d, %d)", copy, fd);
+        (void)close(copy); /* as above */
+        return false;
+    }
+    if (close(copy) < 0)
+        return mf_err("close(fd %d)", copy);
+    return true;
+}
+
+bool mf_private_files(int keep_fd)
+{
+    DIR *dir = opendir("/proc/self/fd");
+    int fds[1024];
+    size_t n = 0;
+    struct dirent *entry;
+
+    if (dir == NULL) {
+        /* No procfs in this sandbox's view (no walls at all): nothing to reopen through. */
+        if (errno == ENOENT)
+            return true;
+        return mf_err("opendir(/proc/self/fd)");
+    }
+    /* Collect first: reopening while reading the directory would list the copies too. */
+    while ((entry = readdir(dir)) != NULL) {
+        char *end;
+        long fd = strtol(entry->d_name, &end, 10);
+        if (*end != '\0' || end == entry->d_name || fd <= 2 || fd == keep_fd || fd == dirfd(dir))
+            continue;
+        if (n == sizeof(fds) / sizeof(fds[0])) {
+            (void)closedir(dir); /* already failing */
+            return mf_errx(EMFILE, "more than %zu inherited fds", n);
+        }
+        fds[n++] = (int)fd;
+    }
+    if (closedir(dir) < 0)
+        return mf_err("closedir(/proc/self/fd)");
+    for (size_t i = 0; i < n; i++)
+        MF_TRY(reopen_private(fds[i]));
+    return true;
+}

@@ -1,0 +1,188 @@
+/*
+ * The zygote's fork of a tenant's host: see zygote_fork.h.
+ */
+#define _GNU_SOURCE
+#include "walls/zygote_fork.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "engine/engine_common.h"
+#include "base/log.h"
+#include "wire/proto.h"
+#include "wire/protocol.h"
+#include "walls/userns.h"
+
+#define LOAD_FAILED_MAX 4096
+
+static void no_hook(void *ctx)
+{
+    (void)ctx;
+}
+
+/* Only 0, 1, 2 and the control socket: nothing of the zygote's (its
+ * channel to the supervisor, other hosts' pidfds) may reach a tenant. */
+static bool keep_only_host_fds(const struct mf_zygote_fork_config *cfg)
+{
+    unsigned ctrl = (unsigned)cfg->ctrl_fd;
+
+    if (dup2(cfg->stdout_fd, STDOUT_FILENO) < 0)
+        return mf_err("dup2(%d, stdout)", cfg->stdout_fd);
+    if (dup2(cfg->stderr_fd, STDERR_FILENO) < 0)
+        return mf_err("dup2(%d, stderr)", cfg->stderr_fd);
+    if (ctrl > 3 && syscall(SYS_close_range, 3u, ctrl - 1, 0u) < 0)
+        return mf_err("close_range(3, %u)", ctrl - 1);
+    if (syscall(SYS_close_range, ctrl + 1, ~0u, 0u) < 0)
+        return mf_err("close_range(%u, ~0)", ctrl + 1);
+    return true;
+}
+
+/* The first steps of every child: die with the zygote, keep only the
+ * host's fds, lead a session of its own. zygote_pidfd (or -1) tells
+ * whether the zygote died before the signal was armed when getppid()
+ * cannot (a parent outside the child's pid namespace reads as 0). */
+static bool child_setup(const struct mf_zygote_fork_config *cfg, int zygote_pidfd)
+{
+    struct pollfd pfd = {.fd = zygote_pidfd, .events = POLLIN};
+    int rc;
+
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0)
+        return mf_err("prctl(PR_SET_PDEATHSIG, SIGKILL)");
+    if (zygote_pidfd < 0 && getppid() != cfg->zygote)
+        return mf_errx(ESRCH, "the zygote (pid %d) died before the parent-death signal was armed", cfg->zygote);
+    if (zygote_pidfd >= 0) {
+        while ((rc = poll(&pfd, 1, 0)) < 0 && errno == EINTR)
+            ;
+        if (rc < 0)
+            return mf_err("poll(zygote pidfd %d, timeout 0)", zygote_pidfd);
+        if (rc > 0)
+            return mf_errx(ESRCH, "the zygote (pid %d) died before the parent-death signal was armed",
+                           cfg->zygote);
+    }
+    MF_TRY(keep_only_host_fds(cfg));
+    if (setsid() < 0)
+        return mf_err("setsid()");
+    return true;
+}
+
+/* The child of a zygote in a user namespace of its own (an unprivileged
+ * daemon): the pid namespace must belong to that user namespace, so it is
+ * made here, and a stub stays behind in C (ns.c). */
+static bool become_host_in_user_namespace(const struct mf_zygote_fork_config *cfg)
+{
+    struct mf_ns_hooks ns_hooks = {cfg->hooks->ctx, no_hook, no_hook, no_hook};
+    struct mf_ns_config ns = *cfg->ns;
+
+    MF_TRY(child_setup(cfg, -1));
+    MF_TRY(mf_enter_user_namespace());
+    ns.hooks = &ns_hooks;
+    MF_TRY(mf_enter_namespaces(&ns));
+    return mf_host_walls_build(cfg->walls);
+}
+
+/* The child, pid 1 of its pid namespace already when cfg->ns is set. */
+static bool become_host(const struct mf_zygote_fork_config *cfg, int zygote_pidfd)
+{
+    MF_TRY(child_setup(cfg, zygote_pidfd));
+    /* Before the namespaces: the cgroup namespace is rooted at this group. */
+    if (cfg->cgroup != NULL)
+        MF_TRY(mf_cgroup_join(cfg->cgroup, getpid()));
+    if (cfg->ns != NULL)
+        MF_TRY(mf_unshare_namespaces(cfg->ns, false));
+    return mf_host_walls_build(cfg->walls);
+}
+
+static _Noreturn void report_and_exit(int ctrl_fd)
+{
+    char text[LOAD_FAILED_MAX];
+    int n = snprintf(text, sizeof(text), "sandbox setup failed: %s", mf_last_error());
+
+    if (n < 0)
+        n = 0;
+    if ((size_t)n >= sizeof(text))
+        n = (int)sizeof(text) - 1;
+    if (!mf_send_packet(ctrl_fd, MF_MSG_LOAD_FAILED, 0, text, (uint32_t)n))
+        mf_warn_last();
+    _exit(1);
+}
+
+/* The zygote's fork, with its next child in a new pid namespace when
+ * pid_namespace: the zygote itself is then the namespace's parent, and no
+ * stub is needed. */
+static pid_t fork_child(const struct mf_zygote_fork_config *cfg, bool pid_namespace, int own_pid_ns)
+{
+    pid_t pid;
+    int error;
+
+    if (pid_namespace && unshare(CLONE_NEWPID) < 0) {
+        mf_err("unshare(CLONE_NEWPID)");
+        return -1;
+    }
+    cfg->hooks->before_fork(cfg->hooks->ctx);
+    pid = fork();
+    error = errno;
+    if (pid != 0)
+        cfg->hooks->after_fork_parent(cfg->hooks->ctx);
+    /* Back to the zygote's own pid namespace for its next children; a
+     * zygote that cannot would nest every later host: it must not go on. */
+    if (pid != 0 && pid_namespace && setns(own_pid_ns, CLONE_NEWPID) < 0) {
+        mf_warn("zygote: setns(own pid namespace) failed: %s; exiting", strerror(errno));
+        _exit(70);
+    }
+    errno = error;
+    if (pid < 0)
+        mf_err("fork() of a host");
+    return pid;
+}
+
+pid_t mf_zygote_fork(const struct mf_zygote_fork_config *cfg)
+{
+    bool pid_namespace = cfg->ns != NULL && !cfg->user_namespace;
+    int own_pid_ns = -1, zygote_pidfd = -1;
+    pid_t pid = -1;
+
+    if (cfg->ctrl_fd < 3 || cfg->stdout_fd < 3 || cfg->stderr_fd < 3) {
+        mf_errx(EBADF, "zygote fork: fds %d, %d, %d: each must be 3 or above", cfg->ctrl_fd, cfg->stdout_fd,
+                cfg->stderr_fd);
+        return -1;
+    }
+    if (cfg->user_namespace && cfg->ns == NULL) {
+        mf_errx(EINVAL, "zygote fork: a user namespace comes with the other namespaces");
+        return -1;
+    }
+    if (pid_namespace) {
+        own_pid_ns = open("/proc/self/ns/pid", O_RDONLY | O_CLOEXEC);
+        if (own_pid_ns < 0) {
+            mf_err("open(/proc/self/ns/pid)");
+            return -1;
+        }
+        zygote_pidfd = (int)syscall(SYS_pidfd_open, getpid(), 0u);
+        if (zygote_pidfd < 0) {
+            mf_err("pidfd_open(zygote %d)", getpid());
+            goto out;
+        }
+    }
+    pid = fork_child(cfg, pid_namespace, own_pid_ns);
+    if (pid == 0) {
+        bool ok = cfg->user_namespace ? become_host_in_user_namespace(cfg) : become_host(cfg, zygote_pidfd);
+        if (!ok)
+            report_and_exit(cfg->ctrl_fd);
+        /* Python again, in this process only, and only inside the walls. */
+        cfg->hooks->after_fork_child(cfg->hooks->ctx);
+        return 0;
+    }
+out:
+    if (zygote_pidfd >= 0)
+        mf_close_or_warn(zygote_pidfd, "zygote pidfd");
+    if (own_pid_ns >= 0)
+        mf_close_or_warn(own_pid_ns, "zygote pid namespace fd");
+    return pid;
+}

@@ -1,0 +1,256 @@
+"""A tenant's sandbox host process.
+
+Forked by the zygote (zygote.py), which has built its walls in C already, or
+started as a fresh Python running :func:`main` with a JSON :class:`HostSpec`
+as its one argument and the host end of the control socket as an inherited
+fd, which then builds them here (cgroup, namespaces, minimal read-only root,
+unprivileged identity, seccomp). Either way :func:`serve` loads the program,
+runs on_init() once, and hands the control socket to the C engine: fork (one
+sandbox forked per request) or reset (a pool of workers forked once, each
+rewound after every request).
+"""
+from __future__ import annotations
+
+import _random
+import binascii
+import dataclasses
+import gc
+import json
+import os
+import signal
+import socket
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mayflyd import _mayfly
+from mayflyd.host.program import WARM_UP_CALLS, Program, ProgramError, Request, load_program, warm_up_request_path
+from mayflyd.protocol import MsgType, pack_frame
+
+__all__ = ["HostSpec", "main"]
+
+HOSTNAME_MAX = 64  # bytes; sethostname() refuses longer
+SERVING_NICE = 5
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HostSpec:
+    """What the supervisor tells a host; serialised as JSON on argv."""
+
+    tenant: str
+    program: str
+    ctrl_fd: int
+    parent_pid: int             # the supervisor, or the zygote that forked this host
+    uid: int
+    gid: int
+    # Which walls to build: "root" (all of them), "userns" (unprivileged
+    # daemon: namespaces inside a user namespace, no uid change, no cgroup),
+    # "none" (unprivileged, no user namespaces: seccomp and rlimits only).
+    mode: str
+    cgroup_version: int         # 0 = none
+    cgroup_base: str
+    cgroup_group: str
+    network: str                # none | loopback | full
+    readonly_paths: list[str]
+    loading_filter: str         # base64 BPF; "" = no seccomp
+    request_filter: str         # base64 BPF; "" = no seccomp
+    pids: int
+    request_cpu_ms: int
+    request_memory: int
+    nofile: int
+    engine: str = "fork"        # fork | reset (auto is resolved by the supervisor)
+    pool: int = 1               # reset: workers
+    pool_idle_ms: int = 0       # reset: a worker idle this long exits (0: never)
+    verify_rewind: bool = False  # reset: compare every tracked page after each rewind
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> HostSpec:
+        return cls(**json.loads(text))
+
+
+def _report_load_failure(ctrl: socket.socket, message: str) -> None:
+    payload = message.encode("utf-8", "replace")[:4096]
+    try:
+        ctrl.send(pack_frame(MsgType.LOAD_FAILED, 0, payload))
+    except OSError:
+        pass  # the supervisor is gone; our exit status says enough
+
+
+def hostname_of(spec: HostSpec) -> str:
+    return f"mayfly-{spec.tenant}"[:HOSTNAME_MAX]
+
+
+def entry_of(spec: HostSpec) -> dict[str, Any]:
+    """Where a host goes before its walls, as zygote_fork's keywords: the
+    user namespace (unprivileged daemon), the tenant's cgroup (root), the
+    namespaces (both). A fresh host takes the same steps in _enter_tenant."""
+    entry: dict[str, Any] = {}
+    if spec.mode == "root" and spec.cgroup_version:
+        entry.update(cgroup_version=spec.cgroup_version, cgroup_base=spec.cgroup_base,
+                     cgroup_group=spec.cgroup_group)
+    elif spec.mode == "userns":
+        entry.update(user_namespace=True)
+    if spec.mode in ("root", "userns"):
+        entry.update(network=spec.network, hostname=hostname_of(spec))
+    return entry
+
+
+def _enter_tenant(spec: HostSpec) -> None:
+    entry = entry_of(spec)
+    if "cgroup_version" in entry:
+        # First, so that everything the host allocates from here on is
+        # charged to the tenant and limited.
+        _mayfly.cgroup_join(entry["cgroup_version"], entry["cgroup_base"], entry["cgroup_group"], os.getpid())
+    if entry.get("user_namespace"):
+        # Gives this unprivileged process the capabilities, inside a user
+        # namespace, that the namespaces and mounts below need.
+        _mayfly.enter_user_namespace()
+    if "network" in entry:
+        # After the cgroup join (a cgroup namespace rooted at the tenant's
+        # group); from here on this process is pid 1 of a pid namespace and
+        # a stub parent waits for it outside.
+        _mayfly.enter_namespaces(entry["network"], entry["hostname"])
+
+
+def walls_of(spec: HostSpec) -> tuple[bool, int, int, int, list[str] | None, bytes | None]:
+    """What host_walls.c builds once the host is in its namespaces and cgroup."""
+    namespaces = spec.mode in ("root", "userns")
+    return (spec.mode == "root", spec.pids, spec.uid, spec.gid, spec.readonly_paths if namespaces else None,
+            binascii.a2b_base64(spec.loading_filter) if spec.loading_filter else None)
+
+
+def _build_walls(spec: HostSpec) -> None:
+    """Every wall, in order, before any tenant code runs (a zygote's host
+    has them from zygote_fork.c already)."""
+    _enter_tenant(spec)
+    _mayfly.build_host_walls(walls_of(spec))
+
+
+def make_runner(program: Program) -> _mayfly.Runner:
+    def runner(req_id: int, method: str, path: str, query: str,
+               headers: list[tuple[str, str]], body: bytes, client: str) -> tuple[int, list[tuple[str, str]], bytes]:
+        request = Request(id=req_id, method=method, path=path, query=query,
+                          headers=headers, body=body, client=client)
+        return program.call(request)
+    return runner
+
+
+def _after_rewind() -> None:
+    """Reset engine, before each request: what must differ between requests."""
+    # The rewind brought the generator back to its sealed state; every
+    # request would draw the same numbers. The C-level seed (from the
+    # kernel) dirties half the pages random.seed() does; gauss_next is the
+    # one piece of state the Python level keeps beside it.
+    rnd = sys.modules.get("random")
+    inst = getattr(rnd, "_inst", None)
+    if isinstance(inst, _random.Random):
+        _random.Random.seed(inst, None)
+        inst.gauss_next = None  # type: ignore[attr-defined]
+    elif rnd is not None:
+        rnd.seed()
+
+
+def _seal(spec: HostSpec) -> str | None:
+    """Leave nothing of on_init() running beside the host; an error text if that cannot be."""
+    if spec.mode in ("root", "userns"):
+        # pid 1 of the tenant's pid namespace: every other process in it is a
+        # leftover of on_init(), holding the control socket it inherited.
+        try:
+            os.kill(-1, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # none
+        while True:
+            try:
+                os.waitpid(-1, 0)
+            except ChildProcessError:
+                break
+    if os.path.isdir("/proc/self/task"):
+        threads = len(os.listdir("/proc/self/task"))
+    else:
+        # Imported only here: a zygote without threading spares every host
+        # its after-fork work (and the pages it would copy).
+        import threading
+        threads = threading.active_count()
+    if threads > 1:
+        return (f"on_init() left {threads - 1} thread(s) running; a host must be single-threaded "
+                "before it serves (a thread would see every request's channel)")
+    return None
+
+
+def serve(spec: HostSpec, *, forked_by_zygote: bool = False) -> int:
+    """Run the host; forked_by_zygote: already in its namespaces, dying
+    with its parent, and with the daemon's request path warm."""
+    ctrl = socket.socket(fileno=spec.ctrl_fd)
+    # Not across exec: nothing on_init() runs may inherit the control channel.
+    ctrl.set_inheritable(False)
+    if not forked_by_zygote:
+        # Dies with its parent; the check inside catches a parent that died
+        # before the signal was armed.
+        _mayfly.set_parent_death_signal(signal.SIGKILL, spec.parent_pid)
+    if not forked_by_zygote:
+        try:
+            _build_walls(spec)
+        except (OSError, ValueError) as exc:
+            _report_load_failure(ctrl, f"sandbox setup failed: {exc}")
+            return 1
+    # cwd '' on sys.path would let a file in the sandbox's root shadow stdlib.
+    sys.path[:] = [p for p in sys.path if p not in ("", ".")]
+    # The sandbox's root is read-only: every attempt to write a .pyc would fail.
+    sys.dont_write_bytecode = True
+    try:
+        program = load_program(Path(spec.program))
+        program.init()
+    except ProgramError as exc:
+        _report_load_failure(ctrl, str(exc))
+        return 1
+    except BaseException as exc:  # noqa: BLE001 - anything else from tenant code is a failed load too
+        traceback.print_exc()
+        _report_load_failure(ctrl, f"loading the program failed: {type(exc).__name__}: {exc}")
+        return 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    problem = _seal(spec)
+    if problem is not None:
+        _report_load_failure(ctrl, problem)
+        return 1
+    # Tenant code yields to the daemon (front end, reloads, restarts) when
+    # the CPU is short; raising one's own nice value needs no privilege.
+    os.setpriority(os.PRIO_PROCESS, 0, SERVING_NICE)
+    # Sandboxes start from the state sealed here: specialise the daemon's
+    # own per-request code now, not in every one of them (a zygote did).
+    if not forked_by_zygote:
+        warm_up_request_path(make_runner)
+    if spec.engine == "reset":  # the only engine that calls it
+        for _ in range(WARM_UP_CALLS):
+            _after_rewind()
+    # Objects that exist now live as long as the host: keep the collector
+    # from touching (and so copying) their pages in every sandbox.
+    gc.collect()
+    gc.freeze()
+    request_filter = binascii.a2b_base64(spec.request_filter)
+    if spec.engine == "reset":
+        _mayfly.serve_reset(ctrl.fileno(), make_runner(program), [], _after_rewind,
+                            request_filter=request_filter, cpu_ms=spec.request_cpu_ms,
+                            memory_bytes=spec.request_memory, nofile=spec.nofile, pool_size=spec.pool,
+                            idle_ms=spec.pool_idle_ms,
+                            verify=spec.verify_rewind)
+    else:
+        _mayfly.serve_fork(ctrl.fileno(), make_runner(program), [], request_filter=request_filter,
+                           cpu_ms=spec.request_cpu_ms, memory_bytes=spec.request_memory, nofile=spec.nofile)
+    return 0
+
+
+def main() -> None:
+    if len(sys.argv) != 2:
+        print("usage: python -m mayflyd.host.sandbox_host SPEC_JSON (started by mayflyd, not by hand)", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(serve(HostSpec.from_json(sys.argv[1])))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""The zygote: a pre-warmed interpreter that tenant hosts are forked from.
+
+The supervisor starts it once (zygote_client.py). It imports the host's
+code, specialises the daemon's per-request path and freezes its objects;
+then, for each host the supervisor asks for, it forks a child that becomes
+that host: zygote_fork.c puts it in the tenant's cgroup and namespaces
+(leaving the stub behind), and sandbox_host.serve does the rest. Every host so started shares the
+interpreter's pages with all the others instead of loading its own Python,
+which is what makes an idle tenant cheap and quick to start.
+
+The zygote runs no tenant code and holds nothing of any tenant: a forked
+host learns only what every host already has. It reaps its children and
+reports how each ended; it dies with the supervisor, and the hosts with it
+(each host's stub has the zygote as its parent-death watch).
+
+One JSON message per SEQPACKET packet:
+  supervisor -> zygote  {"spawn": n, "spec": ..., "env": {...}}
+                        with the fds [control socket, stdout, stderr]
+  zygote -> supervisor  {"spawned": n, "pid": p} with the fd [pidfd]
+                        {"failed": n, "error": text}
+                        {"exited": p, "status": wait status}
+"""
+from __future__ import annotations
+
+import gc
+import json
+import os
+import select
+import signal
+import socket
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, NoReturn
+
+from mayflyd import _mayfly
+from mayflyd.host.program import load_program, warm_up_request_path
+from mayflyd.host.sandbox_host import HostSpec, entry_of, make_runner, serve, walls_of
+
+__all__ = ["main", "MAX_MESSAGE", "SPAWN_FDS"]
+
+MAX_MESSAGE = 256 * 1024  # a spawn message: the spec and the environment
+SPAWN_FDS = 3             # control socket, stdout, stderr
+
+
+class Zygote:
+    def __init__(self, channel: socket.socket) -> None:
+        self._channel = channel
+        self._pid = os.getpid()
+        self._environment = dict(os.environ)
+        self._children: dict[int, int] = {}  # pidfd -> pid
+        self._poller = select.poll()
+
+    def serve(self) -> int:
+        # Each child's end shows on its pidfd: no SIGCHLD handler to inherit.
+        self._poller.register(self._channel, select.POLLIN)
+        while True:
+            for fd, _events in self._poller.poll():
+                if fd in self._children:
+                    self._reap(fd)
+                elif not self._handle_message():
+                    return 0  # the supervisor is gone
+
+    def _handle_message(self) -> bool:
+        message: Any = None
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(self._channel, MAX_MESSAGE, SPAWN_FDS)
+        except InterruptedError:
+            return True
+        except OSError:
+            return False
+        if not data:
+            for fd in fds:
+                os.close(fd)
+            return False
+        try:
+            message = json.loads(data)
+            if not isinstance(message, dict) or "spawn" not in message or len(fds) != SPAWN_FDS:
+                raise ValueError(f"expected a spawn message with {SPAWN_FDS} fds")
+            self._spawn(message, fds)
+        except (ValueError, TypeError, KeyError) as exc:
+            self._send({"failed": message.get("spawn") if isinstance(message, dict) else None,
+                        "error": f"bad spawn message: {exc}"})
+        finally:
+            for fd in fds:
+                os.close(fd)
+        return True
+
+    def _spawn(self, message: dict[str, Any], fds: list[int]) -> None:
+        # Every page this loop writes between two forks is a page the earlier
+        # host keeps a copy of: as few Python calls as the spawn needs.
+        ctrl, stdout, stderr = fds
+        fields = json.loads(message["spec"])
+        fields.update(ctrl_fd=ctrl, parent_pid=self._pid)
+        spec = HostSpec(**fields)
+        env: dict[str, str] = message["env"]
+        argv = ["-c", json.dumps(fields)]  # as a fresh host's; made here, where its pages are shared
+        sys.stdout.flush()
+        sys.stderr.flush()
+        try:
+            pid = _mayfly.zygote_fork(ctrl, stdout, stderr, walls_of(spec), **entry_of(spec))
+        except OSError as exc:
+            self._send({"failed": message["spawn"], "error": f"fork: {exc}"})
+            return
+        if pid == 0:
+            self._become_host(spec, env, argv)
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError as exc:  # out of fds: a host nobody could watch must not run
+            os.kill(pid, signal.SIGKILL)  # unreaped, so the pid is still ours
+            os.waitpid(pid, 0)
+            self._send({"failed": message["spawn"], "error": f"pidfd_open: {exc}"})
+            return
+        self._children[pidfd] = pid
+        self._poller.register(pidfd, select.POLLIN)
+        self._send({"spawned": message["spawn"], "pid": pid}, [pidfd])
+
+    def _become_host(self, spec: HostSpec, env: dict[str, str], argv: list[str]) -> NoReturn:
+        """In the child: only fds 0-2 and the control socket are left (zygote_fork.c)."""
+        code = 1
+        try:
+            self._channel.detach()
+            self._children.clear()
+            # Only what differs: the zygote's environment is the hosts' base,
+            # and usually all of it (os.environ's methods are Python: pages).
+            if env != self._environment:
+                for key in [k for k in os.environ if k not in env]:
+                    del os.environ[key]
+                for key, value in env.items():
+                    if os.environ.get(key) != value:
+                        os.environ[key] = value
+            sys.argv[:] = argv
+            code = serve(spec, forked_by_zygote=True)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        except BaseException:  # noqa: BLE001 - a host's failure must not return into the zygote
+            traceback.print_exc()
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except (OSError, ValueError):
+                    pass
+            os._exit(code)
+
+    def _reap(self, pidfd: int) -> None:
+        pid = self._children.pop(pidfd)
+        self._poller.unregister(pidfd)
+        os.close(pidfd)
+        _, status = os.waitpid(pid, 0)  # exited: does not block
+        self._send({"exited": pid, "status": status})
+
+    def _send(self, message: dict[str, Any], fds: list[int] | None = None) -> None:
+        data = json.dumps(message).encode()
+        try:
+            if fds:
+                socket.send_fds(self._channel, [data], fds)
+            else:
+                self._channel.send(data)
+        except OSError:
+            pass  # the supervisor is gone: the next receive ends the loop
+
+
+WARM_UP_LOADS = 4
+
+
+def _prewarm() -> None:
+    """What every host would otherwise do for itself, done once: each page
+    this specialises or caches here is one page less copied into every host."""
+    warm_up_request_path(make_runner)
+    sys.dont_write_bytecode = True  # as in a host
+    saved_path = list(sys.path)
+    for i in range(WARM_UP_LOADS):
+        name = f"mayflyd_warm_up_program_{i}"
+        load_program(Path(__file__).with_name("warm_up_program.py"), module_name=name).init()
+        del sys.modules[name]
+    sys.path[:] = saved_path
+    # Objects that exist now live as long as the zygote: keep the hosts'
+    # collectors from touching (and so copying) their pages.
+    gc.collect()
+    gc.freeze()
+
+
+def main() -> None:
+    if len(sys.argv) != 3:
+        print("usage: mayflyd.host.zygote CHANNEL_FD SUPERVISOR_PID (started by mayflyd, not by hand)", file=sys.stderr)
+        sys.exit(2)
+    channel_fd, supervisor_pid = int(sys.argv[1]), int(sys.argv[2])
+    _mayfly.set_parent_death_signal(signal.SIGKILL, supervisor_pid)
+    channel = socket.socket(fileno=channel_fd)
+    channel.set_inheritable(False)
+    _prewarm()
+    sys.exit(Zygote(channel).serve())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,384 @@
+"""The supervisor: its whole life in one place.
+
+Start-up builds the walls it can, clears what a crashed previous run left,
+opens the admin socket, starts every tenant and then listens. Signal handlers
+only enqueue; the main loop does the work: SIGHUP reloads the config, SIGTERM
+and SIGINT drain and stop (a second one stops at once). Program files are
+watched and a changed program is reloaded. Shutdown releases everything in
+the reverse order of start-up.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import gc
+import logging
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+import mayflyd
+from mayflyd import _mayfly
+from mayflyd.supervisor.admin import AdminServer
+from mayflyd.supervisor.cgroups import leave_delegated_root, remove_stale_cgroups
+from mayflyd.config import Config, ConfigError, TenantConfig, load_config
+from mayflyd.supervisor.frontend import FrontEnd, make_server
+from mayflyd.supervisor.metrics import Metrics
+from mayflyd.supervisor.notify import Notifier
+from mayflyd.supervisor.program_files import program_fingerprint, program_version
+from mayflyd.supervisor.router import Router
+from mayflyd.supervisor.seccomp_policy import build_filters
+from mayflyd.supervisor.zygote_client import ZygoteClient
+from mayflyd.supervisor.tenant import BASE_HOST_ENVIRONMENT, ReloadResult, Tenant, Walls
+
+__all__ = ["Daemon", "decide_walls"]
+
+log = logging.getLogger("mayflyd.daemon")
+
+# How often program files are looked at, and how long they must stay
+# unchanged before a reload (editors write in bursts).
+WATCH_INTERVAL = 0.05
+# With many tenants the scan slows down rather than keep a core busy
+# stat()ing: 1000 tenants are looked at every 0.5 s.
+WATCH_INTERVAL_PER_TENANT = 0.0005
+WATCH_DEBOUNCE = 0.1
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+OPEN_FILES_CEILING = 1 << 20
+
+
+def raise_open_files_limit() -> int:
+    """The soft limit on open files raised to the hard one: each tenant holds
+    a few fds in the supervisor and a pidfd in the zygote, so a thousand
+    tenants need more than the usual soft 1024. Returns the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = OPEN_FILES_CEILING
+    if soft != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (OSError, ValueError) as exc:
+            log.warning("cannot raise the open-files limit from %d to %d: %s", soft, hard, exc)
+    return soft
+
+
+def _user_namespaces_work() -> bool:
+    """Whether this (unprivileged) process may create a user namespace."""
+    probe = "from mayflyd import _mayfly; _mayfly.enter_user_namespace()"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, timeout=30,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    return result.returncode == 0
+
+
+def _seccomp_works() -> bool:
+    try:
+        build_filters()
+    except Exception as exc:  # noqa: BLE001 - any failure means: no seccomp wall
+        log.warning("cannot build seccomp filters: %s", exc)
+        return False
+    return True
+
+
+def _reset_engine_missing() -> str:
+    """Why this kernel cannot run the reset engine; "" if it can."""
+    try:
+        _mayfly.DirtyTracker().close()
+    except OSError as exc:
+        return str(exc)
+    return ""
+
+
+def decide_walls(config: Config) -> Walls:
+    """Which walls this process can build; said once, exactly, in the log."""
+    privileged = os.geteuid() == 0
+    mode = "root" if privileged else ("userns" if _user_namespaces_work() else "none")
+    version = {"none": 0, "v1": 1, "v2": 2}.get(config.cgroup)
+    if version is None:  # auto
+        version = _mayfly.cgroup_detect(config.cgroup_root) if privileged else 0
+    if not privileged:
+        version = 0
+    seccomp = _seccomp_works()
+    present: list[str] = []
+    missing: list[str] = []
+    (present if mode == "root" else missing).append("a uid/gid of its own per tenant")
+    namespaces = "mount, pid, ipc, uts, cgroup and network namespaces with a read-only minimal root"
+    (present if mode in ("root", "userns") else missing).append(namespaces)
+    if mode == "userns":
+        present.append("a user namespace")
+    if version:
+        present.append(f"cgroup v{version} limits (memory, cpu, pids) at {config.cgroup_root}")
+    else:
+        missing.append("cgroup limits (memory, cpu, pids)")
+    (present if seccomp else missing).append("seccomp filters")
+    present.append("no capabilities, no_new_privs, per-request rlimits and CPU budget")
+    log.info("walls present: %s", "; ".join(present))
+    if missing:
+        log.warning("walls MISSING: %s%s", "; ".join(missing),
+                    "" if privileged else " (mayflyd runs without root)")
+    reset_missing = _reset_engine_missing()
+    if reset_missing:
+        log.warning("engine auto means fork here: the reset engine needs userfaultfd async write-protect "
+                    "and PAGEMAP_SCAN (Linux 6.7+): %s", reset_missing)
+    else:
+        log.info("engine auto means reset here: userfaultfd async write-protect and PAGEMAP_SCAN work")
+    return Walls(mode=mode, cgroup_version=version, cgroup_base=config.cgroup_root,
+                 cgroup_prefix=config.cgroup_prefix, seccomp=seccomp, reset_missing=reset_missing)
+
+
+def _router_only_change(old: TenantConfig, new: TenantConfig) -> bool:
+    """Only which hosts route to the tenant changed: no new host needed."""
+    return dataclasses.replace(old, hosts=new.hosts, default=new.default) == new
+
+
+def _settle_heap() -> None:
+    """Move what is alive now out of the collector's way: a full collection
+    would otherwise walk the daemon's whole heap (tens of ms, a request-tail
+    stall under load). Unfrozen first, so that what a reload dropped goes."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+
+
+class Daemon:
+    def __init__(self, config: Config, *, config_path: Path | None = None, watch_programs: bool = True) -> None:
+        self.config = config
+        self._config_path = config_path
+        self._watch = watch_programs
+        self._tenants: dict[str, Tenant] = {}
+        self._router: Router[Tenant] = Router([])
+        self._signals: asyncio.Queue[signal.Signals] = asyncio.Queue()
+        self._metrics = Metrics()
+        self._notifier = Notifier.from_environment()
+        self._walls: Walls | None = None
+        self._reload_lock = asyncio.Lock()
+        self._last_reload: ReloadResult | None = None
+        self._started = time.monotonic()
+        self._program_reloads: set[asyncio.Task[ReloadResult]] = set()
+        # Started by the first host start that needs it.
+        self._zygote = (ZygoteClient(BASE_HOST_ENVIRONMENT, on_start=self._metrics.zygote_started)
+                        if config.zygote else None)
+
+    def router(self) -> Router[Tenant]:
+        return self._router
+
+    # ---- life ------------------------------------------------------------
+
+    async def run(self) -> int:
+        async with self._signals_handled(), contextlib.AsyncExitStack() as stack:
+            raise_open_files_limit()  # before the zygote, which inherits it
+            self._walls = await asyncio.to_thread(decide_walls, self.config)
+            # Before anything of ours exists: what a crashed run left behind,
+            # and (v2) out of the delegated root, which tenant groups need.
+            await asyncio.to_thread(remove_stale_cgroups, self._walls)
+            await asyncio.to_thread(leave_delegated_root, self._walls)
+            admin = AdminServer(self, self._metrics, socket_path=self.config.admin_socket,
+                                metrics_listen=self.config.metrics_listen)
+            await admin.start()
+            stack.push_async_callback(admin.close)
+            if self._zygote is not None:
+                stack.push_async_callback(self._zygote.close)
+            stack.push_async_callback(self._stop_tenants)
+            await self._start_tenants(self.config.tenants)
+            runner = await self._listen()
+            stack.push_async_callback(self._drain_front_end, runner)
+            log.info("listening on %s:%d with %d tenants", self.config.listen_host, self.config.listen_port,
+                     len(self._tenants))
+            self._notifier.ready(self._status_line())
+            _settle_heap()
+            background = [asyncio.create_task(self._notifier.run_watchdog())]
+            if self._watch:
+                background.append(asyncio.create_task(self._watch_programs()))
+            try:
+                await self._main_loop()
+            finally:
+                for task in background:
+                    task.cancel()
+                self._notifier.stopping("stopping: draining requests")
+        self._notifier.close()
+        log.info("stopped")
+        return 0
+
+    @contextlib.asynccontextmanager
+    async def _signals_handled(self) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+        for sig in (*_STOP_SIGNALS, signal.SIGHUP):
+            loop.add_signal_handler(sig, self._signals.put_nowait, sig)
+        try:
+            yield
+        finally:
+            for sig in (*_STOP_SIGNALS, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+
+    async def _main_loop(self) -> None:
+        while True:
+            sig = await self._signals.get()
+            if sig in _STOP_SIGNALS:
+                log.info("%s: stopping (a second signal stops at once)", sig.name)
+                return
+            if sig is signal.SIGHUP:
+                await self.reload()
+
+    async def _listen(self) -> web.BaseRunner:
+        front_end = FrontEnd(self.router, access_log=self.config.access_log)
+        runner = web.ServerRunner(make_server(front_end), handle_signals=False,
+                                  shutdown_timeout=self.config.shutdown_grace_ms / 1000)
+        await runner.setup()
+        site = web.TCPSite(runner, self.config.listen_host, self.config.listen_port, reuse_address=True)
+        await site.start()
+        return runner
+
+    async def _drain_front_end(self, runner: web.BaseRunner) -> None:
+        """Stop accepting; let requests in flight finish within the grace, or until a second signal."""
+        cleanup = asyncio.create_task(runner.cleanup())
+        second = asyncio.create_task(self._signals.get())
+        done, _ = await asyncio.wait({cleanup, second}, return_when=asyncio.FIRST_COMPLETED)
+        if second in done and cleanup not in done:
+            log.warning("%s again: stopping at once", second.result().name)
+            cleanup.cancel()
+        else:
+            second.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await cleanup
+
+    async def _start_tenants(self, configs: tuple[TenantConfig, ...]) -> None:
+        assert self._walls is not None
+        new = {t.name: Tenant(t, self._walls, self._metrics, self._zygote) for t in configs}
+        for tenant in new.values():
+            try:
+                await tenant.start()
+            except OSError as exc:
+                log.error("cannot set up the tenant: %s", exc, extra={"tenant": tenant.name})
+        await asyncio.gather(*(t.wait_started() for t in new.values()))
+        self._tenants.update(new)
+        self._rebuild_router()
+
+    def _rebuild_router(self) -> None:
+        self._router = Router((t, t.config.hosts, t.config.default) for t in self._tenants.values())
+
+    async def _stop_tenants(self) -> None:
+        tenants = list(self._tenants.values())
+        results = await asyncio.gather(*(t.stop() for t in tenants), return_exceptions=True)
+        for tenant, result in zip(tenants, results):
+            if isinstance(result, BaseException):
+                log.error("stopping the tenant failed: %s", result, extra={"tenant": tenant.name})
+
+    # ---- reload ----------------------------------------------------------
+
+    async def reload(self) -> dict[str, Any]:
+        """Reload the config file: add, change and remove tenants; a bad file changes nothing."""
+        async with self._reload_lock:
+            self._notifier.reloading("reloading the configuration")
+            result = await self._reload_config()
+            self._last_reload = result
+            self._metrics.reload("config", result.result)
+            self._notifier.ready(self._status_line())
+            _settle_heap()
+            return result.as_dict()
+
+    async def _reload_config(self) -> ReloadResult:
+        if self._config_path is None:
+            return ReloadResult(result="failed", error="this daemon was not started from a config file",
+                                at=time.time(), version="")
+        try:
+            new = await asyncio.to_thread(load_config, self._config_path)
+        except ConfigError as exc:
+            log.error("configuration reload rejected, the running configuration stays:\n%s", exc)
+            return ReloadResult(result="failed", error=str(exc), at=time.time(), version="")
+        self._warn_restart_only(new)
+        wanted = {t.name: t for t in new.tenants}
+        removed = [t for name, t in self._tenants.items() if name not in wanted]
+        added = tuple(cfg for name, cfg in wanted.items() if name not in self._tenants)
+        errors: list[str] = []
+        for name, cfg in wanted.items():
+            tenant = self._tenants.get(name)
+            if tenant is None or tenant.config == cfg:
+                continue
+            if _router_only_change(tenant.config, cfg):
+                tenant.config = cfg
+                continue
+            outcome = await tenant.reload(cfg, kind="config")
+            if outcome.result != "ok":
+                errors.append(f"tenant {name}: {outcome.error}")
+        await self._start_tenants(added)
+        for tenant in removed:
+            del self._tenants[tenant.name]
+        self._rebuild_router()
+        for tenant in removed:
+            log.info("tenant removed from the configuration: draining and stopping", extra={"tenant": tenant.name})
+            await tenant.stop(tenant.config.limits.request_timeout_ms / 1000)
+            self._metrics.forget_tenant(tenant.name)
+        self.config = dataclasses.replace(self.config, tenants=new.tenants, defaults=new.defaults,
+                                          log_level=new.log_level)
+        logging.getLogger().setLevel(new.log_level.upper())
+        log.info("configuration reloaded: %d added, %d removed, %d tenants", len(added), len(removed),
+                 len(self._tenants))
+        return ReloadResult(result="failed" if errors else "ok", error="; ".join(errors) or None,
+                            at=time.time(), version="")
+
+    def _warn_restart_only(self, new: Config) -> None:
+        """Settings a running daemon cannot change; they wait for a restart."""
+        for key in ("listen_host", "listen_port", "cgroup", "cgroup_root", "cgroup_prefix", "admin_socket",
+                    "metrics_listen", "log_format", "access_log", "shutdown_grace_ms", "zygote"):
+            if getattr(new, key) != getattr(self.config, key):
+                log.warning("%s changed in the configuration: it takes effect at the next restart", key)
+
+    async def _watch_programs(self) -> None:
+        """Reload a tenant whose program files changed, once they stop changing."""
+        seen: dict[str, tuple[Any, ...]] = {}
+        changed_at: dict[str, float] = {}
+        while True:
+            await asyncio.sleep(max(WATCH_INTERVAL, len(self._tenants) * WATCH_INTERVAL_PER_TENANT))
+            tenants = list(self._tenants.items())
+            # One trip to a thread for all of them, not one per tenant.
+            fingerprints = await asyncio.to_thread(
+                lambda: [program_fingerprint(tenant.config.program) for _, tenant in tenants])
+            for (name, tenant), fingerprint in zip(tenants, fingerprints):
+                if fingerprint != seen.get(name):
+                    # A first sight counts as a change too: the file may have
+                    # changed between the host's load and this first look.
+                    seen[name], changed_at[name] = fingerprint, time.monotonic()
+                    continue
+                if name in changed_at and time.monotonic() - changed_at[name] >= WATCH_DEBOUNCE:
+                    del changed_at[name]
+                    await self._reload_program(tenant)
+
+    async def _reload_program(self, tenant: Tenant) -> None:
+        version = await asyncio.to_thread(program_version, tenant.config.program)
+        if version == tenant.version:
+            return  # touched, not changed
+        log.info("program changed (version %s): reloading", version, extra={"tenant": tenant.name})
+        task = asyncio.create_task(tenant.reload(kind="program"))
+        self._program_reloads.add(task)
+        task.add_done_callback(self._program_reloads.discard)
+
+    # ---- what the admin API shows ---------------------------------------
+
+    def _status_line(self) -> str:
+        ready = sum(1 for t in self._tenants.values() if t.state.value == "ready")
+        return f"serving {ready}/{len(self._tenants)} tenants on {self.config.listen_host}:{self.config.listen_port}"
+
+    def status(self) -> dict[str, Any]:
+        walls = self._walls
+        return {
+            "version": mayflyd.__version__, "pid": os.getpid(), "uptime_s": round(time.monotonic() - self._started, 3),
+            "config": str(self._config_path) if self._config_path else None,
+            "listen": f"{self.config.listen_host}:{self.config.listen_port}",
+            "walls": {"mode": walls.mode, "cgroup": f"v{walls.cgroup_version}" if walls.cgroup_version else None,
+                      "seccomp": walls.seccomp} if walls else None,
+            "last_reload": self._last_reload.as_dict() if self._last_reload else None,
+            "zygote": {"pid": self._zygote.pid, "starts": self._zygote.starts} if self._zygote else None,
+            "tenants": {name: tenant.status() for name, tenant in self._tenants.items()},
+        }
+
+    def tenant_status(self, name: str) -> dict[str, Any] | None:
+        tenant = self._tenants.get(name)
+        return tenant.status() if tenant else None

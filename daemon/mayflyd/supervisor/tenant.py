@@ -1,0 +1,452 @@
+"""A tenant: its host kept alive and reloaded, its cgroup, its limits.
+
+A tenant has one current host, which new requests go to, and possibly older
+hosts that are draining after a reload: requests already on them finish
+there, then they stop. A reload starts the new host first and switches only
+when it is ready; if it fails, the current host keeps serving.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import collections
+import enum
+import logging
+import os
+import sys
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any, Final
+from pathlib import Path
+
+import mayflyd
+from mayflyd import _mayfly
+from mayflyd.config import TenantConfig
+from mayflyd.supervisor.host_handle import HostStartError, HostUnavailable, RequestData, SandboxCrashed, SandboxError, SandboxHost
+from mayflyd.supervisor.logs import OutputBudget
+from mayflyd.supervisor.metrics import Metrics
+from mayflyd.supervisor.program_files import program_version
+from mayflyd.protocol import ChildExit, Response, WorkerReplaced
+from mayflyd.host.sandbox_host import HostSpec
+from mayflyd.supervisor.seccomp_policy import SeccompFilters, build_filters
+from mayflyd.supervisor.zygote_client import ZygoteClient
+
+__all__ = ["Tenant", "TenantBusy", "TenantState", "Walls", "SandboxOutOfMemory", "ReloadResult", "default_pool"]
+
+log = logging.getLogger("mayflyd.tenant")
+
+CPU_PERIOD_US = 100_000
+BACKOFF_FIRST = 0.1
+BACKOFF_MAX = 30.0
+# A host that ran this long before dying starts the backoff afresh.
+STABLE_AFTER = 10.0
+# How long a safe request whose host died waits for a fresh one.
+RETRY_WAIT = 5.0
+# After its last request, how long a replaced host may take beyond the deadline.
+DRAIN_GRACE = 1.0
+
+# Host-side paths every sandbox needs to run Python, read-only.
+# /proc is not the host's: the C helper mounts a procfs showing only the
+# tenant's own processes.
+_SYSTEM_PATHS = ("/usr", "/lib", "/lib64", "/bin", "/etc/ld.so.cache", "/etc/localtime", "/proc")
+
+
+# Open files of one sandbox (RLIMIT_NOFILE).
+SANDBOX_NOFILE = 256
+
+
+def default_pool() -> int:
+    """Reset-engine workers per tenant when the config says none: the cores
+    this daemon may run on (taskset, a cpuset), not the machine's; a worker
+    beyond them adds a snapshot and no throughput."""
+    return len(os.sched_getaffinity(0)) or 1
+
+
+class TenantBusy(Exception):
+    """The tenant is at its concurrency limit."""
+
+
+class SandboxOutOfMemory(SandboxError):
+    """The OOM killer took the sandbox: the tenant is at its memory limit."""
+
+
+class TenantState(enum.Enum):
+    STARTING = "starting"
+    READY = "ready"
+    BACKOFF = "backoff"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReloadResult:
+    result: str               # ok | failed
+    error: str | None
+    at: float                 # time.time()
+    version: str              # of the program that is serving afterwards
+
+    def as_dict(self) -> dict[str, object]:
+        return {"result": self.result, "error": self.error, "version": self.version,
+                "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.at))}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Walls:
+    """The walls this daemon can build, decided once at start-up."""
+
+    mode: str                 # root | userns | none: see HostSpec.mode
+    cgroup_version: int       # 0: none
+    cgroup_base: str
+    cgroup_prefix: str
+    seccomp: bool             # libseccomp is there to build the filters
+    reset_missing: str = ""   # why this kernel cannot run the reset engine; "" = it can
+
+    def engine_of(self, config: TenantConfig) -> str:
+        """The engine a tenant runs on: auto is reset where the kernel allows it."""
+        if config.engine == "auto":
+            return "fork" if self.reset_missing else "reset"
+        return config.engine
+
+    def group_of(self, tenant: str) -> str:
+        return f"{self.cgroup_prefix}/{tenant}"
+
+
+def _sandbox_readonly_paths(config: TenantConfig) -> list[str]:
+    package_dir = str(Path(mayflyd.__file__).resolve().parent)
+    paths = [*_SYSTEM_PATHS, sys.prefix, sys.base_prefix, sys.exec_prefix, package_dir, str(config.program),
+             *(str(p) for p in config.files)]
+    return list(dict.fromkeys(paths))
+
+
+BASE_HOST_ENVIRONMENT: Final = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+
+
+def host_environment(config: TenantConfig) -> dict[str, str]:
+    """A clean environment: nothing of the daemon's leaks into a tenant."""
+    return {**BASE_HOST_ENVIRONMENT, **dict(config.env)}
+
+
+class Tenant:
+    def __init__(self, config: TenantConfig, walls: Walls, metrics: Metrics,
+                 zygote: ZygoteClient | None = None) -> None:
+        self.config = config
+        self._zygote = zygote  # forks its hosts; None: each host is a fresh interpreter
+        self._walls = walls
+        self._metrics = metrics
+        self._host: SandboxHost | None = None
+        self._draining: set[SandboxHost] = set()
+        self._in_flight = 0
+        self._lock = asyncio.Lock()          # one host start (reload or restart) at a time
+        self._host_changed = asyncio.Event()  # set whenever a new host is installed
+        self._supervisor: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        self._output = OutputBudget()
+        self._filters = SeccompFilters(loading=b"", request=b"")
+        self._oom_kills = 0
+        self.state = TenantState.STOPPED
+        self._stopping = False
+        self.last_error = ""
+        self.last_reload: ReloadResult | None = None
+        self.restarts = 0
+        self.limit_hits: collections.Counter[str] = collections.Counter()
+        self.requests: collections.Counter[str] = collections.Counter()
+        self.rewinds = 0
+        self.pages_rewound = 0
+        self.worker_replacements = 0
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def version(self) -> str:
+        return self._host.version if self._host is not None else ""
+
+    def _spec(self, config: TenantConfig) -> HostSpec:
+        walls, limits = self._walls, config.limits
+        root = walls.mode == "root"
+        return HostSpec(
+            tenant=self.name, program=str(config.program), ctrl_fd=-1, parent_pid=os.getpid(),
+            uid=config.uid if root else os.geteuid(), gid=config.gid if root else os.getegid(),
+            mode=walls.mode, cgroup_version=walls.cgroup_version, cgroup_base=walls.cgroup_base,
+            cgroup_group=walls.group_of(self.name), network=config.network,
+            readonly_paths=_sandbox_readonly_paths(config),
+            loading_filter=base64.b64encode(self._filters.loading).decode(),
+            request_filter=base64.b64encode(self._filters.request).decode(),
+            pids=limits.pids, request_cpu_ms=limits.request_cpu_ms, request_memory=limits.request_memory,
+            nofile=SANDBOX_NOFILE, engine=walls.engine_of(config),
+            pool=config.pool or default_pool(), pool_idle_ms=config.pool_idle_ms,
+            verify_rewind=config.verify_rewind)
+
+    def limit_hit(self, limit: str, req_id: int, detail: str) -> None:
+        """Count and log a request that ran into one of the tenant's limits."""
+        self.limit_hits[limit] += 1
+        self._metrics.limit_hit(self.name, limit)
+        log.warning("limit hit: %s (%s)", limit, detail, extra={"tenant": self.name, "req": req_id})
+
+    def request_done(self, status: int, seconds: float) -> None:
+        self.requests[str(status)] += 1
+        self._metrics.request_done(self.name, status, seconds)
+
+    def status(self) -> dict[str, object]:
+        hosts = [host for host in (self._host, *self._draining) if host is not None]
+        return {
+            "program": str(self.config.program), "version": self.version,
+            "engine": self._walls.engine_of(self.config), "engine_configured": self.config.engine,
+            "rewinds": self.rewinds, "pages_rewound": self.pages_rewound,
+            "worker_replacements": self.worker_replacements,
+            "state": self.state.value, "error": self.last_error or None,
+            "hosts": [{"pid": h.pid, "version": h.version, "in_flight": h.in_flight,
+                       "draining": h is not self._host} for h in hosts],
+            "in_flight": self._in_flight, "restarts": self.restarts, "requests": dict(self.requests),
+            "limit_hits": dict(self.limit_hits),
+            "last_reload": self.last_reload.as_dict() if self.last_reload else None,
+        }
+
+    # ---- lifecycle -------------------------------------------------------
+
+    async def start(self) -> None:
+        """Set up the cgroup and filters, and start keeping a host alive."""
+        await self._set_cgroup_limits(self.config, reloading=False)
+        await self._update_filters(self.config, None)
+        self.state = TenantState.STARTING
+        self._supervisor = asyncio.create_task(self._keep_host_alive(), name=f"tenant-{self.name}")
+
+    async def wait_started(self) -> None:
+        """Until the first host is ready or has failed once."""
+        while self.state is TenantState.STARTING:
+            await asyncio.sleep(0.01)
+
+    async def stop(self, grace: float = 0.0) -> None:
+        """Stop serving: let requests in flight finish within `grace`, then stop every host."""
+        self._stopping = True
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            try:
+                await self._supervisor
+            except asyncio.CancelledError:
+                pass
+            self._supervisor = None
+        async with self._lock:  # a reload in progress finishes (or fails) first
+            host, self._host = self._host, None
+        self.state = TenantState.STOPPED
+        hosts = [h for h in (host, *self._draining) if h is not None]
+        await asyncio.gather(*(self._drain(h, grace) for h in hosts))
+        for task in list(self._background):
+            task.cancel()
+        if self._walls.cgroup_version:
+            try:
+                await asyncio.to_thread(_mayfly.cgroup_remove, self._walls.cgroup_version,
+                                        self._walls.cgroup_base, self._walls.group_of(self.name))
+            except OSError as exc:
+                log.error("removing the cgroup failed: %s", exc, extra={"tenant": self.name})
+
+    async def reload(self, config: TenantConfig | None = None, *, kind: str) -> ReloadResult:
+        """Load the program (and config) in a new host; switch to it only once it is ready."""
+        new_config = config or self.config
+        async with self._lock:
+            if self._stopping:
+                return ReloadResult(result="failed", error="the tenant is stopping", at=time.time(),
+                                    version=self.version)
+            try:
+                await self._update_filters(new_config, self.config)
+                # Old and new host share the tenant's cgroup until the old one
+                # has drained: room for both, or a tenant using more than half
+                # its memory could not reload (or would lose a host to the OOM killer).
+                # With nothing serving there is no old generation to make room for.
+                overlap = self._host is not None or bool(self._draining)
+                await self._set_cgroup_limits(new_config, reloading=overlap)
+                host = await self._start_host(new_config)
+            except (HostStartError, OSError) as exc:
+                # Back to the filters and limits of what keeps serving.
+                await self._update_filters(self.config, new_config)
+                await self._set_cgroup_limits(self.config, reloading=bool(self._draining))
+                self.last_reload = ReloadResult(result="failed", error=str(exc), at=time.time(),
+                                                version=self.version)
+                self._metrics.reload(kind, "failed")
+                log.error("%s reload failed, version %s keeps serving: %s", kind, self.version or "(none)", exc,
+                          extra={"tenant": self.name})
+                return self.last_reload
+            self.config = new_config
+            self._install(host)
+            self.last_reload = ReloadResult(result="ok", error=None, at=time.time(), version=host.version)
+            self._metrics.reload(kind, "ok")
+            return self.last_reload
+
+    async def _update_filters(self, config: TenantConfig, previous: TenantConfig | None) -> None:
+        """The seccomp filters new hosts of `config` get, rebuilt only when their inputs changed."""
+        engine = self._walls.engine_of(config)
+        if self._walls.seccomp and (previous is None or (previous.network, previous.seccomp_action,
+                                                         self._walls.engine_of(previous))
+                                    != (config.network, config.seccomp_action, engine)):
+            self._filters = await asyncio.to_thread(build_filters, deny=config.seccomp_action,
+                                                    network=config.network, reset=engine == "reset")
+
+    async def _set_cgroup_limits(self, config: TenantConfig, *, reloading: bool) -> None:
+        """The tenant's cgroup limits; twice the memory and pids while two generations of hosts overlap."""
+        if not self._walls.cgroup_version:
+            return
+        limits, factor = config.limits, (2 if reloading else 1)
+        try:
+            await asyncio.to_thread(_mayfly.cgroup_setup, self._walls.cgroup_version, self._walls.cgroup_base,
+                                    self._walls.group_of(self.name), limits.memory * factor,
+                                    limits.pids * factor, round(limits.cpu * CPU_PERIOD_US), CPU_PERIOD_US)
+        except OSError as exc:
+            if not reloading and self._host is not None:
+                # Lowering below what is in use fails (v1: EBUSY); the next reload retries.
+                log.warning("cannot lower the cgroup limits yet: %s", exc, extra={"tenant": self.name})
+                return
+            raise
+
+    async def _start_host(self, config: TenantConfig) -> SandboxHost:
+        version = await asyncio.to_thread(program_version, config.program)
+        host = SandboxHost(tenant=self.name, version=version, spec=self._spec(config),
+                           env=host_environment(config), output_budget=self._output,
+                           on_sandbox_exit=self._sandbox_exited, zygote=self._zygote)
+        await host.start(config.limits.init_timeout_ms / 1000)
+        return host
+
+    def _install(self, host: SandboxHost) -> None:
+        """Make `host` the one new requests go to; the previous one drains."""
+        old, self._host = self._host, host
+        self.state = TenantState.READY
+        self.last_error = ""
+        self._metrics.host_started(self.name)
+        self._host_changed.set()
+        self._host_changed = asyncio.Event()
+        log.info("host %d ready, serving version %s of %s", host.pid, host.version, self.config.program,
+                 extra={"tenant": self.name})
+        if old is not None:
+            self._spawn(self._drain(old, self.config.limits.request_timeout_ms / 1000 + DRAIN_GRACE))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _drain(self, host: SandboxHost, grace: float) -> None:
+        """Let the host's requests finish (within `grace`), then stop it."""
+        self._draining.add(host)
+        try:
+            deadline = time.monotonic() + grace
+            while host.in_flight and time.monotonic() < deadline and not host.exited.is_set():
+                await asyncio.sleep(0.02)
+            await host.stop()
+            self._metrics.host_stopped(self.name)
+        finally:
+            self._draining.discard(host)
+        if not self._draining and not self._stopping:
+            async with self._lock:  # not while a reload holds the doubled limits
+                if not self._draining:
+                    await self._set_cgroup_limits(self.config, reloading=False)
+
+    async def _keep_host_alive(self) -> None:
+        delay = BACKOFF_FIRST
+        while True:
+            host = self._host
+            if host is not None:
+                await host.exited.wait()
+                if host is not self._host:
+                    continue  # replaced by a reload; the new one is watched next
+                self._host = None
+                await host.kill()  # closes its control socket and relay tasks
+                self.restarts += 1
+                self._metrics.host_stopped(self.name)
+                self._metrics.host_restarted(self.name)
+                if host.uptime > STABLE_AFTER:
+                    delay = BACKOFF_FIRST
+                self.state = TenantState.BACKOFF
+                self.last_error = "the host died"
+                log.warning("host died; restarting in %.1fs", delay, extra={"tenant": self.name})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, BACKOFF_MAX)
+                continue
+            failure: Exception | None = None
+            async with self._lock:
+                if self._host is None:  # a reload may have installed one meanwhile
+                    try:
+                        self._install(await self._start_host(self.config))
+                    except (HostStartError, OSError) as exc:
+                        failure = exc
+            if failure is not None:
+                self.last_error = str(failure)
+                self.state = TenantState.BACKOFF
+                log.error("the program failed to load: %s (retrying in %.1fs)", failure, delay,
+                          extra={"tenant": self.name})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, BACKOFF_MAX)
+
+    def _sandbox_exited(self, message: ChildExit | WorkerReplaced) -> None:
+        if isinstance(message, WorkerReplaced):
+            # A dirty worker never serves again; this is how often that happens.
+            self.worker_replacements += 1
+            self._metrics.worker_replaced(self.name)
+            log.warning("reset engine: a worker was replaced: %s", message.reason, extra={"tenant": self.name})
+            return
+        if message.cost_us:
+            self._metrics.sandbox_cost(self.name, message.cost_us / 1e6)
+        if self._walls.engine_of(self.config) == "reset" and message.cost_us:
+            self.rewinds += 1
+            self.pages_rewound += message.pages
+            self._metrics.pages_rewound(self.name, message.pages)
+
+    # ---- requests --------------------------------------------------------
+
+    async def handle(self, request: RequestData) -> Response:
+        """Run one request; raises TenantBusy, HostUnavailable or a SandboxError."""
+        limits = self.config.limits
+        if self._in_flight >= limits.concurrency:
+            raise TenantBusy(f"{self._in_flight} requests in flight, limit {limits.concurrency}")
+        host = self._host
+        if host is None or not host.ready:
+            raise HostUnavailable(f"the tenant is {self.state.value}"
+                                  + (f": {self.last_error}" if self.last_error else ""))
+        self._in_flight += 1
+        try:
+            try:
+                return await self._run(host, request)
+            except SandboxCrashed as exc:
+                # No exit report and the host gone: the host died, not the request.
+                if exc.wait_status is None and request.method in ("GET", "HEAD") and await host.died(0.5):
+                    fresh = await self._fresh_host(host)
+                    if fresh is not None:
+                        log.info("host died under the request; retrying once on host %d", fresh.pid,
+                                 extra={"tenant": self.name, "req": request.req_id})
+                        return await self._run(fresh, request)
+                raise
+        finally:
+            self._in_flight -= 1
+
+    async def _run(self, host: SandboxHost, request: RequestData) -> Response:
+        limits = self.config.limits
+        try:
+            return await host.run(request, timeout=limits.request_timeout_ms / 1000,
+                                  max_response=limits.max_response)
+        except SandboxCrashed as exc:
+            if exc.killed and await self._oom_killed_since_last_look():
+                raise SandboxOutOfMemory(f"{exc}; the tenant is at its memory limit") from None
+            raise
+
+    async def _fresh_host(self, dead: SandboxHost) -> SandboxHost | None:
+        """A ready host other than `dead`, once the supervisor has one."""
+        try:
+            async with asyncio.timeout(RETRY_WAIT):
+                while self._host is None or self._host is dead or not self._host.ready:
+                    await self._host_changed.wait()
+        except TimeoutError:
+            return None
+        return self._host
+
+    async def _oom_killed_since_last_look(self) -> bool:
+        """Whether the cgroup's OOM-kill counter moved."""
+        if not self._walls.cgroup_version:
+            return False
+        try:
+            stats = await asyncio.to_thread(_mayfly.cgroup_stats, self._walls.cgroup_version,
+                                            self._walls.cgroup_base, self._walls.group_of(self.name))
+        except OSError:
+            return False
+        kills = stats.get("oom_kill", 0)
+        moved = kills > self._oom_kills
+        self._oom_kills = kills
+        return moved

@@ -1,0 +1,329 @@
+"""The supervisor's handle on the zygote (zygote.py) and on the hosts it forks.
+
+Starts the zygote when the first host is wanted (and again after it died),
+sends it one spawn message per host, and gives each host back as a
+ZygoteChild: a process the supervisor can wait for and kill as it would its
+own child. The zygote reports each host's wait status; the supervisor
+signals a host through a pidfd, so a recycled pid is never hit.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from mayflyd.host.sandbox_host import HostSpec
+from mayflyd.host.zygote import MAX_MESSAGE
+
+__all__ = ["FdChannel", "ZygoteClient", "ZygoteChild", "ZygoteError", "python_argv"]
+
+log = logging.getLogger("mayflyd.zygote")
+
+# Started with -E and -s, an interpreter ignores the environment and the user
+# site, so it is told where this very package lives (installed or a checkout).
+_PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
+
+
+def python_argv(module: str, *args: str) -> list[str]:
+    """The command line that runs `module`.main() in a clean interpreter."""
+    bootstrap = f"import sys; sys.path.insert(0, {_PACKAGE_PARENT!r}); from {module} import main; main()"
+    return [sys.executable, "-E", "-s", "-c", bootstrap, *args]
+
+
+class ZygoteError(Exception):
+    """The zygote could not fork a host."""
+
+
+class ZygoteChild:
+    """A host forked by the zygote: pid, output streams, wait() and kill().
+
+    Its end is known twice: the zygote reports its wait status, and its
+    pidfd becomes readable. A report that does not follow within
+    REPORT_GRACE (the zygote died with it) ends it as killed.
+    """
+
+    REPORT_GRACE = 1.0
+
+    def __init__(self, pid: int, pidfd: int) -> None:
+        self.pid = pid
+        self._pidfd = pidfd
+        self.returncode: int | None = None
+        self.stdout = asyncio.StreamReader()
+        self.stderr = asyncio.StreamReader()
+        self._transports: list[asyncio.BaseTransport] = []
+        self._exited = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._no_report: asyncio.TimerHandle | None = None
+        self._loop.add_reader(pidfd, self._pidfd_readable)
+
+    async def attach_output(self, stdout_fd: int, stderr_fd: int) -> None:
+        pipes = [os.fdopen(stdout_fd, "rb", 0), os.fdopen(stderr_fd, "rb", 0)]
+        for pipe, reader in zip(pipes, (self.stdout, self.stderr)):
+            protocol = asyncio.StreamReaderProtocol(reader)
+            transport, _ = await self._loop.connect_read_pipe(lambda: protocol, pipe)
+            self._transports.append(transport)
+
+    def kill(self) -> None:
+        if self.returncode is None:
+            try:
+                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+            except ProcessLookupError:
+                pass  # already exited
+
+    async def wait(self) -> int:
+        await self._exited.wait()
+        assert self.returncode is not None
+        return self.returncode
+
+    def close(self) -> None:
+        """Stop reading its output (the relays are done with it)."""
+        for transport in self._transports:
+            transport.close()
+        self._transports.clear()
+
+    def ended(self, returncode: int) -> None:
+        """Its end, as the zygote reports it (or as the pidfd tells, late)."""
+        if self.returncode is not None:
+            return
+        self.returncode = returncode
+        if self._no_report is not None:
+            self._no_report.cancel()
+        else:
+            self._loop.remove_reader(self._pidfd)
+        os.close(self._pidfd)
+        self._exited.set()
+
+    def _pidfd_readable(self) -> None:
+        self._loop.remove_reader(self._pidfd)
+        self._no_report = self._loop.call_later(self.REPORT_GRACE, self.ended, -signal.SIGKILL)
+
+
+class ZygoteClient:
+    def __init__(self, env: Mapping[str, str], on_start: Callable[[], None] | None = None) -> None:
+        self._env = dict(env)
+        self._on_start = on_start
+        self._proc: asyncio.subprocess.Process | None = None
+        self._channel: FdChannel | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._pending: dict[int, asyncio.Future[ZygoteChild]] = {}
+        self._children: dict[int, ZygoteChild] = {}
+        self._next_spawn = 0
+        self._lock = asyncio.Lock()
+        self.starts = 0
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid if self._proc is not None and self._proc.returncode is None else 0
+
+    async def spawn(self, spec: HostSpec, env: Mapping[str, str]) -> ZygoteChild:
+        """Fork a host running `spec`, with its control socket at spec.ctrl_fd (sent, not kept)."""
+        channel = await self._running()
+        self._next_spawn += 1
+        n = self._next_spawn
+        future: asyncio.Future[ZygoteChild] = asyncio.get_running_loop().create_future()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        try:
+            message = json.dumps({"spawn": n, "spec": spec.to_json(), "env": dict(env)}).encode()
+            if len(message) > MAX_MESSAGE:
+                raise ZygoteError(f"the host's spec and environment are over {MAX_MESSAGE} bytes")
+            self._pending[n] = future
+            try:
+                await channel.send(message, [spec.ctrl_fd, out_w, err_w])
+            except OSError as exc:
+                raise ZygoteError(f"cannot reach the zygote: {exc}") from None
+            child = await future
+        except BaseException:
+            os.close(out_r)
+            os.close(err_r)
+            raise
+        finally:
+            self._pending.pop(n, None)
+            os.close(out_w)
+            os.close(err_w)
+        try:
+            await child.attach_output(out_r, err_r)
+        except BaseException:
+            child.kill()  # nobody will own it
+            child.close()
+            raise
+        return child
+
+    async def close(self) -> None:
+        """Stop the zygote; hosts still running die with it."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
+                pass
+        self._tasks.clear()
+        self._lost()
+        if self._proc is not None and self._proc.returncode is None:
+            self._proc.kill()
+            await self._proc.wait()
+
+    async def _running(self) -> FdChannel:
+        async with self._lock:
+            if self._channel is None:
+                await self._start()
+            assert self._channel is not None
+            return self._channel
+
+    async def _start(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                *python_argv("mayflyd.host.zygote", str(theirs.fileno()), str(os.getpid())),
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                pass_fds=(theirs.fileno(),), env=self._env, cwd="/", start_new_session=True)
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self.starts += 1
+        if self._on_start is not None:
+            self._on_start()
+        self._channel = FdChannel(ours)
+        assert self._proc.stdout is not None and self._proc.stderr is not None
+        self._tasks = [t for t in self._tasks if not t.done()]
+        self._tasks += [asyncio.create_task(self._read(self._channel)),
+                        asyncio.create_task(self._relay(self._proc.stdout)),
+                        asyncio.create_task(self._relay(self._proc.stderr))]
+        log.info("zygote %d started", self._proc.pid)
+
+    async def _read(self, channel: FdChannel) -> None:
+        try:
+            while True:
+                data, fds = await channel.recv(1)
+                if not data:
+                    break
+                self._dispatch(data, fds)
+        except OSError as exc:
+            log.error("zygote channel failed: %s", exc)
+        finally:
+            channel.close()
+        if self._channel is channel:
+            log.error("the zygote is gone; its hosts die with it, and the next host start starts a new one")
+            self._lost()
+
+    def _dispatch(self, data: bytes, fds: list[int]) -> None:
+        try:
+            message: dict[str, Any] = json.loads(data)
+            if "spawned" in message:
+                (pidfd,) = fds
+                fds = []
+                child = ZygoteChild(int(message["pid"]), pidfd)
+                self._children[child.pid] = child
+                self._resolve(message["spawned"], child)
+            elif "failed" in message:
+                self._resolve(message["failed"], ZygoteError(str(message["error"])))
+            elif "exited" in message:
+                found = self._children.pop(int(message["exited"]), None)
+                if found is not None:
+                    found.ended(os.waitstatus_to_exitcode(int(message["status"])))
+            else:
+                raise ValueError(f"unknown message {message!r}")
+        except (ValueError, TypeError, KeyError) as exc:
+            log.error("bad message from the zygote: %s", exc)
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def _resolve(self, n: object, result: ZygoteChild | ZygoteError) -> None:
+        future = self._pending.get(n) if isinstance(n, int) else None
+        if future is None or future.done():
+            if isinstance(result, ZygoteChild):
+                result.kill()  # nobody waits for it any more
+            return
+        if isinstance(result, ZygoteError):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
+
+    def _lost(self) -> None:
+        """The zygote is gone: fail what waits on it; its hosts die (their pidfds tell when)."""
+        self._channel = None  # closed by its reader
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(ZygoteError("the zygote exited"))
+        children, self._children = self._children, {}
+        for child in children.values():
+            child.kill()
+
+    async def _relay(self, stream: asyncio.StreamReader) -> None:
+        while line := await stream.readline():
+            log.warning("zygote: %s", line.decode("utf-8", "replace").rstrip())
+
+
+class FdChannel:
+    """A non-blocking SEQPACKET socket that carries fds, for the event loop.
+
+    A send waits while the peer's queue is full, one sender at a time: the
+    loop keeps a single writer callback per fd, so two waiting senders would
+    take each other's wake-up. Receives are for one reader. close() fails
+    whoever still waits.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self._sending = asyncio.Lock()
+        self._waiting: dict[bool, asyncio.Future[None]] = {}  # write? -> its wake-up
+
+    async def send(self, message: bytes, fds: list[int]) -> None:
+        async with self._sending:
+            while True:
+                try:
+                    socket.send_fds(self.sock, [message], fds)
+                    return
+                except BlockingIOError:
+                    await self._ready(write=True)
+
+    async def recv(self, max_fds: int) -> tuple[bytes, list[int]]:
+        """One packet and the fds that came with it; b"" at the end."""
+        while True:
+            try:
+                data, fds, _flags, _addr = socket.recv_fds(self.sock, 4096, max_fds)
+                return data, fds
+            except BlockingIOError:
+                await self._ready(write=False)
+
+    async def _ready(self, *, write: bool) -> None:
+        if self.sock.fileno() < 0:
+            raise ConnectionResetError("the channel is closed")
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
+
+        def wake() -> None:
+            if not ready.done():
+                ready.set_result(None)
+        fd = self.sock.fileno()
+        (loop.add_writer if write else loop.add_reader)(fd, wake)
+        self._waiting[write] = ready
+        try:
+            await ready
+        finally:
+            if self._waiting.get(write) is ready:  # else close() has unregistered it
+                del self._waiting[write]
+                (loop.remove_writer if write else loop.remove_reader)(fd)
+
+    def close(self) -> None:
+        if self.sock.fileno() < 0:
+            return
+        loop = asyncio.get_running_loop()
+        for write, ready in self._waiting.items():
+            (loop.remove_writer if write else loop.remove_reader)(self.sock.fileno())
+            if not ready.done():
+                ready.set_exception(ConnectionResetError("the channel was closed"))
+        self._waiting.clear()
+        self.sock.close()
