@@ -9,8 +9,10 @@ import pstats
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager as ContextManager
 from pathlib import Path
-from typing import Any, Callable, ContextManager
+from typing import Any
 
 import psutil
 
@@ -409,4 +411,5 @@ def profile(pin: Pinning, duration_s: float, connections: int, log: Callable[[st
     return {"rows": rows, "profiled_s": total, "top_other": top_other, "wrk": result.to_json(),
             "sandbox_cost_mean_us": cost.mean * 1e6, "sandbox_cost_total_s": cost.total,
             "requests": result.requests,
-            "daemon_cpu_per_request_us": (total - areas["waiting (event loop select/epoll)"]) / max(1, lifetime.count) * 1e6}
+            "daemon_cpu_per_request_us":
+                (total - areas["waiting (event loop select/epoll)"]) / max(1, lifetime.count) * 1e6}

@@ -179,7 +179,8 @@ def markdown(data: dict[str, Any], charts: list[str], chart_note: str | None) ->
                 "and, as the baseline, started as fresh interpreters (`zygote: false`); and reset-engine "
                 "tenants with their one idle worker, and again once it has retired (`pool_idle_ms`); all in the "
                 "same run. PSS per idle tenant = its processes "
-                "(host, stub, workers), psutil; the zygote's own PSS is listed apart. Start-up = daemon start to listening / tenants (all tenants start before the "
+                "(host, stub, workers), psutil; the zygote's own PSS is listed apart. "
+                "Start-up = daemon start to listening / tenants (all tenants start before the "
                 "daemon listens). Ratios: zygote over fresh at the same count. Throughput: wrk -c64 with a "
                 "random Host among the tenants per request (Lua), ratio to the 1-tenant case.", ""]
         rows = []

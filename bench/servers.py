@@ -23,9 +23,9 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from bench.common import REPO, SEED, Pinning, free_port, mayflyd_env, wait_listening
 from bench.latency import BASELINE

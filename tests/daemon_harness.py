@@ -132,7 +132,7 @@ class DaemonProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-                raise AssertionError(f"mayflyd did not stop on SIGTERM within {timeout}s\n{self.log()}")
+                raise AssertionError(f"mayflyd did not stop on SIGTERM within {timeout}s\n{self.log()}") from None
         return self.proc.returncode
 
     def _signal_target(self) -> int:

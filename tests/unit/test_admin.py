@@ -12,8 +12,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from mayflyd.supervisor.admin import AdminServer
 from mayflyd.cli.admin_client import AdminError, admin_request, format_status
+from mayflyd.supervisor.admin import AdminServer
 from mayflyd.supervisor.metrics import Metrics
 
 SAMPLE_STATUS: dict[str, Any] = {

@@ -219,7 +219,8 @@ BAD_CONFIGS = [
     ),
     (
         "wildcard-duplicate-across",
-        "tenants:\n  - name: a\n    hosts: ['*.x.org']\n    program: prog.py\n  - name: b\n    hosts: ['*.X.org']\n    program: prog.py\n",
+        "tenants:\n  - name: a\n    hosts: ['*.x.org']\n    program: prog.py\n"
+        "  - name: b\n    hosts: ['*.X.org']\n    program: prog.py\n",
         6,
         "tenants[1].hosts[0]",
         "'*.x.org' is already served by tenant 'a'",
@@ -317,7 +318,8 @@ BAD_CONFIGS = [
     ),
     (
         "two-defaults",
-        "tenants:\n  - name: a\n    default: true\n    program: prog.py\n  - name: b\n    default: true\n    program: prog.py\n",
+        "tenants:\n  - name: a\n    default: true\n    program: prog.py\n"
+        "  - name: b\n    default: true\n    program: prog.py\n",
         6,
         "tenants[1].default",
         "tenant 'b' cannot also be the default: tenant 'a' already is (line 3)",
@@ -511,7 +513,8 @@ def test_bad_config(base: Path, text: str, line: int, key: str, message: str) ->
 def test_all_issues_are_collected_and_formatted(base: Path) -> None:
     text = (
         TENANT
-        + "    engine: turbo\n    limits:\n      memory: 1MiB\n  - name: a\n    hosts: [a.example]\n    program: prog.py\n"
+        + "    engine: turbo\n    limits:\n      memory: 1MiB\n"
+        + "  - name: a\n    hosts: [a.example]\n    program: prog.py\n"
     )
     with pytest.raises(ConfigError) as info:
         parse(text, base)
@@ -841,7 +844,8 @@ def test_uid_derivation_is_stable(base: Path) -> None:
 def test_derived_uid_collision_names_both_tenants(base: Path) -> None:
     # "tbyt" and "tdaa" have the same crc32 modulo 65536.
     assert zlib.crc32(b"tbyt") % 65536 == zlib.crc32(b"tdaa") % 65536
-    text = "tenants:\n  - name: tbyt\n    hosts: [a]\n    program: prog.py\n  - name: tdaa\n    hosts: [b]\n    program: prog.py\n"
+    text = ("tenants:\n  - name: tbyt\n    hosts: [a]\n    program: prog.py\n"
+            "  - name: tdaa\n    hosts: [b]\n    program: prog.py\n")
     (issue,) = issues_of(text, base)
     assert (issue.line, issue.key) == (5, "tenants[1].uid")
     assert "tenant 'tdaa'" in issue.message and "tenant 'tbyt' (line 2)" in issue.message

@@ -9,8 +9,8 @@ import socket
 import pytest
 
 from mayflyd import protocol
-from mayflyd.supervisor import host_handle as host
 from mayflyd.protocol import MsgType, ResponseDecoder, pack_frame
+from mayflyd.supervisor import host_handle as host
 
 
 def _whole(req_id: int, body: bytes) -> bytes:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from mayflyd.supervisor.program_files import program_fingerprint, program_files, program_version
+from mayflyd.supervisor.program_files import program_files, program_fingerprint, program_version
 
 
 def test_version_follows_contents_not_mtime(tmp_path: Path) -> None:

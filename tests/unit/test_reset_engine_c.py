@@ -9,8 +9,8 @@ import os
 import random
 import signal
 import socket
-import sys
 import struct
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path

@@ -99,7 +99,7 @@ def _outcome(probe: Callable[[], object]) -> str:
         probe()
     except OSError as e:
         return f"errno:{errno.errorcode.get(e.errno or 0, e.errno)}"
-    except Exception as e:  # the parent asserts on the text
+    except Exception as e:  # noqa: BLE001 - the parent asserts on the text
         return f"{type(e).__name__}:{e}"
     return "ok"
 
@@ -124,7 +124,7 @@ def _run_child(probes: Callable[[], dict[str, str]], filters: Sequence[bytes], *
                 load_filter(bpf)
             report = probes()
             os.write(report_w, json.dumps(report).encode())
-        except BaseException as e:  # report setup failures instead of hanging the parent
+        except BaseException as e:  # noqa: BLE001 - report setup failures instead of hanging the parent
             os.write(report_w, json.dumps({"child setup": f"{type(e).__name__}:{e}"}).encode())
         finally:
             os._exit(0)

@@ -17,8 +17,8 @@ import psutil
 import pytest
 
 from mayflyd import _mayfly
-from mayflyd.protocol import LoadFailed, Ready, decode_control
 from mayflyd.host.sandbox_host import HostSpec
+from mayflyd.protocol import LoadFailed, Ready, decode_control
 from mayflyd.supervisor.zygote_client import FdChannel, python_argv
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the identity drop needs root")

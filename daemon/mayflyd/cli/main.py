@@ -12,8 +12,15 @@ from typing import TYPE_CHECKING, Any
 
 import uvloop
 
-from mayflyd.config import (DEFAULT_ADMIN_SOCKET, Config, ConfigError, default_config_path, load_config,
-                            parse_config, parse_listen)
+from mayflyd.config import (
+    DEFAULT_ADMIN_SOCKET,
+    Config,
+    ConfigError,
+    default_config_path,
+    load_config,
+    parse_config,
+    parse_listen,
+)
 
 if TYPE_CHECKING:
     from mayflyd.supervisor.daemon import Daemon
@@ -82,7 +89,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"mayflyd: --listen {args.listen}: {exc}", file=sys.stderr)
         return 1
     name = re.sub(r"[^a-z0-9_-]", "-", program.stem.lower()).strip("-_")[:63] or "program"
-    runtime = "/run/mayflyd" if os.geteuid() == 0 else os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/mayflyd-{os.getuid()}"
+    runtime = ("/run/mayflyd" if os.geteuid() == 0
+               else os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/mayflyd-{os.getuid()}")
     text = json.dumps({  # JSON is YAML: no quoting surprises in paths
         "listen": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
         "admin_socket": f"{runtime}/run-{port}.sock", "cgroup_prefix": f"mayflyd-run-{port}",

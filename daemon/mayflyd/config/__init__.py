@@ -21,8 +21,8 @@ from .model import (
     Limits,
     TenantConfig,
 )
-from .validation import validate_config
 from .sizes import parse_size
+from .validation import validate_config
 
 __all__ = [
     "BUILTIN_LIMITS",

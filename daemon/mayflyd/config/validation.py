@@ -134,7 +134,8 @@ _TOP_KEYS: Final = (
 _LOG_FORMATS: Final = ("logfmt", "json")
 _CGROUP_PREFIX_RE: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}(/[A-Za-z0-9_.-]{1,64}){0,3}")
 _TENANT_KEYS: Final = (
-    "name", "hosts", "default", "program", "engine", "pool", "pool_idle_ms", "verify_rewind", "uid", "gid", "env", "limits",
+    "name", "hosts", "default", "program", "engine", "pool", "pool_idle_ms", "verify_rewind", "uid", "gid", "env",
+    "limits",
     "network", "files", "seccomp_action",
 )
 _NETWORK_MODES: Final = ("none", "loopback", "full")

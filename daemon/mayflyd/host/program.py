@@ -191,7 +191,7 @@ class Program:
             raise ProgramError("on_init is not callable")
         try:
             on_init()
-        except BaseException as exc:  # noqa: BLE001 - SystemExit in on_init is a failed load too
+        except BaseException as exc:
             traceback.print_exc()
             raise ProgramError(f"on_init() raised {type(exc).__name__}: {exc}") from exc
 
@@ -276,7 +276,7 @@ def load_program(path: Path, *, module_name: str | None = None) -> Program:
     sys.modules[name] = module
     try:
         run()
-    except BaseException as exc:  # noqa: BLE001 - a SyntaxError or sys.exit() at import is a failed load
+    except BaseException as exc:
         traceback.print_exc()
         raise ProgramError(f"importing {path} raised {type(exc).__name__}: {exc}") from exc
     return Program(module)

@@ -28,17 +28,17 @@ from aiohttp import web
 
 import mayflyd
 from mayflyd import _mayfly
+from mayflyd.config import Config, ConfigError, TenantConfig, load_config
 from mayflyd.supervisor.admin import AdminServer
 from mayflyd.supervisor.cgroups import leave_delegated_root, remove_stale_cgroups
-from mayflyd.config import Config, ConfigError, TenantConfig, load_config
 from mayflyd.supervisor.frontend import FrontEnd, make_server
 from mayflyd.supervisor.metrics import Metrics
 from mayflyd.supervisor.notify import Notifier
 from mayflyd.supervisor.program_files import program_fingerprint, program_version
 from mayflyd.supervisor.router import Router
 from mayflyd.supervisor.seccomp_policy import build_filters
-from mayflyd.supervisor.zygote_client import ZygoteClient
 from mayflyd.supervisor.tenant import BASE_HOST_ENVIRONMENT, ReloadResult, Tenant, Walls
+from mayflyd.supervisor.zygote_client import ZygoteClient
 
 __all__ = ["Daemon", "decide_walls"]
 

@@ -13,9 +13,16 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from mayflyd.supervisor.host_handle import (BadResponse, HostUnavailable, RequestData, RequestTooLarge, SandboxCpuExceeded,
-                          SandboxCrashed, SandboxTimeout)
 from mayflyd.protocol import Response
+from mayflyd.supervisor.host_handle import (
+    BadResponse,
+    HostUnavailable,
+    RequestData,
+    RequestTooLarge,
+    SandboxCpuExceeded,
+    SandboxCrashed,
+    SandboxTimeout,
+)
 from mayflyd.supervisor.router import Router
 from mayflyd.supervisor.tenant import SandboxOutOfMemory, Tenant, TenantBusy
 

@@ -24,13 +24,22 @@ from dataclasses import dataclass
 from typing import Protocol, cast
 
 from mayflyd import protocol
-from mayflyd.protocol import (ChildExit, ControlMessage, LoadFailed, Ready, RequestFailed, Response,
-                              ResponseDecoder, WorkerReplaced)
-from mayflyd.supervisor.logs import OutputBudget
 from mayflyd.host.sandbox_host import HostSpec
+from mayflyd.protocol import (
+    ChildExit,
+    ControlMessage,
+    LoadFailed,
+    Ready,
+    RequestFailed,
+    Response,
+    ResponseDecoder,
+    WorkerReplaced,
+)
+from mayflyd.supervisor.logs import OutputBudget
 from mayflyd.supervisor.zygote_client import ZygoteClient, ZygoteError, python_argv
 
-__all__ = ["SandboxHost", "HostStartError", "SandboxError", "SandboxTimeout", "SandboxCrashed", "SandboxCpuExceeded", "RequestTooLarge",
+__all__ = ["SandboxHost", "HostStartError", "SandboxError", "SandboxTimeout", "SandboxCrashed", "SandboxCpuExceeded",
+           "RequestTooLarge",
            "BadResponse", "HostUnavailable", "RequestData", "describe_wait_status"]
 
 log = logging.getLogger("mayflyd.host")

@@ -59,7 +59,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import Final
 
-import pyseccomp as _sc  # type: ignore[import-untyped]  # no stubs, wrapped below
+import pyseccomp as _sc  # no stubs (ignore_missing_imports), wrapped below
 
 __all__ = [
     "DENY_ACTIONS",

@@ -17,18 +17,25 @@ import sys
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any, Final
 from pathlib import Path
+from typing import Any, Final
 
 import mayflyd
 from mayflyd import _mayfly
 from mayflyd.config import TenantConfig
-from mayflyd.supervisor.host_handle import HostStartError, HostUnavailable, RequestData, SandboxCrashed, SandboxError, SandboxHost
+from mayflyd.host.sandbox_host import HostSpec
+from mayflyd.protocol import ChildExit, Response, WorkerReplaced
+from mayflyd.supervisor.host_handle import (
+    HostStartError,
+    HostUnavailable,
+    RequestData,
+    SandboxCrashed,
+    SandboxError,
+    SandboxHost,
+)
 from mayflyd.supervisor.logs import OutputBudget
 from mayflyd.supervisor.metrics import Metrics
 from mayflyd.supervisor.program_files import program_version
-from mayflyd.protocol import ChildExit, Response, WorkerReplaced
-from mayflyd.host.sandbox_host import HostSpec
 from mayflyd.supervisor.seccomp_policy import SeccompFilters, build_filters
 from mayflyd.supervisor.zygote_client import ZygoteClient
 
