@@ -1,4 +1,4 @@
-"""Microbenchmark of the dirty-page tracker (csrc/dirty_pages.c) through
+"""Microbenchmark of the dirty-page tracker (csrc/rewind/dirty_pages.c) through
 mayflyd._mayfly.DirtyTracker, on one 32 MiB private anonymous region:
 
     python -m bench.dirty_pages [--rounds 200]
@@ -10,7 +10,7 @@ range back from a snapshot with ctypes.memmove, protect) for N = 10 and
 100. Every figure except the per-write one includes the Python binding's
 own overhead, printed as "binding call" (DirtyTracker.protect([]), which
 parses its arguments and makes no syscall). Reference figures are those of
-the throwaway prototype and the issue (DESIGN.md 5).
+the throwaway prototype (docs/design.md section 5) and the tracker's targets.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ SIZE = 32 << 20
 WRITES = 1000
 STRIDE = 3  # distinct, non-adjacent pages: one region each, the worst case
 
-# Reference figures in microseconds (DESIGN.md 5 and the issue).
+# Reference figures in microseconds (docs/design.md section 5, and the tracker's targets).
 REFERENCE = {"first write": 0.9, "empty collect": 10.0, "cycle N=10": 27.0, "cycle N=100": 74.0}
 
 

@@ -1,5 +1,5 @@
-"""Type stub of the C helper, mayflyd._mayfly (csrc/module.c, csrc/py_requests.c and
-csrc/py_dirty_pages.c)."""
+"""Type stub of the C helper, mayflyd._mayfly (csrc/python/module.c, csrc/python/py_requests.c
+and csrc/python/py_dirty_pages.c)."""
 from collections.abc import Callable, Sequence
 
 MAGIC: int

@@ -174,7 +174,7 @@ def test_madvise_dontneed_is_reported_as_written(tracker: M.DirtyTracker, region
     # and PAGEMAP_SCAN reports the now-empty PTE as PAGE_IS_WRITTEN, for a
     # page written before (8), written and then protected (9), and never
     # touched (10). So a scan-copy-protect cycle restores such pages, unlike
-    # what DESIGN.md 5 recorded for the prototype ("not reported").
+    # what docs/design.md section 5 records for the prototype ("not reported").
     region.write(8, 9)
     tracker.protect([(region.address + 9 * PAGE, region.address + 10 * PAGE)])
     region.map.madvise(mmap.MADV_DONTNEED, 8 * PAGE, 3 * PAGE)

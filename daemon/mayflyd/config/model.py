@@ -2,7 +2,7 @@
 
 Configs compare by value (frozen dataclasses of tuples), so a reload can tell
 which tenants changed with ==. The validator that builds them from YAML is in
-config_validation; mayflyd.config re-exports every public name here.
+validation.py; mayflyd.config re-exports every public name here.
 """
 
 from __future__ import annotations

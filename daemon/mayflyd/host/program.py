@@ -1,4 +1,4 @@
-"""The tenant program contract (DESIGN.md section 4), as run inside a host.
+"""The tenant program contract (docs/design.md section 4), as run inside a host.
 
 Loads a tenant's module, runs its on_init(), and turns each request into a
 call of on_client_request() in one of the two supported forms:

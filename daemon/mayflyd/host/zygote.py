@@ -3,15 +3,17 @@
 The supervisor starts it once (zygote_client.py). It imports the host's
 code, specialises the daemon's per-request path and freezes its objects;
 then, for each host the supervisor asks for, it forks a child that becomes
-that host: zygote_fork.c puts it in the tenant's cgroup and namespaces
-(leaving the stub behind), and sandbox_host.serve does the rest. Every host so started shares the
-interpreter's pages with all the others instead of loading its own Python,
-which is what makes an idle tenant cheap and quick to start.
+that host: zygote_fork.c builds its walls in C (cgroup, namespaces, minimal
+root, identity, loading filter), and sandbox_host.serve does the rest.
+Every host so started shares the interpreter's pages with all the others
+instead of loading its own Python, which is what makes an idle tenant cheap
+and quick to start.
 
 The zygote runs no tenant code and holds nothing of any tenant: a forked
 host learns only what every host already has. It reaps its children and
 reports how each ended; it dies with the supervisor, and the hosts with it
-(each host's stub has the zygote as its parent-death watch).
+(each host's parent-death signal watches the zygote; no stub is left behind
+except in an unprivileged daemon's user namespace). docs/design.md section 3.
 
 One JSON message per SEQPACKET packet:
   supervisor -> zygote  {"spawn": n, "spec": ..., "env": {...}}

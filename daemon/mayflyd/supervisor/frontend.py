@@ -1,7 +1,7 @@
 """The HTTP front end: read a client's request, route it, answer it.
 
 Every request gets an answer: the program's validated response, or one of
-the statuses of DESIGN.md section 6 with a short body.
+the statuses of docs/design.md section 6 with a short body.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The seccomp-BPF policy of a tenant sandbox, built here and loaded by the C helper.
 
 Two filters, both exported as raw BPF (an array of 8-byte ``struct sock_filter``)
-so the C side needs no libseccomp (DESIGN.md section 6):
+so the C side needs no libseccomp (docs/design.md section 6):
 
 * ``loading``: default allow, deny list.  The host loads it just before it
   imports the tenant program and runs ``on_init()``.  It removes what a
@@ -41,12 +41,12 @@ Policy choices:
 * The reset engine (``reset=True``): the loading filter lets the host's
   workers create their userfaultfd (user-mode faults only), and the request
   filter lets the rewinder run ``PAGEMAP_SCAN``, which each worker narrows
-  further to its rewinder's own syscall instruction (csrc/pagemap_gate.c).
+  further to its rewinder's own syscall instruction (csrc/rewind/pagemap_gate.c).
   No userfaultfd ioctl is allowed: ``UFFDIO_WRITEPROTECT`` would let a
   request mark a written page clean.
 * Signal ``SIGRTMAX - 1`` is the reset engine's abort signal: no request may
   change its disposition (``rt_sigaction`` is allowed for every other signal).
-  Each reset worker also stacks the sigaction gate (csrc/sigaction_gate.h),
+  Each reset worker also stacks the sigaction gate (csrc/rewind/sigaction_gate.h),
   which routes a request's disposition changes through its SIGSYS handler
   and refuses SIGSYS itself.
 """
