@@ -363,11 +363,11 @@ _AREAS: list[tuple[str, Callable[[str, str], bool]]] = [
     # own time of asyncio's Runner.run, which calls it.
     ("waiting (event loop select/epoll)", lambda f, fn: "select.epoll" in fn or "'poll' of" in fn
      or "select.select" in fn or (f.endswith("asyncio/runners.py") and fn == "run")),
-    ("hop to the host (host.py, socket send/recv)", lambda f, fn: f.endswith("mayflyd/host.py")
+    ("hop to the host (host_handle.py, socket send/recv)", lambda f, fn: f.endswith("supervisor/host_handle.py")
      or ("_socket.socket" in fn and any(s in fn for s in ("send", "recv")))),
     ("protocol encode/decode (protocol.py)", lambda f, fn: f.endswith("mayflyd/protocol.py")),
-    ("routing (router.py)", lambda f, fn: f.endswith("mayflyd/router.py")),
-    ("frontend.py", lambda f, fn: f.endswith("mayflyd/frontend.py")),
+    ("routing (router.py)", lambda f, fn: f.endswith("supervisor/router.py")),
+    ("frontend.py", lambda f, fn: f.endswith("supervisor/frontend.py")),
     ("aiohttp HTTP parsing and writing", lambda f, fn: "/aiohttp/" in f or "aiohttp" in fn),
     ("other mayflyd", lambda f, fn: "/mayflyd/" in f),
     ("asyncio machinery", lambda f, fn: "/asyncio/" in f),

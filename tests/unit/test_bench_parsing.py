@@ -125,7 +125,8 @@ def test_the_cpu_table_has_a_column_per_server_and_kernel_threads_last() -> None
 @pytest.mark.parametrize(("filename", "function", "area"), [
     ("/usr/lib/python3.11/asyncio/runners.py", "run", "waiting (event loop select/epoll)"),
     ("~", "<method 'poll' of 'select.epoll' objects>", "waiting (event loop select/epoll)"),
-    ("/x/site-packages/mayflyd/host.py", "run", "hop to the host (host.py, socket send/recv)"),
+    ("/x/site-packages/mayflyd/supervisor/host_handle.py", "run", "hop to the host (host_handle.py, socket send/recv)"),
+    ("/x/site-packages/mayflyd/supervisor/router.py", "route", "routing (router.py)"),
     ("/usr/lib/python3.11/asyncio/tasks.py", "run", "asyncio machinery"),
 ])
 def test_profile_areas(filename: str, function: str, area: str) -> None:
