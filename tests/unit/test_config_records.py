@@ -1,4 +1,4 @@
-"""Tests of the config key records: the model and the parser agree with them."""
+"""Tests of the config key records: the model, the parser and docs/config.md agree with them."""
 
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ from pathlib import Path
 import pytest
 
 from mayflyd.config import Config, Limits, TenantConfig, parse_config
+from mayflyd.config.docs import BEGIN, COMMAND, END, main, render, splice
 from mayflyd.config.records import LIMIT_KEYS, NO_DEFAULT, TENANT_KEYS, TOP_KEYS, Key
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "config.md"
 
 # (records, the dataclass they fill, its fields that are no key)
 SECTIONS = [
@@ -19,6 +22,13 @@ SECTIONS = [
     pytest.param(TENANT_KEYS, TenantConfig, set(), id="tenant"),
     pytest.param(LIMIT_KEYS, Limits, set(), id="limits"),
 ]
+
+
+def test_docs_config_md_is_up_to_date() -> None:
+    text = DOCS.read_text(encoding="utf-8")
+    assert splice(text, render()) == text, (
+        f"docs/config.md's key tables differ from daemon/mayflyd/config/records.py; run `{COMMAND}`"
+    )
 
 
 @pytest.mark.parametrize(("keys", "model", "not_keys"), SECTIONS)
@@ -85,3 +95,22 @@ def test_absent_keys_take_the_records_defaults(tmp_path: Path) -> None:
     for key in TENANT_KEYS:
         if key.default is not NO_DEFAULT and key.name != "hosts":  # the one written above
             assert getattr(config.tenants[0], key.name) == key.default, key.name
+
+
+def test_docs_command_checks_and_writes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    stale = tmp_path / "config.md"
+    stale.write_text(f"# Prose\n\n{BEGIN}\n| `memory` | old |\n{END}\n\nMore prose.\n")
+    assert main(["--check", str(stale)]) == 1
+    assert COMMAND in capsys.readouterr().err
+    assert main(["--write", str(stale)]) == 0
+    assert main(["--check", str(stale)]) == 0
+    text = stale.read_text()
+    assert text.startswith("# Prose\n\n") and text.endswith("\n\nMore prose.\n")
+    assert "| `request_memory` |" in text
+
+
+def test_docs_command_needs_the_markers(tmp_path: Path) -> None:
+    plain = tmp_path / "plain.md"
+    plain.write_text("# No markers\n")
+    assert main(["--write", str(plain)]) == 2
+    assert plain.read_text() == "# No markers\n"

@@ -1,9 +1,11 @@
 """The mayflyd configuration: a YAML file in, an immutable, validated Config out.
 
 This module is the public face: it reads the file and re-exports the data
-model (config_model), the YAML validator's result (config_validation) and the
-value parsers (addresses, sizes) that callers use. Every problem in a file is
-collected and raised together in one ConfigError, each naming its line.
+model (model) and the value parsers (addresses, sizes) that callers use.
+Every key is one record in records.py, from which the validator (validation,
+readers), the model's defaults and docs/config.md's key tables (docs) come.
+Every problem in a file is collected and raised together in one ConfigError,
+each naming its line.
 """
 
 from __future__ import annotations

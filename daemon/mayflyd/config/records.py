@@ -198,7 +198,7 @@ TENANT_KEYS: Final = (
             " a difference is logged with its address and the worker is replaced. Costs a full memory"
             " comparison per request."),
     Key(name="uid", kind="id", shown_default="derived", low=1, high=MAX_ID,
-        doc="The uid the tenant's processes run as. See [uids](#uids-and-gids)."),
+        doc="The uid the tenant's processes run as. It may not be 0. See [uids](#uids-and-gids)."),
     Key(name="gid", kind="id", shown_default="same as the uid", low=1, high=MAX_ID,
         doc="The gid the tenant's processes run as."),
     Key(name="env", kind="env", default=(), pattern=r"[A-Za-z_][A-Za-z0-9_]*",
