@@ -1,9 +1,11 @@
 """The mayflyd configuration: a YAML file in, an immutable, validated Config out.
 
-This package's face: it reads the file and re-exports the data model
-(model.py), the YAML validator (validation.py) and the value parsers
-(addresses.py, sizes.py) that callers use. Every problem in a file is
-collected and raised together in one ConfigError, each naming its line.
+This module is the public face: it reads the file and re-exports the data
+model (model) and the value parsers (addresses, sizes) that callers use.
+Every key is one record in records.py, from which the validator (validation,
+readers), the model's defaults and docs/config.md's key tables (docs) come.
+Every problem in a file is collected and raised together in one ConfigError,
+each naming its line.
 
 Runs wherever a config is read, the supervisor and the mayflyd command; it
 reads the config file and touches nothing else (docs/design.md section 2).

@@ -1,8 +1,10 @@
 """The mayflyd configuration's data model: what a validated config file becomes.
 
 Configs compare by value (frozen dataclasses of tuples), so a reload can tell
-which tenants changed with ==. The validator that builds them from YAML is in
-validation.py; mayflyd.config re-exports every public name here.
+which tenants changed with ==. Each field is the key of the same name in
+records.py and takes its default from there (test_config_records checks that
+the two agree); a field without a default is required or derived from other
+keys. The parser builds these from YAML; mayflyd.config re-exports them.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from .sizes import MiB
+from .records import LIMIT, TENANT, TOP
 
 __all__ = [
     "BUILTIN_LIMITS",
@@ -58,68 +60,63 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Limits:
-    memory: int  # bytes, all of the tenant's processes together
-    request_timeout_ms: int
-    max_body: int  # bytes
-    max_response: int  # bytes
-    concurrency: int
-    init_timeout_ms: int
-    cpu: float  # share of one core for the whole tenant; 0 = unlimited
-    pids: int  # processes of the tenant at once (host, sandboxes); 0 in defaults: concurrency + 16
-    request_cpu_ms: int  # CPU time one request may use
-    request_memory: int  # bytes one request may allocate; 0 in defaults: the tenant's memory
+    """The limits keys (records.LIMIT_KEYS), each field named and defaulted by its record."""
+
+    memory: int = LIMIT["memory"].default  # bytes, all of the tenant's processes together
+    request_timeout_ms: int = LIMIT["request_timeout_ms"].default
+    max_body: int = LIMIT["max_body"].default  # bytes
+    max_response: int = LIMIT["max_response"].default  # bytes
+    concurrency: int = LIMIT["concurrency"].default
+    init_timeout_ms: int = LIMIT["init_timeout_ms"].default
+    cpu: float = LIMIT["cpu"].default  # share of one core for the whole tenant
+    pids: int = LIMIT["pids"].default  # 0 until a tenant's limits are complete: concurrency + 16
+    request_cpu_ms: int = LIMIT["request_cpu_ms"].default
+    request_memory: int = LIMIT["request_memory"].default  # bytes; 0 until complete: the tenant's memory
 
 
-BUILTIN_LIMITS: Final = Limits(
-    memory=256 * MiB,
-    request_timeout_ms=5000,
-    max_body=1 * MiB,
-    max_response=16 * MiB,
-    concurrency=32,
-    init_timeout_ms=30000,
-    cpu=1.0,
-    pids=0,
-    request_cpu_ms=5000,
-    request_memory=0,
-)
-DEFAULT_ADMIN_SOCKET: Final = "/run/mayflyd/admin.sock"
+BUILTIN_LIMITS: Final = Limits()
+DEFAULT_ADMIN_SOCKET: Final[str] = TOP["admin_socket"].default
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TenantConfig:
+    """A tenant's keys (records.TENANT_KEYS), each field named and defaulted by its record."""
+
     name: str
-    hosts: tuple[str, ...]  # lower-cased, trailing dot removed; "*.suffix" wildcards kept as written
-    default: bool
+    hosts: tuple[str, ...] = TENANT["hosts"].default  # lower-cased, no trailing dot; "*.suffix" kept
+    default: bool = TENANT["default"].default
     program: Path  # absolute, resolved
-    engine: str  # fork | reset | auto (reset where the kernel can, else fork)
-    pool: int    # reset engine: workers per tenant; 0 = one per core the daemon may run on
-    pool_idle_ms: int  # reset engine: a worker idle this long exits, down to none; 0 = never
-    verify_rewind: bool  # reset engine, tests: compare every tracked page after each rewind
+    engine: str = TENANT["engine"].default
+    pool: int = TENANT["pool"].default  # 0: one per core the daemon may run on
+    pool_idle_ms: int = TENANT["pool_idle_ms"].default
+    verify_rewind: bool = TENANT["verify_rewind"].default
     uid: int
     gid: int
-    env: tuple[tuple[str, str], ...]  # sorted by key
-    limits: Limits
-    network: str  # none | loopback (its own, not the host's) | full
-    files: tuple[Path, ...]  # extra read-only paths in the sandbox's view
-    seccomp_action: str  # what a denied system call does: eperm | kill
+    env: tuple[tuple[str, str], ...] = TENANT["env"].default  # sorted by key
+    limits: Limits  # complete: defaults merged, pids and request_memory set
+    network: str = TENANT["network"].default
+    files: tuple[Path, ...] = TENANT["files"].default
+    seccomp_action: str = TENANT["seccomp_action"].default
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
-    source: str  # file path, or "<string>"
-    listen_host: str  # IPv6 without brackets
-    listen_port: int
-    log_level: str
-    cgroup: str
-    cgroup_root: str
-    cgroup_prefix: str  # tenant cgroups are <prefix>/<tenant name>
-    uid_base: int
-    admin_socket: str  # absolute path of the admin API's Unix socket
-    metrics_listen: tuple[str, int] | None  # optional TCP address for GET /metrics
-    log_format: str  # logfmt | json
-    access_log: bool
-    zygote: bool  # fork hosts from one pre-warmed interpreter rather than start a python each
-    shutdown_grace_ms: int  # how long requests in flight may take to finish on SIGTERM
+    """The top-level keys (records.TOP_KEYS), each field named and defaulted by its record."""
+
+    source: str  # file path, or "<string>"; not a key
+    listen_host: str = TOP["listen"].default[0]  # IPv6 without brackets
+    listen_port: int = TOP["listen"].default[1]
+    log_level: str = TOP["log_level"].default
+    cgroup: str = TOP["cgroup"].default
+    cgroup_root: str = TOP["cgroup_root"].default
+    cgroup_prefix: str = TOP["cgroup_prefix"].default  # tenant cgroups are <prefix>/<tenant name>
+    uid_base: int = TOP["uid_base"].default
+    admin_socket: str = TOP["admin_socket"].default
+    metrics_listen: tuple[str, int] | None = TOP["metrics_listen"].default
+    log_format: str = TOP["log_format"].default
+    access_log: bool = TOP["access_log"].default
+    zygote: bool = TOP["zygote"].default
+    shutdown_grace_ms: int = TOP["shutdown_grace_ms"].default
     defaults: Limits  # built-in defaults merged with defaults.limits
     tenants: tuple[TenantConfig, ...]
 
