@@ -119,7 +119,7 @@ _TIOCLINUX: Final = 0x541C  # console selection/paste, same problem
 
 _UFFD_USER_MODE_ONLY: Final = 1
 _PAGEMAP_SCAN: Final = 0xC060_6610        # _IOWR('f', 16, struct pm_scan_arg)
-ABORT_SIGNAL: Final = 63  # SIGRTMAX - 1: MF_ABORT_SIGNAL in csrc/reset_worker.h
+ABORT_SIGNAL: Final = 63  # SIGRTMAX - 1: MF_ABORT_SIGNAL in csrc/engine/reset_worker.h
 _NSIG: Final = 65  # signals 1..64
 
 _PERSONALITY_QUERY: Final = 0xFFFF_FFFF
