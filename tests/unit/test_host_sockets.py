@@ -1,4 +1,4 @@
-"""The supervisor's watch over in-flight requests' sockets (host.py): one
+"""The supervisor's watch over in-flight requests' sockets (supervisor/host_handle.py): one
 epoll set per host, which the event loop sees as one fd."""
 from __future__ import annotations
 
