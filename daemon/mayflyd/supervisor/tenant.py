@@ -362,11 +362,7 @@ class Tenant:
                 self._metrics.host_restarted(self.name)
                 if host.uptime > STABLE_AFTER:
                     delay = BACKOFF_FIRST
-                self.state = TenantState.BACKOFF
-                self.last_error = "the host died"
-                log.warning("host died; restarting in %.1fs", delay, extra={"tenant": self.name})
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, BACKOFF_MAX)
+                delay = await self._back_off(delay, "the host died", logging.WARNING, "host died")
                 continue
             failure: Exception | None = None
             async with self._lock:
@@ -376,12 +372,16 @@ class Tenant:
                     except (HostStartError, OSError) as exc:
                         failure = exc
             if failure is not None:
-                self.last_error = str(failure)
-                self.state = TenantState.BACKOFF
-                log.error("the program failed to load: %s (retrying in %.1fs)", failure, delay,
-                          extra={"tenant": self.name})
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, BACKOFF_MAX)
+                delay = await self._back_off(delay, str(failure), logging.ERROR,
+                                             f"the program failed to load: {failure}")
+
+    async def _back_off(self, delay: float, error: str, level: int, what: str) -> float:
+        """Wait `delay` seconds in BACKOFF, saying why; the next delay, doubled up to BACKOFF_MAX."""
+        self.state = TenantState.BACKOFF
+        self.last_error = error
+        log.log(level, "%s; restarting in %.1fs", what, delay, extra={"tenant": self.name})
+        await asyncio.sleep(delay)
+        return min(delay * 2, BACKOFF_MAX)
 
     def _sandbox_exited(self, message: ChildExit | WorkerReplaced) -> None:
         if isinstance(message, WorkerReplaced):
