@@ -299,6 +299,47 @@ def test_admin_api_status_reload_and_metrics(two_tenants: Daemon) -> None:
     assert os.stat(d.admin_socket).st_mode & 0o777 == 0o600
 
 
+ANSWERS = """
+def on_client_request(request):
+    if request.path == "/missing":
+        return 404, {}, "no such page"
+    if request.path == "/raise":
+        raise ValueError("boom")
+    return "fine"
+"""
+
+
+def test_errors_count_failures_not_the_programs_4xx(tmp_path: Path) -> None:
+    d = Daemon(tmp_path, [tenant("s", limits={"max_body": "1KiB", "init_timeout_ms": 1500})],
+               {"s.py": ANSWERS}).start()
+    try:
+        assert d.get("s.localhost").status == 200
+        assert [d.get("s.localhost", "/missing").status for _ in range(3)] == [404] * 3  # the program's answer
+        assert d.get("s.localhost", "/raise").status == 500                             # a failure
+        assert d.request("POST", "/", host="s.localhost", body=b"x" * 2048).status == 413  # refused: a limit
+        s = d.status()["tenants"]["s"]
+        assert (s["errors"], s["program_4xx"]) == (2, 3), s
+        status = subprocess.run([sys.executable, "-m", "mayflyd", "status", "--socket", d.admin_socket],
+                                capture_output=True, text=True, timeout=30).stdout
+        header = next(line for line in status.splitlines() if line.startswith("TENANT"))
+        row = next(line for line in status.splitlines() if line.startswith("s "))
+        assert header.split()[5:8] == ["REQUESTS", "ERRORS", "4XX"], header
+        assert row.split()[5:8] == ["6", "2", "3"], status
+        _, metrics = admin_text(d.admin_socket, "/metrics")
+        assert 'mayflyd_request_errors_total{tenant="s"} 2.0' in metrics
+    finally:
+        assert d.stop() == 0
+
+
+def admin_text(path: str, url: str) -> tuple[int, str]:
+    conn = http.client.HTTPConnection("localhost")
+    conn.sock = socket.socket(socket.AF_UNIX)
+    conn.sock.connect(path)
+    conn.request("GET", url)
+    response = conn.getresponse()
+    return response.status, response.read().decode()
+
+
 def test_stale_cgroups_of_a_crashed_run_are_removed(tmp_path: Path) -> None:
     d = Daemon(tmp_path, [tenant("a")], {"a.py": program("a0")})
     stale = Path("/sys/fs/cgroup/memory") / d.cgroup_prefix / "ghost"

@@ -24,7 +24,8 @@ SAMPLE_STATUS: dict[str, Any] = {
     "tenants": {"hello": {
         "program": "/etc/mayflyd/programs/hello.py", "version": "3fa9c2d1e0b4", "engine": "fork",
         "state": "ready", "hosts": [{"pid": 456, "version": "3fa9c2d1e0b4", "in_flight": 0, "draining": False}],
-        "restarts": 0, "requests": {"200": 10, "502": 1}, "limit_hits": {"request_timeout_ms": 1},
+        "restarts": 0, "requests": {"200": 10, "404": 3, "413": 1, "502": 1}, "errors": 2, "program_4xx": 3,
+        "limit_hits": {"max_body": 1},
         "worker_replacements": 2,
         "last_reload": {"result": "failed", "error": "SyntaxError ...", "at": "..."}}},
 }
@@ -252,7 +253,9 @@ def test_format_status() -> None:
     assert "last reload: ok at 2026-11-28T19:00:00Z" in text
     header = next(line for line in lines if line.startswith("TENANT"))
     row = next(line for line in lines if line.startswith("hello"))
-    assert row.split()[:9] == ["hello", "ready", "3fa9c2d1e0b4", "fork", "1", "11", "1", "1", "2"]
+    # ERRORS are the daemon's count (the 502 and the 413 it refused), not every status but 2xx.
+    assert row.split()[:10] == ["hello", "ready", "3fa9c2d1e0b4", "fork", "1", "15", "2", "3", "1", "2"]
+    assert header.split()[5:8] == ["REQUESTS", "ERRORS", "4XX"]
     assert row.endswith("failed: SyntaxError ...")
     assert header.index("HOSTS") == row.index(" 1 ") + 1
 
@@ -262,5 +265,5 @@ def test_format_status_is_defensive() -> None:
     text = format_status({"tenants": {"odd": {"requests": "x", "hosts": None, "limit_hits": {"a": "b"},
                                                "last_reload": {"error": "boom\nTraceback ..."}}}})
     row = next(line for line in text.splitlines() if line.startswith("odd"))
-    assert row.split()[:9] == ["odd", "?", "-", "?", "?", "0", "0", "0", "0"]
+    assert row.split()[:10] == ["odd", "?", "-", "?", "?", "0", "?", "?", "0", "0"]
     assert row.endswith("?: boom")

@@ -35,3 +35,13 @@ async def test_back_off_waits_says_why_and_doubles_up_to_the_ceiling(
     assert (tenant.state, tenant.last_error) == (TenantState.BACKOFF, "boom")
     assert [r.getMessage() for r in caplog.records] == ["host died; restarting in 0.1s",
                                                         "the program failed to load: boom; restarting in 20.0s"]
+
+
+def test_errors_are_failures_and_refusals_not_the_programs_4xx(tenant: Tenant) -> None:
+    for status, by_program in [(200, True), (404, True), (400, True), (500, True), (503, True),
+                               (502, False), (504, False), (413, False), (408, False), (431, False)]:
+        tenant.request_done(status, 0.01, by_program=by_program)
+    assert (tenant.errors, tenant.program_4xx) == (7, 2)
+    status = tenant.status()
+    assert (status["errors"], status["program_4xx"]) == (7, 2)
+    assert sum(status["requests"].values()) == 10  # type: ignore[attr-defined]

@@ -157,6 +157,8 @@ class Tenant:
         self.restarts = 0
         self.limit_hits: collections.Counter[str] = collections.Counter()
         self.requests: collections.Counter[str] = collections.Counter()
+        self.errors = 0        # see request_done
+        self.program_4xx = 0
         self.rewinds = 0
         self.pages_rewound = 0
         self.worker_replacements = 0
@@ -191,8 +193,22 @@ class Tenant:
         self._metrics.limit_hit(self.name, limit)
         log.warning("limit hit: %s (%s)", limit, detail, extra={"tenant": self.name, "req": req_id})
 
-    def request_done(self, status: int, seconds: float) -> None:
+    def request_done(self, status: int, seconds: float, *, by_program: bool) -> None:
+        """Count one answer, by status, and as an error or not.
+
+        `errors` counts the requests the tenant failed to serve: every 5xx
+        (the program raised, crashed, ran out of time or memory, or was not
+        running) and every request the daemon refused for a limit with a 4xx
+        of its own (408, 413, 431). A 4xx the program chose (404 for an
+        unknown path, 400 for bad input) is the program's answer, not a
+        failure: counted apart in `program_4xx`.
+        """
         self.requests[str(status)] += 1
+        if status >= 500 or (status >= 400 and not by_program):
+            self.errors += 1
+            self._metrics.request_failed(self.name)
+        elif status >= 400:
+            self.program_4xx += 1
         self._metrics.request_done(self.name, status, seconds)
 
     def status(self) -> dict[str, object]:
@@ -206,6 +222,7 @@ class Tenant:
             "hosts": [{"pid": h.pid, "version": h.version, "in_flight": h.in_flight,
                        "draining": h is not self._host} for h in hosts],
             "in_flight": self._in_flight, "restarts": self.restarts, "requests": dict(self.requests),
+            "errors": self.errors, "program_4xx": self.program_4xx,
             "limit_hits": dict(self.limit_hits),
             "last_reload": self.last_reload.as_dict() if self.last_reload else None,
         }
