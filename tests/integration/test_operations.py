@@ -170,6 +170,22 @@ def test_config_reload_adds_changes_and_removes_tenants(two_tenants: Daemon) -> 
     assert status["tenants"]["a"]["hosts"][0]["pid"] == a_host, "an unchanged tenant was touched"
 
 
+def test_reload_names_the_tenants_that_failed_to_load(two_tenants: Daemon) -> None:
+    d = two_tenants
+    (d.workdir / "programs" / "c.py").write_text("import no_such_module_here\n" + program("c0"))
+    d.write_config([tenant("a"), tenant("b"), tenant("c")])
+    reload = subprocess.run([sys.executable, "-m", "mayflyd", "reload", "--config", str(d.config_path)],
+                            capture_output=True, text=True, timeout=60)
+    assert reload.returncode == 1 and reload.stdout == "", reload.stdout
+    head, *failures = reload.stderr.splitlines()
+    assert head == "reloaded, but 1 tenant(s) failed to load:", reload.stderr
+    assert len(failures) == 1 and failures[0].startswith("  c: ") and "no_such_module_here" in failures[0]
+    last = d.status()["last_reload"]
+    assert last["result"] == "failed" and "no_such_module_here" in last["failed_tenants"]["c"]
+    assert d.status()["tenants"]["c"]["state"] == "backoff"
+    assert d.get("a.localhost").text == "a0 -"
+
+
 def test_sigterm_lets_requests_in_flight_finish(tmp_path: Path) -> None:
     d = Daemon(tmp_path, [tenant("a")], {"a.py": program("a0")}).start()
     with ThreadPoolExecutor(5) as pool:

@@ -147,6 +147,12 @@ def _reload(args: argparse.Namespace) -> int:
     if code == 200:
         print("reloaded")
         return 0
+    failed = body.get("failed_tenants")
+    if isinstance(failed, dict) and failed:
+        # The new configuration is in force; these tenants are not serving it.
+        lines = [f"  {name}: {why}" for name, why in sorted(failed.items())]
+        print(f"reloaded, but {len(failed)} tenant(s) failed to load:", *lines, sep="\n", file=sys.stderr)
+        return 1
     print(f"reload failed, the running configuration stays:\n{body.get('error')}", file=sys.stderr)
     return 1
 

@@ -37,7 +37,7 @@ from mayflyd.supervisor.notify import Notifier
 from mayflyd.supervisor.program_files import program_fingerprint, program_version
 from mayflyd.supervisor.router import Router
 from mayflyd.supervisor.seccomp_policy import build_filters
-from mayflyd.supervisor.tenant import BASE_HOST_ENVIRONMENT, ReloadResult, Tenant, Walls
+from mayflyd.supervisor.tenant import BASE_HOST_ENVIRONMENT, ReloadResult, Tenant, TenantState, Walls
 from mayflyd.supervisor.zygote_client import ZygoteClient
 
 __all__ = ["Daemon", "decide_walls"]
@@ -249,17 +249,24 @@ class Daemon:
         with contextlib.suppress(asyncio.CancelledError):
             await cleanup
 
-    async def _start_tenants(self, configs: tuple[TenantConfig, ...]) -> None:
+    async def _start_tenants(self, configs: tuple[TenantConfig, ...]) -> dict[str, str]:
+        """Start tenants until each serves or has failed once; why each that failed did."""
         assert self._walls is not None
         new = {t.name: Tenant(t, self._walls, self._metrics, self._zygote) for t in configs}
+        failed: dict[str, str] = {}
         for tenant in new.values():
             try:
                 await tenant.start()
             except OSError as exc:
+                failed[tenant.name] = f"cannot set up the tenant: {exc}"
                 log.error("cannot set up the tenant: %s", exc, extra={"tenant": tenant.name})
         await asyncio.gather(*(t.wait_started() for t in new.values()))
         self._tenants.update(new)
         self._rebuild_router()
+        for tenant in new.values():
+            if tenant.state is TenantState.BACKOFF:
+                failed[tenant.name] = f"{tenant.last_error} (in backoff, retrying)"
+        return failed
 
     def _rebuild_router(self) -> None:
         self._router = Router((t, t.config.hosts, t.config.default) for t in self._tenants.values())
@@ -297,7 +304,7 @@ class Daemon:
         wanted = {t.name: t for t in new.tenants}
         removed = [t for name, t in self._tenants.items() if name not in wanted]
         added = tuple(cfg for name, cfg in wanted.items() if name not in self._tenants)
-        errors: list[str] = []
+        failed: dict[str, str] = {}
         for name, cfg in wanted.items():
             tenant = self._tenants.get(name)
             if tenant is None or tenant.config == cfg:
@@ -307,8 +314,9 @@ class Daemon:
                 continue
             outcome = await tenant.reload(cfg, kind="config")
             if outcome.result != "ok":
-                errors.append(f"tenant {name}: {outcome.error}")
-        await self._start_tenants(added)
+                serving = f"version {tenant.version} keeps serving" if tenant.version else "nothing serves"
+                failed[name] = f"{outcome.error} ({serving})"
+        failed.update(await self._start_tenants(added))
         for tenant in removed:
             del self._tenants[tenant.name]
         self._rebuild_router()
@@ -321,8 +329,9 @@ class Daemon:
         logging.getLogger().setLevel(new.log_level.upper())
         log.info("configuration reloaded: %d added, %d removed, %d tenants", len(added), len(removed),
                  len(self._tenants))
-        return ReloadResult(result="failed" if errors else "ok", error="; ".join(errors) or None,
-                            at=time.time(), version="")
+        return ReloadResult(result="failed" if failed else "ok",
+                            error="; ".join(f"tenant {name}: {why}" for name, why in failed.items()) or None,
+                            at=time.time(), version="", failed_tenants=failed)
 
     def _warn_restart_only(self, new: Config) -> None:
         """Settings a running daemon cannot change; they wait for a restart."""

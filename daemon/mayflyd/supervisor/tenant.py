@@ -16,7 +16,7 @@ import os
 import sys
 import time
 from collections.abc import Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
@@ -91,10 +91,13 @@ class ReloadResult:
     error: str | None
     at: float                 # time.time()
     version: str              # of the program that is serving afterwards
+    # A config reload that applied but left tenants not serving it: why, by tenant.
+    failed_tenants: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, object]:
         return {"result": self.result, "error": self.error, "version": self.version,
-                "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.at))}
+                "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.at)),
+                "failed_tenants": dict(self.failed_tenants)}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
