@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from mayflyd import __version__
 from mayflyd.cli.main import find_default_config
 from mayflyd.config import load_config
 from tests.daemon_harness import DaemonProcess, free_port
@@ -85,3 +86,8 @@ def test_serve_that_the_machine_refuses_says_why_in_one_line(tmp_path: Path) -> 
     assert result.returncode == 1
     assert f"mayflyd: cannot serve: admin socket directory {shared} is writable by group or others" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_version() -> None:
+    result = mayflyd("--version")
+    assert (result.returncode, result.stdout) == (0, f"mayflyd {__version__}\n"), result.stderr

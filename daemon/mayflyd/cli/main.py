@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import uvloop
 
+import mayflyd
 from mayflyd.config import (
     DEFAULT_ADMIN_SOCKET,
     Config,
@@ -170,6 +171,7 @@ def _check(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mayflyd", description="Multi-tenant HTTP daemon: one "
                                      "ephemeral sandbox per request.")
+    parser.add_argument("--version", action="version", version=f"mayflyd {mayflyd.__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="serve the tenants of a config")
     serve.add_argument("--config", help=f"config file (default {SYSTEM_CONFIG} if present, else the bundled one)")
