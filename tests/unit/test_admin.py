@@ -155,6 +155,16 @@ async def test_writable_parent_is_refused(control: FakeControl, short_dir: str, 
     assert not os.path.exists(os.path.join(short_dir, "admin.sock"))
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+async def test_parent_of_another_user_is_refused(control: FakeControl, short_dir: str) -> None:
+    os.chmod(short_dir, 0o755)
+    os.chown(short_dir, 12345, 12345)  # e.g. /tmp/mayflyd-UID made by someone else first
+    admin = AdminServer(control, Metrics(), socket_path=os.path.join(short_dir, "admin.sock"))
+    with pytest.raises(OSError, match=f"{short_dir} belongs to uid 12345"):
+        await admin.start()
+    assert not os.path.exists(os.path.join(short_dir, "admin.sock"))
+
+
 async def test_stale_socket_is_replaced(control: FakeControl, short_dir: str) -> None:
     path = os.path.join(short_dir, "admin.sock")
     stale_socket(path)

@@ -47,7 +47,7 @@ def admin_request(socket_path: str, method: str, path: str, *,
             raise AdminError(f"cannot reach mayflyd at {socket_path}: {exc.strerror} — is it running?") from exc
         except PermissionError as exc:
             raise AdminError(f"cannot reach mayflyd at {socket_path}: {exc.strerror} "
-                             f"— the admin socket is root-only") from exc
+                             f"— only the daemon's user may open its admin socket") from exc
         except TimeoutError as exc:
             raise AdminError(f"mayflyd at {socket_path} did not answer {method} {path} "
                              f"within {timeout:g} s") from exc

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -13,10 +14,11 @@ from typing import TYPE_CHECKING, Any
 import uvloop
 
 import mayflyd
+from mayflyd.cli.admin_socket import AdminSocketUnknown, configured_admin_socket, default_admin_socket
 from mayflyd.config import (
-    DEFAULT_ADMIN_SOCKET,
     Config,
     ConfigError,
+    ConfigIssue,
     default_config_path,
     load_config,
     parse_config,
@@ -42,14 +44,20 @@ def find_default_config() -> Path:
     return Path(__file__).resolve().parents[3] / "config" / "mayflyd.yaml"
 
 
-def _load(path: Path, listen: str | None) -> Config:
+def _load(path: Path, listen: tuple[str, int] | None) -> Config:
+    """The config file as `serve` runs it, at start and at every reload:
+    --listen over the file's, and for a daemon without root, the admin socket
+    in its user's runtime directory unless the file names one."""
     config = load_config(path)
     if listen is not None:
+        config = dataclasses.replace(config, listen_host=listen[0], listen_port=listen[1])
+    if os.geteuid() != 0:
         try:
-            host, port = parse_listen(listen)
-        except ValueError as exc:
-            raise SystemExit(f"mayflyd: --listen {listen}: {exc}") from None
-        config = dataclasses.replace(config, listen_host=host, listen_port=port)
+            named = configured_admin_socket(path)
+        except AdminSocketUnknown as exc:  # only if the file changed since load_config read it
+            raise ConfigError([ConfigIssue(file=str(path), line=0, key="admin_socket", message=str(exc))]) from exc
+        if named is None:
+            config = dataclasses.replace(config, admin_socket=default_admin_socket())
     return config
 
 
@@ -59,12 +67,18 @@ def _serve(args: argparse.Namespace) -> int:
 
     path = Path(args.config) if args.config else find_default_config()
     try:
-        config = _load(path, args.listen)
+        listen = parse_listen(args.listen) if args.listen is not None else None
+    except ValueError as exc:
+        print(f"mayflyd: --listen {args.listen}: {exc}", file=sys.stderr)
+        return 1
+    load = functools.partial(_load, listen=listen)
+    try:
+        config = load(path)
     except ConfigError as exc:
         print(f"mayflyd: invalid configuration:\n{exc}", file=sys.stderr)
         return 1
     setup_logging(config.log_level, config.log_format)
-    return _run_daemon(Daemon(config, config_path=path))
+    return _run_daemon(Daemon(config, config_path=path, load=load))
 
 
 def _run_daemon(daemon: Daemon) -> int:
@@ -107,15 +121,16 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _admin_socket(args: argparse.Namespace) -> str:
+    """--socket, else the socket the config names (its other keys may be
+    invalid: status matters most then), else this user's default."""
     if args.socket:
         return str(args.socket)
     path = Path(args.config) if args.config else (SYSTEM_CONFIG if SYSTEM_CONFIG.exists() else None)
-    if path is None:
-        return DEFAULT_ADMIN_SOCKET
     try:
-        return load_config(path).admin_socket
-    except ConfigError as exc:
+        named = configured_admin_socket(path) if path is not None else None
+    except AdminSocketUnknown as exc:
         raise SystemExit(f"mayflyd: cannot find the admin socket: {exc}") from None
+    return named or default_admin_socket()
 
 
 def _ask(args: argparse.Namespace, method: str, path: str) -> tuple[int, dict[str, Any]] | None:
@@ -188,7 +203,9 @@ def main(argv: list[str] | None = None) -> int:
                              ("reload", _reload, "reload the running daemon's configuration")):
         sub = commands.add_parser(name, help=text)
         where = sub.add_mutually_exclusive_group()
-        where.add_argument("--socket", help=f"admin socket (default: from the config, else {DEFAULT_ADMIN_SOCKET})")
+        where.add_argument("--socket", help="admin socket (default: from the config, else "
+                           "/run/mayflyd/admin.sock as root, $XDG_RUNTIME_DIR/mayflyd/admin.sock "
+                           "or /tmp/mayflyd-UID/admin.sock otherwise)")
         where.add_argument("--config", help="read the admin socket's path from this config")
         if name == "status":
             sub.add_argument("--json", action="store_true", help="the raw JSON status")

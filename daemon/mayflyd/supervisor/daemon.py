@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -149,9 +149,12 @@ def _settle_heap() -> None:
 
 
 class Daemon:
-    def __init__(self, config: Config, *, config_path: Path | None = None, watch_programs: bool = True) -> None:
+    def __init__(self, config: Config, *, config_path: Path | None = None, watch_programs: bool = True,
+                 load: Callable[[Path], Config] = load_config) -> None:
         self.config = config
         self._config_path = config_path
+        # How a reload reads config_path: as the command line read it at start.
+        self._load = load
         self._watch = watch_programs
         self._tenants: dict[str, Tenant] = {}
         self._router: Router[Tenant] = Router([])
@@ -296,7 +299,7 @@ class Daemon:
             return ReloadResult(result="failed", error="this daemon was not started from a config file",
                                 at=time.time(), version="")
         try:
-            new = await asyncio.to_thread(load_config, self._config_path)
+            new = await asyncio.to_thread(self._load, self._config_path)
         except ConfigError as exc:
             log.error("configuration reload rejected, the running configuration stays:\n%s", exc)
             return ReloadResult(result="failed", error=str(exc), at=time.time(), version="")
