@@ -414,6 +414,38 @@ def test_mayflyd_run_serves_and_reloads_one_program(tmp_path: Path) -> None:
         assert runner.stop() == 0
 
 
+def test_mayflyd_run_registers_the_default_admin_socket(tmp_path: Path) -> None:
+    """`mayflyd status` with no arguments finds a `mayflyd run`; its socket goes at exit."""
+    from mayflyd.cli.admin_socket import default_admin_socket
+    from mayflyd.cli.main import SYSTEM_CONFIG
+    default = default_admin_socket()
+    if SYSTEM_CONFIG.exists() or os.path.exists(default):
+        pytest.skip(f"{SYSTEM_CONFIG} or {default} is there: a real mayflyd, not ours to disturb")
+    source = tmp_path / "myprog.py"
+    source.write_text(program("v1"))
+    runner = DaemonProcess(free_port(), tmp_path / "log")
+    runner.spawn(["run", str(source), "--listen", f"127.0.0.1:{runner.port}"])
+    try:
+        status = subprocess.run([sys.executable, "-m", "mayflyd", "status"], capture_output=True, text=True,
+                                timeout=30)
+        assert status.returncode == 0, status.stderr
+        assert any(line.split()[:2] == ["myprog", "ready"] for line in status.stdout.splitlines()), status.stdout
+        # A second one does not take it over: it serves with a socket of its own, and says where.
+        second = DaemonProcess(free_port(), tmp_path / "log2")
+        second.spawn(["run", str(source), "--listen", f"127.0.0.1:{second.port}"])
+        try:
+            own = os.path.join(os.path.dirname(default), f"run-{second.port}.sock")
+            assert f"this one is on {own}" in second.log()
+            code, body = admin_request(own, "GET", "/status")
+            assert code == 200 and body["listen"] == f"127.0.0.1:{second.port}"
+        finally:
+            assert second.stop() == 0
+        assert not os.path.exists(own) and os.path.exists(default)
+    finally:
+        assert runner.stop() == 0
+    assert not os.path.exists(default)
+
+
 BIG_HEAP = '''
 HEAP = None
 

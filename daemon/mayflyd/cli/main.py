@@ -7,6 +7,7 @@ import functools
 import json
 import os
 import re
+import socket
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -104,11 +105,15 @@ def _run(args: argparse.Namespace) -> int:
         print(f"mayflyd: --listen {args.listen}: {exc}", file=sys.stderr)
         return 1
     name = re.sub(r"[^a-z0-9_-]", "-", program.stem.lower()).strip("-_")[:63] or "program"
-    runtime = ("/run/mayflyd" if os.geteuid() == 0
-               else os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/mayflyd-{os.getuid()}")
+    admin_socket = default_admin_socket()
+    if _listened_on(admin_socket):
+        # Beside a daemon already serving, rather than not at all.
+        admin_socket = os.path.join(os.path.dirname(admin_socket), f"run-{port}.sock")
+        print(f"mayflyd: another mayflyd has the admin socket; this one is on {admin_socket} "
+              f"(mayflyd status --socket {admin_socket})", file=sys.stderr)
     text = json.dumps({  # JSON is YAML: no quoting surprises in paths
         "listen": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
-        "admin_socket": f"{runtime}/run-{port}.sock", "cgroup_prefix": f"mayflyd-run-{port}",
+        "admin_socket": admin_socket, "cgroup_prefix": f"mayflyd-run-{port}",
         "tenants": [{"name": name, "default": True, "program": str(program)}],
     })
     try:
@@ -118,6 +123,17 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     setup_logging(config.log_level, config.log_format)
     return _run_daemon(Daemon(config))
+
+
+def _listened_on(path: str) -> bool:
+    """Whether a daemon serves on the Unix socket at `path`."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+        except OSError:
+            return False
+    return True
 
 
 def _admin_socket(args: argparse.Namespace) -> str:
