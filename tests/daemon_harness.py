@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 __all__ = ["Daemon", "DaemonProcess", "IsolatedDaemon", "Reply", "UnprivilegedDaemon", "free_port", "HOST_VARIANTS",
-           "host_variant"]
+           "host_variant", "as_unprivileged"]
 
 # How the suites that run once per way of serving run their daemon: the
 # engine, and whether hosts are forked from the zygote (the default) or
@@ -160,10 +160,9 @@ class Daemon(DaemonProcess):
             (programs_dir / name).write_text(textwrap.dedent(source))
         # A socket path must stay short (108 bytes): not below pytest's tmp dirs.
         self.admin_socket = os.path.join(tempfile.mkdtemp(prefix="mfa-"), "admin.sock")
-        config = {"listen": f"127.0.0.1:{self.port}", "cgroup_prefix": self.cgroup_prefix,
-                  "admin_socket": self.admin_socket, **top, "tenants": tenants}
+        self.socket_in_config = True
         self.config_path = workdir / "mayflyd.yaml"
-        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        self.write_config(tenants, **top)
         self.zygote = bool(top.get("zygote", True))
 
     def start(self, timeout: float = 30.0, env: dict[str, str] | None = None) -> Daemon:
@@ -173,8 +172,16 @@ class Daemon(DaemonProcess):
     def write_config(self, tenants: list[dict[str, Any]], **top: Any) -> None:
         """Rewrite the config file (for reload tests); the daemon's own settings stay."""
         config = {"listen": f"127.0.0.1:{self.port}", "cgroup_prefix": self.cgroup_prefix,
-                  "admin_socket": self.admin_socket, **top, "tenants": tenants}
+                  **({"admin_socket": self.admin_socket} if self.socket_in_config else {}),
+                  **top, "tenants": tenants}
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+    def expect_default_admin_socket(self, path: str) -> None:
+        """Leave admin_socket out of the config: the daemon must pick `path` by itself."""
+        config = yaml.safe_load(self.config_path.read_text())
+        del config["admin_socket"]
+        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        self.admin_socket, self.socket_in_config = path, False
 
     def status(self) -> dict[str, Any]:
         from mayflyd.cli.admin_client import admin_request
@@ -264,19 +271,28 @@ CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
+UNPRIVILEGED_UID = 65534
+
+
+def as_unprivileged(uid: int = UNPRIVILEGED_UID) -> list[str]:
+    """The command prefix that runs what follows as `uid`, in the mount
+    namespace the caller must have made (see tests/unprivileged_exec.py)."""
+    import mayflyd
+    needed = [sys.prefix, sys.base_prefix, str(Path(mayflyd.__file__).resolve().parents[1]),
+              str(Path(__file__).resolve().parents[1])]
+    return [sys.executable, "-m", "tests.unprivileged_exec", str(uid), *needed, "--"]
+
+
 class UnprivilegedDaemon(IsolatedDaemon):
     """An IsolatedDaemon started as an ordinary user (uid 65534), as on a laptop."""
 
-    UID = 65534
+    UID = UNPRIVILEGED_UID
 
-    def start(self, timeout: float = 30.0) -> UnprivilegedDaemon:
-        import mayflyd
-        needed = [sys.prefix, sys.base_prefix, str(Path(mayflyd.__file__).resolve().parents[1]),
-                  str(Path(__file__).resolve().parents[1])]
+    def start(self, timeout: float = 30.0, env: dict[str, str] | None = None) -> UnprivilegedDaemon:
         prefix = ["unshare", "--pid", "--fork", "--mount-proc", "--net", "--kill-child",
-                  sys.executable, "-m", "tests.netns_exec",
-                  sys.executable, "-m", "tests.unprivileged_exec", str(self.UID), *needed, "--"]
+                  sys.executable, "-m", "tests.netns_exec", *as_unprivileged(self.UID)]
         self._netns = None
-        os.chown(os.path.dirname(self.admin_socket), self.UID, self.UID)
-        self.spawn(["serve", "--config", str(self.config_path)], timeout, prefix=prefix)
+        if self.socket_in_config:
+            os.chown(os.path.dirname(self.admin_socket), self.UID, self.UID)
+        self.spawn(["serve", "--config", str(self.config_path)], timeout, prefix=prefix, env=env)
         return self

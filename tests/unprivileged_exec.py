@@ -49,6 +49,10 @@ def expose(paths: list[str]) -> None:
                 open(target, "w").close()
             _mount("--bind", path, target)
         _mount("--rbind", stage, ancestor)
+        # The bind at the ancestor stands alone now: the staging directory,
+        # a real one in /tmp, goes (it would be left behind by every run).
+        subprocess.run(["umount", "--lazy", stage], check=True)
+        os.rmdir(stage)
 
 
 def main() -> None:

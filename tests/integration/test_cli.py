@@ -5,9 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from mayflyd import __version__
 from mayflyd.cli.main import find_default_config
 from mayflyd.config import load_config
-from tests.daemon_harness import DaemonProcess, free_port
+from tests.daemon_harness import Daemon, DaemonProcess, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -85,3 +86,30 @@ def test_serve_that_the_machine_refuses_says_why_in_one_line(tmp_path: Path) -> 
     assert result.returncode == 1
     assert f"mayflyd: cannot serve: admin socket directory {shared} is writable by group or others" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_version() -> None:
+    result = mayflyd("--version")
+    assert (result.returncode, result.stdout) == (0, f"mayflyd {__version__}\n"), result.stderr
+
+
+def test_status_and_reload_work_while_the_config_is_broken(tmp_path: Path) -> None:
+    """The admin socket is read from the config alone: an operator keeps `status`
+    exactly when the file is broken, and `reload` says why it refuses it."""
+    d = Daemon(tmp_path, [{"name": "a", "hosts": ["a.localhost"], "program": "programs/a.py"}],
+               {"a.py": "def on_client_request(request):\n    return 'a'\n"}).start()
+    try:
+        valid = d.config_path.read_text()
+        # Invalid, then not even YAML.
+        for broken, why in ((valid + "bogus_key: 1\n", "unknown key 'bogus_key'"), (valid + "  - {name: [\n", "")):
+            d.config_path.write_text(broken)
+            status = mayflyd("status", "--config", str(d.config_path))
+            assert status.returncode == 0, status.stderr
+            assert any(line.split()[:2] == ["a", "ready"] for line in status.stdout.splitlines()), status.stdout
+            reload = mayflyd("reload", "--config", str(d.config_path))
+            assert reload.returncode == 1
+            assert "reload failed, the running configuration stays" in reload.stderr, reload.stderr
+            assert why in reload.stderr
+        assert d.get("a.localhost").text == "a"
+    finally:
+        assert d.stop() == 0

@@ -170,6 +170,22 @@ def test_config_reload_adds_changes_and_removes_tenants(two_tenants: Daemon) -> 
     assert status["tenants"]["a"]["hosts"][0]["pid"] == a_host, "an unchanged tenant was touched"
 
 
+def test_reload_names_the_tenants_that_failed_to_load(two_tenants: Daemon) -> None:
+    d = two_tenants
+    (d.workdir / "programs" / "c.py").write_text("import no_such_module_here\n" + program("c0"))
+    d.write_config([tenant("a"), tenant("b"), tenant("c")])
+    reload = subprocess.run([sys.executable, "-m", "mayflyd", "reload", "--config", str(d.config_path)],
+                            capture_output=True, text=True, timeout=60)
+    assert reload.returncode == 1 and reload.stdout == "", reload.stdout
+    head, *failures = reload.stderr.splitlines()
+    assert head == "reloaded, but 1 tenant(s) failed to load:", reload.stderr
+    assert len(failures) == 1 and failures[0].startswith("  c: ") and "no_such_module_here" in failures[0]
+    last = d.status()["last_reload"]
+    assert last["result"] == "failed" and "no_such_module_here" in last["failed_tenants"]["c"]
+    assert d.status()["tenants"]["c"]["state"] == "backoff"
+    assert d.get("a.localhost").text == "a0 -"
+
+
 def test_sigterm_lets_requests_in_flight_finish(tmp_path: Path) -> None:
     d = Daemon(tmp_path, [tenant("a")], {"a.py": program("a0")}).start()
     with ThreadPoolExecutor(5) as pool:
@@ -299,6 +315,47 @@ def test_admin_api_status_reload_and_metrics(two_tenants: Daemon) -> None:
     assert os.stat(d.admin_socket).st_mode & 0o777 == 0o600
 
 
+ANSWERS = """
+def on_client_request(request):
+    if request.path == "/missing":
+        return 404, {}, "no such page"
+    if request.path == "/raise":
+        raise ValueError("boom")
+    return "fine"
+"""
+
+
+def test_errors_count_failures_not_the_programs_4xx(tmp_path: Path) -> None:
+    d = Daemon(tmp_path, [tenant("s", limits={"max_body": "1KiB", "init_timeout_ms": 1500})],
+               {"s.py": ANSWERS}).start()
+    try:
+        assert d.get("s.localhost").status == 200
+        assert [d.get("s.localhost", "/missing").status for _ in range(3)] == [404] * 3  # the program's answer
+        assert d.get("s.localhost", "/raise").status == 500                             # a failure
+        assert d.request("POST", "/", host="s.localhost", body=b"x" * 2048).status == 413  # refused: a limit
+        s = d.status()["tenants"]["s"]
+        assert (s["errors"], s["program_4xx"]) == (2, 3), s
+        status = subprocess.run([sys.executable, "-m", "mayflyd", "status", "--socket", d.admin_socket],
+                                capture_output=True, text=True, timeout=30).stdout
+        header = next(line for line in status.splitlines() if line.startswith("TENANT"))
+        row = next(line for line in status.splitlines() if line.startswith("s "))
+        assert header.split()[5:8] == ["REQUESTS", "ERRORS", "4XX"], header
+        assert row.split()[5:8] == ["6", "2", "3"], status
+        _, metrics = admin_text(d.admin_socket, "/metrics")
+        assert 'mayflyd_request_errors_total{tenant="s"} 2.0' in metrics
+    finally:
+        assert d.stop() == 0
+
+
+def admin_text(path: str, url: str) -> tuple[int, str]:
+    conn = http.client.HTTPConnection("localhost")
+    conn.sock = socket.socket(socket.AF_UNIX)
+    conn.sock.connect(path)
+    conn.request("GET", url)
+    response = conn.getresponse()
+    return response.status, response.read().decode()
+
+
 def test_stale_cgroups_of_a_crashed_run_are_removed(tmp_path: Path) -> None:
     d = Daemon(tmp_path, [tenant("a")], {"a.py": program("a0")})
     stale = Path("/sys/fs/cgroup/memory") / d.cgroup_prefix / "ghost"
@@ -355,6 +412,38 @@ def test_mayflyd_run_serves_and_reloads_one_program(tmp_path: Path) -> None:
             time.sleep(0.05)
     finally:
         assert runner.stop() == 0
+
+
+def test_mayflyd_run_registers_the_default_admin_socket(tmp_path: Path) -> None:
+    """`mayflyd status` with no arguments finds a `mayflyd run`; its socket goes at exit."""
+    from mayflyd.cli.admin_socket import default_admin_socket
+    from mayflyd.cli.main import SYSTEM_CONFIG
+    default = default_admin_socket()
+    if SYSTEM_CONFIG.exists() or os.path.exists(default):
+        pytest.skip(f"{SYSTEM_CONFIG} or {default} is there: a real mayflyd, not ours to disturb")
+    source = tmp_path / "myprog.py"
+    source.write_text(program("v1"))
+    runner = DaemonProcess(free_port(), tmp_path / "log")
+    runner.spawn(["run", str(source), "--listen", f"127.0.0.1:{runner.port}"])
+    try:
+        status = subprocess.run([sys.executable, "-m", "mayflyd", "status"], capture_output=True, text=True,
+                                timeout=30)
+        assert status.returncode == 0, status.stderr
+        assert any(line.split()[:2] == ["myprog", "ready"] for line in status.stdout.splitlines()), status.stdout
+        # A second one does not take it over: it serves with a socket of its own, and says where.
+        second = DaemonProcess(free_port(), tmp_path / "log2")
+        second.spawn(["run", str(source), "--listen", f"127.0.0.1:{second.port}"])
+        try:
+            own = os.path.join(os.path.dirname(default), f"run-{second.port}.sock")
+            assert f"this one is on {own}" in second.log()
+            code, body = admin_request(own, "GET", "/status")
+            assert code == 200 and body["listen"] == f"127.0.0.1:{second.port}"
+        finally:
+            assert second.stop() == 0
+        assert not os.path.exists(own) and os.path.exists(default)
+    finally:
+        assert runner.stop() == 0
+    assert not os.path.exists(default)
 
 
 BIG_HEAP = '''

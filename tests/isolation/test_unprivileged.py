@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.daemon_harness import UnprivilegedDaemon
+from tests.daemon_harness import UnprivilegedDaemon, as_unprivileged
 
 HERE = Path(__file__).resolve().parent
 SEED = HERE.parents[1] / "config" / "programs" / "hello_pythran.py"
@@ -72,3 +75,42 @@ def test_sandbox_runs_as_the_daemons_user_without_capabilities(unprivileged: Unp
     assert "PATH" in environ
     assert unprivileged.get("attacker.localhost", "/proc/setuid").text == "PermissionError EPERM"
     assert unprivileged.proc is not None and os.geteuid() == 0  # the test itself stays root
+
+
+def test_without_root_the_admin_socket_is_in_the_users_runtime_dir() -> None:
+    """No admin_socket in the config: not /run/mayflyd (EACCES without root) but
+    $XDG_RUNTIME_DIR/mayflyd, made 0700; `status` run by that user finds it there."""
+    workdir = Path(tempfile.mkdtemp(prefix="mayflyd-unprivileged-"))
+    runtime = tempfile.mkdtemp(prefix="mfr-")  # the user's XDG_RUNTIME_DIR, 0700
+    try:
+        workdir.chmod(0o755)
+        os.chown(runtime, UnprivilegedDaemon.UID, UnprivilegedDaemon.UID)
+        (workdir / "programs").mkdir(mode=0o755)
+        shutil.copy(SEED, workdir / "programs" / "hello.py")
+        daemon = UnprivilegedDaemon(workdir, [{"name": "hello", "hosts": ["hello.localhost"], "default": True,
+                                               "program": "programs/hello.py"}], {})
+        daemon.expect_default_admin_socket(f"{runtime}/mayflyd/admin.sock")
+        for path in workdir.rglob("*"):
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        env = {"XDG_RUNTIME_DIR": runtime}
+        daemon.start(env=env)
+        try:
+            st = os.stat(f"{runtime}/mayflyd")
+            assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (UnprivilegedDaemon.UID, 0o700)
+            def mayflyd(command: str) -> str:
+                result = subprocess.run(["unshare", "--mount", *as_unprivileged(), sys.executable, "-m", "mayflyd",
+                                         command], capture_output=True, text=True, timeout=60,
+                                        env={**os.environ, **env})
+                assert result.returncode == 0, (command, result.stderr)
+                return result.stdout
+
+            assert any(line.split()[:2] == ["hello", "ready"] for line in mayflyd("status").splitlines())
+            assert mayflyd("reload") == "reloaded\n"
+            # A reload reads the config as the start did: the socket is where it was.
+            assert "admin_socket changed" not in daemon.log()
+        finally:
+            assert daemon.stop() == 0, daemon.log()[-3000:]
+        assert not os.path.exists(daemon.admin_socket)
+    finally:
+        shutil.rmtree(workdir)
+        shutil.rmtree(runtime)

@@ -24,7 +24,8 @@ SAMPLE_STATUS: dict[str, Any] = {
     "tenants": {"hello": {
         "program": "/etc/mayflyd/programs/hello.py", "version": "3fa9c2d1e0b4", "engine": "fork",
         "state": "ready", "hosts": [{"pid": 456, "version": "3fa9c2d1e0b4", "in_flight": 0, "draining": False}],
-        "restarts": 0, "requests": {"200": 10, "502": 1}, "limit_hits": {"request_timeout_ms": 1},
+        "restarts": 0, "requests": {"200": 10, "404": 3, "413": 1, "502": 1}, "errors": 2, "program_4xx": 3,
+        "limit_hits": {"max_body": 1},
         "worker_replacements": 2,
         "last_reload": {"result": "failed", "error": "SyntaxError ...", "at": "..."}}},
 }
@@ -154,6 +155,16 @@ async def test_writable_parent_is_refused(control: FakeControl, short_dir: str, 
     assert not os.path.exists(os.path.join(short_dir, "admin.sock"))
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+async def test_parent_of_another_user_is_refused(control: FakeControl, short_dir: str) -> None:
+    os.chmod(short_dir, 0o755)
+    os.chown(short_dir, 12345, 12345)  # e.g. /tmp/mayflyd-UID made by someone else first
+    admin = AdminServer(control, Metrics(), socket_path=os.path.join(short_dir, "admin.sock"))
+    with pytest.raises(OSError, match=f"{short_dir} belongs to uid 12345"):
+        await admin.start()
+    assert not os.path.exists(os.path.join(short_dir, "admin.sock"))
+
+
 async def test_stale_socket_is_replaced(control: FakeControl, short_dir: str) -> None:
     path = os.path.join(short_dir, "admin.sock")
     stale_socket(path)
@@ -252,7 +263,9 @@ def test_format_status() -> None:
     assert "last reload: ok at 2026-11-28T19:00:00Z" in text
     header = next(line for line in lines if line.startswith("TENANT"))
     row = next(line for line in lines if line.startswith("hello"))
-    assert row.split()[:9] == ["hello", "ready", "3fa9c2d1e0b4", "fork", "1", "11", "1", "1", "2"]
+    # ERRORS are the daemon's count (the 502 and the 413 it refused), not every status but 2xx.
+    assert row.split()[:10] == ["hello", "ready", "3fa9c2d1e0b4", "fork", "1", "15", "2", "3", "1", "2"]
+    assert header.split()[5:8] == ["REQUESTS", "ERRORS", "4XX"]
     assert row.endswith("failed: SyntaxError ...")
     assert header.index("HOSTS") == row.index(" 1 ") + 1
 
@@ -262,5 +275,5 @@ def test_format_status_is_defensive() -> None:
     text = format_status({"tenants": {"odd": {"requests": "x", "hosts": None, "limit_hits": {"a": "b"},
                                                "last_reload": {"error": "boom\nTraceback ..."}}}})
     row = next(line for line in text.splitlines() if line.startswith("odd"))
-    assert row.split()[:9] == ["odd", "?", "-", "?", "?", "0", "0", "0", "0"]
+    assert row.split()[:10] == ["odd", "?", "-", "?", "?", "0", "?", "?", "0", "0"]
     assert row.endswith("?: boom")

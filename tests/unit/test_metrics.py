@@ -43,6 +43,15 @@ def test_request_done() -> None:
     assert value(m, "mayflyd_request_duration_seconds_bucket", tenant="a", le="+Inf") == 3
 
 
+def test_request_failed() -> None:
+    m = Metrics()
+    m.request_done("a", 404, 0.01)
+    assert value(m, "mayflyd_request_errors_total", tenant="a") is None
+    m.request_failed("a")
+    m.request_failed("a")
+    assert value(m, "mayflyd_request_errors_total", tenant="a") == 2
+
+
 def test_sandbox_cost() -> None:
     m = Metrics()
     m.sandbox_cost("a", 0.00003)
@@ -79,6 +88,7 @@ def test_limit_hits_and_reloads() -> None:
 def _exercise(m: Metrics, tenant: str) -> None:
     m.request_done(tenant, 200, 0.01)
     m.request_done(tenant, 404, 0.01)
+    m.request_failed(tenant)
     m.sandbox_cost(tenant, 0.0001)
     m.host_started(tenant)
     m.host_restarted(tenant)

@@ -47,7 +47,7 @@ def admin_request(socket_path: str, method: str, path: str, *,
             raise AdminError(f"cannot reach mayflyd at {socket_path}: {exc.strerror} — is it running?") from exc
         except PermissionError as exc:
             raise AdminError(f"cannot reach mayflyd at {socket_path}: {exc.strerror} "
-                             f"— the admin socket is root-only") from exc
+                             f"— only the daemon's user may open its admin socket") from exc
         except TimeoutError as exc:
             raise AdminError(f"mayflyd at {socket_path} did not answer {method} {path} "
                              f"within {timeout:g} s") from exc
@@ -108,8 +108,17 @@ def _walls_text(walls: dict[str, Any]) -> str:
             f"seccomp {'on' if seccomp else 'off' if seccomp is not None else '?'}")
 
 
+def _count_text(value: Any) -> str:
+    return "?" if value is None else str(_count(value))
+
+
 def format_status(status: dict[str, Any]) -> str:
-    """A human-readable summary of GET /status: the daemon, then one line per tenant."""
+    """A human-readable summary of GET /status: the daemon, then one line per tenant.
+
+    ERRORS are the tenant's failures to serve, as the daemon counts them: 5xx
+    answers and the requests it refused for a limit. The 4xx its program
+    returned are answers, not failures: they are the 4XX column.
+    """
     last = _dict(status.get("last_reload"))
     lines = [
         f"mayflyd {_text(status.get('version'), '?')}, pid {_text(status.get('pid'), '?')}, "
@@ -118,7 +127,7 @@ def format_status(status: dict[str, Any]) -> str:
         f"walls: {_walls_text(_dict(status.get('walls')))}",
         f"last reload: {_reload_text(last)}" + (f" at {last['at']}" if last.get("at") else ""),
     ]
-    header = ("TENANT", "STATE", "VERSION", "ENGINE", "HOSTS", "REQUESTS", "ERRORS", "LIMIT HITS",
+    header = ("TENANT", "STATE", "VERSION", "ENGINE", "HOSTS", "REQUESTS", "ERRORS", "4XX", "LIMIT HITS",
               "REPLACED", "LAST RELOAD")
     rows: list[tuple[str, ...]] = []
     for name, tenant in sorted(_dict(status.get("tenants")).items()):
@@ -129,7 +138,7 @@ def format_status(status: dict[str, Any]) -> str:
             str(name), _text(tenant.get("state"), "?"), _text(tenant.get("version")),
             _text(tenant.get("engine"), "?"), str(len(hosts)) if isinstance(hosts, list) else "?",
             str(sum(requests.values())),
-            str(sum(n for code, n in requests.items() if not code.startswith("2"))),
+            _count_text(tenant.get("errors")), _count_text(tenant.get("program_4xx")),
             str(sum(_count(n) for n in _dict(tenant.get("limit_hits")).values())),
             # Reset-engine workers replaced because they died or could not be rewound.
             str(_count(tenant.get("worker_replacements"))),

@@ -3,19 +3,23 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import re
+import socket
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import uvloop
 
+import mayflyd
+from mayflyd.cli.admin_socket import AdminSocketUnknown, configured_admin_socket, default_admin_socket
 from mayflyd.config import (
-    DEFAULT_ADMIN_SOCKET,
     Config,
     ConfigError,
+    ConfigIssue,
     default_config_path,
     load_config,
     parse_config,
@@ -41,14 +45,20 @@ def find_default_config() -> Path:
     return Path(__file__).resolve().parents[3] / "config" / "mayflyd.yaml"
 
 
-def _load(path: Path, listen: str | None) -> Config:
+def _load(path: Path, listen: tuple[str, int] | None) -> Config:
+    """The config file as `serve` runs it, at start and at every reload:
+    --listen over the file's, and for a daemon without root, the admin socket
+    in its user's runtime directory unless the file names one."""
     config = load_config(path)
     if listen is not None:
+        config = dataclasses.replace(config, listen_host=listen[0], listen_port=listen[1])
+    if os.geteuid() != 0:
         try:
-            host, port = parse_listen(listen)
-        except ValueError as exc:
-            raise SystemExit(f"mayflyd: --listen {listen}: {exc}") from None
-        config = dataclasses.replace(config, listen_host=host, listen_port=port)
+            named = configured_admin_socket(path)
+        except AdminSocketUnknown as exc:  # only if the file changed since load_config read it
+            raise ConfigError([ConfigIssue(file=str(path), line=0, key="admin_socket", message=str(exc))]) from exc
+        if named is None:
+            config = dataclasses.replace(config, admin_socket=default_admin_socket())
     return config
 
 
@@ -58,12 +68,18 @@ def _serve(args: argparse.Namespace) -> int:
 
     path = Path(args.config) if args.config else find_default_config()
     try:
-        config = _load(path, args.listen)
+        listen = parse_listen(args.listen) if args.listen is not None else None
+    except ValueError as exc:
+        print(f"mayflyd: --listen {args.listen}: {exc}", file=sys.stderr)
+        return 1
+    load = functools.partial(_load, listen=listen)
+    try:
+        config = load(path)
     except ConfigError as exc:
         print(f"mayflyd: invalid configuration:\n{exc}", file=sys.stderr)
         return 1
     setup_logging(config.log_level, config.log_format)
-    return _run_daemon(Daemon(config, config_path=path))
+    return _run_daemon(Daemon(config, config_path=path, load=load))
 
 
 def _run_daemon(daemon: Daemon) -> int:
@@ -89,11 +105,15 @@ def _run(args: argparse.Namespace) -> int:
         print(f"mayflyd: --listen {args.listen}: {exc}", file=sys.stderr)
         return 1
     name = re.sub(r"[^a-z0-9_-]", "-", program.stem.lower()).strip("-_")[:63] or "program"
-    runtime = ("/run/mayflyd" if os.geteuid() == 0
-               else os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/mayflyd-{os.getuid()}")
+    admin_socket = default_admin_socket()
+    if _listened_on(admin_socket):
+        # Beside a daemon already serving, rather than not at all.
+        admin_socket = os.path.join(os.path.dirname(admin_socket), f"run-{port}.sock")
+        print(f"mayflyd: another mayflyd has the admin socket; this one is on {admin_socket} "
+              f"(mayflyd status --socket {admin_socket})", file=sys.stderr)
     text = json.dumps({  # JSON is YAML: no quoting surprises in paths
         "listen": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
-        "admin_socket": f"{runtime}/run-{port}.sock", "cgroup_prefix": f"mayflyd-run-{port}",
+        "admin_socket": admin_socket, "cgroup_prefix": f"mayflyd-run-{port}",
         "tenants": [{"name": name, "default": True, "program": str(program)}],
     })
     try:
@@ -105,16 +125,28 @@ def _run(args: argparse.Namespace) -> int:
     return _run_daemon(Daemon(config))
 
 
+def _listened_on(path: str) -> bool:
+    """Whether a daemon serves on the Unix socket at `path`."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+        except OSError:
+            return False
+    return True
+
+
 def _admin_socket(args: argparse.Namespace) -> str:
+    """--socket, else the socket the config names (its other keys may be
+    invalid: status matters most then), else this user's default."""
     if args.socket:
         return str(args.socket)
     path = Path(args.config) if args.config else (SYSTEM_CONFIG if SYSTEM_CONFIG.exists() else None)
-    if path is None:
-        return DEFAULT_ADMIN_SOCKET
     try:
-        return load_config(path).admin_socket
-    except ConfigError as exc:
+        named = configured_admin_socket(path) if path is not None else None
+    except AdminSocketUnknown as exc:
         raise SystemExit(f"mayflyd: cannot find the admin socket: {exc}") from None
+    return named or default_admin_socket()
 
 
 def _ask(args: argparse.Namespace, method: str, path: str) -> tuple[int, dict[str, Any]] | None:
@@ -147,6 +179,12 @@ def _reload(args: argparse.Namespace) -> int:
     if code == 200:
         print("reloaded")
         return 0
+    failed = body.get("failed_tenants")
+    if isinstance(failed, dict) and failed:
+        # The new configuration is in force; these tenants are not serving it.
+        lines = [f"  {name}: {why}" for name, why in sorted(failed.items())]
+        print(f"reloaded, but {len(failed)} tenant(s) failed to load:", *lines, sep="\n", file=sys.stderr)
+        return 1
     print(f"reload failed, the running configuration stays:\n{body.get('error')}", file=sys.stderr)
     return 1
 
@@ -164,6 +202,7 @@ def _check(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mayflyd", description="Multi-tenant HTTP daemon: one "
                                      "ephemeral sandbox per request.")
+    parser.add_argument("--version", action="version", version=f"mayflyd {mayflyd.__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="serve the tenants of a config")
     serve.add_argument("--config", help=f"config file (default {SYSTEM_CONFIG} if present, else the bundled one)")
@@ -180,7 +219,9 @@ def main(argv: list[str] | None = None) -> int:
                              ("reload", _reload, "reload the running daemon's configuration")):
         sub = commands.add_parser(name, help=text)
         where = sub.add_mutually_exclusive_group()
-        where.add_argument("--socket", help=f"admin socket (default: from the config, else {DEFAULT_ADMIN_SOCKET})")
+        where.add_argument("--socket", help="admin socket (default: from the config, else "
+                           "/run/mayflyd/admin.sock as root, $XDG_RUNTIME_DIR/mayflyd/admin.sock "
+                           "or /tmp/mayflyd-UID/admin.sock otherwise)")
         where.add_argument("--config", help="read the admin socket's path from this config")
         if name == "status":
             sub.add_argument("--json", action="store_true", help="the raw JSON status")

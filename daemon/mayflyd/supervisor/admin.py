@@ -1,4 +1,4 @@
-"""The admin API: status, reload and metrics on a root-only Unix socket.
+"""The admin API: status, reload and metrics on a Unix socket only its user can open.
 
 Routes: GET /status, GET /tenants/{name}, POST /reload, GET /metrics. Every
 answer is JSON except /metrics; an unknown path is a JSON 404, a wrong method
@@ -63,7 +63,9 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
 
 
 def _check_parent(parent: str) -> None:
-    """Create the socket's directory root-only, or refuse a directory others can write to."""
+    """Create the socket's directory for our user only, or refuse a directory
+    that someone else (but root) owns or that others can write to: whoever can
+    write there can replace the socket."""
     try:
         os.mkdir(parent, _PARENT_MODE)
     except FileExistsError:
@@ -79,6 +81,13 @@ def _check_parent(parent: str) -> None:
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         raise OSError(f"admin socket directory {parent} is writable by group or others "
                       f"(mode {stat.S_IMODE(st.st_mode):04o}); refusing to put the admin socket there")
+    if st.st_uid not in (0, os.geteuid()):
+        raise OSError(f"admin socket directory {parent} belongs to uid {st.st_uid}, not to this daemon's "
+                      f"uid {os.geteuid()}; refusing to put the admin socket there")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"admin socket directory {parent} is not writable by uid {os.geteuid()}; "
+                              "set admin_socket in the config to a directory of this user's, or leave it "
+                              "unset for $XDG_RUNTIME_DIR/mayflyd")
 
 
 def _remove_stale_socket(path: str) -> None:

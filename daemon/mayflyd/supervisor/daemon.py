@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from mayflyd.supervisor.notify import Notifier
 from mayflyd.supervisor.program_files import program_fingerprint, program_version
 from mayflyd.supervisor.router import Router
 from mayflyd.supervisor.seccomp_policy import build_filters
-from mayflyd.supervisor.tenant import BASE_HOST_ENVIRONMENT, ReloadResult, Tenant, Walls
+from mayflyd.supervisor.tenant import BASE_HOST_ENVIRONMENT, ReloadResult, Tenant, TenantState, Walls
 from mayflyd.supervisor.zygote_client import ZygoteClient
 
 __all__ = ["Daemon", "decide_walls"]
@@ -149,9 +149,12 @@ def _settle_heap() -> None:
 
 
 class Daemon:
-    def __init__(self, config: Config, *, config_path: Path | None = None, watch_programs: bool = True) -> None:
+    def __init__(self, config: Config, *, config_path: Path | None = None, watch_programs: bool = True,
+                 load: Callable[[Path], Config] = load_config) -> None:
         self.config = config
         self._config_path = config_path
+        # How a reload reads config_path: as the command line read it at start.
+        self._load = load
         self._watch = watch_programs
         self._tenants: dict[str, Tenant] = {}
         self._router: Router[Tenant] = Router([])
@@ -249,17 +252,24 @@ class Daemon:
         with contextlib.suppress(asyncio.CancelledError):
             await cleanup
 
-    async def _start_tenants(self, configs: tuple[TenantConfig, ...]) -> None:
+    async def _start_tenants(self, configs: tuple[TenantConfig, ...]) -> dict[str, str]:
+        """Start tenants until each serves or has failed once; why each that failed did."""
         assert self._walls is not None
         new = {t.name: Tenant(t, self._walls, self._metrics, self._zygote) for t in configs}
+        failed: dict[str, str] = {}
         for tenant in new.values():
             try:
                 await tenant.start()
             except OSError as exc:
+                failed[tenant.name] = f"cannot set up the tenant: {exc}"
                 log.error("cannot set up the tenant: %s", exc, extra={"tenant": tenant.name})
         await asyncio.gather(*(t.wait_started() for t in new.values()))
         self._tenants.update(new)
         self._rebuild_router()
+        for tenant in new.values():
+            if tenant.state is TenantState.BACKOFF:
+                failed[tenant.name] = f"{tenant.last_error} (in backoff, retrying)"
+        return failed
 
     def _rebuild_router(self) -> None:
         self._router = Router((t, t.config.hosts, t.config.default) for t in self._tenants.values())
@@ -289,7 +299,7 @@ class Daemon:
             return ReloadResult(result="failed", error="this daemon was not started from a config file",
                                 at=time.time(), version="")
         try:
-            new = await asyncio.to_thread(load_config, self._config_path)
+            new = await asyncio.to_thread(self._load, self._config_path)
         except ConfigError as exc:
             log.error("configuration reload rejected, the running configuration stays:\n%s", exc)
             return ReloadResult(result="failed", error=str(exc), at=time.time(), version="")
@@ -297,7 +307,7 @@ class Daemon:
         wanted = {t.name: t for t in new.tenants}
         removed = [t for name, t in self._tenants.items() if name not in wanted]
         added = tuple(cfg for name, cfg in wanted.items() if name not in self._tenants)
-        errors: list[str] = []
+        failed: dict[str, str] = {}
         for name, cfg in wanted.items():
             tenant = self._tenants.get(name)
             if tenant is None or tenant.config == cfg:
@@ -307,8 +317,9 @@ class Daemon:
                 continue
             outcome = await tenant.reload(cfg, kind="config")
             if outcome.result != "ok":
-                errors.append(f"tenant {name}: {outcome.error}")
-        await self._start_tenants(added)
+                serving = f"version {tenant.version} keeps serving" if tenant.version else "nothing serves"
+                failed[name] = f"{outcome.error} ({serving})"
+        failed.update(await self._start_tenants(added))
         for tenant in removed:
             del self._tenants[tenant.name]
         self._rebuild_router()
@@ -321,8 +332,9 @@ class Daemon:
         logging.getLogger().setLevel(new.log_level.upper())
         log.info("configuration reloaded: %d added, %d removed, %d tenants", len(added), len(removed),
                  len(self._tenants))
-        return ReloadResult(result="failed" if errors else "ok", error="; ".join(errors) or None,
-                            at=time.time(), version="")
+        return ReloadResult(result="failed" if failed else "ok",
+                            error="; ".join(f"tenant {name}: {why}" for name, why in failed.items()) or None,
+                            at=time.time(), version="", failed_tenants=failed)
 
     def _warn_restart_only(self, new: Config) -> None:
         """Settings a running daemon cannot change; they wait for a restart."""

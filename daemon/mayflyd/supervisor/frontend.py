@@ -38,8 +38,13 @@ _HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transf
 _READ_CHUNK = 64 * 1024
 
 
+class _DaemonAnswer(web.Response):
+    """An answer the daemon made instead of the program's: a refusal or a failure.
+    Its own type, so that the tenant counts it as the daemon's, whatever its status."""
+
+
 def _error(status: int, text: str, req_id: int, *, headers: dict[str, str] | None = None) -> web.Response:
-    response = web.Response(status=status, text=f"{status} {text}\n", headers=headers)
+    response = _DaemonAnswer(status=status, text=f"{status} {text}\n", headers=headers)
     response.headers["X-Request-Id"] = str(req_id)
     return response
 
@@ -60,7 +65,8 @@ class FrontEnd:
             response = _error(404, "Not Found: no tenant serves this host", req_id)
         else:
             response = await self._handle(request, req_id, tenant)
-            tenant.request_done(response.status, time.monotonic() - started)
+            tenant.request_done(response.status, time.monotonic() - started,
+                                by_program=not isinstance(response, _DaemonAnswer))
         if self._access_log:
             access.info("%s %s %d", request.method, request.path_qs, response.status,
                         extra={"tenant": tenant.name if tenant else None, "req": req_id,

@@ -27,7 +27,7 @@ _PAGE_BUCKETS = (0, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384)
 class Metrics:
     """The daemon's Prometheus metrics, in a registry of their own."""
 
-    __slots__ = ("registry", "_requests", "_duration", "_sandbox_cost", "_hosts", "_restarts",
+    __slots__ = ("registry", "_requests", "_errors", "_duration", "_sandbox_cost", "_hosts", "_restarts",
                  "_limit_hits", "_reloads", "_statuses", "_limits", "_pages", "_replacements", "_zygote_starts",
                  "_children")
 
@@ -36,6 +36,9 @@ class Metrics:
         r = self.registry
         self._requests = Counter("mayflyd_requests_total", "Requests answered, by tenant and HTTP status",
                                  ["tenant", "status"], registry=r)
+        self._errors = Counter("mayflyd_request_errors_total", "Requests a tenant failed to serve: 5xx answers "
+                               "and the daemon's refusals for a limit (not the 4xx its program returned)",
+                               ["tenant"], registry=r)
         self._duration = Histogram("mayflyd_request_duration_seconds", "Time to answer a request",
                                    ["tenant"], buckets=_REQUEST_BUCKETS, registry=r)
         self._sandbox_cost = Histogram("mayflyd_sandbox_cost_seconds",
@@ -78,6 +81,10 @@ class Metrics:
         requests.inc()  # type: ignore[union-attr]
         self._child(self._duration, tenant).observe(seconds)  # type: ignore[union-attr]
 
+    def request_failed(self, tenant: str) -> None:
+        """One request the tenant failed to serve (Tenant.request_done says which)."""
+        self._child(self._errors, tenant).inc()  # type: ignore[union-attr]
+
     def sandbox_cost(self, tenant: str, seconds: float) -> None:
         self._child(self._sandbox_cost, tenant).observe(seconds)  # type: ignore[union-attr]
 
@@ -111,8 +118,8 @@ class Metrics:
         """Remove every series of a removed tenant, so that it does not linger."""
         self._children = {key: child for key, child in self._children.items() if key[1][0] != tenant}
         label_sets: list[tuple[_Metric, tuple[str, ...]]] = [
-            (self._duration, (tenant,)), (self._sandbox_cost, (tenant,)), (self._hosts, (tenant,)),
-            (self._pages, (tenant,)), (self._replacements, (tenant,)),
+            (self._errors, (tenant,)), (self._duration, (tenant,)), (self._sandbox_cost, (tenant,)),
+            (self._hosts, (tenant,)), (self._pages, (tenant,)), (self._replacements, (tenant,)),
             (self._restarts, (tenant,))]
         label_sets += [(self._requests, (tenant, code)) for code in self._statuses.pop(tenant, set())]
         label_sets += [(self._limit_hits, (tenant, limit)) for limit in self._limits.pop(tenant, set())]

@@ -16,7 +16,7 @@ import os
 import sys
 import time
 from collections.abc import Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
@@ -91,10 +91,13 @@ class ReloadResult:
     error: str | None
     at: float                 # time.time()
     version: str              # of the program that is serving afterwards
+    # A config reload that applied but left tenants not serving it: why, by tenant.
+    failed_tenants: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, object]:
         return {"result": self.result, "error": self.error, "version": self.version,
-                "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.at))}
+                "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.at)),
+                "failed_tenants": dict(self.failed_tenants)}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -157,6 +160,8 @@ class Tenant:
         self.restarts = 0
         self.limit_hits: collections.Counter[str] = collections.Counter()
         self.requests: collections.Counter[str] = collections.Counter()
+        self.errors = 0        # see request_done
+        self.program_4xx = 0
         self.rewinds = 0
         self.pages_rewound = 0
         self.worker_replacements = 0
@@ -191,8 +196,22 @@ class Tenant:
         self._metrics.limit_hit(self.name, limit)
         log.warning("limit hit: %s (%s)", limit, detail, extra={"tenant": self.name, "req": req_id})
 
-    def request_done(self, status: int, seconds: float) -> None:
+    def request_done(self, status: int, seconds: float, *, by_program: bool) -> None:
+        """Count one answer, by status, and as an error or not.
+
+        `errors` counts the requests the tenant failed to serve: every 5xx
+        (the program raised, crashed, ran out of time or memory, or was not
+        running) and every request the daemon refused for a limit with a 4xx
+        of its own (408, 413, 431). A 4xx the program chose (404 for an
+        unknown path, 400 for bad input) is the program's answer, not a
+        failure: counted apart in `program_4xx`.
+        """
         self.requests[str(status)] += 1
+        if status >= 500 or (status >= 400 and not by_program):
+            self.errors += 1
+            self._metrics.request_failed(self.name)
+        elif status >= 400:
+            self.program_4xx += 1
         self._metrics.request_done(self.name, status, seconds)
 
     def status(self) -> dict[str, object]:
@@ -206,6 +225,7 @@ class Tenant:
             "hosts": [{"pid": h.pid, "version": h.version, "in_flight": h.in_flight,
                        "draining": h is not self._host} for h in hosts],
             "in_flight": self._in_flight, "restarts": self.restarts, "requests": dict(self.requests),
+            "errors": self.errors, "program_4xx": self.program_4xx,
             "limit_hits": dict(self.limit_hits),
             "last_reload": self.last_reload.as_dict() if self.last_reload else None,
         }
@@ -362,11 +382,7 @@ class Tenant:
                 self._metrics.host_restarted(self.name)
                 if host.uptime > STABLE_AFTER:
                     delay = BACKOFF_FIRST
-                self.state = TenantState.BACKOFF
-                self.last_error = "the host died"
-                log.warning("host died; restarting in %.1fs", delay, extra={"tenant": self.name})
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, BACKOFF_MAX)
+                delay = await self._back_off(delay, "the host died", logging.WARNING, "host died")
                 continue
             failure: Exception | None = None
             async with self._lock:
@@ -376,12 +392,16 @@ class Tenant:
                     except (HostStartError, OSError) as exc:
                         failure = exc
             if failure is not None:
-                self.last_error = str(failure)
-                self.state = TenantState.BACKOFF
-                log.error("the program failed to load: %s (retrying in %.1fs)", failure, delay,
-                          extra={"tenant": self.name})
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, BACKOFF_MAX)
+                delay = await self._back_off(delay, str(failure), logging.ERROR,
+                                             f"the program failed to load: {failure}")
+
+    async def _back_off(self, delay: float, error: str, level: int, what: str) -> float:
+        """Wait `delay` seconds in BACKOFF, saying why; the next delay, doubled up to BACKOFF_MAX."""
+        self.state = TenantState.BACKOFF
+        self.last_error = error
+        log.log(level, "%s; restarting in %.1fs", what, delay, extra={"tenant": self.name})
+        await asyncio.sleep(delay)
+        return min(delay * 2, BACKOFF_MAX)
 
     def _sandbox_exited(self, message: ChildExit | WorkerReplaced) -> None:
         if isinstance(message, WorkerReplaced):
