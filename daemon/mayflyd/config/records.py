@@ -135,8 +135,11 @@ TOP_KEYS: Final = (
             " (see [uids](#uids-and-gids))."),
     Key(name="admin_socket", kind="socket_path", default="/run/mayflyd/admin.sock",
         range_note="at most 107 bytes",
+        shown_default="`/run/mayflyd/admin.sock` as root; without root `$XDG_RUNTIME_DIR/mayflyd/admin.sock`,"
+                      " else `/tmp/mayflyd-UID/admin.sock`",
         doc="The admin API's Unix socket (status, reload, metrics). Created mode 0600; a missing"
-            " parent directory is created 0700, an existing one must not be writable by group or others."),
+            " parent directory is created 0700, an existing one must belong to the daemon's user or root"
+            " and not be writable by group or others."),
     Key(name="metrics_listen", kind="listen", default=None, range_note="port 1..65535",
         doc="Also serve `GET /metrics` over TCP here."),
     Key(name="log_format", kind="choice", default="logfmt", choices=("logfmt", "json"),
