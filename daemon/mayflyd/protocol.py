@@ -1,4 +1,4 @@
-"""The supervisor's side of the wire protocol; a mirror of csrc/protocol.h.
+"""The supervisor's side of the wire protocol; a mirror of csrc/wire/protocol.h.
 
 Each message is one SOCK_SEQPACKET packet: a 24-byte frame header and a
 payload. tests/unit/test_protocol.py checks this module against the C

@@ -1,4 +1,4 @@
-"""Tests of the dirty-page tracker (csrc/dirty_pages.c) through
+"""Tests of the dirty-page tracker (csrc/rewind/dirty_pages.c) through
 mayflyd._mayfly.DirtyTracker: userfaultfd async write-protect plus
 PAGEMAP_SCAN over private anonymous memory mapped by Python's mmap.
 

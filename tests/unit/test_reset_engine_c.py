@@ -1,4 +1,4 @@
-"""The reset engine's C side (csrc/reset_engine.c, reset_worker.c, rewind.c)
+"""The reset engine's C side (csrc/engine/reset_engine.c, reset_worker.c, csrc/rewind/)
 without the daemon: serve_reset in a forked child, the test plays the
 supervisor on the control socket."""
 from __future__ import annotations

@@ -143,7 +143,7 @@ _SECCOMP_ACTIONS: Final = ("eperm", "kill")
 _LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 _CGROUP_MODES: Final = ("auto", "v1", "v2", "none")
 _ENGINES: Final = ("auto", "fork", "reset")
-_POOL_MAX: Final = 256  # MF_RESET_MAX_WORKERS in csrc/reset_engine.h
+_POOL_MAX: Final = 256  # MF_RESET_MAX_WORKERS in csrc/engine/reset_engine.h
 _POOL_IDLE_MS_MAX: Final = 86_400_000
 # An idle reset tenant keeps a worker (and its snapshot, ~11 MiB) this long;
 # the request after that pays for forking one again.

@@ -41,12 +41,12 @@ Policy choices:
 * The reset engine (``reset=True``): the loading filter lets the host's
   workers create their userfaultfd (user-mode faults only), and the request
   filter lets the rewinder run ``PAGEMAP_SCAN``, which each worker narrows
-  further to its rewinder's own syscall instruction (csrc/pagemap_gate.c).
+  further to its rewinder's own syscall instruction (csrc/rewind/pagemap_gate.c).
   No userfaultfd ioctl is allowed: ``UFFDIO_WRITEPROTECT`` would let a
   request mark a written page clean.
 * Signal ``SIGRTMAX - 1`` is the reset engine's abort signal: no request may
   change its disposition (``rt_sigaction`` is allowed for every other signal).
-  Each reset worker also stacks the sigaction gate (csrc/sigaction_gate.h),
+  Each reset worker also stacks the sigaction gate (csrc/rewind/sigaction_gate.h),
   which routes a request's disposition changes through its SIGSYS handler
   and refuses SIGSYS itself.
 """
