@@ -197,13 +197,27 @@ static int *fd_array(PyObject *list, size_t *n)
     return mf_steal_pointer(&fds);
 }
 
-int *serve_inputs(const Py_buffer *filter, PyObject *close_list, size_t *n_close)
+void serve_inputs_release(struct serve_inputs *in)
 {
-    if (filter->len > 0 && !mf_seccomp_check((size_t)filter->len)) {
+    py_release_buffer(&in->filter);
+    PyMem_Free(in->fds);
+    in->fds = NULL;
+}
+
+bool serve_inputs_take(struct serve_inputs *in, PyObject *close_list, const int **close_in_child,
+                       size_t *n_close_in_child, const void **request_filter, size_t *request_filter_len)
+{
+    if (in->filter.len > 0 && !mf_seccomp_check((size_t)in->filter.len)) {
         PyErr_Format(PyExc_ValueError, "request_filter: %s", mf_last_error());
-        return NULL;
+        return false;
     }
-    return fd_array(close_list, n_close);
+    in->fds = fd_array(close_list, n_close_in_child);
+    if (in->fds == NULL)
+        return false;
+    *close_in_child = in->fds;
+    *request_filter = in->filter.buf;
+    *request_filter_len = (size_t)in->filter.len;
+    return true;
 }
 
 PyObject *serve_result(bool ok)
@@ -223,25 +237,21 @@ PyObject *py_serve_fork(PyObject *self, PyObject *args, PyObject *kwargs)
     struct mf_fork_hooks hooks = {&ctx, hook_before_fork, hook_after_fork_parent, hook_after_fork_child,
                                   hook_interrupted, hook_handle};
     struct mf_fork_config cfg = {.hooks = &hooks};
-    /* Released on every return; a no-op if a failed parse released it. */
-    py_cleanup_buffer Py_buffer filter = {0};
-    py_cleanup_mem int *fds = NULL;
+    /* Released on every return; its buffer a no-op if a failed parse released it. */
+    py_cleanup_serve_inputs struct serve_inputs in = {0};
     PyObject *close_list;
 
     (void)self;
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iOO|y*O&O&O&:serve_fork", kwlist, &cfg.ctrl_fd,
-                                     &ctx.runner, &close_list, &filter, uint32_converter, &cfg.limits.cpu_ms,
+                                     &ctx.runner, &close_list, &in.filter, uint32_converter, &cfg.limits.cpu_ms,
                                      uint64_converter, &cfg.limits.memory_bytes, uint32_converter,
                                      &cfg.limits.nofile))
         return NULL;
     if (!PyCallable_Check(ctx.runner))
         return PyErr_Format(PyExc_TypeError, "runner must be callable");
-    fds = serve_inputs(&filter, close_list, &cfg.n_close_in_child);
-    if (fds == NULL)
+    if (!serve_inputs_take(&in, close_list, &cfg.close_in_child, &cfg.n_close_in_child, &cfg.request_filter,
+                           &cfg.request_filter_len))
         return NULL;
-    cfg.close_in_child = fds;
-    cfg.request_filter = filter.buf;
-    cfg.request_filter_len = (size_t)filter.len;
     /* The GIL stays held: the host is single-threaded and forks under it. */
     return serve_result(mf_fork_serve(&cfg));
 }

@@ -42,10 +42,22 @@ struct serve_ctx {
 bool hook_interrupted(void *ctx);
 bool hook_handle(void *ctx, const struct mf_request *req, struct mf_response *out);
 
-/* What both engines take besides their own arguments: the request filter,
- * checked once here rather than failing every sandbox, and the fds no
- * sandbox may keep, as a PyMem array. NULL with a Python exception set. */
-int *serve_inputs(const Py_buffer *filter, PyObject *close_list, size_t *n_close);
+/* What both engines take besides their own arguments: the request filter
+ * (a buffer the binding's parse fills) and the fds no sandbox may keep.
+ * Released at scope exit with py_cleanup_serve_inputs. */
+struct serve_inputs {
+    Py_buffer filter;
+    int *fds;       /* PyMem */
+};
+
+void serve_inputs_release(struct serve_inputs *in);
+#define py_cleanup_serve_inputs __attribute__((cleanup(serve_inputs_release)))
+
+/* Checks the filter once here rather than failing every sandbox, converts
+ * close_list, and points the engine's config fields at both. false with a
+ * Python exception set. */
+bool serve_inputs_take(struct serve_inputs *in, PyObject *close_list, const int **close_in_child,
+                       size_t *n_close_in_child, const void **request_filter, size_t *request_filter_len);
 
 /* After an engine returned: the Python error, the engine's, or None. */
 PyObject *serve_result(bool ok);

@@ -76,27 +76,23 @@ PyObject *py_serve_reset(PyObject *self, PyObject *args, PyObject *kwargs)
                                     hook_interrupted, hook_handle},
                                    hook_prepare, hook_after_rewind};
     struct mf_reset_config cfg = {.hooks = &hooks, .pool_size = 1};
-    /* Released on every return; a no-op if a failed parse released it. */
-    py_cleanup_buffer Py_buffer filter = {0};
-    py_cleanup_mem int *fds = NULL;
+    /* Released on every return; its buffer a no-op if a failed parse released it. */
+    py_cleanup_serve_inputs struct serve_inputs in = {0};
     PyObject *close_list;
     int verify = 0;
 
     (void)self;
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iOOO|y*O&O&O&IO&p:serve_reset", kwlist, &cfg.ctrl_fd,
-                                     &ctx.serve.runner, &close_list, &ctx.after_rewind, &filter, uint32_converter,
+                                     &ctx.serve.runner, &close_list, &ctx.after_rewind, &in.filter, uint32_converter,
                                      &cfg.limits.cpu_ms, uint64_converter, &cfg.limits.memory_bytes,
                                      uint32_converter, &cfg.limits.nofile, &cfg.pool_size, uint32_converter,
                                      &cfg.idle_ms, &verify))
         return NULL;
     if (!PyCallable_Check(ctx.serve.runner) || !PyCallable_Check(ctx.after_rewind))
         return PyErr_Format(PyExc_TypeError, "runner and after_rewind must be callable");
-    fds = serve_inputs(&filter, close_list, &cfg.n_close_in_child);
-    if (fds == NULL)
+    if (!serve_inputs_take(&in, close_list, &cfg.close_in_child, &cfg.n_close_in_child, &cfg.request_filter,
+                           &cfg.request_filter_len))
         return NULL;
-    cfg.close_in_child = fds;
-    cfg.request_filter = filter.buf;
-    cfg.request_filter_len = (size_t)filter.len;
     cfg.verify = verify != 0;
     return serve_result(mf_reset_serve(&cfg));
 }
