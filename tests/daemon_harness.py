@@ -206,6 +206,8 @@ def reset_engine_missing() -> str:
     import errno
 
     from mayflyd import _mayfly
+    if not hasattr(_mayfly, "DirtyTracker"):
+        return "this build of mayflyd has no reset engine"
     try:
         _mayfly.DirtyTracker().close()
     except OSError as exc:

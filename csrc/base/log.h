@@ -1,8 +1,8 @@
 /*
  * Error reporting for the C helper. A failing function records one line
- * naming the call, its arguments and errno, then returns false; module.c
- * turns that line into the Python exception. Warnings go straight to
- * stderr, which is the tenant's log.
+ * naming the call, its arguments and errno, then returns false;
+ * python/py_util.c:raise_last turns that line into the Python exception.
+ * Warnings go straight to stderr, which is the tenant's log.
  */
 #ifndef MAYFLYD_LOG_H
 #define MAYFLYD_LOG_H

@@ -3,8 +3,10 @@
  * constants and the bindings of identity, namespaces, mounts, seccomp and
  * cgroups.
  * The request bindings (serve_fork, encode_response, decode_request) are in
- * py_requests.c, the DirtyTracker type in py_dirty_pages.c; these are the
- * only files that know CPython.
+ * py_requests.c; serve_reset (py_reset.c) and the DirtyTracker type
+ * (py_dirty_pages.c) are built only with the reset engine
+ * (MF_HAVE_RESET_ENGINE: x86_64, see setup.py). The shared helpers are in
+ * py_util.c. These are the only files that know CPython.
  * Each binding converts its arguments, calls one C function and turns a
  * recorded error (log.c) into OSError (with errno), ValueError (bad
  * frames) or RuntimeError.
@@ -15,59 +17,24 @@
 #include <errno.h>
 #include <limits.h>
 
-#include "walls/cgroup.h"
+#include "base/log.h"
 #include "engine/fork_engine.h"
+#include "python/py_requests.h"
+#include "python/py_util.h"
+#include "walls/cgroup.h"
 #include "walls/host_walls.h"
 #include "walls/identity.h"
-#include "base/log.h"
 #include "walls/mounts.h"
 #include "walls/ns.h"
-#include "wire/proto.h"
-#include "rewind/rewind.h"
-#include "python/py_bindings.h"
 #include "walls/seccomp.h"
 #include "walls/userns.h"
 #include "walls/zygote_fork.h"
-
-PyObject *raise_last(void)
-{
-    int err = mf_last_errno();
-    if (err == ENOMEM)
-        return PyErr_NoMemory();
-    if (err == EPROTO)
-        return PyErr_Format(PyExc_ValueError, "%s", mf_last_error());
-    if (err == 0)
-        return PyErr_Format(PyExc_RuntimeError, "%s", mf_last_error());
-    /* OSError(errno, msg) picks the subclass (FileNotFoundError, ...). */
-    PyObject *args = Py_BuildValue("(is)", err, mf_last_error());
-    if (args != NULL) {
-        PyErr_SetObject(PyExc_OSError, args);
-        Py_DECREF(args);
-    }
-    return NULL;
-}
-
-int uint32_converter(PyObject *obj, void *out)
-{
-    unsigned long v = PyLong_AsUnsignedLong(obj);
-    if (v == (unsigned long)-1 && PyErr_Occurred())
-        return 0;
-    if (v > UINT32_MAX) {
-        PyErr_SetString(PyExc_OverflowError, "value does not fit in 32 bits");
-        return 0;
-    }
-    *(uint32_t *)out = (uint32_t)v;
-    return 1;
-}
-
-int uint64_converter(PyObject *obj, void *out)
-{
-    unsigned long long v = PyLong_AsUnsignedLongLong(obj);
-    if (v == (unsigned long long)-1 && PyErr_Occurred())
-        return 0;
-    *(uint64_t *)out = v;
-    return 1;
-}
+#include "wire/proto.h"
+#ifdef MF_HAVE_RESET_ENGINE
+#include "python/py_dirty_pages.h"
+#include "python/py_reset.h"
+#include "rewind/rewind.h"
+#endif
 
 /* ---- identity, namespaces and mounts ---- */
 
@@ -100,41 +67,31 @@ static PyObject *py_enter_namespaces(PyObject *self, PyObject *args)
 {
     struct mf_ns_hooks hooks = {NULL, hook_before_fork, hook_after_fork_parent, hook_after_fork_child};
     struct mf_ns_config cfg = {.hooks = &hooks};
-    PyObject *hostname;
+    py_cleanup_ref PyObject *hostname = NULL;
     const char *network;
-    bool ok;
 
     (void)self;
     if (!PyArg_ParseTuple(args, "sO&:enter_namespaces", &network, PyUnicode_FSConverter, &hostname))
         return NULL;
-    if (!mf_network_parse(network, &cfg.network)) {
-        Py_DECREF(hostname);
+    if (!mf_network_parse(network, &cfg.network))
         return PyErr_Format(PyExc_ValueError, "%s", mf_last_error());
-    }
     cfg.hostname = PyBytes_AS_STRING(hostname);
     /* The GIL stays held across the fork, as PyOS_BeforeFork requires. */
-    ok = mf_enter_namespaces(&cfg);
-    Py_DECREF(hostname);
-    if (!ok)
+    if (!mf_enter_namespaces(&cfg))
         return raise_last();
     Py_RETURN_NONE;
 }
 
 static PyObject *py_seccomp_load(PyObject *self, PyObject *args)
 {
-    Py_buffer bpf;
-    bool ok;
+    py_cleanup_buffer Py_buffer bpf = {0};
 
     (void)self;
     if (!PyArg_ParseTuple(args, "y*:seccomp_load", &bpf))
         return NULL;
-    if (!mf_seccomp_check((size_t)bpf.len)) {
-        PyBuffer_Release(&bpf);
+    if (!mf_seccomp_check((size_t)bpf.len))
         return PyErr_Format(PyExc_ValueError, "%s", mf_last_error());
-    }
-    ok = mf_seccomp_load(bpf.buf, (size_t)bpf.len);
-    PyBuffer_Release(&bpf);
-    if (!ok)
+    if (!mf_seccomp_load(bpf.buf, (size_t)bpf.len))
         return raise_last();
     Py_RETURN_NONE;
 }
@@ -181,9 +138,12 @@ static void path_list_free(struct path_list *p)
     memset(p, 0, sizeof(*p));
 }
 
+#define cleanup_path_list __attribute__((cleanup(path_list_free)))
+
+/* Fills p (zeroed by the caller); on failure what it took stays in p for
+ * path_list_free. */
 static bool path_list_encode(PyObject *list, struct path_list *p)
 {
-    memset(p, 0, sizeof(*p));
     p->seq = PySequence_Fast(list, "paths must be a sequence of str");
     if (p->seq == NULL)
         return false;
@@ -192,14 +152,11 @@ static bool path_list_encode(PyObject *list, struct path_list *p)
     p->paths = PyMem_Calloc((size_t)p->n + 1, sizeof(*p->paths));
     if (p->encoded == NULL || p->paths == NULL) {
         PyErr_NoMemory();
-        path_list_free(p);
         return false;
     }
     for (; p->done < p->n; p->done++) {
-        if (!PyUnicode_FSConverter(PySequence_Fast_GET_ITEM(p->seq, p->done), &p->encoded[p->done])) {
-            path_list_free(p);
+        if (!PyUnicode_FSConverter(PySequence_Fast_GET_ITEM(p->seq, p->done), &p->encoded[p->done]))
             return false;
-        }
         p->paths[p->done] = PyBytes_AS_STRING(p->encoded[p->done]);
     }
     return true;
@@ -207,26 +164,22 @@ static bool path_list_encode(PyObject *list, struct path_list *p)
 
 static PyObject *py_enter_minimal_root(PyObject *self, PyObject *args)
 {
-    PyObject *list, *skipped_list = NULL;
-    struct path_list p;
-    bool *skipped;
+    cleanup_path_list struct path_list p = {0};
+    py_cleanup_mem bool *skipped = NULL;
+    PyObject *list, *skipped_list;
 
     (void)self;
     if (!PyArg_ParseTuple(args, "O:enter_minimal_root", &list) || !path_list_encode(list, &p))
         return NULL;
     skipped = PyMem_Calloc((size_t)p.n + 1, sizeof(*skipped));
-    if (skipped == NULL) {
-        PyErr_NoMemory();
-    } else if (!mf_enter_minimal_root(p.paths, (size_t)p.n, skipped)) {
-        raise_last();
-    } else {
-        skipped_list = PyList_New(0);
-        for (Py_ssize_t i = 0; skipped_list != NULL && i < p.n; i++)
-            if (skipped[i] && PyList_Append(skipped_list, PySequence_Fast_GET_ITEM(p.seq, i)) < 0)
-                Py_CLEAR(skipped_list);
-    }
-    PyMem_Free(skipped);
-    path_list_free(&p);
+    if (skipped == NULL)
+        return PyErr_NoMemory();
+    if (!mf_enter_minimal_root(p.paths, (size_t)p.n, skipped))
+        return raise_last();
+    skipped_list = PyList_New(0);
+    for (Py_ssize_t i = 0; skipped_list != NULL && i < p.n; i++)
+        if (skipped[i] && PyList_Append(skipped_list, PySequence_Fast_GET_ITEM(p.seq, i)) < 0)
+            Py_CLEAR(skipped_list);
     return skipped_list;
 }
 
@@ -240,10 +193,13 @@ struct walls_args {
 static void walls_args_free(struct walls_args *a)
 {
     path_list_free(&a->paths);
-    if (a->filter.obj != NULL)
-        PyBuffer_Release(&a->filter);
+    py_release_buffer(&a->filter);
 }
 
+#define cleanup_walls_args __attribute__((cleanup(walls_args_free)))
+
+/* Fills a (zeroed by the caller); on failure what it took stays in a for
+ * walls_args_free. */
 static bool walls_args_parse(PyObject *tuple, struct walls_args *a)
 {
     PyObject *paths, *filter;
@@ -251,7 +207,6 @@ static bool walls_args_parse(PyObject *tuple, struct walls_args *a)
     unsigned long nproc;
     unsigned int uid, gid;
 
-    memset(a, 0, sizeof(*a));
     if (!PyArg_ParseTuple(tuple, "pkIIOO:walls", &root, &nproc, &uid, &gid, &paths, &filter))
         return false;
     a->w.root = root != 0;
@@ -266,13 +221,10 @@ static bool walls_args_parse(PyObject *tuple, struct walls_args *a)
         a->w.n_paths = (size_t)a->paths.n;
     }
     if (filter != Py_None) {
-        if (PyObject_GetBuffer(filter, &a->filter, PyBUF_SIMPLE) < 0) {
-            walls_args_free(a);
+        if (PyObject_GetBuffer(filter, &a->filter, PyBUF_SIMPLE) < 0)
             return false;
-        }
         if (!mf_seccomp_check((size_t)a->filter.len)) {
             PyErr_Format(PyExc_ValueError, "%s", mf_last_error());
-            walls_args_free(a);
             return false;
         }
         a->w.loading_filter = a->filter.buf;
@@ -283,16 +235,13 @@ static bool walls_args_parse(PyObject *tuple, struct walls_args *a)
 
 static PyObject *py_build_host_walls(PyObject *self, PyObject *args)
 {
-    struct walls_args a;
+    cleanup_walls_args struct walls_args a = {0};
     PyObject *tuple;
-    bool ok;
 
     (void)self;
     if (!PyArg_ParseTuple(args, "O!:build_host_walls", &PyTuple_Type, &tuple) || !walls_args_parse(tuple, &a))
         return NULL;
-    ok = mf_host_walls_build(&a.w);
-    walls_args_free(&a);
-    if (!ok)
+    if (!mf_host_walls_build(&a.w))
         return raise_last();
     Py_RETURN_NONE;
 }
@@ -306,87 +255,78 @@ static PyObject *py_zygote_fork(PyObject *self, PyObject *args, PyObject *kwargs
     struct mf_zygote_fork_config cfg = {.hooks = &hooks, .zygote = getpid()};
     struct mf_cgroup_config cgroup = {0};
     struct mf_ns_config ns = {0};
-    PyObject *base = NULL, *group = NULL, *hostname = NULL, *walls;
-    struct walls_args w = {0};
+    /* Released on every return, in the zygote and in the host alike. */
+    py_cleanup_ref PyObject *base = NULL;
+    py_cleanup_ref PyObject *group = NULL;
+    py_cleanup_ref PyObject *hostname = NULL;
+    cleanup_walls_args struct walls_args w = {0};
+    PyObject *walls;
     const char *network = NULL;
     int user_namespace = 0;
-    pid_t pid;
 
     (void)self;
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iiiO!|piO&O&zO&:zygote_fork", kwlist, &cfg.ctrl_fd,
                                      &cfg.stdout_fd, &cfg.stderr_fd, &PyTuple_Type, &walls, &user_namespace,
                                      &cgroup.version, PyUnicode_FSConverter, &base, PyUnicode_FSConverter, &group,
                                      &network, PyUnicode_FSConverter, &hostname))
-        goto done;
+        return NULL;
     if (!walls_args_parse(walls, &w))
-        goto done;
+        return NULL;
     cfg.walls = &w.w;
     cfg.user_namespace = user_namespace != 0;
     if (cgroup.version != 0) {
-        if (base == NULL || group == NULL) {
-            PyErr_SetString(PyExc_ValueError, "a cgroup needs cgroup_base and cgroup_group");
-            goto done;
-        }
+        if (base == NULL || group == NULL)
+            return PyErr_Format(PyExc_ValueError, "a cgroup needs cgroup_base and cgroup_group");
         cgroup.base = PyBytes_AS_STRING(base);
         cgroup.group = PyBytes_AS_STRING(group);
         cfg.cgroup = &cgroup;
     }
     if (network != NULL) {
-        if (hostname == NULL) {
-            PyErr_SetString(PyExc_ValueError, "namespaces need a hostname");
-            goto done;
-        }
-        if (!mf_network_parse(network, &ns.network)) {
-            PyErr_Format(PyExc_ValueError, "%s", mf_last_error());
-            goto done;
-        }
+        if (hostname == NULL)
+            return PyErr_Format(PyExc_ValueError, "namespaces need a hostname");
+        if (!mf_network_parse(network, &ns.network))
+            return PyErr_Format(PyExc_ValueError, "%s", mf_last_error());
         ns.hostname = PyBytes_AS_STRING(hostname);
         cfg.ns = &ns;
     }
     /* The GIL stays held across the fork, as PyOS_BeforeFork requires. */
-    pid = mf_zygote_fork(&cfg);
-    walls_args_free(&w);
-    Py_XDECREF(base);
-    Py_XDECREF(group);
-    Py_XDECREF(hostname);
+    pid_t pid = mf_zygote_fork(&cfg);
     return pid < 0 ? raise_last() : PyLong_FromLong(pid);
-done:
-    walls_args_free(&w);
-    Py_XDECREF(base);
-    Py_XDECREF(group);
-    Py_XDECREF(hostname);
-    return NULL;
 }
 
 /* ---- cgroups: the GIL is released, remove may wait about a second ---- */
 
+/* A cgroup binding's config; base and group are released at scope exit. */
 struct cg_args {
     struct mf_cgroup_config cfg;
     PyObject *base, *group;
 };
 
+static void cg_args_free(struct cg_args *a)
+{
+    Py_CLEAR(a->base);
+    Py_CLEAR(a->group);
+}
+
+#define cleanup_cg_args __attribute__((cleanup(cg_args_free)))
+
+/* "iO&O&" (version, base, group), then one optional converter of the caller's. */
 static bool parse_cgroup(PyObject *args, const char *fmt, struct cg_args *a, void *extra_conv, void *extra)
 {
-    memset(a, 0, sizeof(*a));
     int rc = extra_conv != NULL
                  ? PyArg_ParseTuple(args, fmt, &a->cfg.version, PyUnicode_FSConverter, &a->base,
                                     PyUnicode_FSConverter, &a->group, extra_conv, extra)
                  : PyArg_ParseTuple(args, fmt, &a->cfg.version, PyUnicode_FSConverter, &a->base,
                                     PyUnicode_FSConverter, &a->group);
-    if (!rc) {
-        Py_XDECREF(a->base);
-        Py_XDECREF(a->group);
+    if (!rc)
         return false;
-    }
     a->cfg.base = PyBytes_AS_STRING(a->base);
     a->cfg.group = PyBytes_AS_STRING(a->group);
     return true;
 }
 
-static PyObject *cg_finish(struct cg_args *a, bool ok)
+static PyObject *cg_result(bool ok)
 {
-    Py_DECREF(a->base);
-    Py_DECREF(a->group);
     if (!ok)
         return raise_last();
     Py_RETURN_NONE;
@@ -407,7 +347,7 @@ static int pid_converter(PyObject *obj, void *out)
 
 static PyObject *py_cgroup_detect(PyObject *self, PyObject *args)
 {
-    PyObject *base;
+    py_cleanup_ref PyObject *base = NULL;
     int v;
 
     (void)self;
@@ -416,7 +356,6 @@ static PyObject *py_cgroup_detect(PyObject *self, PyObject *args)
     Py_BEGIN_ALLOW_THREADS
     v = mf_cgroup_detect(PyBytes_AS_STRING(base));
     Py_END_ALLOW_THREADS
-    Py_DECREF(base);
     return v < 0 ? raise_last() : PyLong_FromLong(v);
 }
 
@@ -424,7 +363,7 @@ static PyObject *py_cgroup_setup(PyObject *self, PyObject *args, PyObject *kwarg
 {
     static char *kwlist[] = {"version", "base", "group", "memory_max", "pids_max", "cpu_quota_us",
                              "cpu_period_us", NULL};
-    struct cg_args a = {.cfg.cpu_period_us = 100000};
+    cleanup_cg_args struct cg_args a = {.cfg.cpu_period_us = 100000};
     bool ok;
 
     (void)self;
@@ -432,22 +371,19 @@ static PyObject *py_cgroup_setup(PyObject *self, PyObject *args, PyObject *kwarg
                                      PyUnicode_FSConverter, &a.base, PyUnicode_FSConverter, &a.group,
                                      uint64_converter, &a.cfg.memory_max, uint64_converter, &a.cfg.pids_max,
                                      uint64_converter, &a.cfg.cpu_quota_us, uint64_converter,
-                                     &a.cfg.cpu_period_us)) {
-        Py_XDECREF(a.base);
-        Py_XDECREF(a.group);
+                                     &a.cfg.cpu_period_us))
         return NULL;
-    }
     a.cfg.base = PyBytes_AS_STRING(a.base);
     a.cfg.group = PyBytes_AS_STRING(a.group);
     Py_BEGIN_ALLOW_THREADS
     ok = mf_cgroup_setup(&a.cfg);
     Py_END_ALLOW_THREADS
-    return cg_finish(&a, ok);
+    return cg_result(ok);
 }
 
 static PyObject *py_cgroup_join(PyObject *self, PyObject *args)
 {
-    struct cg_args a;
+    cleanup_cg_args struct cg_args a = {0};
     pid_t pid;
     bool ok;
 
@@ -457,12 +393,12 @@ static PyObject *py_cgroup_join(PyObject *self, PyObject *args)
     Py_BEGIN_ALLOW_THREADS
     ok = mf_cgroup_join(&a.cfg, pid);
     Py_END_ALLOW_THREADS
-    return cg_finish(&a, ok);
+    return cg_result(ok);
 }
 
 static PyObject *py_cgroup_remove(PyObject *self, PyObject *args)
 {
-    struct cg_args a;
+    cleanup_cg_args struct cg_args a = {0};
     bool ok;
 
     (void)self;
@@ -471,12 +407,12 @@ static PyObject *py_cgroup_remove(PyObject *self, PyObject *args)
     Py_BEGIN_ALLOW_THREADS
     ok = mf_cgroup_remove(&a.cfg);
     Py_END_ALLOW_THREADS
-    return cg_finish(&a, ok);
+    return cg_result(ok);
 }
 
 static PyObject *py_cgroup_stats(PyObject *self, PyObject *args)
 {
-    struct cg_args a;
+    cleanup_cg_args struct cg_args a = {0};
     struct mf_cgroup_stats st;
     bool ok;
 
@@ -486,16 +422,14 @@ static PyObject *py_cgroup_stats(PyObject *self, PyObject *args)
     Py_BEGIN_ALLOW_THREADS
     ok = mf_cgroup_stats(&a.cfg, &st);
     Py_END_ALLOW_THREADS
-    if (cg_finish(&a, ok) == NULL)
-        return NULL;
-    Py_DECREF(Py_None); /* cg_finish's return value on success */
+    if (!ok)
+        return raise_last();
     PyObject *out = Py_BuildValue("{sKsK}", "oom_kill", (unsigned long long)st.oom_kill, "memory_current",
                                   (unsigned long long)st.memory_current);
     if (out != NULL && st.have_pids_current) {
-        PyObject *v = PyLong_FromUnsignedLongLong(st.pids_current);
+        py_cleanup_ref PyObject *v = PyLong_FromUnsignedLongLong(st.pids_current);
         if (v == NULL || PyDict_SetItemString(out, "pids_current", v) < 0)
             Py_CLEAR(out);
-        Py_XDECREF(v);
     }
     return out;
 }
@@ -524,9 +458,11 @@ static PyMethodDef methods[] = {
     {"cgroup_join", py_cgroup_join, METH_VARARGS, "cgroup_join(version, base, group, pid)"},
     {"cgroup_remove", py_cgroup_remove, METH_VARARGS, "cgroup_remove(version, base, group)"},
     {"cgroup_stats", py_cgroup_stats, METH_VARARGS, "cgroup_stats(version, base, group) -> dict"},
+#ifdef MF_HAVE_RESET_ENGINE
     {"serve_reset", (PyCFunction)(void (*)(void))py_serve_reset, METH_VARARGS | METH_KEYWORDS,
      "serve_reset(ctrl_fd, runner, close_in_child, after_rewind, request_filter=b'', cpu_ms=0, memory_bytes=0, "
-     "nofile=0, pool_size=1, verify=False)"},
+     "nofile=0, pool_size=1, idle_ms=0, verify=False)"},
+#endif
     {"serve_fork", (PyCFunction)(void (*)(void))py_serve_fork, METH_VARARGS | METH_KEYWORDS,
      "serve_fork(ctrl_fd, runner, close_in_child, request_filter=b'', cpu_ms=0, memory_bytes=0, nofile=0)"},
     {"encode_response", py_encode_response, METH_VARARGS,
@@ -566,14 +502,18 @@ PyMODINIT_FUNC PyInit__mayfly(void)
         {"FORK_MAX_CHILDREN", MF_FORK_MAX_CHILDREN}, {"FORK_GRACE_MS", MF_FORK_GRACE_MS},
         {"CHILD_EXIT_HANDLER", MF_CHILD_EXIT_HANDLER}, {"CHILD_EXIT_BAD_REQUEST", MF_CHILD_EXIT_BAD_REQUEST},
         {"CHILD_EXIT_SETUP", MF_CHILD_EXIT_SETUP},
+#ifdef MF_HAVE_RESET_ENGINE
         {"HOT_LEARN_REWINDS", MF_HOT_LEARN_REWINDS},
+#endif
     };
     PyObject *m = PyModule_Create(&module_def);
 
     for (size_t i = 0; m != NULL && i < sizeof(constants) / sizeof(constants[0]); i++)
         if (PyModule_AddIntConstant(m, constants[i].name, constants[i].value) < 0)
             Py_CLEAR(m);
+#ifdef MF_HAVE_RESET_ENGINE
     if (m != NULL && py_dirty_pages_add(m) < 0)
         Py_CLEAR(m);
+#endif
     return m;
 }

@@ -2,16 +2,17 @@
  * mayflyd._mayfly.DirtyTracker: the dirty-page tracker (dirty_pages.h) as
  * a small Python type, for the tests and the microbenchmark. Ranges are
  * (start, end) byte addresses, end exclusive. Added to the module by
- * module.c through py_dirty_pages_add.
+ * module.c through py_dirty_pages_add, in reset-engine builds only.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
 #include <errno.h>
 
-#include "rewind/dirty_pages.h"
 #include "base/log.h"
-#include "python/py_bindings.h"
+#include "python/py_dirty_pages.h"
+#include "python/py_util.h"
+#include "rewind/dirty_pages.h"
 
 /* Regions per call into C; a walk that fills them continues (pending). */
 #define BATCH 256
@@ -107,33 +108,26 @@ static PyObject *dt_scan(DirtyTracker *self, PyObject *args, PyObject *kwargs)
 static PyObject *dt_protect(DirtyTracker *self, PyObject *args)
 {
     struct mf_dirty_region batch[BATCH];
-    PyObject *ranges, *seq;
-    Py_ssize_t total;
+    PyObject *ranges;
     size_t n = 0;
 
     if (!PyArg_ParseTuple(args, "O:protect", &ranges))
         return NULL;
-    seq = PySequence_Fast(ranges, "ranges must be a sequence of (start, end)");
+    py_cleanup_ref PyObject *seq = PySequence_Fast(ranges, "ranges must be a sequence of (start, end)");
     if (seq == NULL)
         return NULL;
-    total = PySequence_Fast_GET_SIZE(seq);
+    Py_ssize_t total = PySequence_Fast_GET_SIZE(seq);
     for (Py_ssize_t i = 0; i < total; i++) {
         unsigned long long start, end;
         if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "KK:protect", &start, &end))
-            goto fail;
+            return NULL;
         batch[n++] = (struct mf_dirty_region){start, end, 0};
-        if ((n == BATCH || i + 1 == total) && !mf_dirty_protect(&self->tracker, batch, n)) {
-            raise_last();
-            goto fail;
-        }
+        if ((n == BATCH || i + 1 == total) && !mf_dirty_protect(&self->tracker, batch, n))
+            return raise_last();
         if (n == BATCH)
             n = 0;
     }
-    Py_DECREF(seq);
     Py_RETURN_NONE;
-fail:
-    Py_DECREF(seq);
-    return NULL;
 }
 
 static PyObject *dt_close(DirtyTracker *self, PyObject *unused)

@@ -1,8 +1,9 @@
 /*
  * The request bindings of mayflyd._mayfly: conversion between Python
- * objects and struct mf_request / mf_response (proto.h), the fork engine's
- * hooks and serve_fork, and the protocol test bindings encode_response,
- * decode_request and struct_layout. Registered in module.c's method table.
+ * objects and struct mf_request / mf_response (proto.h), the engine hooks
+ * and serve_fork, and the protocol test bindings encode_response,
+ * decode_request and struct_layout. Registered in module.c's method table;
+ * see py_requests.h.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -11,24 +12,15 @@
 #include <limits.h>
 #include <stddef.h>
 
-#include <sys/mman.h>
-
-#include "engine/fork_engine.h"
-#include "engine/reset_engine.h"
+#include "base/cleanup.h"
 #include "base/log.h"
-#include "wire/proto.h"
-#include "python/py_bindings.h"
+#include "engine/fork_engine.h"
+#include "python/py_requests.h"
+#include "python/py_util.h"
 #include "walls/seccomp.h"
+#include "wire/proto.h"
 
 /* ---- response conversion, shared by the sandbox and encode_response ---- */
-
-struct py_response {
-    struct mf_response resp;
-    struct mf_header *headers;
-    PyObject *keep;         /* the encoded header bytes the pointers refer to */
-    Py_buffer body;
-    bool have_body;
-};
 
 /* str as latin-1, else UTF-8; bytes as they are. New reference. */
 static PyObject *encode_text(PyObject *obj)
@@ -77,7 +69,7 @@ static void py_response_release(struct py_response *r)
 /* Sets a Python exception and returns false on failure. */
 static bool py_response_build(struct py_response *r, PyObject *status, PyObject *headers, PyObject *body)
 {
-    PyObject *seq = NULL;
+    py_cleanup_ref PyObject *seq = NULL;
     bool ok = false;
 
     memset(r, 0, sizeof(*r));
@@ -117,7 +109,6 @@ static bool py_response_build(struct py_response *r, PyObject *status, PyObject 
     r->resp.body_len = (uint64_t)r->body.len;
     ok = true;
 out:
-    Py_XDECREF(seq);
     if (!ok)
         py_response_release(r);
     return ok;
@@ -153,17 +144,9 @@ static PyObject *request_tuple(const struct mf_request *req, bool with_id)
 
 /* ---- serve_fork ---- */
 
-struct serve_ctx {
-    PyObject *runner;
-    struct py_response resp;
-};
+bool hook_interrupted(void *ctx) { (void)ctx; return PyErr_CheckSignals() == 0; }
 
-void hook_before_fork(void *ctx) { (void)ctx; PyOS_BeforeFork(); }
-void hook_after_fork_parent(void *ctx) { (void)ctx; PyOS_AfterFork_Parent(); }
-void hook_after_fork_child(void *ctx) { (void)ctx; PyOS_AfterFork_Child(); }
-static bool hook_interrupted(void *ctx) { (void)ctx; return PyErr_CheckSignals() == 0; }
-
-static bool hook_handle(void *vctx, const struct mf_request *req, struct mf_response *out)
+bool hook_handle(void *vctx, const struct mf_request *req, struct mf_response *out)
 {
     struct serve_ctx *ctx = vctx;
     PyObject *args = request_tuple(req, true);
@@ -193,49 +176,52 @@ static bool hook_handle(void *vctx, const struct mf_request *req, struct mf_resp
 /* A sequence of fds as a PyMem array (one spare slot, so never NULL on success). */
 static int *fd_array(PyObject *list, size_t *n)
 {
-    PyObject *seq = PySequence_Fast(list, "close_in_child must be a sequence of fds");
-    int *fds;
+    py_cleanup_ref PyObject *seq = PySequence_Fast(list, "close_in_child must be a sequence of fds");
+    py_cleanup_mem int *fds = NULL;
 
     if (seq == NULL)
         return NULL;
     *n = (size_t)PySequence_Fast_GET_SIZE(seq);
     fds = PyMem_Calloc(*n + 1, sizeof(int));
-    if (fds == NULL) {
-        Py_DECREF(seq);
+    if (fds == NULL)
         return (int *)PyErr_NoMemory();
-    }
     for (size_t i = 0; i < *n; i++) {
         long fd = PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, (Py_ssize_t)i));
         if ((fd == -1 && PyErr_Occurred()) || fd < 0 || fd > INT_MAX) {
             if (!PyErr_Occurred())
                 PyErr_Format(PyExc_ValueError, "bad fd %ld in close_in_child", fd);
-            PyMem_Free(fds);
-            Py_DECREF(seq);
             return NULL;
         }
         fds[i] = (int)fd;
     }
-    Py_DECREF(seq);
-    return fds;
+    return mf_steal_pointer(&fds);
 }
 
-/* What both engines take besides their own arguments: the request filter,
- * checked once here rather than failing every sandbox, and the fds no
- * sandbox may keep. NULL with a Python exception set. */
-static int *serve_inputs(const Py_buffer *filter, PyObject *close_list, size_t *n_close)
+void serve_inputs_release(struct serve_inputs *in)
 {
-    if (filter->len > 0 && !mf_seccomp_check((size_t)filter->len)) {
+    py_release_buffer(&in->filter);
+    PyMem_Free(in->fds);
+    in->fds = NULL;
+}
+
+bool serve_inputs_take(struct serve_inputs *in, PyObject *close_list, const int **close_in_child,
+                       size_t *n_close_in_child, const void **request_filter, size_t *request_filter_len)
+{
+    if (in->filter.len > 0 && !mf_seccomp_check((size_t)in->filter.len)) {
         PyErr_Format(PyExc_ValueError, "request_filter: %s", mf_last_error());
-        return NULL;
+        return false;
     }
-    return fd_array(close_list, n_close);
+    in->fds = fd_array(close_list, n_close_in_child);
+    if (in->fds == NULL)
+        return false;
+    *close_in_child = in->fds;
+    *request_filter = in->filter.buf;
+    *request_filter_len = (size_t)in->filter.len;
+    return true;
 }
 
-/* After an engine returned: the Python error, the engine's, or None. */
-static PyObject *serve_result(bool ok, int *fds, Py_buffer *filter)
+PyObject *serve_result(bool ok)
 {
-    PyMem_Free(fds);
-    PyBuffer_Release(filter);
     if (PyErr_Occurred())
         return NULL;
     if (!ok)
@@ -251,131 +237,35 @@ PyObject *py_serve_fork(PyObject *self, PyObject *args, PyObject *kwargs)
     struct mf_fork_hooks hooks = {&ctx, hook_before_fork, hook_after_fork_parent, hook_after_fork_child,
                                   hook_interrupted, hook_handle};
     struct mf_fork_config cfg = {.hooks = &hooks};
-    Py_buffer filter = {0};
+    /* Released on every return; its buffer a no-op if a failed parse released it. */
+    py_cleanup_serve_inputs struct serve_inputs in = {0};
     PyObject *close_list;
-    int *fds;
-    bool ok;
 
     (void)self;
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iOO|y*O&O&O&:serve_fork", kwlist, &cfg.ctrl_fd,
-                                     &ctx.runner, &close_list, &filter, uint32_converter, &cfg.limits.cpu_ms,
+                                     &ctx.runner, &close_list, &in.filter, uint32_converter, &cfg.limits.cpu_ms,
                                      uint64_converter, &cfg.limits.memory_bytes, uint32_converter,
                                      &cfg.limits.nofile))
-        goto fail;
-    if (!PyCallable_Check(ctx.runner)) {
-        PyErr_Format(PyExc_TypeError, "runner must be callable");
-        goto fail;
-    }
-    fds = serve_inputs(&filter, close_list, &cfg.n_close_in_child);
-    if (fds == NULL)
-        goto fail;
-    cfg.close_in_child = fds;
-    cfg.request_filter = filter.buf;
-    cfg.request_filter_len = (size_t)filter.len;
+        return NULL;
+    if (!PyCallable_Check(ctx.runner))
+        return PyErr_Format(PyExc_TypeError, "runner must be callable");
+    if (!serve_inputs_take(&in, close_list, &cfg.close_in_child, &cfg.n_close_in_child, &cfg.request_filter,
+                           &cfg.request_filter_len))
+        return NULL;
     /* The GIL stays held: the host is single-threaded and forks under it. */
-    ok = mf_fork_serve(&cfg);
-    return serve_result(ok, fds, &filter);
-fail:
-    /* A no-op on a buffer never taken, or already released by a failed parse. */
-    PyBuffer_Release(&filter);
-    return NULL;
-}
-
-/* ---- serve_reset ---- */
-
-/* A pymalloc arena allocator that never unmaps: an arena freed by a
- * request stays mapped for the next allocation, so the rewind never finds
- * a sealed mapping gone. Its list lives in tracked memory and is rewound
- * with the rest of the allocator's state. */
-static void *free_arenas;
-static size_t arena_size;
-
-static void *arena_alloc(void *ctx, size_t size)
-{
-    (void)ctx;
-    if (free_arenas != NULL && size == arena_size) {
-        void *arena = free_arenas;
-        free_arenas = *(void **)arena;
-        return arena;
-    }
-    void *arena = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    return arena == MAP_FAILED ? NULL : arena;
-}
-
-static void arena_free(void *ctx, void *ptr, size_t size)
-{
-    (void)ctx;
-    if (arena_size == 0)
-        arena_size = size;
-    if (size != arena_size) { /* never seen; unmapping is always correct, if slower */
-        (void)munmap(ptr, size);
-        return;
-    }
-    *(void **)ptr = free_arenas;
-    free_arenas = ptr;
-}
-
-struct reset_ctx {
-    struct serve_ctx serve;
-    PyObject *after_rewind;
-};
-
-static void hook_prepare(void *ctx)
-{
-    PyObjectArenaAllocator alloc = {ctx, arena_alloc, arena_free};
-    PyObject_SetArenaAllocator(&alloc);
-}
-
-static void hook_after_rewind(void *vctx)
-{
-    struct reset_ctx *ctx = vctx;
-    PyObject *r = PyObject_CallNoArgs(ctx->after_rewind);
-    if (r == NULL)
-        PyErr_Print(); /* the request still runs; what failed is on stderr */
-    Py_XDECREF(r);
-}
-
-PyObject *py_serve_reset(PyObject *self, PyObject *args, PyObject *kwargs)
-{
-    static char *kwlist[] = {"ctrl_fd", "runner", "close_in_child", "after_rewind", "request_filter", "cpu_ms",
-                             "memory_bytes", "nofile", "pool_size", "idle_ms", "verify", NULL};
-    struct reset_ctx ctx = {{0}, NULL};
-    struct mf_reset_hooks hooks = {{&ctx, hook_before_fork, hook_after_fork_parent, hook_after_fork_child,
-                                    hook_interrupted, hook_handle},
-                                   hook_prepare, hook_after_rewind};
-    struct mf_reset_config cfg = {.hooks = &hooks, .pool_size = 1};
-    Py_buffer filter = {0};
-    PyObject *close_list;
-    int verify = 0;
-    int *fds;
-    bool ok;
-
-    (void)self;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iOOO|y*O&O&O&IO&p:serve_reset", kwlist, &cfg.ctrl_fd,
-                                     &ctx.serve.runner, &close_list, &ctx.after_rewind, &filter, uint32_converter,
-                                     &cfg.limits.cpu_ms, uint64_converter, &cfg.limits.memory_bytes,
-                                     uint32_converter, &cfg.limits.nofile, &cfg.pool_size, uint32_converter,
-                                     &cfg.idle_ms, &verify))
-        goto fail;
-    if (!PyCallable_Check(ctx.serve.runner) || !PyCallable_Check(ctx.after_rewind)) {
-        PyErr_Format(PyExc_TypeError, "runner and after_rewind must be callable");
-        goto fail;
-    }
-    fds = serve_inputs(&filter, close_list, &cfg.n_close_in_child);
-    if (fds == NULL)
-        goto fail;
-    cfg.close_in_child = fds;
-    cfg.request_filter = filter.buf;
-    cfg.request_filter_len = (size_t)filter.len;
-    cfg.verify = verify != 0;
-    ok = mf_reset_serve(&cfg);
-    return serve_result(ok, fds, &filter);
-fail:
-    PyBuffer_Release(&filter);
-    return NULL;
+    return serve_result(mf_fork_serve(&cfg));
 }
 
 /* ---- protocol test bindings: the same code paths the sandbox uses ---- */
+
+/* A decoded request in PyMem: its buffers and itself, freed at scope exit. */
+static void release_request(struct mf_request **req)
+{
+    if (*req != NULL)
+        mf_request_free(*req);
+    PyMem_Free(*req);
+}
+#define py_cleanup_request __attribute__((cleanup(release_request)))
 
 static bool list_sink(void *ctx, const struct iovec *iov, int iovcnt, size_t len)
 {
@@ -419,42 +309,32 @@ PyObject *py_encode_response(PyObject *self, PyObject *args)
 PyObject *py_decode_request(PyObject *self, PyObject *args)
 {
     uint64_t req_id;
-    PyObject *packets, *seq, *result = NULL;
-    struct mf_request *req;
+    PyObject *packets;
 
     (void)self;
     if (!PyArg_ParseTuple(args, "O&O:decode_request", uint64_converter, &req_id, &packets))
         return NULL;
-    seq = PySequence_Fast(packets, "packets must be a sequence of bytes");
+    py_cleanup_ref PyObject *seq = PySequence_Fast(packets, "packets must be a sequence of bytes");
     if (seq == NULL)
         return NULL;
-    req = PyMem_Malloc(sizeof(*req)); /* about 8 KiB of header slots */
-    if (req == NULL) {
-        Py_DECREF(seq);
+    py_cleanup_request struct mf_request *req = PyMem_Malloc(sizeof(*req)); /* about 8 KiB of header slots */
+    if (req == NULL)
         return PyErr_NoMemory();
-    }
     mf_request_init(req, req_id);
     for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
         PyObject *pkt = PySequence_Fast_GET_ITEM(seq, i);
         if (!PyBytes_Check(pkt)) {
             PyErr_SetString(PyExc_TypeError, "packets must be bytes");
-            goto out;
+            return NULL;
         }
-        if (mf_request_feed(req, (const uint8_t *)PyBytes_AS_STRING(pkt), (size_t)PyBytes_GET_SIZE(pkt)) < 0) {
-            raise_last();
-            goto out;
-        }
+        if (mf_request_feed(req, (const uint8_t *)PyBytes_AS_STRING(pkt), (size_t)PyBytes_GET_SIZE(pkt)) < 0)
+            return raise_last();
     }
     if (req->state != MF_REQ_DONE) {
         PyErr_SetString(PyExc_ValueError, "request incomplete: no REQ_END");
-        goto out;
+        return NULL;
     }
-    result = request_tuple(req, false);
-out:
-    mf_request_free(req);
-    PyMem_Free(req);
-    Py_DECREF(seq);
-    return result;
+    return request_tuple(req, false);
 }
 
 /* ---- layout of protocol.h, for the test against the Python mirror ---- */

@@ -11,6 +11,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "base/cleanup.h"
 #include "base/kernel_uapi.h"
 #include "base/log.h"
 #include "rewind/pagemap_gate.h"
@@ -26,17 +27,12 @@ _Static_assert(offsetof(struct mf_dirty_region, end) == offsetof(struct page_reg
 static bool explain_missing_features(void)
 {
     struct uffdio_api api = {.api = UFFD_API};
-    int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
+    mf_cleanup_fd int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
 
     if (fd < 0)
         return mf_err("userfaultfd(O_CLOEXEC|O_NONBLOCK|UFFD_USER_MODE_ONLY)");
-    if (ioctl(fd, UFFDIO_API, &api) < 0) {
-        int err = errno;
-        (void)close(fd); /* read-only probe: nothing to flush */
-        errno = err;
+    if (ioctl(fd, UFFDIO_API, &api) < 0)
         return mf_err("ioctl(UFFDIO_API, features=0)");
-    }
-    (void)close(fd);
     if (!(api.features & UFFD_FEATURE_WP_ASYNC))
         return mf_errx(EOPNOTSUPP, "userfaultfd lacks UFFD_FEATURE_WP_ASYNC (Linux 6.7+; features %#llx)",
                        (unsigned long long)api.features);
@@ -50,7 +46,6 @@ static bool explain_missing_features(void)
 static bool open_fds(struct mf_dirty_tracker *t)
 {
     struct uffdio_api api = {.api = UFFD_API, .features = WANTED_FEATURES};
-    struct pm_scan_arg probe = {.size = sizeof(probe)};
 
     /* UFFD_USER_MODE_ONLY: only user-mode faults, so no privilege needed. */
     t->uffd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
@@ -61,10 +56,7 @@ static bool open_fds(struct mf_dirty_tracker *t)
     t->pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
     if (t->pagemap_fd < 0)
         return mf_err("open(/proc/self/pagemap, O_RDONLY)");
-    /* An empty walk: ENOTTY on kernels without PAGEMAP_SCAN. */
-    if (mf_pagemap_scan(t->pagemap_fd, &probe) < 0)
-        return mf_err("ioctl(/proc/self/pagemap, PAGEMAP_SCAN, empty range)");
-    return true;
+    return mf_pagemap_probe(t->pagemap_fd); /* ENOTTY on kernels without PAGEMAP_SCAN */
 }
 
 bool mf_dirty_open(struct mf_dirty_tracker *t)
@@ -123,11 +115,33 @@ bool mf_dirty_track(struct mf_dirty_tracker *t, void *start, size_t len)
     return true;
 }
 
+/* Where a walk puts what it found: out[0..n), pages spanned. */
+struct dirty_out {
+    const struct mf_dirty_tracker *t;
+    struct mf_dirty_region *out;
+    size_t cap, n, pages;
+};
+
+/* The kernel filled out[n..n+got): count them, and ask for the next batch
+ * right after them while out has room. */
+static bool take_batch(struct mf_pagemap_walk *w, size_t got, void *ctx)
+{
+    struct dirty_out *d = ctx;
+
+    for (size_t k = d->n; k < d->n + got; k++)
+        d->pages += (size_t)((d->out[k].end - d->out[k].start) / d->t->page_size);
+    d->n += got;
+    w->vec = d->out + d->n;
+    w->vec_len = d->cap - d->n < MF_DIRTY_SCAN_BATCH ? d->cap - d->n : MF_DIRTY_SCAN_BATCH;
+    return w->vec_len > 0;
+}
+
 /* One walk over the tracked ranges for written pages, from where the last
  * interrupted walk stopped. flags adds PM_SCAN_WP_MATCHING for collect. */
 static bool walk(struct mf_dirty_tracker *t, uint64_t flags, struct mf_dirty_region *out, size_t cap, size_t *n,
                  size_t *pages)
 {
+    struct dirty_out d = {.t = t, .out = out, .cap = cap};
     size_t i = 0;
     uint64_t from = 0;
 
@@ -144,37 +158,29 @@ static bool walk(struct mf_dirty_tracker *t, uint64_t flags, struct mf_dirty_reg
     }
     for (; i < t->nranges; i++) {
         const struct mf_dirty_range *r = &t->ranges[i];
-        uint64_t start = from > r->start ? from : r->start;
-        if (*n == cap) { /* full exactly at a range boundary */
-            t->resume_range = i;
-            t->resume_addr = start;
-            return true;
-        }
         /* CHECK_WPASYNC: EPERM rather than a silent miss if the range
          * lost its registration (unmapped and mapped again). */
-        struct pm_scan_arg arg = {
-            .size = sizeof(arg),
-            .flags = flags | PM_SCAN_CHECK_WPASYNC,
-            .start = start,
-            .end = r->end,
-            .vec = (uint64_t)(uintptr_t)(out + *n),
-            .vec_len = cap - *n < MF_DIRTY_SCAN_BATCH ? cap - *n : MF_DIRTY_SCAN_BATCH,
-            .category_mask = PAGE_IS_WRITTEN,
-            .return_mask = PAGE_IS_WRITTEN,
+        struct mf_pagemap_walk w = {
+            .fd = t->pagemap_fd, .flags = flags | PM_SCAN_CHECK_WPASYNC,
+            .category_mask = PAGE_IS_WRITTEN, .return_mask = PAGE_IS_WRITTEN,
+            .vec = out + d.n, .vec_len = cap - d.n < MF_DIRTY_SCAN_BATCH ? cap - d.n : MF_DIRTY_SCAN_BATCH,
+            .at = from > r->start ? from : r->start, .end = r->end,
         };
-        long got = mf_pagemap_scan(t->pagemap_fd, &arg);
-        if (got < 0)
-            return mf_err("ioctl(PAGEMAP_SCAN, %#llx-%#llx, flags=%#llx)", (unsigned long long)start,
-                          (unsigned long long)r->end, (unsigned long long)arg.flags);
-        for (long k = 0; k < got; k++)
-            *pages += (size_t)((out[*n + (size_t)k].end - out[*n + (size_t)k].start) / t->page_size);
-        *n += (size_t)got;
-        if (arg.walk_end < r->end) { /* out is full; the kernel stopped before the next region */
+        if (w.vec_len == 0) { /* full exactly at a range boundary */
             t->resume_range = i;
-            t->resume_addr = arg.walk_end;
-            return true;
+            t->resume_addr = w.at;
+            break;
+        }
+        if (!mf_pagemap_walk(&w, take_batch, &d))
+            return false;
+        if (w.at < r->end) { /* out is full; the kernel stopped before the next region */
+            t->resume_range = i;
+            t->resume_addr = w.at;
+            break;
         }
     }
+    *n = d.n;
+    *pages = d.pages;
     return true;
 }
 

@@ -8,14 +8,22 @@
  * are protected too), and the PAGEMAP_SCAN ioctl on /proc/self/pagemap,
  * which lists the written pages and can re-protect them in the same call.
  *
- * Order of a rewind (DESIGN.md 5): mf_dirty_scan (report only), copy the
- * snapshot back over the reported pages (which writes them again), then
- * mf_dirty_protect on exactly those regions. mf_dirty_collect (report and
- * re-protect at once) is for callers that do not write afterwards.
+ * How the rewinder uses it (rewind.c:rewind_pages; docs/reset-engine.md):
+ * it first copies back the hot pages (left writable on purpose, so the
+ * scan reports them too), then mf_dirty_scan (report only) until nothing
+ * is pending, copying the snapshot back over each reported region outside
+ * the hot pages (which writes them again); each run of copied pages is
+ * then re-protected with one PAGEMAP_SCAN walk (PM_SCAN_WP_MATCHING) that
+ * must find exactly the pages copied: a page written in between would be
+ * protected with content the snapshot never had. mf_dirty_collect (report
+ * and re-protect at once) is for callers that do not write afterwards
+ * (the snapshot); mf_dirty_protect (one UFFDIO_WRITEPROTECT per region)
+ * for the DirtyTracker binding and its tests.
  *
  * Caveats, all the caller's to handle:
  * - MADV_DONTNEED (and MADV_FREE) on tracked private anonymous memory
- *   zaps the page; test_dirty_pages.py records what a scan reports then.
+ *   zaps the page; tests/unit/test_dirty_pages.py records what a scan
+ *   reports then.
  * - Tracked ranges must be private writable mappings (anonymous here);
  *   mf_dirty_track marks them MADV_NOHUGEPAGE so a write dirties 4 KiB,
  *   not 2 MiB.

@@ -7,7 +7,6 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
@@ -15,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "base/cleanup.h"
 #include "base/kernel_uapi.h"
 #include "base/log.h"
 #include "rewind/pagemap_gate.h"
@@ -26,58 +26,69 @@ static size_t round_up(size_t n)
     return (n + PAGE - 1) / PAGE * PAGE;
 }
 
+/* A process that is not dumpable finds its own /proc files owned by root,
+ * and pagemap is 0400: dumpable just for the open. */
+static bool open_tracker(struct mf_dirty_tracker *t)
+{
+    if (prctl(PR_SET_DUMPABLE, 1) < 0)
+        return mf_err("prctl(PR_SET_DUMPABLE, 1)");
+    bool opened = mf_dirty_open(t);
+    int err = errno;
+    if (prctl(PR_SET_DUMPABLE, 0) < 0) {
+        mf_err("prctl(PR_SET_DUMPABLE, 0)");
+        if (opened)
+            mf_dirty_close(t); /* keeps errno */
+        return false;
+    }
+    errno = err;
+    return opened;
+}
+
 struct mf_rewinder *mf_rewinder_create(bool verify, int reserved_signal)
 {
     size_t head = round_up(sizeof(struct mf_rewinder) + MF_REWIND_STACK_SIZE);
     size_t vmas = round_up(MF_REWIND_MAX_VMAS * sizeof(struct mf_vma));
     size_t len = head + 2 * MF_REWIND_MAPS_CAP + 2 * vmas;
     /* NORESERVE: most of the buffers are never touched. */
-    uint8_t *base = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    struct mf_rewinder *rw;
+    mf_cleanup_mapping struct mf_mapping map = {
+        mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0), len};
 
-    if (base == MAP_FAILED) {
+    if (map.addr == MAP_FAILED) {
         mf_err("mmap(%zu bytes for the rewinder)", len);
         return NULL;
     }
-    rw = (struct mf_rewinder *)base;
+    mf_cleanup_fd int maps_fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+    if (maps_fd < 0) {
+        mf_err("open(/proc/self/maps)");
+        return NULL;
+    }
+    mf_cleanup_fd int statm_fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
+    if (statm_fd < 0) {
+        mf_err("open(/proc/self/statm)");
+        return NULL;
+    }
+    mf_cleanup_fd int cwd_fd = open(".", O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (cwd_fd < 0) {
+        mf_err("open(cwd, O_PATH)");
+        return NULL;
+    }
+    uint8_t *base = map.addr;
+    struct mf_rewinder *rw = map.addr;
+    /* Last: the tracker's fds are the only ones the cleanups above miss. */
+    if (!open_tracker(&rw->tracker))
+        return NULL;
     rw->self_start = (uintptr_t)base;
     rw->self_end = (uintptr_t)base + len;
     rw->maps_sealed = (char *)base + head;
     rw->maps_now = rw->maps_sealed + MF_REWIND_MAPS_CAP;
-    rw->vmas_sealed = (struct mf_vma *)(rw->maps_now + MF_REWIND_MAPS_CAP);
-    rw->vmas_now = (struct mf_vma *)((uint8_t *)rw->vmas_sealed + vmas);
+    rw->vmas_sealed = (struct mf_vma *)(void *)(rw->maps_now + MF_REWIND_MAPS_CAP);
+    rw->vmas_now = (struct mf_vma *)(void *)((uint8_t *)rw->vmas_sealed + vmas);
     rw->verify = verify;
     rw->reserved_signal = reserved_signal;
-    rw->cwd_fd = -1;
-    rw->maps_fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
-    if (rw->maps_fd < 0) {
-        mf_err("open(/proc/self/maps)");
-        return NULL;
-    }
-    rw->statm_fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
-    if (rw->statm_fd < 0) {
-        mf_err("open(/proc/self/statm)");
-        return NULL;
-    }
-    rw->cwd_fd = open(".", O_PATH | O_DIRECTORY | O_CLOEXEC);
-    if (rw->cwd_fd < 0) {
-        mf_err("open(cwd, O_PATH)");
-        return NULL;
-    }
-    /* A process that is not dumpable finds its own /proc files owned by
-     * root, and pagemap is 0400: dumpable just for the open. */
-    if (prctl(PR_SET_DUMPABLE, 1) < 0) {
-        mf_err("prctl(PR_SET_DUMPABLE, 1)");
-        return NULL;
-    }
-    bool opened = mf_dirty_open(&rw->tracker);
-    int err = errno;
-    if (prctl(PR_SET_DUMPABLE, 0) < 0) {
-        mf_err("prctl(PR_SET_DUMPABLE, 0)");
-        return NULL;
-    }
-    errno = err;
-    return opened ? rw : NULL;
+    rw->maps_fd = mf_steal_fd(&maps_fd);
+    rw->statm_fd = mf_steal_fd(&statm_fd);
+    rw->cwd_fd = mf_steal_fd(&cwd_fd);
+    return mf_steal_mapping(&map).addr;
 }
 
 /* ---- memory ---- */
@@ -164,6 +175,28 @@ static bool read_maps(struct mf_rewinder *rw, char *buf, size_t *len, struct mf_
     return mf_maps_parse(buf, *len, vmas, MF_REWIND_MAX_VMAS, n);
 }
 
+/* Where copy_present puts the pages of tracked range i. */
+struct present_copy {
+    struct mf_rewinder *rw;
+    size_t i;
+};
+
+static bool copy_batch(struct mf_pagemap_walk *w, size_t got, void *ctx)
+{
+    const struct present_copy *pc = ctx;
+    struct mf_rewinder *rw = pc->rw;
+    uint64_t range_start = rw->tracker.ranges[pc->i].start;
+
+    (void)w;
+    for (size_t k = 0; k < got; k++) {
+        const struct mf_dirty_region *r = &rw->dirty[k];
+        memcpy(rw->copy[pc->i] + (r->start - range_start), (void *)(uintptr_t)r->start,
+               (size_t)(r->end - r->start));
+        rw->snapshot_pages += (size_t)(r->end - r->start) / PAGE;
+    }
+    return true;
+}
+
 /* Copies the pages of each tracked range that hold anything (present or
  * swapped); the rest of the snapshot stays untouched zero pages. */
 static bool copy_present(struct mf_rewinder *rw)
@@ -173,28 +206,17 @@ static bool copy_present(struct mf_rewinder *rw)
 
     rw->snapshot_pages = 0;
     for (size_t i = 0; i < t->nranges; i++) {
-        uint64_t from = t->ranges[i].start, end = t->ranges[i].end;
+        struct present_copy pc = {rw, i};
+        struct mf_pagemap_walk w = {
+            .fd = t->pagemap_fd,
+            .category_anyof_mask = PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+            .return_mask = PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+            .vec = rw->dirty, .vec_len = MF_REWIND_REGIONS,
+            .at = t->ranges[i].start, .end = t->ranges[i].end,
+        };
         rw->copy[i] = rw->snapshot + offset;
-        offset += (size_t)(end - from);
-        while (from < end) {
-            struct pm_scan_arg arg = {
-                .size = sizeof(arg), .start = from, .end = end,
-                .vec = (uint64_t)(uintptr_t)rw->dirty, .vec_len = MF_REWIND_REGIONS,
-                .category_anyof_mask = PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
-                .return_mask = PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
-            };
-            long got = mf_pagemap_scan(t->pagemap_fd, &arg);
-            if (got < 0)
-                return mf_err("ioctl(PAGEMAP_SCAN present, %#llx-%#llx)", (unsigned long long)from,
-                              (unsigned long long)end);
-            for (long k = 0; k < got; k++) {
-                const struct mf_dirty_region *r = &rw->dirty[k];
-                memcpy(rw->copy[i] + (r->start - t->ranges[i].start), (void *)(uintptr_t)r->start,
-                       (size_t)(r->end - r->start));
-                rw->snapshot_pages += (size_t)(r->end - r->start) / PAGE;
-            }
-            from = arg.walk_end;
-        }
+        offset += (size_t)(t->ranges[i].end - t->ranges[i].start);
+        MF_TRY(mf_pagemap_walk(&w, copy_batch, &pc));
     }
     return true;
 }
@@ -220,61 +242,57 @@ static bool vm_pages(const struct mf_rewinder *rw, uint64_t *out)
 
 /* ---- kernel state ---- */
 
+/* One fd open at the snapshot: what the rewind checks and puts back. */
+static bool snapshot_fd(struct mf_rewinder *rw, int fd)
+{
+    struct stat st;
+
+    if (rw->nfds == MF_REWIND_MAX_FDS)
+        return mf_errx(EMFILE, "more than %d open fds at the snapshot", MF_REWIND_MAX_FDS);
+    if (fstat(fd, &st) < 0)
+        return mf_err("fstat(fd %d)", fd);
+    int status_flags = fcntl(fd, F_GETFL);
+    if (status_flags < 0)
+        return mf_err("fcntl(fd %d, F_GETFL)", fd);
+    /* Insertion keeps them sorted for the close_range() gaps. */
+    size_t at = rw->nfds++;
+    while (at > 0 && rw->fds[at - 1].fd > fd) {
+        rw->fds[at] = rw->fds[at - 1];
+        at--;
+    }
+    rw->fds[at] = (struct mf_snapshot_fd){
+        .fd = fd, .dev = st.st_dev, .ino = st.st_ino,
+        .offset = S_ISREG(st.st_mode) ? lseek(fd, 0, SEEK_CUR) : -1,
+        .status_flags = status_flags,
+    };
+    return true;
+}
+
 static bool snapshot_fds(struct mf_rewinder *rw)
 {
     char buf[16384];
-    int dir = open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    mf_cleanup_fd int dir = open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 
     if (dir < 0)
         return mf_err("open(/proc/self/fd)");
     rw->nfds = 0;
     for (;;) {
         long n = syscall(SYS_getdents64, dir, buf, sizeof(buf));
-        if (n < 0) {
-            mf_err("getdents64(/proc/self/fd)");
-            (void)close(dir);
-            return false;
-        }
+        if (n < 0)
+            return mf_err("getdents64(/proc/self/fd)");
         if (n == 0)
             break;
         for (long pos = 0; pos < n;) {
-            struct dirent64 *d = (struct dirent64 *)(buf + pos);
+            struct dirent64 *d = (struct dirent64 *)(void *)(buf + pos);
             pos += d->d_reclen;
             char *end;
             long fd = strtol(d->d_name, &end, 10);
             if (d->d_name[0] == '.' || *end != '\0' || fd == dir)
                 continue;
-            if (rw->nfds == MF_REWIND_MAX_FDS) {
-                (void)close(dir);
-                return mf_errx(EMFILE, "more than %d open fds at the snapshot", MF_REWIND_MAX_FDS);
-            }
-            struct stat st;
-            if (fstat((int)fd, &st) < 0) {
-                mf_err("fstat(fd %ld)", fd);
-                (void)close(dir);
-                return false;
-            }
-            struct mf_snapshot_fd *s = &rw->fds[rw->nfds];
-            /* Insertion keeps them sorted for the close_range() gaps. */
-            size_t at = rw->nfds++;
-            while (at > 0 && rw->fds[at - 1].fd > fd) {
-                rw->fds[at] = rw->fds[at - 1];
-                at--;
-            }
-            s = &rw->fds[at];
-            s->fd = (int)fd;
-            s->dev = st.st_dev;
-            s->ino = st.st_ino;
-            s->offset = S_ISREG(st.st_mode) ? lseek((int)fd, 0, SEEK_CUR) : -1;
-            s->status_flags = fcntl((int)fd, F_GETFL);
-            if (s->status_flags < 0) {
-                mf_err("fcntl(fd %ld, F_GETFL)", fd);
-                (void)close(dir);
-                return false;
-            }
+            MF_TRY(snapshot_fd(rw, (int)fd));
         }
     }
-    if (close(dir) < 0)
+    if (close(mf_steal_fd(&dir)) < 0)
         return mf_err("close(/proc/self/fd)");
     return true;
 }
@@ -452,6 +470,16 @@ static size_t range_of(const struct mf_dirty_tracker *t, uint64_t addr, size_t h
     return i;
 }
 
+static bool count_reprotected(struct mf_pagemap_walk *w, size_t got, void *ctx)
+{
+    const struct mf_dirty_region *r = w->vec;
+    size_t *found = ctx;
+
+    for (size_t k = 0; k < got; k++)
+        *found += (size_t)((r[k].end - r[k].start) / PAGE);
+    return true;
+}
+
 /* Write-protects again the written pages of [start, end), which the copy
  * back just wrote, in one walk; it must find exactly `expected` pages (a
  * page written since the scan would be protected with content the snapshot
@@ -460,21 +488,14 @@ static size_t range_of(const struct mf_dirty_tracker *t, uint64_t addr, size_t h
 static bool reprotect_span(struct mf_rewinder *rw, uint64_t start, uint64_t end, size_t expected)
 {
     size_t found = 0;
+    struct mf_pagemap_walk w = {
+        .fd = rw->tracker.pagemap_fd, .flags = PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
+        .category_mask = PAGE_IS_WRITTEN, .return_mask = PAGE_IS_WRITTEN,
+        .vec = rw->reprotected, .vec_len = MF_DIRTY_SCAN_BATCH,
+        .at = start, .end = end,
+    };
 
-    while (start < end) {
-        struct pm_scan_arg arg = {
-            .size = sizeof(arg), .flags = PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
-            .start = start, .end = end,
-            .vec = (uint64_t)(uintptr_t)rw->reprotected, .vec_len = MF_DIRTY_SCAN_BATCH,
-            .category_mask = PAGE_IS_WRITTEN, .return_mask = PAGE_IS_WRITTEN,
-        };
-        long got = mf_pagemap_scan(rw->tracker.pagemap_fd, &arg);
-        if (got < 0)
-            return mf_err("ioctl(PAGEMAP_SCAN, WP, %#llx-%#llx)", (unsigned long long)start, (unsigned long long)end);
-        for (long k = 0; k < got; k++)
-            found += (size_t)((rw->reprotected[k].end - rw->reprotected[k].start) / PAGE);
-        start = arg.walk_end;
-    }
+    MF_TRY(mf_pagemap_walk(&w, count_reprotected, &found));
     if (found != expected)
         return mf_errx(EFAULT, "%zu pages written during the rewind itself (re-protected %zu, copied %zu)",
                        found - expected, found, expected);

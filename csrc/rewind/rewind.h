@@ -1,16 +1,26 @@
 /*
  * The reset engine's rewinder: a snapshot of a sealed worker process and
  * the rewind that brings the process back to it after each request
- * (DESIGN.md 5). Memory: the writable private mappings, tracked with
- * dirty_pages.h; written pages are copied back from the snapshot, mappings
- * added since are unmapped, brk is reset. Kernel state: fds opened since
- * are closed (and the snapshot's checked and their offsets reset), signal
- * dispositions, pending signals, interval timers, umask and cwd.
+ * (docs/reset-engine.md, "How it works"). Memory: the writable private
+ * mappings, tracked with dirty_pages.h; written pages are copied back from
+ * the snapshot, mappings added since are unmapped, brk is reset. Kernel
+ * state: fds opened since are closed (and the snapshot's checked and their
+ * offsets reset), signal dispositions, pending signals, interval timers,
+ * umask and cwd.
+ *
+ * Order of mf_rewind_restore, with each step's constraint: brk first (the
+ * heap's end is part of what the mappings must match); mappings (unmap
+ * what the request added: the copy back needs exactly the sealed mappings
+ * in place); pages (hot pages copied, then written pages scanned, copied
+ * back and re-protected); under verification every tracked page compared;
+ * fds; signals (dispositions, timers, alternate stack, pending signals);
+ * umask and cwd.
  *
  * The rewinder's own state, its stack and the snapshot live in mappings
  * that are not tracked (clipped out of the ranges it tracks), so the
  * rewind does not rewind itself. Both calls run on that stack with every
- * signal blocked; neither allocates.
+ * signal blocked and never call malloc (the heap is what they rewind);
+ * the snapshot maps its one copy, the rewind maps nothing.
  *
  * Not rewound here: the random state (the caller reseeds after each
  * rewind), threads (the request filter forbids them), shared mappings (a

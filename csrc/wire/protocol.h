@@ -1,8 +1,9 @@
 /*
  * mayflyd wire protocol between the supervisor (Python) and the sandbox
  * host (this C helper). Mirrored field by field in
- * daemon/mayflyd/protocol.py; tests/unit/test_protocol_layout.py checks that
- * the two agree.
+ * daemon/mayflyd/protocol.py; tests/unit/test_protocol.py
+ * (test_struct_layouts_match_the_c_header) checks through struct_layout()
+ * that the two agree.
  *
  * Every message is one SOCK_SEQPACKET packet: a mf_frame_header followed by
  * payload_len bytes of payload, in native byte order. Two channels:

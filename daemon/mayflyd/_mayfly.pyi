@@ -1,5 +1,9 @@
-"""Type stub of the C helper, mayflyd._mayfly (csrc/python/module.c, csrc/python/py_requests.c
-and csrc/python/py_dirty_pages.c)."""
+"""Type stub of the C helper, mayflyd._mayfly (csrc/python/). Checked against the
+built module by tests/unit/test_stub_matches_module.py.
+
+serve_reset, DirtyTracker and HOT_LEARN_REWINDS exist only in builds with the
+reset engine (x86_64, see setup.py); the supervisor checks with hasattr()
+(supervisor/daemon.py) before any tenant runs on it."""
 from collections.abc import Callable, Sequence
 
 MAGIC: int
@@ -21,6 +25,8 @@ MSG_REQ_END: int
 MSG_RESP_HEAD: int
 MSG_RESP_BODY: int
 MSG_RESP_END: int
+MSG_REQ_WHOLE: int
+MSG_RESP_WHOLE: int
 MSG_WORKER_REPLACED: int
 MSG_WORKER_READY: int
 MSG_REQUEST_DONE: int
@@ -36,6 +42,7 @@ FORK_GRACE_MS: int
 CHILD_EXIT_HANDLER: int
 CHILD_EXIT_BAD_REQUEST: int
 CHILD_EXIT_SETUP: int
+HOT_LEARN_REWINDS: int  # reset engine only
 
 Headers = list[tuple[str, str]]
 Runner = Callable[[int, str, str, str, Headers, bytes, str], tuple[int, Headers, bytes]]
@@ -61,6 +68,7 @@ def cgroup_remove(version: int, base: str, group: str) -> None: ...
 def cgroup_stats(version: int, base: str, group: str) -> dict[str, int]: ...
 def serve_fork(ctrl_fd: int, runner: Runner, close_in_child: Sequence[int], request_filter: bytes = b"",
                cpu_ms: int = 0, memory_bytes: int = 0, nofile: int = 0) -> None: ...
+# reset engine only
 def serve_reset(ctrl_fd: int, runner: Runner, close_in_child: Sequence[int], after_rewind: Callable[[], None],
                 request_filter: bytes = b"", cpu_ms: int = 0, memory_bytes: int = 0, nofile: int = 0,
                 pool_size: int = 1, idle_ms: int = 0, verify: bool = False) -> None: ...
@@ -68,6 +76,7 @@ def encode_response(req_id: int, status: int, headers: Headers, body: bytes) -> 
 def decode_request(req_id: int, packets: Sequence[bytes]) -> tuple[str, str, str, Headers, bytes, str]: ...
 
 
+# reset engine only
 class DirtyTracker:
     """Pages written in tracked ranges (userfaultfd async write-protect +
     PAGEMAP_SCAN). Ranges are (start, end) byte addresses, end exclusive."""

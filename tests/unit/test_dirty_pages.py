@@ -21,6 +21,8 @@ SIZE = 32 << 20
 
 
 def _open_or_skip() -> M.DirtyTracker:
+    if not hasattr(M, "DirtyTracker"):
+        pytest.skip("this build of mayflyd has no reset engine")
     try:
         return M.DirtyTracker()
     except OSError as e:

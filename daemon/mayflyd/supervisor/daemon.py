@@ -15,6 +15,7 @@ import dataclasses
 import gc
 import logging
 import os
+import platform
 import resource
 import signal
 import subprocess
@@ -89,11 +90,15 @@ def _seccomp_works() -> bool:
 
 
 def _reset_engine_missing() -> str:
-    """Why this kernel cannot run the reset engine; "" if it can."""
+    """Why this daemon cannot run the reset engine; "" if it can."""
+    if not hasattr(_mayfly, "serve_reset"):
+        # setup.py leaves it out off x86_64 or with MAYFLYD_WITHOUT_RESET_ENGINE=1.
+        return ("this build of mayflyd has no reset engine (setup.py builds it on x86_64 only, and not with "
+                f"MAYFLYD_WITHOUT_RESET_ENGINE=1; this machine: {platform.machine()})")
     try:
         _mayfly.DirtyTracker().close()
     except OSError as exc:
-        return str(exc)
+        return f"the reset engine needs userfaultfd async write-protect and PAGEMAP_SCAN (Linux 6.7+): {exc}"
     return ""
 
 
@@ -126,8 +131,7 @@ def decide_walls(config: Config) -> Walls:
                     "" if privileged else " (mayflyd runs without root)")
     reset_missing = _reset_engine_missing()
     if reset_missing:
-        log.warning("engine auto means fork here: the reset engine needs userfaultfd async write-protect "
-                    "and PAGEMAP_SCAN (Linux 6.7+): %s", reset_missing)
+        log.warning("engine auto means fork here: %s", reset_missing)
     else:
         log.info("engine auto means reset here: userfaultfd async write-protect and PAGEMAP_SCAN work")
     return Walls(mode=mode, cgroup_version=version, cgroup_base=config.cgroup_root,

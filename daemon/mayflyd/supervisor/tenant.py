@@ -326,6 +326,10 @@ class Tenant:
             raise
 
     async def _start_host(self, config: TenantConfig) -> SandboxHost:
+        if self._walls.engine_of(config) == "reset" and self._walls.reset_missing:
+            # Said here, once per start, rather than as a host that dies serving.
+            raise HostStartError(f"engine: reset cannot run here: {self._walls.reset_missing}; "
+                                 "use engine: fork or engine: auto")
         version = await asyncio.to_thread(program_version, config.program)
         host = SandboxHost(tenant=self.name, version=version, spec=self._spec(config),
                            env=host_environment(config), output_budget=self._output,

@@ -1,0 +1,65 @@
+/*
+ * py_requests.c: the request bindings module.c registers (serve_fork and
+ * the protocol test bindings), and what serve_reset (py_reset.c) shares
+ * with serve_fork: the runner's call per request and the checked inputs.
+ */
+#ifndef MAYFLYD_PY_REQUESTS_H
+#define MAYFLYD_PY_REQUESTS_H
+
+#ifndef Py_PYTHON_H
+#error "#define PY_SSIZE_T_CLEAN and #include <Python.h> before py_requests.h"
+#endif
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "wire/proto.h"
+
+PyObject *py_serve_fork(PyObject *self, PyObject *args, PyObject *kwargs);
+PyObject *py_encode_response(PyObject *self, PyObject *args);
+PyObject *py_decode_request(PyObject *self, PyObject *args);
+PyObject *py_struct_layout(PyObject *self, PyObject *unused);
+
+/* A Python response held for encoding: the pointers of resp point into
+ * keep and body. */
+struct py_response {
+    struct mf_response resp;
+    struct mf_header *headers;
+    PyObject *keep;         /* the encoded header bytes the pointers refer to */
+    Py_buffer body;
+    bool have_body;
+};
+
+/* The context of the engine hooks below: the runner, and the response
+ * of the request being served. */
+struct serve_ctx {
+    PyObject *runner;
+    struct py_response resp;
+};
+
+/* Engine hooks (ctx: struct serve_ctx): PyErr_CheckSignals between
+ * requests, and one call of the runner. */
+bool hook_interrupted(void *ctx);
+bool hook_handle(void *ctx, const struct mf_request *req, struct mf_response *out);
+
+/* What both engines take besides their own arguments: the request filter
+ * (a buffer the binding's parse fills) and the fds no sandbox may keep.
+ * Released at scope exit with py_cleanup_serve_inputs. */
+struct serve_inputs {
+    Py_buffer filter;
+    int *fds;       /* PyMem */
+};
+
+void serve_inputs_release(struct serve_inputs *in);
+#define py_cleanup_serve_inputs __attribute__((cleanup(serve_inputs_release)))
+
+/* Checks the filter once here rather than failing every sandbox, converts
+ * close_list, and points the engine's config fields at both. false with a
+ * Python exception set. */
+bool serve_inputs_take(struct serve_inputs *in, PyObject *close_list, const int **close_in_child,
+                       size_t *n_close_in_child, const void **request_filter, size_t *request_filter_len);
+
+/* After an engine returned: the Python error, the engine's, or None. */
+PyObject *serve_result(bool ok);
+
+#endif /* MAYFLYD_PY_REQUESTS_H */
