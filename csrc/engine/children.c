@@ -248,6 +248,17 @@ void mf_children_fini(struct mf_children *c)
     c->pids = NULL;
 }
 
+enum mf_step mf_children_serve(struct mf_children *c, const struct pollfd pfd[2])
+{
+    enum mf_step step = MF_STEP_CONTINUE;
+
+    if (pfd[1].revents != 0)
+        step = mf_children_reap(c);
+    if (step == MF_STEP_CONTINUE && pfd[0].revents != 0)
+        step = mf_children_handle_ctrl(c);
+    return step;
+}
+
 bool mf_children_poll(struct mf_children *c, struct pollfd *pfd, nfds_t n, int timeout, bool *ready)
 {
     *ready = false;

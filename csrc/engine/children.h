@@ -103,6 +103,12 @@ enum mf_step mf_children_handle_ctrl(struct mf_children *c);
  * every exited child, passing ours to ops->exited. */
 enum mf_step mf_children_reap(struct mf_children *c);
 
+/* What a serve loop does with the control socket (pfd[0]) and the
+ * signalfd (pfd[1]) once poll() returned: exits first, so a CHILD_EXIT
+ * precedes the host's reaction to whatever the supervisor sent meanwhile,
+ * then the control socket. */
+enum mf_step mf_children_serve(struct mf_children *c, const struct pollfd pfd[2]);
+
 /* poll() for a serve loop: false with the error recorded if the host must
  * stop; *ready false if a signal interrupted it and serving goes on. */
 bool mf_children_poll(struct mf_children *c, struct pollfd *pfd, nfds_t n, int timeout, bool *ready);

@@ -203,7 +203,7 @@ static bool serve_loop(struct engine *e)
     for (;;) {
         struct pollfd pfd[2] = {{.fd = e->cfg->ctrl_fd, .events = POLLIN},
                                 {.fd = e->core.sigfd, .events = POLLIN}};
-        enum mf_step step = MF_STEP_CONTINUE;
+        enum mf_step step;
         bool ready_fds;
         int timeout;
 
@@ -211,16 +211,9 @@ static bool serve_loop(struct engine *e)
         MF_TRY(mf_children_poll(&e->core, pfd, 2, timeout, &ready_fds));
         if (!ready_fds)
             continue;
-        /* Exits first, so a CHILD_EXIT precedes the host's reaction to
-         * whatever the supervisor sent meanwhile. */
-        if (pfd[1].revents != 0)
-            step = mf_children_reap(&e->core);
-        if (step == MF_STEP_CONTINUE && pfd[0].revents != 0)
-            step = mf_children_handle_ctrl(&e->core);
-        if (step == MF_STEP_STOP)
-            return true;
-        if (step == MF_STEP_FAIL)
-            return false;
+        step = mf_children_serve(&e->core, pfd);
+        if (step != MF_STEP_CONTINUE)
+            return step == MF_STEP_STOP;
     }
 }
 

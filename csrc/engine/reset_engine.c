@@ -273,10 +273,8 @@ static bool serve_loop(struct pool *p)
         nfds_t n = 2;
 
         step = enforce_deadlines(p, &timeout);
-        if (step == MF_STEP_STOP)
-            return true;
-        if (step == MF_STEP_FAIL)
-            return false;
+        if (step != MF_STEP_CONTINUE)
+            return step == MF_STEP_STOP;
         /* Requests wait in the socket until every worker has its snapshot. */
         pfd[0] = (struct pollfd){.fd = p->ready_sent ? p->cfg->ctrl_fd : -1, .events = POLLIN};
         pfd[1] = (struct pollfd){.fd = p->core.sigfd, .events = POLLIN};
@@ -294,14 +292,10 @@ static bool serve_loop(struct pool *p)
         for (nfds_t k = 2; k < n && step == MF_STEP_CONTINUE; k++)
             if (pfd[k].revents != 0 && p->workers[who[k - 2]].fd == pfd[k].fd)
                 step = mf_reset_handle_worker(p, &p->workers[who[k - 2]]);
-        if (step == MF_STEP_CONTINUE && pfd[1].revents != 0)
-            step = mf_children_reap(&p->core);
-        if (step == MF_STEP_CONTINUE && pfd[0].revents != 0)
-            step = mf_children_handle_ctrl(&p->core);
-        if (step == MF_STEP_STOP)
-            return true;
-        if (step == MF_STEP_FAIL)
-            return false;
+        if (step == MF_STEP_CONTINUE)
+            step = mf_children_serve(&p->core, pfd);
+        if (step != MF_STEP_CONTINUE)
+            return step == MF_STEP_STOP;
     }
 }
 
