@@ -149,8 +149,8 @@ bool mf_drop_privileges(uid_t uid, gid_t gid, bool set_groups)
      * kernel clears the parent-death signal whenever the effective ids
      * change, so the drop would silently cut the host loose from its
      * parent. A parent outside our pid namespace (we are pid 1 of ns.c's)
-     * reads as ppid 0: then the few instructions since setresuid stay
-     * unchecked. */
+     * reads as ppid 0, before and after: then the few instructions since
+     * setresuid stay unchecked. */
     if (pdeathsig != 0)
         MF_TRY(mf_arm_parent_death(pdeathsig, "parent", ppid, -1));
     MF_TRY(clear_capability_sets());
@@ -181,7 +181,7 @@ bool mf_arm_parent_death(int signum, const char *who, pid_t expected_ppid, int p
         return true;
     }
     ppid = getppid();
-    if (expected_ppid != 0 && ppid != expected_ppid)
+    if (ppid != expected_ppid)
         return mf_errx(ESRCH, "%s %d is gone (parent is now %d)", who, expected_ppid, ppid);
     return true;
 }

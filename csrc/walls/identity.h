@@ -23,8 +23,8 @@ bool mf_drop_privileges(uid_t uid, gid_t gid, bool set_groups);
  * the parent or the read end of a pipe whose only write end the parent
  * holds, readable or hung up once it is gone; that is the way when the
  * parent is outside our pid namespace, where getppid() reads 0. Otherwise
- * getppid() must be expected_ppid; 0 leaves it unchecked. who names the
- * parent in the error ("the zygote").
+ * getppid() must be expected_ppid. who names the parent in the error
+ * ("the zygote").
  */
 bool mf_arm_parent_death(int signum, const char *who, pid_t expected_ppid, int parent_fd);
 
