@@ -41,6 +41,22 @@ enum mf_step mf_children_request_failed(struct mf_children *c, uint64_t req_id, 
     return mf_children_send(c, MF_MSG_REQUEST_FAILED, req_id, &msg, sizeof(msg));
 }
 
+/* The request fd the supervisor passed must be an AF_UNIX SOCK_SEQPACKET socket. */
+static bool is_seqpacket_unix(int fd)
+{
+    int type = 0, domain = 0;
+    socklen_t len = sizeof(type);
+
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0)
+        return mf_err("getsockopt(fd %d, SO_TYPE)", fd);
+    len = sizeof(domain);
+    if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) < 0)
+        return mf_err("getsockopt(fd %d, SO_DOMAIN)", fd);
+    if (type != SOCK_SEQPACKET || domain != AF_UNIX)
+        return mf_errx(EPROTOTYPE, "request fd %d is not an AF_UNIX SOCK_SEQPACKET socket", fd);
+    return true;
+}
+
 /* The checks on a REQUEST the supervisor hands over: 0 and *req filled in,
  * or the error its REQUEST_FAILED carries. */
 static int admit(struct mf_children *c, const struct mf_frame_header *hdr, int fd, struct mf_admitted *req)
@@ -56,7 +72,7 @@ static int admit(struct mf_children *c, const struct mf_frame_header *hdr, int f
         mf_warn("REQUEST: req_id %llu is 0 or already in flight", (unsigned long long)hdr->req_id);
         return EEXIST;
     }
-    if (!mf_is_seqpacket_unix(fd)) {
+    if (!is_seqpacket_unix(fd)) {
         mf_warn_last();
         return errno;
     }
