@@ -13,6 +13,7 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <linux/capability.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,22 +61,6 @@ static bool clear_capability_sets(void)
     memset(data, 0, sizeof(data));
     if (syscall(SYS_capset, &hdr, data) < 0)
         return mf_err("capset(effective=0, permitted=0, inheritable=0)");
-    return true;
-}
-
-/*
- * The kernel clears the parent-death signal whenever the effective ids
- * change, so the drop would silently cut the host loose from its parent:
- * arm it again, then check that the parent did not die in between. A
- * parent outside our pid namespace (we are pid 1 of ns.c's) always reads
- * as ppid 0; then the few instructions since setresuid stay unchecked.
- */
-static bool rearm_parent_death_signal(int signum, pid_t ppid)
-{
-    if (prctl(PR_SET_PDEATHSIG, (unsigned long)signum, 0, 0, 0) < 0)
-        return mf_err("prctl(PR_SET_PDEATHSIG, %d) after the uid change", signum);
-    if (ppid != 0 && getppid() != ppid)
-        return mf_errx(ESRCH, "parent %d died during the privilege drop", ppid);
     return true;
 }
 
@@ -160,9 +145,14 @@ bool mf_drop_privileges(uid_t uid, gid_t gid, bool set_groups)
         return mf_err("prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)");
     if (setresuid(uid, uid, uid) < 0)
         return mf_err("setresuid(%u, %u, %u)", uid, uid, uid);
-    /* Right after the last change of ids: keep the window short. */
+    /* Right after the last change of ids: keep the window short. The
+     * kernel clears the parent-death signal whenever the effective ids
+     * change, so the drop would silently cut the host loose from its
+     * parent. A parent outside our pid namespace (we are pid 1 of ns.c's)
+     * reads as ppid 0, before and after: then the few instructions since
+     * setresuid stay unchecked. */
     if (pdeathsig != 0)
-        MF_TRY(rearm_parent_death_signal(pdeathsig, ppid));
+        MF_TRY(mf_arm_parent_death(pdeathsig, "parent", ppid, -1));
     MF_TRY(clear_capability_sets());
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
         return mf_err("prctl(PR_SET_NO_NEW_PRIVS, 1)");
@@ -172,18 +162,33 @@ bool mf_drop_privileges(uid_t uid, gid_t gid, bool set_groups)
     return verify_dropped(uid, gid, set_groups, last_cap, pdeathsig);
 }
 
-bool mf_set_parent_death_signal(int signum, pid_t expected_ppid)
+bool mf_arm_parent_death(int signum, const char *who, pid_t expected_ppid, int parent_fd)
 {
+    struct pollfd pfd = {.fd = parent_fd, .events = POLLIN};
     pid_t ppid;
+    int rc;
 
     if (prctl(PR_SET_PDEATHSIG, (unsigned long)signum, 0, 0, 0) < 0)
         return mf_err("prctl(PR_SET_PDEATHSIG, %d)", signum);
-    /* The parent may have died before the signal was armed: then we were
-     * reparented and no signal will ever come. */
+    if (parent_fd >= 0) {
+        while ((rc = poll(&pfd, 1, 0)) < 0 && errno == EINTR)
+            ;
+        if (rc < 0)
+            return mf_err("poll(%s's fd %d, timeout 0)", who, parent_fd);
+        if (rc > 0)
+            return mf_errx(ESRCH, "%s (pid %d) died before the parent-death signal was armed", who,
+                           expected_ppid);
+        return true;
+    }
     ppid = getppid();
     if (ppid != expected_ppid)
-        return mf_errx(ESRCH, "parent %d is gone (parent is now %d)", expected_ppid, ppid);
+        return mf_errx(ESRCH, "%s %d is gone (parent is now %d)", who, expected_ppid, ppid);
     return true;
+}
+
+bool mf_set_parent_death_signal(int signum, pid_t expected_ppid)
+{
+    return mf_arm_parent_death(signum, "parent", expected_ppid, -1);
 }
 
 bool mf_set_oom_score_adj(int value)

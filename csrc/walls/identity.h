@@ -16,8 +16,19 @@
  * is armed again). Must run last among the privileged setup steps. */
 bool mf_drop_privileges(uid_t uid, gid_t gid, bool set_groups);
 
-/* Arms signum for when the parent dies, then checks the parent is still
- * expected_ppid (it may have died before the signal was armed). */
+/*
+ * Arms signum for when the parent dies, then checks that the parent did
+ * not die before it was armed (we would then have been reparented, and no
+ * signal would ever come). The check: parent_fd, if >= 0, is a pidfd of
+ * the parent or the read end of a pipe whose only write end the parent
+ * holds, readable or hung up once it is gone; that is the way when the
+ * parent is outside our pid namespace, where getppid() reads 0. Otherwise
+ * getppid() must be expected_ppid. who names the parent in the error
+ * ("the zygote").
+ */
+bool mf_arm_parent_death(int signum, const char *who, pid_t expected_ppid, int parent_fd);
+
+/* mf_arm_parent_death with getppid(), for the Python bindings. */
 bool mf_set_parent_death_signal(int signum, pid_t expected_ppid);
 
 /* Writes value to /proc/self/oom_score_adj. Works for a non-dumpable

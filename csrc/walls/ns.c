@@ -8,8 +8,9 @@
  * the way the host ended (exit code, or the same signal), so the
  * supervisor keeps one child process, its wait status and its kill().
  * The host dies with the stub through its parent-death signal; the race
- * before that signal is armed is closed with a pipe, because getppid() is
- * 0 in a new pid namespace whatever the stub does.
+ * before that signal is armed is closed with a pipe (identity.h's
+ * mf_arm_parent_death), because getppid() is 0 in a new pid namespace
+ * whatever the stub does.
  */
 #define _GNU_SOURCE
 #include "walls/ns.h"
@@ -17,17 +18,17 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <net/if.h>
-#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/ioctl.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "base/cleanup.h"
 #include "base/log.h"
+#include "walls/identity.h"
 
 /* Exit status of a host that found its stub gone, or could not watch it. */
 #define HOST_EXIT_ORPHANED 1
@@ -119,25 +120,15 @@ static _Noreturn void stub_main(pid_t host)
 
 /* The host's first steps, before any Python: die with the stub, and
  * notice a stub that died before that was armed. */
-static bool host_watch_stub(const int pipe_fds[2])
+static bool host_watch_stub(pid_t stub, int *pipe_rd, int *pipe_wr)
 {
-    struct pollfd pfd = {.fd = pipe_fds[0], .events = POLLIN};
-    int rc;
-
     /* Ours would keep the pipe open: only the stub's write end may remain. */
-    if (close(pipe_fds[1]) < 0)
-        return mf_err("close(stub pipe write end %d)", pipe_fds[1]);
-    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0)
-        return mf_err("prctl(PR_SET_PDEATHSIG, SIGKILL)");
-    while ((rc = poll(&pfd, 1, 0)) < 0 && errno == EINTR)
-        ;
-    if (rc < 0)
-        return mf_err("poll(stub pipe read end %d, timeout 0)", pfd.fd);
-    if (pfd.revents & (POLLHUP | POLLERR))
-        return mf_errx(ESRCH, "the stub died before the parent-death signal was armed");
+    if (close(mf_steal_fd(pipe_wr)) < 0)
+        return mf_err("close(stub pipe write end)");
+    MF_TRY(mf_arm_parent_death(SIGKILL, "the stub", stub, *pipe_rd));
     /* Nothing more to learn from it: from now on the signal does the job. */
-    if (close(pipe_fds[0]) < 0)
-        return mf_err("close(stub pipe read end %d)", pipe_fds[0]);
+    if (close(mf_steal_fd(pipe_rd)) < 0)
+        return mf_err("close(stub pipe read end)");
     return true;
 }
 
@@ -163,6 +154,9 @@ bool mf_unshare_namespaces(const struct mf_ns_config *cfg, bool pid)
 bool mf_enter_namespaces(const struct mf_ns_config *cfg)
 {
     const struct mf_ns_hooks *hooks = cfg->hooks;
+    mf_cleanup_fd int pipe_rd = -1;
+    mf_cleanup_fd int pipe_wr = -1;
+    pid_t stub = getpid();
     int pipe_fds[2];
     pid_t pid;
 
@@ -172,24 +166,24 @@ bool mf_enter_namespaces(const struct mf_ns_config *cfg)
     MF_TRY(mf_unshare_namespaces(cfg, true));
     if (pipe2(pipe_fds, O_CLOEXEC) < 0)
         return mf_err("pipe2(O_CLOEXEC)");
+    pipe_rd = pipe_fds[0];
+    pipe_wr = pipe_fds[1];
 
     hooks->before_fork(hooks->ctx);
     pid = fork();
     if (pid > 0) {
         /* The stub runs no Python again, so no after-fork hook. */
-        if (close(pipe_fds[0]) < 0)
-            mf_warn("stub: close(pipe read end %d) failed: %s", pipe_fds[0], strerror(errno));
+        if (close(mf_steal_fd(&pipe_rd)) < 0)
+            mf_warn("stub: close(pipe read end) failed: %s", strerror(errno));
         stub_main(pid);
     }
     if (pid < 0) {
         int error = errno;
         hooks->after_fork_parent(hooks->ctx);
-        (void)close(pipe_fds[0]); /* the fork error is the one to report */
-        (void)close(pipe_fds[1]);
-        errno = error;
+        errno = error; /* the fork error is the one to report; the pipe closes on return */
         return mf_err("fork() into the new pid namespace");
     }
-    if (!host_watch_stub(pipe_fds)) {
+    if (!host_watch_stub(stub, &pipe_rd, &pipe_wr)) {
         /* Not back to Python: its at-fork handlers have not run, and
          * without a stub there is nobody to report to. */
         mf_warn_last();

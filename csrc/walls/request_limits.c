@@ -6,11 +6,11 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <stdlib.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "base/log.h"
+#include "base/wait_status.h"
 
 /* rusage truncates user and system time to microseconds each; the timer
  * only fires once the budget is spent, so this much slack is plenty. */
@@ -115,7 +115,7 @@ bool mf_limits_cpu_exceeded(const struct mf_limits *lim, int wait_status, const 
 {
     uint64_t used_us;
 
-    if (lim->cpu_ms == 0 || !WIFSIGNALED(wait_status) || WTERMSIG(wait_status) != SIGKILL)
+    if (lim->cpu_ms == 0 || !mf_killed_by(wait_status, SIGKILL))
         return false;
     used_us = (uint64_t)(ru->ru_utime.tv_sec + ru->ru_stime.tv_sec) * 1000000u +
               (uint64_t)(ru->ru_utime.tv_usec + ru->ru_stime.tv_usec);

@@ -6,17 +6,16 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include "engine/engine_common.h"
+#include "base/cleanup.h"
 #include "base/log.h"
+#include "walls/identity.h"
 #include "wire/proto.h"
 #include "wire/protocol.h"
 #include "walls/userns.h"
@@ -51,22 +50,7 @@ static bool keep_only_host_fds(const struct mf_zygote_fork_config *cfg)
  * cannot (a parent outside the child's pid namespace reads as 0). */
 static bool child_setup(const struct mf_zygote_fork_config *cfg, int zygote_pidfd)
 {
-    struct pollfd pfd = {.fd = zygote_pidfd, .events = POLLIN};
-    int rc;
-
-    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0)
-        return mf_err("prctl(PR_SET_PDEATHSIG, SIGKILL)");
-    if (zygote_pidfd < 0 && getppid() != cfg->zygote)
-        return mf_errx(ESRCH, "the zygote (pid %d) died before the parent-death signal was armed", cfg->zygote);
-    if (zygote_pidfd >= 0) {
-        while ((rc = poll(&pfd, 1, 0)) < 0 && errno == EINTR)
-            ;
-        if (rc < 0)
-            return mf_err("poll(zygote pidfd %d, timeout 0)", zygote_pidfd);
-        if (rc > 0)
-            return mf_errx(ESRCH, "the zygote (pid %d) died before the parent-death signal was armed",
-                           cfg->zygote);
-    }
+    MF_TRY(mf_arm_parent_death(SIGKILL, "the zygote", cfg->zygote, zygote_pidfd));
     MF_TRY(keep_only_host_fds(cfg));
     if (setsid() < 0)
         return mf_err("setsid()");
@@ -146,8 +130,9 @@ static pid_t fork_child(const struct mf_zygote_fork_config *cfg, bool pid_namesp
 pid_t mf_zygote_fork(const struct mf_zygote_fork_config *cfg)
 {
     bool pid_namespace = cfg->ns != NULL && !cfg->user_namespace;
-    int own_pid_ns = -1, zygote_pidfd = -1;
-    pid_t pid = -1;
+    mf_cleanup_fd int own_pid_ns = -1;
+    mf_cleanup_fd int zygote_pidfd = -1;
+    pid_t pid;
 
     if (cfg->ctrl_fd < 3 || cfg->stdout_fd < 3 || cfg->stderr_fd < 3) {
         mf_errx(EBADF, "zygote fork: fds %d, %d, %d: each must be 3 or above", cfg->ctrl_fd, cfg->stdout_fd,
@@ -167,22 +152,21 @@ pid_t mf_zygote_fork(const struct mf_zygote_fork_config *cfg)
         zygote_pidfd = (int)syscall(SYS_pidfd_open, getpid(), 0u);
         if (zygote_pidfd < 0) {
             mf_err("pidfd_open(zygote %d)", getpid());
-            goto out;
+            return -1;
         }
     }
     pid = fork_child(cfg, pid_namespace, own_pid_ns);
     if (pid == 0) {
-        bool ok = cfg->user_namespace ? become_host_in_user_namespace(cfg) : become_host(cfg, zygote_pidfd);
+        /* The child's copies go in keep_only_host_fds; their numbers may
+         * be taken again by the time this returns. */
+        int pidfd = mf_steal_fd(&zygote_pidfd);
+        (void)mf_steal_fd(&own_pid_ns);
+        bool ok = cfg->user_namespace ? become_host_in_user_namespace(cfg) : become_host(cfg, pidfd);
         if (!ok)
             report_and_exit(cfg->ctrl_fd);
         /* Python again, in this process only, and only inside the walls. */
         cfg->hooks->after_fork_child(cfg->hooks->ctx);
         return 0;
     }
-out:
-    if (zygote_pidfd >= 0)
-        mf_close_or_warn(zygote_pidfd, "zygote pidfd");
-    if (own_pid_ns >= 0)
-        mf_close_or_warn(own_pid_ns, "zygote pid namespace fd");
     return pid;
 }
