@@ -325,7 +325,7 @@ def test_ten_thousand_mutating_requests_rewind_without_a_difference(reset_daemon
     assert totals == expected
     # The last rewinds' reports may trail their answers by a moment.
     reset_daemon.wait_for(lambda: int(str(tenant(reset_daemon, "mutator")["rewinds"])) >= len(queries),
-                          timeout=5, what="every rewind reported")
+                          timeout=30, what=f"all {len(queries)} rewinds reported")
     assert tenant(reset_daemon, "mutator")["worker_replacements"] == 0, reset_daemon.log()[-3000:]
     assert "verification:" not in reset_daemon.log()
 
