@@ -310,6 +310,7 @@ def test_admin_api_status_reload_and_metrics(two_tenants: Daemon) -> None:
     conn.sock.connect(d.admin_socket)
     conn.request("GET", "/metrics")
     metrics = conn.getresponse().read().decode()
+    conn.close()
     assert 'mayflyd_requests_total{status="200",tenant="a"}' in metrics
     assert 'mayflyd_reloads_total{kind="config",result="ok"}' in metrics
     assert "mayflyd_sandbox_cost_seconds_count" in metrics
