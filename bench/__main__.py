@@ -2,7 +2,7 @@
 on 127.0.0.1 by the harness itself, results under bench/results/.
 
     python -m bench            # full mode (up to ~15 minutes)
-    python -m bench --quick    # under a minute: a vs d (fork) and e (reset) at -c1/-c64, heap 1/200 MB, 1/10 tenants
+    python -m bench --quick    # a, d, e, g, n at -c1/-c64, all cores at -c64, heap 1/200 MB, 1/10 tenants
     python -m bench --only throughput,allcores,heap,tenants,profile
     python -m bench --only throughput,allcores --rows g,n --duration 3   # a few rows (a always)
 
@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     stem = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started))
     data: dict[str, Any] = {
         "started_utc": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started)),
-        "mode": ("quick" if quick else "full") + (f", rows {','.join(kinds)}" if rows else ""),
+        "mode": "quick" if quick else "full",
+        "rows": ",".join(kinds) if rows else None,
         "machine": {"cores": core_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "root": os.geteuid() == 0, "pinning": pin.description},
         "wrk_settings": wrk.settings_text(duration, connections),

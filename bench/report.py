@@ -155,7 +155,8 @@ def cpu_section(cpu: dict[str, Any]) -> list[str]:
 def markdown(data: dict[str, Any], charts: list[str], chart_note: str | None) -> str:
     """The whole report as Markdown."""
     m = data["machine"]
-    out = [f"# mayflyd benchmark, {data['started_utc']} ({data['mode']} mode)", "",
+    only = f", rows {data['rows']} only" if data.get("rows") else ""
+    out = [f"# mayflyd benchmark, {data['started_utc']} ({data['mode']} mode{only})", "",
            f"- machine: {m['cores']} cores, {m['platform']}, Python {m['python']}, root: {m['root']}",
            f"- pinning: {m['pinning']}",
            f"- wrk: {data['wrk_settings']}",

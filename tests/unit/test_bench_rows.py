@@ -73,12 +73,13 @@ def test_all_cores_ratios_are_to_both_baselines_at_the_same_connections() -> Non
 
 
 def test_the_report_places_the_all_cores_table_after_the_pinned_one() -> None:
-    data = {"started_utc": "t", "mode": "full, rows a,g,n", "wrk_settings": "w", "elapsed_s": 1.0,
+    data = {"started_utc": "t", "mode": "full", "rows": "a,g,n", "wrk_settings": "w", "elapsed_s": 1.0,
             "machine": {"cores": 2, "platform": "p", "python": "3", "root": True, "pinning": "p"},
             "throughput": {"rows": [_row("a", 64, 20000) | {"rps_ratio": 1.0}], "notes": []},
             "all_cores": {"rows": [_row("a", 64, 36000) | {"rps_ratio": 1.0, "rps_ratio_1core": 1.8}],
                           "notes": ["row n skipped: nginx is not installed"], "workers": 2, "pinning": "p"}}
     text = report.markdown(data, [], None)
+    assert text.startswith("# mayflyd benchmark, t (full mode, rows a,g,n only)\n")
     assert text.index("## 1. Throughput") < text.index("## 1b. Throughput on all 2 cores")
     assert "- row n skipped: nginx is not installed" in text
 
