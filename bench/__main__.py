@@ -2,8 +2,9 @@
 on 127.0.0.1 by the harness itself, results under bench/results/.
 
     python -m bench            # full mode (up to ~15 minutes)
-    python -m bench --quick    # under a minute: a vs d (fork) and e (reset) at -c1/-c64, heap 1/200 MB, 1/10 tenants
-    python -m bench --only throughput,heap,tenants,profile
+    python -m bench --quick    # a, d, e, g, n at -c1/-c64, all cores at -c64, heap 1/200 MB, 1/10 tenants
+    python -m bench --only throughput,allcores,heap,tenants,profile
+    python -m bench --only throughput,allcores --rows g,n --duration 3   # a few rows (a always)
 
 Ends with `headline: sandboxed/unsandboxed throughput at -c64 = N.NN`.
 """
@@ -17,9 +18,11 @@ import time
 from typing import Any
 
 from bench import measures, report, servers, wrk
-from bench.common import RESULTS, core_count, pinning
+from bench.common import RESULTS, all_cores_pinning, core_count, pinning
 
-STEPS = ("throughput", "heap", "tenants", "profile")
+STEPS = ("throughput", "allcores", "heap", "tenants", "profile")
+# Row letters of the throughput tables: d is every mayflyd engine, e the reset engine alone.
+ROWS = ("a", "b", "c", "d", "e", "f", "g", "n")
 
 
 def _log(message: str) -> None:
@@ -31,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="the under-a-minute subset")
     parser.add_argument("--only", default=",".join(STEPS), help=f"comma-separated steps of {STEPS}")
+    parser.add_argument("--rows", help=f"throughput rows of {ROWS} (a is always measured: every ratio is to it)")
+    parser.add_argument("--duration", type=float, help="seconds per wrk run (default 3 quick, 10 full)")
+    parser.add_argument("--connections", help="comma-separated wrk -c values (default 1,64 quick, 1,8,64 full)")
     parser.add_argument("--max-tenants", type=int, default=1000, help="largest tenant count (full mode)")
     parser.add_argument("--out", default=str(RESULTS), help="results directory")
     args = parser.parse_args(argv)
@@ -38,17 +44,24 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(steps) - set(STEPS)
     if unknown:
         parser.error(f"unknown steps: {', '.join(sorted(unknown))}")
+    rows = ["a", *(r for r in args.rows.split(",") if r and r != "a")] if args.rows else None
+    if rows and set(rows) - set(ROWS):
+        parser.error(f"unknown rows: {', '.join(sorted(set(rows) - set(ROWS)))}")
 
     quick = args.quick
     pin = pinning()
-    duration = 3.0 if quick else 10.0
-    connections = [1, 64] if quick else [1, 8, 64]
-    kinds = ["a", "d"] if quick else ["a", "b", "c", "d", "f"]
+    duration = args.duration or (3.0 if quick else 10.0)
+    connections = ([int(c) for c in args.connections.split(",") if c] if args.connections
+                   else [1, 64] if quick else [1, 8, 64])
+    kinds = rows or (["a", "d", "g", "n"] if quick else ["a", "b", "c", "d", "f", "g", "n"])
+    # One connection keeps one worker busy whatever the cores: not run on all cores.
+    all_connections = [c for c in connections if c > 1] or connections
     started = time.time()
     stem = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started))
     data: dict[str, Any] = {
         "started_utc": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started)),
         "mode": "quick" if quick else "full",
+        "rows": ",".join(kinds) if rows else None,
         "machine": {"cores": core_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "root": os.geteuid() == 0, "pinning": pin.description},
         "wrk_settings": wrk.settings_text(duration, connections),
@@ -65,6 +78,11 @@ def main(argv: list[str] | None = None) -> int:
         ratio = measures.headline(data["throughput"])
         data["headline"] = ratio
         data["headline_text"] = "n/a" if ratio is None else f"{ratio:.2f}"
+    if "allcores" in steps:
+        pin_all = all_cores_pinning()
+        _log(f"all cores: {pin_all.description}")
+        data["all_cores"] = measures.all_cores(pin_all, [k for k in kinds if k not in ("b", "c")], all_connections,
+                                               duration, _log, data.get("throughput"))
     if "heap" in steps:
         sizes = [1, 200] if quick else [1, 10, 100, 200, 500]
         data["heap"] = measures.heap_growth(pin, sizes, 300 if quick else 1000, _log)

@@ -62,6 +62,18 @@ def pinning() -> Pinning:
     return Pinning((), (), f"not pinned ({why}): server and wrk share the CPU")
 
 
+def all_cores_pinning() -> Pinning:
+    """Servers and wrk both on every usable core (the all-cores table): wrk
+    pinned to one core would leave the server process on that core half a
+    core and the one on the other a whole one, so the kernel places both."""
+    cores = ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
+    taskset = shutil.which("taskset")
+    if not taskset:
+        return Pinning((), (), "not pinned (taskset not found): servers and wrk share every core")
+    prefix = (taskset, "-c", cores)
+    return Pinning(prefix, prefix, f"servers and wrk on cores {cores} (taskset -c), placed by the kernel")
+
+
 def mayflyd_env() -> dict[str, str]:
     """The environment to run `sys.executable -m mayflyd` in: unchanged if
     mayflyd is importable, else with the repo's daemon/ on PYTHONPATH."""

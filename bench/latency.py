@@ -73,7 +73,11 @@ BASELINE = textwrap.dedent('''
         content_type, body = program.on_client_request()()
         return web.Response(body=body.encode(), headers={"Content-Type": content_type})
     app = web.Application(); app.router.add_route("*", "/{tail:.*}", handle)
-    web.run_app(app, host="127.0.0.1", port=int(sys.argv[2]), print=None, access_log=None)
+    # With argv[3]: one of several processes on the port (SO_REUSEPORT), which
+    # creates the file argv[3] once it listens.
+    ready = sys.argv[3] if len(sys.argv) > 3 else None
+    web.run_app(app, host="127.0.0.1", port=int(sys.argv[2]), reuse_port=bool(ready), access_log=None,
+                print=(lambda _: open(ready, "w").close()) if ready else None)
 ''')
 
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import psutil
 
-from bench import admin_metrics, servers, wrk
-from bench.common import Pinning
+from bench import admin_metrics, reference_servers, servers, wrk
+from bench.common import Pinning, core_count
 from bench.latency import measure as sequential_latency
 from bench.servers import RunningServer
 
@@ -47,54 +47,109 @@ def _ratio(value: float | None, base: float | None) -> float | None:
     return value / base
 
 
-def throughput(pin: Pinning, kinds: list[str], connections: list[int], duration_s: float,
-               log: Callable[[str], None]) -> dict[str, Any]:
-    """1 + 2. wrk against each server kind at each connection count; ratios to
-    the baseline (a) at the same -c. For mayflyd, the sandbox-cost histogram
-    observed during each run (metrics diff)."""
-    factories: dict[str, Callable[[], ContextManager[RunningServer]]] = {
-        "a": lambda: servers.baseline(pin),
+Factories = dict[str, Callable[[], ContextManager[RunningServer]]]
+
+
+def server_factories(pin: Pinning, workers: int = 1) -> Factories:
+    """Every server of the throughput tables, by key ("d:<engine>" for
+    mayflyd). workers > 1 (the all-cores table): a, g and n in that many
+    processes; mayflyd's rows as they are."""
+    factories: Factories = {
+        "a": ((lambda: servers.baseline(pin)) if workers == 1
+              else (lambda: reference_servers.aiohttp_processes(pin, workers))),
         "b": lambda: servers.per_process(pin, bwrap=False),
         "c": lambda: servers.per_process(pin, bwrap=True),
     }
     for engine in servers.ENGINES:
         factories[f"d:{engine}"] = (lambda e=engine: servers.mayflyd(pin, engine=e))  # type: ignore[misc]
     factories["f"] = lambda: servers.hop_floor(pin)
+    factories["g"] = lambda: reference_servers.granian(pin, workers)
+    factories["n"] = lambda: reference_servers.nginx(pin, workers)
+    return factories
+
+
+def keys_of(kinds: list[str], keys: list[str]) -> list[str]:
+    """The server keys a list of row letters selects, in the order given:
+    "d" is every mayflyd engine, another engine's letter ("e") that engine."""
+    engines = {letter: f"d:{engine}" for engine, letter in servers.ENGINE_LETTERS.items() if letter != "d"}
+    chosen = []
+    for kind in kinds:
+        chosen += [engines[kind]] if kind in engines else [k for k in keys if k == kind or k.startswith(kind + ":")]
+    return list(dict.fromkeys(chosen))
+
+
+def throughput(pin: Pinning, kinds: list[str], connections: list[int], duration_s: float,
+               log: Callable[[str], None], workers: int = 1) -> dict[str, Any]:
+    """1 + 2. wrk against each server kind at each connection count; ratios to
+    the baseline (a) at the same -c. For mayflyd, the sandbox-cost histogram
+    observed during each run (metrics diff). A server whose software is not
+    installed is skipped with a note."""
+    factories = server_factories(pin, workers)
     rows: list[Row] = []
     notes: list[str] = []
     costs: dict[str, Any] = {}
-    for kind in kinds:
-        keys = [k for k in factories if k == kind or k.startswith(kind + ":")]
-        for key in keys:
-            if key.startswith("d:") and key[2:] not in servers.AVAILABLE_ENGINES:
-                note = f"{key[2:]} engine: not available yet"
-                log(note)
-                notes.append(note)
-                continue
+    for key in keys_of(kinds, list(factories)):
+        if key.startswith("d:") and key[2:] not in servers.AVAILABLE_ENGINES:
+            note = f"{key[2:]} engine: not available yet"
+            log(note)
+            notes.append(note)
+            continue
+        try:
             with factories[key]() as server:
-                label = server.label
-                wrk.run(pin, server.port, connections=8, duration_s=1, host=server.host_header)  # warm-up
-                for c in connections:
-                    before = admin_metrics.sandbox_cost(server.admin_socket) if server.admin_socket else None
-                    log_mark = _log_size(server)
-                    result = wrk.run(pin, server.port, connections=c, duration_s=duration_s,
-                                     host=server.host_header)
-                    row: Row = {"server": label, "key": key, "connections": c, "wrk": result.to_json()}
-                    if result.errors:
-                        row["server_log"] = _complaints_since(server, log_mark)
-                    if server.admin_socket and before is not None:
-                        cost = admin_metrics.diff(admin_metrics.sandbox_cost(server.admin_socket), before)
-                        row["sandbox_cost_mean_s"] = None if math.isnan(cost.mean) else cost.mean
-                        costs[f"{key} -c{c}"] = cost.to_json()
-                    rows.append(row)
-                    log(f"{label} -c{c}: {result.rps:.0f} req/s, p50 {result.latency.get('50', math.nan)*1e3:.2f} ms,"
-                        f" errors {result.errors}")
+                rows += _wrk_runs(pin, server, key, connections, duration_s, costs, log)
+        except reference_servers.Unavailable as exc:
+            note = f"row {key} skipped: {exc}"
+            log(note)
+            notes.append(note)
     base = {r["connections"]: r["wrk"]["rps"] for r in rows if r["key"] == "a"}
     base_p50 = {r["connections"]: r["wrk"]["latency"].get("50", math.nan) for r in rows if r["key"] == "a"}
     for r in rows:
         r["rps_ratio"] = _ratio(r["wrk"]["rps"], base.get(r["connections"], math.nan))
         r["p50_ratio"] = _ratio(r["wrk"]["latency"].get("50", math.nan), base_p50.get(r["connections"], math.nan))
     return {"rows": rows, "notes": notes, "sandbox_cost": costs}
+
+
+def _wrk_runs(pin: Pinning, server: RunningServer, key: str, connections: list[int], duration_s: float,
+              costs: dict[str, Any], log: Callable[[str], None]) -> list[Row]:
+    """A warm-up, then one wrk run per connection count against server."""
+    rows: list[Row] = []
+    label = server.label
+    wrk.run(pin, server.port, connections=8, duration_s=1, host=server.host_header)  # warm-up
+    for c in connections:
+        before = admin_metrics.sandbox_cost(server.admin_socket) if server.admin_socket else None
+        log_mark = _log_size(server)
+        result = wrk.run(pin, server.port, connections=c, duration_s=duration_s, host=server.host_header)
+        row: Row = {"server": label, "key": key, "connections": c, "wrk": result.to_json()}
+        if result.errors:
+            row["server_log"] = _complaints_since(server, log_mark)
+        if server.admin_socket and before is not None:
+            cost = admin_metrics.diff(admin_metrics.sandbox_cost(server.admin_socket), before)
+            row["sandbox_cost_mean_s"] = None if math.isnan(cost.mean) else cost.mean
+            costs[f"{key} -c{c}"] = cost.to_json()
+        rows.append(row)
+        log(f"{label} -c{c}: {result.rps:.0f} req/s, p50 {result.latency.get('50', math.nan)*1e3:.2f} ms,"
+            f" errors {result.errors}")
+    return rows
+
+
+def all_cores(pin: Pinning, kinds: list[str], connections: list[int], duration_s: float,
+              log: Callable[[str], None], single_core: dict[str, Any] | None) -> dict[str, Any]:
+    """1c. The throughput step with the servers on every core: a, g and n in
+    one process per core, mayflyd as it is. Ratios to a on all cores (a×N)
+    and, when the pinned step ran, to its a at the same -c."""
+    workers = core_count()
+    result = throughput(pin, kinds, connections, duration_s, log, workers=workers)
+    result["workers"] = workers
+    result["pinning"] = pin.description
+    add_single_core_ratios(result, single_core)
+    return result
+
+
+def add_single_core_ratios(result: dict[str, Any], single_core: dict[str, Any] | None) -> None:
+    """rps_ratio_1core on every row: its req/s over the pinned a's at the same -c."""
+    base = {r["connections"]: r["wrk"]["rps"] for r in (single_core or {}).get("rows", []) if r["key"] == "a"}
+    for r in result["rows"]:
+        r["rps_ratio_1core"] = _ratio(r["wrk"]["rps"], base.get(r["connections"]))
 
 
 def headline(result: dict[str, Any], connections: int = 64) -> float | None:

@@ -41,6 +41,26 @@ def throughput_table(result: dict[str, Any]) -> list[str]:
                    "p50 ratio to a", "non-2xx", "socket errors c/r/w/t", "sandbox cost mean us", "run"], rows)
 
 
+def all_cores_section(result: dict[str, Any]) -> list[str]:
+    """1b: the servers on every core, ratios to a on all cores and to the pinned a."""
+    n = result["workers"]
+    rows = []
+    for r in result["rows"]:
+        w = r["wrk"]
+        lat = w["latency"]
+        rows.append([r["server"], f"-c{r['connections']}", _f(w["rps"], "{:.0f}"), _f(r.get("rps_ratio"), "{:.3f}"),
+                     _f(r.get("rps_ratio_1core"), "{:.3f}"), _ms(lat.get("50")), _ms(lat.get("99")),
+                     str(w["errors"]), "**ERRORS**" if w["errors"] else "ok"])
+    out = [f"## 1b. Throughput on all {n} cores", "",
+           f"The same rows with the servers on every core: a = aiohttp in {n} processes sharing the port "
+           f"(SO_REUSEPORT), g = granian with {n} workers, n = nginx with {n} workers; mayflyd's rows with their "
+           f"own config, as in section 1. {result['pinning']}. Ratios to a on all cores (this table) and to the "
+           "pinned a of section 1 at the same -c (`-` when section 1 did not run).", ""]
+    out += _table(["server", "conns", "req/s", f"ratio to a ({n} cores)", "ratio to a (1 core)", "p50 ms",
+                   "p99 ms", "errors", "run"], rows)
+    return out + [""] + [f"- {note}" for note in result["notes"]] + server_complaints(result) + [""]
+
+
 def server_complaints(result: dict[str, Any]) -> list[str]:
     """What the server logged during runs that had errors (or that it logged nothing)."""
     out = []
@@ -135,7 +155,8 @@ def cpu_section(cpu: dict[str, Any]) -> list[str]:
 def markdown(data: dict[str, Any], charts: list[str], chart_note: str | None) -> str:
     """The whole report as Markdown."""
     m = data["machine"]
-    out = [f"# mayflyd benchmark, {data['started_utc']} ({data['mode']} mode)", "",
+    only = f", rows {data['rows']} only" if data.get("rows") else ""
+    out = [f"# mayflyd benchmark, {data['started_utc']} ({data['mode']} mode{only})", "",
            f"- machine: {m['cores']} cores, {m['platform']}, Python {m['python']}, root: {m['root']}",
            f"- pinning: {m['pinning']}",
            f"- wrk: {data['wrk_settings']}",
@@ -147,7 +168,9 @@ def markdown(data: dict[str, Any], charts: list[str], chart_note: str | None) ->
                 "one tenant with the seed program, concurrency 64, all walls; d = fork engine, e = reset engine. "
                 "f = mayflyd's front end and one persistent hop to a plain worker running the program, with no "
                 "sandbox (bench/hop_floor.py): the most any sandbox in another process behind this front end "
-                "can reach.", ""]
+                "can reach. g = granian (Rust HTTP server, RSGI) calling the program in-process: the fastest "
+                "unsandboxed Python server. n = nginx answering `return 200 \"hello\"`: the front-end limit "
+                "of this machine, no Python at all. a, g and n run one worker process.", ""]
         out += throughput_table(t)
         out += [""] + [f"- {n}" for n in t["notes"]] + server_complaints(t)
         if data.get("headline") is not None:
@@ -171,6 +194,8 @@ def markdown(data: dict[str, Any], charts: list[str], chart_note: str | None) ->
             means = ", ".join(f"{k}: {_f(None if v['mean'] is None else v['mean'] * 1e6, '{:.0f}')} us"
                               for k, v in hists.items())
             out += [f"Means per run: {means}.", ""]
+    if "all_cores" in data:
+        out += all_cores_section(data["all_cores"])
     if "heap" in data:
         out += heap_section(data["heap"])
     if "tenants" in data:

@@ -103,7 +103,7 @@ class RunningServer:
     tenants: list[str] = field(default_factory=list)
 
 
-def _stop(proc: subprocess.Popen[bytes], grace: float = 60.0) -> None:
+def stop(proc: subprocess.Popen[bytes], grace: float = 60.0) -> None:
     """SIGTERM and wait; SIGKILL if it does not exit within grace seconds."""
     if proc.poll() is not None:
         return
@@ -117,14 +117,15 @@ def _stop(proc: subprocess.Popen[bytes], grace: float = 60.0) -> None:
 
 
 @contextlib.contextmanager
-def _popen(label: str, cmd: list[str], port: int, host: str, **kwargs: object) -> Iterator[RunningServer]:
+def run_server(label: str, cmd: list[str], port: int, host: str, **kwargs: object) -> Iterator[RunningServer]:
+    """Start cmd, wait until it listens on port, stop it on exit."""
     stderr = kwargs.pop("stderr", subprocess.DEVNULL)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr, **kwargs)  # type: ignore[call-overload]
     try:
         startup = wait_listening(port, proc)
         yield RunningServer(label, port, host, proc, startup)
     finally:
-        _stop(proc)
+        stop(proc)
 
 
 @contextlib.contextmanager
@@ -134,7 +135,7 @@ def baseline(pin: Pinning, program: Path = SEED) -> Iterator[RunningServer]:
         script = Path(tmp) / "baseline.py"
         script.write_text(BASELINE)
         port = free_port()
-        with _popen("a. unsandboxed aiohttp", [*pin.server, sys.executable, str(script), str(program), str(port)],
+        with run_server("a. unsandboxed aiohttp", [*pin.server, sys.executable, str(script), str(program), str(port)],
                     port, "x") as server:
             yield server
 
@@ -144,7 +145,7 @@ def hop_floor(pin: Pinning, program: Path = SEED) -> Iterator[RunningServer]:
     """f. mayflyd's front end, one persistent hop to an unsandboxed worker."""
     port = free_port()
     cmd = [*pin.server, sys.executable, "-m", "bench.hop_floor", str(program), str(port)]
-    with _popen("f. front end + hop, no sandbox", cmd, port, "x", env=mayflyd_env(), cwd=REPO) as server:
+    with run_server("f. front end + hop, no sandbox", cmd, port, "x", env=mayflyd_env(), cwd=REPO) as server:
         yield server
 
 
@@ -164,7 +165,7 @@ def per_process(pin: Pinning, *, bwrap: bool, program: Path = SEED) -> Iterator[
         script.write_text(_PER_PROCESS)
         port = free_port()
         cmd = [*pin.server, sys.executable, str(script), str(program), str(port), json.dumps(prefix), _RUN_ONCE]
-        with _popen(label, cmd, port, "x") as server:
+        with run_server(label, cmd, port, "x") as server:
             yield server
 
 
@@ -238,6 +239,6 @@ def mayflyd(pin: Pinning, tenants: list[TenantSpec] | None = None, *, engine: st
                 yield RunningServer(f"{letter}. mayflyd {engine} engine", port, tenants[0].hosts[0], proc, startup,
                                     admin_socket=admin, log_path=log_path, tenants=[t.name for t in tenants])
             finally:
-                _stop(proc)
+                stop(proc)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
