@@ -9,7 +9,6 @@
 #include "engine/children.h"
 
 #include <errno.h>
-#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -49,22 +48,6 @@ enum mf_step mf_children_request_failed(struct mf_children *c, uint64_t req_id, 
     return mf_children_send(c, MF_MSG_REQUEST_FAILED, req_id, &msg, sizeof(msg));
 }
 
-/* The request fd the front end passed must be an AF_UNIX SOCK_SEQPACKET socket. */
-static bool is_seqpacket_unix(int fd)
-{
-    int type = 0, domain = 0;
-    socklen_t len = sizeof(type);
-
-    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0)
-        return mf_err("getsockopt(fd %d, SO_TYPE)", fd);
-    len = sizeof(domain);
-    if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) < 0)
-        return mf_err("getsockopt(fd %d, SO_DOMAIN)", fd);
-    if (type != SOCK_SEQPACKET || domain != AF_UNIX)
-        return mf_errx(EPROTOTYPE, "request fd %d is not an AF_UNIX SOCK_SEQPACKET socket", fd);
-    return true;
-}
-
 /* The checks on a REQUEST the front end hands over: 0 and *req filled in,
  * or the error its REQUEST_FAILED carries. */
 static int admit(struct mf_children *c, const struct mf_frame_header *hdr, int fd, struct mf_admitted *req)
@@ -80,7 +63,7 @@ static int admit(struct mf_children *c, const struct mf_frame_header *hdr, int f
         mf_warn("REQUEST: req_id %llu is 0 or already in flight", (unsigned long long)hdr->req_id);
         return EEXIST;
     }
-    if (!is_seqpacket_unix(fd)) {
+    if (!mf_is_seqpacket_unix(fd)) {
         mf_warn_last();
         return errno;
     }
@@ -351,15 +334,6 @@ bool mf_children_poll(struct mf_children *c, struct pollfd *pfd, nfds_t n, int t
     if (!c->hooks->interrupted(c->hooks->ctx))
         return mf_errx(EINTR, "serving interrupted by a signal");
     return true;
-}
-
-int mf_poll_timeout(uint64_t now, uint64_t next)
-{
-    if (next == UINT64_MAX)
-        return -1;
-    if (next <= now)
-        return 0;
-    return next - now > INT_MAX ? INT_MAX : (int)(next - now);
 }
 
 /* ---- a new child ---- */

@@ -132,9 +132,6 @@ enum mf_step mf_children_serve(struct mf_children *c, const struct pollfd pfd[MF
  * stop; *ready false if a signal interrupted it and serving goes on. */
 bool mf_children_poll(struct mf_children *c, struct pollfd *pfd, nfds_t n, int timeout, bool *ready);
 
-/* A poll() timeout in ms from now until next (UINT64_MAX: none). */
-int mf_poll_timeout(uint64_t now, uint64_t next);
-
 /*
  * Forks a child with the fork hooks around it. In the child: returns 0
  * after its first steps (die with the host, oom_score_adj, every fd of the

@@ -932,6 +932,13 @@ class Host:
         assert 0 < cost_us < 1_000_000
         return pid, status, flags
 
+    def inodes_in_a_child(self, req_id: int) -> set[int]:
+        """What a sandbox (or worker) holds open, from its runner's /inodes."""
+        sock = self.request(req_id, path=b"/inodes")
+        inodes = set(json.loads(read_response(sock, req_id)[2]))
+        self.child_exit(req_id)
+        return inodes
+
     def close(self, channel: str = "both") -> int:
         """Close the control channel, the data channel or both; the host's exit code."""
         if channel in ("control", "both"):
@@ -1135,9 +1142,7 @@ def test_serve_fork_refuses_shutdown_on_the_data_channel(host: Host) -> None:
 
 
 def test_serve_fork_sandboxes_hold_neither_channel(host: Host) -> None:
-    sock = host.request(121, path=b"/inodes")
-    inodes = set(json.loads(read_response(sock, 121)[2]))
-    host.child_exit(121)
+    inodes = host.inodes_in_a_child(121)
     assert inodes and not inodes & host.host_ends
 
 

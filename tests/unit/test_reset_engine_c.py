@@ -323,9 +323,7 @@ def test_a_hot_page_made_read_only_ends_its_worker() -> None:
 
 
 def test_workers_hold_neither_channel(host: ResetHost) -> None:
-    sock = host.request(1, path=b"/inodes")
-    inodes = set(json.loads(read_response(sock, 1)[2]))
-    host.child_exit(1)
+    inodes = host.inodes_in_a_child(1)
     assert inodes and not inodes & host.host_ends
 
 

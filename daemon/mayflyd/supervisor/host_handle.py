@@ -24,9 +24,9 @@ import signal
 import socket
 import struct
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Protocol, cast
+from typing import Protocol, TypeVar, cast
 
 from mayflyd import protocol
 from mayflyd.host.sandbox_host import HostSpec
@@ -55,6 +55,7 @@ _FD = struct.Struct("i")  # one fd in SCM_RIGHTS
 _OUTPUT_LINE_LIMIT = 8192
 LOADING_NICE = -5
 _OUTPUT_CHUNK = 64 * 1024
+_Message = TypeVar("_Message", ControlMessage, DataMessage)
 
 
 class HostStartError(Exception):
@@ -344,7 +345,7 @@ class SandboxHost:
             return False
         return True
 
-    # ---- control channel -------------------------------------------------
+    # ---- the host's channels ---------------------------------------------
 
     async def _recv_control(self) -> ControlMessage | None:
         assert self._ctrl is not None
@@ -364,18 +365,7 @@ class SandboxHost:
     def _on_control_readable(self) -> None:
         """The host's lifecycle messages once it is serving: worker replacements."""
         assert self._ctrl is not None
-        while True:
-            packet = _recv_ready(self._ctrl)
-            if packet is None:
-                return
-            if not packet:  # the host is gone; _watch_process reports how
-                self._channel_ended(self._ctrl)
-                return
-            try:
-                message = protocol.decode_control(packet)
-            except protocol.ProtocolError as exc:
-                log.error("bad control message from host %d: %s", self.pid, exc, extra={"tenant": self.tenant})
-                continue
+        for message in self._received(self._ctrl, protocol.decode_control, "control"):
             if isinstance(message, WorkerReplaced):
                 self._on_sandbox_exit(message)
             else:
@@ -385,18 +375,7 @@ class SandboxHost:
     def _on_data_readable(self) -> None:
         """The host's per-request messages: exit reports and failed starts."""
         assert self._data is not None
-        while True:
-            packet = _recv_ready(self._data)
-            if packet is None:
-                return
-            if not packet:  # the host is gone (it ends with either channel)
-                self._channel_ended(self._data)
-                return
-            try:
-                message: DataMessage = protocol.decode_data(packet)
-            except protocol.ProtocolError as exc:
-                log.error("bad data message from host %d: %s", self.pid, exc, extra={"tenant": self.tenant})
-                continue
+        for message in self._received(self._data, protocol.decode_data, "data"):
             if isinstance(message, ChildExit):
                 self._on_sandbox_exit(message)
             # The host answers each REQUEST it received with exactly one of these.
@@ -404,9 +383,22 @@ class SandboxHost:
             if fut is not None and not fut.done():
                 fut.set_result(message)
 
-    def _channel_ended(self, channel: socket.socket) -> None:
-        self.ready = False
-        asyncio.get_running_loop().remove_reader(channel.fileno())
+    def _received(self, channel: socket.socket, decode: Callable[[bytes], _Message], name: str
+                  ) -> Iterator[_Message]:
+        """Every message queued on a channel, decoded; at its end (the host
+        is gone, and _watch_process reports how) the host is not ready."""
+        while True:
+            packet = _recv_ready(channel)
+            if packet is None:
+                return
+            if not packet:
+                self.ready = False
+                asyncio.get_running_loop().remove_reader(channel.fileno())
+                return
+            try:
+                yield decode(packet)
+            except protocol.ProtocolError as exc:
+                log.error("bad %s message from host %d: %s", name, self.pid, exc, extra={"tenant": self.tenant})
 
     async def _relay_output(self, stream: asyncio.StreamReader, name: str) -> None:
         """The tenant's output, line by line, into the log, within its budget.
