@@ -1,15 +1,14 @@
 /*
  * The child-management core of the host's engines; see children.h.
  *
- * Runs in the host, single-threaded. Everything the supervisor sees comes
- * out of mf_children_send, so both engines speak the same frames in the
- * same way.
+ * Runs in the host, single-threaded. Every frame the host sends comes out
+ * of mf_children_send, so both engines speak the same frames in the same
+ * way, each on its own channel.
  */
 #define _GNU_SOURCE
 #include "engine/children.h"
 
 #include <errno.h>
-#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -24,14 +23,22 @@
 /* Children, not the host, are what the OOM killer should pick. */
 #define CHILD_OOM_SCORE_ADJ 1000
 
-/* ---- the control socket ---- */
+/* ---- the two channels ---- */
+
+/* Per-request messages go to the front end, the rest to the supervisor. */
+static bool on_data_channel(uint16_t type)
+{
+    return type == MF_MSG_CHILD_EXIT || type == MF_MSG_REQUEST_FAILED;
+}
 
 enum mf_step mf_children_send(struct mf_children *c, uint16_t type, uint64_t req_id, const void *payload,
                               uint32_t len)
 {
-    if (mf_send_packet(c->ctrl_fd, type, req_id, payload, len))
+    bool data = on_data_channel(type);
+
+    if (mf_send_packet(data ? c->data_fd : c->ctrl_fd, type, req_id, payload, len))
         return MF_STEP_CONTINUE;
-    mf_warn("control socket: %s; stopping", mf_last_error());
+    mf_warn("%s channel: %s; stopping", data ? "data" : "control", mf_last_error());
     return MF_STEP_STOP;
 }
 
@@ -41,23 +48,7 @@ enum mf_step mf_children_request_failed(struct mf_children *c, uint64_t req_id, 
     return mf_children_send(c, MF_MSG_REQUEST_FAILED, req_id, &msg, sizeof(msg));
 }
 
-/* The request fd the supervisor passed must be an AF_UNIX SOCK_SEQPACKET socket. */
-static bool is_seqpacket_unix(int fd)
-{
-    int type = 0, domain = 0;
-    socklen_t len = sizeof(type);
-
-    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0)
-        return mf_err("getsockopt(fd %d, SO_TYPE)", fd);
-    len = sizeof(domain);
-    if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) < 0)
-        return mf_err("getsockopt(fd %d, SO_DOMAIN)", fd);
-    if (type != SOCK_SEQPACKET || domain != AF_UNIX)
-        return mf_errx(EPROTOTYPE, "request fd %d is not an AF_UNIX SOCK_SEQPACKET socket", fd);
-    return true;
-}
-
-/* The checks on a REQUEST the supervisor hands over: 0 and *req filled in,
+/* The checks on a REQUEST the front end hands over: 0 and *req filled in,
  * or the error its REQUEST_FAILED carries. */
 static int admit(struct mf_children *c, const struct mf_frame_header *hdr, int fd, struct mf_admitted *req)
 {
@@ -72,7 +63,7 @@ static int admit(struct mf_children *c, const struct mf_frame_header *hdr, int f
         mf_warn("REQUEST: req_id %llu is 0 or already in flight", (unsigned long long)hdr->req_id);
         return EEXIST;
     }
-    if (!is_seqpacket_unix(fd)) {
+    if (!mf_is_seqpacket_unix(fd)) {
         mf_warn_last();
         return errno;
     }
@@ -94,12 +85,13 @@ static int admit(struct mf_children *c, const struct mf_frame_header *hdr, int f
     return 0;
 }
 
-static enum mf_step request(struct mf_children *c, const struct mf_frame_header *hdr, int fd, size_t nfds)
+/* fd: the attached socket, or -1. */
+static enum mf_step request(struct mf_children *c, const struct mf_frame_header *hdr, int fd)
 {
     struct mf_admitted req;
     int error;
 
-    if (nfds != 1) {
+    if (fd < 0) {
         mf_warn("REQUEST %llu arrived without its socket", (unsigned long long)hdr->req_id);
         return mf_children_request_failed(c, hdr->req_id, EBADMSG);
     }
@@ -111,44 +103,89 @@ static enum mf_step request(struct mf_children *c, const struct mf_frame_header 
     return c->ops->start(c->engine, &req);
 }
 
-enum mf_step mf_children_handle_ctrl(struct mf_children *c)
+/*
+ * One frame from a channel into c->ctrl_buf, with *fd its attached fd or
+ * -1. *got false when there was none to act on: nothing waiting, or a bad
+ * packet (consumed whole and warned about); STOP at the channel's end.
+ */
+static enum mf_step recv_frame(struct mf_children *c, int chan, const char *name, struct mf_frame_header *hdr,
+                               int *fd, bool *got)
 {
-    struct mf_frame_header hdr;
     size_t len, nfds;
-    int fd = -1;
-    int rc = mf_recv_packet(c->ctrl_fd, MSG_DONTWAIT, c->ctrl_buf, sizeof(c->ctrl_buf), &len, &fd, 1, &nfds);
+    int rc = mf_recv_packet(chan, MSG_DONTWAIT, c->ctrl_buf, sizeof(c->ctrl_buf), &len, fd, 1, &nfds);
 
+    *got = false;
     if (rc < 0) {
         int err = mf_last_errno();
         if (err == EAGAIN || err == EWOULDBLOCK)
             return MF_STEP_CONTINUE;
-        mf_warn_last();
+        mf_warn("%s channel: %s", name, mf_last_error());
         /* A bad packet was consumed whole; anything else ends the channel. */
         return err == EMSGSIZE || err == EPROTO ? MF_STEP_CONTINUE : MF_STEP_STOP;
     }
     if (rc == 0)
         return MF_STEP_STOP;
-    if (!mf_frame_parse(c->ctrl_buf, len, &hdr)) {
-        mf_warn("control socket: %s", mf_last_error());
-        if (nfds > 0)
-            mf_close_or_warn(fd, "unexpected");
+    if (nfds == 0)
+        *fd = -1;
+    if (!mf_frame_parse(c->ctrl_buf, len, hdr)) {
+        mf_warn("%s channel: %s", name, mf_last_error());
+        if (*fd >= 0)
+            mf_close_or_warn(*fd, "unexpected");
         return MF_STEP_CONTINUE;
     }
-    if (hdr.type == MF_MSG_REQUEST)
-        return request(c, &hdr, fd, nfds);
-    if (nfds > 0) {
-        mf_warn("control message type %u carried an fd; closed", hdr.type);
+    *got = true;
+    return MF_STEP_CONTINUE;
+}
+
+/* Only a REQUEST carries an fd: any other is closed. */
+static void drop_fd(const char *name, uint16_t type, int fd)
+{
+    if (fd < 0)
+        return;
+    mf_warn("%s channel: message type %u carried an fd; closed", name, type);
+    mf_close_or_warn(fd, "unexpected");
+}
+
+/* A message of the other channel (a REQUEST or CANCEL on the control
+ * channel, a SHUTDOWN on the data channel) or of no known type. */
+static enum mf_step refuse(const char *name, uint16_t type, int fd)
+{
+    mf_warn("%s channel: unexpected message type %u; ignored", name, type);
+    if (fd >= 0)
         mf_close_or_warn(fd, "unexpected");
-    }
-    switch (hdr.type) {
-    case MF_MSG_CANCEL:
-        return c->ops->cancel(c->engine, hdr.req_id);
-    case MF_MSG_SHUTDOWN:
-        return MF_STEP_STOP;
-    default:
-        mf_warn("control socket: unexpected message type %u; ignored", hdr.type);
-        return MF_STEP_CONTINUE;
-    }
+    return MF_STEP_CONTINUE;
+}
+
+enum mf_step mf_children_handle_ctrl(struct mf_children *c)
+{
+    struct mf_frame_header hdr;
+    int fd = -1;
+    bool got;
+    enum mf_step step = recv_frame(c, c->ctrl_fd, "control", &hdr, &fd, &got);
+
+    if (!got)
+        return step;
+    if (hdr.type != MF_MSG_SHUTDOWN)
+        return refuse("control", hdr.type, fd);
+    drop_fd("control", hdr.type, fd);
+    return MF_STEP_STOP;
+}
+
+enum mf_step mf_children_handle_data(struct mf_children *c)
+{
+    struct mf_frame_header hdr;
+    int fd = -1;
+    bool got;
+    enum mf_step step = recv_frame(c, c->data_fd, "data", &hdr, &fd, &got);
+
+    if (!got)
+        return step;
+    if (hdr.type == MF_MSG_REQUEST)
+        return request(c, &hdr, fd);
+    if (hdr.type != MF_MSG_CANCEL)
+        return refuse("data", hdr.type, fd);
+    drop_fd("data", hdr.type, fd);
+    return c->ops->cancel(c->engine, hdr.req_id);
 }
 
 /* ---- signals, exits ---- */
@@ -264,14 +301,23 @@ void mf_children_fini(struct mf_children *c)
     c->pids = NULL;
 }
 
-enum mf_step mf_children_serve(struct mf_children *c, const struct pollfd pfd[2])
+void mf_children_pollfds(const struct mf_children *c, struct pollfd pfd[MF_PFD_CORE], bool accepting)
+{
+    pfd[MF_PFD_CTRL] = (struct pollfd){.fd = c->ctrl_fd, .events = POLLIN};
+    pfd[MF_PFD_DATA] = (struct pollfd){.fd = accepting ? c->data_fd : -1, .events = POLLIN};
+    pfd[MF_PFD_SIGNAL] = (struct pollfd){.fd = c->sigfd, .events = POLLIN};
+}
+
+enum mf_step mf_children_serve(struct mf_children *c, const struct pollfd pfd[MF_PFD_CORE])
 {
     enum mf_step step = MF_STEP_CONTINUE;
 
-    if (pfd[1].revents != 0)
+    if (pfd[MF_PFD_SIGNAL].revents != 0)
         step = mf_children_reap(c);
-    if (step == MF_STEP_CONTINUE && pfd[0].revents != 0)
+    if (step == MF_STEP_CONTINUE && pfd[MF_PFD_CTRL].revents != 0)
         step = mf_children_handle_ctrl(c);
+    if (step == MF_STEP_CONTINUE && pfd[MF_PFD_DATA].revents != 0)
+        step = mf_children_handle_data(c);
     return step;
 }
 
@@ -283,30 +329,23 @@ bool mf_children_poll(struct mf_children *c, struct pollfd *pfd, nfds_t n, int t
         return true;
     }
     if (errno != EINTR)
-        return mf_err("poll(control fd %d, signalfd %d, %lu more fds)", c->ctrl_fd, c->sigfd,
-                      (unsigned long)(n - 2));
+        return mf_err("poll(control fd %d, data fd %d, signalfd %d, %lu more fds)", c->ctrl_fd, c->data_fd,
+                      c->sigfd, (unsigned long)(n - MF_PFD_CORE));
     if (!c->hooks->interrupted(c->hooks->ctx))
         return mf_errx(EINTR, "serving interrupted by a signal");
     return true;
 }
 
-int mf_poll_timeout(uint64_t now, uint64_t next)
-{
-    if (next == UINT64_MAX)
-        return -1;
-    if (next <= now)
-        return 0;
-    return next - now > INT_MAX ? INT_MAX : (int)(next - now);
-}
-
 /* ---- a new child ---- */
 
-/* Nothing of the host's may reach tenant code: the control socket would
- * let a child speak for the host and the other children. */
+/* Nothing of the host's may reach tenant code: either channel would let a
+ * child speak for the host and the other children. */
 static bool close_inherited(struct mf_children *c, int keep_fd)
 {
     if (close(c->ctrl_fd) < 0)
         return mf_err("close(control fd %d)", c->ctrl_fd);
+    if (close(c->data_fd) < 0)
+        return mf_err("close(data fd %d)", c->data_fd);
     if (close(c->sigfd) < 0)
         return mf_err("close(signalfd %d)", c->sigfd);
     if (c->ops->close_own_fds != NULL)

@@ -3,8 +3,11 @@
  * engine's sandboxes and the reset engine's workers are children of the
  * sealed host, and this file owns what is the same for both.
  *
- *   - the control socket: every frame to the supervisor, every frame from
- *     it, and the admission of a REQUEST (checked once, here);
+ *   - the host's two channels: the control channel (lifecycle, to the
+ *     supervisor) and the data channel (requests, to the front end); every
+ *     frame sent goes out on the channel its type belongs to, every frame
+ *     received is checked against the channel it came on, and a REQUEST
+ *     is admitted (checked once) here;
  *   - SIGCHLD (and any further signal an engine asks for) through a
  *     signalfd, set up and torn down here;
  *   - the fork of a child and its first steps (die with the host, OOM
@@ -28,13 +31,18 @@
 #include "engine/fork_engine.h"
 #include "wire/proto.h"
 
-/* Control messages are small; anything larger is malformed. */
+/* Control and data messages are small; anything larger is malformed. */
 #define MF_CTRL_BUF_SIZE (MF_FRAME_HEADER_SIZE + 64)
+
+/* A serve loop's first pollfds, in this order; an engine adds its own after. */
+enum { MF_PFD_CTRL, MF_PFD_DATA, MF_PFD_SIGNAL, MF_PFD_CORE };
 
 /* What a step of a serve loop leads to. */
 enum mf_step {
     MF_STEP_CONTINUE,
-    MF_STEP_STOP,  /* the supervisor is gone or said SHUTDOWN: a clean end */
+    /* a clean end: SHUTDOWN, or either channel closed (a host without its
+     * supervisor or without its front end cannot serve) */
+    MF_STEP_STOP,
     MF_STEP_FAIL,  /* the host cannot go on; the error is recorded */
 };
 
@@ -55,7 +63,7 @@ struct mf_children_ops {
     bool (*full)(void *engine);
     /* Starts (or queues) an admitted request; takes req->fd. */
     enum mf_step (*start)(void *engine, const struct mf_admitted *req);
-    /* CANCEL from the supervisor; an unknown id has ended already. */
+    /* CANCEL on the data channel; an unknown id has ended already. */
     enum mf_step (*cancel)(void *engine, uint64_t req_id);
     /* One of our children exited (already reaped). */
     enum mf_step (*exited)(void *engine, pid_t pid, int status, const struct rusage *ru);
@@ -66,7 +74,8 @@ struct mf_children_ops {
 };
 
 struct mf_children {
-    int ctrl_fd;
+    int ctrl_fd;                 /* control channel: supervisor <-> host */
+    int data_fd;                 /* data channel: front end <-> host */
     const int *close_in_child;   /* further fds no child may keep */
     size_t n_close_in_child;
     const struct mf_fork_hooks *hooks;
@@ -89,32 +98,39 @@ bool mf_children_init(struct mf_children *c, size_t max_children, int extra_sign
 /* Kills and reaps every child left, closes the signalfd, restores the mask. */
 void mf_children_fini(struct mf_children *c);
 
-/* One frame to the supervisor; a failed send means it is gone: STOP. */
+/* One frame, on the channel its type belongs to (CHILD_EXIT and
+ * REQUEST_FAILED on the data channel, the rest on the control channel); a
+ * failed send means the peer is gone: STOP. */
 enum mf_step mf_children_send(struct mf_children *c, uint16_t type, uint64_t req_id, const void *payload,
                               uint32_t len);
 
 /* REQUEST_FAILED with error. */
 enum mf_step mf_children_request_failed(struct mf_children *c, uint64_t req_id, int error);
 
-/* Reads one frame from the control socket (non-blocking) and acts on it. */
+/* Reads one frame from the control channel (non-blocking) and acts on it:
+ * SHUTDOWN stops; a REQUEST or CANCEL there is refused (warned, ignored). */
 enum mf_step mf_children_handle_ctrl(struct mf_children *c);
+
+/* Reads one frame from the data channel (non-blocking) and acts on it:
+ * REQUEST and CANCEL; a SHUTDOWN there is refused (warned, ignored). */
+enum mf_step mf_children_handle_data(struct mf_children *c);
 
 /* Drains the signalfd (passing other signals to ops->signal), then reaps
  * every exited child, passing ours to ops->exited. */
 enum mf_step mf_children_reap(struct mf_children *c);
 
-/* What a serve loop does with the control socket (pfd[0]) and the
- * signalfd (pfd[1]) once poll() returned: exits first, so a CHILD_EXIT
- * precedes the host's reaction to whatever the supervisor sent meanwhile,
- * then the control socket. */
-enum mf_step mf_children_serve(struct mf_children *c, const struct pollfd pfd[2]);
+/* The core's pollfds (MF_PFD_*): the data channel only when accepting,
+ * else left out (fd -1), so that requests wait in its socket. */
+void mf_children_pollfds(const struct mf_children *c, struct pollfd pfd[MF_PFD_CORE], bool accepting);
+
+/* What a serve loop does with the core's pollfds once poll() returned:
+ * exits first, so a CHILD_EXIT precedes the host's reaction to whatever
+ * arrived meanwhile, then the control channel, then the data channel. */
+enum mf_step mf_children_serve(struct mf_children *c, const struct pollfd pfd[MF_PFD_CORE]);
 
 /* poll() for a serve loop: false with the error recorded if the host must
  * stop; *ready false if a signal interrupted it and serving goes on. */
 bool mf_children_poll(struct mf_children *c, struct pollfd *pfd, nfds_t n, int timeout, bool *ready);
-
-/* A poll() timeout in ms from now until next (UINT64_MAX: none). */
-int mf_poll_timeout(uint64_t now, uint64_t next);
 
 /*
  * Forks a child with the fork hooks around it. In the child: returns 0

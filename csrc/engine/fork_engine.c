@@ -1,12 +1,12 @@
 /*
  * Fork-mode serve loop of the host, and the first steps of each sandbox.
  *
- * The host is single-threaded: one poll() over the control socket and a
- * signalfd for SIGCHLD, with the timeout set by the nearest sandbox
- * deadline. Each sandbox is a fork() of the sealed host; it answers on its
- * own per-request socket only, and its exit is reported on the control
- * socket as CHILD_EXIT. The control socket, the signalfd, the fork and
- * the reaping are children.c's, shared with the reset engine.
+ * The host is single-threaded: one poll() over the control channel, the
+ * data channel and a signalfd for SIGCHLD, with the timeout set by the
+ * nearest sandbox deadline. Each sandbox is a fork() of the sealed host;
+ * it answers on its own per-request socket only, and its exit is reported
+ * on the data channel as CHILD_EXIT. The channels, the signalfd, the fork
+ * and the reaping are children.c's, shared with the reset engine.
  */
 #define _GNU_SOURCE
 #include "engine/fork_engine.h"
@@ -201,14 +201,14 @@ static bool serve_loop(struct engine *e)
     if (mf_children_send(&e->core, MF_MSG_READY, 0, &ready, sizeof(ready)) != MF_STEP_CONTINUE)
         return true;
     for (;;) {
-        struct pollfd pfd[2] = {{.fd = e->cfg->ctrl_fd, .events = POLLIN},
-                                {.fd = e->core.sigfd, .events = POLLIN}};
+        struct pollfd pfd[MF_PFD_CORE];
         enum mf_step step;
         bool ready_fds;
         int timeout;
 
         MF_TRY(enforce_deadlines(e, &timeout));
-        MF_TRY(mf_children_poll(&e->core, pfd, 2, timeout, &ready_fds));
+        mf_children_pollfds(&e->core, pfd, true);
+        MF_TRY(mf_children_poll(&e->core, pfd, MF_PFD_CORE, timeout, &ready_fds));
         if (!ready_fds)
             continue;
         step = mf_children_serve(&e->core, pfd);
@@ -235,7 +235,7 @@ bool mf_fork_serve(const struct mf_fork_config *cfg)
 {
     struct engine e = {
         .cfg = cfg,
-        .core = {.ctrl_fd = cfg->ctrl_fd, .close_in_child = cfg->close_in_child,
+        .core = {.ctrl_fd = cfg->ctrl_fd, .data_fd = cfg->data_fd, .close_in_child = cfg->close_in_child,
                  .n_close_in_child = cfg->n_close_in_child, .hooks = cfg->hooks, .ops = &fork_ops},
     };
     bool ok;

@@ -36,7 +36,8 @@ struct mf_fork_hooks {
 };
 
 struct mf_fork_config {
-    int ctrl_fd;                  /* control socket to the supervisor */
+    int ctrl_fd;                  /* control channel: lifecycle, to the supervisor */
+    int data_fd;                  /* data channel: requests, to the front end */
     const int *close_in_child;    /* further fds no sandbox may keep */
     size_t n_close_in_child;
     const struct mf_fork_hooks *hooks;
@@ -46,8 +47,8 @@ struct mf_fork_config {
 };
 
 /*
- * Sends READY and serves until the supervisor closes the control socket,
- * fails, or sends SHUTDOWN (returns true), or until setup fails or
+ * Sends READY and serves until either channel closes or fails, or the
+ * supervisor sends SHUTDOWN (returns true), or until setup fails or
  * hooks->interrupted says stop (returns false). Every child is killed and
  * reaped before returning.
  */

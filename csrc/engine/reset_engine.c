@@ -1,9 +1,9 @@
 /*
  * The reset engine's dispatcher in the host; see reset_engine.h.
  *
- * One poll() over the control socket, a signalfd (SIGCHLD, and the CPU
- * timers' signal) and one channel per worker. Replies to the supervisor
- * keep the fork engine's shape: each request ends in one CHILD_EXIT, whose
+ * One poll() over the control and data channels, a signalfd (SIGCHLD, and
+ * the CPU timers' signal) and one channel per worker. Replies on the data
+ * channel keep the fork engine's shape: each request ends in one CHILD_EXIT, whose
  * pid is the worker's and whose cost is the rewind. This file keeps the
  * requests (queue, dispatch, deadlines) and the loop; reset_pool.c the
  * workers; children.c what both engines share.
@@ -262,7 +262,7 @@ static enum mf_step enforce_deadlines(struct pool *p, int *timeout)
 
 static bool serve_loop(struct pool *p)
 {
-    struct pollfd pfd[2 + MF_RESET_MAX_WORKERS];
+    struct pollfd pfd[MF_PFD_CORE + MF_RESET_MAX_WORKERS];
     unsigned who[MF_RESET_MAX_WORKERS];
 
     MF_TRY(mf_reset_spawn_worker(p, 0));
@@ -270,28 +270,28 @@ static bool serve_loop(struct pool *p)
         enum mf_step step;
         bool ready;
         int timeout;
-        nfds_t n = 2;
+        nfds_t n = MF_PFD_CORE;
 
         step = enforce_deadlines(p, &timeout);
         if (step != MF_STEP_CONTINUE)
             return step == MF_STEP_STOP;
-        /* Requests wait in the socket until every worker has its snapshot. */
-        pfd[0] = (struct pollfd){.fd = p->ready_sent ? p->cfg->ctrl_fd : -1, .events = POLLIN};
-        pfd[1] = (struct pollfd){.fd = p->core.sigfd, .events = POLLIN};
+        /* Requests wait in their socket until every worker has its snapshot;
+         * a SHUTDOWN or the supervisor's end is heard at once. */
+        mf_children_pollfds(&p->core, pfd, p->ready_sent);
         for (unsigned i = 0; i < p->n; i++) {
             if (p->workers[i].fd < 0)
                 continue;
-            who[n - 2] = i;
+            who[n - MF_PFD_CORE] = i;
             pfd[n++] = (struct pollfd){.fd = p->workers[i].fd, .events = POLLIN};
         }
         MF_TRY(mf_children_poll(&p->core, pfd, n, timeout, &ready));
         if (!ready)
             continue;
         /* Worker messages first: a REQUEST_DONE frees a worker for what the
-         * supervisor sent meanwhile, and precedes a worker's exit. */
-        for (nfds_t k = 2; k < n && step == MF_STEP_CONTINUE; k++)
-            if (pfd[k].revents != 0 && p->workers[who[k - 2]].fd == pfd[k].fd)
-                step = mf_reset_handle_worker(p, &p->workers[who[k - 2]]);
+         * front end sent meanwhile, and precedes a worker's exit. */
+        for (nfds_t k = MF_PFD_CORE; k < n && step == MF_STEP_CONTINUE; k++)
+            if (pfd[k].revents != 0 && p->workers[who[k - MF_PFD_CORE]].fd == pfd[k].fd)
+                step = mf_reset_handle_worker(p, &p->workers[who[k - MF_PFD_CORE]]);
         if (step == MF_STEP_CONTINUE)
             step = mf_children_serve(&p->core, pfd);
         if (step != MF_STEP_CONTINUE)
@@ -302,7 +302,8 @@ static bool serve_loop(struct pool *p)
 static bool pool_init(struct pool *p, const struct mf_reset_config *cfg)
 {
     p->cfg = cfg;
-    p->core = (struct mf_children){.ctrl_fd = cfg->ctrl_fd, .close_in_child = cfg->close_in_child,
+    p->core = (struct mf_children){.ctrl_fd = cfg->ctrl_fd, .data_fd = cfg->data_fd,
+                                   .close_in_child = cfg->close_in_child,
                                    .n_close_in_child = cfg->n_close_in_child, .hooks = &cfg->hooks->base,
                                    .ops = &reset_ops, .engine = p, .sigfd = -1};
     p->cpu_timers_work = true;

@@ -24,7 +24,8 @@
 #define MF_RESET_GROW_BACKOFF_MS 1000
 
 struct mf_reset_config {
-    int ctrl_fd;
+    int ctrl_fd;                  /* as in struct mf_fork_config */
+    int data_fd;
     const int *close_in_child;
     size_t n_close_in_child;
     const struct mf_reset_hooks *hooks;
@@ -37,7 +38,8 @@ struct mf_reset_config {
 };
 
 /* As mf_fork_serve: READY once every worker has its snapshot (LOAD_FAILED
- * and true if one cannot take it), then serves until SHUTDOWN or EOF. An
+ * and true if one cannot take it), then serves until SHUTDOWN or EOF on
+ * either channel. An
  * idle tenant's workers retire after idle_ms, each taking its snapshot's
  * memory with it; the next request forks one again. */
 bool mf_reset_serve(const struct mf_reset_config *cfg);

@@ -249,8 +249,8 @@ static PyObject *py_build_host_walls(PyObject *self, PyObject *args)
 /* Returns the child's pid in the zygote and 0 in the host (zygote_fork.c). */
 static PyObject *py_zygote_fork(PyObject *self, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"ctrl_fd", "stdout_fd", "stderr_fd", "walls", "user_namespace", "cgroup_version",
-                             "cgroup_base", "cgroup_group", "network", "hostname", NULL};
+    static char *kwlist[] = {"ctrl_fd", "data_fd", "stdout_fd", "stderr_fd", "walls", "user_namespace",
+                             "cgroup_version", "cgroup_base", "cgroup_group", "network", "hostname", NULL};
     struct mf_ns_hooks hooks = {NULL, hook_before_fork, hook_after_fork_parent, hook_after_fork_child};
     struct mf_zygote_fork_config cfg = {.hooks = &hooks, .zygote = getpid()};
     struct mf_cgroup_config cgroup = {0};
@@ -265,10 +265,10 @@ static PyObject *py_zygote_fork(PyObject *self, PyObject *args, PyObject *kwargs
     int user_namespace = 0;
 
     (void)self;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iiiO!|piO&O&zO&:zygote_fork", kwlist, &cfg.ctrl_fd,
-                                     &cfg.stdout_fd, &cfg.stderr_fd, &PyTuple_Type, &walls, &user_namespace,
-                                     &cgroup.version, PyUnicode_FSConverter, &base, PyUnicode_FSConverter, &group,
-                                     &network, PyUnicode_FSConverter, &hostname))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iiiiO!|piO&O&zO&:zygote_fork", kwlist, &cfg.ctrl_fd,
+                                     &cfg.data_fd, &cfg.stdout_fd, &cfg.stderr_fd, &PyTuple_Type, &walls,
+                                     &user_namespace, &cgroup.version, PyUnicode_FSConverter, &base,
+                                     PyUnicode_FSConverter, &group, &network, PyUnicode_FSConverter, &hostname))
         return NULL;
     if (!walls_args_parse(walls, &w))
         return NULL;
@@ -442,8 +442,8 @@ static PyMethodDef methods[] = {
      "build_host_walls((root, nproc, uid, gid, readonly_paths or None, loading_filter or None))"},
     {"enter_user_namespace", py_enter_user_namespace, METH_NOARGS, "enter_user_namespace()"},
     {"zygote_fork", (PyCFunction)(void (*)(void))py_zygote_fork, METH_VARARGS | METH_KEYWORDS,
-     "zygote_fork(ctrl_fd, stdout_fd, stderr_fd, walls, user_namespace=False, cgroup_version=0, cgroup_base=None, "
-     "cgroup_group=None, network=None, hostname=None) -> pid, 0 in the host"},
+     "zygote_fork(ctrl_fd, data_fd, stdout_fd, stderr_fd, walls, user_namespace=False, cgroup_version=0, "
+     "cgroup_base=None, cgroup_group=None, network=None, hostname=None) -> pid, 0 in the host"},
     {"enter_namespaces", py_enter_namespaces, METH_VARARGS,
      "enter_namespaces(network, hostname); returns in pid 1 of the new pid namespace only"},
     {"seccomp_load", py_seccomp_load, METH_VARARGS, "seccomp_load(bpf)"},
@@ -460,11 +460,11 @@ static PyMethodDef methods[] = {
     {"cgroup_stats", py_cgroup_stats, METH_VARARGS, "cgroup_stats(version, base, group) -> dict"},
 #ifdef MF_HAVE_RESET_ENGINE
     {"serve_reset", (PyCFunction)(void (*)(void))py_serve_reset, METH_VARARGS | METH_KEYWORDS,
-     "serve_reset(ctrl_fd, runner, close_in_child, after_rewind, request_filter=b'', cpu_ms=0, memory_bytes=0, "
-     "nofile=0, pool_size=1, idle_ms=0, verify=False)"},
+     "serve_reset(ctrl_fd, data_fd, runner, close_in_child, after_rewind, request_filter=b'', cpu_ms=0, "
+     "memory_bytes=0, nofile=0, pool_size=1, idle_ms=0, verify=False)"},
 #endif
     {"serve_fork", (PyCFunction)(void (*)(void))py_serve_fork, METH_VARARGS | METH_KEYWORDS,
-     "serve_fork(ctrl_fd, runner, close_in_child, request_filter=b'', cpu_ms=0, memory_bytes=0, nofile=0)"},
+     "serve_fork(ctrl_fd, data_fd, runner, close_in_child, request_filter=b'', cpu_ms=0, memory_bytes=0, nofile=0)"},
     {"encode_response", py_encode_response, METH_VARARGS,
      "encode_response(req_id, status, headers, body) -> [packet, ...]"},
     {"decode_request", py_decode_request, METH_VARARGS,

@@ -231,7 +231,7 @@ PyObject *serve_result(bool ok)
 
 PyObject *py_serve_fork(PyObject *self, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"ctrl_fd", "runner", "close_in_child", "request_filter", "cpu_ms",
+    static char *kwlist[] = {"ctrl_fd", "data_fd", "runner", "close_in_child", "request_filter", "cpu_ms",
                              "memory_bytes", "nofile", NULL};
     struct serve_ctx ctx = {0};
     struct mf_fork_hooks hooks = {&ctx, hook_before_fork, hook_after_fork_parent, hook_after_fork_child,
@@ -242,10 +242,10 @@ PyObject *py_serve_fork(PyObject *self, PyObject *args, PyObject *kwargs)
     PyObject *close_list;
 
     (void)self;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iOO|y*O&O&O&:serve_fork", kwlist, &cfg.ctrl_fd,
-                                     &ctx.runner, &close_list, &in.filter, uint32_converter, &cfg.limits.cpu_ms,
-                                     uint64_converter, &cfg.limits.memory_bytes, uint32_converter,
-                                     &cfg.limits.nofile))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iiOO|y*O&O&O&:serve_fork", kwlist, &cfg.ctrl_fd,
+                                     &cfg.data_fd, &ctx.runner, &close_list, &in.filter, uint32_converter,
+                                     &cfg.limits.cpu_ms, uint64_converter, &cfg.limits.memory_bytes,
+                                     uint32_converter, &cfg.limits.nofile))
         return NULL;
     if (!PyCallable_Check(ctx.runner))
         return PyErr_Format(PyExc_TypeError, "runner must be callable");

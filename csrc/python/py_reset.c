@@ -69,8 +69,8 @@ static void hook_after_rewind(void *vctx)
 
 PyObject *py_serve_reset(PyObject *self, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"ctrl_fd", "runner", "close_in_child", "after_rewind", "request_filter", "cpu_ms",
-                             "memory_bytes", "nofile", "pool_size", "idle_ms", "verify", NULL};
+    static char *kwlist[] = {"ctrl_fd", "data_fd", "runner", "close_in_child", "after_rewind", "request_filter",
+                             "cpu_ms", "memory_bytes", "nofile", "pool_size", "idle_ms", "verify", NULL};
     struct reset_ctx ctx = {{0}, NULL};
     struct mf_reset_hooks hooks = {{&ctx, hook_before_fork, hook_after_fork_parent, hook_after_fork_child,
                                     hook_interrupted, hook_handle},
@@ -82,9 +82,9 @@ PyObject *py_serve_reset(PyObject *self, PyObject *args, PyObject *kwargs)
     int verify = 0;
 
     (void)self;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iOOO|y*O&O&O&IO&p:serve_reset", kwlist, &cfg.ctrl_fd,
-                                     &ctx.serve.runner, &close_list, &ctx.after_rewind, &in.filter, uint32_converter,
-                                     &cfg.limits.cpu_ms, uint64_converter, &cfg.limits.memory_bytes,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iiOOO|y*O&O&O&IO&p:serve_reset", kwlist, &cfg.ctrl_fd,
+                                     &cfg.data_fd, &ctx.serve.runner, &close_list, &ctx.after_rewind, &in.filter,
+                                     uint32_converter, &cfg.limits.cpu_ms, uint64_converter, &cfg.limits.memory_bytes,
                                      uint32_converter, &cfg.limits.nofile, &cfg.pool_size, uint32_converter,
                                      &cfg.idle_ms, &verify))
         return NULL;

@@ -27,20 +27,29 @@ static void no_hook(void *ctx)
     (void)ctx;
 }
 
-/* Only 0, 1, 2 and the control socket: nothing of the zygote's (its
+/* Only 0, 1, 2 and the host's two channels: nothing of the zygote's (its
  * channel to the supervisor, other hosts' pidfds) may reach a tenant. */
 static bool keep_only_host_fds(const struct mf_zygote_fork_config *cfg)
 {
-    unsigned ctrl = (unsigned)cfg->ctrl_fd;
+    /* Ascending, so that the gaps between them are what is closed. */
+    unsigned keep[2] = {(unsigned)cfg->ctrl_fd, (unsigned)cfg->data_fd};
+    unsigned from = 3;
 
+    if (keep[0] > keep[1]) {
+        keep[0] = (unsigned)cfg->data_fd;
+        keep[1] = (unsigned)cfg->ctrl_fd;
+    }
     if (dup2(cfg->stdout_fd, STDOUT_FILENO) < 0)
         return mf_err("dup2(%d, stdout)", cfg->stdout_fd);
     if (dup2(cfg->stderr_fd, STDERR_FILENO) < 0)
         return mf_err("dup2(%d, stderr)", cfg->stderr_fd);
-    if (ctrl > 3 && syscall(SYS_close_range, 3u, ctrl - 1, 0u) < 0)
-        return mf_err("close_range(3, %u)", ctrl - 1);
-    if (syscall(SYS_close_range, ctrl + 1, ~0u, 0u) < 0)
-        return mf_err("close_range(%u, ~0)", ctrl + 1);
+    for (size_t i = 0; i < 2; i++) {
+        if (keep[i] > from && syscall(SYS_close_range, from, keep[i] - 1, 0u) < 0)
+            return mf_err("close_range(%u, %u)", from, keep[i] - 1);
+        from = keep[i] + 1;
+    }
+    if (syscall(SYS_close_range, from, ~0u, 0u) < 0)
+        return mf_err("close_range(%u, ~0)", from);
     return true;
 }
 
@@ -134,9 +143,13 @@ pid_t mf_zygote_fork(const struct mf_zygote_fork_config *cfg)
     mf_cleanup_fd int zygote_pidfd = -1;
     pid_t pid;
 
-    if (cfg->ctrl_fd < 3 || cfg->stdout_fd < 3 || cfg->stderr_fd < 3) {
-        mf_errx(EBADF, "zygote fork: fds %d, %d, %d: each must be 3 or above", cfg->ctrl_fd, cfg->stdout_fd,
-                cfg->stderr_fd);
+    if (cfg->ctrl_fd < 3 || cfg->data_fd < 3 || cfg->stdout_fd < 3 || cfg->stderr_fd < 3) {
+        mf_errx(EBADF, "zygote fork: fds %d, %d, %d, %d: each must be 3 or above", cfg->ctrl_fd, cfg->data_fd,
+                cfg->stdout_fd, cfg->stderr_fd);
+        return -1;
+    }
+    if (cfg->ctrl_fd == cfg->data_fd) {
+        mf_errx(EINVAL, "zygote fork: the control and data channels are both fd %d", cfg->ctrl_fd);
         return -1;
     }
     if (cfg->user_namespace && cfg->ns == NULL) {

@@ -1,32 +1,40 @@
 /*
- * mayflyd wire protocol between the supervisor (Python) and the sandbox
- * host (this C helper). Mirrored field by field in
+ * mayflyd wire protocol between the supervisor (Python) or the front end
+ * and the sandbox host (this C helper). Mirrored field by field in
  * daemon/mayflyd/protocol.py; tests/unit/test_protocol.py
  * (test_struct_layouts_match_the_c_header) checks through struct_layout()
  * that the two agree.
  *
  * Every message is one SOCK_SEQPACKET packet: a mf_frame_header followed by
- * payload_len bytes of payload, in native byte order. Two channels:
+ * payload_len bytes of payload, in native byte order. Four channels:
  *
- *   control channel (one per host, supervisor <-> host):
- *     supervisor -> host : MF_MSG_REQUEST (+ one fd in SCM_RIGHTS: the
- *                          per-request socket), MF_MSG_CANCEL, MF_MSG_SHUTDOWN
- *     host -> supervisor : MF_MSG_READY, MF_MSG_LOAD_FAILED, MF_MSG_CHILD_EXIT,
- *                          MF_MSG_REQUEST_FAILED, MF_MSG_WORKER_REPLACED
+ *   control channel (one per host, supervisor <-> host): the host's lifecycle
+ *     supervisor -> host : MF_MSG_SHUTDOWN
+ *     host -> supervisor : MF_MSG_READY, MF_MSG_LOAD_FAILED, MF_MSG_WORKER_REPLACED
+ *
+ *   data channel (one per host, front end <-> host): its requests
+ *     front end -> host  : MF_MSG_REQUEST (+ one fd in SCM_RIGHTS: the
+ *                          per-request socket), MF_MSG_CANCEL
+ *     host -> front end  : MF_MSG_CHILD_EXIT, MF_MSG_REQUEST_FAILED
+ *
+ *   The host refuses (warns, ignores) a message of one of these two on the
+ *   other, and ends on the end of either. Until the front end is a process
+ *   of its own, the supervisor holds both ends.
  *
  *   worker channel (reset engine: one per pool worker, host <-> worker):
- *     host -> worker : MF_MSG_REQUEST, forwarded as the supervisor sent it
+ *     host -> worker : MF_MSG_REQUEST, forwarded as the front end sent it
  *     worker -> host : MF_MSG_WORKER_READY, MF_MSG_REQUEST_DONE,
  *                      MF_MSG_WORKER_FAILED
  *
- *   request channel (one socketpair per request, supervisor <-> sandbox):
- *     supervisor -> sandbox : REQ_WHOLE, or REQ_HEAD, REQ_BODY*, REQ_END
- *     sandbox -> supervisor : RESP_WHOLE, or RESP_HEAD, RESP_BODY*, RESP_END
+ *   request channel (one socketpair per request, front end <-> sandbox):
+ *     front end -> sandbox : REQ_WHOLE, or REQ_HEAD, REQ_BODY*, REQ_END
+ *     sandbox -> front end : RESP_WHOLE, or RESP_HEAD, RESP_BODY*, RESP_END
  *   A request or response that fits one packet travels as one *_WHOLE
  *   packet (a send and a receive each instead of three).
  *
- * The request channel is the only thing a sandbox can write to, so it can
- * answer only its own request; req_id in its frames must match anyway.
+ * The request channel is the only thing a sandbox can write to (it holds
+ * neither of its host's channels), so it can answer only its own request;
+ * req_id in its frames must match anyway.
  */
 #ifndef MAYFLYD_PROTOCOL_H
 #define MAYFLYD_PROTOCOL_H
@@ -43,25 +51,26 @@
 #define MF_MAX_HEADERS 256u
 
 enum mf_msg_type {
-    /* control channel, supervisor -> host */
+    /* to the host: data channel (REQUEST, CANCEL), control channel (SHUTDOWN) */
     MF_MSG_REQUEST = 1,        /* payload: mf_request_ctl, fd attached */
     MF_MSG_CANCEL = 2,         /* payload: none; kill the sandbox of req_id */
     MF_MSG_SHUTDOWN = 3,       /* payload: none; kill sandboxes, exit */
 
-    /* control channel, host -> supervisor */
+    /* from the host: control channel (READY, LOAD_FAILED, WORKER_REPLACED),
+     * data channel (CHILD_EXIT, REQUEST_FAILED) */
     MF_MSG_READY = 16,         /* payload: mf_ready */
     MF_MSG_LOAD_FAILED = 17,   /* payload: UTF-8 error text */
     MF_MSG_CHILD_EXIT = 18,    /* payload: mf_child_exit */
     MF_MSG_REQUEST_FAILED = 19,/* payload: mf_request_failed */
     MF_MSG_WORKER_REPLACED = 20,/* payload: UTF-8 reason; a pool worker was replaced */
 
-    /* request channel, supervisor -> sandbox */
+    /* request channel, front end -> sandbox */
     MF_MSG_REQ_HEAD = 32,      /* payload: mf_req_head + strings + headers */
     MF_MSG_REQ_BODY = 33,      /* payload: body bytes */
     MF_MSG_REQ_END = 34,       /* payload: none */
     MF_MSG_REQ_WHOLE = 35,     /* payload: a REQ_HEAD payload, then its body_len body bytes */
 
-    /* request channel, sandbox -> supervisor */
+    /* request channel, sandbox -> front end */
     MF_MSG_RESP_HEAD = 48,     /* payload: mf_resp_head + headers */
     MF_MSG_RESP_BODY = 49,     /* payload: body bytes */
     MF_MSG_RESP_END = 50,      /* payload: none */

@@ -3,6 +3,11 @@
 Each message is one SOCK_SEQPACKET packet: a 24-byte frame header and a
 payload. tests/unit/test_protocol.py checks this module against the C
 header's layout as compiled into mayflyd._mayfly.
+
+A host has two channels, as in protocol.h: the control channel (lifecycle,
+supervisor <-> host: CONTROL_TYPES) and the data channel (per request,
+front end <-> host: DATA_TYPES). Each side refuses a message on the other
+channel; the host ends when either channel ends.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ __all__ = [
     "ProtocolError", "ResponseTooLarge", "Frame", "STRUCTS", "parse_frame", "pack_frame",
     "encode_request", "ResponseDecoder", "Response", "Ready", "ChildExit", "WorkerReplaced", "ControlMessage",
     "RequestFailed", "LoadFailed", "decode_control", "encode_request_ctl",
+    "CONTROL_TYPES", "DATA_TYPES", "DataMessage", "decode_data",
 ]
 
 MAGIC: Final = 0x594C464D
@@ -55,6 +61,11 @@ ENGINE_RESET: Final = 2
 EXIT_TIMED_OUT: Final = 1
 EXIT_CANCELLED: Final = 2
 EXIT_CPU_EXCEEDED: Final = 4
+
+# Which of a host's two channels each message travels on (both directions).
+CONTROL_TYPES: Final = frozenset({MsgType.SHUTDOWN, MsgType.READY, MsgType.LOAD_FAILED,
+                                  MsgType.WORKER_REPLACED})
+DATA_TYPES: Final = frozenset({MsgType.REQUEST, MsgType.CANCEL, MsgType.CHILD_EXIT, MsgType.REQUEST_FAILED})
 
 # Native byte order, standard sizes, no padding: the C structs are laid out
 # without holes (checked by _Static_assert there and by the layout test here).
@@ -307,7 +318,8 @@ def _unpack_exact(st: struct.Struct, payload: bytes, what: str) -> tuple[int, ..
     return st.unpack(payload)
 
 
-ControlMessage = Ready | ChildExit | RequestFailed | LoadFailed | WorkerReplaced
+ControlMessage = Ready | LoadFailed | WorkerReplaced
+DataMessage = ChildExit | RequestFailed
 
 
 def decode_control(packet: bytes) -> ControlMessage:
@@ -316,14 +328,20 @@ def decode_control(packet: bytes) -> ControlMessage:
     if frame.type == MsgType.READY:
         pid, engine = _unpack_exact(READY, frame.payload, "READY")
         return Ready(pid, engine)
+    if frame.type == MsgType.WORKER_REPLACED:
+        return WorkerReplaced(frame.payload.decode("utf-8", "replace"))
+    if frame.type == MsgType.LOAD_FAILED:
+        return LoadFailed(frame.payload.decode("utf-8", "replace"))
+    raise ProtocolError(f"unexpected control message type {frame.type}")
+
+
+def decode_data(packet: bytes) -> DataMessage:
+    """A message the host sent on its data channel."""
+    frame = parse_frame(packet)
     if frame.type == MsgType.CHILD_EXIT:
         pid, status, flags, cost_us, pages, _ = _unpack_exact(CHILD_EXIT, frame.payload, "CHILD_EXIT")
         return ChildExit(frame.req_id, pid, status, flags, cost_us, pages)
     if frame.type == MsgType.REQUEST_FAILED:
         error, _ = _unpack_exact(REQUEST_FAILED, frame.payload, "REQUEST_FAILED")
         return RequestFailed(frame.req_id, error)
-    if frame.type == MsgType.WORKER_REPLACED:
-        return WorkerReplaced(frame.payload.decode("utf-8", "replace"))
-    if frame.type == MsgType.LOAD_FAILED:
-        return LoadFailed(frame.payload.decode("utf-8", "replace"))
-    raise ProtocolError(f"unexpected control message type {frame.type}")
+    raise ProtocolError(f"unexpected data message type {frame.type}")

@@ -842,32 +842,52 @@ def echo_runner(req_id: int, method: str, path: str, query: str, headers: list[t
         return "not a triple"
     if path == "/slow":
         time.sleep(0.3)
+    if path == "/inodes":
+        return 200, [], json.dumps(open_inodes()).encode()
     hdrs = [("x-req-id", str(req_id)), ("x-method", method), ("x-path", path), ("x-query", query),
             ("x-client", client), ("x-pid", str(os.getpid())), ("x-random", repr(random.random())),
             ("x-oom", Path("/proc/self/oom_score_adj").read_text().strip()), ("x-uid", str(os.getuid()))]
     return 200, hdrs + [("x-in-" + n, v) for n, v in headers], body[::-1]
 
 
+def open_inodes() -> list[int]:
+    """The inodes of this process's open fds (sockets included)."""
+    inodes = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            inodes.append(os.stat(f"/proc/self/fd/{name}").st_ino)
+        except OSError:
+            pass  # the directory's own fd, closed by now
+    return inodes
+
+
 class Host:
-    """serve_fork in a forked child; the test plays the supervisor."""
+    """serve_fork in a forked child; the test plays the supervisor on the
+    control channel and the front end on the data channel."""
 
     def __init__(self, runner: Callable[..., Any] = echo_runner, setup: Callable[[], None] | None = None, *,
                  ready_pid: int | None = None, **serve_kw: Any) -> None:
-        self.ctrl, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.ctrl, ctrl_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.data, data_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.pid = os.fork()
         if self.pid == 0:
             code = 0
             try:
                 self.ctrl.close()
+                self.data.close()
                 if setup is not None:
                     setup()
-                self.serve(child_end.fileno(), runner, serve_kw)
+                self.serve(ctrl_end.fileno(), data_end.fileno(), runner, serve_kw)
             except BaseException:  # noqa: BLE001 - reported through the exit status
                 traceback.print_exc()
                 code = 2
             os._exit(code)
-        child_end.close()
+        # What no sandbox or worker may hold: the host's ends of its channels.
+        self.host_ends = {os.fstat(ctrl_end.fileno()).st_ino, os.fstat(data_end.fileno()).st_ino}
+        ctrl_end.close()
+        data_end.close()
         self.ctrl.settimeout(10)
+        self.data.settimeout(10)
         msg_type, req_id, payload = parse_frame(self.ctrl.recv(4096))
         assert (msg_type, req_id) == (M.MSG_READY, 0), payload
         # A host in its own pid namespace (enter_namespaces) is pid 1 there.
@@ -875,13 +895,13 @@ class Host:
 
     ENGINE = M.ENGINE_FORK
 
-    def serve(self, ctrl_fd: int, runner: Callable[..., Any], serve_kw: dict[str, Any]) -> None:
+    def serve(self, ctrl_fd: int, data_fd: int, runner: Callable[..., Any], serve_kw: dict[str, Any]) -> None:
         """In the forked host: the engine's serve loop."""
-        M.serve_fork(ctrl_fd, runner, [], **serve_kw)
+        M.serve_fork(ctrl_fd, data_fd, runner, [], **serve_kw)
 
     def request(self, req_id: int, *, timeout_ms: int = 10_000, **kw: Any) -> socket.socket:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        socket.send_fds(self.ctrl, [frame(M.MSG_REQUEST, req_id, struct.pack("=II", timeout_ms, 0))],
+        socket.send_fds(self.data, [frame(M.MSG_REQUEST, req_id, struct.pack("=II", timeout_ms, 0))],
                         [theirs.fileno()])
         theirs.close()
         mine.settimeout(10)
@@ -892,8 +912,19 @@ class Host:
     def ctrl_message(self) -> tuple[int, int, bytes]:
         return parse_frame(self.ctrl.recv(4096))
 
+    def data_message(self) -> tuple[int, int, bytes]:
+        return parse_frame(self.data.recv(4096))
+
+    def any_message(self) -> tuple[int, int, bytes]:
+        """The next message on either channel, checked to be on its own."""
+        ready, _, _ = select.select([self.ctrl, self.data], [], [], 10)
+        assert ready, "no message from the host"
+        msg_type, rid, payload = parse_frame(ready[0].recv(4096))
+        assert (msg_type in (M.MSG_CHILD_EXIT, M.MSG_REQUEST_FAILED)) == (ready[0] is self.data), msg_type
+        return msg_type, rid, payload
+
     def child_exit(self, req_id: int) -> tuple[int, int, int]:
-        msg_type, rid, payload = self.ctrl_message()
+        msg_type, rid, payload = self.data_message()
         assert (msg_type, rid) == (M.MSG_CHILD_EXIT, req_id)
         pid, status, flags, cost_us, pages, _ = CHILD_EXIT.unpack(payload)
         assert pages == 0  # the fork engine rewinds nothing
@@ -901,8 +932,19 @@ class Host:
         assert 0 < cost_us < 1_000_000
         return pid, status, flags
 
-    def close(self) -> int:
-        self.ctrl.close()
+    def inodes_in_a_child(self, req_id: int) -> set[int]:
+        """What a sandbox (or worker) holds open, from its runner's /inodes."""
+        sock = self.request(req_id, path=b"/inodes")
+        inodes = set(json.loads(read_response(sock, req_id)[2]))
+        self.child_exit(req_id)
+        return inodes
+
+    def close(self, channel: str = "both") -> int:
+        """Close the control channel, the data channel or both; the host's exit code."""
+        if channel in ("control", "both"):
+            self.ctrl.close()
+        if channel in ("data", "both"):
+            self.data.close()
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             pid, status = os.waitpid(self.pid, os.WNOHANG)
@@ -911,7 +953,7 @@ class Host:
             time.sleep(0.01)
         os.kill(self.pid, signal.SIGKILL)
         os.waitpid(self.pid, 0)
-        raise AssertionError("serve_fork did not return after the control socket closed")
+        raise AssertionError(f"serve_fork did not return after closing {channel} channel(s)")
 
 
 @pytest.fixture
@@ -962,13 +1004,13 @@ def test_serve_fork_cancel(host: Host, tmp_path: Path) -> None:
     while not pid_file.exists() or not pid_file.read_text():
         assert time.monotonic() < deadline
         time.sleep(0.01)
-    host.ctrl.send(frame(M.MSG_CANCEL, 21))
+    host.data.send(frame(M.MSG_CANCEL, 21))
     pid, status, flags = host.child_exit(21)
     assert pid == int(pid_file.read_text())
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
     assert flags == M.EXIT_CANCELLED
     assert sock.recv(100) == b""
-    host.ctrl.send(frame(M.MSG_CANCEL, 999))  # unknown: ignored
+    host.data.send(frame(M.MSG_CANCEL, 999))  # unknown: ignored
     assert host.close() == 0
 
 
@@ -992,7 +1034,7 @@ def test_serve_fork_sandbox_without_answer(host: Host, path: bytes, code: int) -
 
 def test_serve_fork_bad_request_frames(host: Host) -> None:
     mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    socket.send_fds(host.ctrl, [frame(M.MSG_REQUEST, 41, struct.pack("=II", 10_000, 0))], [theirs.fileno()])
+    socket.send_fds(host.data, [frame(M.MSG_REQUEST, 41, struct.pack("=II", 10_000, 0))], [theirs.fileno()])
     theirs.close()
     mine.send(frame(M.MSG_REQ_END, 41))
     _, status, _ = host.child_exit(41)
@@ -1007,54 +1049,101 @@ def test_serve_fork_concurrent(host: Host) -> None:
     assert read_response(a, 51)[2] == b"cba"
     seen = set()
     for _ in range(2):
-        msg_type, rid, payload = host.ctrl_message()
+        msg_type, rid, payload = host.data_message()
         assert msg_type == M.MSG_CHILD_EXIT
         assert os.WEXITSTATUS(CHILD_EXIT.unpack(payload)[1]) == 0
         seen.add(rid)
     assert seen == {51, 52}
 
 
-def test_serve_fork_rejects_bad_control_messages(host: Host) -> None:
-    host.ctrl.send(frame(M.MSG_REQUEST, 61, struct.pack("=II", 1000, 0)))  # no fd
-    msg_type, rid, payload = host.ctrl_message()
+def test_serve_fork_rejects_bad_data_messages(host: Host) -> None:
+    host.data.send(frame(M.MSG_REQUEST, 61, struct.pack("=II", 1000, 0)))  # no fd
+    msg_type, rid, payload = host.data_message()
     assert (msg_type, rid) == (M.MSG_REQUEST_FAILED, 61)
     assert REQUEST_FAILED.unpack(payload)[0] == errno.EBADMSG
     r, w = os.pipe()  # not a SEQPACKET socket
-    socket.send_fds(host.ctrl, [frame(M.MSG_REQUEST, 62, struct.pack("=II", 1000, 0))], [r])
+    socket.send_fds(host.data, [frame(M.MSG_REQUEST, 62, struct.pack("=II", 1000, 0))], [r])
     os.close(r)
     os.close(w)
-    msg_type, rid, payload = host.ctrl_message()
+    msg_type, rid, payload = host.data_message()
     assert (msg_type, rid) == (M.MSG_REQUEST_FAILED, 62)
     assert REQUEST_FAILED.unpack(payload)[0] == errno.ENOTSOCK
     stream_a, stream_b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    socket.send_fds(host.ctrl, [frame(M.MSG_REQUEST, 64, struct.pack("=II", 1000, 0))], [stream_b.fileno()])
+    socket.send_fds(host.data, [frame(M.MSG_REQUEST, 64, struct.pack("=II", 1000, 0))], [stream_b.fileno()])
     stream_a.close()
     stream_b.close()
-    msg_type, rid, payload = host.ctrl_message()
+    msg_type, rid, payload = host.data_message()
     assert (msg_type, rid) == (M.MSG_REQUEST_FAILED, 64)
     assert REQUEST_FAILED.unpack(payload)[0] == errno.EPROTOTYPE
-    host.ctrl.send(b"garbage that is not a frame at all")  # logged, ignored
+    host.data.send(b"garbage that is not a frame at all")  # logged, ignored
+    host.ctrl.send(b"garbage on the control channel too")
     sock = host.request(63)
     assert read_response(sock, 63)[0] == 200
     host.child_exit(63)
 
 
+def wait_for_pid_file(pid_file: Path) -> int:
+    deadline = time.monotonic() + 10
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    return int(pid_file.read_text())
+
+
 def test_serve_fork_shutdown_and_close_kill_sandboxes(tmp_path: Path) -> None:
-    for how in ("shutdown", "close"):
+    """SHUTDOWN, or the end of either channel, ends the host: a host
+    without its front end cannot serve (the supervisor restarts it)."""
+    for how in ("shutdown", "close", "close control", "close data"):
         h = Host()
-        pid_file = tmp_path / f"pid-{how}"
-        sock = h.request(71, path=b"/sleep", query=str(pid_file).encode())
-        deadline = time.monotonic() + 10
-        while not pid_file.exists() or not pid_file.read_text():
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-        sandbox = int(pid_file.read_text())
+        sock = h.request(71, path=b"/sleep", query=str(tmp_path / f"pid-{how}").encode())
+        sandbox = wait_for_pid_file(tmp_path / f"pid-{how}")
         if how == "shutdown":
             h.ctrl.send(frame(M.MSG_SHUTDOWN, 0))
-        assert h.close() == 0
+        assert h.close(how.removeprefix("close ") if how.startswith("close ") else "both") == 0
         assert sock.recv(100) == b""
         with pytest.raises(ProcessLookupError):
             os.kill(sandbox, 0)  # killed and reaped by the host
+        if how == "close data":  # the supervisor hears of it as the end of the control channel
+            assert h.ctrl.recv(100) == b""
+        h.ctrl.close()
+        h.data.close()
+
+
+def test_serve_fork_refuses_requests_on_the_control_channel(host: Host, tmp_path: Path) -> None:
+    refused, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    socket.send_fds(host.ctrl, [frame(M.MSG_REQUEST, 101, struct.pack("=II", 10_000, 0))], [theirs.fileno()])
+    theirs.close()
+    refused.settimeout(10)
+    assert refused.recv(100) == b"", "the host closed the request's socket unanswered"
+    sock = host.request(102, path=b"/sleep", query=str(tmp_path / "pid").encode())
+    sandbox = wait_for_pid_file(tmp_path / "pid")
+    host.ctrl.send(frame(M.MSG_CANCEL, 102))  # refused: the sandbox keeps running
+    host.data.send(frame(M.MSG_CANCEL, 102))
+    # The first message on either channel: nothing about request 101.
+    msg_type, rid, payload = host.any_message()
+    assert (msg_type, rid) == (M.MSG_CHILD_EXIT, 102)
+    pid, _, flags, *_ = CHILD_EXIT.unpack(payload)
+    assert (pid, flags) == (sandbox, M.EXIT_CANCELLED)
+    assert sock.recv(100) == b""
+    sock = host.request(103, body=b"still serving")
+    assert read_response(sock, 103)[2] == b"gnivres llits"
+    host.child_exit(103)
+    assert select.select([host.ctrl], [], [], 0)[0] == [], "nothing was said on the control channel"
+    assert host.close() == 0
+
+
+def test_serve_fork_refuses_shutdown_on_the_data_channel(host: Host) -> None:
+    host.data.send(frame(M.MSG_SHUTDOWN, 0))
+    sock = host.request(111, body=b"on")
+    assert read_response(sock, 111)[2] == b"no"
+    host.child_exit(111)
+    assert os.waitpid(host.pid, os.WNOHANG) == (0, 0)
+    assert host.close() == 0
+
+
+def test_serve_fork_sandboxes_hold_neither_channel(host: Host) -> None:
+    inodes = host.inodes_in_a_child(121)
+    assert inodes and not inodes & host.host_ends
 
 
 @needs_root
@@ -1082,8 +1171,9 @@ def test_serve_fork_needs_proc() -> None:
     def child() -> str:
         M.enter_minimal_root([sys.prefix, "/usr", "/lib", "/lib64"])
         a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        c, d = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            M.serve_fork(b.fileno(), echo_runner, [])
+            M.serve_fork(b.fileno(), d.fileno(), echo_runner, [])
         except FileNotFoundError as exc:
             return str(exc)
         return "served"
@@ -1179,7 +1269,7 @@ def test_serve_fork_cpu_limit(tmp_path: Path) -> None:
         while not pid_file.exists() or not pid_file.read_text():
             assert time.monotonic() < deadline
             time.sleep(0.01)
-        h.ctrl.send(frame(M.MSG_CANCEL, 3))
+        h.data.send(frame(M.MSG_CANCEL, 3))
         assert h.child_exit(3)[2] == M.EXIT_CANCELLED
     finally:
         assert h.close() == 0
@@ -1205,7 +1295,7 @@ def test_serve_fork_nofile_limit() -> None:
 @pytest.mark.skipif(os.uname().machine != "x86_64", reason="the test filter is for x86_64")
 def test_serve_fork_request_filter() -> None:
     with pytest.raises(ValueError, match="request_filter"):
-        M.serve_fork(-1, limits_runner, [], request_filter=b"1234567")
+        M.serve_fork(-1, -1, limits_runner, [], request_filter=b"1234567")
     h = Host(limits_runner, request_filter=bpf_deny(NR_GETPPID, errno.EPERM))
     try:
         sock = h.request(1, path=b"/getppid")

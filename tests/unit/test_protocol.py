@@ -156,14 +156,41 @@ def test_request_head_too_large_is_refused() -> None:
                                 headers=[], body=b"", client="")
 
 
-def test_control_messages() -> None:
+def test_control_and_data_messages() -> None:
     ready = protocol.decode_control(pack_frame(MsgType.READY, 0, protocol.READY.pack(42, protocol.ENGINE_FORK)))
     assert ready == protocol.Ready(42, protocol.ENGINE_FORK)
-    exit_ = protocol.decode_control(pack_frame(MsgType.CHILD_EXIT, 5, protocol.CHILD_EXIT.pack(9, 11, 1, 0, 7, 0)))
+    exit_ = protocol.decode_data(pack_frame(MsgType.CHILD_EXIT, 5, protocol.CHILD_EXIT.pack(9, 11, 1, 0, 7, 0)))
     assert exit_ == protocol.ChildExit(5, 9, 11, 1, 0, 7)
+    failed = protocol.decode_data(pack_frame(MsgType.REQUEST_FAILED, 6, protocol.REQUEST_FAILED.pack(11, 0)))
+    assert failed == protocol.RequestFailed(6, 11)
     replaced = protocol.decode_control(pack_frame(MsgType.WORKER_REPLACED, 0, b"could not rewind"))
     assert replaced == protocol.WorkerReplaced("could not rewind")
     with pytest.raises(ProtocolError, match="expected 8"):
         protocol.decode_control(pack_frame(MsgType.READY, 0, b"x"))
     with pytest.raises(ProtocolError, match="unexpected control"):
         protocol.decode_control(pack_frame(MsgType.RESP_END, 0))
+
+
+# The host's messages and the channel each belongs to (protocol.h).
+CHANNEL_OF = {
+    MsgType.REQUEST: "data", MsgType.CANCEL: "data", MsgType.SHUTDOWN: "control",
+    MsgType.READY: "control", MsgType.LOAD_FAILED: "control", MsgType.CHILD_EXIT: "data",
+    MsgType.REQUEST_FAILED: "data", MsgType.WORKER_REPLACED: "control",
+}
+
+
+def test_each_host_message_travels_on_one_channel_and_is_refused_on_the_other() -> None:
+    assert protocol.CONTROL_TYPES == {t for t, c in CHANNEL_OF.items() if c == "control"}
+    assert protocol.DATA_TYPES == {t for t, c in CHANNEL_OF.items() if c == "data"}
+    payloads = {MsgType.READY: protocol.READY.pack(1, 1),
+                MsgType.CHILD_EXIT: protocol.CHILD_EXIT.pack(1, 0, 0, 0, 0, 0),
+                MsgType.REQUEST_FAILED: protocol.REQUEST_FAILED.pack(1, 0)}
+    for msg_type, channel in CHANNEL_OF.items():
+        if msg_type < MsgType.READY:
+            continue  # sent to the host, not decoded here
+        packet = pack_frame(msg_type, 1, payloads.get(msg_type, b"text"))
+        right, wrong = ((protocol.decode_control, protocol.decode_data) if channel == "control"
+                        else (protocol.decode_data, protocol.decode_control))
+        right(packet)
+        with pytest.raises(ProtocolError, match="unexpected"):
+            wrong(packet)

@@ -1,12 +1,14 @@
 """The reset engine's C side (csrc/engine/reset_engine.c, engine/reset_worker.c, rewind/rewind.c)
 without the daemon: serve_reset in a forked child, the test plays the
-supervisor on the control socket."""
+supervisor on the control channel and the front end on the data channel."""
 from __future__ import annotations
 
 import ctypes
+import json
 import mmap
 import os
 import random
+import select
 import signal
 import socket
 import struct
@@ -16,11 +18,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from mayflyd import _mayfly as M
 from tests.daemon_harness import reset_engine_missing
-from tests.unit.test_c_helper import CHILD_EXIT, Host, frame, read_response
+from tests.unit.test_c_helper import CHILD_EXIT, Host, frame, open_inodes, read_response, wait_for_pid_file
 
 # AddressSanitizer replaces malloc, and its mallopt() refuses M_MMAP_MAX and
 # M_TRIM_THRESHOLD, which a reset worker sets before it starts (freed memory
@@ -64,6 +67,8 @@ def runner(req_id: int, method: str, path: str, query: str, headers: list[tuple[
             pass
     if path == "/exit3":
         os._exit(3)
+    if path == "/inodes":
+        return 200, [], json.dumps(open_inodes()).encode()
     if path == "/forge":
         # A completion on the worker's channel (the socket whose peer is the host), without the host's nonce.
         chan = next(fd for fd in range(3, 64) if _peer_pid(fd) == os.getppid())
@@ -108,11 +113,11 @@ class ResetHost(Host):
     def __init__(self, **serve_kw: Any) -> None:
         super().__init__(runner, lambda: os.umask(0o022), **serve_kw)
 
-    def serve(self, ctrl_fd: int, runner: Callable[..., Any], serve_kw: dict[str, Any]) -> None:
-        M.serve_reset(ctrl_fd, runner, [], after_rewind, **serve_kw)
+    def serve(self, ctrl_fd: int, data_fd: int, runner: Callable[..., Any], serve_kw: dict[str, Any]) -> None:
+        M.serve_reset(ctrl_fd, data_fd, runner, [], after_rewind, **serve_kw)
 
     def message(self) -> tuple[int, int, bytes]:
-        return self.ctrl_message()
+        return self.any_message()
 
     def child_exit(self, req_id: int) -> tuple[int, int, int, int, int]:
         msg_type, rid, payload = self.message()
@@ -158,7 +163,7 @@ def test_cancel_aborts_and_rewinds_in_place(host: ResetHost, tmp_path: Path) -> 
     while not pid_file.exists() or not pid_file.read_text():
         assert time.monotonic() < deadline
         time.sleep(0.01)
-    host.ctrl.send(frame(M.MSG_CANCEL, 2))
+    host.data.send(frame(M.MSG_CANCEL, 2))
     pid, status, flags, cost_us, pages = host.child_exit(2)
     assert pid == worker and flags == M.EXIT_CANCELLED
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL  # reported like a killed sandbox
@@ -177,7 +182,7 @@ def test_a_cancel_right_behind_its_request_is_not_lost(tmp_path: Path, monkeypat
         *_, worker = served(host, 1)
         for req_id in range(2, 6):
             host.request(req_id, path=b"/sleep", query=str(tmp_path / str(req_id)).encode())
-            host.ctrl.send(frame(M.MSG_CANCEL, req_id))
+            host.data.send(frame(M.MSG_CANCEL, req_id))
             msg_type, _, payload = host.message()
             assert msg_type == M.MSG_CHILD_EXIT, payload
             pid, _, flags, *_ = CHILD_EXIT.unpack(payload)
@@ -212,7 +217,7 @@ def test_a_worker_that_dies_or_forges_is_replaced(host: ResetHost, path: bytes, 
     *_, worker = served(host, 1)
     host.request(2, path=path)
     messages = {}
-    while M.MSG_WORKER_REPLACED not in messages:
+    while not {M.MSG_CHILD_EXIT, M.MSG_WORKER_REPLACED} <= messages.keys():  # the two channels: any order
         msg_type, _, payload = host.message()
         messages[msg_type] = payload
     assert reason in messages[M.MSG_WORKER_REPLACED].decode()
@@ -232,11 +237,11 @@ def test_a_pool_serves_requests_side_by_side(tmp_path: Path) -> None:
         assert files[0].read_text() != files[1].read_text()
         # A third request waits in the host for a free worker.
         third = h.request(3)
-        h.ctrl.send(frame(M.MSG_CANCEL, 1))
+        h.data.send(frame(M.MSG_CANCEL, 1))
         assert h.child_exit(1)[2] == M.EXIT_CANCELLED
         assert read_response(third, 3)[0] == 200
         assert h.child_exit(3)[0] == int(files[0].read_text())
-        h.ctrl.send(frame(M.MSG_CANCEL, 2))
+        h.data.send(frame(M.MSG_CANCEL, 2))
         assert h.child_exit(2)[2] == M.EXIT_CANCELLED
         del socks
     finally:
@@ -307,7 +312,7 @@ def test_a_hot_page_made_read_only_ends_its_worker() -> None:
             served(h, i)
         h.request(100, path=b"/readonly-hot")
         messages = {}
-        while M.MSG_WORKER_REPLACED not in messages:
+        while not {M.MSG_CHILD_EXIT, M.MSG_WORKER_REPLACED} <= messages.keys():  # the two channels: any order
             msg_type, _, payload = h.message()
             messages[msg_type] = payload
         assert b"killed by signal 11" in messages[M.MSG_WORKER_REPLACED]
@@ -315,3 +320,44 @@ def test_a_hot_page_made_read_only_ends_its_worker() -> None:
         assert pid != worker and headers["x-hot"] == "sealed"
     finally:
         assert h.close() == 0
+
+
+def test_workers_hold_neither_channel(host: ResetHost) -> None:
+    inodes = host.inodes_in_a_child(1)
+    assert inodes and not inodes & host.host_ends
+
+
+def test_requests_on_the_control_channel_and_shutdown_on_the_data_channel_are_refused(
+        host: ResetHost, tmp_path: Path) -> None:
+    *_, worker = served(host, 1)
+    refused, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    socket.send_fds(host.ctrl, [frame(M.MSG_REQUEST, 2, struct.pack("=II", 10_000, 0))], [theirs.fileno()])
+    theirs.close()
+    refused.settimeout(10)
+    assert refused.recv(100) == b"", "the host closed the request's socket unanswered"
+    host.data.send(frame(M.MSG_SHUTDOWN, 0))
+    host.request(3, path=b"/sleep", query=str(tmp_path / "pid").encode())
+    assert wait_for_pid_file(tmp_path / "pid") == worker
+    host.ctrl.send(frame(M.MSG_CANCEL, 3))  # refused: the request goes on
+    host.data.send(frame(M.MSG_CANCEL, 3))
+    msg_type, rid, payload = host.message()
+    assert (msg_type, rid) == (M.MSG_CHILD_EXIT, 3) and CHILD_EXIT.unpack(payload)[2] == M.EXIT_CANCELLED
+    assert served(host, 4)[3] == worker
+    assert select.select([host.ctrl], [], [], 0)[0] == [], "nothing was said on the control channel"
+
+
+@pytest.mark.parametrize("channel", ["data", "control"])
+def test_the_end_of_either_channel_ends_the_host_and_its_workers(channel: str, tmp_path: Path) -> None:
+    h = ResetHost(pool_size=2)
+    try:
+        h.request(1, path=b"/sleep", query=str(tmp_path / "pid").encode())
+        busy = wait_for_pid_file(tmp_path / "pid")
+        workers = psutil.Process(h.pid).children()
+        assert busy in {w.pid for w in workers}
+    finally:
+        assert h.close(channel) == 0
+    for worker in workers:  # killed and reaped by the host
+        with pytest.raises(ProcessLookupError):
+            os.kill(worker.pid, 0)
+    h.ctrl.close()
+    h.data.close()

@@ -2,10 +2,11 @@
 
 Forked by the zygote (zygote.py), which has built its walls in C already, or
 started as a fresh Python running :func:`main` with a JSON :class:`HostSpec`
-as its one argument and the host end of the control socket as an inherited
-fd, which then builds them here (cgroup, namespaces, minimal read-only root,
+as its one argument and the host ends of its two channels as inherited fds
+(control: lifecycle, to the supervisor; data: requests, to the front end),
+which then builds them here (cgroup, namespaces, minimal read-only root,
 unprivileged identity, seccomp). Either way :func:`serve` loads the program,
-runs on_init() once, and hands the control socket to the C engine: fork (one
+runs on_init() once, and hands both channels to the C engine: fork (one
 sandbox forked per request) or reset (a pool of workers forked once, each
 rewound after every request).
 """
@@ -41,7 +42,8 @@ class HostSpec:
 
     tenant: str
     program: str
-    ctrl_fd: int
+    ctrl_fd: int                # control channel: READY, LOAD_FAILED, SHUTDOWN, ...
+    data_fd: int                # data channel: REQUEST, CANCEL, CHILD_EXIT, REQUEST_FAILED
     parent_pid: int             # the supervisor, or the zygote that forked this host
     uid: int
     gid: int
@@ -159,7 +161,7 @@ def _seal(spec: HostSpec) -> str | None:
     """Leave nothing of on_init() running beside the host; an error text if that cannot be."""
     if spec.mode in ("root", "userns"):
         # pid 1 of the tenant's pid namespace: every other process in it is a
-        # leftover of on_init(), holding the control socket it inherited.
+        # leftover of on_init(), holding the channels it inherited.
         try:
             os.kill(-1, signal.SIGKILL)
         except ProcessLookupError:
@@ -186,8 +188,10 @@ def serve(spec: HostSpec, *, forked_by_zygote: bool = False) -> int:
     """Run the host; forked_by_zygote: already in its namespaces, dying
     with its parent, and with the daemon's request path warm."""
     ctrl = socket.socket(fileno=spec.ctrl_fd)
-    # Not across exec: nothing on_init() runs may inherit the control channel.
+    data = socket.socket(fileno=spec.data_fd)
+    # Not across exec: nothing on_init() runs may inherit either channel.
     ctrl.set_inheritable(False)
+    data.set_inheritable(False)
     if not forked_by_zygote:
         # Dies with its parent; the check inside catches a parent that died
         # before the signal was armed.
@@ -234,13 +238,13 @@ def serve(spec: HostSpec, *, forked_by_zygote: bool = False) -> int:
     gc.freeze()
     request_filter = binascii.a2b_base64(spec.request_filter)
     if spec.engine == "reset":
-        _mayfly.serve_reset(ctrl.fileno(), make_runner(program), [], _after_rewind,
+        _mayfly.serve_reset(ctrl.fileno(), data.fileno(), make_runner(program), [], _after_rewind,
                             request_filter=request_filter, cpu_ms=spec.request_cpu_ms,
                             memory_bytes=spec.request_memory, nofile=spec.nofile, pool_size=spec.pool,
                             idle_ms=spec.pool_idle_ms,
                             verify=spec.verify_rewind)
     else:
-        _mayfly.serve_fork(ctrl.fileno(), make_runner(program), [], request_filter=request_filter,
+        _mayfly.serve_fork(ctrl.fileno(), data.fileno(), make_runner(program), [], request_filter=request_filter,
                            cpu_ms=spec.request_cpu_ms, memory_bytes=spec.request_memory, nofile=spec.nofile)
     return 0
 

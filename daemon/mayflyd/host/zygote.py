@@ -17,7 +17,7 @@ except in an unprivileged daemon's user namespace). docs/design.md section 3.
 
 One JSON message per SEQPACKET packet:
   supervisor -> zygote  {"spawn": n, "spec": ..., "env": {...}}
-                        with the fds [control socket, stdout, stderr]
+                        with the fds [control socket, data socket, stdout, stderr]
   zygote -> supervisor  {"spawned": n, "pid": p} with the fd [pidfd]
                         {"failed": n, "error": text}
                         {"exited": p, "status": wait status}
@@ -42,7 +42,7 @@ from mayflyd.host.sandbox_host import HostSpec, entry_of, make_runner, serve, wa
 __all__ = ["main", "MAX_MESSAGE", "SPAWN_FDS"]
 
 MAX_MESSAGE = 256 * 1024  # a spawn message: the spec and the environment
-SPAWN_FDS = 3             # control socket, stdout, stderr
+SPAWN_FDS = 4             # control socket, data socket, stdout, stderr
 
 
 class Zygote:
@@ -91,16 +91,16 @@ class Zygote:
     def _spawn(self, message: dict[str, Any], fds: list[int]) -> None:
         # Every page this loop writes between two forks is a page the earlier
         # host keeps a copy of: as few Python calls as the spawn needs.
-        ctrl, stdout, stderr = fds
+        ctrl, data, stdout, stderr = fds
         fields = json.loads(message["spec"])
-        fields.update(ctrl_fd=ctrl, parent_pid=self._pid)
+        fields.update(ctrl_fd=ctrl, data_fd=data, parent_pid=self._pid)
         spec = HostSpec(**fields)
         env: dict[str, str] = message["env"]
         argv = ["-c", json.dumps(fields)]  # as a fresh host's; made here, where its pages are shared
         sys.stdout.flush()
         sys.stderr.flush()
         try:
-            pid = _mayfly.zygote_fork(ctrl, stdout, stderr, walls_of(spec), **entry_of(spec))
+            pid = _mayfly.zygote_fork(ctrl, data, stdout, stderr, walls_of(spec), **entry_of(spec))
         except OSError as exc:
             self._send({"failed": message["spawn"], "error": f"fork: {exc}"})
             return
@@ -118,7 +118,7 @@ class Zygote:
         self._send({"spawned": message["spawn"], "pid": pid}, [pidfd])
 
     def _become_host(self, spec: HostSpec, env: dict[str, str], argv: list[str]) -> NoReturn:
-        """In the child: only fds 0-2 and the control socket are left (zygote_fork.c)."""
+        """In the child: only fds 0-2 and the two channels are left (zygote_fork.c)."""
         code = 1
         try:
             self._channel.detach()

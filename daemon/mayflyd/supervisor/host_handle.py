@@ -5,6 +5,11 @@ its READY (or its LOAD_FAILED), relays its stdout and stderr into the log
 tagged with the tenant, and runs requests:
 each request gets a fresh socketpair whose one end is passed to the host
 and from there to the request's sandbox alone.
+
+The host has two channels: the control channel (its lifecycle: READY,
+LOAD_FAILED, WORKER_REPLACED, SHUTDOWN) and the data channel (REQUEST,
+CANCEL, CHILD_EXIT, REQUEST_FAILED), which a separate front end is to own;
+until it does, this handle holds both.
 """
 from __future__ import annotations
 
@@ -19,15 +24,16 @@ import signal
 import socket
 import struct
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Protocol, cast
+from typing import Protocol, TypeVar, cast
 
 from mayflyd import protocol
 from mayflyd.host.sandbox_host import HostSpec
 from mayflyd.protocol import (
     ChildExit,
     ControlMessage,
+    DataMessage,
     LoadFailed,
     Ready,
     RequestFailed,
@@ -49,6 +55,7 @@ _FD = struct.Struct("i")  # one fd in SCM_RIGHTS
 _OUTPUT_LINE_LIMIT = 8192
 LOADING_NICE = -5
 _OUTPUT_CHUNK = 64 * 1024
+_Message = TypeVar("_Message", ControlMessage, DataMessage)
 
 
 class HostStartError(Exception):
@@ -176,7 +183,8 @@ class SandboxHost:
         self._zygote = zygote
         self.exited = asyncio.Event()
         self.in_flight = 0
-        self._ctrl: socket.socket | None = None
+        self._ctrl: socket.socket | None = None  # lifecycle
+        self._data: socket.socket | None = None  # requests
         self._proc: HostProcess | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._pending_exits: dict[int, asyncio.Future[ChildExit | RequestFailed]] = {}
@@ -190,16 +198,18 @@ class SandboxHost:
 
     async def start(self, init_timeout: float) -> None:
         """Spawn the host and wait until it has run on_init() and is serving."""
-        parent_end, host_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        parent_end.setblocking(False)
-        self._ctrl = parent_end
+        self._ctrl, ctrl_host_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._data, data_host_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._ctrl.setblocking(False)
+        self._data.setblocking(False)
         try:
-            self._proc = await self._spawn(host_end.fileno())
+            self._proc = await self._spawn(ctrl_host_end.fileno(), data_host_end.fileno())
         except ZygoteError as exc:
             await self._close()
             raise HostStartError(str(exc)) from None
         finally:
-            host_end.close()
+            ctrl_host_end.close()
+            data_host_end.close()
         self.pid = self._proc.pid
         self.started_at = time.monotonic()
         # A loading host is on a reload's or a restart's critical path: ahead
@@ -229,21 +239,25 @@ class SandboxHost:
             raise HostStartError("the host exited before it was ready" if first is None
                                  else f"unexpected first message from the host: {first!r}")
         self.ready = True
+        loop = asyncio.get_running_loop()
+        loop.add_reader(self._ctrl.fileno(), self._on_control_readable)
         # Read in the loop's callback, every queued message per wake-up: an
         # exit report per request must not cost a task step and a future.
-        asyncio.get_running_loop().add_reader(self._ctrl.fileno(), self._on_control_readable)
+        assert self._data is not None
+        loop.add_reader(self._data.fileno(), self._on_data_readable)
         self._response_sockets = _ResponseSockets(asyncio.get_running_loop())
         self._tasks.append(asyncio.create_task(self._watch_process()))
 
-    async def _spawn(self, ctrl_fd: int) -> HostProcess:
+    async def _spawn(self, ctrl_fd: int, data_fd: int) -> HostProcess:
         if self._zygote is not None:
             # parent_pid is the zygote's, filled in by the zygote.
-            return await self._zygote.spawn(dataclasses.replace(self._spec, ctrl_fd=ctrl_fd), self._env)
-        spec = dataclasses.replace(self._spec, ctrl_fd=ctrl_fd, parent_pid=os.getpid())
+            return await self._zygote.spawn(dataclasses.replace(self._spec, ctrl_fd=ctrl_fd, data_fd=data_fd),
+                                            self._env)
+        spec = dataclasses.replace(self._spec, ctrl_fd=ctrl_fd, data_fd=data_fd, parent_pid=os.getpid())
         return ExecChild(await asyncio.create_subprocess_exec(
             *python_argv("mayflyd.host.sandbox_host", spec.to_json()),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, pass_fds=(ctrl_fd,),
+            stderr=asyncio.subprocess.PIPE, pass_fds=(ctrl_fd, data_fd),
             env=self._env, cwd="/", start_new_session=True))
 
     async def kill(self) -> None:
@@ -287,10 +301,11 @@ class SandboxHost:
         self._tasks.clear()
         if self._proc is not None:
             self._proc.close()
-        if self._ctrl is not None:
-            asyncio.get_running_loop().remove_reader(self._ctrl.fileno())
-            self._ctrl.close()
-            self._ctrl = None
+        for channel in (self._ctrl, self._data):
+            if channel is not None:
+                asyncio.get_running_loop().remove_reader(channel.fileno())
+                channel.close()
+        self._ctrl = self._data = None
         for fut in self._pending_exits.values():
             if not fut.done():
                 fut.cancel()
@@ -330,7 +345,7 @@ class SandboxHost:
             return False
         return True
 
-    # ---- control channel -------------------------------------------------
+    # ---- the host's channels ---------------------------------------------
 
     async def _recv_control(self) -> ControlMessage | None:
         assert self._ctrl is not None
@@ -348,28 +363,42 @@ class SandboxHost:
                 log.error("bad control message from host %d: %s", self.pid, exc, extra={"tenant": self.tenant})
 
     def _on_control_readable(self) -> None:
-        """The host's messages once it is serving: exit reports and worker replacements."""
+        """The host's lifecycle messages once it is serving: worker replacements."""
         assert self._ctrl is not None
+        for message in self._received(self._ctrl, protocol.decode_control, "control"):
+            if isinstance(message, WorkerReplaced):
+                self._on_sandbox_exit(message)
+            else:
+                log.error("unexpected control message from host %d: %r", self.pid, message,
+                          extra={"tenant": self.tenant})
+
+    def _on_data_readable(self) -> None:
+        """The host's per-request messages: exit reports and failed starts."""
+        assert self._data is not None
+        for message in self._received(self._data, protocol.decode_data, "data"):
+            if isinstance(message, ChildExit):
+                self._on_sandbox_exit(message)
+            # The host answers each REQUEST it received with exactly one of these.
+            fut = self._pending_exits.pop(message.req_id, None)
+            if fut is not None and not fut.done():
+                fut.set_result(message)
+
+    def _received(self, channel: socket.socket, decode: Callable[[bytes], _Message], name: str
+                  ) -> Iterator[_Message]:
+        """Every message queued on a channel, decoded; at its end (the host
+        is gone, and _watch_process reports how) the host is not ready."""
         while True:
-            packet = _recv_ready(self._ctrl)
+            packet = _recv_ready(channel)
             if packet is None:
                 return
-            if not packet:  # the host is gone; _watch_process reports how
+            if not packet:
                 self.ready = False
-                asyncio.get_running_loop().remove_reader(self._ctrl.fileno())
+                asyncio.get_running_loop().remove_reader(channel.fileno())
                 return
             try:
-                message = protocol.decode_control(packet)
+                yield decode(packet)
             except protocol.ProtocolError as exc:
-                log.error("bad control message from host %d: %s", self.pid, exc, extra={"tenant": self.tenant})
-                continue
-            if isinstance(message, (ChildExit, WorkerReplaced)):
-                self._on_sandbox_exit(message)
-            if isinstance(message, (ChildExit, RequestFailed)):
-                # The host answers each REQUEST it received with exactly one of these.
-                fut = self._pending_exits.pop(message.req_id, None)
-                if fut is not None and not fut.done():
-                    fut.set_result(message)
+                log.error("bad %s message from host %d: %s", name, self.pid, exc, extra={"tenant": self.tenant})
 
     async def _relay_output(self, stream: asyncio.StreamReader, name: str) -> None:
         """The tenant's output, line by line, into the log, within its budget.
@@ -409,19 +438,19 @@ class SandboxHost:
         for line in lines:
             tenant_log.info("%s", line[:_OUTPUT_LINE_LIMIT].decode("utf-8", "replace"), extra=extra)
 
-    def _send_control(self, packet: bytes, fd: int = -1) -> None:
-        if self._ctrl is None or not self.ready:
+    def _send_data(self, packet: bytes, fd: int = -1) -> None:
+        if self._data is None or not self.ready:
             raise HostUnavailable("the host is not running")
         try:
             if fd >= 0:
-                self._ctrl.sendmsg([packet], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, _FD.pack(fd))])
+                self._data.sendmsg([packet], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, _FD.pack(fd))])
             else:
-                self._ctrl.send(packet)
+                self._data.send(packet)
         except BlockingIOError:
-            # Control packets are tiny; a full buffer means the host is stuck.
-            raise HostUnavailable("the host is not reading its control socket") from None
+            # REQUEST and CANCEL packets are tiny; a full buffer means the host is stuck.
+            raise HostUnavailable("the host is not reading its data socket") from None
         except OSError as exc:
-            raise HostUnavailable(f"the host's control socket failed: {exc}") from None
+            raise HostUnavailable(f"the host's data socket failed: {exc}") from None
 
     # ---- requests --------------------------------------------------------
 
@@ -455,7 +484,7 @@ class SandboxHost:
         sender: asyncio.Task[None] | None = None
         try:
             try:
-                self._send_control(protocol.encode_request_ctl(req_id, int(timeout * 1000)), theirs.fileno())
+                self._send_data(protocol.encode_request_ctl(req_id, int(timeout * 1000)), theirs.fileno())
             except HostUnavailable:
                 del self._pending_exits[req_id]  # the host never got it: no exit report will come
                 raise
@@ -503,7 +532,7 @@ class SandboxHost:
 
     def _cancel(self, req_id: int) -> None:
         try:
-            self._send_control(protocol.pack_frame(protocol.MsgType.CANCEL, req_id))
+            self._send_data(protocol.pack_frame(protocol.MsgType.CANCEL, req_id))
         except HostUnavailable:
             pass  # a dead host takes its sandboxes with it
 
