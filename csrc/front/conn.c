@@ -22,6 +22,8 @@
 
 /* Over this much unsent output, no further request is parsed. */
 #define OUT_HIGH (256 * 1024)
+/* Reads per turn: then every other connection's turn, then this one's. */
+#define READ_BUDGET 16
 
 static llhttp_settings_t settings;
 static pthread_once_t settings_once = PTHREAD_ONCE_INIT;
@@ -190,7 +192,15 @@ static bool conn_parse(struct mf_conn *conn)
 /* Reads and parses until the socket is drained or parsing must wait. */
 static void conn_pump(struct mf_conn *conn)
 {
-    while (conn_parse(conn)) {
+    for (int reads = 0; conn_parse(conn); reads++) {
+        if (reads == READ_BUDGET) {
+            if (!conn->again) {
+                conn->again = true;
+                conn->next_again = conn->loop->again;
+                conn->loop->again = conn;
+            }
+            return;
+        }
         if (conn->in_len > 0)
             conn->byte_before = conn->in[conn->in_len - 1];
         ssize_t n = recv(conn->watch.fd, conn->in, sizeof(conn->in), 0);
@@ -237,6 +247,20 @@ static void conn_close(struct mf_conn *conn)
     conn->loop->dead = conn;
 }
 
+static void conn_discard_input(struct mf_conn *conn)
+{
+    for (;;) {
+        ssize_t n = recv(conn->watch.fd, conn->in, sizeof(conn->in), 0);
+        if (n > 0)
+            continue;
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n == 0 || errno != EAGAIN)
+            conn_close(conn);
+        return;
+    }
+}
+
 /* Closes a finished connection, or sets the deadline its state calls for. */
 static void conn_settle(struct mf_conn *conn)
 {
@@ -260,6 +284,7 @@ static void conn_settle(struct mf_conn *conn)
         }
         conn->lingering = true;
         mf_timer_arm(conn->loop, &conn->timer, MF_TIMER_LINGER);
+        conn_discard_input(conn); /* what came before: edge triggered, no event for it */
         return;
     }
     if (conn->parsing != NULL)
@@ -290,20 +315,6 @@ static void conn_run(struct mf_conn *conn)
     }
     conn->in_pump = false;
     conn_settle(conn);
-}
-
-static void conn_discard_input(struct mf_conn *conn)
-{
-    for (;;) {
-        ssize_t n = recv(conn->watch.fd, conn->in, sizeof(conn->in), 0);
-        if (n > 0)
-            continue;
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n == 0 || errno != EAGAIN)
-            conn_close(conn);
-        return;
-    }
 }
 
 static void conn_ready(struct mf_front_watch *watch, uint32_t events)
@@ -366,7 +377,23 @@ void mf_conn_free_dead(struct mf_front_loop *loop)
     while (loop->dead != NULL) {
         struct mf_conn *conn = loop->dead;
         loop->dead = conn->next_dead;
-        free(conn);
+        if (!conn->again) /* else mf_conn_run_again frees it */
+            free(conn);
+    }
+}
+
+void mf_conn_run_again(struct mf_front_loop *loop)
+{
+    struct mf_conn *conn = loop->again;
+    loop->again = NULL;
+    while (conn != NULL) {
+        struct mf_conn *next = conn->next_again;
+        conn->again = false;
+        if (conn->dead)
+            free(conn);
+        else
+            conn_run(conn);
+        conn = next;
     }
 }
 

@@ -64,6 +64,8 @@ struct mf_conn {
     bool broken;              /* a write failed: the client is gone */
     bool dead;                /* closed; freed by the loop after this wake-up */
     struct mf_conn *next_dead;
+    bool again;               /* input left after its read budget: runs again next turn */
+    struct mf_conn *next_again;
     char in[16 * 1024];       /* read but not yet parsed: in[in_off, in_len) */
     size_t in_off, in_len;
     char byte_before;         /* the stream's byte before in[0] */
@@ -78,6 +80,8 @@ void mf_conn_timed_out(struct mf_timer *timer);
 /* Frees the connections closed during this wake-up (an event later in
  * the same batch may still name one). */
 void mf_conn_free_dead(struct mf_front_loop *loop);
+/* Gives the connections that used up their read budget their next turn. */
+void mf_conn_run_again(struct mf_front_loop *loop);
 
 /* For request.c's parser callbacks. */
 bool mf_conn_request_begin(struct mf_conn *conn);

@@ -184,6 +184,9 @@ static bool serve(int argc, char **argv, const struct mf_front_backend *backend)
         if (err != 0)
             return mf_errx(err, "pthread_create(loop %u) failed: %s", i, strerror(err));
     }
+    /* From here the threads use them until the process ends. */
+    (void)mf_steal_pointer(&loops);
+    (void)mf_steal_fd(&listen_fd);
     /* The supervisor (and the tests) read the port from this line. */
     printf("mayflyd-front: listening on %s port %u with %u threads\n", config.listen_host, port, config.threads);
     if (fflush(stdout) == EOF)

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/timerfd.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -16,6 +17,9 @@
 
 /* Connections taken per wake-up of the listener: the others' turn comes. */
 #define ACCEPT_BATCH 64
+/* Out of fds or memory: the listener stays readable, so it is set aside
+ * for this long rather than spinning the loop. */
+#define ACCEPT_PAUSE_MS 100
 #define EVENT_BATCH 128
 
 static atomic_uint_fast64_t request_ids;
@@ -87,6 +91,28 @@ static void expire_timers(struct mf_front_loop *loop)
     }
 }
 
+static void pause_accepting(struct mf_front_loop *loop)
+{
+    struct itimerspec pause = {.it_value = {.tv_nsec = ACCEPT_PAUSE_MS * 1000000L}};
+    if (timerfd_settime(loop->accept_pause.fd, 0, &pause, NULL) < 0) {
+        mf_warn("timerfd_settime(%d, %d ms) failed: %s", loop->accept_pause.fd, ACCEPT_PAUSE_MS, strerror(errno));
+        return; /* keep accepting: spinning beats not serving */
+    }
+    if (!mf_front_watch_remove(loop, &loop->listener))
+        mf_warn_last();
+}
+
+static void accept_resume(struct mf_front_watch *watch, uint32_t events)
+{
+    struct mf_front_loop *loop = (struct mf_front_loop *)((char *)watch - offsetof(struct mf_front_loop, accept_pause));
+    uint64_t expirations;
+    (void)events;
+    if (read(watch->fd, &expirations, sizeof(expirations)) < 0 && errno != EAGAIN)
+        mf_warn("read(timerfd %d) failed: %s", watch->fd, strerror(errno));
+    if (!mf_front_watch_add(loop, &loop->listener, EPOLLIN | EPOLLEXCLUSIVE))
+        mf_warn_last();
+}
+
 static void accept_ready(struct mf_front_watch *watch, uint32_t events)
 {
     struct mf_front_loop *loop = (struct mf_front_loop *)((char *)watch - offsetof(struct mf_front_loop, listener));
@@ -97,7 +123,9 @@ static void accept_ready(struct mf_front_watch *watch, uint32_t events)
             /* Another loop took it, or the client left first: not our error. */
             if (errno == EAGAIN || errno == EINTR || errno == ECONNABORTED)
                 return;
-            mf_warn("accept4(%d) failed: %s", watch->fd, strerror(errno));
+            mf_warn("accept4(%d) failed: %s; accepting again in %d ms", watch->fd, strerror(errno),
+                    ACCEPT_PAUSE_MS);
+            pause_accepting(loop);
             return;
         }
         mf_conn_accept(loop, fd);
@@ -126,11 +154,17 @@ bool mf_loop_init(struct mf_front_loop *loop, const struct mf_front_config *conf
     mf_cleanup_fd int epfd = epoll_create1(EPOLL_CLOEXEC);
     if (epfd < 0)
         return mf_err("epoll_create1(EPOLL_CLOEXEC)");
+    mf_cleanup_fd int pause_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    if (pause_fd < 0)
+        return mf_err("timerfd_create(CLOCK_MONOTONIC)");
     loop->epfd = epfd;
     loop->listener = (struct mf_front_watch){.fd = listen_fd, .ready = accept_ready};
+    loop->accept_pause = (struct mf_front_watch){.fd = pause_fd, .ready = accept_resume};
     /* Level triggered, and one waiting loop woken per connection. */
     MF_TRY(mf_front_watch_add(loop, &loop->listener, EPOLLIN | EPOLLEXCLUSIVE));
+    MF_TRY(mf_front_watch_add(loop, &loop->accept_pause, EPOLLIN));
     loop->epfd = mf_steal_fd(&epfd);
+    loop->accept_pause.fd = mf_steal_fd(&pause_fd);
     return true;
 }
 
@@ -138,10 +172,11 @@ bool mf_loop_run(struct mf_front_loop *loop)
 {
     struct epoll_event events[EVENT_BATCH];
     for (;;) {
-        int n = epoll_wait(loop->epfd, events, EVENT_BATCH, next_timeout(loop));
+        int n = epoll_wait(loop->epfd, events, EVENT_BATCH, loop->again ? 0 : next_timeout(loop));
         if (n < 0 && errno != EINTR)
             return mf_err("epoll_wait(%d)", loop->epfd);
         loop->now_ms = monotonic_ms();
+        mf_conn_run_again(loop); /* those from the last turn first: round robin */
         for (int i = 0; i < n; i++) {
             struct mf_front_watch *watch = events[i].data.ptr;
             watch->ready(watch, events[i].events);

@@ -44,6 +44,8 @@ struct mf_front_loop {
     struct mf_timer_list timers[MF_TIMER_KINDS];
     uint64_t now_ms; /* CLOCK_MONOTONIC, read once per wake-up */
     struct mf_conn *dead; /* closed during this wake-up; see mf_conn_free_dead */
+    struct mf_conn *again; /* to run again next turn; see mf_conn_run_again */
+    struct mf_front_watch accept_pause; /* timerfd: accepting resumes when it fires */
 };
 
 bool mf_loop_init(struct mf_front_loop *loop, const struct mf_front_config *config,
