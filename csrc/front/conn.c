@@ -1,8 +1,9 @@
 /*
  * A client connection; see conn.h. All work on a connection goes through
- * conn_run(), which is never re-entered: a backend answering inside
+ * mf_conn_run(), which is never re-entered: a backend answering inside
  * submit() (inside the parser) only marks its ticket answered, and the
- * running conn_run() writes it. Only conn_settle() closes a connection.
+ * running mf_conn_run() writes it. A closed connection is freed only after
+ * its loop's turn (mf_conn_free_dead): a later event may still name it.
  */
 #include "front/conn.h"
 
@@ -33,22 +34,6 @@ static void init_settings(void)
     mf_request_settings(&settings);
 }
 
-static void ticket_free_request(struct mf_front_ticket *t)
-{
-    free(t->buf);
-    free(t->body);
-    free(t->headers);
-    t->buf = t->body = NULL;
-    t->headers = NULL;
-}
-
-static void ticket_free(struct mf_front_ticket *t)
-{
-    ticket_free_request(t);
-    free(t->out);
-    free(t);
-}
-
 static size_t unsent(const struct mf_conn *conn)
 {
     return conn->out_len - conn->out_sent;
@@ -58,16 +43,7 @@ static bool out_append(struct mf_conn *conn, const char *data, size_t len)
 {
     if (conn->out_sent == conn->out_len)
         conn->out_sent = conn->out_len = 0;
-    if (conn->out_len + len > conn->out_cap) {
-        size_t cap = conn->out_cap ? conn->out_cap : 4096;
-        while (cap < conn->out_len + len)
-            cap *= 2;
-        char *grown = realloc(conn->out, cap);
-        if (grown == NULL)
-            return mf_err("realloc(%zu) for output", cap);
-        conn->out = grown;
-        conn->out_cap = cap;
-    }
+    MF_TRY(mf_reserve(&conn->out, &conn->out_cap, conn->out_len + len, 4096));
     memcpy(conn->out + conn->out_len, data, len);
     conn->out_len += len;
     return true;
@@ -88,7 +64,7 @@ static void conn_flush(struct mf_conn *conn)
         if (conn->first == NULL)
             conn->last = NULL;
         conn->queued--;
-        ticket_free(t);
+        mf_ticket_free(t);
     }
     /* 100 Continue only when every earlier answer is out: answers stay in order. */
     if (t != NULL && t == conn->parsing && t->want_continue) {
@@ -132,7 +108,7 @@ static void conn_refuse(struct mf_conn *conn, int status, const char *why)
         conn->broken = true; /* out of memory: the client only sees the close */
         return;
     }
-    ticket_free_request(t);
+    mf_ticket_free_request(t);
     const char *extra = status == 405 ? "Allow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS" : NULL;
     if (!mf_render_daemon(t, status, why, extra, true)) {
         mf_warn_last();
@@ -236,7 +212,7 @@ static void conn_close(struct mf_conn *conn)
         if (t->submitted && !t->answered)
             t->conn = NULL; /* the backend still owns it: mf_front_complete frees it */
         else
-            ticket_free(t);
+            mf_ticket_free(t);
         t = next;
     }
     conn->first = conn->last = conn->parsing = NULL;
@@ -299,7 +275,7 @@ static void conn_settle(struct mf_conn *conn)
     }
 }
 
-static void conn_run(struct mf_conn *conn)
+void mf_conn_run(struct mf_conn *conn)
 {
     if (conn->in_pump || conn->dead)
         return;
@@ -328,7 +304,7 @@ static void conn_ready(struct mf_front_watch *watch, uint32_t events)
     }
     if (events & EPOLLERR)
         conn->broken = true;
-    conn_run(conn);
+    mf_conn_run(conn);
 }
 
 void mf_conn_accept(struct mf_front_loop *loop, int fd)
@@ -355,7 +331,7 @@ void mf_conn_accept(struct mf_front_loop *loop, int fd)
         return;
     }
     mf_timer_arm(loop, &conn->timer, MF_TIMER_HEADER);
-    conn_run(conn); /* bytes may have arrived with the connection */
+    mf_conn_run(conn); /* bytes may have arrived with the connection */
 }
 
 void mf_conn_timed_out(struct mf_timer *timer)
@@ -369,7 +345,7 @@ void mf_conn_timed_out(struct mf_timer *timer)
     }
     mf_timer_arm(conn->loop, timer, MF_TIMER_NONE);
     conn_refuse(conn, 408, refusal_text(408));
-    conn_run(conn);
+    mf_conn_run(conn);
 }
 
 void mf_conn_free_dead(struct mf_front_loop *loop)
@@ -392,29 +368,9 @@ void mf_conn_run_again(struct mf_front_loop *loop)
         if (conn->dead)
             free(conn);
         else
-            conn_run(conn);
+            mf_conn_run(conn);
         conn = next;
     }
-}
-
-bool mf_conn_request_begin(struct mf_conn *conn)
-{
-    struct mf_front_ticket *t = calloc(1, sizeof(*t));
-    if (t == NULL)
-        return mf_err("calloc(request)");
-    t->conn = conn;
-    t->id = mf_next_request_id();
-    if (conn->last != NULL)
-        conn->last->next = t;
-    else
-        conn->first = t;
-    conn->last = t;
-    conn->queued++;
-    conn->parsing = t;
-    conn->fresh = false;
-    conn->error_status = 0;
-    mf_timer_arm(conn->loop, &conn->timer, MF_TIMER_HEADER);
-    return true;
 }
 
 void mf_conn_head_done(struct mf_conn *conn, bool has_body)
@@ -425,51 +381,3 @@ void mf_conn_head_done(struct mf_conn *conn, bool has_body)
         conn_flush(conn);
 }
 
-void mf_conn_request_end(struct mf_conn *conn)
-{
-    struct mf_front_ticket *t = conn->parsing;
-    conn->parsing = NULL;
-    t->want_continue = false;
-    t->http10 = conn->parser.http_major == 1 && conn->parser.http_minor == 0;
-    if (!t->keep_alive) {
-        conn->reading_done = true; /* llhttp refuses bytes after a closing request anyway */
-        t->closes = true;
-    }
-    mf_timer_arm(conn->loop, &conn->timer, MF_TIMER_NONE);
-    const struct mf_front_backend *backend = conn->loop->backend;
-    if (!mf_request_finish(t)) {
-        mf_warn_last();
-        if (!mf_render_daemon(t, 503, "out of memory", "Retry-After: 1", false))
-            conn->broken = true;
-        return;
-    }
-    if (backend == NULL) {
-        ticket_free_request(t);
-        if (!mf_render_daemon(t, 503, "no tenant is connected", "Retry-After: 1", false))
-            conn->broken = true;
-        return;
-    }
-    t->submitted = true;
-    backend->submit(backend->ctx, conn->loop, t, &t->request);
-}
-
-void mf_front_complete(struct mf_front_ticket *t, const struct mf_front_response *response)
-{
-    struct mf_conn *conn = t->conn;
-    if (conn == NULL) {
-        ticket_free(t);
-        return;
-    }
-    /* Rendered before the request is freed: the answer may point into it. */
-    if (!mf_render_answer(t, response)) {
-        mf_warn_last();
-        conn->broken = true;
-    }
-    ticket_free_request(t);
-    conn_run(conn);
-}
-
-bool mf_front_ticket_waited_for(const struct mf_front_ticket *t)
-{
-    return t->conn != NULL;
-}

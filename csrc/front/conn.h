@@ -83,7 +83,22 @@ void mf_conn_free_dead(struct mf_front_loop *loop);
 /* Gives the connections that used up their read budget their next turn. */
 void mf_conn_run_again(struct mf_front_loop *loop);
 
-/* For request.c's parser callbacks. */
+/* Makes *buf hold at least need bytes (doubling from first); false if
+ * memory runs out (recorded). */
+bool mf_reserve(char **buf, size_t *cap, size_t need, size_t first);
+
+/* Does all that is due on a connection: write answers in order, read and
+ * parse more, close or set its deadline. Not re-entered: called during
+ * parsing (a backend answering in submit()), it returns at once and the
+ * running call writes the answer. The connection may be closed on return. */
+void mf_conn_run(struct mf_conn *conn);
+
+/* ticket.c: tickets. */
+void mf_ticket_free(struct mf_front_ticket *ticket);
+/* Frees what only the request needed, once it is answered or refused. */
+void mf_ticket_free_request(struct mf_front_ticket *ticket);
+
+/* For request.c's parser callbacks (ticket.c, but head_done in conn.c). */
 bool mf_conn_request_begin(struct mf_conn *conn);
 void mf_conn_request_end(struct mf_conn *conn);
 void mf_conn_head_done(struct mf_conn *conn, bool has_body);

@@ -26,17 +26,9 @@ static int append(llhttp_t *parser, const char *at, size_t len)
     struct mf_front_ticket *t = conn_of(parser)->parsing;
     if (t->buf_len + len > MF_FRONT_MAX_HEAD)
         return refuse(parser, 431, "request head too large");
-    if (t->buf_len + len > t->buf_cap) {
-        size_t cap = t->buf_cap ? t->buf_cap : 1024;
-        while (cap < t->buf_len + len)
-            cap *= 2;
-        char *grown = realloc(t->buf, cap);
-        if (grown == NULL) {
-            mf_warn("realloc(%zu) for a request head failed", cap);
-            return refuse(parser, 503, "out of memory");
-        }
-        t->buf = grown;
-        t->buf_cap = cap;
+    if (!mf_reserve(&t->buf, &t->buf_cap, t->buf_len + len, 1024)) {
+        mf_warn_last();
+        return refuse(parser, 503, "out of memory");
     }
     memcpy(t->buf + t->buf_len, at, len);
     t->buf_len += len;
@@ -186,17 +178,9 @@ static int on_body(llhttp_t *parser, const char *at, size_t len)
     struct mf_front_ticket *t = conn->parsing;
     if (t->body_len + len > conn->loop->config->max_body)
         return refuse(parser, 413, "request body too large"); /* chunked: known only now */
-    if (t->body_len + len > t->body_cap) {
-        size_t cap = t->body_cap ? t->body_cap : 4096;
-        while (cap < t->body_len + len)
-            cap *= 2;
-        char *grown = realloc(t->body, cap);
-        if (grown == NULL) {
-            mf_warn("realloc(%zu) for a request body failed", cap);
-            return refuse(parser, 503, "out of memory");
-        }
-        t->body = grown;
-        t->body_cap = cap;
+    if (!mf_reserve(&t->body, &t->body_cap, t->body_len + len, 4096)) {
+        mf_warn_last();
+        return refuse(parser, 503, "out of memory");
     }
     memcpy(t->body + t->body_len, at, len);
     t->body_len += len;
