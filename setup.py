@@ -58,14 +58,14 @@ class BuildExtWithFront(build_ext):
     (and so with the same CFLAGS, sanitizers included)."""
 
     def run(self) -> None:
+        missing = [p for p in [*LLHTTP_SOURCES, f"{LLHTTP_INCLUDE}/llhttp.h"] if not os.path.exists(p)]
+        if missing:  # before the extension's long build, not after it
+            raise SystemExit(f"mayflyd-front needs llhttp's C sources ({missing[0]} is missing): "
+                             "apt-get install node-llhttp")
         super().run()
         self.build_front()
 
     def build_front(self) -> None:
-        missing = [p for p in [*LLHTTP_SOURCES, f"{LLHTTP_INCLUDE}/llhttp.h"] if not os.path.exists(p)]
-        if missing:
-            raise SystemExit(f"mayflyd-front needs llhttp's C sources ({missing[0]} is missing): "
-                             "apt-get install node-llhttp")
         temp = os.path.join(self.build_temp, "front")
         options = {"macros": [("LLHTTP_STRICT_MODE", "1")], "include_dirs": ["csrc", LLHTTP_INCLUDE]}
         ours = self.compiler.compile(sorted(glob("csrc/front/*.c")) + ["csrc/base/log.c"], output_dir=temp,
