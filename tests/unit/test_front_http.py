@@ -319,6 +319,20 @@ def test_host_is_lowercase_ascii_without_port(front: Front, host: str, normal: s
     assert answer.status == 200 and answer.json()["host"] == normal
 
 
+def test_options_asterisk(front: Front) -> None:
+    answer, _ = ask(front, get("*", method="OPTIONS"))
+    assert answer.status == 200 and answer.json()["path"] == "*"
+
+
+def test_a_client_that_leaves_before_its_answer(front: Front) -> None:
+    for _ in range(5):
+        sock = front.connect()
+        sock.sendall(get("/delay/100/gone") + get("/queued"))
+        sock.close()
+    time.sleep(0.3)  # the answers come for nobody: the front end frees them
+    assert ask(front, get("/still-serving"))[0].status == 200
+
+
 # ---- requests refused -------------------------------------------------------
 
 def _raw(head: str, body: bytes = b"") -> bytes:
