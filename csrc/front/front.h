@@ -88,7 +88,8 @@ struct mf_front_watch {
     void (*ready)(struct mf_front_watch *watch, uint32_t events);
 };
 
-/* Adds (edge triggered) or removes an fd of the loop's thread. */
+/* Adds (with the given epoll events, EPOLLET if wanted) or removes an fd
+ * watched by the loop; ready() runs on the loop's thread. */
 bool mf_front_watch_add(struct mf_front_loop *loop, struct mf_front_watch *watch, uint32_t events);
 bool mf_front_watch_remove(struct mf_front_loop *loop, struct mf_front_watch *watch);
 
