@@ -1,4 +1,5 @@
-"""Builds the C sandbox helper (csrc/) as the extension mayflyd._mayfly, and
+"""Builds the C sandbox helper (csrc/) as the extension mayflyd._mayfly, the
+C front end (csrc/front/) as the executable mayflyd/bin/mayflyd-front, and
 bundles config/ as the package's default configuration.
 
 The reset engine (csrc/rewind/, csrc/engine/reset_*.c and its bindings) is
@@ -6,16 +7,20 @@ written for x86_64 only: its seccomp gates check the address of their own
 `syscall` instruction. Elsewhere, or with MAYFLYD_WITHOUT_RESET_ENGINE=1,
 the extension is built without it and mayflyd runs every tenant on the
 fork engine (the module then lacks serve_reset, DirtyTracker and
-HOT_LEARN_REWINDS). Everything else is declared in setup.cfg; setuptools
-needs this file only because extension modules cannot be declared there.
+HOT_LEARN_REWINDS). mayflyd-front is a plain C executable, no Python inside; it is compiled
+with llhttp's C sources from Debian's node-llhttp package. Everything else is
+declared in setup.cfg; setuptools needs this file only because extension
+modules and executables cannot be declared there.
 """
 import os
 import platform
+import shlex
 import shutil
 from glob import glob
 from pathlib import Path
 
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 from setuptools.command.build_py import build_py
 
 # What only the reset engine needs, sources and headers alike.
@@ -33,8 +38,45 @@ def with_reset_engine() -> bool:
     return platform.machine() in ("x86_64", "AMD64")
 
 
+# The front end is an executable of its own, not part of the extension.
+FRONT_FILES = frozenset(glob("csrc/front/*"))
+LLHTTP_SOURCES = ["/usr/share/llhttp/api.c", "/usr/share/llhttp/http.c", "/usr/share/llhttp/llhttp.c"]
+LLHTTP_INCLUDE = "/usr/share/include/llhttp"
+STRICT_C = ["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Werror"]
+# Bind every symbol at load time: the host must never enter the dynamic
+# loader once tenant code runs (and the front end need not either).
+LINK_NOW = ["-Wl,-z,now", "-Wl,-z,relro"]
+
+
 def files(pattern: str, reset_engine: bool) -> list[str]:
-    return sorted(f for f in glob(pattern) if reset_engine or f not in RESET_ENGINE_FILES)
+    return sorted(f for f in glob(pattern)
+                  if (reset_engine or f not in RESET_ENGINE_FILES) and f not in FRONT_FILES)
+
+
+class BuildExtWithFront(build_ext):
+    """Builds the extension, then mayflyd-front with the same compiler
+    (and so with the same CFLAGS, sanitizers included)."""
+
+    def run(self) -> None:
+        missing = [p for p in [*LLHTTP_SOURCES, f"{LLHTTP_INCLUDE}/llhttp.h"] if not os.path.exists(p)]
+        if missing:  # before the extension's long build, not after it
+            raise SystemExit(f"mayflyd-front needs llhttp's C sources ({missing[0]} is missing): "
+                             "apt-get install node-llhttp")
+        super().run()
+        self.build_front()
+
+    def build_front(self) -> None:
+        temp = os.path.join(self.build_temp, "front")
+        options = {"macros": [("LLHTTP_STRICT_MODE", "1")], "include_dirs": ["csrc", LLHTTP_INCLUDE]}
+        ours = self.compiler.compile(sorted(glob("csrc/front/*.c")) + ["csrc/base/log.c"], output_dir=temp,
+                                     extra_postargs=STRICT_C, depends=glob("csrc/front/*.h"), **options)
+        # llhttp's generated code has unused parameters everywhere: only that is relaxed.
+        theirs = self.compiler.compile(LLHTTP_SOURCES, output_dir=temp,
+                                       extra_postargs=[*STRICT_C, "-Wno-unused-parameter"], **options)
+        flags = shlex.split(os.environ.get("CFLAGS", "")) + shlex.split(os.environ.get("LDFLAGS", ""))
+        self.compiler.link_executable(ours + theirs, "mayflyd-front",
+                                      output_dir=os.path.join(self.build_lib, "mayflyd", "bin"),
+                                      libraries=["pthread"], extra_postargs=[*flags, *LINK_NOW])
 
 
 class BuildPyWithDefaultConfig(build_py):
@@ -51,7 +93,7 @@ class BuildPyWithDefaultConfig(build_py):
 RESET_ENGINE = with_reset_engine()
 
 setup(
-    cmdclass={"build_py": BuildPyWithDefaultConfig},
+    cmdclass={"build_py": BuildPyWithDefaultConfig, "build_ext": BuildExtWithFront},
     ext_modules=[
         Extension(
             "mayflyd._mayfly",
@@ -59,10 +101,8 @@ setup(
             depends=files("csrc/*/*.h", RESET_ENGINE),
             include_dirs=["csrc"],
             define_macros=[("MF_HAVE_RESET_ENGINE", "1")] if RESET_ENGINE else [],
-            extra_compile_args=["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Werror"],
-            # Bind every symbol at load time: the host must never enter the
-            # dynamic loader once tenant code runs.
-            extra_link_args=["-Wl,-z,now", "-Wl,-z,relro"],
+            extra_compile_args=STRICT_C,
+            extra_link_args=LINK_NOW,
         )
     ],
 )

@@ -1,0 +1,100 @@
+/*
+ * mayflyd-front: the HTTP front end's public face. A backend (the sandbox
+ * hosts, or a test's echo) receives each valid request through submit() and
+ * answers it later with mf_front_complete(); everything HTTP stays here.
+ */
+#ifndef MAYFLYD_FRONT_H
+#define MAYFLYD_FRONT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Limits of a request head (RFC 9112 leaves them to the server). */
+#define MF_FRONT_MAX_URL (8 * 1024)     /* request target: over it, 414 */
+#define MF_FRONT_MAX_HEAD (64 * 1024)   /* whole head: over it, 431 */
+#define MF_FRONT_MAX_HEADERS 256        /* header lines: over it, 431 */
+
+/* One configuration, parsed once, read by every loop. */
+struct mf_front_config {
+    const char *listen_host;
+    uint16_t listen_port;
+    unsigned threads;
+    uint64_t header_timeout_ms; /* first byte of a head to its end (and a fresh connection's first byte) */
+    uint64_t body_timeout_ms;   /* end of a head to the end of its body */
+    uint64_t idle_timeout_ms;   /* keep-alive: between requests, or without write progress */
+    uint64_t max_body;
+    unsigned max_pipeline;      /* requests of one connection queued before reading pauses */
+};
+
+struct mf_front_header {
+    const char *name;
+    size_t name_len;
+    const char *value;
+    size_t value_len;
+};
+
+/* A valid request; every pointer stays valid until mf_front_complete(). */
+struct mf_front_request {
+    uint64_t id;                 /* the X-Request-Id its answer carries */
+    const char *method;
+    size_t method_len;
+    const char *path;            /* as sent, percent-encoded; "*" for OPTIONS * */
+    size_t path_len;
+    const char *query;           /* after '?', as sent; empty if none */
+    size_t query_len;
+    const char *host;            /* lowercase ASCII, no port; empty for HTTP/1.0 without Host */
+    size_t host_len;
+    const struct mf_front_header *headers; /* as sent, in order, hop-by-hop included */
+    size_t header_count;
+    const char *body;            /* exactly as sent (chunked: de-chunked, never decoded) */
+    size_t body_len;
+};
+
+/* A program's answer. The front end drops its hop-by-hop headers and sets
+ * its own; an invalid status or header turns the answer into a 502. */
+struct mf_front_response {
+    int status;
+    const struct mf_front_header *headers;
+    size_t header_count;
+    const char *body;
+    size_t body_len;
+};
+
+struct mf_front_loop;
+struct mf_front_ticket;
+
+/* The boundary to whoever answers requests. submit() runs on a loop's
+ * thread for every valid request, in the order they arrive on their
+ * connection; the backend then calls mf_front_complete(ticket) exactly once,
+ * on that same thread, now or later. Answers are written in request order
+ * whatever order they complete in. */
+struct mf_front_backend {
+    void *ctx;
+    void (*submit)(void *ctx, struct mf_front_loop *loop, struct mf_front_ticket *ticket,
+                   const struct mf_front_request *request);
+};
+
+/* Answers the ticket's request (NULL: the backend failed, 502) and releases
+ * it. The response is copied: its memory is the caller's again on return. */
+void mf_front_complete(struct mf_front_ticket *ticket, const struct mf_front_response *response);
+/* False once the client is gone: the backend may stop working on it (it
+ * still completes the ticket, which then only frees it). */
+bool mf_front_ticket_waited_for(const struct mf_front_ticket *ticket);
+
+/* Something a loop watches: the backend's own fds use this too. */
+struct mf_front_watch {
+    int fd;
+    void (*ready)(struct mf_front_watch *watch, uint32_t events);
+};
+
+/* Adds (with the given epoll events, EPOLLET if wanted) or removes an fd
+ * watched by the loop; ready() runs on the loop's thread. */
+bool mf_front_watch_add(struct mf_front_loop *loop, struct mf_front_watch *watch, uint32_t events);
+bool mf_front_watch_remove(struct mf_front_loop *loop, struct mf_front_watch *watch);
+
+/* Parses argv, listens and runs one loop per thread until SIGTERM or
+ * SIGINT. backend NULL: every request gets 503 (no tenant is connected). */
+int mf_front_main(int argc, char **argv, const struct mf_front_backend *backend);
+
+#endif /* MAYFLYD_FRONT_H */

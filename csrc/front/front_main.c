@@ -1,0 +1,208 @@
+/*
+ * mayflyd-front's start: options, the listening socket, one loop per
+ * thread. SIGTERM and SIGINT end the process (graceful draining comes with
+ * the hosts); SIGPIPE is ignored (a vanished client is a failed send).
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <netdb.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "base/cleanup.h"
+#include "base/log.h"
+#include "front/front.h"
+#include "front/loop.h"
+
+static const char usage[] =
+    "usage: mayflyd-front [options]\n"
+    "  --listen HOST:PORT        address to serve (default 127.0.0.1:8080; port 0: any)\n"
+    "  --threads N               event loops, one per thread (default: online CPUs)\n"
+    "  --header-timeout-ms MS    time for a request head (default 60000)\n"
+    "  --body-timeout-ms MS      time for a request body after its head (default 60000)\n"
+    "  --idle-timeout-ms MS      keep-alive: time between requests (default 75000)\n"
+    "  --max-body BYTES          largest request body (default 1048576)\n"
+    "  --max-pipeline N          requests of one connection queued at once (default 16)\n";
+
+static bool parse_number(const char *option, const char *text, uint64_t min, uint64_t max, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long value = strtoull(text, &end, 10);
+    if (errno != 0 || end == text || *end != '\0' || text[0] == '-' || value < min || value > max)
+        return mf_errx(EINVAL, "%s: %s is not a number in %llu..%llu", option, text,
+                       (unsigned long long)min, (unsigned long long)max);
+    *out = value;
+    return true;
+}
+
+static bool parse_listen(struct mf_front_config *config, char *text)
+{
+    char *colon = strrchr(text, ':');
+    if (colon == NULL)
+        return mf_errx(EINVAL, "--listen: %s is not HOST:PORT", text);
+    uint64_t port;
+    MF_TRY(parse_number("--listen", colon + 1, 0, 65535, &port));
+    *colon = '\0';
+    if (text[0] == '[' && colon > text + 1 && colon[-1] == ']') {
+        colon[-1] = '\0';
+        text++;
+    }
+    config->listen_host = text;
+    config->listen_port = (uint16_t)port;
+    return true;
+}
+
+static bool parse_options(int argc, char **argv, struct mf_front_config *config)
+{
+    static const struct option options[] = {
+        {"listen", required_argument, NULL, 'l'},
+        {"threads", required_argument, NULL, 't'},
+        {"header-timeout-ms", required_argument, NULL, 'H'},
+        {"body-timeout-ms", required_argument, NULL, 'B'},
+        {"idle-timeout-ms", required_argument, NULL, 'I'},
+        {"max-body", required_argument, NULL, 'm'},
+        {"max-pipeline", required_argument, NULL, 'p'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    *config = (struct mf_front_config){
+        .listen_host = "127.0.0.1", .listen_port = 8080, .threads = cpus > 0 ? (unsigned)cpus : 1,
+        .header_timeout_ms = 60000, .body_timeout_ms = 60000, .idle_timeout_ms = 75000,
+        .max_body = 1 << 20, .max_pipeline = 16,
+    };
+    uint64_t value;
+    int opt;
+    while ((opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
+        switch (opt) {
+        case 'l': MF_TRY(parse_listen(config, optarg)); break;
+        case 't': MF_TRY(parse_number("--threads", optarg, 1, 1024, &value)); config->threads = (unsigned)value; break;
+        case 'H': MF_TRY(parse_number("--header-timeout-ms", optarg, 1, 3600000, &config->header_timeout_ms)); break;
+        case 'B': MF_TRY(parse_number("--body-timeout-ms", optarg, 1, 3600000, &config->body_timeout_ms)); break;
+        case 'I': MF_TRY(parse_number("--idle-timeout-ms", optarg, 1, 3600000, &config->idle_timeout_ms)); break;
+        case 'm': MF_TRY(parse_number("--max-body", optarg, 0, 1ull << 30, &config->max_body)); break;
+        case 'p': MF_TRY(parse_number("--max-pipeline", optarg, 1, 1024, &value)); config->max_pipeline = (unsigned)value; break;
+        case 'h': fputs(usage, stdout); exit(0);
+        default: return mf_errx(EINVAL, "unknown option (see --help)");
+        }
+    }
+    if (optind != argc)
+        return mf_errx(EINVAL, "unexpected argument %s (see --help)", argv[optind]);
+    return true;
+}
+
+/* A listening, non-blocking socket on the configured address. */
+static bool listen_on(const struct mf_front_config *config, int *out)
+{
+    char port[8];
+    (void)snprintf(port, sizeof(port), "%u", config->listen_port);
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
+    struct addrinfo *found;
+    int err = getaddrinfo(config->listen_host, port, &hints, &found);
+    if (err != 0)
+        return mf_errx(EINVAL, "getaddrinfo(%s): %s", config->listen_host, gai_strerror(err));
+    bool ok = false;
+    mf_cleanup_fd int fd = socket(found->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int one = 1;
+    if (fd < 0)
+        mf_err("socket(%d, SOCK_STREAM)", found->ai_family);
+    else if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0)
+        mf_err("setsockopt(%d, SO_REUSEADDR)", fd);
+    else if (bind(fd, found->ai_addr, found->ai_addrlen) < 0)
+        mf_err("bind(%s:%s)", config->listen_host, port);
+    else if (listen(fd, SOMAXCONN) < 0)
+        mf_err("listen(%s:%s)", config->listen_host, port);
+    else
+        ok = true;
+    freeaddrinfo(found);
+    MF_TRY(ok);
+    *out = mf_steal_fd(&fd);
+    return true;
+}
+
+/* The port actually bound (port 0 asks the kernel for one). */
+static bool bound_port(int fd, unsigned *port)
+{
+    struct sockaddr_storage addr;
+    socklen_t len = sizeof(addr);
+    if (getsockname(fd, (struct sockaddr *)&addr, &len) < 0)
+        return mf_err("getsockname(%d)", fd);
+    char service[8];
+    int err = getnameinfo((struct sockaddr *)&addr, len, NULL, 0, service, sizeof(service), NI_NUMERICSERV);
+    if (err != 0)
+        return mf_errx(EINVAL, "getnameinfo(%d): %s", fd, gai_strerror(err));
+    *port = (unsigned)atoi(service);
+    return true;
+}
+
+static void *loop_thread(void *arg)
+{
+    struct mf_front_loop *loop = arg;
+    mf_loop_run(loop);
+    mf_warn_last();
+    exit(1); /* a loop that cannot wait cannot serve: end the process, the supervisor restarts it */
+}
+
+/* Signals are blocked in every thread and taken by the main thread only. */
+static bool block_signals(sigset_t *set)
+{
+    sigemptyset(set);
+    sigaddset(set, SIGTERM);
+    sigaddset(set, SIGINT);
+    int err = pthread_sigmask(SIG_BLOCK, set, NULL);
+    if (err != 0)
+        return mf_errx(err, "pthread_sigmask(SIG_BLOCK, TERM|INT) failed: %s", strerror(err));
+    if (signal(SIGPIPE, SIG_IGN) == SIG_ERR)
+        return mf_err("signal(SIGPIPE, SIG_IGN)");
+    return true;
+}
+
+static bool serve(int argc, char **argv, const struct mf_front_backend *backend)
+{
+    struct mf_front_config config;
+    MF_TRY(parse_options(argc, argv, &config));
+    sigset_t signals;
+    MF_TRY(block_signals(&signals)); /* before any thread: they inherit the mask */
+    mf_cleanup_fd int listen_fd = -1;
+    MF_TRY(listen_on(&config, &listen_fd));
+    unsigned port = 0;
+    MF_TRY(bound_port(listen_fd, &port));
+    mf_cleanup_free struct mf_front_loop *loops = calloc(config.threads, sizeof(*loops));
+    if (loops == NULL)
+        return mf_err("calloc(%u loops)", config.threads);
+    for (unsigned i = 0; i < config.threads; i++)
+        MF_TRY(mf_loop_init(&loops[i], &config, backend, listen_fd));
+    for (unsigned i = 0; i < config.threads; i++) {
+        pthread_t thread;
+        int err = pthread_create(&thread, NULL, loop_thread, &loops[i]);
+        if (err != 0)
+            return mf_errx(err, "pthread_create(loop %u) failed: %s", i, strerror(err));
+    }
+    /* From here the threads use them until the process ends. */
+    (void)mf_steal_pointer(&loops);
+    (void)mf_steal_fd(&listen_fd);
+    /* The supervisor (and the tests) read the port from this line. */
+    printf("mayflyd-front: listening on %s port %u with %u threads\n", config.listen_host, port, config.threads);
+    if (fflush(stdout) == EOF)
+        return mf_err("fflush(stdout)");
+    int sig;
+    int err = sigwait(&signals, &sig);
+    if (err != 0)
+        return mf_errx(err, "sigwait(TERM|INT) failed: %s", strerror(err));
+    return true;
+}
+
+int mf_front_main(int argc, char **argv, const struct mf_front_backend *backend)
+{
+    if (!serve(argc, argv, backend)) {
+        mf_warn_last();
+        return mf_last_errno() == EINVAL ? 2 : 1;
+    }
+    return 0;
+}

@@ -1,0 +1,62 @@
+/*
+ * One event loop per thread: epoll (edge triggered for connections), the
+ * shared listening socket, and the connections' deadlines. Every timeout
+ * kind has one fixed duration, so appending to its list keeps the list
+ * sorted: arming, disarming and expiry are O(1) per connection.
+ */
+#ifndef MAYFLYD_FRONT_LOOP_H
+#define MAYFLYD_FRONT_LOOP_H
+
+#include <stdint.h>
+
+#include "front/front.h"
+
+struct mf_conn;
+
+enum mf_timer_kind {
+    MF_TIMER_NONE,
+    MF_TIMER_HEADER, /* config header_timeout_ms */
+    MF_TIMER_BODY,   /* config body_timeout_ms */
+    MF_TIMER_IDLE,   /* config idle_timeout_ms */
+    MF_TIMER_LINGER, /* MF_LINGER_MS: draining a client after our close */
+    MF_TIMER_KINDS,
+};
+
+/* How long a closing connection reads and discards what the client still
+ * sends, so that its unread bytes do not turn our last answer into a RST. */
+#define MF_LINGER_MS 2000
+
+struct mf_timer {
+    struct mf_timer *prev, *next;
+    uint64_t deadline_ms;
+    enum mf_timer_kind kind;
+};
+
+struct mf_timer_list {
+    struct mf_timer *first, *last;
+};
+
+struct mf_front_loop {
+    int epfd;
+    struct mf_front_watch listener;
+    const struct mf_front_config *config;
+    const struct mf_front_backend *backend; /* NULL: every request gets 503 */
+    struct mf_timer_list timers[MF_TIMER_KINDS];
+    uint64_t now_ms; /* CLOCK_MONOTONIC, read once per wake-up */
+    struct mf_conn *dead; /* closed during this wake-up; see mf_conn_free_dead */
+    struct mf_conn *again; /* to run again next turn; see mf_conn_run_again */
+    struct mf_front_watch accept_pause; /* timerfd: accepting resumes when it fires */
+};
+
+bool mf_loop_init(struct mf_front_loop *loop, const struct mf_front_config *config,
+                  const struct mf_front_backend *backend, int listen_fd);
+/* Runs until an epoll call fails (logged); never returns otherwise. */
+bool mf_loop_run(struct mf_front_loop *loop);
+
+/* (Re)arms the timer of the given kind from now; MF_TIMER_NONE disarms it. */
+void mf_timer_arm(struct mf_front_loop *loop, struct mf_timer *timer, enum mf_timer_kind kind);
+
+/* The next X-Request-Id: one counter for the whole process. */
+uint64_t mf_next_request_id(void);
+
+#endif /* MAYFLYD_FRONT_LOOP_H */
