@@ -14,6 +14,13 @@
 #include "front/front.h"
 #include "front/loop.h"
 
+/* What the routing table said of a request's Host. */
+enum mf_route_outcome {
+    MF_ROUTE_NO_TABLE,    /* none received yet (or no supervisor): 503 */
+    MF_ROUTE_NO_TENANT,   /* 404 */
+    MF_ROUTE_TENANT,      /* a tenant serves it */
+};
+
 struct mf_header_pos {
     uint32_t name_off, name_len, value_off, value_len;
 };
@@ -31,6 +38,8 @@ struct mf_front_ticket {
     bool want_continue;       /* Expect: 100-continue, not yet answered */
     bool closes;              /* the answer ends the connection */
     bool in_value;            /* the parser is in a header value */
+    enum mf_route_outcome route; /* decided when the head is complete */
+    uint64_t max_body;        /* the tenant's, within --max-body */
     /* The head as sent: method, target, header names and values, then the
      * normalised host, packed in buf; positions are offsets (buf grows). */
     char *buf;

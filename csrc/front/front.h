@@ -19,6 +19,8 @@
 struct mf_front_config {
     const char *listen_host;
     uint16_t listen_port;
+    int listen_fd;              /* >= 0: an inherited listening socket, instead of listen_host */
+    int control_fd;             /* >= 0: the supervisor's SOCK_SEQPACKET channel */
     unsigned threads;
     uint64_t header_timeout_ms; /* first byte of a head to its end (and a fresh connection's first byte) */
     uint64_t body_timeout_ms;   /* end of a head to the end of its body */

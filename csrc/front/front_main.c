@@ -1,13 +1,16 @@
 /*
- * mayflyd-front's start: options, the listening socket, one loop per
- * thread. SIGTERM and SIGINT end the process (graceful draining comes with
+ * mayflyd-front's start: options, the listening socket (its own or the
+ * supervisor's), one loop per thread, then the supervisor's control channel
+ * if there is one. SIGTERM and SIGINT end the process (graceful draining comes with
  * the hosts); SIGPIPE is ignored (a vanished client is a failed send).
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <netdb.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,12 +19,15 @@
 
 #include "base/cleanup.h"
 #include "base/log.h"
+#include "front/control.h"
 #include "front/front.h"
 #include "front/loop.h"
 
 static const char usage[] =
     "usage: mayflyd-front [options]\n"
     "  --listen HOST:PORT        address to serve (default 127.0.0.1:8080; port 0: any)\n"
+    "  --listen-fd N             serve this inherited listening socket instead\n"
+    "  --control-fd N            the supervisor's SOCK_SEQPACKET channel (routes; its end ends us)\n"
     "  --threads N               event loops, one per thread (default: online CPUs)\n"
     "  --header-timeout-ms MS    time for a request head (default 60000)\n"
     "  --body-timeout-ms MS      time for a request body after its head (default 60000)\n"
@@ -62,6 +68,8 @@ static bool parse_options(int argc, char **argv, struct mf_front_config *config)
 {
     static const struct option options[] = {
         {"listen", required_argument, NULL, 'l'},
+        {"listen-fd", required_argument, NULL, 'L'},
+        {"control-fd", required_argument, NULL, 'c'},
         {"threads", required_argument, NULL, 't'},
         {"header-timeout-ms", required_argument, NULL, 'H'},
         {"body-timeout-ms", required_argument, NULL, 'B'},
@@ -75,13 +83,15 @@ static bool parse_options(int argc, char **argv, struct mf_front_config *config)
     *config = (struct mf_front_config){
         .listen_host = "127.0.0.1", .listen_port = 8080, .threads = cpus > 0 ? (unsigned)cpus : 1,
         .header_timeout_ms = 60000, .body_timeout_ms = 60000, .idle_timeout_ms = 75000,
-        .max_body = 1 << 20, .max_pipeline = 16,
+        .max_body = 1 << 20, .max_pipeline = 16, .listen_fd = -1, .control_fd = -1,
     };
     uint64_t value;
     int opt;
     while ((opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
         switch (opt) {
         case 'l': MF_TRY(parse_listen(config, optarg)); break;
+        case 'L': MF_TRY(parse_number("--listen-fd", optarg, 0, INT32_MAX, &value)); config->listen_fd = (int)value; break;
+        case 'c': MF_TRY(parse_number("--control-fd", optarg, 0, INT32_MAX, &value)); config->control_fd = (int)value; break;
         case 't': MF_TRY(parse_number("--threads", optarg, 1, 1024, &value)); config->threads = (unsigned)value; break;
         case 'H': MF_TRY(parse_number("--header-timeout-ms", optarg, 1, 3600000, &config->header_timeout_ms)); break;
         case 'B': MF_TRY(parse_number("--body-timeout-ms", optarg, 1, 3600000, &config->body_timeout_ms)); break;
@@ -123,6 +133,36 @@ static bool listen_on(const struct mf_front_config *config, int *out)
     freeaddrinfo(found);
     MF_TRY(ok);
     *out = mf_steal_fd(&fd);
+    return true;
+}
+
+static bool socket_type_is(int fd, int type, const char *option)
+{
+    int actual;
+    socklen_t len = sizeof(actual);
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &actual, &len) < 0)
+        return mf_err("getsockopt(%s %d, SO_TYPE)", option, fd);
+    if (actual != type)
+        return mf_errx(EINVAL, "%s %d: socket type %d, not %d", option, fd, actual, type);
+    return true;
+}
+
+/* The supervisor's listening socket: it keeps the port while a front end
+ * restarts, so a crash refuses no connection. */
+static bool inherit_listener(int fd)
+{
+    MF_TRY(socket_type_is(fd, SOCK_STREAM, "--listen-fd"));
+    int listening;
+    socklen_t len = sizeof(listening);
+    if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) < 0)
+        return mf_err("getsockopt(--listen-fd %d, SO_ACCEPTCONN)", fd);
+    if (!listening)
+        return mf_errx(EINVAL, "--listen-fd %d is not listening", fd);
+    int flags = fcntl(fd, F_GETFL);
+    if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0)
+        return mf_err("fcntl(--listen-fd %d, O_NONBLOCK)", fd);
+    if (fcntl(fd, F_SETFD, FD_CLOEXEC) < 0)
+        return mf_err("fcntl(--listen-fd %d, FD_CLOEXEC)", fd);
     return true;
 }
 
@@ -170,7 +210,18 @@ static bool serve(int argc, char **argv, const struct mf_front_backend *backend)
     sigset_t signals;
     MF_TRY(block_signals(&signals)); /* before any thread: they inherit the mask */
     mf_cleanup_fd int listen_fd = -1;
-    MF_TRY(listen_on(&config, &listen_fd));
+    if (config.listen_fd >= 0) {
+        MF_TRY(inherit_listener(config.listen_fd));
+        listen_fd = config.listen_fd;
+        config.listen_host = "an inherited socket";
+    } else {
+        MF_TRY(listen_on(&config, &listen_fd));
+    }
+    if (config.control_fd >= 0) {
+        MF_TRY(socket_type_is(config.control_fd, SOCK_SEQPACKET, "--control-fd"));
+        if (fcntl(config.control_fd, F_SETFD, FD_CLOEXEC) < 0)
+            return mf_err("fcntl(--control-fd %d, FD_CLOEXEC)", config.control_fd);
+    }
     unsigned port = 0;
     MF_TRY(bound_port(listen_fd, &port));
     mf_cleanup_free struct mf_front_loop *loops = calloc(config.threads, sizeof(*loops));
@@ -185,12 +236,14 @@ static bool serve(int argc, char **argv, const struct mf_front_backend *backend)
             return mf_errx(err, "pthread_create(loop %u) failed: %s", i, strerror(err));
     }
     /* From here the threads use them until the process ends. */
-    (void)mf_steal_pointer(&loops);
+    struct mf_front_loop *loops_used = mf_steal_pointer(&loops);
     (void)mf_steal_fd(&listen_fd);
     /* The supervisor (and the tests) read the port from this line. */
     printf("mayflyd-front: listening on %s port %u with %u threads\n", config.listen_host, port, config.threads);
     if (fflush(stdout) == EOF)
         return mf_err("fflush(stdout)");
+    if (config.control_fd >= 0)
+        return mf_control_run(config.control_fd, &signals, loops_used, config.threads);
     int sig;
     int err = sigwait(&signals, &sig);
     if (err != 0)

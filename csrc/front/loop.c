@@ -176,6 +176,7 @@ bool mf_loop_run(struct mf_front_loop *loop)
         if (n < 0 && errno != EINTR)
             return mf_err("epoll_wait(%d)", loop->epfd);
         loop->now_ms = monotonic_ms();
+        mf_routes_take(loop); /* before any event: what was read after a publication sees it */
         mf_conn_run_again(loop); /* those from the last turn first: round robin */
         for (int i = 0; i < n; i++) {
             struct mf_front_watch *watch = events[i].data.ptr;

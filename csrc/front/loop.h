@@ -7,9 +7,11 @@
 #ifndef MAYFLYD_FRONT_LOOP_H
 #define MAYFLYD_FRONT_LOOP_H
 
+#include <stdatomic.h>
 #include <stdint.h>
 
 #include "front/front.h"
+#include "front/routes.h"
 
 struct mf_conn;
 
@@ -46,6 +48,10 @@ struct mf_front_loop {
     struct mf_conn *dead; /* closed during this wake-up; see mf_conn_free_dead */
     struct mf_conn *again; /* to run again next turn; see mf_conn_run_again */
     struct mf_front_watch accept_pause; /* timerfd: accepting resumes when it fires */
+    /* The routing table in use (NULL: none yet, every request gets 503),
+     * and the newest one published for this loop (routes.h). */
+    struct mf_routes *routes;
+    _Atomic(struct mf_routes *) routes_pending;
 };
 
 bool mf_loop_init(struct mf_front_loop *loop, const struct mf_front_config *config,

@@ -150,6 +150,25 @@ static int check_head(llhttp_t *parser, struct mf_front_ticket *t)
     return 0;
 }
 
+/* Decided once the Host is known, and kept: the table may change before
+ * the body ends, but not what this request was told. */
+static void route(const struct mf_front_loop *loop, struct mf_front_ticket *t)
+{
+    t->max_body = loop->config->max_body;
+    if (loop->routes == NULL) {
+        t->route = MF_ROUTE_NO_TABLE;
+        return;
+    }
+    const struct mf_tenant_route *tenant = mf_routes_match(loop->routes, t->buf + t->host_off, t->host_len);
+    if (tenant == NULL) {
+        t->route = MF_ROUTE_NO_TENANT;
+        return;
+    }
+    t->route = MF_ROUTE_TENANT;
+    if (tenant->limits.max_body < t->max_body)
+        t->max_body = tenant->limits.max_body;
+}
+
 static int on_headers_complete(llhttp_t *parser)
 {
     struct mf_conn *conn = conn_of(parser);
@@ -160,7 +179,8 @@ static int on_headers_complete(llhttp_t *parser)
     int status = check_head(parser, t);
     if (status != 0)
         return refuse(parser, status, "invalid request head");
-    if ((parser->flags & F_CONTENT_LENGTH) && parser->content_length > conn->loop->config->max_body)
+    route(conn->loop, t);
+    if ((parser->flags & F_CONTENT_LENGTH) && parser->content_length > t->max_body)
         return refuse(parser, 413, "request body too large");
     t->head_only = parser->method == HTTP_HEAD;
     bool has_body = (parser->flags & F_CHUNKED) || ((parser->flags & F_CONTENT_LENGTH) && parser->content_length > 0);
@@ -176,7 +196,7 @@ static int on_body(llhttp_t *parser, const char *at, size_t len)
 {
     struct mf_conn *conn = conn_of(parser);
     struct mf_front_ticket *t = conn->parsing;
-    if (t->body_len + len > conn->loop->config->max_body)
+    if (t->body_len + len > t->max_body)
         return refuse(parser, 413, "request body too large"); /* chunked: known only now */
     if (!mf_reserve(&t->body, &t->body_cap, t->body_len + len, 4096)) {
         mf_warn_last();

@@ -80,9 +80,17 @@ void mf_conn_request_end(struct mf_conn *conn)
             conn->broken = true;
         return;
     }
-    if (backend == NULL) {
+    if (t->route == MF_ROUTE_NO_TENANT) {
         mf_ticket_free_request(t);
-        if (!mf_render_daemon(t, 503, "no tenant is connected", "Retry-After: 1", false))
+        if (!mf_render_daemon(t, 404, "no tenant serves this host", NULL, false))
+            conn->broken = true;
+        return;
+    }
+    if (backend == NULL) {
+        /* No hosts yet: a routed tenant's program cannot be running. */
+        const char *why = t->route == MF_ROUTE_TENANT ? "the tenant's program is not running" : "no tenant is connected";
+        mf_ticket_free_request(t);
+        if (!mf_render_daemon(t, 503, why, "Retry-After: 1", false))
             conn->broken = true;
         return;
     }

@@ -80,6 +80,8 @@ enum mf_msg_type {
     MF_MSG_WORKER_READY = 64,  /* payload: mf_worker_ready; snapshot taken */
     MF_MSG_REQUEST_DONE = 65,  /* payload: mf_request_done; rewound, idle */
     MF_MSG_WORKER_FAILED = 66, /* payload: UTF-8 reason; the worker exits */
+
+    /* 96..127: the front end's control channel, in wire/front_protocol.h */
 };
 
 struct mf_frame_header {
