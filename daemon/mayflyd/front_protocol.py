@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from mayflyd.protocol import FRAME_HEADER, FRAME_HEADER_SIZE, MAGIC, PROTOCOL_VERSION, ProtocolError
+from mayflyd.protocol import ProtocolError, pack_frame, parse_frame
 
 __all__ = [
     "MSG_ROUTES", "MSG_ROUTES_ACK", "MSG_ROUTES_REFUSED", "MAX_ROUTES_PAYLOAD", "MAX_TENANTS", "MAX_NAME",
@@ -84,25 +84,18 @@ def encode_routes(generation: int, tenants: Sequence[TenantRoute]) -> bytes:
             encoded = host.encode("ascii")
             parts.append(ROUTE_HOST.pack(len(encoded), 0))
             parts.append(encoded)
-    payload = b"".join(parts)
-    if len(payload) > MAX_ROUTES_PAYLOAD:
-        raise ValueError(f"a routing table of {len(payload)} bytes, over {MAX_ROUTES_PAYLOAD}")
-    return FRAME_HEADER.pack(MAGIC, MSG_ROUTES, PROTOCOL_VERSION, 0, len(payload), 0) + payload
+    return pack_frame(MSG_ROUTES, 0, b"".join(parts), max_payload=MAX_ROUTES_PAYLOAD)
 
 
 def decode_answer(packet: bytes) -> RoutesAnswer:
     """The front end's ROUTES_ACK or ROUTES_REFUSED; ProtocolError for anything else."""
-    if len(packet) < FRAME_HEADER_SIZE + ROUTES_ACK.size:
-        raise ProtocolError(f"short packet of {len(packet)} bytes")
-    magic, msg_type, version, _req_id, payload_len, reserved = FRAME_HEADER.unpack_from(packet)
-    if magic != MAGIC or version != PROTOCOL_VERSION or reserved != 0:
-        raise ProtocolError(f"bad frame (magic {magic:#x}, version {version})")
-    if payload_len != len(packet) - FRAME_HEADER_SIZE:
-        raise ProtocolError(f"payload_len {payload_len} but packet carries {len(packet) - FRAME_HEADER_SIZE}")
-    (generation,) = ROUTES_ACK.unpack_from(packet, FRAME_HEADER_SIZE)
-    rest = packet[FRAME_HEADER_SIZE + ROUTES_ACK.size:]
-    if msg_type == MSG_ROUTES_ACK and not rest:
+    frame = parse_frame(packet)
+    if len(frame.payload) < ROUTES_ACK.size:
+        raise ProtocolError(f"short answer of {len(frame.payload)} bytes")
+    (generation,) = ROUTES_ACK.unpack_from(frame.payload)
+    rest = frame.payload[ROUTES_ACK.size:]
+    if frame.type == MSG_ROUTES_ACK and not rest:
         return RoutesAnswer(generation, True, "")
-    if msg_type == MSG_ROUTES_REFUSED:
+    if frame.type == MSG_ROUTES_REFUSED:
         return RoutesAnswer(generation, False, rest.decode("utf-8", "replace"))
-    raise ProtocolError(f"unexpected message type {msg_type} on the front end's control channel")
+    raise ProtocolError(f"unexpected message type {frame.type} on the front end's control channel")

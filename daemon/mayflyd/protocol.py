@@ -115,9 +115,11 @@ class Frame:
     payload: bytes
 
 
-def pack_frame(msg_type: int, req_id: int, payload: bytes = b"") -> bytes:
-    if len(payload) > MAX_PAYLOAD:
-        raise ValueError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
+def pack_frame(msg_type: int, req_id: int, payload: bytes = b"", *, max_payload: int = MAX_PAYLOAD) -> bytes:
+    """One packet; max_payload is the channel's own limit (the front end's
+    routing table may be larger than a request frame)."""
+    if len(payload) > max_payload:
+        raise ValueError(f"payload of {len(payload)} bytes exceeds {max_payload}")
     return FRAME_HEADER.pack(MAGIC, msg_type, PROTOCOL_VERSION, req_id, len(payload), 0) + payload
 
 
