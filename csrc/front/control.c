@@ -13,6 +13,7 @@
 #include "base/log.h"
 #include "front/routes.h"
 #include "wire/front_protocol.h"
+#include "wire/proto.h"
 
 /* An answer is small and the supervisor reads it: a blocking send on the
  * main thread, which serves nothing else. */
@@ -23,9 +24,8 @@ static bool send_answer(int fd, uint16_t type, uint64_t generation, const char *
         reason_len = 1024;
     char packet[MF_FRAME_HEADER_SIZE + sizeof(struct mf_routes_ack) + 1024];
     struct mf_routes_ack ack = {.generation = generation};
-    struct mf_frame_header header = {
-        .magic = MF_MAGIC, .type = type, .version = MF_PROTOCOL_VERSION,
-        .payload_len = (uint32_t)(sizeof(ack) + reason_len)};
+    struct mf_frame_header header;
+    mf_frame_init(&header, type, 0, (uint32_t)(sizeof(ack) + reason_len));
     memcpy(packet, &header, sizeof(header));
     memcpy(packet + sizeof(header), &ack, sizeof(ack));
     if (reason_len > 0)
@@ -44,17 +44,10 @@ static bool handle(int fd, const char *packet, size_t len, struct mf_front_loop 
     uint64_t generation = 0;
     struct mf_routes *routes = NULL;
     bool ok = false;
-    if (len < sizeof(header)) {
-        (void)mf_errx(EINVAL, "control: a packet of %zu bytes", len);
-    } else {
-        memcpy(&header, packet, sizeof(header));
-        if (len >= sizeof(header) + sizeof(generation))
-            memcpy(&generation, packet + sizeof(header), sizeof(generation)); /* to name it in a refusal */
-        if (header.magic != MF_MAGIC || header.version != MF_PROTOCOL_VERSION || header.reserved != 0
-            || header.payload_len != len - sizeof(header))
-            (void)mf_errx(EINVAL, "control: bad frame (magic %#x, version %u, payload %u of %zu bytes)", header.magic,
-                    header.version, header.payload_len, len - sizeof(header));
-        else if (header.type != MF_MSG_ROUTES)
+    if (len >= sizeof(header) + sizeof(generation))
+        memcpy(&generation, packet + sizeof(header), sizeof(generation)); /* to name it in a refusal */
+    if (mf_frame_parse((const uint8_t *)packet, len, &header)) { /* else: its error says why */
+        if (header.type != MF_MSG_ROUTES)
             (void)mf_errx(EINVAL, "control: unexpected message type %u", header.type);
         else
             ok = mf_routes_decode(packet + sizeof(header), header.payload_len, &routes);
