@@ -356,8 +356,10 @@ def _process_roles(server: RunningServer) -> dict[int, str]:
     roles[root.pid] = "main process"
     if server.admin_socket:
         roles = {pid: "other daemon processes" for pid in roles}
-        roles[root.pid] = "supervisor (front end, routing, the hop)"
+        roles[root.pid] = "supervisor (control plane)"
         status = _status(server)
+        if status.get("front"):
+            roles[status["front"]["pid"]] = "front end (HTTP, routing, the hop)"
         if status.get("zygote"):
             roles[status["zygote"]["pid"]] = "zygote"
         for tenant in status["tenants"].values():
@@ -418,12 +420,7 @@ _AREAS: list[tuple[str, Callable[[str, str], bool]]] = [
     # own time of asyncio's Runner.run, which calls it.
     ("waiting (event loop select/epoll)", lambda f, fn: "select.epoll" in fn or "'poll' of" in fn
      or "select.select" in fn or (f.endswith("asyncio/runners.py") and fn == "run")),
-    ("hop to the host (host_handle.py, socket send/recv)", lambda f, fn: f.endswith("supervisor/host_handle.py")
-     or ("_socket.socket" in fn and any(s in fn for s in ("send", "recv")))),
-    ("protocol encode/decode (protocol.py)", lambda f, fn: f.endswith("mayflyd/protocol.py")),
-    ("routing (router.py)", lambda f, fn: f.endswith("supervisor/router.py")),
-    ("frontend.py", lambda f, fn: f.endswith("supervisor/frontend.py")),
-    ("aiohttp HTTP parsing and writing", lambda f, fn: "/aiohttp/" in f or "aiohttp" in fn),
+    ("aiohttp (admin API, metrics)", lambda f, fn: "/aiohttp/" in f or "aiohttp" in fn),
     ("other mayflyd", lambda f, fn: "/mayflyd/" in f),
     ("asyncio machinery", lambda f, fn: "/asyncio/" in f),
 ]

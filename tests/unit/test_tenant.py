@@ -1,4 +1,4 @@
-"""A Tenant's own bookkeeping, without hosts: its backoff and its counts."""
+"""A Tenant's own bookkeeping, without hosts: its backoff and what it tells the front end."""
 from __future__ import annotations
 
 import asyncio
@@ -8,8 +8,35 @@ from pathlib import Path
 import pytest
 
 from mayflyd.config import parse_config
+from mayflyd.supervisor.front_metrics import TenantCounts
+from mayflyd.supervisor.host_handle import SandboxHost
 from mayflyd.supervisor.metrics import Metrics
 from mayflyd.supervisor.tenant import BACKOFF_MAX, Tenant, TenantState, Walls
+
+
+class FakeDataPlane:
+    """What the tenant tells the front end, recorded."""
+
+    def __init__(self) -> None:
+        self.told: list[tuple[str, ...]] = []
+
+    def host_ready(self, tenant: str, host: SandboxHost) -> None:
+        self.told.append(("ready", tenant))
+
+    async def host_retired(self, host: SandboxHost, grace: float) -> None:
+        self.told.append(("retired",))
+
+    def host_gone(self, host: SandboxHost) -> None:
+        self.told.append(("gone",))
+
+    def tenant_starting(self, tenant: str) -> None:
+        self.told.append(("starting", tenant))
+
+    def tenant_down(self, tenant: str, reason: str) -> None:
+        self.told.append(("down", tenant, reason))
+
+    def counts(self, tenant: str) -> TenantCounts:
+        return TenantCounts()
 
 
 @pytest.fixture
@@ -17,7 +44,7 @@ def tenant(tmp_path: Path) -> Tenant:
     (tmp_path / "p.py").write_text("def on_client_request(request):\n    return 'x'\n")
     config = parse_config("tenants:\n  - {name: t, hosts: [t], program: p.py}\n", source="test", base_dir=tmp_path)
     walls = Walls(mode="none", cgroup_version=0, cgroup_base="", cgroup_prefix="test", seccomp=False)
-    return Tenant(config.tenants[0], walls, Metrics())
+    return Tenant(config.tenants[0], walls, Metrics(), FakeDataPlane())
 
 
 async def test_back_off_waits_says_why_and_doubles_up_to_the_ceiling(
@@ -35,13 +62,3 @@ async def test_back_off_waits_says_why_and_doubles_up_to_the_ceiling(
     assert (tenant.state, tenant.last_error) == (TenantState.BACKOFF, "boom")
     assert [r.getMessage() for r in caplog.records] == ["host died; restarting in 0.1s",
                                                         "the program failed to load: boom; restarting in 20.0s"]
-
-
-def test_errors_are_failures_and_refusals_not_the_programs_4xx(tenant: Tenant) -> None:
-    for status, by_program in [(200, True), (404, True), (400, True), (500, True), (503, True),
-                               (502, False), (504, False), (413, False), (408, False), (431, False)]:
-        tenant.request_done(status, 0.01, by_program=by_program)
-    assert (tenant.errors, tenant.program_4xx) == (7, 2)
-    status = tenant.status()
-    assert (status["errors"], status["program_4xx"]) == (7, 2)
-    assert sum(status["requests"].values()) == 10  # type: ignore[attr-defined]

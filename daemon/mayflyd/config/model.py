@@ -117,6 +117,10 @@ class Config:
     access_log: bool = TOP["access_log"].default
     zygote: bool = TOP["zygote"].default
     shutdown_grace_ms: int = TOP["shutdown_grace_ms"].default
+    header_timeout_ms: int = TOP["header_timeout_ms"].default
+    idle_timeout_ms: int = TOP["idle_timeout_ms"].default
+    front_threads: int = TOP["front_threads"].default  # 0: one per core of the daemon's affinity
+    front_uid: int = TOP["front_uid"].default
     defaults: Limits  # built-in defaults merged with defaults.limits
     tenants: tuple[TenantConfig, ...]
 

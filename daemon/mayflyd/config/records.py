@@ -146,6 +146,19 @@ TOP_KEYS: Final = (
         doc="One event per line on stderr, in this format."),
     Key(name="access_log", kind="bool", default=False,
         doc="One log line per request (method, path, status, duration, tenant, request id)."),
+    Key(name="header_timeout_ms", kind="int", default=60_000, low=1, high=_HOUR_MS,
+        doc="Time a client has to send a request's head, from its first byte (and a new"
+            " connection's first byte), and then its body: else `408` and the connection is closed."
+            " Takes effect at the next restart."),
+    Key(name="idle_timeout_ms", kind="int", default=75_000, low=1, high=_HOUR_MS,
+        doc="How long a keep-alive connection may stay idle between requests (or not read its"
+            " answer) before it is closed. Takes effect at the next restart."),
+    Key(name="front_threads", kind="int", default=0, shown_default="one per core the daemon may run on",
+        low=1, high=1024,
+        doc="Event loops of the HTTP front end, one thread each. Takes effect at the next restart."),
+    Key(name="front_uid", kind="id", default=65534, low=1, high=MAX_ID,
+        doc="The unprivileged uid (and gid) the HTTP front end runs as when the daemon runs as root:"
+            " the process that reads clients' bytes holds no capability. Takes effect at the next restart."),
     Key(name="shutdown_grace_ms", kind="int", default=10000, low=0, high=_HOUR_MS,
         doc="On SIGTERM/SIGINT, how long requests in flight may take to finish."
             " A second signal stops at once."),

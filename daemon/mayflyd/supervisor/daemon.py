@@ -25,18 +25,15 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-
 import mayflyd
 from mayflyd import _mayfly
 from mayflyd.config import Config, ConfigError, TenantConfig, load_config
 from mayflyd.supervisor.admin import AdminServer
 from mayflyd.supervisor.cgroups import leave_delegated_root, remove_stale_cgroups
-from mayflyd.supervisor.frontend import FrontEnd, make_server
+from mayflyd.supervisor.front_process import FrontProcess, FrontStartError, TenantView
 from mayflyd.supervisor.metrics import Metrics
 from mayflyd.supervisor.notify import Notifier
 from mayflyd.supervisor.program_files import program_fingerprint, program_version
-from mayflyd.supervisor.router import Router
 from mayflyd.supervisor.seccomp_policy import build_filters
 from mayflyd.supervisor.tenant import BASE_HOST_ENVIRONMENT, ReloadResult, Tenant, TenantState, Walls
 from mayflyd.supervisor.zygote_client import ZygoteClient
@@ -161,7 +158,7 @@ class Daemon:
         self._load = load
         self._watch = watch_programs
         self._tenants: dict[str, Tenant] = {}
-        self._router: Router[Tenant] = Router([])
+        self._front = FrontProcess(config, self._tenant_views)
         self._signals: asyncio.Queue[signal.Signals] = asyncio.Queue()
         self._metrics = Metrics()
         self._notifier = Notifier.from_environment()
@@ -174,8 +171,8 @@ class Daemon:
         self._zygote = (ZygoteClient(BASE_HOST_ENVIRONMENT, on_start=self._metrics.zygote_started)
                         if config.zygote else None)
 
-    def router(self) -> Router[Tenant]:
-        return self._router
+    def _tenant_views(self) -> list[TenantView]:
+        return [tenant.view() for tenant in self._tenants.values()]
 
     # ---- life ------------------------------------------------------------
 
@@ -187,6 +184,7 @@ class Daemon:
             # and (v2) out of the delegated root, which tenant groups need.
             await asyncio.to_thread(remove_stale_cgroups, self._walls)
             await asyncio.to_thread(leave_delegated_root, self._walls)
+            self._metrics.add_collector(self._front.collector())
             admin = AdminServer(self, self._metrics, socket_path=self.config.admin_socket,
                                 metrics_listen=self.config.metrics_listen)
             await admin.start()
@@ -195,8 +193,12 @@ class Daemon:
                 stack.push_async_callback(self._zygote.close)
             stack.push_async_callback(self._stop_tenants)
             await self._start_tenants(self.config.tenants)
-            runner = await self._listen()
-            stack.push_async_callback(self._drain_front_end, runner)
+            try:
+                await self._front.start()
+            except FrontStartError as exc:
+                log.error("%s", exc)
+                return 1
+            stack.push_async_callback(self._drain_front_end)
             log.info("listening on %s:%d with %d tenants", self.config.listen_host, self.config.listen_port,
                      len(self._tenants))
             self._notifier.ready(self._status_line())
@@ -234,32 +236,25 @@ class Daemon:
             if sig is signal.SIGHUP:
                 await self.reload()
 
-    async def _listen(self) -> web.BaseRunner:
-        front_end = FrontEnd(self.router, access_log=self.config.access_log)
-        runner = web.ServerRunner(make_server(front_end), handle_signals=False,
-                                  shutdown_timeout=self.config.shutdown_grace_ms / 1000)
-        await runner.setup()
-        site = web.TCPSite(runner, self.config.listen_host, self.config.listen_port, reuse_address=True)
-        await site.start()
-        return runner
-
-    async def _drain_front_end(self, runner: web.BaseRunner) -> None:
+    async def _drain_front_end(self) -> None:
         """Stop accepting; let requests in flight finish within the grace, or until a second signal."""
-        cleanup = asyncio.create_task(runner.cleanup())
+        cleanup = asyncio.create_task(self._front.close(self.config.shutdown_grace_ms / 1000))
         second = asyncio.create_task(self._signals.get())
         done, _ = await asyncio.wait({cleanup, second}, return_when=asyncio.FIRST_COMPLETED)
         if second in done and cleanup not in done:
             log.warning("%s again: stopping at once", second.result().name)
             cleanup.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await cleanup
+            await self._front.close(0.0)
         else:
             second.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
             await cleanup
 
     async def _start_tenants(self, configs: tuple[TenantConfig, ...]) -> dict[str, str]:
         """Start tenants until each serves or has failed once; why each that failed did."""
         assert self._walls is not None
-        new = {t.name: Tenant(t, self._walls, self._metrics, self._zygote) for t in configs}
+        new = {t.name: Tenant(t, self._walls, self._metrics, self._front, self._zygote) for t in configs}
         failed: dict[str, str] = {}
         for tenant in new.values():
             try:
@@ -269,14 +264,10 @@ class Daemon:
                 log.error("cannot set up the tenant: %s", exc, extra={"tenant": tenant.name})
         await asyncio.gather(*(t.wait_started() for t in new.values()))
         self._tenants.update(new)
-        self._rebuild_router()
         for tenant in new.values():
             if tenant.state is TenantState.BACKOFF:
                 failed[tenant.name] = f"{tenant.last_error} (in backoff, retrying)"
         return failed
-
-    def _rebuild_router(self) -> None:
-        self._router = Router((t, t.config.hosts, t.config.default) for t in self._tenants.values())
 
     async def _stop_tenants(self) -> None:
         tenants = list(self._tenants.values())
@@ -326,13 +317,13 @@ class Daemon:
         failed.update(await self._start_tenants(added))
         for tenant in removed:
             del self._tenants[tenant.name]
-        self._rebuild_router()
+        self.config = dataclasses.replace(self.config, tenants=new.tenants, defaults=new.defaults,
+                                          log_level=new.log_level, access_log=new.access_log)
+        await self._front.reconfigure(self.config)
         for tenant in removed:
             log.info("tenant removed from the configuration: draining and stopping", extra={"tenant": tenant.name})
             await tenant.stop(tenant.config.limits.request_timeout_ms / 1000)
             self._metrics.forget_tenant(tenant.name)
-        self.config = dataclasses.replace(self.config, tenants=new.tenants, defaults=new.defaults,
-                                          log_level=new.log_level)
         logging.getLogger().setLevel(new.log_level.upper())
         log.info("configuration reloaded: %d added, %d removed, %d tenants", len(added), len(removed),
                  len(self._tenants))
@@ -343,7 +334,8 @@ class Daemon:
     def _warn_restart_only(self, new: Config) -> None:
         """Settings a running daemon cannot change; they wait for a restart."""
         for key in ("listen_host", "listen_port", "cgroup", "cgroup_root", "cgroup_prefix", "admin_socket",
-                    "metrics_listen", "log_format", "access_log", "shutdown_grace_ms", "zygote"):
+                    "metrics_listen", "log_format", "shutdown_grace_ms", "zygote", "header_timeout_ms",
+                    "idle_timeout_ms", "front_threads", "front_uid"):
             if getattr(new, key) != getattr(self.config, key):
                 log.warning("%s changed in the configuration: it takes effect at the next restart", key)
 
@@ -392,6 +384,7 @@ class Daemon:
                       "seccomp": walls.seccomp} if walls else None,
             "last_reload": self._last_reload.as_dict() if self._last_reload else None,
             "zygote": {"pid": self._zygote.pid, "starts": self._zygote.starts} if self._zygote else None,
+            "front": {"pid": self._front.pid, "threads": self._front.threads, "restarts": self._front.restarts},
             "tenants": {name: tenant.status() for name, tenant in self._tenants.items()},
         }
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import collections
 import enum
 import logging
 import os
@@ -18,28 +17,23 @@ import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import mayflyd
 from mayflyd import _mayfly
 from mayflyd.config import TenantConfig
 from mayflyd.host.sandbox_host import HostSpec
-from mayflyd.protocol import ChildExit, Response, WorkerReplaced
-from mayflyd.supervisor.host_handle import (
-    HostStartError,
-    HostUnavailable,
-    RequestData,
-    SandboxCrashed,
-    SandboxError,
-    SandboxHost,
-)
+from mayflyd.protocol import ChildExit, WorkerReplaced
+from mayflyd.supervisor.front_metrics import TenantCounts
+from mayflyd.supervisor.front_process import TenantView
+from mayflyd.supervisor.host_handle import HostStartError, SandboxHost
 from mayflyd.supervisor.logs import OutputBudget
 from mayflyd.supervisor.metrics import Metrics
 from mayflyd.supervisor.program_files import program_version
 from mayflyd.supervisor.seccomp_policy import SeccompFilters, build_filters
 from mayflyd.supervisor.zygote_client import ZygoteClient
 
-__all__ = ["Tenant", "TenantBusy", "TenantState", "Walls", "SandboxOutOfMemory", "ReloadResult", "default_pool"]
+__all__ = ["DataPlane", "Tenant", "TenantState", "Walls", "ReloadResult", "default_pool"]
 
 log = logging.getLogger("mayflyd.tenant")
 
@@ -48,8 +42,6 @@ BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 30.0
 # A host that ran this long before dying starts the backoff afresh.
 STABLE_AFTER = 10.0
-# How long a safe request whose host died waits for a fresh one.
-RETRY_WAIT = 5.0
 # After its last request, how long a replaced host may take beyond the deadline.
 DRAIN_GRACE = 1.0
 
@@ -70,12 +62,16 @@ def default_pool() -> int:
     return len(os.sched_getaffinity(0)) or 1
 
 
-class TenantBusy(Exception):
-    """The tenant is at its concurrency limit."""
+class DataPlane(Protocol):
+    """What a tenant tells the front end, which serves its requests
+    (supervisor/front_process.py), and the counts it keeps for it."""
 
-
-class SandboxOutOfMemory(SandboxError):
-    """The OOM killer took the sandbox: the tenant is at its memory limit."""
+    def host_ready(self, tenant: str, host: SandboxHost) -> None: ...
+    async def host_retired(self, host: SandboxHost, grace: float) -> None: ...
+    def host_gone(self, host: SandboxHost) -> None: ...
+    def tenant_starting(self, tenant: str) -> None: ...
+    def tenant_down(self, tenant: str, reason: str) -> None: ...
+    def counts(self, tenant: str) -> TenantCounts: ...
 
 
 class TenantState(enum.Enum):
@@ -137,33 +133,26 @@ def host_environment(config: TenantConfig) -> dict[str, str]:
 
 
 class Tenant:
-    def __init__(self, config: TenantConfig, walls: Walls, metrics: Metrics,
+    def __init__(self, config: TenantConfig, walls: Walls, metrics: Metrics, data_plane: DataPlane,
                  zygote: ZygoteClient | None = None) -> None:
         self.config = config
+        self._data_plane = data_plane
         self._zygote = zygote  # forks its hosts; None: each host is a fresh interpreter
         self._walls = walls
         self._metrics = metrics
         self._host: SandboxHost | None = None
         self._draining: set[SandboxHost] = set()
-        self._in_flight = 0
         self._lock = asyncio.Lock()          # one host start (reload or restart) at a time
-        self._host_changed = asyncio.Event()  # set whenever a new host is installed
         self._supervisor: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._output = OutputBudget()
         self._filters = SeccompFilters(loading=b"", request=b"")
-        self._oom_kills = 0
         self.state = TenantState.STOPPED
         self._stopping = False
         self.last_error = ""
+        self._down = ""  # why no host will come soon (the program fails to load); "" otherwise
         self.last_reload: ReloadResult | None = None
         self.restarts = 0
-        self.limit_hits: collections.Counter[str] = collections.Counter()
-        self.requests: collections.Counter[str] = collections.Counter()
-        self.errors = 0        # see request_done
-        self.program_4xx = 0
-        self.rewinds = 0
-        self.pages_rewound = 0
         self.worker_replacements = 0
 
     @property
@@ -190,43 +179,28 @@ class Tenant:
             pool=config.pool or default_pool(), pool_idle_ms=config.pool_idle_ms,
             verify_rewind=config.verify_rewind)
 
-    def limit_hit(self, limit: str, req_id: int, detail: str) -> None:
-        """Count and log a request that ran into one of the tenant's limits."""
-        self.limit_hits[limit] += 1
-        self._metrics.limit_hit(self.name, limit)
-        log.warning("limit hit: %s (%s)", limit, detail, extra={"tenant": self.name, "req": req_id})
-
-    def request_done(self, status: int, seconds: float, *, by_program: bool) -> None:
-        """Count one answer, by status, and as an error or not.
-
-        `errors` counts the requests the tenant failed to serve: every 5xx
-        (the program raised, crashed, ran out of time or memory, or was not
-        running) and every request the daemon refused for a limit with a 4xx
-        of its own (408, 413, 431). A 4xx the program chose (404 for an
-        unknown path, 400 for bad input) is the program's answer, not a
-        failure: counted apart in `program_4xx`.
-        """
-        self.requests[str(status)] += 1
-        if status >= 500 or (status >= 400 and not by_program):
-            self.errors += 1
-            self._metrics.request_failed(self.name)
-        elif status >= 400:
-            self.program_4xx += 1
-        self._metrics.request_done(self.name, status, seconds)
+    def view(self) -> TenantView:
+        """What a (re)started front end is told about this tenant."""
+        host = self._host if self._host is not None and self._host.ready else None
+        return TenantView(name=self.name, host=host, down=self._down if host is None else "")
 
     def status(self) -> dict[str, object]:
         hosts = [host for host in (self._host, *self._draining) if host is not None]
+        counts = self._data_plane.counts(self.name)
         return {
             "program": str(self.config.program), "version": self.version,
             "engine": self._walls.engine_of(self.config), "engine_configured": self.config.engine,
-            "rewinds": self.rewinds, "pages_rewound": self.pages_rewound,
+            "rewinds": counts.rewinds, "pages_rewound": counts.pages_rewound,
             "worker_replacements": self.worker_replacements,
             "state": self.state.value, "error": self.last_error or None,
-            "hosts": [{"pid": h.pid, "version": h.version, "in_flight": h.in_flight,
-                       "draining": h is not self._host} for h in hosts],
-            "in_flight": self._in_flight, "restarts": self.restarts, "requests": dict(self.requests),
-            "errors": self.errors, "program_4xx": self.program_4xx,
-            "limit_hits": dict(self.limit_hits),
+            "hosts": [{"pid": h.pid, "version": h.version, "draining": h is not self._host} for h in hosts],
+            # The front end's counts: every answer by status; errors are the
+            # 5xx and the daemon's refusals for a limit (408, 413, 431), not
+            # the 4xx a program chose (program_4xx).
+            "in_flight": counts.in_flight, "restarts": self.restarts,
+            "requests": {str(status): n for status, n in sorted(counts.statuses.items())},
+            "errors": counts.errors, "program_4xx": counts.program_4xx,
+            "limit_hits": dict(counts.limit_hits),
             "last_reload": self.last_reload.as_dict() if self.last_reload else None,
         }
 
@@ -342,9 +316,9 @@ class Tenant:
         old, self._host = self._host, host
         self.state = TenantState.READY
         self.last_error = ""
+        self._down = ""
         self._metrics.host_started(self.name)
-        self._host_changed.set()
-        self._host_changed = asyncio.Event()
+        self._data_plane.host_ready(self.name, host)
         log.info("host %d ready, serving version %s of %s", host.pid, host.version, self.config.program,
                  extra={"tenant": self.name})
         if old is not None:
@@ -359,9 +333,8 @@ class Tenant:
         """Let the host's requests finish (within `grace`), then stop it."""
         self._draining.add(host)
         try:
-            deadline = time.monotonic() + grace
-            while host.in_flight and time.monotonic() < deadline and not host.exited.is_set():
-                await asyncio.sleep(0.02)
+            if not host.exited.is_set():
+                await self._data_plane.host_retired(host, grace)
             await host.stop()
             self._metrics.host_stopped(self.name)
         finally:
@@ -380,6 +353,8 @@ class Tenant:
                 if host is not self._host:
                     continue  # replaced by a reload; the new one is watched next
                 self._host = None
+                self._data_plane.host_gone(host)
+                self._data_plane.tenant_starting(self.name)
                 await host.kill()  # closes its control socket and relay tasks
                 self.restarts += 1
                 self._metrics.host_stopped(self.name)
@@ -396,6 +371,8 @@ class Tenant:
                     except (HostStartError, OSError) as exc:
                         failure = exc
             if failure is not None:
+                self._down = str(failure)
+                self._data_plane.tenant_down(self.name, self._down)
                 delay = await self._back_off(delay, str(failure), logging.ERROR,
                                              f"the program failed to load: {failure}")
 
@@ -408,76 +385,10 @@ class Tenant:
         return min(delay * 2, BACKOFF_MAX)
 
     def _sandbox_exited(self, message: ChildExit | WorkerReplaced) -> None:
+        """The host's reports to the supervisor: a replaced worker (a
+        sandbox's own exit goes to the front end, which counts it)."""
         if isinstance(message, WorkerReplaced):
             # A dirty worker never serves again; this is how often that happens.
             self.worker_replacements += 1
             self._metrics.worker_replaced(self.name)
             log.warning("reset engine: a worker was replaced: %s", message.reason, extra={"tenant": self.name})
-            return
-        if message.cost_us:
-            self._metrics.sandbox_cost(self.name, message.cost_us / 1e6)
-        if self._walls.engine_of(self.config) == "reset" and message.cost_us:
-            self.rewinds += 1
-            self.pages_rewound += message.pages
-            self._metrics.pages_rewound(self.name, message.pages)
-
-    # ---- requests --------------------------------------------------------
-
-    async def handle(self, request: RequestData) -> Response:
-        """Run one request; raises TenantBusy, HostUnavailable or a SandboxError."""
-        limits = self.config.limits
-        if self._in_flight >= limits.concurrency:
-            raise TenantBusy(f"{self._in_flight} requests in flight, limit {limits.concurrency}")
-        host = self._host
-        if host is None or not host.ready:
-            raise HostUnavailable(f"the tenant is {self.state.value}"
-                                  + (f": {self.last_error}" if self.last_error else ""))
-        self._in_flight += 1
-        try:
-            try:
-                return await self._run(host, request)
-            except SandboxCrashed as exc:
-                # No exit report and the host gone: the host died, not the request.
-                if exc.wait_status is None and request.method in ("GET", "HEAD") and await host.died(0.5):
-                    fresh = await self._fresh_host(host)
-                    if fresh is not None:
-                        log.info("host died under the request; retrying once on host %d", fresh.pid,
-                                 extra={"tenant": self.name, "req": request.req_id})
-                        return await self._run(fresh, request)
-                raise
-        finally:
-            self._in_flight -= 1
-
-    async def _run(self, host: SandboxHost, request: RequestData) -> Response:
-        limits = self.config.limits
-        try:
-            return await host.run(request, timeout=limits.request_timeout_ms / 1000,
-                                  max_response=limits.max_response)
-        except SandboxCrashed as exc:
-            if exc.killed and await self._oom_killed_since_last_look():
-                raise SandboxOutOfMemory(f"{exc}; the tenant is at its memory limit") from None
-            raise
-
-    async def _fresh_host(self, dead: SandboxHost) -> SandboxHost | None:
-        """A ready host other than `dead`, once the supervisor has one."""
-        try:
-            async with asyncio.timeout(RETRY_WAIT):
-                while self._host is None or self._host is dead or not self._host.ready:
-                    await self._host_changed.wait()
-        except TimeoutError:
-            return None
-        return self._host
-
-    async def _oom_killed_since_last_look(self) -> bool:
-        """Whether the cgroup's OOM-kill counter moved."""
-        if not self._walls.cgroup_version:
-            return False
-        try:
-            stats = await asyncio.to_thread(_mayfly.cgroup_stats, self._walls.cgroup_version,
-                                            self._walls.cgroup_base, self._walls.group_of(self.name))
-        except OSError:
-            return False
-        kills = stats.get("oom_kill", 0)
-        moved = kills > self._oom_kills
-        self._oom_kills = kills
-        return moved

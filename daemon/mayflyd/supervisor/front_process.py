@@ -1,0 +1,321 @@
+"""The data plane as the supervisor sees it: mayflyd-front, kept running.
+
+The supervisor owns the listening socket, the front end's control channel
+and its metrics area, so that a front end that dies refuses no connection
+and loses no count: it is restarted at once with the same three, and is told
+again the routing table, each tenant's state and every serving host (a new
+data channel per host and front-end thread). The supervisor does no work per
+request: it speaks to the front end only when a table, a tenant's state or a
+host changes.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mayflyd
+from mayflyd.config import Config
+from mayflyd.front_protocol import TENANT_DOWN, TENANT_STARTING
+from mayflyd.supervisor.front_link import FrontGone, FrontLink, RoutesRefused, routes_of
+from mayflyd.supervisor.front_metrics import FrontMetrics, FrontMetricsCollector, TenantCounts
+from mayflyd.supervisor.host_handle import SandboxHost
+from mayflyd.supervisor.seccomp_policy import build_front_filter
+
+__all__ = ["FrontProcess", "FrontStartError", "TenantView", "front_executable"]
+
+log = logging.getLogger("mayflyd.front")
+
+# Tenants a daemon may have had over its life: one metrics slot each.
+METRICS_SLOTS = 4096
+# Deaths of the front end within CRASH_WINDOW seconds before restarts wait.
+CRASH_LOOP = 5
+CRASH_WINDOW = 10.0
+CRASH_DELAY = 1.0
+# The largest body any tenant may accept (the max_body key's ceiling).
+MAX_BODY_CEILING = 1 << 30
+
+
+class FrontStartError(Exception):
+    """The front end could not be started."""
+
+
+def front_executable() -> Path:
+    return Path(mayflyd.__file__).resolve().parent / "bin" / "mayflyd-front"
+
+
+@dataclass(frozen=True, slots=True)
+class TenantView:
+    """What the front end is told about one tenant when it (re)starts."""
+
+    name: str
+    host: SandboxHost | None   # the serving host, if any
+    down: str                  # why no host will come soon; "" while one is (or will be) serving
+
+
+@dataclass(slots=True)
+class _Drain:
+    threads_left: set[int]
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class FrontProcess:
+    """One mayflyd-front at a time, restarted whenever it ends until close()."""
+
+    def __init__(self, config: Config, tenants: Callable[[], Iterable[TenantView]]) -> None:
+        self._config = config
+        self._tenants = tenants
+        self.threads = config.front_threads or len(os.sched_getaffinity(0)) or 1
+        self.metrics = FrontMetrics(threads=self.threads, slots=METRICS_SLOTS)
+        self._slots: dict[str, int] = {}
+        self._listener: socket.socket | None = None
+        self._filter_fd = -1
+        self._link: FrontLink | None = None
+        self._proc: asyncio.subprocess.Process | None = None
+        self._keeper: asyncio.Task[None] | None = None
+        self._host_ids: dict[SandboxHost, int] = {}
+        self._next_host_id = 0
+        self._drains: dict[int, _Drain] = {}
+        self._deaths: list[float] = []
+        self._closing = False
+        self.restarts = 0
+
+    # ---- life ------------------------------------------------------------
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid if self._proc is not None else 0
+
+    def slot_of(self, tenant: str) -> int:
+        """The tenant's metrics slot, the same for the daemon's whole life."""
+        slot = self._slots.get(tenant)
+        if slot is None:
+            if len(self._slots) >= METRICS_SLOTS:
+                raise FrontStartError(f"more than {METRICS_SLOTS} tenants over this daemon's life: restart it")
+            slot = self._slots[tenant] = len(self._slots)
+        return slot
+
+    def counts(self, tenant: str) -> TenantCounts:
+        """What the front end counted for the tenant, over its whole life."""
+        return self.metrics.snapshot(self.slot_of(tenant))
+
+    def collector(self) -> FrontMetricsCollector:
+        """The Prometheus collector of the front end's counts, for the tenants configured now."""
+        return FrontMetricsCollector(self.metrics, lambda: {view.name: self.slot_of(view.name)
+                                                            for view in self._tenants()})
+
+    async def start(self) -> None:
+        """Listen, start the front end and give it the current table; raises FrontStartError."""
+        try:
+            self._listener = socket.create_server((self._config.listen_host, self._config.listen_port),
+                                                  family=_family(self._config.listen_host), backlog=4096,
+                                                  reuse_port=False)
+        except OSError as exc:
+            raise FrontStartError(f"cannot listen on {self._config.listen_host}:{self._config.listen_port}: "
+                                  f"{exc.strerror or exc}") from None
+        bpf = await asyncio.to_thread(build_front_filter)
+        self._filter_fd = os.memfd_create("mayflyd-front-filter", os.MFD_CLOEXEC)
+        os.write(self._filter_fd, bpf)
+        await self._spawn()
+        self._keeper = asyncio.create_task(self._keep_running(), name="mayflyd-front")
+
+    async def close(self, grace: float) -> None:
+        """Stop accepting, let requests in flight finish within `grace`, then stop the front end."""
+        self._closing = True
+        if self._keeper is not None:
+            self._keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keeper
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            proc.terminate()  # SIGTERM: it stops accepting and finishes what it holds
+            try:
+                async with asyncio.timeout(grace + 1.0):
+                    await proc.wait()
+            except TimeoutError:
+                log.warning("the front end did not stop within %.1fs, killing it", grace + 1.0)
+                proc.kill()
+                await proc.wait()
+        if self._link is not None:
+            self._link.close()
+            self._link = None
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        if self._filter_fd >= 0:
+            os.close(self._filter_fd)
+            self._filter_fd = -1
+        for drain in self._drains.values():
+            drain.done.set()
+        self.metrics.close()
+
+    async def _spawn(self) -> None:
+        assert self._listener is not None
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        exe = os.open(front_executable(), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            config = self._config
+            fds = (self._listener.fileno(), theirs.fileno(), self.metrics.fd(), self._filter_fd, exe)
+            argv = ["mayflyd-front", "--listen-fd", str(fds[0]), "--control-fd", str(fds[1]),
+                    "--metrics-fd", str(fds[2]), "--seccomp-fd", str(fds[3]),
+                    "--threads", str(self.threads), "--header-timeout-ms", str(config.header_timeout_ms),
+                    "--body-timeout-ms", str(config.header_timeout_ms),
+                    "--idle-timeout-ms", str(config.idle_timeout_ms), "--max-body", str(MAX_BODY_CEILING),
+                    "--log-format", config.log_format]
+            root = os.geteuid() == 0
+            # Executed through its fd: the unprivileged uid needs no search
+            # permission on the directories the package was installed in.
+            self._proc = await asyncio.create_subprocess_exec(
+                *argv, executable=f"/proc/self/fd/{exe}",
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=None,
+                pass_fds=fds, cwd="/", start_new_session=True,
+                **({"user": config.front_uid, "group": config.front_uid, "extra_groups": []} if root else {}))
+        except OSError as exc:
+            ours.close()
+            raise FrontStartError(f"cannot start {front_executable()}: {exc}") from None
+        finally:
+            os.close(exe)
+            theirs.close()
+        self._link = FrontLink(ours, on_drained=self._drained)
+        log.info("front end %d started: %d threads on %s:%d", self._proc.pid, self.threads,
+                 config.listen_host, config.listen_port)
+        try:
+            await self._tell_everything()
+        except (FrontGone, RoutesRefused, OSError) as exc:
+            log.error("the new front end did not take its configuration: %s", exc)
+            if self._proc.returncode is None:
+                self._proc.kill()
+
+    async def _tell_everything(self) -> None:
+        """A new front end: the table, every tenant's state and its serving host."""
+        await self.send_routes(self._config)
+        for view in self._tenants():
+            if view.host is not None and view.host.ready:
+                self.host_ready(view.name, view.host)
+            elif view.down:
+                self.tenant_down(view.name, view.down)
+
+    async def _keep_running(self) -> None:
+        while not self._closing:
+            proc = self._proc
+            assert proc is not None
+            status = await proc.wait()
+            if self._closing:
+                return
+            self.restarts += 1
+            how = (f"killed by signal {-status}" if status < 0 else f"exited with status {status}")
+            log.error("the front end %d %s; restarting it (the listening socket stays open)", proc.pid, how)
+            # Its data channels died with it: hosts being drained are drained.
+            for drain in self._drains.values():
+                drain.done.set()
+            self._drains.clear()
+            if self._link is not None:
+                self._link.close()
+                self._link = None
+            now = time.monotonic()
+            self._deaths = [t for t in self._deaths if now - t < CRASH_WINDOW] + [now]
+            if len(self._deaths) > CRASH_LOOP:
+                log.error("the front end died %d times in %.0fs: waiting %.1fs before the next start",
+                          len(self._deaths), CRASH_WINDOW, CRASH_DELAY)
+                await asyncio.sleep(CRASH_DELAY)
+            try:
+                await self._spawn()
+            except FrontStartError as exc:
+                log.error("%s; retrying in %.1fs", exc, CRASH_DELAY)
+                await asyncio.sleep(CRASH_DELAY)
+
+    # ---- what the front end is told ------------------------------------
+
+    async def reconfigure(self, config: Config) -> None:
+        """A reloaded configuration's table (its restart-only keys wait)."""
+        self._config = config
+        await self.send_routes(config)
+
+    async def send_routes(self, config: Config) -> None:
+        link = self._link
+        if link is None:
+            return  # a front end starting meanwhile is told by _tell_everything
+        routes = routes_of(config, self.slot_of)
+        try:
+            await link.send_routes(routes, access_log=config.access_log)
+        except FrontGone:
+            pass  # _keep_running restarts it, with this table
+
+    def host_ready(self, tenant: str, host: SandboxHost) -> None:
+        """A host serves the tenant: one data channel for each front-end thread."""
+        link = self._link
+        if link is None:
+            return
+        host_id = self._host_ids.get(host)
+        if host_id is None:
+            self._next_host_id += 1
+            host_id = self._host_ids[host] = self._next_host_id
+        try:
+            for thread in range(self.threads):
+                channel = host.attach_data_channel()
+                try:
+                    link.attach_host(host_id, thread, tenant, channel.fileno())
+                finally:
+                    channel.close()
+        except OSError as exc:
+            if exc.errno not in (errno.EPIPE, errno.ECONNRESET, errno.EBADF):
+                log.error("cannot hand host %d to the front end: %s", host.pid, exc, extra={"tenant": tenant})
+
+    def tenant_starting(self, tenant: str) -> None:
+        """No host right now, one is coming: the front end's requests for it wait."""
+        self._state(tenant, TENANT_STARTING, "")
+
+    def tenant_down(self, tenant: str, reason: str) -> None:
+        """No host will come soon: the front end answers 503 at once."""
+        self._state(tenant, TENANT_DOWN, reason)
+
+    def _state(self, tenant: str, state: int, reason: str) -> None:
+        if self._link is None:
+            return
+        try:
+            self._link.tenant_state(tenant, state, reason)
+        except OSError as exc:
+            log.warning("cannot tell the front end the tenant's state: %s", exc, extra={"tenant": tenant})
+
+    async def host_retired(self, host: SandboxHost, grace: float) -> None:
+        """No new request goes to `host`; returns once those in flight have ended, or after `grace`."""
+        host_id = self._host_ids.pop(host, None)
+        link = self._link
+        if host_id is None or link is None:
+            return
+        drain = self._drains[host_id] = _Drain(threads_left=set(range(self.threads)))
+        try:
+            link.detach_host(host_id)
+        except OSError:
+            self._drains.pop(host_id, None)
+            return
+        try:
+            async with asyncio.timeout(grace):
+                await drain.done.wait()
+        except TimeoutError:
+            log.warning("host %d still had requests in flight after %.1fs", host.pid, grace,
+                        extra={"tenant": host.tenant})
+        finally:
+            self._drains.pop(host_id, None)
+
+    def host_gone(self, host: SandboxHost) -> None:
+        """A host that died: the front end saw its channels end; forget its id."""
+        self._host_ids.pop(host, None)
+
+    def _drained(self, host_id: int, thread: int) -> None:
+        drain = self._drains.get(host_id)
+        if drain is not None:
+            drain.threads_left.discard(thread)
+            if not drain.threads_left:
+                drain.done.set()
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
