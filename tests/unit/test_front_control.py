@@ -87,7 +87,7 @@ def front(binary: Path, tmp_path: Path) -> Iterator[Front]:
     err = tmp_path / "front.stderr"
     proc = subprocess.Popen(
         [str(binary), "--listen-fd", str(listener.fileno()), "--control-fd", str(theirs.fileno()),
-         "--threads", "2", "--max-body", str(GLOBAL_MAX_BODY)],
+         "--threads", "2", "--max-body", str(GLOBAL_MAX_BODY), "--allow-root"],
         stdout=subprocess.PIPE, stderr=err.open("wb"), pass_fds=(listener.fileno(), theirs.fileno()),
         # With sanitizers: what the loops hold at exit is not a leak (the process ends with them).
         env={**os.environ, "ASAN_OPTIONS": "detect_leaks=0"})

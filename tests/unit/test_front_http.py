@@ -79,7 +79,8 @@ def start(binary: Path, tmp: Path, *options: str) -> Front:
     err = tmp / "front.stderr"
     # With sanitizers: what the loops hold at exit is not a leak (the process ends with them).
     env = {**os.environ, "ASAN_OPTIONS": "detect_leaks=0"}
-    proc = subprocess.Popen([str(binary), "--listen", "127.0.0.1:0", "--threads", "2", *options],
+    # --allow-root: the tests run as root; test_front_walls runs it confined.
+    proc = subprocess.Popen([str(binary), "--listen", "127.0.0.1:0", "--threads", "2", "--allow-root", *options],
                             stdout=subprocess.PIPE, stderr=err.open("wb"), env=env)
     assert proc.stdout is not None
     line = proc.stdout.readline().decode()
