@@ -194,6 +194,21 @@ static bool bound_port(int fd, unsigned *port)
     return true;
 }
 
+/* The line the supervisor (and the tests) wait for: serving, confined, and
+ * on which port. One write(), no stdio: stdout's first use would ask fstat(),
+ * which the filter refuses. */
+static bool announce(const char *host, unsigned port, unsigned threads)
+{
+    char line[320];
+    int len = snprintf(line, sizeof(line), "mayflyd-front: listening on %.200s port %u with %u threads\n", host, port,
+                       threads);
+    if (len < 0 || (size_t)len >= sizeof(line))
+        return mf_errx(EINVAL, "the listening line does not fit %zu bytes", sizeof(line));
+    if (write(STDOUT_FILENO, line, (size_t)len) != len)
+        return mf_err("write(stdout, the listening line)");
+    return true;
+}
+
 static void *loop_thread(void *arg)
 {
     struct mf_front_loop *loop = arg;
@@ -245,11 +260,6 @@ static bool serve(int argc, char **argv, const struct mf_front_backend *backend)
         return mf_err("calloc(%u loops)", config.threads);
     for (unsigned i = 0; i < config.threads; i++)
         MF_TRY(mf_loop_init(&loops[i], &config, backend, listen_fd));
-    /* The supervisor (and the tests) read the port from this line. Before
-     * the filter: stdout's first write asks fstat() for its buffering. */
-    printf("mayflyd-front: listening on %s port %u with %u threads\n", config.listen_host, port, config.threads);
-    if (fflush(stdout) == EOF)
-        return mf_err("fflush(stdout)");
     /* Every fd and mapping exists now, and no loop runs yet: no request is
      * ever served unfiltered. */
     if (config.seccomp_fd >= 0)
@@ -263,6 +273,7 @@ static bool serve(int argc, char **argv, const struct mf_front_backend *backend)
     /* From here the threads use them until the process ends. */
     struct mf_front_loop *loops_used = mf_steal_pointer(&loops);
     (void)mf_steal_fd(&listen_fd);
+    MF_TRY(announce(config.listen_host, port, config.threads));
     if (config.control_fd >= 0)
         return mf_control_run(config.control_fd, &signals, loops_used, config.threads);
     int sig;
