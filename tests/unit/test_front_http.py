@@ -51,6 +51,17 @@ def _build(out: Path, main: Path) -> Path:
     return binary
 
 
+def c_printed(tmp: Path, header: str, statements: list[str]) -> dict[str, str]:
+    """Compiles statements (printf "key value" lines) against a header; what they print, by key."""
+    source = tmp / "layout.c"
+    source.write_text(f'#include <stddef.h>\n#include <stdio.h>\n#include "{header}"\n'
+                      "int main(void)\n{\n" + "\n".join(statements) + "\nreturn 0;\n}\n")
+    subprocess.run(["gcc", *CFLAGS, "-Wall", "-Wextra", "-Werror", str(source), "-o", str(tmp / "layout")],
+                   check=True)
+    printed = subprocess.run([str(tmp / "layout")], check=True, capture_output=True, text=True).stdout
+    return {key: value for key, _, value in (line.partition(" ") for line in printed.splitlines())}
+
+
 @pytest.fixture(scope="session")
 def echo_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _build(tmp_path_factory.mktemp("front-echo"), REPO / "tests" / "front" / "echo_backend.c")

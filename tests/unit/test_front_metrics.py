@@ -19,7 +19,7 @@ from prometheus_client.exposition import generate_latest
 
 from mayflyd.supervisor import front_metrics
 from mayflyd.supervisor.front_metrics import FrontMetrics, FrontMetricsCollector
-from tests.unit.test_front_http import CFLAGS, REPO, _build, pytestmark  # noqa: F401  (skips without llhttp)
+from tests.unit.test_front_http import CFLAGS, REPO, _build, c_printed, pytestmark  # noqa: F401  (skips without llhttp)
 
 # Each argument a command: kind:thread:slot:values..., applied in order.
 WRITER = r"""
@@ -98,13 +98,7 @@ def test_layout_matches_the_c_header(tmp_path: Path) -> None:
     for i, name in enumerate(("MAX_BODY", "REQUEST_TIMEOUT", "CONCURRENCY", "REQUEST_CPU", "MEMORY",
                               "MAX_RESPONSE", "QUEUE", "RESERVED")):
         lines.append(f'printf("limit{i} %d\\n", (int)MF_METRICS_LIMIT_{name});')
-    source = tmp_path / "layout.c"
-    source.write_text('#include <stddef.h>\n#include <stdio.h>\n#include "wire/front_metrics.h"\n'
-                      "int main(void)\n{\n" + "\n".join(lines) + "\nreturn 0;\n}\n")
-    subprocess.run(["gcc", *CFLAGS, "-Wall", "-Wextra", "-Werror", str(source), "-o", str(tmp_path / "layout")],
-                   check=True)
-    printed = subprocess.run([str(tmp_path / "layout")], check=True, capture_output=True, text=True).stdout
-    out = {key: value for key, _, value in (line.partition(" ") for line in printed.splitlines())}
+    out = c_printed(tmp_path, "wire/front_metrics.h", lines)
 
     assert int(out["head"]) == front_metrics.HEAD.size
     assert out["magic"].encode() == front_metrics.MAGIC
