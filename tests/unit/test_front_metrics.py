@@ -218,6 +218,26 @@ def test_the_front_end_opens_the_area_and_zeroes_in_flight(front_binary: Path, w
         area.close()
 
 
+def test_unused_slots_take_no_memory(front_binary: Path, writer: Path) -> None:
+    """The whole area is 36 MiB for 2 threads; a front end that starts
+    (zeroing in_flight) allocates only the pages that hold counts."""
+    area = FrontMetrics(threads=2, slots=front_metrics.MAX_SLOTS)
+    try:
+        # Counts in the last slot of the last thread: at the very end of the file.
+        assert write(writer, area, 2, f"i:1:{front_metrics.MAX_SLOTS - 1}:3").returncode == 0
+        proc = start_front(front_binary, area.fd())
+        try:
+            assert proc.stdout is not None
+            assert b"listening on" in proc.stdout.readline()
+            assert area.snapshot(front_metrics.MAX_SLOTS - 1).in_flight == 0
+            assert os.fstat(area.fd()).st_blocks * 512 <= 64 * 1024
+        finally:
+            proc.terminate()
+            assert proc.wait(5) == 0
+    finally:
+        area.close()
+
+
 @pytest.mark.parametrize("case", ["zeros", "fewer_threads", "not_a_file"])
 def test_the_front_end_refuses_a_bad_area(front_binary: Path, case: str) -> None:
     expected = {"zeros": "not a metrics area (no MFMETRIC magic)",
