@@ -24,10 +24,17 @@ from prometheus_client.utils import floatToGoString
 _le: Callable[[float], str] = floatToGoString
 
 __all__ = [
+    "COST_BOUNDS_US",
+    "DURATION_BOUNDS_US",
     "HEAD",
     "LIMITS",
+    "MAGIC",
     "MAX_SLOTS",
+    "MAX_THREADS",
+    "PAGES_BOUNDS",
     "RECORD_FIELDS",
+    "RECORD_SIZE",
+    "VERSION",
     "FrontMetrics",
     "FrontMetricsCollector",
     "Histogram",
