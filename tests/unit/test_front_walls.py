@@ -67,6 +67,17 @@ def running(binary: Path, *options: str, fds: tuple[int, ...] = (), user: int | 
         proc.wait()
 
 
+@contextmanager
+def confined(binary: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """The front end as nobody, with the filter of build_front_filter()."""
+    fd = filter_fd(build_front_filter())
+    try:
+        with running(binary, "--seccomp-fd", str(fd), fds=(fd,)) as started:
+            yield started
+    finally:
+        os.close(fd)
+
+
 def get(port: int, path: str) -> tuple[int, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
@@ -85,30 +96,26 @@ def status_fields(pid: int) -> dict[str, str]:
 @root_only
 @unsanitized
 def test_the_front_end_runs_confined(binaries: dict[str, Path]) -> None:
-    fd = filter_fd(build_front_filter())
-    try:
-        with running(binaries["echo"], "--seccomp-fd", str(fd), fds=(fd,)) as (proc, port):
-            status = status_fields(proc.pid)
-            assert status["Uid"].split() == [str(NOBODY)] * 4
-            assert status["Gid"].split() == [str(NOBODY)] * 4 and status["Groups"] == ""
-            assert int(status["CapEff"], 16) == 0 and int(status["CapPrm"], 16) == 0
-            assert status["NoNewPrivs"] == "1" and status["Seccomp"] == "2"
-            assert status["Threads"] == "3"  # the loops started after the filter
-            # The filter's fd is closed once read.
-            assert all("front-filter" not in os.readlink(f"/proc/{proc.pid}/fd/{n}")
-                       for n in os.listdir(f"/proc/{proc.pid}/fd"))
+    with confined(binaries["echo"]) as (proc, port):
+        status = status_fields(proc.pid)
+        assert status["Uid"].split() == [str(NOBODY)] * 4
+        assert status["Gid"].split() == [str(NOBODY)] * 4 and status["Groups"] == ""
+        assert int(status["CapEff"], 16) == 0 and int(status["CapPrm"], 16) == 0
+        assert status["NoNewPrivs"] == "1" and status["Seccomp"] == "2"
+        assert status["Threads"] == "3"  # the loops started after the filter
+        # The filter's fd is closed once read.
+        assert all("front-filter" not in os.readlink(f"/proc/{proc.pid}/fd/{n}")
+                   for n in os.listdir(f"/proc/{proc.pid}/fd"))
 
-            code, body = get(port, "/delay/20/x")
-            assert code == 200 and b'"/delay/20/x"' in body
-            assert get(port, "/big/300000") == (200, b"x" * 300000)
-            # Refused with EPERM: no file opens once the filter is in.
-            assert get(port, "/__try_open") == (200, b"1")
-            # A namespace: the process dies at once.
-            with pytest.raises((http.client.RemoteDisconnected, ConnectionResetError)):
-                get(port, "/__try_unshare")
-            assert proc.wait(5) == -signal.SIGSYS
-    finally:
-        os.close(fd)
+        code, body = get(port, "/delay/20/x")
+        assert code == 200 and b'"/delay/20/x"' in body
+        assert get(port, "/big/300000") == (200, b"x" * 300000)
+        # Refused with EPERM: no file opens once the filter is in.
+        assert get(port, "/__try_open") == (200, b"1")
+        # A namespace: the process dies at once.
+        with pytest.raises((http.client.RemoteDisconnected, ConnectionResetError)):
+            get(port, "/__try_unshare")
+        assert proc.wait(5) == -signal.SIGSYS
 
 
 @root_only
@@ -121,16 +128,12 @@ def test_without_the_filter_the_same_user_could_open_files(binaries: dict[str, P
 @root_only
 @unsanitized
 def test_the_real_front_end_serves_confined(binaries: dict[str, Path]) -> None:
-    fd = filter_fd(build_front_filter())
-    try:
-        with running(binaries["main"], "--seccomp-fd", str(fd), fds=(fd,)) as (proc, port):
-            code, body = get(port, "/")
-            assert code == 503 and b"no tenant is connected" in body
-            assert status_fields(proc.pid)["Seccomp"] == "2"
-            proc.terminate()
-            assert proc.wait(5) == 0
-    finally:
-        os.close(fd)
+    with confined(binaries["main"]) as (proc, port):
+        code, body = get(port, "/")
+        assert code == 503 and b"no tenant is connected" in body
+        assert status_fields(proc.pid)["Seccomp"] == "2"
+        proc.terminate()
+        assert proc.wait(5) == 0
 
 
 @root_only
