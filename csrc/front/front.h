@@ -21,6 +21,9 @@ struct mf_front_config {
     uint16_t listen_port;
     int listen_fd;              /* >= 0: an inherited listening socket, instead of listen_host */
     int control_fd;             /* >= 0: the supervisor's SOCK_SEQPACKET channel */
+    int metrics_fd;             /* >= 0: the supervisor's metrics area (wire/front_metrics.h) */
+    int seccomp_fd;             /* >= 0: the seccomp filter to load before the loops start (walls.h) */
+    bool allow_root;            /* run as root without a filter (tests) */
     unsigned threads;
     uint64_t header_timeout_ms; /* first byte of a head to its end (and a fresh connection's first byte) */
     uint64_t body_timeout_ms;   /* end of a head to the end of its body */

@@ -1,7 +1,8 @@
 /*
  * mayflyd-front's start: options, the listening socket (its own or the
- * supervisor's), one loop per thread, then the supervisor's control channel
- * if there is one. SIGTERM and SIGINT end the process (graceful draining comes with
+ * supervisor's), the metrics area, one loop per thread (confined by the
+ * seccomp filter before the first starts), then the supervisor's control
+ * channel if there is one. SIGTERM and SIGINT end the process (graceful draining comes with
  * the hosts); SIGPIPE is ignored (a vanished client is a failed send).
  */
 #include <errno.h>
@@ -22,12 +23,17 @@
 #include "front/control.h"
 #include "front/front.h"
 #include "front/loop.h"
+#include "front/metrics.h"
+#include "front/walls.h"
 
 static const char usage[] =
     "usage: mayflyd-front [options]\n"
     "  --listen HOST:PORT        address to serve (default 127.0.0.1:8080; port 0: any)\n"
     "  --listen-fd N             serve this inherited listening socket instead\n"
     "  --control-fd N            the supervisor's SOCK_SEQPACKET channel (routes; its end ends us)\n"
+    "  --metrics-fd N            the supervisor's metrics area (a memfd it created and headed)\n"
+    "  --seccomp-fd N            a seccomp BPF program (file or memfd) to confine the process with\n"
+    "  --allow-root              run as root without --seccomp-fd (tests only)\n"
     "  --threads N               event loops, one per thread (default: online CPUs)\n"
     "  --header-timeout-ms MS    time for a request head (default 60000)\n"
     "  --body-timeout-ms MS      time for a request body after its head (default 60000)\n"
@@ -70,6 +76,9 @@ static bool parse_options(int argc, char **argv, struct mf_front_config *config)
         {"listen", required_argument, NULL, 'l'},
         {"listen-fd", required_argument, NULL, 'L'},
         {"control-fd", required_argument, NULL, 'c'},
+        {"metrics-fd", required_argument, NULL, 'M'},
+        {"seccomp-fd", required_argument, NULL, 'S'},
+        {"allow-root", no_argument, NULL, 'R'},
         {"threads", required_argument, NULL, 't'},
         {"header-timeout-ms", required_argument, NULL, 'H'},
         {"body-timeout-ms", required_argument, NULL, 'B'},
@@ -84,6 +93,7 @@ static bool parse_options(int argc, char **argv, struct mf_front_config *config)
         .listen_host = "127.0.0.1", .listen_port = 8080, .threads = cpus > 0 ? (unsigned)cpus : 1,
         .header_timeout_ms = 60000, .body_timeout_ms = 60000, .idle_timeout_ms = 75000,
         .max_body = 1 << 20, .max_pipeline = 16, .listen_fd = -1, .control_fd = -1,
+        .metrics_fd = -1, .seccomp_fd = -1,
     };
     uint64_t value;
     int opt;
@@ -92,6 +102,9 @@ static bool parse_options(int argc, char **argv, struct mf_front_config *config)
         case 'l': MF_TRY(parse_listen(config, optarg)); break;
         case 'L': MF_TRY(parse_number("--listen-fd", optarg, 0, INT32_MAX, &value)); config->listen_fd = (int)value; break;
         case 'c': MF_TRY(parse_number("--control-fd", optarg, 0, INT32_MAX, &value)); config->control_fd = (int)value; break;
+        case 'M': MF_TRY(parse_number("--metrics-fd", optarg, 0, INT32_MAX, &value)); config->metrics_fd = (int)value; break;
+        case 'S': MF_TRY(parse_number("--seccomp-fd", optarg, 0, INT32_MAX, &value)); config->seccomp_fd = (int)value; break;
+        case 'R': config->allow_root = true; break;
         case 't': MF_TRY(parse_number("--threads", optarg, 1, 1024, &value)); config->threads = (unsigned)value; break;
         case 'H': MF_TRY(parse_number("--header-timeout-ms", optarg, 1, 3600000, &config->header_timeout_ms)); break;
         case 'B': MF_TRY(parse_number("--body-timeout-ms", optarg, 1, 3600000, &config->body_timeout_ms)); break;
@@ -181,6 +194,21 @@ static bool bound_port(int fd, unsigned *port)
     return true;
 }
 
+/* The line the supervisor (and the tests) wait for: serving, confined, and
+ * on which port. One write(), no stdio: stdout's first use would ask fstat(),
+ * which the filter refuses. */
+static bool announce(const char *host, unsigned port, unsigned threads)
+{
+    char line[320];
+    int len = snprintf(line, sizeof(line), "mayflyd-front: listening on %.200s port %u with %u threads\n", host, port,
+                       threads);
+    if (len < 0 || (size_t)len >= sizeof(line))
+        return mf_errx(EINVAL, "the listening line does not fit %zu bytes", sizeof(line));
+    if (write(STDOUT_FILENO, line, (size_t)len) != len)
+        return mf_err("write(stdout, the listening line)");
+    return true;
+}
+
 static void *loop_thread(void *arg)
 {
     struct mf_front_loop *loop = arg;
@@ -207,6 +235,7 @@ static bool serve(int argc, char **argv, const struct mf_front_backend *backend)
 {
     struct mf_front_config config;
     MF_TRY(parse_options(argc, argv, &config));
+    MF_TRY(mf_front_walls_check(config.seccomp_fd, config.allow_root));
     sigset_t signals;
     MF_TRY(block_signals(&signals)); /* before any thread: they inherit the mask */
     mf_cleanup_fd int listen_fd = -1;
@@ -222,6 +251,8 @@ static bool serve(int argc, char **argv, const struct mf_front_backend *backend)
         if (fcntl(config.control_fd, F_SETFD, FD_CLOEXEC) < 0)
             return mf_err("fcntl(--control-fd %d, FD_CLOEXEC)", config.control_fd);
     }
+    if (config.metrics_fd >= 0)
+        MF_TRY(mf_metrics_open(config.metrics_fd, config.threads));
     unsigned port = 0;
     MF_TRY(bound_port(listen_fd, &port));
     mf_cleanup_free struct mf_front_loop *loops = calloc(config.threads, sizeof(*loops));
@@ -229,6 +260,10 @@ static bool serve(int argc, char **argv, const struct mf_front_backend *backend)
         return mf_err("calloc(%u loops)", config.threads);
     for (unsigned i = 0; i < config.threads; i++)
         MF_TRY(mf_loop_init(&loops[i], &config, backend, listen_fd));
+    /* Every fd and mapping exists now, and no loop runs yet: no request is
+     * ever served unfiltered. */
+    if (config.seccomp_fd >= 0)
+        MF_TRY(mf_front_walls_enter(config.seccomp_fd));
     for (unsigned i = 0; i < config.threads; i++) {
         pthread_t thread;
         int err = pthread_create(&thread, NULL, loop_thread, &loops[i]);
@@ -238,10 +273,7 @@ static bool serve(int argc, char **argv, const struct mf_front_backend *backend)
     /* From here the threads use them until the process ends. */
     struct mf_front_loop *loops_used = mf_steal_pointer(&loops);
     (void)mf_steal_fd(&listen_fd);
-    /* The supervisor (and the tests) read the port from this line. */
-    printf("mayflyd-front: listening on %s port %u with %u threads\n", config.listen_host, port, config.threads);
-    if (fflush(stdout) == EOF)
-        return mf_err("fflush(stdout)");
+    MF_TRY(announce(config.listen_host, port, config.threads));
     if (config.control_fd >= 0)
         return mf_control_run(config.control_fd, &signals, loops_used, config.threads);
     int sig;

@@ -9,8 +9,15 @@
  *   /hop             every hop-by-hop header, and X-Kept
  *   /big/N           a body of N bytes
  *   /fail            no answer at all (the backend failed)
+ *   /__try_unshare   unshare(CLONE_NEWNS), answering its errno (0: it worked)
+ *   /__try_open      open("/etc/passwd"), answering its errno (0: it worked)
+ * The last two show the front end's seccomp filter at work (test_front_walls).
  */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -111,6 +118,14 @@ static void answer(struct mf_front_ticket *ticket, const struct mf_front_request
     if (path_starts(r, "/fail")) {
         mf_front_complete(ticket, NULL);
         return;
+    } else if (path_starts(r, "/__try_unshare") || path_starts(r, "/__try_open")) {
+        int fd = -1, rc = path_starts(r, "/__try_unshare") ? unshare(CLONE_NEWNS)
+                                                          : (fd = open("/etc/passwd", O_RDONLY | O_CLOEXEC));
+        char text[32];
+        snprintf(text, sizeof(text), "%d", rc < 0 ? errno : 0);
+        if (fd >= 0)
+            close(fd);
+        adds(&body, text);
     } else if (path_starts(r, "/status/")) {
         resp.status = (int)path_number(r, "/status/");
         adds(&body, "status");

@@ -25,7 +25,7 @@ from mayflyd.config import Config, load_config
 from mayflyd.front_protocol import MSG_ROUTES, RouteLimits, TenantRoute, encode_routes
 from mayflyd.protocol import FRAME_HEADER, MAGIC, PROTOCOL_VERSION
 from mayflyd.supervisor.front_link import FrontLink, RoutesRefused, routes_of
-from tests.unit.test_front_http import CFLAGS, REPO, _build, pytestmark  # noqa: F401  (skips without llhttp)
+from tests.unit.test_front_http import REPO, _build, c_printed, pytestmark  # noqa: F401  (skips without llhttp)
 
 # shop: exact and wildcard, a small max_body; blog: "*.example", the default.
 CONFIG = """\
@@ -87,7 +87,7 @@ def front(binary: Path, tmp_path: Path) -> Iterator[Front]:
     err = tmp_path / "front.stderr"
     proc = subprocess.Popen(
         [str(binary), "--listen-fd", str(listener.fileno()), "--control-fd", str(theirs.fileno()),
-         "--threads", "2", "--max-body", str(GLOBAL_MAX_BODY)],
+         "--threads", "2", "--max-body", str(GLOBAL_MAX_BODY), "--allow-root"],
         stdout=subprocess.PIPE, stderr=err.open("wb"), pass_fds=(listener.fileno(), theirs.fileno()),
         # With sanitizers: what the loops hold at exit is not a leak (the process ends with them).
         env={**os.environ, "ASAN_OPTIONS": "detect_leaks=0"})
@@ -240,13 +240,7 @@ def test_struct_layouts_match_the_c_header(tmp_path: Path) -> None:
         lines.append(f'printf("{const} %llu\\n", (unsigned long long)MF_{const});')
     lines.append('printf("MAX_TENANTS %llu\\n", (unsigned long long)MF_ROUTE_MAX_TENANTS);')
     lines.append('printf("MAX_NAME %llu\\n", (unsigned long long)MF_ROUTE_MAX_NAME);')
-    source = tmp_path / "layout.c"
-    source.write_text('#include <stddef.h>\n#include <stdio.h>\n#include "wire/front_protocol.h"\n'
-                      "int main(void)\n{\n" + "\n".join(lines) + "\nreturn 0;\n}\n")
-    subprocess.run(["gcc", *CFLAGS, "-Wall", "-Wextra", "-Werror", str(source), "-o", str(tmp_path / "layout")],
-                   check=True)
-    printed = subprocess.run([str(tmp_path / "layout")], check=True, capture_output=True, text=True).stdout
-    out = {key: value for key, _, value in (line.partition(" ") for line in printed.splitlines())}
+    out = c_printed(tmp_path, "wire/front_protocol.h", lines)
     for name, (st, fields) in front_protocol.STRUCTS.items():
         assert int(out[name]) == st.size, name
         offset = 0

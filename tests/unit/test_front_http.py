@@ -51,6 +51,17 @@ def _build(out: Path, main: Path) -> Path:
     return binary
 
 
+def c_printed(tmp: Path, header: str, statements: list[str]) -> dict[str, str]:
+    """Compiles statements (printf "key value" lines) against a header; what they print, by key."""
+    source = tmp / "layout.c"
+    source.write_text(f'#include <stddef.h>\n#include <stdio.h>\n#include "{header}"\n'
+                      "int main(void)\n{\n" + "\n".join(statements) + "\nreturn 0;\n}\n")
+    subprocess.run(["gcc", *CFLAGS, "-Wall", "-Wextra", "-Werror", str(source), "-o", str(tmp / "layout")],
+                   check=True)
+    printed = subprocess.run([str(tmp / "layout")], check=True, capture_output=True, text=True).stdout
+    return {key: value for key, _, value in (line.partition(" ") for line in printed.splitlines())}
+
+
 @pytest.fixture(scope="session")
 def echo_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _build(tmp_path_factory.mktemp("front-echo"), REPO / "tests" / "front" / "echo_backend.c")
@@ -79,7 +90,8 @@ def start(binary: Path, tmp: Path, *options: str) -> Front:
     err = tmp / "front.stderr"
     # With sanitizers: what the loops hold at exit is not a leak (the process ends with them).
     env = {**os.environ, "ASAN_OPTIONS": "detect_leaks=0"}
-    proc = subprocess.Popen([str(binary), "--listen", "127.0.0.1:0", "--threads", "2", *options],
+    # --allow-root: the tests run as root; test_front_walls runs it confined.
+    proc = subprocess.Popen([str(binary), "--listen", "127.0.0.1:0", "--threads", "2", "--allow-root", *options],
                             stdout=subprocess.PIPE, stderr=err.open("wb"), env=env)
     assert proc.stdout is not None
     line = proc.stdout.readline().decode()

@@ -49,6 +49,10 @@ Policy choices:
   Each reset worker also stacks the sigaction gate (csrc/rewind/sigaction_gate.h),
   which routes a request's disposition changes through its SIGSYS handler
   and refuses SIGSYS itself.
+
+A third filter, ``build_front_filter()``, confines mayflyd-front (an
+allowlist, see its docstring): it parses every client's bytes, so it keeps
+only what an epoll server needs once its sockets exist.
 """
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ __all__ = [
     "NETWORK_MODES",
     "SeccompFilters",
     "build_filters",
+    "build_front_filter",
     "load_filter",
 ]
 
@@ -393,6 +398,87 @@ def build_filters(*, deny: str = "eperm", network: str = "none", reset: bool = F
         raise RuntimeError("the seccomp policy is written for x86_64 only")
     return SeccompFilters(loading=_loading_filter(action, reset).export(),
                           request=_request_filter(action, network, reset).export())
+
+
+# --- mayflyd-front ---
+
+# Measured (strace -f -c) on the front end serving tests/unit/test_front_http.py
+# and test_front_control.py, after it loaded its filter; plus what the data
+# channels (socketpair, SCM_RIGHTS, eventfd) and the access log need.
+_FRONT_ALLOW: Final = (
+    # its sockets, timers and wake-ups: all made before the filter but
+    # accepted clients, per-request socketpairs, timerfds and eventfds
+    "read", "write", "readv", "writev", "close",
+    "accept4", "recvfrom", "recvmsg", "sendto", "sendmsg", "shutdown",
+    "getsockname", "getpeername", "getsockopt",
+    "epoll_create1", "epoll_ctl", "epoll_wait", "epoll_pwait", "epoll_pwait2", "poll", "ppoll",
+    "eventfd2", "timerfd_create", "timerfd_settime", "timerfd_gettime", "signalfd4",
+    # memory (malloc; thread stacks)
+    "brk", "munmap", "mremap", "madvise",
+    # threads, started after the filter (pthread_create), and their locks
+    "futex", "set_robust_list", "rseq", "sched_yield", "gettid", "getpid", "getrandom",
+    "exit", "exit_group", "restart_syscall",
+    # signals: its own mask and handlers, sigwait on TERM/INT
+    "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "rt_sigtimedwait", "sigaltstack",
+    # time
+    "clock_gettime", "clock_getres", "gettimeofday", "nanosleep", "clock_nanosleep",
+)
+
+# A compromised front end must not get any further: these kill it outright.
+_FRONT_KILL: Final = (
+    "unshare", "setns", "ptrace", "process_vm_readv", "process_vm_writev", "kcmp", "pidfd_getfd",
+    "bpf", "perf_event_open", "mount", "umount2", "pivot_root", "chroot", "move_mount", "open_tree",
+    "fsopen", "fsmount", "fspick", "mount_setattr", "execve", "execveat",
+)
+
+# glibc's pthread_create: clone(CLONE_VM | CLONE_FS | CLONE_FILES |
+# CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM | CLONE_SETTLS |
+# CLONE_PARENT_SETTID | CLONE_CHILD_CLEARTID), exit signal 0: a thread, and
+# nothing else (no fork, no new namespace).
+_CLONE_THREAD_FLAGS: Final = 0x3D0F00
+_PROT_EXEC: Final = 4
+_SOL_SOCKET: Final = 1
+_IPPROTO_TCP: Final = 6
+_FRONT_FCNTL: Final = (1, 2, 3, 4)  # F_GETFD, F_SETFD, F_GETFL, F_SETFL
+_FRONT_IOCTL: Final = (0x541B, 0x5421)  # FIONREAD, FIONBIO
+
+
+def build_front_filter() -> bytes:
+    """The seccomp filter of mayflyd-front, as raw BPF for its --seccomp-fd.
+
+    Default deny (EPERM), allowlist. The front end loads it once its
+    listening socket, control channel, metrics area, epoll fds and timers
+    exist and before its loop threads start, so it may still create
+    threads (clone with glibc's thread flags exactly; clone3 answers ENOSYS
+    so that glibc falls back to clone), accepted sockets, socketpairs
+    (AF_UNIX only), eventfds, timerfds and memory, but no executable memory,
+    no other socket, and no file: open/openat are refused (glibc's malloc
+    asks /proc/sys/vm/overcommit_memory once when it trims an arena, and
+    takes the refusal as "no"). Namespaces (unshare, setns, clone with a
+    namespace flag), tracing, mounts, bpf and exec kill the process.
+    """
+    if _sc.system_arch() != _ARCH_X86_64:
+        raise RuntimeError("the seccomp policy is written for x86_64 only")
+    eperm = _deny_action("eperm")
+    f = _Filter(eperm)
+    for name in _FRONT_ALLOW:
+        f.add(_ALLOW, name)
+    for name in _FRONT_KILL:
+        f.add(_KILL_PROCESS, name)
+    f.add(_ALLOW, "clone", _eq(0, _CLONE_THREAD_FLAGS))
+    for flag in _CLONE_NAMESPACE_FLAGS:
+        f.add(_KILL_PROCESS, "clone", _masked(0, flag, flag))
+    f.add(int(_sc.ERRNO(errno.ENOSYS)), "clone3")
+    for name in ("mmap", "mprotect"):
+        f.add(_ALLOW, name, _masked(2, _PROT_EXEC, 0))
+    f.add(_ALLOW, "socketpair", _eq(0, _AF_UNIX))
+    for level in (_SOL_SOCKET, _IPPROTO_TCP):
+        f.add(_ALLOW, "setsockopt", _eq(1, level))
+    for cmd in _FRONT_FCNTL:
+        f.add(_ALLOW, "fcntl", _eq(1, cmd))
+    for request in _FRONT_IOCTL:
+        f.add(_ALLOW, "ioctl", _eq(1, request))
+    return f.export()
 
 
 # --- loading (tests; production loads from C) ---
