@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from mayflyd.config import parse_config
-from mayflyd.supervisor.front_metrics import TenantCounts
+from mayflyd.supervisor.front_metrics import Histogram, TenantCounts
 from mayflyd.supervisor.host_handle import SandboxHost
 from mayflyd.supervisor.metrics import Metrics
 from mayflyd.supervisor.tenant import BACKOFF_MAX, Tenant, TenantState, Walls
@@ -36,7 +36,9 @@ class FakeDataPlane:
         self.told.append(("down", tenant, reason))
 
     def counts(self, tenant: str) -> TenantCounts:
-        return TenantCounts()
+        nothing = Histogram(buckets=(), sum=0, count=0)
+        return TenantCounts(statuses={}, duration_us=nothing, cost_us=nothing, pages=nothing, limits={},
+                            errors=0, program_4xx=0, in_flight=0)
 
 
 @pytest.fixture

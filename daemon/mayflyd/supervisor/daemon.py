@@ -324,6 +324,7 @@ class Daemon:
             log.info("tenant removed from the configuration: draining and stopping", extra={"tenant": tenant.name})
             await tenant.stop(tenant.config.limits.request_timeout_ms / 1000)
             self._metrics.forget_tenant(tenant.name)
+            self._front.release_slot(tenant.name)
         logging.getLogger().setLevel(new.log_level.upper())
         log.info("configuration reloaded: %d added, %d removed, %d tenants", len(added), len(removed),
                  len(self._tenants))

@@ -156,6 +156,12 @@ class FrontMetrics:
             errors=words[_AT["errors"].start], program_4xx=words[_AT["program_4xx"].start],
             in_flight=in_flight - 2**64 if in_flight >= 2**63 else in_flight)
 
+    def clear(self, slot: int) -> None:
+        """Zero a slot for its next tenant (the front end no longer writes it: no table names it)."""
+        zeros = bytes(RECORD_SIZE)
+        for thread in range(self.threads):
+            os.pwrite(self._fd, zeros, HEAD.size + (thread * self.slots + slot) * RECORD_SIZE)
+
     def close(self) -> None:
         self._words.release()
         self._map.close()

@@ -33,7 +33,7 @@ __all__ = ["FrontProcess", "FrontStartError", "TenantView", "front_executable"]
 
 log = logging.getLogger("mayflyd.front")
 
-# Tenants a daemon may have had over its life: one metrics slot each.
+# Tenants at once: one metrics slot each.
 METRICS_SLOTS = 4096
 # Deaths of the front end within CRASH_WINDOW seconds before restarts wait.
 CRASH_LOOP = 5
@@ -75,6 +75,7 @@ class FrontProcess:
         self.threads = config.front_threads or len(os.sched_getaffinity(0)) or 1
         self.metrics = FrontMetrics(threads=self.threads, slots=METRICS_SLOTS)
         self._slots: dict[str, int] = {}
+        self._free_slots: list[int] = []
         self._listener: socket.socket | None = None
         self._filter_fd = -1
         self._link: FrontLink | None = None
@@ -94,13 +95,24 @@ class FrontProcess:
         return self._proc.pid if self._proc is not None else 0
 
     def slot_of(self, tenant: str) -> int:
-        """The tenant's metrics slot, the same for the daemon's whole life."""
+        """The tenant's metrics slot, from its first table until release_slot."""
         slot = self._slots.get(tenant)
         if slot is None:
-            if len(self._slots) >= METRICS_SLOTS:
-                raise FrontStartError(f"more than {METRICS_SLOTS} tenants over this daemon's life: restart it")
-            slot = self._slots[tenant] = len(self._slots)
+            if self._free_slots:
+                slot = self._free_slots.pop()
+                self.metrics.clear(slot)  # a tenant added again starts from zero
+            elif len(self._slots) < METRICS_SLOTS:
+                slot = len(self._slots)
+            else:
+                raise FrontStartError(f"more than {METRICS_SLOTS} tenants")
+            self._slots[tenant] = slot
         return slot
+
+    def release_slot(self, tenant: str) -> None:
+        """A removed tenant, stopped: no table names its slot any more."""
+        slot = self._slots.pop(tenant, None)
+        if slot is not None:
+            self._free_slots.append(slot)
 
     def counts(self, tenant: str) -> TenantCounts:
         """What the front end counted for the tenant, over its whole life."""
@@ -169,14 +181,15 @@ class FrontProcess:
                     "--body-timeout-ms", str(config.header_timeout_ms),
                     "--idle-timeout-ms", str(config.idle_timeout_ms), "--max-body", str(MAX_BODY_CEILING),
                     "--log-format", config.log_format]
-            root = os.geteuid() == 0
+            root = os.geteuid() == 0  # else it runs as the daemon's own user, which holds no privilege
             # Executed through its fd: the unprivileged uid needs no search
             # permission on the directories the package was installed in.
+            uid = config.front_uid if root else None
             self._proc = await asyncio.create_subprocess_exec(
                 *argv, executable=f"/proc/self/fd/{exe}",
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=None,
                 pass_fds=fds, cwd="/", start_new_session=True,
-                **({"user": config.front_uid, "group": config.front_uid, "extra_groups": []} if root else {}))
+                user=uid, group=uid, extra_groups=[] if root else None)
         except OSError as exc:
             ours.close()
             raise FrontStartError(f"cannot start {front_executable()}: {exc}") from None
@@ -203,7 +216,7 @@ class FrontProcess:
                 self.tenant_down(view.name, view.down)
 
     async def _keep_running(self) -> None:
-        while not self._closing:
+        while True:
             proc = self._proc
             assert proc is not None
             status = await proc.wait()

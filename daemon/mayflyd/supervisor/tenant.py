@@ -190,7 +190,7 @@ class Tenant:
         return {
             "program": str(self.config.program), "version": self.version,
             "engine": self._walls.engine_of(self.config), "engine_configured": self.config.engine,
-            "rewinds": counts.rewinds, "pages_rewound": counts.pages_rewound,
+            "rewinds": counts.pages.count, "pages_rewound": counts.pages.sum,
             "worker_replacements": self.worker_replacements,
             "state": self.state.value, "error": self.last_error or None,
             "hosts": [{"pid": h.pid, "version": h.version, "draining": h is not self._host} for h in hosts],
@@ -200,7 +200,7 @@ class Tenant:
             "in_flight": counts.in_flight, "restarts": self.restarts,
             "requests": {str(status): n for status, n in sorted(counts.statuses.items())},
             "errors": counts.errors, "program_4xx": counts.program_4xx,
-            "limit_hits": dict(counts.limit_hits),
+            "limit_hits": dict(counts.limits),
             "last_reload": self.last_reload.as_dict() if self.last_reload else None,
         }
 
