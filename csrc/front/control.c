@@ -195,7 +195,7 @@ bool mf_control_run(int control_fd, const sigset_t *signals, struct mf_front_loo
                 continue;
             if (errno == EMSGSIZE || errno == EPROTO) { /* too long, or too many fds: closed */
                 mf_warn_last();
-                MF_TRY(send_answer(control_fd, MF_MSG_ROUTES_REFUSED, 0, "message too long"));
+                MF_TRY(send_answer(control_fd, MF_MSG_ROUTES_REFUSED, 0, mf_last_error()));
                 continue;
             }
             return false; /* recorded */

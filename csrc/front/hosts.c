@@ -428,12 +428,20 @@ static void start(struct mf_call *call, struct mf_host *host)
 {
     struct mf_front_loop *loop = call->hosts->loop;
     int pair[2];
-    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, pair) < 0) {
+    /* Ours only is non-blocking: the sandbox reads and writes its end blocking. */
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0) {
         mf_warn("socketpair(request %" PRIu64 ") failed: %s", call->req_id, strerror(errno));
         fail(call, 503, NOT_RUNNING, RETRY);
         return;
     }
     mf_cleanup_fd int theirs = pair[1];
+    int flags = fcntl(pair[0], F_GETFL);
+    if (flags < 0 || fcntl(pair[0], F_SETFL, flags | O_NONBLOCK) < 0) {
+        mf_warn("fcntl(request channel %d, O_NONBLOCK) failed: %s", pair[0], strerror(errno));
+        (void)close(pair[0]); /* never used */
+        fail(call, 503, NOT_RUNNING, RETRY);
+        return;
+    }
     call->watch = (struct mf_front_watch){.fd = pair[0], .ready = call_ready};
     call->stage = MF_CALL_RUNNING;
     call->host = host;

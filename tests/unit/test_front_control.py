@@ -78,16 +78,17 @@ class Front:
             conn.close()
 
 
-@pytest.fixture
-def front(binary: Path, tmp_path: Path) -> Iterator[Front]:
+def spawn(binary: Path, tmp: Path, *options: str) -> tuple[subprocess.Popen[bytes], int, FrontLink, Path]:
+    """The front end on a listening socket of ours (--listen-fd), with a
+    control channel (--control-fd) and 2 threads: its process, port, link, stderr."""
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
     listener.listen(64)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    err = tmp_path / "front.stderr"
+    err = tmp / "front.stderr"
     proc = subprocess.Popen(
         [str(binary), "--listen-fd", str(listener.fileno()), "--control-fd", str(theirs.fileno()),
-         "--threads", "2", "--max-body", str(GLOBAL_MAX_BODY)],
+         "--threads", "2", *options],
         stdout=subprocess.PIPE, stderr=err.open("wb"), pass_fds=(listener.fileno(), theirs.fileno()),
         # With sanitizers: what the loops hold at exit is not a leak (the process ends with them).
         env={**os.environ, "ASAN_OPTIONS": "detect_leaks=0"})
@@ -95,16 +96,27 @@ def front(binary: Path, tmp_path: Path) -> Iterator[Front]:
     assert proc.stdout is not None
     line = proc.stdout.readline().decode()
     assert "listening on an inherited socket port" in line, err.read_text()
-    running = Front(proc, listener.getsockname()[1], FrontLink(ours), err)
+    port = listener.getsockname()[1]
     listener.close()  # the front end holds its own copy: the port stays served
-    yield running
-    running.link.close()
+    return proc, port, FrontLink(ours), err
+
+
+def end(proc: subprocess.Popen[bytes], link: FrontLink, err: Path) -> None:
+    """Closes the control channel, which ends the front end cleanly."""
+    link.close()
     try:
         assert proc.wait(5) == 0, err.read_text()
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture
+def front(binary: Path, tmp_path: Path) -> Iterator[Front]:
+    running = Front(*spawn(binary, tmp_path, "--max-body", str(GLOBAL_MAX_BODY)))
+    yield running
+    end(running.proc, running.link, running.stderr)
 
 
 def send(front: Front, cfg: Config) -> int:

@@ -46,10 +46,11 @@ from mayflyd.protocol import (
     parse_frame,
 )
 from mayflyd.supervisor.front_link import FrontLink
+from tests.unit.test_front_control import end, spawn
 from tests.unit.test_front_http import REPO, _build, pytestmark  # noqa: F401  (skips without llhttp)
 
 EXIT_OUT_OF_MEMORY = 8
-THREADS = 2
+THREADS = 2  # as spawn() starts it
 MIB = 1 << 20
 _RECV = MAX_PAYLOAD + 64
 
@@ -108,7 +109,8 @@ def response_packets(req_id: int, status: int, headers: list[tuple[bytes, bytes]
     if len(head) + len(body) <= MAX_PAYLOAD:
         return [pack_frame(MsgType.RESP_WHOLE, req_id, head + body)]
     packets = [pack_frame(MsgType.RESP_HEAD, req_id, head)]
-    packets += [pack_frame(MsgType.RESP_BODY, req_id, body[i:i + MAX_PAYLOAD]) for i in range(0, len(body), MAX_PAYLOAD)]
+    packets += [pack_frame(MsgType.RESP_BODY, req_id, body[i:i + MAX_PAYLOAD])
+                for i in range(0, len(body), MAX_PAYLOAD)]
     return [*packets, pack_frame(MsgType.RESP_END, req_id)]
 
 
@@ -276,32 +278,13 @@ def binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def start_front(binary: Path, tmp: Path, *options: str) -> Front:
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(64)
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    err = tmp / "front.stderr"
-    proc = subprocess.Popen(
-        [str(binary), "--listen-fd", str(listener.fileno()), "--control-fd", str(theirs.fileno()),
-         "--threads", str(THREADS), "--max-body", str(2 * MIB), *options],
-        stdout=subprocess.PIPE, stderr=err.open("wb"), pass_fds=(listener.fileno(), theirs.fileno()),
-        env={**os.environ, "ASAN_OPTIONS": "detect_leaks=0"})
-    theirs.close()
-    assert proc.stdout is not None
-    assert "listening on an inherited socket" in proc.stdout.readline().decode(), err.read_text()
-    running = Front(proc, listener.getsockname()[1], FrontLink(ours), err)
-    listener.close()
-    return running
+    return Front(*spawn(binary, tmp, "--max-body", str(2 * MIB), *options))
 
 
 def stop_front(front: Front) -> None:
-    front.link.close()
     try:
-        assert front.proc.wait(5) == 0, front.stderr.read_text()
+        end(front.proc, front.link, front.stderr)
     finally:
-        if front.proc.poll() is None:
-            front.proc.kill()
-            front.proc.wait()
         for fake in front.hosts:
             fake.close()
 
