@@ -19,7 +19,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -46,6 +45,7 @@ from mayflyd.protocol import (
     parse_frame,
 )
 from mayflyd.supervisor.front_link import FrontLink
+from tests.unit import test_front_control as control
 from tests.unit.test_front_control import end, spawn
 from tests.unit.test_front_http import REPO, _build, pytestmark  # noqa: F401  (skips without llhttp)
 
@@ -225,11 +225,7 @@ class FakeHost:
 
 
 @dataclass
-class Front:
-    proc: subprocess.Popen[bytes]
-    port: int
-    link: FrontLink
-    stderr: Path
+class Front(control.Front):
     hosts: list[FakeHost] = field(default_factory=list)
 
     def ask(self, path: str, *, method: str = "GET", body: bytes | None = None, host: str = "app.example",
