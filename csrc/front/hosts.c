@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/timerfd.h>
 #include <sys/wait.h>
@@ -131,10 +132,15 @@ static struct mf_htenant *tenant_of(struct mf_hosts *hosts, const char *name, si
 
 /* ---- timers: one per call, one timerfd per loop --------------------------- */
 
+/* Sets the timerfd no later than the first timer. Never later: a timer
+ * removed leaves it as it is (one early wake-up costs less than a
+ * timerfd_settime per request). */
 static void timerfd_update(struct mf_hosts *hosts)
 {
-    uint64_t due = hosts->timers_first ? hosts->timers_first->timer_ms : 0;
-    if (due == hosts->timer_set_ms)
+    if (hosts->timers_first == NULL)
+        return;
+    uint64_t due = hosts->timers_first->timer_ms;
+    if (hosts->timer_set_ms != 0 && hosts->timer_set_ms <= due)
         return;
     struct itimerspec when = {.it_value = {.tv_sec = (time_t)(due / 1000), .tv_nsec = (long)(due % 1000) * 1000000}};
     if (due != 0 && when.it_value.tv_sec == 0 && when.it_value.tv_nsec == 0)
@@ -155,7 +161,6 @@ static void timer_disarm(struct mf_call *call)
     if (call->timer_next) call->timer_next->timer_prev = call->timer_prev; else hosts->timers_last = call->timer_prev;
     call->timer_prev = call->timer_next = NULL;
     call->timer_armed = false;
-    timerfd_update(hosts);
 }
 
 /* Inserted from the end: most calls of a tenant share one timeout, so the
@@ -435,9 +440,9 @@ static void start(struct mf_call *call, struct mf_host *host)
         return;
     }
     mf_cleanup_fd int theirs = pair[1];
-    int flags = fcntl(pair[0], F_GETFL);
-    if (flags < 0 || fcntl(pair[0], F_SETFL, flags | O_NONBLOCK) < 0) {
-        mf_warn("fcntl(request channel %d, O_NONBLOCK) failed: %s", pair[0], strerror(errno));
+    int one = 1;
+    if (ioctl(pair[0], FIONBIO, &one) < 0) {
+        mf_warn("ioctl(request channel %d, FIONBIO) failed: %s", pair[0], strerror(errno));
         (void)close(pair[0]); /* never used */
         fail(call, 503, NOT_RUNNING, RETRY);
         return;
@@ -454,6 +459,8 @@ static void start(struct mf_call *call, struct mf_host *host)
      * request whole on its first read. */
     mf_call_send(call);
     uint64_t left = call->deadline_ms > loop->now_ms ? call->deadline_ms - loop->now_ms : 1;
+    if (left > call->timeout_ms)
+        left = call->timeout_ms; /* the head's time was read after the loop's */
     struct {
         struct mf_frame_header header;
         struct mf_request_ctl ctl;

@@ -18,14 +18,11 @@
 #include "front/hosts.h"
 #include "wire/proto.h"
 
-static bool put(uint8_t *buf, uint32_t *off, const void *data, size_t len)
+static void put(uint8_t *buf, uint32_t *off, const void *data, size_t len)
 {
-    if (len > MF_MAX_PAYLOAD - *off)
-        return false;
     if (len > 0)
         memcpy(buf + *off, data, len);
     *off += (uint32_t)len;
-    return true;
 }
 
 bool mf_call_encode(struct mf_call *call)
@@ -33,26 +30,32 @@ bool mf_call_encode(struct mf_call *call)
     const struct mf_front_request *r = call->request;
     if (r->header_count > MF_MAX_HEADERS)
         return mf_errx(E2BIG, "%zu headers, at most %u", r->header_count, MF_MAX_HEADERS);
-    uint8_t *head = malloc(MF_MAX_PAYLOAD);
+    /* Sized first: most heads are far below a frame's 64 KiB. */
+    uint64_t size = sizeof(struct mf_req_head) + (uint64_t)r->method_len + r->path_len + r->query_len + r->client_len;
+    for (size_t i = 0; i < r->header_count; i++)
+        size += sizeof(struct mf_header_entry) + (uint64_t)r->headers[i].name_len + r->headers[i].value_len;
+    if (size > MF_MAX_PAYLOAD)
+        return mf_errx(E2BIG, "a request head of %llu bytes does not fit a %u-byte frame", (unsigned long long)size,
+                       MF_MAX_PAYLOAD);
+    uint8_t *head = malloc((size_t)size);
     if (head == NULL)
-        return mf_err("malloc(%u) for a request head", MF_MAX_PAYLOAD);
+        return mf_err("malloc(%llu) for a request head", (unsigned long long)size);
     struct mf_req_head h = {
         .method_len = (uint32_t)r->method_len, .path_len = (uint32_t)r->path_len,
         .query_len = (uint32_t)r->query_len, .client_len = (uint32_t)r->client_len,
         .header_count = (uint32_t)r->header_count, .body_len = r->body_len};
     uint32_t off = 0;
-    bool fits = put(head, &off, &h, sizeof(h)) && put(head, &off, r->method, r->method_len)
-                && put(head, &off, r->path, r->path_len) && put(head, &off, r->query, r->query_len)
-                && put(head, &off, r->client, r->client_len);
-    for (size_t i = 0; fits && i < r->header_count; i++) {
+    put(head, &off, &h, sizeof(h));
+    put(head, &off, r->method, r->method_len);
+    put(head, &off, r->path, r->path_len);
+    put(head, &off, r->query, r->query_len);
+    put(head, &off, r->client, r->client_len);
+    for (size_t i = 0; i < r->header_count; i++) {
         const struct mf_front_header *hd = &r->headers[i];
         struct mf_header_entry e = {.name_len = (uint32_t)hd->name_len, .value_len = (uint32_t)hd->value_len};
-        fits = put(head, &off, &e, sizeof(e)) && put(head, &off, hd->name, hd->name_len)
-               && put(head, &off, hd->value, hd->value_len);
-    }
-    if (!fits) {
-        free(head);
-        return mf_errx(E2BIG, "the request head does not fit a %u-byte frame", MF_MAX_PAYLOAD);
+        put(head, &off, &e, sizeof(e));
+        put(head, &off, hd->name, hd->name_len);
+        put(head, &off, hd->value, hd->value_len);
     }
     call->head = head;
     call->head_len = off;
