@@ -151,6 +151,8 @@ void mf_ticket_answered(struct mf_front_ticket *t, int status, bool by_program)
     bool limit_refusal = !by_program && (status == 408 || status == 413 || status == 431);
     if (!by_program && status == 413)
         mf_metrics_limit(t->metrics, MF_METRICS_LIMIT_MAX_BODY);
+    else if (!by_program && status == 408)
+        mf_metrics_limit(t->metrics, MF_METRICS_LIMIT_REQUEST_TIMEOUT); /* its body came too late */
     mf_metrics_answered(t->metrics, status, duration_us, by_program, limit_refusal);
     struct mf_conn *conn = t->conn;
     if (conn != NULL && conn->loop->routes != NULL && conn->loop->routes->access_log)

@@ -46,12 +46,13 @@ static struct mf_front_mail *new_mail(uint16_t type, const char *name, size_t na
     }
     mail->type = type;
     mail->fd = -1;
-    if (name_len > MF_ROUTE_MAX_NAME || name_len == 0) {
+    if (name_len > MF_ROUTE_MAX_NAME || (name_len == 0 && type != MF_MSG_HOST_DETACH)) {
         free(mail);
         mf_errx(EINVAL, "control: a tenant name of %zu bytes", name_len);
         return NULL;
     }
-    memcpy(mail->name, name, name_len);
+    if (name_len > 0)
+        memcpy(mail->name, name, name_len);
     mail->name_len = name_len;
     return mail;
 }
@@ -124,7 +125,7 @@ static void handle_host_message(const struct mf_frame_header *header, const char
         ok = header->payload_len == sizeof(detach);
         if (ok) {
             memcpy(&detach, payload, sizeof(detach));
-            ok = broadcast(MF_MSG_HOST_DETACH, detach.host_id, 0, "-", 1, loops, count);
+            ok = broadcast(MF_MSG_HOST_DETACH, detach.host_id, 0, NULL, 0, loops, count);
         } else {
             mf_errx(EINVAL, "HOST_DETACH of %u bytes", header->payload_len);
         }

@@ -511,3 +511,18 @@ def test_a_head_that_does_not_fit_one_frame_is_a_431(front: Front) -> None:
     assert data.startswith(b"HTTP/1.1 431 ") and b"Connection: close" in data
     assert data.endswith(b"\r\n\r\n431 Request Header Fields Too Large\n")
     assert not fake.requests
+
+
+def test_a_bad_host_message_is_logged_and_dropped(front: Front) -> None:
+    front.routes()
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with ours, theirs:
+        asyncio.run(front.link.attach_host(9, THREADS, "app", theirs.fileno()))  # no such thread
+        theirs.close()
+        ours.settimeout(5)
+        assert ours.recv(64) == b""  # the front end closed the fd it got
+    front.state("app", 7)  # no such state
+    front.routes()  # the channel still works, in order
+    assert "HOST_ATTACH" in front.stderr.read_text() and "TENANT_STATE" in front.stderr.read_text()
+    front.host(1)
+    assert front.ask("/ok")[0] == 200
