@@ -7,6 +7,7 @@
  */
 #include "front/conn.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -108,12 +109,12 @@ static void conn_refuse(struct mf_conn *conn, int status, const char *why)
         conn->broken = true; /* out of memory: the client only sees the close */
         return;
     }
-    mf_ticket_free_request(t);
     const char *extra = status == 405 ? "Allow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS" : NULL;
     if (!mf_render_daemon(t, status, why, extra, true)) {
         mf_warn_last();
         conn->broken = true;
     }
+    mf_ticket_free_request(t); /* after: the access log line names it */
 }
 
 static const char *refusal_text(int status)
@@ -307,6 +308,22 @@ static void conn_ready(struct mf_front_watch *watch, uint32_t events)
     mf_conn_run(conn);
 }
 
+/* The peer's address for the program (REMOTE_ADDR); empty if unknown. */
+static void peer_name(struct mf_conn *conn)
+{
+    struct sockaddr_storage addr;
+    socklen_t len = sizeof(addr);
+    const void *raw = NULL;
+    if (getpeername(conn->watch.fd, (struct sockaddr *)&addr, &len) < 0)
+        return; /* gone already: it will read as such */
+    if (addr.ss_family == AF_INET)
+        raw = &((struct sockaddr_in *)&addr)->sin_addr;
+    else if (addr.ss_family == AF_INET6)
+        raw = &((struct sockaddr_in6 *)&addr)->sin6_addr;
+    if (raw != NULL && inet_ntop(addr.ss_family, raw, conn->client, sizeof(conn->client)) != NULL)
+        conn->client_len = strlen(conn->client);
+}
+
 void mf_conn_accept(struct mf_front_loop *loop, int fd)
 {
     (void)pthread_once(&settings_once, init_settings); /* cannot fail with a valid once */
@@ -321,6 +338,7 @@ void mf_conn_accept(struct mf_front_loop *loop, int fd)
     }
     conn->watch = (struct mf_front_watch){.fd = fd, .ready = conn_ready};
     conn->loop = loop;
+    peer_name(conn);
     conn->fresh = true;
     llhttp_init(&conn->parser, HTTP_REQUEST, &settings);
     conn->parser.data = conn;
@@ -375,6 +393,7 @@ void mf_conn_run_again(struct mf_front_loop *loop)
 
 void mf_conn_head_done(struct mf_conn *conn, bool has_body)
 {
+    conn->parsing->arrived_us = mf_monotonic_us(); /* the backend's deadline counts from here */
     if (has_body)
         mf_timer_arm(conn->loop, &conn->timer, MF_TIMER_BODY);
     if (conn->parsing->want_continue)

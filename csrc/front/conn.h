@@ -13,6 +13,9 @@
 
 #include "front/front.h"
 #include "front/loop.h"
+#include "wire/front_protocol.h"
+
+struct mf_metrics_record;
 
 /* What the routing table said of a request's Host. */
 enum mf_route_outcome {
@@ -40,6 +43,13 @@ struct mf_front_ticket {
     bool in_value;            /* the parser is in a header value */
     enum mf_route_outcome route; /* decided when the head is complete */
     uint64_t max_body;        /* the tenant's, within --max-body */
+    struct mf_route_limits limits;       /* MF_ROUTE_TENANT: the tenant's, kept as routed */
+    char tenant[MF_ROUTE_MAX_NAME];
+    size_t tenant_len;
+    struct mf_metrics_record *metrics;   /* the tenant's record of this loop, or NULL */
+    uint64_t begun_us, arrived_us;       /* monotonic: first byte, head complete (0: not yet) */
+    char client[48];                     /* the connection's peer, as text */
+    size_t client_len;
     /* The head as sent: method, target, header names and values, then the
      * normalised host, packed in buf; positions are offsets (buf grows). */
     char *buf;
@@ -78,6 +88,8 @@ struct mf_conn {
     char in[16 * 1024];       /* read but not yet parsed: in[in_off, in_len) */
     size_t in_off, in_len;
     char byte_before;         /* the stream's byte before in[0] */
+    char client[48];          /* the peer's address, as text (empty if unknown) */
+    size_t client_len;
     char *out;                /* rendered, not yet written: out[out_sent, out_len) */
     size_t out_len, out_sent, out_cap;
 };
@@ -111,5 +123,9 @@ void mf_ticket_free_request(struct mf_front_ticket *ticket);
 bool mf_conn_request_begin(struct mf_conn *conn);
 void mf_conn_request_end(struct mf_conn *conn);
 void mf_conn_head_done(struct mf_conn *conn, bool has_body);
+
+/* access_log.c: counts an answer just rendered into the tenant's metrics
+ * and, if the table asks for it, writes its access log line. */
+void mf_ticket_answered(struct mf_front_ticket *ticket, int status, bool by_program);
 
 #endif /* MAYFLYD_FRONT_CONN_H */

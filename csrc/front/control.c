@@ -37,8 +37,108 @@ static bool send_answer(int fd, uint16_t type, uint64_t generation, const char *
     return true;
 }
 
-/* One message: a bad one is logged and refused, the old table stays. */
-static bool handle(int fd, const char *packet, size_t len, struct mf_front_loop *loops, unsigned count)
+static struct mf_front_mail *new_mail(uint16_t type, const char *name, size_t name_len)
+{
+    struct mf_front_mail *mail = calloc(1, sizeof(*mail));
+    if (mail == NULL) {
+        mf_err("calloc(mail)");
+        return NULL;
+    }
+    mail->type = type;
+    mail->fd = -1;
+    if (name_len > MF_ROUTE_MAX_NAME || (name_len == 0 && type != MF_MSG_HOST_DETACH)) {
+        free(mail);
+        mf_errx(EINVAL, "control: a tenant name of %zu bytes", name_len);
+        return NULL;
+    }
+    if (name_len > 0)
+        memcpy(mail->name, name, name_len);
+    mail->name_len = name_len;
+    return mail;
+}
+
+/* HOST_ATTACH: to the loop named; takes *fd. */
+static bool host_attach(const char *payload, size_t len, int *fd, struct mf_front_loop *loops, unsigned count)
+{
+    struct mf_host_attach attach;
+    if (len < sizeof(attach))
+        return mf_errx(EINVAL, "HOST_ATTACH of %zu bytes", len);
+    memcpy(&attach, payload, sizeof(attach));
+    if (attach.name_len != len - sizeof(attach) || attach.thread >= count || *fd < 0)
+        return mf_errx(EINVAL, "HOST_ATTACH: name of %u bytes in %zu, thread %u of %u, %s fd", attach.name_len,
+                       len - sizeof(attach), attach.thread, count, *fd < 0 ? "no" : "an");
+    struct mf_front_mail *mail = new_mail(MF_MSG_HOST_ATTACH, payload + sizeof(attach), attach.name_len);
+    if (mail == NULL)
+        return false;
+    mail->host_id = attach.host_id;
+    mail->fd = mf_steal_fd(fd);
+    mf_loop_post(&loops[attach.thread], mail);
+    return true;
+}
+
+/* HOST_DETACH and TENANT_STATE: to every loop. */
+static bool broadcast(uint16_t type, uint64_t host_id, uint32_t state, const char *name, size_t name_len,
+                      struct mf_front_loop *loops, unsigned count)
+{
+    for (unsigned i = 0; i < count; i++) {
+        struct mf_front_mail *mail = new_mail(type, name, name_len);
+        if (mail == NULL)
+            return false;
+        mail->host_id = host_id;
+        mail->state = state;
+        mf_loop_post(&loops[i], mail);
+    }
+    return true;
+}
+
+static bool tenant_state(const char *payload, size_t len, struct mf_front_loop *loops, unsigned count)
+{
+    struct mf_tenant_state state;
+    if (len < sizeof(state))
+        return mf_errx(EINVAL, "TENANT_STATE of %zu bytes", len);
+    memcpy(&state, payload, sizeof(state));
+    if (state.name_len > len - sizeof(state) || (state.state != MF_TENANT_STARTING && state.state != MF_TENANT_DOWN))
+        return mf_errx(EINVAL, "TENANT_STATE: state %u, name of %u bytes in %zu", state.state, state.name_len,
+                       len - sizeof(state));
+    const char *name = payload + sizeof(state);
+    const char *reason = name + state.name_len;
+    size_t reason_len = len - sizeof(state) - state.name_len;
+    MF_TRY(broadcast(MF_MSG_TENANT_STATE, 0, state.state, name, state.name_len, loops, count));
+    /* Once per change here, not once per request in the loops. */
+    if (state.state == MF_TENANT_DOWN)
+        mf_warn("tenant %.*s is down: %.*s", (int)state.name_len, name, (int)(reason_len > 1024 ? 1024 : reason_len),
+                reason);
+    return true;
+}
+
+/* A message other than ROUTES: a bad one is logged and dropped. */
+static void handle_host_message(const struct mf_frame_header *header, const char *payload, int *fd,
+                                struct mf_front_loop *loops, unsigned count)
+{
+    bool ok;
+    if (header->type == MF_MSG_HOST_ATTACH) {
+        ok = host_attach(payload, header->payload_len, fd, loops, count);
+    } else if (*fd >= 0) {
+        ok = mf_errx(EINVAL, "control: message type %u carries an fd", header->type);
+    } else if (header->type == MF_MSG_HOST_DETACH) {
+        struct mf_host_detach detach;
+        ok = header->payload_len == sizeof(detach);
+        if (ok) {
+            memcpy(&detach, payload, sizeof(detach));
+            ok = broadcast(MF_MSG_HOST_DETACH, detach.host_id, 0, NULL, 0, loops, count);
+        } else {
+            mf_errx(EINVAL, "HOST_DETACH of %u bytes", header->payload_len);
+        }
+    } else {
+        ok = tenant_state(payload, header->payload_len, loops, count);
+    }
+    if (!ok)
+        mf_warn_last();
+}
+
+/* One message: a bad table is logged and refused, the old table stays. */
+static bool handle(int fd, const char *packet, size_t len, int *passed_fd, struct mf_front_loop *loops,
+                   unsigned count)
 {
     struct mf_frame_header header;
     uint64_t generation = 0;
@@ -47,8 +147,15 @@ static bool handle(int fd, const char *packet, size_t len, struct mf_front_loop 
     if (len >= sizeof(header) + sizeof(generation))
         memcpy(&generation, packet + sizeof(header), sizeof(generation)); /* to name it in a refusal */
     if (mf_frame_parse((const uint8_t *)packet, len, &header)) { /* else: its error says why */
+        if (header.type == MF_MSG_HOST_ATTACH || header.type == MF_MSG_HOST_DETACH
+            || header.type == MF_MSG_TENANT_STATE) {
+            handle_host_message(&header, packet + sizeof(header), passed_fd, loops, count);
+            return true;
+        }
         if (header.type != MF_MSG_ROUTES)
             (void)mf_errx(EINVAL, "control: unexpected message type %u", header.type);
+        else if (*passed_fd >= 0)
+            (void)mf_errx(EINVAL, "control: ROUTES carries an fd");
         else
             ok = mf_routes_decode(packet + sizeof(header), header.payload_len, &routes);
     }
@@ -66,8 +173,7 @@ bool mf_control_run(int control_fd, const sigset_t *signals, struct mf_front_loo
     mf_cleanup_fd int signal_fd = signalfd(-1, signals, SFD_CLOEXEC);
     if (signal_fd < 0)
         return mf_err("signalfd(TERM|INT)");
-    /* One byte more than the largest message: a longer one shows as too long. */
-    size_t cap = MF_FRAME_HEADER_SIZE + MF_MAX_ROUTES_PAYLOAD + 1;
+    size_t cap = MF_FRAME_HEADER_SIZE + MF_MAX_ROUTES_PAYLOAD;
     mf_cleanup_free char *packet = malloc(cap);
     if (packet == NULL)
         return mf_err("malloc(%zu)", cap);
@@ -82,21 +188,23 @@ bool mf_control_run(int control_fd, const sigset_t *signals, struct mf_front_loo
             return true; /* SIGTERM or SIGINT */
         if (fds[1].revents == 0)
             continue;
-        ssize_t n = recv(control_fd, packet, cap, MSG_TRUNC);
-        if (n < 0) {
-            if (errno == EINTR || errno == EAGAIN)
+        size_t n, nfds;
+        mf_cleanup_fd int fd = -1;
+        int got = mf_recv_packet(control_fd, MSG_DONTWAIT, (uint8_t *)packet, cap, &n, &fd, 1, &nfds);
+        if (got < 0) {
+            if (errno == EAGAIN)
                 continue;
-            return mf_err("recv(control %d)", control_fd);
+            if (errno == EMSGSIZE || errno == EPROTO) { /* too long, or too many fds: closed */
+                mf_warn_last();
+                MF_TRY(send_answer(control_fd, MF_MSG_ROUTES_REFUSED, 0, mf_last_error()));
+                continue;
+            }
+            return false; /* recorded */
         }
-        if (n == 0) {
+        if (got == 0) {
             mf_warn("control channel closed: the supervisor is gone, ending");
             return true;
         }
-        if ((size_t)n >= cap) {
-            mf_warn("control: a message of %zd bytes, over %u", n, MF_FRAME_HEADER_SIZE + MF_MAX_ROUTES_PAYLOAD);
-            MF_TRY(send_answer(control_fd, MF_MSG_ROUTES_REFUSED, 0, "message too long"));
-            continue;
-        }
-        MF_TRY(handle(control_fd, packet, (size_t)n, loops, count));
+        MF_TRY(handle(control_fd, packet, n, &fd, loops, count));
     }
 }

@@ -30,6 +30,18 @@ struct mf_front_config {
     uint64_t idle_timeout_ms;   /* keep-alive: between requests, or without write progress */
     uint64_t max_body;
     unsigned max_pipeline;      /* requests of one connection queued before reading pauses */
+    bool log_json;              /* --log-format json (else logfmt): the access log's lines */
+};
+
+/* A tenant's limits, as its route says (wire/front_protocol.h). */
+struct mf_route_limits {
+    uint64_t max_body;
+    uint64_t max_response;
+    uint32_t request_timeout_ms;
+    uint32_t concurrency;
+    uint32_t queue;
+    uint32_t slot;            /* metrics slot */
+    uint32_t request_cpu_ms;
 };
 
 struct mf_front_header {
@@ -54,6 +66,12 @@ struct mf_front_request {
     size_t header_count;
     const char *body;            /* exactly as sent (chunked: de-chunked, never decoded) */
     size_t body_len;
+    const char *client;          /* the peer's address, as text; empty if unknown */
+    size_t client_len;
+    const char *tenant;          /* the tenant its Host routed it to */
+    size_t tenant_len;
+    const struct mf_route_limits *limits; /* that tenant's, when its head was read */
+    uint64_t arrived_ms;         /* CLOCK_MONOTONIC ms when its head was complete */
 };
 
 /* A program's answer. The front end drops its hop-by-hop headers and sets
@@ -69,6 +87,19 @@ struct mf_front_response {
 struct mf_front_loop;
 struct mf_front_ticket;
 
+/* A message of the supervisor for a loop (HOST_ATTACH, HOST_DETACH,
+ * TENANT_STATE of wire/front_protocol.h), decoded by the control thread
+ * and handed to the loop's backend on the loop's thread. */
+struct mf_front_mail {
+    struct mf_front_mail *next;
+    uint16_t type;       /* MF_MSG_HOST_ATTACH, MF_MSG_HOST_DETACH or MF_MSG_TENANT_STATE */
+    uint64_t host_id;
+    uint32_t state;      /* TENANT_STATE */
+    int fd;              /* HOST_ATTACH: the data channel, the backend's to close; else -1 */
+    size_t name_len;
+    char name[256];
+};
+
 /* The boundary to whoever answers requests. submit() runs on a loop's
  * thread for every valid request, in the order they arrive on their
  * connection; the backend then calls mf_front_complete(ticket) exactly once,
@@ -78,11 +109,18 @@ struct mf_front_backend {
     void *ctx;
     void (*submit)(void *ctx, struct mf_front_loop *loop, struct mf_front_ticket *ticket,
                    const struct mf_front_request *request);
+    /* A supervisor's message for this loop; NULL: they are dropped (fds closed). */
+    void (*mail)(void *ctx, struct mf_front_loop *loop, struct mf_front_mail *mail);
+    /* After each turn of the loop (every event of a wake-up handled); may be NULL. */
+    void (*turn_end)(void *ctx, struct mf_front_loop *loop);
 };
 
 /* Answers the ticket's request (NULL: the backend failed, 502) and releases
  * it. The response is copied: its memory is the caller's again on return. */
 void mf_front_complete(struct mf_front_ticket *ticket, const struct mf_front_response *response);
+/* Answers with the daemon's own "<status> <reason>: <why>" and an extra
+ * header line ("Name: value") or NULL, and releases the ticket. */
+void mf_front_fail(struct mf_front_ticket *ticket, int status, const char *why, const char *extra_header);
 /* False once the client is gone: the backend may stop working on it (it
  * still completes the ticket, which then only frees it). */
 bool mf_front_ticket_waited_for(const struct mf_front_ticket *ticket);

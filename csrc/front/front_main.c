@@ -39,7 +39,8 @@ static const char usage[] =
     "  --body-timeout-ms MS      time for a request body after its head (default 60000)\n"
     "  --idle-timeout-ms MS      keep-alive: time between requests (default 75000)\n"
     "  --max-body BYTES          largest request body (default 1048576)\n"
-    "  --max-pipeline N          requests of one connection queued at once (default 16)\n";
+    "  --max-pipeline N          requests of one connection queued at once (default 16)\n"
+    "  --log-format FORMAT       access log lines: logfmt (default) or json\n";
 
 static bool parse_number(const char *option, const char *text, uint64_t min, uint64_t max, uint64_t *out)
 {
@@ -85,6 +86,7 @@ static bool parse_options(int argc, char **argv, struct mf_front_config *config)
         {"idle-timeout-ms", required_argument, NULL, 'I'},
         {"max-body", required_argument, NULL, 'm'},
         {"max-pipeline", required_argument, NULL, 'p'},
+        {"log-format", required_argument, NULL, 'f'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -111,6 +113,11 @@ static bool parse_options(int argc, char **argv, struct mf_front_config *config)
         case 'I': MF_TRY(parse_number("--idle-timeout-ms", optarg, 1, 3600000, &config->idle_timeout_ms)); break;
         case 'm': MF_TRY(parse_number("--max-body", optarg, 0, 1ull << 30, &config->max_body)); break;
         case 'p': MF_TRY(parse_number("--max-pipeline", optarg, 1, 1024, &value)); config->max_pipeline = (unsigned)value; break;
+        case 'f':
+            if (strcmp(optarg, "json") != 0 && strcmp(optarg, "logfmt") != 0)
+                return mf_errx(EINVAL, "--log-format: %s is not logfmt or json", optarg);
+            config->log_json = strcmp(optarg, "json") == 0;
+            break;
         case 'h': fputs(usage, stdout); exit(0);
         default: return mf_errx(EINVAL, "unknown option (see --help)");
         }
@@ -259,7 +266,7 @@ static bool serve(int argc, char **argv, const struct mf_front_backend *backend)
     if (loops == NULL)
         return mf_err("calloc(%u loops)", config.threads);
     for (unsigned i = 0; i < config.threads; i++)
-        MF_TRY(mf_loop_init(&loops[i], &config, backend, listen_fd));
+        MF_TRY(mf_loop_init(&loops[i], &config, backend, listen_fd, i));
     /* Every fd and mapping exists now, and no loop runs yet: no request is
      * ever served unfiltered. */
     if (config.seccomp_fd >= 0)

@@ -4,8 +4,10 @@
 
 #include <errno.h>
 #include <stdatomic.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/timerfd.h>
 #include <time.h>
@@ -29,11 +31,16 @@ uint64_t mf_next_request_id(void)
     return atomic_fetch_add_explicit(&request_ids, 1, memory_order_relaxed) + 1;
 }
 
-static uint64_t monotonic_ms(void)
+uint64_t mf_monotonic_us(void)
 {
     struct timespec ts;
     (void)clock_gettime(CLOCK_MONOTONIC, &ts); /* cannot fail for CLOCK_MONOTONIC */
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+    return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
+
+static uint64_t monotonic_ms(void)
+{
+    return mf_monotonic_us() / 1000;
 }
 
 static uint64_t duration_ms(const struct mf_front_loop *loop, enum mf_timer_kind kind)
@@ -147,24 +154,78 @@ bool mf_front_watch_remove(struct mf_front_loop *loop, struct mf_front_watch *wa
     return true;
 }
 
-bool mf_loop_init(struct mf_front_loop *loop, const struct mf_front_config *config,
-                  const struct mf_front_backend *backend, int listen_fd)
+void mf_loop_wake(struct mf_front_loop *loop)
 {
-    *loop = (struct mf_front_loop){.config = config, .backend = backend, .now_ms = monotonic_ms()};
+    uint64_t one = 1;
+    /* Only a counter at its maximum fails (EAGAIN): the loop is awake anyway. */
+    if (write(loop->mailbox.fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+        mf_warn("write(eventfd %d) failed: %s", loop->mailbox.fd, strerror(errno));
+}
+
+void mf_loop_post(struct mf_front_loop *loop, struct mf_front_mail *mail)
+{
+    mail->next = NULL;
+    (void)pthread_mutex_lock(&loop->mail_lock); /* a default mutex, never held across a call: cannot fail */
+    if (loop->mail_last != NULL)
+        loop->mail_last->next = mail;
+    else
+        loop->mail_first = mail;
+    loop->mail_last = mail;
+    (void)pthread_mutex_unlock(&loop->mail_lock);
+    mf_loop_wake(loop);
+}
+
+/* The loop's thread: every message posted so far, in order. */
+static void mailbox_ready(struct mf_front_watch *watch, uint32_t events)
+{
+    struct mf_front_loop *loop = (struct mf_front_loop *)((char *)watch - offsetof(struct mf_front_loop, mailbox));
+    uint64_t count;
+    (void)events;
+    if (read(watch->fd, &count, sizeof(count)) < 0 && errno != EAGAIN)
+        mf_warn("read(eventfd %d) failed: %s", watch->fd, strerror(errno));
+    (void)pthread_mutex_lock(&loop->mail_lock); /* a default mutex, never held across a call: cannot fail */
+    struct mf_front_mail *mail = loop->mail_first;
+    loop->mail_first = loop->mail_last = NULL;
+    (void)pthread_mutex_unlock(&loop->mail_lock);
+    while (mail != NULL) {
+        struct mf_front_mail *next = mail->next;
+        if (loop->backend != NULL && loop->backend->mail != NULL)
+            loop->backend->mail(loop->backend->ctx, loop, mail); /* it takes the fd */
+        else if (mail->fd >= 0)
+            (void)close(mail->fd); /* nobody serves hosts here */
+        free(mail);
+        mail = next;
+    }
+}
+
+bool mf_loop_init(struct mf_front_loop *loop, const struct mf_front_config *config,
+                  const struct mf_front_backend *backend, int listen_fd, unsigned index)
+{
+    *loop = (struct mf_front_loop){.config = config, .backend = backend, .now_ms = monotonic_ms(),
+                                   .index = index};
     mf_cleanup_fd int epfd = epoll_create1(EPOLL_CLOEXEC);
     if (epfd < 0)
         return mf_err("epoll_create1(EPOLL_CLOEXEC)");
     mf_cleanup_fd int pause_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
     if (pause_fd < 0)
         return mf_err("timerfd_create(CLOCK_MONOTONIC)");
+    mf_cleanup_fd int mail_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (mail_fd < 0)
+        return mf_err("eventfd(0)");
+    int err = pthread_mutex_init(&loop->mail_lock, NULL);
+    if (err != 0)
+        return mf_errx(err, "pthread_mutex_init(mailbox) failed: %s", strerror(err));
     loop->epfd = epfd;
     loop->listener = (struct mf_front_watch){.fd = listen_fd, .ready = accept_ready};
     loop->accept_pause = (struct mf_front_watch){.fd = pause_fd, .ready = accept_resume};
+    loop->mailbox = (struct mf_front_watch){.fd = mail_fd, .ready = mailbox_ready};
     /* Level triggered, and one waiting loop woken per connection. */
     MF_TRY(mf_front_watch_add(loop, &loop->listener, EPOLLIN | EPOLLEXCLUSIVE));
     MF_TRY(mf_front_watch_add(loop, &loop->accept_pause, EPOLLIN));
+    MF_TRY(mf_front_watch_add(loop, &loop->mailbox, EPOLLIN));
     loop->epfd = mf_steal_fd(&epfd);
     loop->accept_pause.fd = mf_steal_fd(&pause_fd);
+    loop->mailbox.fd = mf_steal_fd(&mail_fd);
     return true;
 }
 
@@ -184,5 +245,7 @@ bool mf_loop_run(struct mf_front_loop *loop)
         }
         expire_timers(loop);
         mf_conn_free_dead(loop);
+        if (loop->backend != NULL && loop->backend->turn_end != NULL)
+            loop->backend->turn_end(loop->backend->ctx, loop);
     }
 }

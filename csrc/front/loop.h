@@ -7,6 +7,7 @@
 #ifndef MAYFLYD_FRONT_LOOP_H
 #define MAYFLYD_FRONT_LOOP_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
 
@@ -52,15 +53,29 @@ struct mf_front_loop {
      * and the newest one published for this loop (routes.h). */
     struct mf_routes *routes;
     _Atomic(struct mf_routes *) routes_pending;
+    unsigned index;       /* the thread number: HOST_ATTACH's `thread`, the metrics record's */
+    void *backend_data;   /* the backend's per-loop state, made on its first use */
+    /* The supervisor's messages for this loop, posted by the control
+     * thread; the eventfd wakes the loop for them and for a new table. */
+    struct mf_front_watch mailbox;
+    pthread_mutex_t mail_lock;
+    struct mf_front_mail *mail_first, *mail_last;
 };
 
 bool mf_loop_init(struct mf_front_loop *loop, const struct mf_front_config *config,
-                  const struct mf_front_backend *backend, int listen_fd);
+                  const struct mf_front_backend *backend, int listen_fd, unsigned index);
+/* Control thread: queues a message for the loop (which owns it from now) and wakes it. */
+void mf_loop_post(struct mf_front_loop *loop, struct mf_front_mail *mail);
+/* Wakes the loop (a new table is in its mailbox). */
+void mf_loop_wake(struct mf_front_loop *loop);
 /* Runs until an epoll call fails (logged); never returns otherwise. */
 bool mf_loop_run(struct mf_front_loop *loop);
 
 /* (Re)arms the timer of the given kind from now; MF_TIMER_NONE disarms it. */
 void mf_timer_arm(struct mf_front_loop *loop, struct mf_timer *timer, enum mf_timer_kind kind);
+
+/* CLOCK_MONOTONIC in microseconds. */
+uint64_t mf_monotonic_us(void);
 
 /* The next X-Request-Id: one counter for the whole process. */
 uint64_t mf_next_request_id(void);

@@ -1,8 +1,8 @@
-/* mayflyd-front: no backend yet, so every request is answered 503
- * (no tenant is connected); the hosts are wired in by a later change. */
+/* mayflyd-front: requests run on the tenants' sandbox hosts (hosts.c). */
 #include "front/front.h"
+#include "front/hosts.h"
 
 int main(int argc, char **argv)
 {
-    return mf_front_main(argc, argv, NULL);
+    return mf_front_main(argc, argv, &mf_hosts_backend);
 }

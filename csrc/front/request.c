@@ -7,6 +7,7 @@
 #include <strings.h>
 
 #include "base/log.h"
+#include "front/metrics.h"
 
 static struct mf_conn *conn_of(llhttp_t *parser)
 {
@@ -165,6 +166,10 @@ static void route(const struct mf_front_loop *loop, struct mf_front_ticket *t)
         return;
     }
     t->route = MF_ROUTE_TENANT;
+    t->limits = tenant->limits;
+    memcpy(t->tenant, tenant->name, tenant->name_len);
+    t->tenant_len = tenant->name_len;
+    t->metrics = mf_metrics_record(loop->index, tenant->limits.slot);
     if (tenant->limits.max_body < t->max_body)
         t->max_body = tenant->limits.max_body;
 }
@@ -254,6 +259,10 @@ bool mf_request_finish(struct mf_front_ticket *t)
         .host = t->buf + t->host_off, .host_len = t->host_len,
         .headers = t->headers, .header_count = t->header_count,
         .body = t->body ? t->body : "", .body_len = t->body_len,
+        .client = t->client, .client_len = t->client_len,
+        .tenant = t->tenant, .tenant_len = t->tenant_len,
+        .limits = &t->limits,
+        .arrived_ms = t->arrived_us / 1000,
     };
     return true;
 }

@@ -122,12 +122,13 @@ static void put_own_lines(struct writer *w, const struct mf_front_ticket *t, int
     put(w, "\r\n", 2);
 }
 
-static bool finish(struct mf_front_ticket *t, struct writer *w)
+static bool finish(struct mf_front_ticket *t, struct writer *w, int status, bool by_program)
 {
     free(t->out);
     t->out = w->buf;
     t->out_len = w->len;
     t->answered = true;
+    mf_ticket_answered(t, status, by_program);
     return true;
 }
 
@@ -148,7 +149,7 @@ bool mf_render_daemon(struct mf_front_ticket *t, int status, const char *why, co
     put_own_lines(&w, t, status, body_len);
     if (!t->head_only)
         put(&w, body, body_len);
-    return finish(t, &w);
+    return finish(t, &w, status, false);
 }
 
 bool mf_render_answer(struct mf_front_ticket *t, const struct mf_front_response *r)
@@ -185,5 +186,5 @@ bool mf_render_answer(struct mf_front_ticket *t, const struct mf_front_response 
     put_own_lines(&w, t, r->status, r->body_len);
     if (!bodyless)
         put(&w, r->body, r->body_len);
-    return finish(t, &w);
+    return finish(t, &w, r->status, true);
 }

@@ -89,8 +89,8 @@ static bool decode_tenant(struct mf_routes *routes, struct reader *r, size_t ind
     struct mf_tenant_route *tenant = &routes->tenants[index];
     if (wire.name_len == 0 || wire.name_len > MF_ROUTE_MAX_NAME)
         return mf_errx(EINVAL, "ROUTES: tenant %zu: name of %u bytes", index, wire.name_len);
-    if (wire.reserved != 0 || (wire.flags & ~MF_ROUTE_DEFAULT) != 0)
-        return mf_errx(EINVAL, "ROUTES: tenant %zu: unknown flags %#x or reserved %u", index, wire.flags, wire.reserved);
+    if ((wire.flags & ~MF_ROUTE_DEFAULT) != 0)
+        return mf_errx(EINVAL, "ROUTES: tenant %zu: unknown flags %#x", index, wire.flags);
     if (wire.request_timeout_ms == 0 || wire.concurrency == 0)
         return mf_errx(EINVAL, "ROUTES: tenant %zu: request_timeout_ms and concurrency must be positive", index);
     MF_TRY(take_bytes(r, wire.name_len, &tenant->name, "a tenant's name"));
@@ -100,7 +100,8 @@ static bool decode_tenant(struct mf_routes *routes, struct reader *r, size_t ind
             return mf_errx(EINVAL, "ROUTES: tenant %zu: name is not visible ASCII", index);
     tenant->limits = (struct mf_route_limits){
         .max_body = wire.max_body, .max_response = wire.max_response,
-        .request_timeout_ms = wire.request_timeout_ms, .concurrency = wire.concurrency};
+        .request_timeout_ms = wire.request_timeout_ms, .concurrency = wire.concurrency,
+        .queue = wire.queue, .slot = wire.slot, .request_cpu_ms = wire.request_cpu_ms};
     if (wire.flags & MF_ROUTE_DEFAULT) {
         if (routes->fallback != NULL)
             return mf_errx(EINVAL, "ROUTES: tenants %.*s and %.*s are both the default",
@@ -148,10 +149,11 @@ static bool decode(struct mf_routes *routes, const char *payload, size_t len)
     memcpy(routes->payload, payload, len);
     struct mf_routes_head head;
     MF_TRY(take(&r, &head, sizeof(head), "the head"));
-    if (head.reserved != 0 || head.tenant_count > MF_ROUTE_MAX_TENANTS)
-        return mf_errx(EINVAL, "ROUTES: %u tenants (at most %u), reserved %u", head.tenant_count,
-                       MF_ROUTE_MAX_TENANTS, head.reserved);
+    if ((head.flags & ~MF_ROUTES_ACCESS_LOG) != 0 || head.tenant_count > MF_ROUTE_MAX_TENANTS)
+        return mf_errx(EINVAL, "ROUTES: %u tenants (at most %u), unknown flags %#x", head.tenant_count,
+                       MF_ROUTE_MAX_TENANTS, head.flags);
     routes->generation = head.generation;
+    routes->access_log = (head.flags & MF_ROUTES_ACCESS_LOG) != 0;
     /* Each host takes at least a mf_route_host and a byte: that bounds them. */
     size_t hosts_left = len / (sizeof(struct mf_route_host) + 1);
     routes->tenants = calloc(head.tenant_count ? head.tenant_count : 1, sizeof(*routes->tenants));
@@ -222,6 +224,7 @@ void mf_routes_publish(struct mf_front_loop *loops, unsigned count, struct mf_ro
         /* A table its loop never took is dropped here instead. */
         struct mf_routes *unread = atomic_exchange_explicit(&loops[i].routes_pending, routes, memory_order_acq_rel);
         mf_routes_release(unread);
+        mf_loop_wake(&loops[i]); /* a loop without traffic takes it now */
     }
 }
 

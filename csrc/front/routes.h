@@ -19,14 +19,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-struct mf_front_loop;
-
-struct mf_route_limits {
-    uint64_t max_body;
-    uint64_t max_response;
-    uint32_t request_timeout_ms;
-    uint32_t concurrency;
-};
+#include "front/front.h"
 
 struct mf_tenant_route {
     const char *name;  /* into the table's copy of the payload, not terminated */
@@ -43,6 +36,7 @@ struct mf_route_name {
 struct mf_routes {
     atomic_uint refs;
     uint64_t generation;
+    bool access_log;       /* MF_ROUTES_ACCESS_LOG */
     struct mf_tenant_route *tenants;
     size_t tenant_count;
     struct mf_route_name *exact;     /* sorted by name: binary search */

@@ -5,9 +5,11 @@
  * until then (its request memory too), and is freed there.
  */
 #include <stdlib.h>
+#include <string.h>
 
 #include "base/log.h"
 #include "front/conn.h"
+#include "front/metrics.h"
 #include "front/request.h"
 #include "front/response.h"
 
@@ -49,6 +51,9 @@ bool mf_conn_request_begin(struct mf_conn *conn)
         return mf_err("calloc(request)");
     t->conn = conn;
     t->id = mf_next_request_id();
+    t->begun_us = mf_monotonic_us();
+    memcpy(t->client, conn->client, conn->client_len);
+    t->client_len = conn->client_len;
     if (conn->last != NULL)
         conn->last->next = t;
     else
@@ -78,40 +83,55 @@ void mf_conn_request_end(struct mf_conn *conn)
         mf_warn_last();
         if (!mf_render_daemon(t, 503, "out of memory", "Retry-After: 1", false))
             conn->broken = true;
+        mf_ticket_free_request(t);
         return;
     }
-    if (t->route == MF_ROUTE_NO_TENANT) {
-        mf_ticket_free_request(t);
-        if (!mf_render_daemon(t, 404, "no tenant serves this host", NULL, false))
+    /* No hosts: a routed tenant's program cannot be running. */
+    if (t->route == MF_ROUTE_NO_TENANT || backend == NULL) {
+        bool ok = t->route == MF_ROUTE_NO_TENANT
+                      ? mf_render_daemon(t, 404, "no tenant serves this host", NULL, false)
+                      : mf_render_daemon(t, 503, t->route == MF_ROUTE_TENANT ? "the tenant's program is not running"
+                                                                             : "no tenant is connected",
+                                         "Retry-After: 1", false);
+        if (!ok)
             conn->broken = true;
-        return;
-    }
-    if (backend == NULL) {
-        /* No hosts yet: a routed tenant's program cannot be running. */
-        const char *why = t->route == MF_ROUTE_TENANT ? "the tenant's program is not running" : "no tenant is connected";
-        mf_ticket_free_request(t);
-        if (!mf_render_daemon(t, 503, why, "Retry-After: 1", false))
-            conn->broken = true;
+        mf_ticket_free_request(t); /* after: the access log line names it */
         return;
     }
     t->submitted = true;
+    mf_metrics_in_flight(t->metrics, 1);
     backend->submit(backend->ctx, conn->loop, t, &t->request);
 }
 
-void mf_front_complete(struct mf_front_ticket *t, const struct mf_front_response *response)
+/* Renders the answer (a program's, or the daemon's when response is NULL
+ * and status is set) and releases the ticket. */
+static void complete(struct mf_front_ticket *t, const struct mf_front_response *response, int status,
+                     const char *why, const char *extra_header)
 {
     struct mf_conn *conn = t->conn;
+    mf_metrics_in_flight(t->metrics, -1);
     if (conn == NULL) {
         mf_ticket_free(t);
         return;
     }
     /* Rendered before the request is freed: the answer may point into it. */
-    if (!mf_render_answer(t, response)) {
+    bool ok = status != 0 ? mf_render_daemon(t, status, why, extra_header, false) : mf_render_answer(t, response);
+    if (!ok) {
         mf_warn_last();
         conn->broken = true;
     }
     mf_ticket_free_request(t);
     mf_conn_run(conn);
+}
+
+void mf_front_complete(struct mf_front_ticket *t, const struct mf_front_response *response)
+{
+    complete(t, response, 0, NULL, NULL);
+}
+
+void mf_front_fail(struct mf_front_ticket *t, int status, const char *why, const char *extra_header)
+{
+    complete(t, NULL, status, why, extra_header);
 }
 
 bool mf_front_ticket_waited_for(const struct mf_front_ticket *t)

@@ -78,16 +78,17 @@ class Front:
             conn.close()
 
 
-@pytest.fixture
-def front(binary: Path, tmp_path: Path) -> Iterator[Front]:
+def spawn(binary: Path, tmp: Path, *options: str) -> tuple[subprocess.Popen[bytes], int, FrontLink, Path]:
+    """The front end on a listening socket of ours (--listen-fd), with a
+    control channel (--control-fd) and 2 threads: its process, port, link, stderr."""
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
     listener.listen(64)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    err = tmp_path / "front.stderr"
+    err = tmp / "front.stderr"
     proc = subprocess.Popen(
         [str(binary), "--listen-fd", str(listener.fileno()), "--control-fd", str(theirs.fileno()),
-         "--threads", "2", "--max-body", str(GLOBAL_MAX_BODY), "--allow-root"],
+         "--threads", "2", "--allow-root", *options],
         stdout=subprocess.PIPE, stderr=err.open("wb"), pass_fds=(listener.fileno(), theirs.fileno()),
         # With sanitizers: what the loops hold at exit is not a leak (the process ends with them).
         env={**os.environ, "ASAN_OPTIONS": "detect_leaks=0"})
@@ -95,10 +96,14 @@ def front(binary: Path, tmp_path: Path) -> Iterator[Front]:
     assert proc.stdout is not None
     line = proc.stdout.readline().decode()
     assert "listening on an inherited socket port" in line, err.read_text()
-    running = Front(proc, listener.getsockname()[1], FrontLink(ours), err)
+    port = listener.getsockname()[1]
     listener.close()  # the front end holds its own copy: the port stays served
-    yield running
-    running.link.close()
+    return proc, port, FrontLink(ours), err
+
+
+def end(proc: subprocess.Popen[bytes], link: FrontLink, err: Path) -> None:
+    """Closes the control channel, which ends the front end cleanly."""
+    link.close()
     try:
         assert proc.wait(5) == 0, err.read_text()
     finally:
@@ -107,8 +112,22 @@ def front(binary: Path, tmp_path: Path) -> Iterator[Front]:
             proc.wait()
 
 
+@pytest.fixture
+def front(binary: Path, tmp_path: Path) -> Iterator[Front]:
+    running = Front(*spawn(binary, tmp_path, "--max-body", str(GLOBAL_MAX_BODY)))
+    yield running
+    end(running.proc, running.link, running.stderr)
+
+
 def send(front: Front, cfg: Config) -> int:
-    return asyncio.run(front.link.send_config(cfg))
+    """The table, its tenants said DOWN first (no host comes in these tests:
+    a request gets its 503 at once instead of at its request_timeout_ms)."""
+    async def go() -> int:
+        for tenant in cfg.tenants:
+            front.link.tenant_state(tenant.name, front_protocol.TENANT_DOWN, "no hosts in this test")
+        return await front.link.send_config(cfg)
+
+    return asyncio.run(go())
 
 
 def test_before_any_table_every_request_gets_503(front: Front) -> None:
@@ -137,7 +156,11 @@ def test_routes_by_exact_wildcard_and_default_host(front: Front, tmp_path: Path)
 
 def test_the_global_max_body_stays_the_ceiling(front: Front) -> None:
     big = RouteLimits(max_body=10 * GLOBAL_MAX_BODY, max_response=1 << 20, request_timeout_ms=1000, concurrency=1)
-    asyncio.run(front.link.send_routes([TenantRoute("big", ("big.example",), False, big)]))
+    async def go() -> None:
+        front.link.tenant_state("big", front_protocol.TENANT_DOWN)
+        await front.link.send_routes([TenantRoute("big", ("big.example",), False, big)])
+
+    asyncio.run(go())
     assert front.status("big.example", b"x" * GLOBAL_MAX_BODY)[0] == 503
     assert front.status("big.example", b"x" * (GLOBAL_MAX_BODY + 1))[0] == 413
 
@@ -198,7 +221,7 @@ def malformed(generation: int) -> list[bytes]:
         FRAME_HEADER.pack(MAGIC, MSG_ROUTES, PROTOCOL_VERSION, 0, len(head), 0) + head,  # 2 tenants, none sent
         # A byte after the last tenant, payload_len counting it.
         FRAME_HEADER.pack(MAGIC, MSG_ROUTES, PROTOCOL_VERSION, 0, len(good) - header + 1, 0) + good[header:] + b"\0",
-        FRAME_HEADER.pack(MAGIC, 97, PROTOCOL_VERSION, 0, len(good) - header, 0) + good[header:],  # unknown type
+        FRAME_HEADER.pack(MAGIC, 100, PROTOCOL_VERSION, 0, len(good) - header, 0) + good[header:],  # unknown type
     ]
 
 
@@ -228,6 +251,12 @@ def test_routes_of_a_config_keeps_hosts_default_and_limits(tmp_path: Path) -> No
     ]
 
 
+# Named MF_<name> in the C header.
+CONSTANTS = ["MSG_ROUTES", "MSG_ROUTES_ACK", "MSG_ROUTES_REFUSED", "MAX_ROUTES_PAYLOAD", "ROUTE_DEFAULT",
+             "ROUTES_ACCESS_LOG", "MSG_HOST_ATTACH", "MSG_HOST_DETACH", "MSG_TENANT_STATE", "MSG_HOST_DRAINED",
+             "TENANT_STARTING", "TENANT_DOWN"]
+
+
 def test_struct_layouts_match_the_c_header(tmp_path: Path) -> None:
     """A program compiled against front_protocol.h prints what Python assumes."""
     lines = []
@@ -236,7 +265,7 @@ def test_struct_layouts_match_the_c_header(tmp_path: Path) -> None:
         for f in fields:
             lines.append(f'printf("{name}.{f} %zu %zu\\n", offsetof(struct {name}, {f}), '
                          f'sizeof(((struct {name} *)0)->{f}));')
-    for const in ["MSG_ROUTES", "MSG_ROUTES_ACK", "MSG_ROUTES_REFUSED", "MAX_ROUTES_PAYLOAD", "ROUTE_DEFAULT"]:
+    for const in CONSTANTS:
         lines.append(f'printf("{const} %llu\\n", (unsigned long long)MF_{const});')
     lines.append('printf("MAX_TENANTS %llu\\n", (unsigned long long)MF_ROUTE_MAX_TENANTS);')
     lines.append('printf("MAX_NAME %llu\\n", (unsigned long long)MF_ROUTE_MAX_NAME);')
@@ -248,6 +277,5 @@ def test_struct_layouts_match_the_c_header(tmp_path: Path) -> None:
             size = struct.calcsize("=" + code)
             assert out[f"{name}.{f}"] == f"{offset} {size}", f"{name}.{f}"
             offset += size
-    for const in ["MSG_ROUTES", "MSG_ROUTES_ACK", "MSG_ROUTES_REFUSED", "MAX_ROUTES_PAYLOAD", "ROUTE_DEFAULT",
-                  "MAX_TENANTS", "MAX_NAME"]:
+    for const in [*CONSTANTS, "MAX_TENANTS", "MAX_NAME"]:
         assert int(out[const]) == getattr(front_protocol, const), const

@@ -81,6 +81,7 @@ class FrontProcess:
         self._link: FrontLink | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._keeper: asyncio.Task[None] | None = None
+        self._drain_watch: asyncio.Task[None] | None = None
         self._host_ids: dict[SandboxHost, int] = {}
         self._next_host_id = 0
         self._drains: dict[int, _Drain] = {}
@@ -155,9 +156,7 @@ class FrontProcess:
                 log.warning("the front end did not stop within %.1fs, killing it", grace + 1.0)
                 proc.kill()
                 await proc.wait()
-        if self._link is not None:
-            self._link.close()
-            self._link = None
+        await self._close_link()
         if self._listener is not None:
             self._listener.close()
             self._listener = None
@@ -167,6 +166,16 @@ class FrontProcess:
         for drain in self._drains.values():
             drain.done.set()
         self.metrics.close()
+
+    async def _close_link(self) -> None:
+        if self._drain_watch is not None:
+            self._drain_watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._drain_watch
+            self._drain_watch = None
+        if self._link is not None:
+            self._link.close()
+            self._link = None
 
     async def _spawn(self) -> None:
         assert self._listener is not None
@@ -196,7 +205,8 @@ class FrontProcess:
         finally:
             os.close(exe)
             theirs.close()
-        self._link = FrontLink(ours, on_drained=self._drained)
+        self._link = FrontLink(ours)
+        self._drain_watch = asyncio.create_task(self._watch_drains(self._link))
         log.info("front end %d started: %d threads on %s:%d", self._proc.pid, self.threads,
                  config.listen_host, config.listen_port)
         try:
@@ -229,9 +239,7 @@ class FrontProcess:
             for drain in self._drains.values():
                 drain.done.set()
             self._drains.clear()
-            if self._link is not None:
-                self._link.close()
-                self._link = None
+            await self._close_link()
             now = time.monotonic()
             self._deaths = [t for t in self._deaths if now - t < CRASH_WINDOW] + [now]
             if len(self._deaths) > CRASH_LOOP:
@@ -255,7 +263,7 @@ class FrontProcess:
         link = self._link
         if link is None:
             return  # a front end starting meanwhile is told by _tell_everything
-        routes = routes_of(config, self.slot_of)
+        routes = routes_of(config, {tenant.name: self.slot_of(tenant.name) for tenant in config.tenants})
         try:
             await link.send_routes(routes, access_log=config.access_log)
         except FrontGone:
@@ -322,12 +330,18 @@ class FrontProcess:
         """A host that died: the front end saw its channels end; forget its id."""
         self._host_ids.pop(host, None)
 
-    def _drained(self, host_id: int, thread: int) -> None:
-        drain = self._drains.get(host_id)
-        if drain is not None:
-            drain.threads_left.discard(thread)
-            if not drain.threads_left:
-                drain.done.set()
+    async def _watch_drains(self, link: FrontLink) -> None:
+        """The loops' HOST_DRAINED: a retired host is drained once every loop said so."""
+        while True:
+            try:
+                drained = await link.host_drained()
+            except (FrontGone, OSError):
+                return  # _keep_running sees the front end end
+            drain = self._drains.get(drained.host_id)
+            if drain is not None:
+                drain.threads_left.discard(drained.thread)
+                if not drain.threads_left:
+                    drain.done.set()
 
 
 def _family(host: str) -> socket.AddressFamily:

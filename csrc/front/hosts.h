@@ -1,0 +1,99 @@
+/*
+ * The backend that runs requests on the tenants' sandbox hosts. Each loop
+ * keeps its own view, touched by its thread only: per tenant (by name) its
+ * state, its hosts' data channels for this loop (newest first) and the
+ * requests waiting for one; per request a call (sandbox_call.c): its
+ * socketpair, the frames out and in, its deadline.
+ *
+ * A call ends its ticket once (the program's answer or a daemon status)
+ * and lives on until the host reports how the sandbox ended (CHILD_EXIT
+ * or REQUEST_FAILED), or the host's channel ends: a host is drained (its
+ * channel closed, HOST_DRAINED sent) once detached with no call left.
+ */
+#ifndef MAYFLYD_FRONT_HOSTS_H
+#define MAYFLYD_FRONT_HOSTS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "front/front.h"
+#include "wire/front_protocol.h"
+#include "wire/protocol.h"
+
+#ifndef MF_EXIT_OUT_OF_MEMORY
+#define MF_EXIT_OUT_OF_MEMORY 8u /* wire/protocol.h's, once the hosts report it */
+#endif
+
+/* How long a call whose request channel ended without an answer waits for
+ * the host to say how the sandbox ended (as the supervisor's host_handle). */
+#define MF_EXIT_WAIT_MS 200
+
+struct mf_hosts;
+struct mf_host;
+struct mf_htenant;
+
+enum mf_call_stage {
+    MF_CALL_WAITING, /* for a host of its tenant (in the tenant's waiting list) */
+    MF_CALL_RUNNING, /* REQUEST sent (in its host's calls) */
+    MF_CALL_DONE,    /* answered; waiting for the host's report (in its host's calls) */
+};
+
+struct mf_call {
+    struct mf_hosts *hosts;
+    struct mf_htenant *tenant;
+    struct mf_host *host;                   /* RUNNING, DONE */
+    enum mf_call_stage stage;
+    struct mf_front_ticket *ticket;         /* NULL once answered */
+    const struct mf_front_request *request; /* valid while ticket is */
+    struct mf_metrics_record *metrics;
+    uint64_t req_id;
+    uint64_t deadline_ms;                   /* the head's arrival + request_timeout_ms */
+    uint32_t timeout_ms, cpu_ms;
+    uint64_t max_response;
+    bool retried;                           /* a GET or HEAD sent again after its host died */
+    struct mf_call *prev, *next;            /* in the tenant's waiting list or the host's calls */
+    /* The one timer: the deadline, or the wait for the host's report. */
+    struct mf_call *timer_prev, *timer_next;
+    uint64_t timer_ms;
+    bool timer_armed, exit_wait;
+    /* The request channel (socketpair end; fd -1 when closed). */
+    struct mf_front_watch watch;
+    uint8_t *head;                          /* the REQ_HEAD payload */
+    uint32_t head_len;
+    int send_stage;                         /* 0 head/whole, 1 body, 2 end, 3 all sent */
+    uint64_t body_sent;
+    bool eof;                               /* the channel ended before a whole answer */
+    /* The answer, as it arrives (checked as protocol.py's ResponseDecoder). */
+    bool have_head;
+    uint8_t *resp_head;
+    uint32_t resp_head_len;
+    uint32_t status, header_count;
+    uint64_t body_len;
+    char *body;
+    size_t body_received, body_cap;
+    struct mf_front_header *headers;
+    /* The host's report. */
+    bool reported, failed;
+    struct mf_child_exit exit;
+    int32_t error;
+};
+
+/* sandbox_call.c */
+enum mf_feed { MF_FEED_MORE, MF_FEED_DONE, MF_FEED_INVALID, MF_FEED_TOO_LARGE };
+
+/* Encodes the REQ_HEAD payload; false when it does not fit one frame. */
+bool mf_call_encode(struct mf_call *call);
+/* Sends what the channel takes now; after a failed send, nothing more
+ * (the sandbox closed its end: its answer, or its end, shows on reading). */
+void mf_call_send(struct mf_call *call);
+/* One packet of the answer: validated, collected (error recorded if invalid). */
+enum mf_feed mf_call_feed(struct mf_call *call, const uint8_t *packet, size_t len);
+/* The collected answer, once MF_FEED_DONE (pointers into the call). */
+void mf_call_response(struct mf_call *call, struct mf_front_response *out);
+/* Frees what the request channel and the answer held. */
+void mf_call_release(struct mf_call *call);
+
+/* The backend for mf_front_main. */
+extern const struct mf_front_backend mf_hosts_backend;
+
+#endif /* MAYFLYD_FRONT_HOSTS_H */
