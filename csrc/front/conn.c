@@ -222,6 +222,7 @@ static void conn_close(struct mf_conn *conn)
     conn->dead = true;
     conn->next_dead = conn->loop->dead;
     conn->loop->dead = conn;
+    conn->loop->conns--;
 }
 
 static void conn_discard_input(struct mf_conn *conn)
@@ -248,7 +249,7 @@ static void conn_settle(struct mf_conn *conn)
     if (conn->lingering)
         return;
     bool finished = conn->first == NULL && unsent(conn) == 0;
-    if (finished && (conn->reading_done || conn->close_when_flushed)) {
+    if (finished && (conn->reading_done || conn->close_when_flushed || mf_loop_draining())) {
         if (conn->peer_eof) {
             conn_close(conn);
             return;
@@ -348,6 +349,7 @@ void mf_conn_accept(struct mf_front_loop *loop, int fd)
         free(conn);
         return;
     }
+    loop->conns++;
     mf_timer_arm(loop, &conn->timer, MF_TIMER_HEADER);
     mf_conn_run(conn); /* bytes may have arrived with the connection */
 }
@@ -364,6 +366,21 @@ void mf_conn_timed_out(struct mf_timer *timer)
     mf_timer_arm(conn->loop, timer, MF_TIMER_NONE);
     conn_refuse(conn, 408, refusal_text(408));
     mf_conn_run(conn);
+}
+
+void mf_conn_close_idle(struct mf_front_loop *loop)
+{
+    static const enum mf_timer_kind idle_kinds[] = {MF_TIMER_IDLE, MF_TIMER_HEADER};
+    for (size_t k = 0; k < sizeof(idle_kinds) / sizeof(idle_kinds[0]); k++) {
+        struct mf_timer *timer = loop->timers[idle_kinds[k]].first;
+        while (timer != NULL) {
+            struct mf_timer *next = timer->next; /* closing disarms it */
+            struct mf_conn *conn = (struct mf_conn *)((char *)timer - offsetof(struct mf_conn, timer));
+            if (!conn->dead && conn->parsing == NULL && conn->first == NULL && unsent(conn) == 0)
+                conn_close(conn);
+            timer = next;
+        }
+    }
 }
 
 void mf_conn_free_dead(struct mf_front_loop *loop)

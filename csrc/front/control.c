@@ -168,8 +168,10 @@ static bool handle(int fd, const char *packet, size_t len, int *passed_fd, struc
     return send_answer(fd, MF_MSG_ROUTES_ACK, generation, NULL);
 }
 
-bool mf_control_run(int control_fd, const sigset_t *signals, struct mf_front_loop *loops, unsigned count)
+bool mf_control_run(int control_fd, const sigset_t *signals, struct mf_front_loop *loops, unsigned count,
+                    bool *signalled)
 {
+    *signalled = false;
     mf_cleanup_fd int signal_fd = signalfd(-1, signals, SFD_CLOEXEC);
     if (signal_fd < 0)
         return mf_err("signalfd(TERM|INT)");
@@ -184,8 +186,13 @@ bool mf_control_run(int control_fd, const sigset_t *signals, struct mf_front_loo
                 continue;
             return mf_err("poll(signalfd %d, control %d)", signal_fd, control_fd);
         }
-        if (fds[0].revents != 0)
-            return true; /* SIGTERM or SIGINT */
+        if (fds[0].revents != 0) { /* SIGTERM or SIGINT: taken, so that only another one counts as a second */
+            struct signalfd_siginfo info;
+            if (read(signal_fd, &info, sizeof(info)) < 0)
+                return mf_err("read(signalfd %d)", signal_fd);
+            *signalled = true;
+            return true;
+        }
         if (fds[1].revents == 0)
             continue;
         size_t n, nfds;

@@ -9,12 +9,14 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <netdb.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -238,6 +240,43 @@ static bool block_signals(sigset_t *set)
     return true;
 }
 
+/* SIGTERM or SIGINT: stop accepting, finish what is in flight, then end;
+ * at once on another signal, or when the supervisor's channel ends. */
+static bool drain(struct mf_front_loop *loops, unsigned count, const sigset_t *signals, int control_fd)
+{
+    mf_cleanup_fd int signal_fd = signalfd(-1, signals, SFD_CLOEXEC);
+    if (signal_fd < 0)
+        return mf_err("signalfd(TERM|INT)");
+    int drained_fd;
+    MF_TRY(mf_loops_drain(loops, count, &drained_fd));
+    mf_warn("stopping: accepting no more connections, finishing the requests in flight");
+    for (;;) {
+        struct pollfd fds[3] = {{.fd = drained_fd, .events = POLLIN}, {.fd = signal_fd, .events = POLLIN},
+                                {.fd = control_fd, .events = POLLIN}};
+        if (poll(fds, control_fd >= 0 ? 3 : 2, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            return mf_err("poll(drained %d, signalfd %d, control %d)", drained_fd, signal_fd, control_fd);
+        }
+        if (fds[0].revents != 0) {
+            mf_warn("stopping: every connection is closed");
+            return true;
+        }
+        if (fds[1].revents != 0) {
+            mf_warn("stopping at once: a second signal");
+            return true;
+        }
+        if (fds[2].revents != 0) {
+            char byte;
+            /* A message now changes nothing (its fds, if any, are closed with
+             * the truncated control data); only the channel's end matters. */
+            ssize_t n = recv(control_fd, &byte, sizeof(byte), MSG_DONTWAIT | MSG_TRUNC);
+            if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
+                return true;
+        }
+    }
+}
+
 static bool serve(int argc, char **argv, const struct mf_front_backend *backend)
 {
     struct mf_front_config config;
@@ -281,13 +320,18 @@ static bool serve(int argc, char **argv, const struct mf_front_backend *backend)
     struct mf_front_loop *loops_used = mf_steal_pointer(&loops);
     (void)mf_steal_fd(&listen_fd);
     MF_TRY(announce(config.listen_host, port, config.threads));
-    if (config.control_fd >= 0)
-        return mf_control_run(config.control_fd, &signals, loops_used, config.threads);
-    int sig;
-    int err = sigwait(&signals, &sig);
-    if (err != 0)
-        return mf_errx(err, "sigwait(TERM|INT) failed: %s", strerror(err));
-    return true;
+    if (config.control_fd >= 0) {
+        bool signalled;
+        MF_TRY(mf_control_run(config.control_fd, &signals, loops_used, config.threads, &signalled));
+        if (!signalled)
+            return true; /* the supervisor is gone: nobody waits for a drain */
+    } else {
+        int sig;
+        int err = sigwait(&signals, &sig);
+        if (err != 0)
+            return mf_errx(err, "sigwait(TERM|INT) failed: %s", strerror(err));
+    }
+    return drain(loops_used, config.threads, &signals, config.control_fd);
 }
 
 int mf_front_main(int argc, char **argv, const struct mf_front_backend *backend)

@@ -26,6 +26,49 @@
 
 static atomic_uint_fast64_t request_ids;
 
+/* Draining: set once, for the whole process; loops_busy counts the loops
+ * with connections left, drained_event wakes the main thread at zero. */
+static atomic_bool draining;
+static atomic_uint loops_busy;
+static int drained_event = -1;
+
+bool mf_loop_draining(void)
+{
+    return atomic_load_explicit(&draining, memory_order_relaxed);
+}
+
+bool mf_loops_drain(struct mf_front_loop *loops, unsigned count, int *drained_fd)
+{
+    drained_event = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (drained_event < 0)
+        return mf_err("eventfd(drained)");
+    *drained_fd = drained_event;
+    atomic_store(&loops_busy, count);
+    atomic_store(&draining, true);
+    for (unsigned i = 0; i < count; i++)
+        mf_loop_wake(&loops[i]);
+    return true;
+}
+
+/* A loop's turn while draining: the first time, stop accepting and close
+ * what is idle; once no connection is left, say so (once). */
+static void drain_turn(struct mf_front_loop *loop)
+{
+    if (!loop->drain_begun) {
+        loop->drain_begun = true;
+        /* Set aside by an accept failure, it is out of the set already. */
+        if (epoll_ctl(loop->epfd, EPOLL_CTL_DEL, loop->listener.fd, NULL) < 0 && errno != ENOENT)
+            mf_warn("epoll_ctl(%d, DEL, listener %d) failed: %s", loop->epfd, loop->listener.fd, strerror(errno));
+        mf_conn_close_idle(loop);
+    }
+    if (loop->conns == 0 && !loop->drain_reported) {
+        loop->drain_reported = true;
+        uint64_t one = 1;
+        if (atomic_fetch_sub(&loops_busy, 1) == 1 && write(drained_event, &one, sizeof(one)) < 0)
+            mf_warn("write(eventfd %d) failed: %s", drained_event, strerror(errno));
+    }
+}
+
 uint64_t mf_next_request_id(void)
 {
     return atomic_fetch_add_explicit(&request_ids, 1, memory_order_relaxed) + 1;
@@ -116,6 +159,8 @@ static void accept_resume(struct mf_front_watch *watch, uint32_t events)
     (void)events;
     if (read(watch->fd, &expirations, sizeof(expirations)) < 0 && errno != EAGAIN)
         mf_warn("read(timerfd %d) failed: %s", watch->fd, strerror(errno));
+    if (mf_loop_draining())
+        return; /* not accepting any more */
     if (!mf_front_watch_add(loop, &loop->listener, EPOLLIN | EPOLLEXCLUSIVE))
         mf_warn_last();
 }
@@ -244,6 +289,8 @@ bool mf_loop_run(struct mf_front_loop *loop)
             watch->ready(watch, events[i].events);
         }
         expire_timers(loop);
+        if (mf_loop_draining())
+            drain_turn(loop);
         mf_conn_free_dead(loop);
         if (loop->backend != NULL && loop->backend->turn_end != NULL)
             loop->backend->turn_end(loop->backend->ctx, loop);

@@ -60,6 +60,9 @@ struct mf_front_loop {
     struct mf_front_watch mailbox;
     pthread_mutex_t mail_lock;
     struct mf_front_mail *mail_first, *mail_last;
+    unsigned conns;       /* open client connections */
+    bool drain_begun;     /* the listener is set aside and idle connections closed */
+    bool drain_reported;  /* counted as drained (no connection left) */
 };
 
 bool mf_loop_init(struct mf_front_loop *loop, const struct mf_front_config *config,
@@ -68,6 +71,15 @@ bool mf_loop_init(struct mf_front_loop *loop, const struct mf_front_config *conf
 void mf_loop_post(struct mf_front_loop *loop, struct mf_front_mail *mail);
 /* Wakes the loop (a new table is in its mailbox). */
 void mf_loop_wake(struct mf_front_loop *loop);
+/*
+ * Draining, for a stop that loses no request: every loop stops accepting,
+ * closes its idle connections and each other one once its answers are out.
+ * mf_loops_drain starts it (any thread); the returned eventfd becomes
+ * readable once no loop has a connection left.
+ */
+bool mf_loops_drain(struct mf_front_loop *loops, unsigned count, int *drained_fd);
+bool mf_loop_draining(void);
+
 /* Runs until an epoll call fails (logged); never returns otherwise. */
 bool mf_loop_run(struct mf_front_loop *loop);
 

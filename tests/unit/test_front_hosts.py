@@ -207,6 +207,8 @@ class FakeHost:
                 return
             if path == "/silent":
                 return  # the sandbox's channel ends, no report comes
+            if path == "/slow":
+                time.sleep(0.5)
             headers: list[tuple[bytes, bytes]] = [(b"Content-Type", b"application/json")]
             if path == "/invalid":
                 headers = [(b"Bad Name", b"x")]
@@ -526,3 +528,25 @@ def test_a_bad_host_message_is_logged_and_dropped(front: Front) -> None:
     assert "HOST_ATTACH" in front.stderr.read_text() and "TENANT_STATE" in front.stderr.read_text()
     front.host(1)
     assert front.ask("/ok")[0] == 200
+
+
+def test_sigterm_finishes_the_requests_in_flight_and_closes_idle_connections(front: Front) -> None:
+    front.routes()
+    front.host(1)
+    idle = socket.create_connection(("127.0.0.1", front.port), timeout=5)
+    idle.sendall(b"GET /ok HTTP/1.1\r\nHost: app.example\r\n\r\n")
+    assert idle.recv(65536).startswith(b"HTTP/1.1 200")  # kept alive, then idle
+    slow: list[tuple[int, dict[str, str], bytes]] = []
+    asking = threading.Thread(target=lambda: slow.append(front.ask("/slow")))
+    asking.start()
+    deadline = time.monotonic() + 5
+    while not any(r.path == "/slow" for r in front.hosts[0].requests) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    front.proc.send_signal(signal.SIGTERM)
+    assert idle.recv(65536) == b""  # closed at once: nothing was in progress on it
+    idle.close()
+    asking.join(5)
+    assert slow and slow[0][0] == 200  # answered before the front end ended
+    assert front.proc.wait(5) == 0
+    log = front.stderr.read_text()
+    assert "finishing the requests in flight" in log and "every connection is closed" in log
