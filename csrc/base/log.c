@@ -43,6 +43,13 @@ bool mf_errx(int err, const char *fmt, ...)
     return false;
 }
 
+static void (*warning_sink)(const char *text);
+
+void mf_log_set_sink(void (*sink)(const char *text))
+{
+    warning_sink = sink;
+}
+
 void mf_warn(const char *fmt, ...)
 {
     int err = errno;
@@ -52,7 +59,10 @@ void mf_warn(const char *fmt, ...)
     (void)vsnprintf(line, sizeof(line), fmt, ap); /* truncation is fine for a log line */
     va_end(ap);
     /* A lost log line must not change the outcome of the caller. */
-    (void)fprintf(stderr, "mayflyd: %s\n", line);
+    if (warning_sink != NULL)
+        warning_sink(line);
+    else
+        (void)fprintf(stderr, "mayflyd: %s\n", line);
     errno = err;
 }
 

@@ -14,8 +14,11 @@ bool mf_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Records "<fmt>" with an explicit error number (EPROTO for bad frames);
  * sets errno to err; returns false. */
 bool mf_errx(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-/* Prints "mayflyd: <fmt>" to stderr; keeps errno. */
+/* Prints "mayflyd: <fmt>" to stderr (or hands the text to the sink); keeps errno. */
 void mf_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* A process that formats its own log lines (the front end) takes the
+ * warnings' text; set once, before any thread starts. */
+void mf_log_set_sink(void (*sink)(const char *text));
 /* Prints the last recorded error to stderr as a warning. */
 void mf_warn_last(void);
 

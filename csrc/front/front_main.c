@@ -24,6 +24,7 @@
 #include "base/log.h"
 #include "front/control.h"
 #include "front/front.h"
+#include "front/front_log.h"
 #include "front/loop.h"
 #include "front/metrics.h"
 #include "front/walls.h"
@@ -281,6 +282,7 @@ static bool serve(int argc, char **argv, const struct mf_front_backend *backend)
 {
     struct mf_front_config config;
     MF_TRY(parse_options(argc, argv, &config));
+    mf_front_log_init(config.log_json);
     MF_TRY(mf_front_walls_check(config.seccomp_fd, config.allow_root));
     sigset_t signals;
     MF_TRY(block_signals(&signals)); /* before any thread: they inherit the mask */

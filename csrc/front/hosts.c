@@ -17,6 +17,7 @@
 #include "base/cleanup.h"
 #include "base/log.h"
 #include "front/conn.h"
+#include "front/front_log.h"
 #include "front/loop.h"
 #include "front/metrics.h"
 #include "wire/proto.h"
@@ -298,7 +299,7 @@ static void timed_out(struct mf_call *call)
 {
     char why[96];
     (void)snprintf(why, sizeof(why), "the program did not answer within %u ms", call->timeout_ms);
-    mf_metrics_limit(call->metrics, MF_METRICS_LIMIT_REQUEST_TIMEOUT);
+    mf_front_limit_hit(call->metrics, MF_METRICS_LIMIT_REQUEST_TIMEOUT, call->tenant->name, call->tenant->name_len, call->req_id, why);
     fail(call, 504, why, NULL);
 }
 
@@ -313,12 +314,13 @@ static void ended_without_answer(struct mf_call *call)
     }
     if (call->reported && call->failed) {
         if (call->error == EAGAIN) {
-            mf_metrics_limit(call->metrics, MF_METRICS_LIMIT_CONCURRENCY);
+            mf_front_limit_hit(call->metrics, MF_METRICS_LIMIT_CONCURRENCY, call->tenant->name, call->tenant->name_len, call->req_id,
+                               "concurrency requests running and queue more waiting");
             fail(call, 503, "the tenant is at its concurrency limit and its queue is full", RETRY);
             return;
         }
-        mf_warn("tenant %.*s, request %" PRIu64 ": the host could not start a sandbox: %s",
-                (int)call->tenant->name_len, call->tenant->name, call->req_id, strerror(call->error));
+        mf_front_log("warning", "mayflyd.request", call->tenant->name, call->tenant->name_len, call->req_id, NULL, "the host could not start a sandbox: %s",
+                     strerror(call->error));
         fail(call, 503, NOT_RUNNING, RETRY);
         return;
     }
@@ -331,22 +333,22 @@ static void ended_without_answer(struct mf_call *call)
         if (flags & MF_EXIT_CPU_EXCEEDED) {
             char why[96];
             (void)snprintf(why, sizeof(why), "the program used more than its %u ms of CPU", call->cpu_ms);
-            mf_metrics_limit(call->metrics, MF_METRICS_LIMIT_REQUEST_CPU);
+            mf_front_limit_hit(call->metrics, MF_METRICS_LIMIT_REQUEST_CPU, call->tenant->name, call->tenant->name_len, call->req_id, why);
             fail(call, 504, why, NULL);
             return;
         }
         if (flags & MF_EXIT_OUT_OF_MEMORY) {
-            mf_metrics_limit(call->metrics, MF_METRICS_LIMIT_MEMORY);
+            mf_front_limit_hit(call->metrics, MF_METRICS_LIMIT_MEMORY, call->tenant->name, call->tenant->name_len, call->req_id,
+                               "the OOM killer took the sandbox: the tenant is at its memory limit");
             fail(call, 502, "the program ran out of memory", NULL);
             return;
         }
         int ws = call->exit.wait_status;
-        mf_warn("tenant %.*s, request %" PRIu64 ": the sandbox %s %d without answering", (int)call->tenant->name_len,
-                call->tenant->name, call->req_id, WIFSIGNALED(ws) ? "was killed by signal" : "exited with status",
-                WIFSIGNALED(ws) ? WTERMSIG(ws) : WEXITSTATUS(ws));
+        mf_front_log("warning", "mayflyd.request", call->tenant->name, call->tenant->name_len, call->req_id, NULL, "sandbox failed: the sandbox %s %d without answering",
+                     WIFSIGNALED(ws) ? "was killed by signal" : "exited with status",
+                     WIFSIGNALED(ws) ? WTERMSIG(ws) : WEXITSTATUS(ws));
     } else {
-        mf_warn("tenant %.*s, request %" PRIu64 ": the sandbox ended without answering", (int)call->tenant->name_len,
-                call->tenant->name, call->req_id);
+        mf_front_log("warning", "mayflyd.request", call->tenant->name, call->tenant->name_len, call->req_id, NULL, "sandbox failed: the sandbox ended without answering");
     }
     fail(call, 502, ENDED, NULL);
 }
@@ -354,10 +356,10 @@ static void ended_without_answer(struct mf_call *call)
 static void invalid(struct mf_call *call, enum mf_feed why)
 {
     if (why == MF_FEED_TOO_LARGE) {
-        mf_metrics_limit(call->metrics, MF_METRICS_LIMIT_MAX_RESPONSE);
+        mf_front_limit_hit(call->metrics, MF_METRICS_LIMIT_MAX_RESPONSE, call->tenant->name, call->tenant->name_len, call->req_id, mf_last_error());
     } else {
-        mf_warn("tenant %.*s, request %" PRIu64 ": invalid response from the sandbox: %s",
-                (int)call->tenant->name_len, call->tenant->name, call->req_id, mf_last_error());
+        mf_front_log("warning", "mayflyd.request", call->tenant->name, call->tenant->name_len, call->req_id, NULL, "invalid response from the sandbox: %s",
+                     mf_last_error());
     }
     cancel(call);
     fail(call, 502, INVALID, NULL);
@@ -606,6 +608,8 @@ static void host_ended(struct mf_host *host)
                               || (r->method_len == 4 && memcmp(r->method, "HEAD", 4) == 0);
             call->stage = MF_CALL_DONE; /* in no list now */
             if (idempotent && !call->retried && mf_call_encode(call)) {
+                mf_front_log("info", "mayflyd.request", call->tenant->name, call->tenant->name_len, call->req_id, NULL,
+                             "the host died under the request; retrying once on the tenant's next host");
                 call->retried = true;
                 call->reported = false;
                 dispatch(call);
@@ -761,7 +765,8 @@ static void hosts_submit(void *ctx, struct mf_front_loop *loop, struct mf_front_
         .stage = MF_CALL_DONE, .watch = {.fd = -1}};
     if (!mf_call_encode(call)) {
         struct mf_conn *conn = ticket->conn;
-        mf_warn("tenant %.*s, request %" PRIu64 ": %s", (int)t->name_len, t->name, call->req_id, mf_last_error());
+        mf_front_log("info", "mayflyd.request", t->name, t->name_len, call->req_id, NULL, "request head too large: %s",
+                     mf_last_error());
         free(call);
         ticket->closes = conn != NULL;
         mf_front_fail(ticket, 431, NULL, NULL);
