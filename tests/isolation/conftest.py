@@ -71,7 +71,9 @@ def isolated(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     ]
     for tenant in tenants:
         tenant["engine"] = engine
-    daemon = IsolatedDaemon(workdir, tenants, {"attacks.py": ATTACKS.read_text()}, zygote=zygote)
+    # A short header timeout: the slow-body attack is cut at it (the body gets as long as the head).
+    daemon = IsolatedDaemon(workdir, tenants, {"attacks.py": ATTACKS.read_text()}, zygote=zygote,
+                            header_timeout_ms=3000)
     daemon.engine = engine
     os.environ["MAYFLYD_TEST_SECRET"] = "daemon-environment-secret"
     try:

@@ -217,7 +217,7 @@ def test_printing_100_mb_does_not_hurt_the_daemon(isolated: IsolatedDaemon) -> N
     assert outcome(isolated, "/res/print-flood") == "ok done"
 
 
-def test_slow_body_is_cut_at_the_deadline(isolated: IsolatedDaemon) -> None:
+def test_slow_body_is_cut_at_the_header_timeout(isolated: IsolatedDaemon) -> None:
     sock = isolated.connect(10)
     with sock:
         sock.sendall(b"POST / HTTP/1.1\r\nHost: attacker.localhost\r\nContent-Length: 1000\r\n\r\nonly a little")
