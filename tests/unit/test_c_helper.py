@@ -863,45 +863,53 @@ def open_inodes() -> list[int]:
 
 class Host:
     """serve_fork in a forked child; the test plays the supervisor on the
-    control channel and the front end on the data channel."""
+    control channel and the front end on the data channel it attaches
+    (`data`; attach() for more)."""
 
     def __init__(self, runner: Callable[..., Any] = echo_runner, setup: Callable[[], None] | None = None, *,
                  ready_pid: int | None = None, **serve_kw: Any) -> None:
         self.ctrl, ctrl_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.data, data_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.pid = os.fork()
         if self.pid == 0:
             code = 0
             try:
                 self.ctrl.close()
-                self.data.close()
                 if setup is not None:
                     setup()
-                self.serve(ctrl_end.fileno(), data_end.fileno(), runner, serve_kw)
+                self.serve(ctrl_end.fileno(), runner, serve_kw)
             except BaseException:  # noqa: BLE001 - reported through the exit status
                 traceback.print_exc()
                 code = 2
             os._exit(code)
         # What no sandbox or worker may hold: the host's ends of its channels.
-        self.host_ends = {os.fstat(ctrl_end.fileno()).st_ino, os.fstat(data_end.fileno()).st_ino}
+        self.host_ends = {os.fstat(ctrl_end.fileno()).st_ino}
         ctrl_end.close()
-        data_end.close()
         self.ctrl.settimeout(10)
-        self.data.settimeout(10)
         msg_type, req_id, payload = parse_frame(self.ctrl.recv(4096))
         assert (msg_type, req_id) == (M.MSG_READY, 0), payload
         # A host in its own pid namespace (enter_namespaces) is pid 1 there.
         assert READY.unpack(payload) == (ready_pid or self.pid, self.ENGINE)
+        self.data = self.attach()
 
     ENGINE = M.ENGINE_FORK
 
-    def serve(self, ctrl_fd: int, data_fd: int, runner: Callable[..., Any], serve_kw: dict[str, Any]) -> None:
+    def serve(self, ctrl_fd: int, runner: Callable[..., Any], serve_kw: dict[str, Any]) -> None:
         """In the forked host: the engine's serve loop."""
-        M.serve_fork(ctrl_fd, data_fd, runner, [], **serve_kw)
+        M.serve_fork(ctrl_fd, runner, [], **serve_kw)
 
-    def request(self, req_id: int, *, timeout_ms: int = 10_000, **kw: Any) -> socket.socket:
+    def attach(self) -> socket.socket:
+        """A new data channel: its host end sent with DATA_CHANNEL, ours returned."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        socket.send_fds(self.ctrl, [frame(M.MSG_DATA_CHANNEL, 0)], [theirs.fileno()])
+        self.host_ends.add(os.fstat(theirs.fileno()).st_ino)
+        theirs.close()
+        ours.settimeout(10)
+        return ours
+
+    def request(self, req_id: int, *, timeout_ms: int = 10_000, on: socket.socket | None = None,
+                **kw: Any) -> socket.socket:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        socket.send_fds(self.data, [frame(M.MSG_REQUEST, req_id, struct.pack("=II", timeout_ms, 0))],
+        socket.send_fds(on or self.data, [frame(M.MSG_REQUEST, req_id, struct.pack("=II", timeout_ms, 0))],
                         [theirs.fileno()])
         theirs.close()
         mine.settimeout(10)
@@ -912,8 +920,8 @@ class Host:
     def ctrl_message(self) -> tuple[int, int, bytes]:
         return parse_frame(self.ctrl.recv(4096))
 
-    def data_message(self) -> tuple[int, int, bytes]:
-        return parse_frame(self.data.recv(4096))
+    def data_message(self, on: socket.socket | None = None) -> tuple[int, int, bytes]:
+        return parse_frame((on or self.data).recv(4096))
 
     def any_message(self) -> tuple[int, int, bytes]:
         """The next message on either channel, checked to be on its own."""
@@ -923,9 +931,9 @@ class Host:
         assert (msg_type in (M.MSG_CHILD_EXIT, M.MSG_REQUEST_FAILED)) == (ready[0] is self.data), msg_type
         return msg_type, rid, payload
 
-    def child_exit(self, req_id: int) -> tuple[int, int, int]:
-        msg_type, rid, payload = self.data_message()
-        assert (msg_type, rid) == (M.MSG_CHILD_EXIT, req_id)
+    def child_exit(self, req_id: int, on: socket.socket | None = None) -> tuple[int, int, int]:
+        msg_type, rid, payload = self.data_message(on)
+        assert (msg_type, rid) == (M.MSG_CHILD_EXIT, req_id), (msg_type, payload)
         pid, status, flags, cost_us, pages, _ = CHILD_EXIT.unpack(payload)
         assert pages == 0  # the fork engine rewinds nothing
         # The fork's cost: something, and less than a second on any machine.
@@ -940,7 +948,8 @@ class Host:
         return inodes
 
     def close(self, channel: str = "both") -> int:
-        """Close the control channel, the data channel or both; the host's exit code."""
+        """Close the control channel, the data channel or both, and wait
+        for the host's exit code (only the control channel's end ends it)."""
         if channel in ("control", "both"):
             self.ctrl.close()
         if channel in ("data", "both"):
@@ -953,7 +962,7 @@ class Host:
             time.sleep(0.01)
         os.kill(self.pid, signal.SIGKILL)
         os.waitpid(self.pid, 0)
-        raise AssertionError(f"serve_fork did not return after closing {channel} channel(s)")
+        raise AssertionError(f"the host did not return after closing {channel} channel(s)")
 
 
 @pytest.fixture
@@ -1091,9 +1100,9 @@ def wait_for_pid_file(pid_file: Path) -> int:
 
 
 def test_serve_fork_shutdown_and_close_kill_sandboxes(tmp_path: Path) -> None:
-    """SHUTDOWN, or the end of either channel, ends the host: a host
-    without its front end cannot serve (the supervisor restarts it)."""
-    for how in ("shutdown", "close", "close control", "close data"):
+    """SHUTDOWN, or the end of the control channel, ends the host: a host
+    without its supervisor cannot serve."""
+    for how in ("shutdown", "close", "close control"):
         h = Host()
         sock = h.request(71, path=b"/sleep", query=str(tmp_path / f"pid-{how}").encode())
         sandbox = wait_for_pid_file(tmp_path / f"pid-{how}")
@@ -1103,8 +1112,6 @@ def test_serve_fork_shutdown_and_close_kill_sandboxes(tmp_path: Path) -> None:
         assert sock.recv(100) == b""
         with pytest.raises(ProcessLookupError):
             os.kill(sandbox, 0)  # killed and reaped by the host
-        if how == "close data":  # the supervisor hears of it as the end of the control channel
-            assert h.ctrl.recv(100) == b""
         h.ctrl.close()
         h.data.close()
 
@@ -1171,9 +1178,8 @@ def test_serve_fork_needs_proc() -> None:
     def child() -> str:
         M.enter_minimal_root([sys.prefix, "/usr", "/lib", "/lib64"])
         a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        c, d = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            M.serve_fork(b.fileno(), d.fileno(), echo_runner, [])
+            M.serve_fork(b.fileno(), echo_runner, [])
         except FileNotFoundError as exc:
             return str(exc)
         return "served"
@@ -1295,7 +1301,7 @@ def test_serve_fork_nofile_limit() -> None:
 @pytest.mark.skipif(os.uname().machine != "x86_64", reason="the test filter is for x86_64")
 def test_serve_fork_request_filter() -> None:
     with pytest.raises(ValueError, match="request_filter"):
-        M.serve_fork(-1, -1, limits_runner, [], request_filter=b"1234567")
+        M.serve_fork(-1, limits_runner, [], request_filter=b"1234567")
     h = Host(limits_runner, request_filter=bpf_deny(NR_GETPPID, errno.EPERM))
     try:
         sock = h.request(1, path=b"/getppid")

@@ -6,10 +6,11 @@ tagged with the tenant, and runs requests:
 each request gets a fresh socketpair whose one end is passed to the host
 and from there to the request's sandbox alone.
 
-The host has two channels: the control channel (its lifecycle: READY,
-LOAD_FAILED, WORKER_REPLACED, SHUTDOWN) and the data channel (REQUEST,
-CANCEL, CHILD_EXIT, REQUEST_FAILED), which a separate front end is to own;
-until it does, this handle holds both.
+The host has a control channel (its lifecycle: READY, LOAD_FAILED,
+WORKER_REPLACED, SHUTDOWN, DATA_CHANNEL) and the data channels attached
+through it (REQUEST, CANCEL, CHILD_EXIT, REQUEST_FAILED), one per front end
+loop (attach_data_channel). Until the front end serves every request, this
+handle attaches one of its own for run().
 """
 from __future__ import annotations
 
@@ -199,17 +200,14 @@ class SandboxHost:
     async def start(self, init_timeout: float) -> None:
         """Spawn the host and wait until it has run on_init() and is serving."""
         self._ctrl, ctrl_host_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self._data, data_host_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._ctrl.setblocking(False)
-        self._data.setblocking(False)
         try:
-            self._proc = await self._spawn(ctrl_host_end.fileno(), data_host_end.fileno())
+            self._proc = await self._spawn(ctrl_host_end.fileno())
         except ZygoteError as exc:
             await self._close()
             raise HostStartError(str(exc)) from None
         finally:
             ctrl_host_end.close()
-            data_host_end.close()
         self.pid = self._proc.pid
         self.started_at = time.monotonic()
         # A loading host is on a reload's or a restart's critical path: ahead
@@ -238,26 +236,51 @@ class SandboxHost:
             await self.kill()
             raise HostStartError("the host exited before it was ready" if first is None
                                  else f"unexpected first message from the host: {first!r}")
+        # The data channel of run() (the Python request path, until the
+        # front end serves every request).
+        try:
+            self._data = self.attach_data_channel()
+        except OSError as exc:
+            await self.kill()
+            raise HostStartError(f"cannot attach a data channel: {exc}") from None
         self.ready = True
         loop = asyncio.get_running_loop()
         loop.add_reader(self._ctrl.fileno(), self._on_control_readable)
         # Read in the loop's callback, every queued message per wake-up: an
         # exit report per request must not cost a task step and a future.
-        assert self._data is not None
         loop.add_reader(self._data.fileno(), self._on_data_readable)
         self._response_sockets = _ResponseSockets(asyncio.get_running_loop())
         self._tasks.append(asyncio.create_task(self._watch_process()))
 
-    async def _spawn(self, ctrl_fd: int, data_fd: int) -> HostProcess:
+    def attach_data_channel(self) -> socket.socket:
+        """A new data channel of the host: one end sent to it on the
+        control channel (DATA_CHANNEL), the other returned, non-blocking.
+        The host holds MAX_DATA_CHANNELS at most and refuses more (it
+        warns; the channel returned then reads EOF). OSError if the
+        control channel is gone or full."""
+        if self._ctrl is None:
+            raise OSError(errno.ENOTCONN, "the host is not running")
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            ours.setblocking(False)
+            self._ctrl.sendmsg([protocol.pack_frame(protocol.MsgType.DATA_CHANNEL, 0)],
+                               [(socket.SOL_SOCKET, socket.SCM_RIGHTS, _FD.pack(theirs.fileno()))])
+        except OSError:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        return ours
+
+    async def _spawn(self, ctrl_fd: int) -> HostProcess:
         if self._zygote is not None:
             # parent_pid is the zygote's, filled in by the zygote.
-            return await self._zygote.spawn(dataclasses.replace(self._spec, ctrl_fd=ctrl_fd, data_fd=data_fd),
-                                            self._env)
-        spec = dataclasses.replace(self._spec, ctrl_fd=ctrl_fd, data_fd=data_fd, parent_pid=os.getpid())
+            return await self._zygote.spawn(dataclasses.replace(self._spec, ctrl_fd=ctrl_fd), self._env)
+        spec = dataclasses.replace(self._spec, ctrl_fd=ctrl_fd, parent_pid=os.getpid())
         return ExecChild(await asyncio.create_subprocess_exec(
             *python_argv("mayflyd.host.sandbox_host", spec.to_json()),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, pass_fds=(ctrl_fd, data_fd),
+            stderr=asyncio.subprocess.PIPE, pass_fds=(ctrl_fd,),
             env=self._env, cwd="/", start_new_session=True))
 
     async def kill(self) -> None:
@@ -505,6 +528,8 @@ class SandboxHost:
                     raise SandboxTimeout(f"no answer within {timeout * 1000:.0f} ms") from None
                 ended = await self._sandbox_end(exit_future)
                 if isinstance(ended, RequestFailed):
+                    if ended.error == errno.EAGAIN:
+                        raise HostUnavailable("the host's concurrency and queue are full") from None
                     reason = errno.errorcode.get(ended.error, str(ended.error))
                     raise HostUnavailable(f"the host could not start a sandbox: {reason}") from None
                 if ended is None:

@@ -178,7 +178,7 @@ class Tenant:
         walls, limits = self._walls, config.limits
         root = walls.mode == "root"
         return HostSpec(
-            tenant=self.name, program=str(config.program), ctrl_fd=-1, data_fd=-1, parent_pid=os.getpid(),
+            tenant=self.name, program=str(config.program), ctrl_fd=-1, parent_pid=os.getpid(),
             uid=config.uid if root else os.geteuid(), gid=config.gid if root else os.getegid(),
             mode=walls.mode, cgroup_version=walls.cgroup_version, cgroup_base=walls.cgroup_base,
             cgroup_group=walls.group_of(self.name), network=config.network,
@@ -186,7 +186,8 @@ class Tenant:
             loading_filter=base64.b64encode(self._filters.loading).decode(),
             request_filter=base64.b64encode(self._filters.request).decode(),
             pids=limits.pids, request_cpu_ms=limits.request_cpu_ms, request_memory=limits.request_memory,
-            nofile=SANDBOX_NOFILE, engine=walls.engine_of(config),
+            nofile=SANDBOX_NOFILE, concurrency=limits.concurrency, queue=limits.queue,
+            engine=walls.engine_of(config),
             pool=config.pool or default_pool(), pool_idle_ms=config.pool_idle_ms,
             verify_rewind=config.verify_rewind)
 
@@ -426,8 +427,11 @@ class Tenant:
     async def handle(self, request: RequestData) -> Response:
         """Run one request; raises TenantBusy, HostUnavailable or a SandboxError."""
         limits = self.config.limits
-        if self._in_flight >= limits.concurrency:
-            raise TenantBusy(f"{self._in_flight} requests in flight, limit {limits.concurrency}")
+        # The host runs `concurrency` and queues `queue` more; beyond, it
+        # would refuse (EAGAIN): refuse here first, with no round trip.
+        if self._in_flight >= limits.concurrency + limits.queue:
+            raise TenantBusy(f"{self._in_flight} requests in flight, limit {limits.concurrency} "
+                             f"running and {limits.queue} queued")
         host = self._host
         if host is None or not host.ready:
             raise HostUnavailable(f"the tenant is {self.state.value}"
