@@ -1149,8 +1149,200 @@ def test_serve_fork_refuses_shutdown_on_the_data_channel(host: Host) -> None:
 
 
 def test_serve_fork_sandboxes_hold_neither_channel(host: Host) -> None:
+    host.attach()  # a second data channel, which no sandbox may hold either
     inodes = host.inodes_in_a_child(121)
     assert inodes and not inodes & host.host_ends
+
+
+# ---------------------------------------------------------------- data channels, queue
+
+def queued_end(msg: tuple[int, int, bytes], req_id: int) -> int:
+    """The flags of a queued request's end: it never ran (pid 0, read as a kill)."""
+    msg_type, rid, payload = msg
+    assert (msg_type, rid) == (M.MSG_CHILD_EXIT, req_id), (msg_type, rid)
+    pid, status, flags, cost_us, pages, _ = CHILD_EXIT.unpack(payload)
+    assert (pid, status, cost_us, pages) == (0, signal.SIGKILL, 0, 0)
+    return flags
+
+
+def request_failed(msg: tuple[int, int, bytes], req_id: int) -> int:
+    msg_type, rid, payload = msg
+    assert (msg_type, rid) == (M.MSG_REQUEST_FAILED, req_id), (msg_type, rid)
+    return int(REQUEST_FAILED.unpack(payload)[0])
+
+
+def bare_request(channel: socket.socket, req_id: int) -> socket.socket:
+    """A REQUEST with its socket but nothing sent on it: for one the host refuses."""
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    socket.send_fds(channel, [frame(M.MSG_REQUEST, req_id, struct.pack("=II", 10_000, 0))], [theirs.fileno()])
+    theirs.close()
+    mine.settimeout(10)
+    return mine
+
+
+def peer_closed(sock: socket.socket) -> bool:
+    """The other end was closed (with our request unread in it: a reset)."""
+    try:
+        return sock.recv(100) == b""
+    except ConnectionResetError:
+        return True
+
+
+def nothing_on(*channels: socket.socket) -> bool:
+    return select.select(list(channels), [], [], 0.2)[0] == []
+
+
+def test_serve_fork_reports_each_request_on_the_channel_it_came_on(host: Host) -> None:
+    second = host.attach()
+    a = host.request(1, path=b"/slow", body=b"abc")
+    b = host.request(2, path=b"/slow", body=b"xyz", on=second)
+    assert read_response(a, 1)[2] == b"cba" and read_response(b, 2)[2] == b"zyx"
+    assert os.WEXITSTATUS(host.child_exit(2, on=second)[1]) == 0
+    assert os.WEXITSTATUS(host.child_exit(1)[1]) == 0
+    # A request id is unique per host, not per channel.
+    c = host.request(3, path=b"/slow", body=b"one")
+    dup = bare_request(second, 3)
+    assert request_failed(host.data_message(second), 3) == errno.EEXIST
+    assert peer_closed(dup)
+    assert read_response(c, 3)[2] == b"eno"
+    host.child_exit(3)
+    assert nothing_on(host.data, second, host.ctrl)
+    assert host.close() == 0
+
+
+def test_serve_fork_end_of_a_data_channel_cancels_its_requests_only(host: Host, tmp_path: Path) -> None:
+    second = host.attach()
+    sock = host.request(1, path=b"/sleep", query=str(tmp_path / "pid").encode(), on=second)
+    sandbox = wait_for_pid_file(tmp_path / "pid")
+    other = host.request(2, path=b"/slow", body=b"on", on=host.data)
+    second.close()
+    assert sock.recv(100) == b""  # killed
+    deadline = time.monotonic() + 10
+    while True:  # and reaped by the host
+        try:
+            os.kill(sandbox, 0)
+        except ProcessLookupError:
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert read_response(other, 2)[2] == b"no"
+    host.child_exit(2)
+    # No report of request 1 anywhere; the host serves on.
+    assert nothing_on(host.data, host.ctrl)
+    third = host.attach()
+    sock = host.request(1, body=b"again", on=third)
+    assert read_response(sock, 1)[2] == b"niaga"
+    host.child_exit(1, on=third)
+    assert host.close() == 0
+
+
+def test_serve_fork_refuses_a_bad_data_channel(host: Host) -> None:
+    ends: list[socket.socket] = []
+
+    def pair() -> socket.socket:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ours.settimeout(10)
+        ends.append(ours)
+        return theirs
+
+    host.ctrl.send(frame(M.MSG_DATA_CHANNEL, 0))  # no fd
+    two = [pair(), pair()]
+    socket.send_fds(host.ctrl, [frame(M.MSG_DATA_CHANNEL, 0)], [t.fileno() for t in two])
+    with_payload = pair()
+    socket.send_fds(host.ctrl, [frame(M.MSG_DATA_CHANNEL, 0, b"x")], [with_payload.fileno()])
+    stream_a, stream_b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    socket.send_fds(host.ctrl, [frame(M.MSG_DATA_CHANNEL, 0)], [stream_b.fileno()])
+    for sock in [*two, with_payload, stream_b]:
+        sock.close()
+    stream_a.settimeout(10)
+    # Each refused fd was closed by the host: our ends read EOF.
+    for ours in ends:
+        assert ours.recv(100) == b""
+    assert stream_a.recv(100) == b""
+    # 64 channels at most: the first attached one and 63 more; the 65th is refused.
+    more = [host.attach() for _ in range(M.MAX_DATA_CHANNELS - 1)]
+    refused = host.attach()
+    assert refused.recv(100) == b""
+    sock = host.request(1, body=b"serving", on=more[-1])
+    assert read_response(sock, 1)[2] == b"gnivres"
+    host.child_exit(1, on=more[-1])
+    assert os.waitpid(host.pid, os.WNOHANG) == (0, 0)
+    assert host.close() == 0
+
+
+def test_serve_fork_queues_beyond_concurrency_and_refuses_beyond_the_queue(tmp_path: Path) -> None:
+    h = Host(concurrency=1, queue=1)
+    try:
+        h.request(1, path=b"/sleep", query=str(tmp_path / "pid").encode())
+        wait_for_pid_file(tmp_path / "pid")
+        waiting = h.request(2, body=b"my turn")
+        refused = bare_request(h.data, 3)
+        assert request_failed(h.data_message(), 3) == errno.EAGAIN
+        assert peer_closed(refused)
+        h.data.send(frame(M.MSG_CANCEL, 1))
+        assert h.child_exit(1)[2] == M.EXIT_CANCELLED
+        assert read_response(waiting, 2)[2] == b"nrut ym"
+        assert h.child_exit(2)[1:] == (0, 0)
+    finally:
+        assert h.close() == 0
+
+
+def test_serve_fork_queued_requests_time_out_or_are_cancelled(tmp_path: Path) -> None:
+    h = Host(concurrency=1, queue=2)
+    try:
+        h.request(1, path=b"/sleep", query=str(tmp_path / "pid").encode())
+        wait_for_pid_file(tmp_path / "pid")
+        start = time.monotonic()
+        late = h.request(2, timeout_ms=0)
+        cancelled = h.request(3)
+        h.data.send(frame(M.MSG_CANCEL, 3))
+        assert queued_end(h.data_message(), 3) == M.EXIT_CANCELLED
+        assert peer_closed(cancelled)
+        assert queued_end(h.data_message(), 2) == M.EXIT_TIMED_OUT
+        assert 0.9 < time.monotonic() - start < 5  # timeout 0 + the host's grace
+        assert peer_closed(late)
+        h.data.send(frame(M.MSG_CANCEL, 1))
+        assert h.child_exit(1)[2] == M.EXIT_CANCELLED
+    finally:
+        assert h.close() == 0
+
+
+def _memory_cgroup() -> tuple[int, str, str]:
+    """A cgroup version, base and the memory events file's directory, or a skip."""
+    if not is_root:
+        pytest.skip("needs root")
+    version = M.cgroup_detect("/sys/fs/cgroup")
+    if version == 1 and os.path.isdir("/sys/fs/cgroup/memory"):
+        return 1, "/sys/fs/cgroup", "/sys/fs/cgroup/memory"
+    if version == 2 and "memory" in Path("/sys/fs/cgroup/cgroup.controllers").read_text().split():
+        return 2, "/sys/fs/cgroup", "/sys/fs/cgroup"
+    pytest.skip("no cgroup with a memory controller")
+
+
+def test_serve_fork_flags_a_sandbox_the_oom_killer_took() -> None:
+    version, base, memory_dir = _memory_cgroup()
+    group = f"mayflyd-test-{secrets.token_hex(4)}"
+    M.cgroup_setup(version, base, group, 64 << 20)
+    try:
+        events = os.path.join(memory_dir, group, "memory.events" if version == 2 else "memory.oom_control")
+        oom_fd = os.open(events, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            h = Host(limits_runner, lambda: M.cgroup_join(version, base, group, os.getpid()), oom_fd=oom_fd)
+        finally:
+            os.close(oom_fd)  # the host has its own
+        try:
+            sock = h.request(1, path=b"/fill", query=str(256 << 20).encode())
+            assert sock.recv(100) == b""
+            _, status, flags = h.child_exit(1)
+            assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+            assert flags == M.EXIT_OUT_OF_MEMORY
+            # A sandbox the host kills is not the OOM killer's.
+            sock = h.request(2, path=b"/sleep", query=b"/dev/null", timeout_ms=0)
+            assert h.child_exit(2)[2] == M.EXIT_TIMED_OUT
+        finally:
+            assert h.close() == 0
+    finally:
+        M.cgroup_remove(version, base, group)
 
 
 @needs_root
@@ -1228,6 +1420,9 @@ def limits_runner(req_id: int, method: str, path: str, query: str, headers: list
     if path == "/spin":
         while True:
             pass
+    if path == "/fill":  # written, not just reserved: charged to the cgroup
+        block = b"\1" * int(query)
+        return 200, [], b"filled %d" % len(block)
     if path == "/files":
         files = []
         try:

@@ -4,10 +4,12 @@ supervisor on the control channel and the front end on the data channel."""
 from __future__ import annotations
 
 import ctypes
+import errno
 import json
 import mmap
 import os
 import random
+import secrets
 import select
 import signal
 import socket
@@ -23,7 +25,19 @@ import pytest
 
 from mayflyd import _mayfly as M
 from tests.daemon_harness import reset_engine_missing
-from tests.unit.test_c_helper import CHILD_EXIT, Host, frame, open_inodes, read_response, wait_for_pid_file
+from tests.unit.test_c_helper import (
+    CHILD_EXIT,
+    Host,
+    _memory_cgroup,
+    bare_request,
+    frame,
+    open_inodes,
+    peer_closed,
+    queued_end,
+    read_response,
+    request_failed,
+    wait_for_pid_file,
+)
 
 # AddressSanitizer replaces malloc, and its mallopt() refuses M_MMAP_MAX and
 # M_TRIM_THRESHOLD, which a reset worker sets before it starts (freed memory
@@ -67,6 +81,8 @@ def runner(req_id: int, method: str, path: str, query: str, headers: list[tuple[
             pass
     if path == "/exit3":
         os._exit(3)
+    if path == "/fill":  # written, not just reserved: charged to the cgroup
+        hog = b"\1" * int(query)
     if path == "/inodes":
         return 200, [], json.dumps(open_inodes()).encode()
     if path == "/forge":
@@ -110,8 +126,12 @@ class ResetHost(Host):
 
     ENGINE = M.ENGINE_RESET
 
-    def __init__(self, **serve_kw: Any) -> None:
-        super().__init__(runner, lambda: os.umask(0o022), **serve_kw)
+    def __init__(self, setup: Callable[[], None] | None = None, **serve_kw: Any) -> None:
+        def host_setup() -> None:
+            os.umask(0o022)
+            if setup is not None:
+                setup()
+        super().__init__(runner, host_setup, **serve_kw)
 
     def serve(self, ctrl_fd: int, runner: Callable[..., Any], serve_kw: dict[str, Any]) -> None:
         M.serve_reset(ctrl_fd, runner, [], after_rewind, **serve_kw)
@@ -359,3 +379,77 @@ def test_the_end_of_the_control_channel_ends_the_host_and_its_workers(tmp_path: 
         with pytest.raises(ProcessLookupError):
             os.kill(worker.pid, 0)
     h.data.close()
+
+
+def test_busy_workers_stay_within_concurrency_and_the_queue_is_bounded(tmp_path: Path) -> None:
+    h = ResetHost(pool_size=2, concurrency=1, queue=1)
+    try:
+        h.request(1, path=b"/sleep", query=str(tmp_path / "pid").encode())
+        worker = wait_for_pid_file(tmp_path / "pid")
+        waiting = h.request(2, body=b"next")
+        refused = bare_request(h.data, 3)
+        assert request_failed(h.message(), 3) == errno.EAGAIN
+        assert peer_closed(refused)
+        assert [p.pid for p in psutil.Process(h.pid).children()] == [worker], "a pool of min(pool, concurrency)"
+        h.data.send(frame(M.MSG_CANCEL, 1))
+        assert h.child_exit(1)[2] == M.EXIT_CANCELLED
+        assert read_response(waiting, 2)[2] == b"txen"
+        pid, status, flags, *_ = h.child_exit(2)
+        assert (pid, status, flags) == (worker, 0, 0)
+    finally:
+        assert h.close() == 0
+
+
+def test_queued_requests_time_out_or_are_cancelled(host: ResetHost, tmp_path: Path) -> None:
+    host.request(1, path=b"/sleep", query=str(tmp_path / "pid").encode())
+    wait_for_pid_file(tmp_path / "pid")
+    start = time.monotonic()
+    late = host.request(2, timeout_ms=0)
+    cancelled = host.request(3)
+    host.data.send(frame(M.MSG_CANCEL, 3))
+    assert queued_end(host.message(), 3) == M.EXIT_CANCELLED
+    assert peer_closed(cancelled)
+    assert queued_end(host.message(), 2) == M.EXIT_TIMED_OUT
+    assert 0.9 < time.monotonic() - start < 5  # timeout 0 + the host's grace
+    assert peer_closed(late)
+    host.data.send(frame(M.MSG_CANCEL, 1))
+    assert host.child_exit(1)[2] == M.EXIT_CANCELLED
+
+
+def test_the_end_of_a_data_channel_aborts_its_request_and_the_worker_serves_on(
+        host: ResetHost, tmp_path: Path) -> None:
+    second = host.attach()
+    sock = host.request(1, path=b"/sleep", query=str(tmp_path / "pid").encode(), on=second)
+    worker = wait_for_pid_file(tmp_path / "pid")
+    second.close()
+    assert peer_closed(sock)  # aborted and rewound
+    # No report of request 1; the same worker, rewound, serves the next.
+    assert served(host, 2)[3] == worker
+    assert select.select([host.data, host.ctrl], [], [], 0.2)[0] == []
+
+
+def test_a_worker_the_oom_killer_took_is_flagged() -> None:
+    version, base, memory_dir = _memory_cgroup()
+    group = f"mayflyd-test-{secrets.token_hex(4)}"
+    # Room for the host's and the worker's own pages, not for the request's.
+    M.cgroup_setup(version, base, group, 512 << 20)
+    try:
+        events = os.path.join(memory_dir, group, "memory.events" if version == 2 else "memory.oom_control")
+        oom_fd = os.open(events, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            h = ResetHost(lambda: M.cgroup_join(version, base, group, os.getpid()), oom_fd=oom_fd)
+        finally:
+            os.close(oom_fd)  # the host has its own
+        try:
+            sock = h.request(1, path=b"/fill", query=str(1 << 30).encode())
+            assert peer_closed(sock)
+            _, status, flags, *_ = h.child_exit(1)
+            assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+            assert flags == M.EXIT_OUT_OF_MEMORY
+            # Its replacement serves, and an abort the host sends is not the OOM killer's.
+            assert h.ctrl_message()[0] == M.MSG_WORKER_REPLACED
+            served(h, 2)
+        finally:
+            assert h.close() == 0
+    finally:
+        M.cgroup_remove(version, base, group)
