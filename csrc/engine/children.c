@@ -476,7 +476,6 @@ bool mf_children_init(struct mf_children *c, size_t max_children, size_t queue, 
     if (c->oom_fd >= 0 && !read_oom_kills(c->oom_fd, &c->oom_kills)) {
         /* The limit on memory still holds; only the flag is lost. */
         mf_warn("%s: out-of-memory kills will not be told apart", mf_last_error());
-        mf_close_or_warn(c->oom_fd, "cgroup memory events");
         c->oom_fd = -1;
     }
     if (sigemptyset(&set) < 0 || sigaddset(&set, SIGCHLD) < 0 ||
@@ -579,8 +578,6 @@ void mf_children_fini(struct mf_children *c)
     c->queue = NULL;
     free(c->routes);
     c->routes = NULL;
-    mf_close_or_warn(c->oom_fd, "cgroup memory events");
-    c->oom_fd = -1;
     if (c->sigfd >= 0)
         mf_close_or_warn(c->sigfd, "signalfd");
     c->sigfd = -1;

@@ -105,7 +105,8 @@ struct mf_route {
 
 struct mf_children {
     int ctrl_fd;                 /* control channel: supervisor <-> host */
-    int oom_fd;                  /* the cgroup's memory.events (v2) or memory.oom_control (v1); -1: none */
+    int oom_fd;                  /* the cgroup's memory.events (v2) or memory.oom_control (v1), the
+                                  * caller's (closed in children only); -1: none */
     const int *close_in_child;   /* further fds no child may keep */
     size_t n_close_in_child;
     const struct mf_fork_hooks *hooks;
@@ -128,7 +129,7 @@ struct mf_children {
 
 /* Blocks SIGCHLD (and extra_signal, if not 0) into a new signalfd and
  * makes room for max_children children, as many requests started and
- * `queue` queued. Takes c->oom_fd (closed by fini). Whether it fails or
+ * `queue` queued; reads c->oom_fd's count once. Whether it fails or
  * not, and also on a zeroed struct it never saw, mf_children_fini undoes
  * what it did. */
 bool mf_children_init(struct mf_children *c, size_t max_children, size_t queue, int extra_signal);

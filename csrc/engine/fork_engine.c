@@ -253,10 +253,8 @@ bool mf_fork_serve(const struct mf_fork_config *cfg)
     bool ok;
 
     e.core.engine = &e;
-    if (e.max == 0) {
-        mf_close_or_warn(cfg->oom_fd, "cgroup memory events");
+    if (e.max == 0)
         return mf_errx(EINVAL, "concurrency 0: the host could never serve");
-    }
     ok = mf_children_init(&e.core, e.max, cfg->queue, 0) && engine_init(&e) && serve_loop(&e);
     /* Keep the error of the loop; the teardown only warns. */
     mf_children_fini(&e.core);

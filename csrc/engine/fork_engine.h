@@ -37,7 +37,7 @@ struct mf_fork_hooks {
 
 struct mf_fork_config {
     int ctrl_fd;                  /* control channel: lifecycle, to the supervisor */
-    int oom_fd;                   /* the cgroup's memory events, taken; -1: none */
+    int oom_fd;                   /* the cgroup's memory events (the caller's); -1: none */
     unsigned concurrency;         /* sandboxes at once (up to MF_FORK_MAX_CHILDREN) */
     unsigned queue;               /* requests waiting beyond them, FIFO (up to MF_MAX_QUEUE) */
     const int *close_in_child;    /* further fds no sandbox may keep */

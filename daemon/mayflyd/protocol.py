@@ -33,7 +33,6 @@ PROTOCOL_VERSION: Final = 1
 MAX_PAYLOAD: Final = 64 * 1024
 MAX_HEADERS: Final = 256
 FRAME_HEADER_SIZE: Final = 24
-MAX_DATA_CHANNELS: Final = 64
 
 
 class MsgType:
@@ -67,6 +66,8 @@ EXIT_CANCELLED: Final = 2
 EXIT_CPU_EXCEEDED: Final = 4
 EXIT_OUT_OF_MEMORY: Final = 8
 
+# Data channels one host holds at most; a DATA_CHANNEL beyond is refused.
+MAX_DATA_CHANNELS: Final = 64
 # Which kind of a host's channels each message travels on (both directions).
 CONTROL_TYPES: Final = frozenset({MsgType.SHUTDOWN, MsgType.DATA_CHANNEL, MsgType.READY, MsgType.LOAD_FAILED,
                                   MsgType.WORKER_REPLACED})

@@ -7,6 +7,7 @@ its exit status and a pipe.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import faulthandler
@@ -25,7 +26,7 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -1270,18 +1271,44 @@ def test_serve_fork_refuses_a_bad_data_channel(host: Host) -> None:
     assert host.close() == 0
 
 
+def check_the_queue_is_bounded(h: Host, tmp_path: Path) -> int:
+    """A host at concurrency 1 and queue 1: the second request waits its
+    turn, the third is refused with EAGAIN. The sandbox (or worker) of the
+    first; the second's end is left to the caller."""
+    h.request(1, path=b"/sleep", query=str(tmp_path / "pid").encode())
+    first = wait_for_pid_file(tmp_path / "pid")
+    waiting = h.request(2, body=b"my turn")
+    refused = bare_request(h.data, 3)
+    assert request_failed(h.any_message(), 3) == errno.EAGAIN
+    assert peer_closed(refused)
+    h.data.send(frame(M.MSG_CANCEL, 1))
+    assert h.child_exit(1)[2] == M.EXIT_CANCELLED
+    assert read_response(waiting, 2)[2] == b"nrut ym"
+    return first
+
+
+def check_queued_requests_end(h: Host, tmp_path: Path) -> None:
+    """A host at concurrency 1, queue 2 or more: a queued request ends at its
+    deadline or on CANCEL, never having run."""
+    h.request(1, path=b"/sleep", query=str(tmp_path / "pid").encode())
+    wait_for_pid_file(tmp_path / "pid")
+    start = time.monotonic()
+    late = h.request(2, timeout_ms=0)
+    cancelled = h.request(3)
+    h.data.send(frame(M.MSG_CANCEL, 3))
+    assert queued_end(h.any_message(), 3) == M.EXIT_CANCELLED
+    assert peer_closed(cancelled)
+    assert queued_end(h.any_message(), 2) == M.EXIT_TIMED_OUT
+    assert 0.9 < time.monotonic() - start < 5  # timeout 0 + the host's grace
+    assert peer_closed(late)
+    h.data.send(frame(M.MSG_CANCEL, 1))
+    assert h.child_exit(1)[2] == M.EXIT_CANCELLED
+
+
 def test_serve_fork_queues_beyond_concurrency_and_refuses_beyond_the_queue(tmp_path: Path) -> None:
     h = Host(concurrency=1, queue=1)
     try:
-        h.request(1, path=b"/sleep", query=str(tmp_path / "pid").encode())
-        wait_for_pid_file(tmp_path / "pid")
-        waiting = h.request(2, body=b"my turn")
-        refused = bare_request(h.data, 3)
-        assert request_failed(h.data_message(), 3) == errno.EAGAIN
-        assert peer_closed(refused)
-        h.data.send(frame(M.MSG_CANCEL, 1))
-        assert h.child_exit(1)[2] == M.EXIT_CANCELLED
-        assert read_response(waiting, 2)[2] == b"nrut ym"
+        check_the_queue_is_bounded(h, tmp_path)
         assert h.child_exit(2)[1:] == (0, 0)
     finally:
         assert h.close() == 0
@@ -1290,123 +1317,51 @@ def test_serve_fork_queues_beyond_concurrency_and_refuses_beyond_the_queue(tmp_p
 def test_serve_fork_queued_requests_time_out_or_are_cancelled(tmp_path: Path) -> None:
     h = Host(concurrency=1, queue=2)
     try:
-        h.request(1, path=b"/sleep", query=str(tmp_path / "pid").encode())
-        wait_for_pid_file(tmp_path / "pid")
-        start = time.monotonic()
-        late = h.request(2, timeout_ms=0)
-        cancelled = h.request(3)
-        h.data.send(frame(M.MSG_CANCEL, 3))
-        assert queued_end(h.data_message(), 3) == M.EXIT_CANCELLED
-        assert peer_closed(cancelled)
-        assert queued_end(h.data_message(), 2) == M.EXIT_TIMED_OUT
-        assert 0.9 < time.monotonic() - start < 5  # timeout 0 + the host's grace
-        assert peer_closed(late)
-        h.data.send(frame(M.MSG_CANCEL, 1))
-        assert h.child_exit(1)[2] == M.EXIT_CANCELLED
+        check_queued_requests_end(h, tmp_path)
     finally:
         assert h.close() == 0
 
 
-def _memory_cgroup() -> tuple[int, str, str]:
-    """A cgroup version, base and the memory events file's directory, or a skip."""
+@contextlib.contextmanager
+def memory_cgroup(limit: int) -> Iterator[tuple[Callable[[], None], int]]:
+    """A memory cgroup of `limit` bytes (or a skip): a setup that moves the
+    calling process into it, and its memory events file's fd."""
     if not is_root:
         pytest.skip("needs root")
-    version = M.cgroup_detect("/sys/fs/cgroup")
-    if version == 1 and os.path.isdir("/sys/fs/cgroup/memory"):
-        return 1, "/sys/fs/cgroup", "/sys/fs/cgroup/memory"
-    if version == 2 and "memory" in Path("/sys/fs/cgroup/cgroup.controllers").read_text().split():
-        return 2, "/sys/fs/cgroup", "/sys/fs/cgroup"
-    pytest.skip("no cgroup with a memory controller")
-
-
-def test_serve_fork_flags_a_sandbox_the_oom_killer_took() -> None:
-    version, base, memory_dir = _memory_cgroup()
+    base = "/sys/fs/cgroup"
+    version = M.cgroup_detect(base)
+    if version == 1 and os.path.isdir(f"{base}/memory"):
+        memory_dir, events = f"{base}/memory", "memory.oom_control"
+    elif version == 2 and "memory" in Path(f"{base}/cgroup.controllers").read_text().split():
+        memory_dir, events = base, "memory.events"
+    else:
+        pytest.skip("no cgroup with a memory controller")
     group = f"mayflyd-test-{secrets.token_hex(4)}"
-    M.cgroup_setup(version, base, group, 64 << 20)
+    M.cgroup_setup(version, base, group, limit)
     try:
-        events = os.path.join(memory_dir, group, "memory.events" if version == 2 else "memory.oom_control")
-        oom_fd = os.open(events, os.O_RDONLY | os.O_CLOEXEC)
+        oom_fd = os.open(os.path.join(memory_dir, group, events), os.O_RDONLY | os.O_CLOEXEC)
         try:
-            h = Host(limits_runner, lambda: M.cgroup_join(version, base, group, os.getpid()), oom_fd=oom_fd)
+            yield (lambda: M.cgroup_join(version, base, group, os.getpid())), oom_fd
         finally:
-            os.close(oom_fd)  # the host has its own
-        try:
-            sock = h.request(1, path=b"/fill", query=str(256 << 20).encode())
-            assert sock.recv(100) == b""
-            _, status, flags = h.child_exit(1)
-            assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
-            assert flags == M.EXIT_OUT_OF_MEMORY
-            # A sandbox the host kills is not the OOM killer's.
-            sock = h.request(2, path=b"/sleep", query=b"/dev/null", timeout_ms=0)
-            assert h.child_exit(2)[2] == M.EXIT_TIMED_OUT
-        finally:
-            assert h.close() == 0
+            os.close(oom_fd)  # a host forked meanwhile has its own
     finally:
         M.cgroup_remove(version, base, group)
 
 
-@needs_root
-def test_serve_fork_inside_walls() -> None:
-    """The host's real order: minimal root, identity drop, then serve."""
-    paths = [sys.prefix, sys.base_prefix, "/usr", "/lib", "/lib64", os.path.dirname(M.__file__), "/proc"]
-
-    def setup() -> None:
-        M.enter_minimal_root(paths)
-        M.drop_privileges(65534, 65534)
-
-    h = Host(setup=setup)
-    try:
-        sock = h.request(81, body=b"walls")
-        status, headers, body = read_response(sock, 81)
-        assert (status, body) == (200, b"sllaw")
-        assert headers["x-uid"] == "65534" and headers["x-oom"] == "1000"
-        assert os.WEXITSTATUS(h.child_exit(81)[1]) == 0
-    finally:
-        assert h.close() == 0
-
-
-@needs_root
-def test_serve_fork_needs_proc() -> None:
-    def child() -> str:
-        M.enter_minimal_root([sys.prefix, "/usr", "/lib", "/lib64"])
-        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+def test_serve_fork_flags_a_sandbox_the_oom_killer_took() -> None:
+    with memory_cgroup(64 << 20) as (join, oom_fd):
+        h = Host(limits_runner, join, oom_fd=oom_fd)
         try:
-            M.serve_fork(b.fileno(), echo_runner, [])
-        except FileNotFoundError as exc:
-            return str(exc)
-        return "served"
-
-    assert "oom_score_adj" in run_in_child(child)
-
-
-@needs_root
-def test_serve_fork_in_user_namespace_as_unprivileged_user() -> None:
-    """The unprivileged daemon's host: its own uid, all walls built inside a user namespace."""
-    def setup() -> None:
-        # Everything the host needs is imported already: /root (and this Python) is out of reach now.
-        os.setgroups([65534])
-        os.setgid(65534)
-        os.setuid(65534)
-        M.enter_user_namespace()
-        M.enter_namespaces("none", "tenant")
-        M.enter_minimal_root(["/usr", "/lib", "/lib64", "/proc"])
-        with pytest.raises(PermissionError, match="setgroups"):
-            M.drop_privileges(65534, 65534)  # denied in the namespace
-        M.drop_privileges(65534, 65534, False)
-        caps = _status_fields()["CapEff"]
-        assert (os.getpid(), caps) == (1, "0" * 16), (os.getpid(), caps)
-
-    h = Host(setup=setup, ready_pid=1)
-    try:
-        sock = h.request(91, body=b"userns")
-        status, headers, body = read_response(sock, 91)
-        assert (status, body) == (200, b"snresu")
-        assert headers["x-uid"] == "65534" and headers["x-oom"] == "1000"
-        pid, wait_status, flags = h.child_exit(91)
-        assert pid == int(headers["x-pid"]) and 1 < pid < 100  # a pid of the host's namespace
-        assert os.WEXITSTATUS(wait_status) == 0 and flags == 0
-    finally:
-        assert h.close() == 0  # the stub's status is the host's
+            sock = h.request(1, path=b"/fill", query=str(256 << 20).encode())
+            assert peer_closed(sock)
+            _, status, flags = h.child_exit(1)
+            assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+            assert flags == M.EXIT_OUT_OF_MEMORY
+            # A sandbox the host kills is not the OOM killer's.
+            h.request(2, path=b"/sleep", query=b"/dev/null", timeout_ms=0)
+            assert h.child_exit(2)[2] == M.EXIT_TIMED_OUT
+        finally:
+            assert h.close() == 0
 
 
 def limits_runner(req_id: int, method: str, path: str, query: str, headers: list[tuple[str, str]],

@@ -270,17 +270,20 @@ def serve(spec: HostSpec, *, forked_by_zygote: bool = False, oom_fd: int = -1) -
     gc.collect()
     gc.freeze()
     request_filter = binascii.a2b_base64(spec.request_filter)
-    # The engine takes oom_fd (closes it).
-    if spec.engine == "reset":
-        _mayfly.serve_reset(ctrl.fileno(), make_runner(program), [], _after_rewind,
-                            request_filter=request_filter, cpu_ms=spec.request_cpu_ms,
-                            memory_bytes=spec.request_memory, nofile=spec.nofile, pool_size=spec.pool,
-                            idle_ms=spec.pool_idle_ms, verify=spec.verify_rewind,
-                            concurrency=spec.concurrency, queue=spec.queue, oom_fd=oom_fd)
-    else:
-        _mayfly.serve_fork(ctrl.fileno(), make_runner(program), [], request_filter=request_filter,
-                           cpu_ms=spec.request_cpu_ms, memory_bytes=spec.request_memory, nofile=spec.nofile,
-                           concurrency=spec.concurrency, queue=spec.queue, oom_fd=oom_fd)
+    try:
+        if spec.engine == "reset":
+            _mayfly.serve_reset(ctrl.fileno(), make_runner(program), [], _after_rewind,
+                                request_filter=request_filter, cpu_ms=spec.request_cpu_ms,
+                                memory_bytes=spec.request_memory, nofile=spec.nofile, pool_size=spec.pool,
+                                idle_ms=spec.pool_idle_ms, verify=spec.verify_rewind,
+                                concurrency=spec.concurrency, queue=spec.queue, oom_fd=oom_fd)
+        else:
+            _mayfly.serve_fork(ctrl.fileno(), make_runner(program), [], request_filter=request_filter,
+                               cpu_ms=spec.request_cpu_ms, memory_bytes=spec.request_memory, nofile=spec.nofile,
+                               concurrency=spec.concurrency, queue=spec.queue, oom_fd=oom_fd)
+    finally:
+        if oom_fd >= 0:
+            os.close(oom_fd)
     return 0
 
 
