@@ -137,7 +137,6 @@ def _enter_tenant(spec: HostSpec) -> int:
         # First, so that everything the host allocates from here on is
         # charged to the tenant and limited.
         _mayfly.cgroup_join(entry["cgroup_version"], entry["cgroup_base"], entry["cgroup_group"], os.getpid())
-        oom_fd = open_memory_events(spec)
     if entry.get("user_namespace"):
         # Gives this unprivileged process the capabilities, inside a user
         # namespace, that the namespaces and mounts below need.
@@ -147,6 +146,10 @@ def _enter_tenant(spec: HostSpec) -> int:
         # group); from here on this process is pid 1 of a pid namespace and
         # a stub parent waits for it outside.
         _mayfly.enter_namespaces(entry["network"], entry["hostname"])
+    if "cgroup_version" in entry:
+        # In the new pid namespace, so that the stub left outside holds no
+        # copy; before the walls, while the cgroup file system is in view.
+        oom_fd = open_memory_events(spec)
     return oom_fd
 
 
