@@ -99,3 +99,25 @@ def test_a_stale_reader_does_not_unregister_the_socket_that_reused_its_fd() -> N
         ours2.close()
         theirs2.close()
     asyncio.run(main())
+
+
+def test_attach_data_channel_sends_one_end_to_the_host_and_keeps_the_other() -> None:
+    handle = object.__new__(host.SandboxHost)  # only its control channel matters here
+    handle._ctrl, host_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        ours = handle.attach_data_channel()
+        packet, fds, _, _ = socket.recv_fds(host_end, 1024, 2)
+        assert protocol.parse_frame(packet).type == MsgType.DATA_CHANNEL and len(packet) == protocol.FRAME_HEADER_SIZE
+        (fd,) = fds
+        theirs = socket.socket(fileno=fd)
+        assert theirs.type == socket.SOCK_SEQPACKET and not ours.getblocking()
+        theirs.send(b"from the host")
+        assert ours.recv(100) == b"from the host"
+        ours.close()
+        theirs.close()
+        handle._ctrl.close()
+        handle._ctrl = None
+        with pytest.raises(OSError):
+            handle.attach_data_channel()  # no host
+    finally:
+        host_end.close()
