@@ -9,6 +9,7 @@
 #include "engine/children.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -23,22 +24,138 @@
 /* Children, not the host, are what the OOM killer should pick. */
 #define CHILD_OOM_SCORE_ADJ 1000
 
-/* ---- the two channels ---- */
+/* ---- requests in flight: req_id -> data channel ---- */
 
-/* Per-request messages go to the front end, the rest to the supervisor. */
+static size_t route_home(const struct mf_children *c, uint64_t req_id)
+{
+    /* Fibonacci hashing: front ends number requests in sequence. */
+    return (size_t)((req_id * 0x9E3779B97F4A7C15ull) >> 32) & c->routes_mask;
+}
+
+static struct mf_route *route_find(struct mf_children *c, uint64_t req_id)
+{
+    for (size_t i = route_home(c, req_id);; i = (i + 1) & c->routes_mask) {
+        if (c->routes[i].req_id == req_id)
+            return &c->routes[i];
+        if (c->routes[i].req_id == 0)
+            return NULL;
+    }
+}
+
+static void route_add(struct mf_children *c, uint64_t req_id, unsigned chan)
+{
+    size_t i = route_home(c, req_id);
+
+    while (c->routes[i].req_id != 0)
+        i = (i + 1) & c->routes_mask;
+    c->routes[i] = (struct mf_route){.req_id = req_id, .chan = chan};
+}
+
+/* Deletes without tombstones: every later entry of the cluster that may
+ * move back into the hole does. */
+static void route_delete(struct mf_children *c, struct mf_route *r)
+{
+    size_t hole = (size_t)(r - c->routes), mask = c->routes_mask;
+
+    for (size_t j = (hole + 1) & mask; c->routes[j].req_id != 0; j = (j + 1) & mask) {
+        size_t home = route_home(c, c->routes[j].req_id);
+        if (((j - home) & mask) >= ((j - hole) & mask)) {
+            c->routes[hole] = c->routes[j];
+            hole = j;
+        }
+    }
+    c->routes[hole].req_id = 0;
+}
+
+/* ---- the channels ---- */
+
 static bool on_data_channel(uint16_t type)
 {
     return type == MF_MSG_CHILD_EXIT || type == MF_MSG_REQUEST_FAILED;
 }
 
+/* The ring's size: one entry even for a queue of none. */
+static size_t ring_size(const struct mf_children *c)
+{
+    return c->q_max > 0 ? c->q_max : 1;
+}
+
+static struct mf_admitted *queued_at(struct mf_children *c, size_t k)
+{
+    return &c->queue[(c->q_head + k) % ring_size(c)];
+}
+
+/* Takes the queued request k out, keeping the others' order. */
+static struct mf_admitted unqueue(struct mf_children *c, size_t k)
+{
+    struct mf_admitted req = *queued_at(c, k);
+
+    if (k == 0) {
+        c->q_head = (c->q_head + 1) % ring_size(c);
+    } else {
+        for (size_t m = k; m + 1 < c->q_len; m++)
+            *queued_at(c, m) = *queued_at(c, m + 1);
+    }
+    c->q_len--;
+    return req;
+}
+
+/*
+ * A data channel's end or error: it is closed, its queued requests
+ * dropped and its started ones cancelled, none of them reported (their
+ * routes go first, so that the engine's later CHILD_EXIT goes nowhere).
+ */
+static void drop_channel(struct mf_children *c, unsigned slot)
+{
+    mf_close_or_warn(c->chans[slot], "data channel");
+    c->chans[slot] = -1;
+    for (size_t k = 0; k < c->q_len;) {
+        if (queued_at(c, k)->chan != slot) {
+            k++;
+            continue;
+        }
+        struct mf_admitted req = unqueue(c, k);
+        route_delete(c, route_find(c, req.req_id));
+        mf_close_or_warn(req.fd, "request");
+    }
+    /* A deletion may move a later entry into i: look at i again. */
+    for (size_t i = 0; i <= c->routes_mask;) {
+        struct mf_route *r = &c->routes[i];
+        if (r->req_id == 0 || r->chan != slot) {
+            i++;
+            continue;
+        }
+        uint64_t req_id = r->req_id;
+        route_delete(c, r);
+        c->ops->cancel(c->engine, req_id);
+    }
+}
+
+static enum mf_step send_data(struct mf_children *c, unsigned slot, uint16_t type, uint64_t req_id,
+                              const void *payload, uint32_t len)
+{
+    if (c->chans[slot] < 0 || mf_send_packet(c->chans[slot], type, req_id, payload, len))
+        return MF_STEP_CONTINUE;
+    mf_warn("data channel %u: %s; dropped", slot, mf_last_error());
+    drop_channel(c, slot);
+    return MF_STEP_CONTINUE;
+}
+
 enum mf_step mf_children_send(struct mf_children *c, uint16_t type, uint64_t req_id, const void *payload,
                               uint32_t len)
 {
-    bool data = on_data_channel(type);
-
-    if (mf_send_packet(data ? c->data_fd : c->ctrl_fd, type, req_id, payload, len))
+    if (on_data_channel(type)) {
+        struct mf_route *r = route_find(c, req_id);
+        /* None: its channel was dropped, and nobody waits for the report. */
+        if (r == NULL)
+            return MF_STEP_CONTINUE;
+        unsigned slot = r->chan;
+        route_delete(c, r);
+        return send_data(c, slot, type, req_id, payload, len);
+    }
+    if (mf_send_packet(c->ctrl_fd, type, req_id, payload, len))
         return MF_STEP_CONTINUE;
-    mf_warn("%s channel: %s; stopping", data ? "data" : "control", mf_last_error());
+    mf_warn("control channel: %s; stopping", mf_last_error());
     return MF_STEP_STOP;
 }
 
@@ -46,6 +163,51 @@ enum mf_step mf_children_request_failed(struct mf_children *c, uint64_t req_id, 
 {
     struct mf_request_failed msg = {.error = error};
     return mf_children_send(c, MF_MSG_REQUEST_FAILED, req_id, &msg, sizeof(msg));
+}
+
+/* A REQUEST refused before it had a route: its answer goes where it came from. */
+static enum mf_step refuse_request(struct mf_children *c, unsigned slot, uint64_t req_id, int error)
+{
+    struct mf_request_failed msg = {.error = error};
+    return send_data(c, slot, MF_MSG_REQUEST_FAILED, req_id, &msg, sizeof(msg));
+}
+
+/* A queued request that never ran: it reads as a sandbox killed, pid 0. */
+static enum mf_step end_queued(struct mf_children *c, size_t k, uint32_t flag)
+{
+    struct mf_admitted req = unqueue(c, k);
+    struct mf_child_exit msg = {.pid = 0, .wait_status = SIGKILL, .flags = flag};
+
+    mf_close_or_warn(req.fd, "request");
+    return mf_children_send(c, MF_MSG_CHILD_EXIT, req.req_id, &msg, sizeof(msg));
+}
+
+enum mf_step mf_children_dispatch(struct mf_children *c)
+{
+    while (c->q_len > 0 && c->ops->can_start(c->engine)) {
+        struct mf_admitted req = unqueue(c, 0);
+        enum mf_step step = c->ops->start(c->engine, &req);
+        if (step != MF_STEP_CONTINUE)
+            return step;
+    }
+    return MF_STEP_CONTINUE;
+}
+
+enum mf_step mf_children_expire(struct mf_children *c, uint64_t now, uint64_t *next)
+{
+    for (size_t k = 0; k < c->q_len;) {
+        uint64_t deadline = queued_at(c, k)->deadline_ms;
+        if (deadline > now) {
+            if (deadline < *next)
+                *next = deadline;
+            k++;
+            continue;
+        }
+        enum mf_step step = end_queued(c, k, MF_EXIT_TIMED_OUT);
+        if (step != MF_STEP_CONTINUE)
+            return step;
+    }
+    return MF_STEP_CONTINUE;
 }
 
 /* The checks on a REQUEST the front end hands over: 0 and *req filled in,
@@ -59,7 +221,7 @@ static int admit(struct mf_children *c, const struct mf_frame_header *hdr, int f
                 hdr->payload_len, sizeof(req->ctl));
         return EBADMSG;
     }
-    if (hdr->req_id == 0 || c->ops->in_flight(c->engine, hdr->req_id)) {
+    if (hdr->req_id == 0 || route_find(c, hdr->req_id) != NULL || c->ops->in_flight(c->engine, hdr->req_id)) {
         mf_warn("REQUEST: req_id %llu is 0 or already in flight", (unsigned long long)hdr->req_id);
         return EEXIST;
     }
@@ -67,7 +229,8 @@ static int admit(struct mf_children *c, const struct mf_frame_header *hdr, int f
         mf_warn_last();
         return errno;
     }
-    if (c->ops->full(c->engine))
+    /* Room to start it, or to queue it behind those that wait. */
+    if (!(c->q_len == 0 && c->ops->can_start(c->engine)) && c->q_len == c->q_max)
         return EAGAIN;
     if (!mf_now_ms(&now)) {
         mf_warn_last();
@@ -86,112 +249,202 @@ static int admit(struct mf_children *c, const struct mf_frame_header *hdr, int f
 }
 
 /* fd: the attached socket, or -1. */
-static enum mf_step request(struct mf_children *c, const struct mf_frame_header *hdr, int fd)
+static enum mf_step request(struct mf_children *c, unsigned slot, const struct mf_frame_header *hdr, int fd)
 {
     struct mf_admitted req;
     int error;
 
     if (fd < 0) {
         mf_warn("REQUEST %llu arrived without its socket", (unsigned long long)hdr->req_id);
-        return mf_children_request_failed(c, hdr->req_id, EBADMSG);
+        return refuse_request(c, slot, hdr->req_id, EBADMSG);
     }
     error = admit(c, hdr, fd, &req);
     if (error != 0) {
         mf_close_or_warn(fd, "request");
-        return mf_children_request_failed(c, hdr->req_id, error);
+        return refuse_request(c, slot, hdr->req_id, error);
     }
-    return c->ops->start(c->engine, &req);
-}
-
-/*
- * One frame from a channel into c->ctrl_buf, with *fd its attached fd or
- * -1. *got false when there was none to act on: nothing waiting, or a bad
- * packet (consumed whole and warned about); STOP at the channel's end.
- */
-static enum mf_step recv_frame(struct mf_children *c, int chan, const char *name, struct mf_frame_header *hdr,
-                               int *fd, bool *got)
-{
-    size_t len, nfds;
-    int rc = mf_recv_packet(chan, MSG_DONTWAIT, c->ctrl_buf, sizeof(c->ctrl_buf), &len, fd, 1, &nfds);
-
-    *got = false;
-    if (rc < 0) {
-        int err = mf_last_errno();
-        if (err == EAGAIN || err == EWOULDBLOCK)
-            return MF_STEP_CONTINUE;
-        mf_warn("%s channel: %s", name, mf_last_error());
-        /* A bad packet was consumed whole; anything else ends the channel. */
-        return err == EMSGSIZE || err == EPROTO ? MF_STEP_CONTINUE : MF_STEP_STOP;
-    }
-    if (rc == 0)
-        return MF_STEP_STOP;
-    if (nfds == 0)
-        *fd = -1;
-    if (!mf_frame_parse(c->ctrl_buf, len, hdr)) {
-        mf_warn("%s channel: %s", name, mf_last_error());
-        if (*fd >= 0)
-            mf_close_or_warn(*fd, "unexpected");
-        return MF_STEP_CONTINUE;
-    }
-    *got = true;
+    req.chan = slot;
+    route_add(c, req.req_id, slot);
+    if (c->q_len == 0 && c->ops->can_start(c->engine))
+        return c->ops->start(c->engine, &req);
+    *queued_at(c, c->q_len++) = req;
     return MF_STEP_CONTINUE;
 }
 
-/* Only a REQUEST carries an fd: any other is closed. */
-static void drop_fd(const char *name, uint16_t type, int fd)
+static enum mf_step cancel(struct mf_children *c, uint64_t req_id)
 {
-    if (fd < 0)
-        return;
-    mf_warn("%s channel: message type %u carried an fd; closed", name, type);
-    mf_close_or_warn(fd, "unexpected");
+    for (size_t k = 0; k < c->q_len; k++)
+        if (queued_at(c, k)->req_id == req_id)
+            return end_queued(c, k, MF_EXIT_CANCELLED);
+    /* Unknown to the engine too: it has ended, its CHILD_EXIT is on the way. */
+    c->ops->cancel(c->engine, req_id);
+    return MF_STEP_CONTINUE;
 }
 
-/* A message of the other channel (a REQUEST or CANCEL on the control
- * channel, a SHUTDOWN on the data channel) or of no known type. */
-static enum mf_step refuse(const char *name, uint16_t type, int fd)
+/*
+ * One frame from a channel into c->ctrl_buf, with fds[0..*nfds) its
+ * attached fds. *got false when there was none to act on: nothing
+ * waiting, or a bad packet (consumed whole and warned about); *ended at
+ * the channel's end or on its error.
+ */
+static void recv_frame(struct mf_children *c, int chan, const char *name, struct mf_frame_header *hdr,
+                       int fds[2], size_t *nfds, bool *got, bool *ended)
+{
+    size_t len;
+    int rc = mf_recv_packet(chan, MSG_DONTWAIT, c->ctrl_buf, sizeof(c->ctrl_buf), &len, fds, 2, nfds);
+
+    *got = false;
+    *ended = false;
+    if (rc < 0) {
+        int err = mf_last_errno();
+        if (err == EAGAIN || err == EWOULDBLOCK)
+            return;
+        mf_warn("%s channel: %s", name, mf_last_error());
+        /* A bad packet was consumed whole; anything else ends the channel. */
+        *ended = err != EMSGSIZE && err != EPROTO;
+        return;
+    }
+    if (rc == 0) {
+        *ended = true;
+        return;
+    }
+    if (!mf_frame_parse(c->ctrl_buf, len, hdr)) {
+        mf_warn("%s channel: %s", name, mf_last_error());
+        for (size_t i = 0; i < *nfds; i++)
+            mf_close_or_warn(fds[i], "unexpected");
+        return;
+    }
+    *got = true;
+}
+
+/* A message that may carry none (CANCEL, SHUTDOWN): what it carried is closed. */
+static void drop_fds(const char *name, uint16_t type, const int *fds, size_t nfds)
+{
+    if (nfds > 0)
+        mf_warn("%s channel: message type %u carried %zu fd(s); closed", name, type, nfds);
+    for (size_t i = 0; i < nfds; i++)
+        mf_close_or_warn(fds[i], "unexpected");
+}
+
+/* A message of the other kind of channel or of no known type. */
+static enum mf_step refuse(const char *name, uint16_t type, const int *fds, size_t nfds)
 {
     mf_warn("%s channel: unexpected message type %u; ignored", name, type);
-    if (fd >= 0)
-        mf_close_or_warn(fd, "unexpected");
+    for (size_t i = 0; i < nfds; i++)
+        mf_close_or_warn(fds[i], "unexpected");
+    return MF_STEP_CONTINUE;
+}
+
+/* DATA_CHANNEL: exactly one fd, an AF_UNIX SOCK_SEQPACKET socket, no payload. */
+static enum mf_step attach_channel(struct mf_children *c, const struct mf_frame_header *hdr, const int *fds,
+                                   size_t nfds)
+{
+    unsigned slot = 0;
+
+    if (hdr->payload_len != 0 || nfds != 1) {
+        mf_warn("control channel: DATA_CHANNEL with %u payload bytes and %zu fds, expected 0 and 1; refused",
+                hdr->payload_len, nfds);
+        return refuse("control", hdr->type, fds, nfds);
+    }
+    if (!mf_is_seqpacket_unix(fds[0])) {
+        mf_warn("control channel: DATA_CHANNEL: %s; refused", mf_last_error());
+        return refuse("control", hdr->type, fds, nfds);
+    }
+    while (slot < MF_MAX_DATA_CHANNELS && c->chans[slot] >= 0)
+        slot++;
+    if (slot == MF_MAX_DATA_CHANNELS) {
+        mf_warn("control channel: DATA_CHANNEL: %d channels already; refused", MF_MAX_DATA_CHANNELS);
+        return refuse("control", hdr->type, fds, nfds);
+    }
+    c->chans[slot] = fds[0];
     return MF_STEP_CONTINUE;
 }
 
 enum mf_step mf_children_handle_ctrl(struct mf_children *c)
 {
     struct mf_frame_header hdr;
-    int fd = -1;
-    bool got;
-    enum mf_step step = recv_frame(c, c->ctrl_fd, "control", &hdr, &fd, &got);
+    int fds[2];
+    size_t nfds = 0;
+    bool got, ended;
 
+    recv_frame(c, c->ctrl_fd, "control", &hdr, fds, &nfds, &got, &ended);
+    if (ended)
+        return MF_STEP_STOP;
     if (!got)
-        return step;
+        return MF_STEP_CONTINUE;
+    if (hdr.type == MF_MSG_DATA_CHANNEL)
+        return attach_channel(c, &hdr, fds, nfds);
     if (hdr.type != MF_MSG_SHUTDOWN)
-        return refuse("control", hdr.type, fd);
-    drop_fd("control", hdr.type, fd);
+        return refuse("control", hdr.type, fds, nfds);
+    drop_fds("control", hdr.type, fds, nfds);
     return MF_STEP_STOP;
 }
 
-enum mf_step mf_children_handle_data(struct mf_children *c)
+enum mf_step mf_children_handle_data(struct mf_children *c, unsigned slot)
 {
     struct mf_frame_header hdr;
-    int fd = -1;
-    bool got;
-    enum mf_step step = recv_frame(c, c->data_fd, "data", &hdr, &fd, &got);
+    int fds[2];
+    size_t nfds = 0;
+    bool got, ended;
 
+    recv_frame(c, c->chans[slot], "data", &hdr, fds, &nfds, &got, &ended);
+    if (ended) {
+        drop_channel(c, slot);
+        return MF_STEP_CONTINUE;
+    }
     if (!got)
-        return step;
-    if (hdr.type == MF_MSG_REQUEST)
-        return request(c, &hdr, fd);
+        return MF_STEP_CONTINUE;
+    if (hdr.type == MF_MSG_REQUEST && nfds <= 1)
+        return request(c, slot, &hdr, nfds == 1 ? fds[0] : -1);
     if (hdr.type != MF_MSG_CANCEL)
-        return refuse("data", hdr.type, fd);
-    drop_fd("data", hdr.type, fd);
-    return c->ops->cancel(c->engine, hdr.req_id);
+        return refuse("data", hdr.type, fds, nfds);
+    drop_fds("data", hdr.type, fds, nfds);
+    return cancel(c, hdr.req_id);
+}
+
+/* ---- the cgroup's OOM kills ---- */
+
+/* The "oom_kill N" line of memory.events (v2) or memory.oom_control (v1). */
+static bool read_oom_kills(int fd, uint64_t *out)
+{
+    char buf[1024];
+    ssize_t n = pread(fd, buf, sizeof(buf) - 1, 0);
+
+    if (n < 0)
+        return mf_err("pread(cgroup memory events fd %d)", fd);
+    buf[n] = '\0';
+    for (char *line = buf; line != NULL && *line != '\0';) {
+        char *end = strchr(line, '\n');
+        unsigned long long v;
+        if (sscanf(line, "oom_kill %llu", &v) == 1) {
+            *out = v;
+            return true;
+        }
+        line = end != NULL ? end + 1 : NULL;
+    }
+    return mf_errx(ENOENT, "no oom_kill line in the cgroup's memory events");
+}
+
+bool mf_children_oom_killed(struct mf_children *c, int status)
+{
+    uint64_t kills = 0;
+
+    if (c->oom_fd < 0 || !WIFSIGNALED(status) || WTERMSIG(status) != SIGKILL)
+        return false;
+    if (!read_oom_kills(c->oom_fd, &kills)) {
+        mf_warn_last();
+        return false;
+    }
+    bool moved = kills != c->oom_kills;
+    c->oom_kills = kills;
+    return moved;
 }
 
 /* ---- signals, exits ---- */
 
-bool mf_children_init(struct mf_children *c, size_t max_children, int extra_signal)
+bool mf_children_init(struct mf_children *c, size_t max_children, size_t queue, int extra_signal)
 {
+    size_t routes = 8;
     sigset_t set;
 
     c->host_pid = getpid();
@@ -199,9 +452,32 @@ bool mf_children_init(struct mf_children *c, size_t max_children, int extra_sign
     c->mask_saved = false;
     c->n_pids = 0;
     c->max_pids = max_children;
+    for (unsigned i = 0; i < MF_MAX_DATA_CHANNELS; i++)
+        c->chans[i] = -1;
     c->pids = calloc(max_children, sizeof(*c->pids));
     if (c->pids == NULL)
         return mf_err("calloc(%zu children)", max_children);
+    if (queue > MF_MAX_QUEUE)
+        return mf_errx(EINVAL, "queue of %zu requests: at most %u", queue, MF_MAX_QUEUE);
+    /* At most max_children started and `queue` queued are in flight: at
+     * most half full, probes stay short. */
+    while (routes < 2 * (max_children + queue + 1))
+        routes *= 2;
+    c->routes_mask = routes - 1;
+    c->routes = calloc(routes, sizeof(*c->routes));
+    if (c->routes == NULL)
+        return mf_err("calloc(%zu routes)", routes);
+    c->q_head = c->q_len = 0;
+    c->q_max = queue;
+    c->queue = calloc(ring_size(c), sizeof(*c->queue));
+    if (c->queue == NULL)
+        return mf_err("calloc(queue of %zu)", queue);
+    c->oom_kills = 0;
+    if (c->oom_fd >= 0 && !read_oom_kills(c->oom_fd, &c->oom_kills)) {
+        /* The limit on memory still holds; only the flag is lost. */
+        mf_warn("%s: out-of-memory kills will not be told apart", mf_last_error());
+        c->oom_fd = -1;
+    }
     if (sigemptyset(&set) < 0 || sigaddset(&set, SIGCHLD) < 0 ||
         (extra_signal != 0 && sigaddset(&set, extra_signal) < 0))
         return mf_err("sigaddset(SIGCHLD, %d)", extra_signal);
@@ -291,6 +567,17 @@ void mf_children_fini(struct mf_children *c)
     if (c->pids == NULL)
         return;
     kill_all(c);
+    for (unsigned i = 0; i < MF_MAX_DATA_CHANNELS; i++) {
+        mf_close_or_warn(c->chans[i], "data channel");
+        c->chans[i] = -1;
+    }
+    for (size_t k = 0; c->queue != NULL && k < c->q_len; k++)
+        mf_close_or_warn(queued_at(c, k)->fd, "request");
+    c->q_len = 0;
+    free(c->queue);
+    c->queue = NULL;
+    free(c->routes);
+    c->routes = NULL;
     if (c->sigfd >= 0)
         mf_close_or_warn(c->sigfd, "signalfd");
     c->sigfd = -1;
@@ -304,8 +591,9 @@ void mf_children_fini(struct mf_children *c)
 void mf_children_pollfds(const struct mf_children *c, struct pollfd pfd[MF_PFD_CORE], bool accepting)
 {
     pfd[MF_PFD_CTRL] = (struct pollfd){.fd = c->ctrl_fd, .events = POLLIN};
-    pfd[MF_PFD_DATA] = (struct pollfd){.fd = accepting ? c->data_fd : -1, .events = POLLIN};
     pfd[MF_PFD_SIGNAL] = (struct pollfd){.fd = c->sigfd, .events = POLLIN};
+    for (unsigned i = 0; i < MF_MAX_DATA_CHANNELS; i++)
+        pfd[MF_PFD_DATA + i] = (struct pollfd){.fd = accepting ? c->chans[i] : -1, .events = POLLIN};
 }
 
 enum mf_step mf_children_serve(struct mf_children *c, const struct pollfd pfd[MF_PFD_CORE])
@@ -316,8 +604,12 @@ enum mf_step mf_children_serve(struct mf_children *c, const struct pollfd pfd[MF
         step = mf_children_reap(c);
     if (step == MF_STEP_CONTINUE && pfd[MF_PFD_CTRL].revents != 0)
         step = mf_children_handle_ctrl(c);
-    if (step == MF_STEP_CONTINUE && pfd[MF_PFD_DATA].revents != 0)
-        step = mf_children_handle_data(c);
+    /* A channel attached or dropped meanwhile: its entry's fd no longer matches. */
+    for (unsigned i = 0; i < MF_MAX_DATA_CHANNELS && step == MF_STEP_CONTINUE; i++)
+        if (pfd[MF_PFD_DATA + i].revents != 0 && pfd[MF_PFD_DATA + i].fd == c->chans[i])
+            step = mf_children_handle_data(c, i);
+    if (step == MF_STEP_CONTINUE)
+        step = mf_children_dispatch(c);
     return step;
 }
 
@@ -329,8 +621,8 @@ bool mf_children_poll(struct mf_children *c, struct pollfd *pfd, nfds_t n, int t
         return true;
     }
     if (errno != EINTR)
-        return mf_err("poll(control fd %d, data fd %d, signalfd %d, %lu more fds)", c->ctrl_fd, c->data_fd,
-                      c->sigfd, (unsigned long)(n - MF_PFD_CORE));
+        return mf_err("poll(control fd %d, signalfd %d, data channels, %lu more fds)", c->ctrl_fd, c->sigfd,
+                      (unsigned long)(n - MF_PFD_CORE));
     if (!c->hooks->interrupted(c->hooks->ctx))
         return mf_errx(EINTR, "serving interrupted by a signal");
     return true;
@@ -338,14 +630,21 @@ bool mf_children_poll(struct mf_children *c, struct pollfd *pfd, nfds_t n, int t
 
 /* ---- a new child ---- */
 
-/* Nothing of the host's may reach tenant code: either channel would let a
- * child speak for the host and the other children. */
+/* Nothing of the host's may reach tenant code: any channel would let a
+ * child speak for the host and the other children, a queued request's
+ * socket would let it answer for another. */
 static bool close_inherited(struct mf_children *c, int keep_fd)
 {
     if (close(c->ctrl_fd) < 0)
         return mf_err("close(control fd %d)", c->ctrl_fd);
-    if (close(c->data_fd) < 0)
-        return mf_err("close(data fd %d)", c->data_fd);
+    for (unsigned i = 0; i < MF_MAX_DATA_CHANNELS; i++)
+        if (c->chans[i] >= 0 && close(c->chans[i]) < 0)
+            return mf_err("close(data channel fd %d)", c->chans[i]);
+    for (size_t k = 0; k < c->q_len; k++)
+        if (queued_at(c, k)->fd != keep_fd && close(queued_at(c, k)->fd) < 0)
+            return mf_err("close(queued request fd %d)", queued_at(c, k)->fd);
+    if (c->oom_fd >= 0 && close(c->oom_fd) < 0)
+        return mf_err("close(cgroup memory events fd %d)", c->oom_fd);
     if (close(c->sigfd) < 0)
         return mf_err("close(signalfd %d)", c->sigfd);
     if (c->ops->close_own_fds != NULL)

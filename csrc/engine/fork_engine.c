@@ -2,11 +2,13 @@
  * Fork-mode serve loop of the host, and the first steps of each sandbox.
  *
  * The host is single-threaded: one poll() over the control channel, the
- * data channel and a signalfd for SIGCHLD, with the timeout set by the
- * nearest sandbox deadline. Each sandbox is a fork() of the sealed host;
- * it answers on its own per-request socket only, and its exit is reported
- * on the data channel as CHILD_EXIT. The channels, the signalfd, the fork
- * and the reaping are children.c's, shared with the reset engine.
+ * data channels and a signalfd for SIGCHLD, with the timeout set by the
+ * nearest deadline. Each sandbox is a fork() of the sealed host; it
+ * answers on its own per-request socket only, and its exit is reported on
+ * the data channel its request came on as CHILD_EXIT. At most
+ * `concurrency` run at once; the others wait in the core's queue. The
+ * channels, the queue, the signalfd, the fork and the reaping are
+ * children.c's, shared with the reset engine.
  */
 #define _GNU_SOURCE
 #include "engine/fork_engine.h"
@@ -34,7 +36,7 @@ struct engine {
     const struct mf_fork_config *cfg;
     struct mf_children core;
     struct child *children;  /* n used entries, unordered */
-    size_t n;
+    size_t n, max;           /* max: the concurrency */
 };
 
 static struct child *find_req(struct engine *e, uint64_t req_id)
@@ -98,9 +100,11 @@ static bool in_flight(void *engine, uint64_t req_id)
     return find_req(engine, req_id) != NULL;
 }
 
-static bool full(void *engine)
+/* A killed sandbox counts until it is reaped: its memory is still charged. */
+static bool can_start(void *engine)
 {
-    return ((struct engine *)engine)->n == MF_FORK_MAX_CHILDREN;
+    struct engine *e = engine;
+    return e->n < e->max;
 }
 
 static enum mf_step start_request(void *engine, const struct mf_admitted *req)
@@ -138,14 +142,13 @@ static void kill_child(struct child *c, uint32_t flag)
     c->killed = true;
 }
 
-static enum mf_step cancel(void *engine, uint64_t req_id)
+static void cancel(void *engine, uint64_t req_id)
 {
     struct child *c = find_req(engine, req_id);
 
     /* Unknown: the sandbox has exited and its CHILD_EXIT is on the way. */
     if (c != NULL)
         kill_child(c, MF_EXIT_CANCELLED);
-    return MF_STEP_CONTINUE;
 }
 
 static enum mf_step exited(void *engine, pid_t pid, int status, const struct rusage *ru)
@@ -160,6 +163,8 @@ static enum mf_step exited(void *engine, pid_t pid, int status, const struct rus
         struct mf_child_exit msg = {.pid = pid, .wait_status = status, .flags = c.flags, .cost_us = c.cost_us};
         if (mf_limits_cpu_exceeded(&e->cfg->limits, status, ru))
             msg.flags |= MF_EXIT_CPU_EXCEEDED;
+        else if (!c.killed && mf_children_oom_killed(&e->core, status))
+            msg.flags |= MF_EXIT_OUT_OF_MEMORY;
         return mf_children_send(&e->core, MF_MSG_CHILD_EXIT, c.req_id, &msg, sizeof(msg));
     }
     return MF_STEP_CONTINUE;
@@ -167,7 +172,7 @@ static enum mf_step exited(void *engine, pid_t pid, int status, const struct rus
 
 static const struct mf_children_ops fork_ops = {
     .in_flight = in_flight,
-    .full = full,
+    .can_start = can_start,
     .start = start_request,
     .cancel = cancel,
     .exited = exited,
@@ -175,12 +180,14 @@ static const struct mf_children_ops fork_ops = {
 
 /* ---- the loop ---- */
 
-/* Kills sandboxes past their deadline; returns the poll timeout to the next one. */
-static bool enforce_deadlines(struct engine *e, int *timeout)
+/* Kills sandboxes past their deadline, ends queued requests past theirs;
+ * the poll timeout to the next one. */
+static enum mf_step enforce_deadlines(struct engine *e, int *timeout)
 {
     uint64_t now = 0, next = UINT64_MAX;
 
-    MF_TRY(mf_now_ms(&now));
+    if (!mf_now_ms(&now))
+        return MF_STEP_FAIL;
     for (size_t i = 0; i < e->n; i++) {
         struct child *c = &e->children[i];
         if (c->killed)
@@ -190,8 +197,9 @@ static bool enforce_deadlines(struct engine *e, int *timeout)
         else if (c->deadline_ms < next)
             next = c->deadline_ms;
     }
+    enum mf_step step = mf_children_expire(&e->core, now, &next);
     *timeout = mf_poll_timeout(now, next);
-    return true;
+    return step;
 }
 
 static bool serve_loop(struct engine *e)
@@ -206,7 +214,9 @@ static bool serve_loop(struct engine *e)
         bool ready_fds;
         int timeout;
 
-        MF_TRY(enforce_deadlines(e, &timeout));
+        step = enforce_deadlines(e, &timeout);
+        if (step != MF_STEP_CONTINUE)
+            return step == MF_STEP_STOP;
         mf_children_pollfds(&e->core, pfd, true);
         MF_TRY(mf_children_poll(&e->core, pfd, MF_PFD_CORE, timeout, &ready_fds));
         if (!ready_fds)
@@ -225,9 +235,9 @@ static bool engine_init(struct engine *e)
     if (access(oom_path, F_OK) < 0)
         return mf_err("access(%s, F_OK) (sandboxes set their OOM score there; is /proc mounted?)",
                       oom_path);
-    e->children = calloc(MF_FORK_MAX_CHILDREN, sizeof(*e->children));
+    e->children = calloc(e->max, sizeof(*e->children));
     if (e->children == NULL)
-        return mf_err("calloc(%d sandboxes)", MF_FORK_MAX_CHILDREN);
+        return mf_err("calloc(%zu sandboxes)", e->max);
     return true;
 }
 
@@ -235,13 +245,17 @@ bool mf_fork_serve(const struct mf_fork_config *cfg)
 {
     struct engine e = {
         .cfg = cfg,
-        .core = {.ctrl_fd = cfg->ctrl_fd, .data_fd = cfg->data_fd, .close_in_child = cfg->close_in_child,
+        .core = {.ctrl_fd = cfg->ctrl_fd, .oom_fd = cfg->oom_fd, .close_in_child = cfg->close_in_child,
                  .n_close_in_child = cfg->n_close_in_child, .hooks = cfg->hooks, .ops = &fork_ops},
+        /* More would fail at fork() anyway: the pids limit is concurrency + 16. */
+        .max = cfg->concurrency < MF_FORK_MAX_CHILDREN ? cfg->concurrency : MF_FORK_MAX_CHILDREN,
     };
     bool ok;
 
     e.core.engine = &e;
-    ok = mf_children_init(&e.core, MF_FORK_MAX_CHILDREN, 0) && engine_init(&e) && serve_loop(&e);
+    if (e.max == 0)
+        return mf_errx(EINVAL, "concurrency 0: the host could never serve");
+    ok = mf_children_init(&e.core, e.max, cfg->queue, 0) && engine_init(&e) && serve_loop(&e);
     /* Keep the error of the loop; the teardown only warns. */
     mf_children_fini(&e.core);
     free(e.children);

@@ -13,7 +13,7 @@
 #include "walls/request_limits.h"
 #include "wire/proto.h"
 
-/* In-flight sandboxes per host; beyond that requests fail with EAGAIN. */
+/* Sandboxes running at once per host, at most, whatever the concurrency. */
 #define MF_FORK_MAX_CHILDREN 4096
 /* The supervisor times out first and cancels; the host's deadline is a backstop. */
 #define MF_FORK_GRACE_MS 1000
@@ -37,7 +37,9 @@ struct mf_fork_hooks {
 
 struct mf_fork_config {
     int ctrl_fd;                  /* control channel: lifecycle, to the supervisor */
-    int data_fd;                  /* data channel: requests, to the front end */
+    int oom_fd;                   /* the cgroup's memory events (the caller's); -1: none */
+    unsigned concurrency;         /* sandboxes at once (up to MF_FORK_MAX_CHILDREN) */
+    unsigned queue;               /* requests waiting beyond them, FIFO (up to MF_MAX_QUEUE) */
     const int *close_in_child;    /* further fds no sandbox may keep */
     size_t n_close_in_child;
     const struct mf_fork_hooks *hooks;
@@ -47,8 +49,9 @@ struct mf_fork_config {
 };
 
 /*
- * Sends READY and serves until either channel closes or fails, or the
- * supervisor sends SHUTDOWN (returns true), or until setup fails or
+ * Sends READY and serves the data channels the supervisor attaches until
+ * the control channel closes or fails, or the supervisor sends SHUTDOWN
+ * (returns true), or until setup fails or
  * hooks->interrupted says stop (returns false). Every child is killed and
  * reaped before returning.
  */

@@ -3,10 +3,10 @@
  *
  * One poll() over the control and data channels, a signalfd (SIGCHLD, and
  * the CPU timers' signal) and one channel per worker. Replies on the data
- * channel keep the fork engine's shape: each request ends in one CHILD_EXIT, whose
- * pid is the worker's and whose cost is the rewind. This file keeps the
- * requests (queue, dispatch, deadlines) and the loop; reset_pool.c the
- * workers; children.c what both engines share.
+ * channels keep the fork engine's shape: each request ends in one
+ * CHILD_EXIT, whose pid is the worker's and whose cost is the rewind. This
+ * file keeps the requests (dispatch, deadlines) and the loop; reset_pool.c
+ * the workers; children.c what both engines share, the queue included.
  */
 #define _GNU_SOURCE
 #include "engine/reset_engine.h"
@@ -41,12 +41,12 @@ void mf_reset_grow(struct pool *p)
     unsigned starting = 0;
     uint64_t now = 0;
 
-    if (p->q_len == 0 || !mf_now_ms(&now) || now < p->grow_after_ms)
+    if (p->core.q_len == 0 || !mf_now_ms(&now) || now < p->grow_after_ms)
         return;
     for (unsigned i = 0; i < p->n; i++)
         if (p->workers[i].state == W_STARTING)
             starting++;
-    for (unsigned i = 0; i < p->n && starting < p->q_len; i++) {
+    for (unsigned i = 0; i < p->n && starting < p->core.q_len; i++) {
         if (p->workers[i].state != W_GONE)
             continue;
         if (!mf_reset_spawn_worker(p, i)) {
@@ -78,40 +78,40 @@ static uint32_t new_nonce(void)
     return nonce;
 }
 
-enum mf_step mf_reset_dispatch(struct pool *p)
+static bool can_start(void *pool)
 {
-    while (p->q_len > 0) {
-        struct worker *w = idle_worker(p);
-        if (w == NULL) {
-            mf_reset_grow(p);
-            return MF_STEP_CONTINUE;
-        }
-        struct queued *q = queued_at(p, 0);
-        p->q_head = (p->q_head + 1) % QUEUE_SIZE;
-        p->q_len--;
-        struct mf_request_ctl ctl;
-        uint32_t nonce = new_nonce();
-        memcpy(&ctl, q->packet + MF_FRAME_HEADER_SIZE, sizeof(ctl));
-        ctl.reserved = nonce;
-        memcpy(q->packet + MF_FRAME_HEADER_SIZE, &ctl, sizeof(ctl));
-        if (!mf_send_packet_fd(w->fd, q->packet, sizeof(q->packet), q->fd)) {
-            /* A worker that cannot take a request is finished; its exit replaces it. */
-            mf_warn("worker %d: %s", w->pid, mf_last_error());
-            mf_close_or_warn(q->fd, "request");
-            mf_reset_doom(w, "could not be handed a request");
-            if (mf_children_request_failed(&p->core, q->req_id, EAGAIN) != MF_STEP_CONTINUE)
-                return MF_STEP_STOP;
-            continue;
-        }
-        mf_close_or_warn(q->fd, "request");
-        w->state = W_BUSY;
-        w->req_id = q->req_id;
-        w->deadline_ms = q->deadline_ms;
-        w->abort_deadline_ms = 0;
-        w->flags = 0;
-        w->nonce = nonce;
-        mf_reset_set_timer(w, p->cfg->limits.cpu_ms);
+    return idle_worker(pool) != NULL;
+}
+
+/* Hands an admitted request to an idle worker (the core asked can_start). */
+static enum mf_step start_request(void *pool, const struct mf_admitted *req)
+{
+    struct pool *p = pool;
+    struct worker *w = idle_worker(p);
+    uint8_t packet[sizeof(req->packet)];
+    struct mf_request_ctl ctl;
+    uint32_t nonce = new_nonce();
+
+    memcpy(packet, req->packet, sizeof(packet));
+    memcpy(&ctl, packet + MF_FRAME_HEADER_SIZE, sizeof(ctl));
+    ctl.reserved = nonce;
+    memcpy(packet + MF_FRAME_HEADER_SIZE, &ctl, sizeof(ctl));
+    bool sent = mf_send_packet_fd(w->fd, packet, sizeof(packet), req->fd);
+    if (!sent)
+        mf_warn("worker %d: %s", w->pid, mf_last_error());
+    mf_close_or_warn(req->fd, "request");
+    if (!sent) {
+        /* A worker that cannot take a request is finished; its exit replaces it. */
+        mf_reset_doom(w, "could not be handed a request");
+        return mf_children_request_failed(&p->core, req->req_id, EAGAIN);
     }
+    w->state = W_BUSY;
+    w->req_id = req->req_id;
+    w->deadline_ms = req->deadline_ms;
+    w->abort_deadline_ms = 0;
+    w->flags = 0;
+    w->nonce = nonce;
+    mf_reset_set_timer(w, p->cfg->limits.cpu_ms);
     return MF_STEP_CONTINUE;
 }
 
@@ -122,31 +122,11 @@ static bool in_flight(void *pool, uint64_t req_id)
     for (unsigned i = 0; i < p->n; i++)
         if (p->workers[i].state == W_BUSY && p->workers[i].req_id == req_id)
             return true;
-    for (size_t k = 0; k < p->q_len; k++)
-        if (queued_at(p, k)->req_id == req_id)
-            return true;
     return false;
 }
 
-static bool full(void *pool)
-{
-    return ((struct pool *)pool)->q_len == QUEUE_SIZE;
-}
-
-static enum mf_step enqueue(void *pool, const struct mf_admitted *req)
-{
-    struct pool *p = pool;
-    struct queued *q = queued_at(p, p->q_len);
-
-    q->req_id = req->req_id;
-    q->fd = req->fd;
-    q->deadline_ms = req->deadline_ms;
-    memcpy(q->packet, req->packet, sizeof(q->packet));
-    p->q_len++;
-    return mf_reset_dispatch(p);
-}
-
-static enum mf_step end_request(struct pool *p, uint64_t req_id, uint32_t flag)
+/* A busy worker's request ends early: aborted, then rewound as usual. */
+static void end_request(struct pool *p, uint64_t req_id, uint32_t flag)
 {
     uint64_t now = 0;
 
@@ -155,31 +135,21 @@ static enum mf_step end_request(struct pool *p, uint64_t req_id, uint32_t flag)
         if (w->state == W_BUSY && w->req_id == req_id) {
             if (mf_now_ms(&now))
                 mf_reset_abort_request(w, flag, now);
-            return MF_STEP_CONTINUE;
+            return;
         }
     }
-    for (size_t k = 0; k < p->q_len; k++) {
-        if (queued_at(p, k)->req_id != req_id)
-            continue;
-        mf_close_or_warn(queued_at(p, k)->fd, "request");
-        /* Close the gap: later requests keep their order. */
-        for (size_t m = k; m + 1 < p->q_len; m++)
-            *queued_at(p, m) = *queued_at(p, m + 1);
-        p->q_len--;
-        return mf_reset_request_ended(p, req_id, 0, SIGKILL, flag, 0, 0);
-    }
-    return MF_STEP_CONTINUE; /* already ended: its CHILD_EXIT is on the way */
+    /* Not busy: already ended, its CHILD_EXIT is on the way. */
 }
 
-static enum mf_step cancel(void *pool, uint64_t req_id)
+static void cancel(void *pool, uint64_t req_id)
 {
-    return end_request(pool, req_id, MF_EXIT_CANCELLED);
+    end_request(pool, req_id, MF_EXIT_CANCELLED);
 }
 
 static const struct mf_children_ops reset_ops = {
     .in_flight = in_flight,
-    .full = full,
-    .start = enqueue,
+    .can_start = can_start,
+    .start = start_request,
     .cancel = cancel,
     .exited = mf_reset_worker_exited,
     .signal = mf_reset_cpu_timer_fired,
@@ -194,7 +164,7 @@ static void retire_idle(struct pool *p, uint64_t now, uint64_t *next)
 {
     uint64_t idle_ms = p->cfg->idle_ms;
 
-    if (idle_ms == 0 || p->q_len > 0)
+    if (idle_ms == 0 || p->core.q_len > 0)
         return;
     for (unsigned i = 0; i < p->n; i++) {
         struct worker *w = &p->workers[i];
@@ -243,16 +213,12 @@ static enum mf_step enforce_deadlines(struct pool *p, int *timeout)
     for (unsigned i = 0; i < p->n; i++)
         if (p->workers[i].state == W_BUSY)
             enforce_worker_deadline(&p->workers[i], now, &next);
-    while (p->q_len > 0 && queued_at(p, 0)->deadline_ms <= now)
-        if (end_request(p, queued_at(p, 0)->req_id, MF_EXIT_TIMED_OUT) != MF_STEP_CONTINUE)
-            return MF_STEP_STOP;
-    for (size_t k = 0; k < p->q_len; k++)
-        if (queued_at(p, k)->deadline_ms < next)
-            next = queued_at(p, k)->deadline_ms;
+    if (mf_children_expire(&p->core, now, &next) != MF_STEP_CONTINUE)
+        return MF_STEP_STOP;
     retire_idle(p, now, &next);
     /* Requests waiting while growth backs off: try again when it may. */
     mf_reset_grow(p);
-    if (p->q_len > 0 && p->grow_after_ms > now && p->grow_after_ms < next)
+    if (p->core.q_len > 0 && p->grow_after_ms > now && p->grow_after_ms < next)
         next = p->grow_after_ms;
     *timeout = mf_poll_timeout(now, next);
     return MF_STEP_CONTINUE;
@@ -302,7 +268,7 @@ static bool serve_loop(struct pool *p)
 static bool pool_init(struct pool *p, const struct mf_reset_config *cfg)
 {
     p->cfg = cfg;
-    p->core = (struct mf_children){.ctrl_fd = cfg->ctrl_fd, .data_fd = cfg->data_fd,
+    p->core = (struct mf_children){.ctrl_fd = cfg->ctrl_fd, .oom_fd = cfg->oom_fd,
                                    .close_in_child = cfg->close_in_child,
                                    .n_close_in_child = cfg->n_close_in_child, .hooks = &cfg->hooks->base,
                                    .ops = &reset_ops, .engine = p, .sigfd = -1};
@@ -310,13 +276,13 @@ static bool pool_init(struct pool *p, const struct mf_reset_config *cfg)
     p->new_chan = -1;
     if (cfg->pool_size == 0 || cfg->pool_size > MF_RESET_MAX_WORKERS)
         return mf_errx(EINVAL, "pool size %u is not within 1..%d", cfg->pool_size, MF_RESET_MAX_WORKERS);
-    p->n = cfg->pool_size;
+    if (cfg->concurrency == 0)
+        return mf_errx(EINVAL, "concurrency 0: the host could never serve");
+    /* Busy workers are the requests running: never more than concurrency. */
+    p->n = cfg->pool_size < cfg->concurrency ? cfg->pool_size : cfg->concurrency;
     for (unsigned i = 0; i < p->n; i++)
         p->workers[i] = (struct worker){.pid = -1, .fd = -1, .state = W_GONE};
-    p->queue = calloc(QUEUE_SIZE, sizeof(*p->queue));
-    if (p->queue == NULL)
-        return mf_err("calloc(request queue)");
-    return mf_children_init(&p->core, p->n, CPU_TIMER_SIGNAL);
+    return mf_children_init(&p->core, p->n, cfg->queue, CPU_TIMER_SIGNAL);
 }
 
 bool mf_reset_serve(const struct mf_reset_config *cfg)
@@ -330,7 +296,6 @@ bool mf_reset_serve(const struct mf_reset_config *cfg)
     /* Keep the error of the loop; the teardown only warns. */
     mf_children_fini(&p->core);
     mf_reset_release_workers(p);
-    free(p->queue);
     free(p);
     return ok;
 }

@@ -25,7 +25,9 @@
 
 struct mf_reset_config {
     int ctrl_fd;                  /* as in struct mf_fork_config */
-    int data_fd;
+    int oom_fd;
+    unsigned concurrency;         /* busy workers at most: the pool is min(pool_size, concurrency) */
+    unsigned queue;               /* as in struct mf_fork_config */
     const int *close_in_child;
     size_t n_close_in_child;
     const struct mf_reset_hooks *hooks;
@@ -39,7 +41,7 @@ struct mf_reset_config {
 
 /* As mf_fork_serve: READY once every worker has its snapshot (LOAD_FAILED
  * and true if one cannot take it), then serves until SHUTDOWN or EOF on
- * either channel. An
+ * the control channel. An
  * idle tenant's workers retire after idle_ms, each taking its snapshot's
  * memory with it; the next request forks one again. */
 bool mf_reset_serve(const struct mf_reset_config *cfg);

@@ -21,7 +21,7 @@
 /* ---- a new worker ---- */
 
 /* Nothing of the host's may reach tenant code: the other workers'
- * channels, queued requests' sockets, the channel's host end. */
+ * channels, the channel's host end (the core closes the rest). */
 bool mf_reset_close_own_fds(void *pool, int keep_fd)
 {
     struct pool *p = pool;
@@ -33,9 +33,6 @@ bool mf_reset_close_own_fds(void *pool, int keep_fd)
         if (p->workers[i].state != W_GONE && fd >= 0 && fd != keep_fd && close(fd) < 0)
             return mf_err("close(worker channel %d)", fd);
     }
-    for (size_t k = 0; k < p->q_len; k++)
-        if (close(queued_at(p, k)->fd) < 0)
-            return mf_err("close(queued request fd %d)", queued_at(p, k)->fd);
     return true;
 }
 
@@ -175,7 +172,7 @@ static enum mf_step worker_ready(struct pool *p, struct worker *w)
         if (mf_children_send(&p->core, MF_MSG_READY, 0, &ready, sizeof(ready)) != MF_STEP_CONTINUE)
             return MF_STEP_STOP;
     }
-    return mf_reset_dispatch(p);
+    return mf_children_dispatch(&p->core);
 }
 
 static enum mf_step request_done(struct pool *p, struct worker *w, uint64_t req_id)
@@ -196,7 +193,7 @@ static enum mf_step request_done(struct pool *p, struct worker *w, uint64_t req_
     if (mf_reset_request_ended(p, w->req_id, w->pid, status, w->flags, done.cost_us, done.pages) !=
         MF_STEP_CONTINUE)
         return MF_STEP_STOP;
-    return mf_reset_dispatch(p);
+    return mf_children_dispatch(&p->core);
 }
 
 enum mf_step mf_reset_handle_worker(struct pool *p, struct worker *w)
@@ -291,8 +288,13 @@ static enum mf_step worker_exited(struct pool *p, unsigned i, int status)
     }
     if (!p->ready_sent)
         return load_failed(p, w, status, why);
-    if (was == W_BUSY && mf_reset_request_ended(p, w->req_id, w->pid, status, w->flags, 0, 0) != MF_STEP_CONTINUE)
-        return MF_STEP_STOP;
+    if (was == W_BUSY) {
+        uint32_t flags = w->flags;
+        if (!w->doomed && mf_children_oom_killed(&p->core, status))
+            flags |= MF_EXIT_OUT_OF_MEMORY;
+        if (mf_reset_request_ended(p, w->req_id, w->pid, status, flags, 0, 0) != MF_STEP_CONTINUE)
+            return MF_STEP_STOP;
+    }
     mf_warn("reset engine: worker %d replaced: %s", w->pid, why);
     if (mf_children_send(&p->core, MF_MSG_WORKER_REPLACED, 0, why, (uint32_t)strlen(why)) != MF_STEP_CONTINUE)
         return MF_STEP_STOP;
@@ -334,7 +336,4 @@ void mf_reset_release_workers(struct pool *p)
             (void)timer_delete(w->cpu_timer); /* the worker is gone; so is its clock */
         w->state = W_GONE;
     }
-    for (size_t k = 0; k < p->q_len; k++)
-        mf_close_or_warn(queued_at(p, k)->fd, "request");
-    p->q_len = 0;
 }

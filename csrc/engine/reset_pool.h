@@ -1,6 +1,6 @@
 /*
  * The reset engine's state in the host, shared by its two files only:
- * reset_engine.c (requests: queue, dispatch, deadlines, the loop) and
+ * reset_engine.c (requests: dispatch, deadlines, the loop) and
  * reset_pool.c (the workers: fork, channel, exit, replacement).
  */
 #ifndef MAYFLYD_RESET_POOL_H
@@ -17,8 +17,6 @@
 /* Delivered to the host when a worker's CPU clock passes the request's budget. */
 #define CPU_TIMER_SIGNAL (SIGRTMAX - 2)
 #define WORKER_BUF_SIZE (MF_FRAME_HEADER_SIZE + 1024)
-/* Requests waiting for a worker, at most. */
-#define QUEUE_SIZE MF_FORK_MAX_CHILDREN
 
 enum worker_state { W_STARTING, W_IDLE, W_BUSY, W_GONE };
 
@@ -39,13 +37,6 @@ struct worker {
     char failure[512];           /* what the worker said before exiting */
 };
 
-struct queued {
-    uint64_t req_id;
-    int fd;
-    uint64_t deadline_ms;
-    uint8_t packet[MF_FRAME_HEADER_SIZE + sizeof(struct mf_request_ctl)];
-};
-
 struct pool {
     const struct mf_reset_config *cfg;
     struct mf_children core;
@@ -54,20 +45,11 @@ struct pool {
     uint64_t grow_after_ms;  /* after a worker failed to start: no new one before this */
     int new_chan;            /* the host's end of a channel being forked: -1 but then */
     struct worker workers[MF_RESET_MAX_WORKERS];
-    unsigned n;              /* slots: the pool's size; a slot is W_GONE until needed */
-    struct queued *queue;    /* FIFO ring */
-    size_t q_head, q_len;
+    unsigned n;              /* slots: min(pool, concurrency); a slot is W_GONE until needed */
     uint8_t buf[WORKER_BUF_SIZE];
 };
 
-/* The queued request k places behind the head. */
-static inline struct queued *queued_at(struct pool *p, size_t k)
-{
-    return &p->queue[(p->q_head + k) % QUEUE_SIZE];
-}
-
 /* reset_engine.c */
-enum mf_step mf_reset_dispatch(struct pool *p);
 void mf_reset_grow(struct pool *p);
 enum mf_step mf_reset_request_ended(struct pool *p, uint64_t req_id, pid_t pid, int wait_status,
                                     uint32_t flags, uint32_t cost_us, uint32_t pages);

@@ -249,7 +249,7 @@ static PyObject *py_build_host_walls(PyObject *self, PyObject *args)
 /* Returns the child's pid in the zygote and 0 in the host (zygote_fork.c). */
 static PyObject *py_zygote_fork(PyObject *self, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"ctrl_fd", "data_fd", "stdout_fd", "stderr_fd", "walls", "user_namespace",
+    static char *kwlist[] = {"ctrl_fd", "oom_fd", "stdout_fd", "stderr_fd", "walls", "user_namespace",
                              "cgroup_version", "cgroup_base", "cgroup_group", "network", "hostname", NULL};
     struct mf_ns_hooks hooks = {NULL, hook_before_fork, hook_after_fork_parent, hook_after_fork_child};
     struct mf_zygote_fork_config cfg = {.hooks = &hooks, .zygote = getpid()};
@@ -266,7 +266,7 @@ static PyObject *py_zygote_fork(PyObject *self, PyObject *args, PyObject *kwargs
 
     (void)self;
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iiiiO!|piO&O&zO&:zygote_fork", kwlist, &cfg.ctrl_fd,
-                                     &cfg.data_fd, &cfg.stdout_fd, &cfg.stderr_fd, &PyTuple_Type, &walls,
+                                     &cfg.oom_fd, &cfg.stdout_fd, &cfg.stderr_fd, &PyTuple_Type, &walls,
                                      &user_namespace, &cgroup.version, PyUnicode_FSConverter, &base,
                                      PyUnicode_FSConverter, &group, &network, PyUnicode_FSConverter, &hostname))
         return NULL;
@@ -442,7 +442,7 @@ static PyMethodDef methods[] = {
      "build_host_walls((root, nproc, uid, gid, readonly_paths or None, loading_filter or None))"},
     {"enter_user_namespace", py_enter_user_namespace, METH_NOARGS, "enter_user_namespace()"},
     {"zygote_fork", (PyCFunction)(void (*)(void))py_zygote_fork, METH_VARARGS | METH_KEYWORDS,
-     "zygote_fork(ctrl_fd, data_fd, stdout_fd, stderr_fd, walls, user_namespace=False, cgroup_version=0, "
+     "zygote_fork(ctrl_fd, oom_fd, stdout_fd, stderr_fd, walls, user_namespace=False, cgroup_version=0, "
      "cgroup_base=None, cgroup_group=None, network=None, hostname=None) -> pid, 0 in the host"},
     {"enter_namespaces", py_enter_namespaces, METH_VARARGS,
      "enter_namespaces(network, hostname); returns in pid 1 of the new pid namespace only"},
@@ -460,11 +460,12 @@ static PyMethodDef methods[] = {
     {"cgroup_stats", py_cgroup_stats, METH_VARARGS, "cgroup_stats(version, base, group) -> dict"},
 #ifdef MF_HAVE_RESET_ENGINE
     {"serve_reset", (PyCFunction)(void (*)(void))py_serve_reset, METH_VARARGS | METH_KEYWORDS,
-     "serve_reset(ctrl_fd, data_fd, runner, close_in_child, after_rewind, request_filter=b'', cpu_ms=0, "
-     "memory_bytes=0, nofile=0, pool_size=1, idle_ms=0, verify=False)"},
+     "serve_reset(ctrl_fd, runner, close_in_child, after_rewind, request_filter=b'', cpu_ms=0, "
+     "memory_bytes=0, nofile=0, pool_size=1, idle_ms=0, verify=False, concurrency=256, queue=256, oom_fd=-1)"},
 #endif
     {"serve_fork", (PyCFunction)(void (*)(void))py_serve_fork, METH_VARARGS | METH_KEYWORDS,
-     "serve_fork(ctrl_fd, data_fd, runner, close_in_child, request_filter=b'', cpu_ms=0, memory_bytes=0, nofile=0)"},
+     "serve_fork(ctrl_fd, runner, close_in_child, request_filter=b'', cpu_ms=0, memory_bytes=0, nofile=0, "
+     "concurrency=4096, queue=256, oom_fd=-1)"},
     {"encode_response", py_encode_response, METH_VARARGS,
      "encode_response(req_id, status, headers, body) -> [packet, ...]"},
     {"decode_request", py_decode_request, METH_VARARGS,
@@ -487,6 +488,7 @@ PyMODINIT_FUNC PyInit__mayfly(void)
         {"MAX_PAYLOAD", MF_MAX_PAYLOAD}, {"MAX_HEAD", MF_MAX_HEAD}, {"MAX_HEADERS", MF_MAX_HEADERS},
         {"FRAME_HEADER_SIZE", MF_FRAME_HEADER_SIZE},
         {"MSG_REQUEST", MF_MSG_REQUEST}, {"MSG_CANCEL", MF_MSG_CANCEL}, {"MSG_SHUTDOWN", MF_MSG_SHUTDOWN},
+        {"MSG_DATA_CHANNEL", MF_MSG_DATA_CHANNEL}, {"MAX_DATA_CHANNELS", MF_MAX_DATA_CHANNELS},
         {"MSG_READY", MF_MSG_READY}, {"MSG_LOAD_FAILED", MF_MSG_LOAD_FAILED},
         {"MSG_CHILD_EXIT", MF_MSG_CHILD_EXIT}, {"MSG_REQUEST_FAILED", MF_MSG_REQUEST_FAILED},
         {"MSG_REQ_HEAD", MF_MSG_REQ_HEAD}, {"MSG_REQ_BODY", MF_MSG_REQ_BODY}, {"MSG_REQ_END", MF_MSG_REQ_END},
@@ -497,7 +499,7 @@ PyMODINIT_FUNC PyInit__mayfly(void)
         {"MSG_WORKER_FAILED", MF_MSG_WORKER_FAILED},
         {"ENGINE_FORK", MF_ENGINE_FORK}, {"ENGINE_RESET", MF_ENGINE_RESET},
         {"EXIT_TIMED_OUT", MF_EXIT_TIMED_OUT}, {"EXIT_CANCELLED", MF_EXIT_CANCELLED},
-        {"EXIT_CPU_EXCEEDED", MF_EXIT_CPU_EXCEEDED},
+        {"EXIT_CPU_EXCEEDED", MF_EXIT_CPU_EXCEEDED}, {"EXIT_OUT_OF_MEMORY", MF_EXIT_OUT_OF_MEMORY},
         {"REQUEST_BODY_CAP", (long)MF_REQUEST_BODY_CAP},
         {"FORK_MAX_CHILDREN", MF_FORK_MAX_CHILDREN}, {"FORK_GRACE_MS", MF_FORK_GRACE_MS},
         {"CHILD_EXIT_HANDLER", MF_CHILD_EXIT_HANDLER}, {"CHILD_EXIT_BAD_REQUEST", MF_CHILD_EXIT_BAD_REQUEST},

@@ -14,6 +14,7 @@
 
 #include "base/cleanup.h"
 #include "base/log.h"
+#include "engine/children.h"
 #include "engine/fork_engine.h"
 #include "python/py_requests.h"
 #include "python/py_util.h"
@@ -231,21 +232,23 @@ PyObject *serve_result(bool ok)
 
 PyObject *py_serve_fork(PyObject *self, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"ctrl_fd", "data_fd", "runner", "close_in_child", "request_filter", "cpu_ms",
-                             "memory_bytes", "nofile", NULL};
+    static char *kwlist[] = {"ctrl_fd", "runner", "close_in_child", "request_filter", "cpu_ms",
+                             "memory_bytes", "nofile", "concurrency", "queue", "oom_fd", NULL};
     struct serve_ctx ctx = {0};
     struct mf_fork_hooks hooks = {&ctx, hook_before_fork, hook_after_fork_parent, hook_after_fork_child,
                                   hook_interrupted, hook_handle};
-    struct mf_fork_config cfg = {.hooks = &hooks};
+    struct mf_fork_config cfg = {.hooks = &hooks, .oom_fd = -1, .concurrency = MF_FORK_MAX_CHILDREN,
+                                 .queue = MF_DEFAULT_QUEUE};
     /* Released on every return; its buffer a no-op if a failed parse released it. */
     py_cleanup_serve_inputs struct serve_inputs in = {0};
     PyObject *close_list;
 
     (void)self;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iiOO|y*O&O&O&:serve_fork", kwlist, &cfg.ctrl_fd,
-                                     &cfg.data_fd, &ctx.runner, &close_list, &in.filter, uint32_converter,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iOO|y*O&O&O&O&O&i:serve_fork", kwlist, &cfg.ctrl_fd,
+                                     &ctx.runner, &close_list, &in.filter, uint32_converter,
                                      &cfg.limits.cpu_ms, uint64_converter, &cfg.limits.memory_bytes,
-                                     uint32_converter, &cfg.limits.nofile))
+                                     uint32_converter, &cfg.limits.nofile, uint32_converter, &cfg.concurrency,
+                                     uint32_converter, &cfg.queue, &cfg.oom_fd))
         return NULL;
     if (!PyCallable_Check(ctx.runner))
         return PyErr_Format(PyExc_TypeError, "runner must be callable");

@@ -27,16 +27,19 @@ static void no_hook(void *ctx)
     (void)ctx;
 }
 
-/* Only 0, 1, 2 and the host's two channels: nothing of the zygote's (its
- * channel to the supervisor, other hosts' pidfds) may reach a tenant. */
+/* Only 0, 1, 2, the host's control channel and its cgroup's memory
+ * events: nothing of the zygote's (its channel to the supervisor, other
+ * hosts' pidfds) may reach a tenant. */
 static bool keep_only_host_fds(const struct mf_zygote_fork_config *cfg)
 {
-    /* Ascending, so that the gaps between them are what is closed. */
-    unsigned keep[2] = {(unsigned)cfg->ctrl_fd, (unsigned)cfg->data_fd};
+    /* Ascending, so that the gaps between them are what is closed; with
+     * no events file, the control channel twice. */
+    int oom = cfg->oom_fd >= 0 ? cfg->oom_fd : cfg->ctrl_fd;
+    unsigned keep[2] = {(unsigned)cfg->ctrl_fd, (unsigned)oom};
     unsigned from = 3;
 
     if (keep[0] > keep[1]) {
-        keep[0] = (unsigned)cfg->data_fd;
+        keep[0] = (unsigned)oom;
         keep[1] = (unsigned)cfg->ctrl_fd;
     }
     if (dup2(cfg->stdout_fd, STDOUT_FILENO) < 0)
@@ -44,6 +47,8 @@ static bool keep_only_host_fds(const struct mf_zygote_fork_config *cfg)
     if (dup2(cfg->stderr_fd, STDERR_FILENO) < 0)
         return mf_err("dup2(%d, stderr)", cfg->stderr_fd);
     for (size_t i = 0; i < 2; i++) {
+        if (keep[i] < from)
+            continue; /* the same fd twice */
         if (keep[i] > from && syscall(SYS_close_range, from, keep[i] - 1, 0u) < 0)
             return mf_err("close_range(%u, %u)", from, keep[i] - 1);
         from = keep[i] + 1;
@@ -143,13 +148,13 @@ pid_t mf_zygote_fork(const struct mf_zygote_fork_config *cfg)
     mf_cleanup_fd int zygote_pidfd = -1;
     pid_t pid;
 
-    if (cfg->ctrl_fd < 3 || cfg->data_fd < 3 || cfg->stdout_fd < 3 || cfg->stderr_fd < 3) {
-        mf_errx(EBADF, "zygote fork: fds %d, %d, %d, %d: each must be 3 or above", cfg->ctrl_fd, cfg->data_fd,
+    if (cfg->ctrl_fd < 3 || (cfg->oom_fd >= 0 && cfg->oom_fd < 3) || cfg->stdout_fd < 3 || cfg->stderr_fd < 3) {
+        mf_errx(EBADF, "zygote fork: fds %d, %d, %d, %d: each must be 3 or above", cfg->ctrl_fd, cfg->oom_fd,
                 cfg->stdout_fd, cfg->stderr_fd);
         return -1;
     }
-    if (cfg->ctrl_fd == cfg->data_fd) {
-        mf_errx(EINVAL, "zygote fork: the control and data channels are both fd %d", cfg->ctrl_fd);
+    if (cfg->ctrl_fd == cfg->oom_fd) {
+        mf_errx(EINVAL, "zygote fork: the control channel and the memory events are both fd %d", cfg->ctrl_fd);
         return -1;
     }
     if (cfg->user_namespace && cfg->ns == NULL) {

@@ -19,7 +19,7 @@
 
 struct mf_zygote_fork_config {
     int ctrl_fd;        /* the host's control channel: kept; a failure is reported on it */
-    int data_fd;        /* the host's data channel: kept */
+    int oom_fd;         /* the tenant cgroup's memory events, opened by the zygote: kept; -1: none */
     int stdout_fd;      /* becomes 1 */
     int stderr_fd;      /* becomes 2 */
     pid_t zygote;       /* the caller: the child dies with it */
@@ -34,7 +34,7 @@ struct mf_zygote_fork_config {
 /*
  * Forks. In the zygote: returns the child's pid, or -1 with the error
  * recorded. In the host: returns 0, with stdout and stderr in place, every
- * other fd but ctrl_fd and data_fd closed, a session of its own, in the cgroup,
+ * other fd but ctrl_fd and oom_fd closed, a session of its own, in the cgroup,
  * (with ns) as pid 1 of new namespaces, and inside its walls. A step that fails in between is
  * sent to the supervisor as LOAD_FAILED on ctrl_fd, and the child exits 1.
  */

@@ -9,17 +9,22 @@
  * payload_len bytes of payload, in native byte order. Four channels:
  *
  *   control channel (one per host, supervisor <-> host): the host's lifecycle
- *     supervisor -> host : MF_MSG_SHUTDOWN
+ *     supervisor -> host : MF_MSG_SHUTDOWN, MF_MSG_DATA_CHANNEL (+ one fd
+ *                          in SCM_RIGHTS: a new data channel of the host)
  *     host -> supervisor : MF_MSG_READY, MF_MSG_LOAD_FAILED, MF_MSG_WORKER_REPLACED
  *
- *   data channel (one per host, front end <-> host): its requests
+ *   data channels (0..MF_MAX_DATA_CHANNELS per host, front end <-> host;
+ *   a host starts with none): its requests
  *     front end -> host  : MF_MSG_REQUEST (+ one fd in SCM_RIGHTS: the
  *                          per-request socket), MF_MSG_CANCEL
- *     host -> front end  : MF_MSG_CHILD_EXIT, MF_MSG_REQUEST_FAILED
+ *     host -> front end  : MF_MSG_CHILD_EXIT, MF_MSG_REQUEST_FAILED, on
+ *                          the channel the request came on
  *
- *   The host refuses (warns, ignores) a message of one of these two on the
- *   other, and ends on the end of either. Until the front end is a process
- *   of its own, the supervisor holds both ends.
+ *   The host refuses (warns, ignores, closes any fd) a message of one kind
+ *   of channel on the other. The end of the control channel ends the host;
+ *   the end (or an error) of a data channel drops that channel and cancels
+ *   every request that came on it, with no report. req_id is unique per
+ *   host across its data channels (a duplicate fails with EEXIST).
  *
  *   worker channel (reset engine: one per pool worker, host <-> worker):
  *     host -> worker : MF_MSG_REQUEST, forwarded as the front end sent it
@@ -49,12 +54,16 @@
 /* A request or response head (with its headers) must fit in one packet. */
 #define MF_MAX_HEAD MF_MAX_PAYLOAD
 #define MF_MAX_HEADERS 256u
+/* Data channels one host holds at most; a DATA_CHANNEL beyond is refused. */
+#define MF_MAX_DATA_CHANNELS 64
 
 enum mf_msg_type {
-    /* to the host: data channel (REQUEST, CANCEL), control channel (SHUTDOWN) */
+    /* to the host: data channel (REQUEST, CANCEL), control channel
+     * (SHUTDOWN, DATA_CHANNEL) */
     MF_MSG_REQUEST = 1,        /* payload: mf_request_ctl, fd attached */
-    MF_MSG_CANCEL = 2,         /* payload: none; kill the sandbox of req_id */
+    MF_MSG_CANCEL = 2,         /* payload: none; kill the sandbox of req_id, or drop it from the queue */
     MF_MSG_SHUTDOWN = 3,       /* payload: none; kill sandboxes, exit */
+    MF_MSG_DATA_CHANNEL = 4,   /* payload: none, one fd attached: a new data channel (SOCK_SEQPACKET) */
 
     /* from the host: control channel (READY, LOAD_FAILED, WORKER_REPLACED),
      * data channel (CHILD_EXIT, REQUEST_FAILED) */
@@ -101,7 +110,7 @@ struct mf_ready {
 };
 
 struct mf_request_ctl {
-    uint32_t timeout_ms;   /* wall-clock budget; the host kills after it */
+    uint32_t timeout_ms;   /* wall-clock budget, queued time included; the host kills after it */
     uint32_t reserved;     /* 0; on a worker channel, the host's nonce for this request */
 };
 
@@ -110,6 +119,7 @@ enum mf_exit_flags {
     MF_EXIT_TIMED_OUT = 1u,   /* killed by the host at its deadline */
     MF_EXIT_CANCELLED = 2u,   /* killed on MF_MSG_CANCEL */
     MF_EXIT_CPU_EXCEEDED = 4u,/* SIGKILLed after using its whole CPU budget */
+    MF_EXIT_OUT_OF_MEMORY = 8u,/* SIGKILLed, not by the host, while its cgroup's oom_kill count moved */
 };
 
 struct mf_child_exit {
@@ -138,7 +148,7 @@ struct mf_request_done {
 };
 
 struct mf_request_failed {
-    int32_t error;         /* errno of the failed fork or setup */
+    int32_t error;         /* errno of the failed fork or setup; EAGAIN: concurrency and queue are full */
     uint32_t reserved;
 };
 

@@ -11,10 +11,12 @@ PROTOCOL_VERSION: int
 MAX_PAYLOAD: int
 MAX_HEAD: int
 MAX_HEADERS: int
+MAX_DATA_CHANNELS: int
 FRAME_HEADER_SIZE: int
 MSG_REQUEST: int
 MSG_CANCEL: int
 MSG_SHUTDOWN: int
+MSG_DATA_CHANNEL: int
 MSG_READY: int
 MSG_LOAD_FAILED: int
 MSG_CHILD_EXIT: int
@@ -36,6 +38,7 @@ ENGINE_RESET: int
 EXIT_TIMED_OUT: int
 EXIT_CANCELLED: int
 EXIT_CPU_EXCEEDED: int
+EXIT_OUT_OF_MEMORY: int
 REQUEST_BODY_CAP: int
 FORK_MAX_CHILDREN: int
 FORK_GRACE_MS: int
@@ -51,7 +54,7 @@ def struct_layout() -> dict[str, tuple[int, dict[str, tuple[int, int]]]]: ...
 def drop_privileges(uid: int, gid: int, set_groups: bool = True) -> None: ...
 HostWalls = tuple[bool, int, int, int, list[str] | None, bytes | None]  # root, nproc, uid, gid, paths, filter
 def build_host_walls(walls: HostWalls) -> None: ...
-def zygote_fork(ctrl_fd: int, data_fd: int, stdout_fd: int, stderr_fd: int, walls: HostWalls, *,
+def zygote_fork(ctrl_fd: int, oom_fd: int, stdout_fd: int, stderr_fd: int, walls: HostWalls, *,
                 user_namespace: bool = ..., cgroup_version: int = ..., cgroup_base: str = ..., cgroup_group: str = ...,
                 network: str = ..., hostname: str = ...) -> int: ...
 def enter_user_namespace() -> None: ...
@@ -66,12 +69,14 @@ def cgroup_setup(version: int, base: str, group: str, memory_max: int, pids_max:
 def cgroup_join(version: int, base: str, group: str, pid: int) -> None: ...
 def cgroup_remove(version: int, base: str, group: str) -> None: ...
 def cgroup_stats(version: int, base: str, group: str) -> dict[str, int]: ...
-def serve_fork(ctrl_fd: int, data_fd: int, runner: Runner, close_in_child: Sequence[int],
-               request_filter: bytes = b"", cpu_ms: int = 0, memory_bytes: int = 0, nofile: int = 0) -> None: ...
+def serve_fork(ctrl_fd: int, runner: Runner, close_in_child: Sequence[int],
+               request_filter: bytes = b"", cpu_ms: int = 0, memory_bytes: int = 0, nofile: int = 0,
+               concurrency: int = 4096, queue: int = 256, oom_fd: int = -1) -> None: ...
 # reset engine only
-def serve_reset(ctrl_fd: int, data_fd: int, runner: Runner, close_in_child: Sequence[int],
+def serve_reset(ctrl_fd: int, runner: Runner, close_in_child: Sequence[int],
                 after_rewind: Callable[[], None], request_filter: bytes = b"", cpu_ms: int = 0, memory_bytes: int = 0,
-                nofile: int = 0, pool_size: int = 1, idle_ms: int = 0, verify: bool = False) -> None: ...
+                nofile: int = 0, pool_size: int = 1, idle_ms: int = 0, verify: bool = False,
+                concurrency: int = 256, queue: int = 256, oom_fd: int = -1) -> None: ...
 def encode_response(req_id: int, status: int, headers: Headers, body: bytes) -> list[bytes]: ...
 def decode_request(req_id: int, packets: Sequence[bytes]) -> tuple[str, str, str, Headers, bytes, str]: ...
 

@@ -4,10 +4,12 @@ Each message is one SOCK_SEQPACKET packet: a 24-byte frame header and a
 payload. tests/unit/test_protocol.py checks this module against the C
 header's layout as compiled into mayflyd._mayfly.
 
-A host has two channels, as in protocol.h: the control channel (lifecycle,
-supervisor <-> host: CONTROL_TYPES) and the data channel (per request,
-front end <-> host: DATA_TYPES). Each side refuses a message on the other
-channel; the host ends when either channel ends.
+A host has, as in protocol.h, a control channel (lifecycle, supervisor <->
+host: CONTROL_TYPES) and up to MAX_DATA_CHANNELS data channels (per request,
+front end <-> host: DATA_TYPES), each attached by a DATA_CHANNEL message on
+the control channel. Each side refuses a message on the other kind of
+channel; the host ends when its control channel ends, and a data channel's
+end cancels the requests that came on it.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from typing import Final
 __all__ = [
     "MAGIC", "PROTOCOL_VERSION", "MAX_PAYLOAD", "MAX_HEADERS", "FRAME_HEADER_SIZE",
     "MsgType", "ENGINE_FORK", "ENGINE_RESET", "EXIT_TIMED_OUT", "EXIT_CANCELLED",
-    "EXIT_CPU_EXCEEDED",
+    "EXIT_CPU_EXCEEDED", "EXIT_OUT_OF_MEMORY", "MAX_DATA_CHANNELS",
     "ProtocolError", "ResponseTooLarge", "Frame", "STRUCTS", "parse_frame", "pack_frame",
     "encode_request", "ResponseDecoder", "Response", "Ready", "ChildExit", "WorkerReplaced", "ControlMessage",
     "RequestFailed", "LoadFailed", "decode_control", "encode_request_ctl",
@@ -37,6 +39,7 @@ class MsgType:
     REQUEST: Final = 1
     CANCEL: Final = 2
     SHUTDOWN: Final = 3
+    DATA_CHANNEL: Final = 4  # one fd attached: a new data channel of the host
     READY: Final = 16
     LOAD_FAILED: Final = 17
     CHILD_EXIT: Final = 18
@@ -61,9 +64,12 @@ ENGINE_RESET: Final = 2
 EXIT_TIMED_OUT: Final = 1
 EXIT_CANCELLED: Final = 2
 EXIT_CPU_EXCEEDED: Final = 4
+EXIT_OUT_OF_MEMORY: Final = 8
 
-# Which of a host's two channels each message travels on (both directions).
-CONTROL_TYPES: Final = frozenset({MsgType.SHUTDOWN, MsgType.READY, MsgType.LOAD_FAILED,
+# Data channels one host holds at most; a DATA_CHANNEL beyond is refused.
+MAX_DATA_CHANNELS: Final = 64
+# Which kind of a host's channels each message travels on (both directions).
+CONTROL_TYPES: Final = frozenset({MsgType.SHUTDOWN, MsgType.DATA_CHANNEL, MsgType.READY, MsgType.LOAD_FAILED,
                                   MsgType.WORKER_REPLACED})
 DATA_TYPES: Final = frozenset({MsgType.REQUEST, MsgType.CANCEL, MsgType.CHILD_EXIT, MsgType.REQUEST_FAILED})
 

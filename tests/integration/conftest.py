@@ -38,7 +38,7 @@ def daemon(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         {"name": "slow", "hosts": ["slow.localhost"], "program": "programs/slow.py",
          "limits": limits(request_timeout_ms=500)},
         {"name": "small", "hosts": ["small.localhost"], "program": "programs/slow.py",
-         "limits": limits(max_body="1KiB", concurrency=1)},
+         "limits": limits(max_body="1KiB", concurrency=1, queue=1)},
         {"name": "badresp", "hosts": ["badresp.localhost"], "program": "programs/badresp.py",
          "limits": limits(max_response="1MiB")},
         {"name": "initfail", "hosts": ["initfail.localhost"], "program": "programs/initfail.py",

@@ -150,14 +150,18 @@ def test_a_head_too_large_for_the_protocol_is_a_431_and_starts_no_sandbox(daemon
     assert daemon.get("echo.localhost").status == 200
 
 
-def test_concurrency_limit_is_a_503_with_retry_after(daemon: Daemon) -> None:
-    with ThreadPoolExecutor(1) as pool:
+def test_concurrency_and_queue_limits_are_a_503_with_retry_after(daemon: Daemon) -> None:
+    """small: concurrency 1, queue 1. The second request waits its turn, the third is refused."""
+    with ThreadPoolExecutor(2) as pool:
         slow = pool.submit(daemon.get, "small.localhost", "/sleep?s=1.5")
         time.sleep(0.5)
+        queued = pool.submit(daemon.get, "small.localhost", "/")
+        time.sleep(0.3)
         reply = daemon.get("small.localhost", "/")
         assert reply.status == 503
         assert reply.headers["Retry-After"] == "1"
         assert slow.result().status == 200
+        assert queued.result().status == 200
     assert daemon.get("small.localhost", "/").status == 200
 
 

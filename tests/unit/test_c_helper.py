@@ -7,6 +7,7 @@ its exit status and a pipe.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import faulthandler
@@ -25,7 +26,7 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -863,45 +864,53 @@ def open_inodes() -> list[int]:
 
 class Host:
     """serve_fork in a forked child; the test plays the supervisor on the
-    control channel and the front end on the data channel."""
+    control channel and the front end on the data channel it attaches
+    (`data`; attach() for more)."""
 
     def __init__(self, runner: Callable[..., Any] = echo_runner, setup: Callable[[], None] | None = None, *,
                  ready_pid: int | None = None, **serve_kw: Any) -> None:
         self.ctrl, ctrl_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.data, data_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.pid = os.fork()
         if self.pid == 0:
             code = 0
             try:
                 self.ctrl.close()
-                self.data.close()
                 if setup is not None:
                     setup()
-                self.serve(ctrl_end.fileno(), data_end.fileno(), runner, serve_kw)
+                self.serve(ctrl_end.fileno(), runner, serve_kw)
             except BaseException:  # noqa: BLE001 - reported through the exit status
                 traceback.print_exc()
                 code = 2
             os._exit(code)
         # What no sandbox or worker may hold: the host's ends of its channels.
-        self.host_ends = {os.fstat(ctrl_end.fileno()).st_ino, os.fstat(data_end.fileno()).st_ino}
+        self.host_ends = {os.fstat(ctrl_end.fileno()).st_ino}
         ctrl_end.close()
-        data_end.close()
         self.ctrl.settimeout(10)
-        self.data.settimeout(10)
         msg_type, req_id, payload = parse_frame(self.ctrl.recv(4096))
         assert (msg_type, req_id) == (M.MSG_READY, 0), payload
         # A host in its own pid namespace (enter_namespaces) is pid 1 there.
         assert READY.unpack(payload) == (ready_pid or self.pid, self.ENGINE)
+        self.data = self.attach()
 
     ENGINE = M.ENGINE_FORK
 
-    def serve(self, ctrl_fd: int, data_fd: int, runner: Callable[..., Any], serve_kw: dict[str, Any]) -> None:
+    def serve(self, ctrl_fd: int, runner: Callable[..., Any], serve_kw: dict[str, Any]) -> None:
         """In the forked host: the engine's serve loop."""
-        M.serve_fork(ctrl_fd, data_fd, runner, [], **serve_kw)
+        M.serve_fork(ctrl_fd, runner, [], **serve_kw)
 
-    def request(self, req_id: int, *, timeout_ms: int = 10_000, **kw: Any) -> socket.socket:
+    def attach(self) -> socket.socket:
+        """A new data channel: its host end sent with DATA_CHANNEL, ours returned."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        socket.send_fds(self.ctrl, [frame(M.MSG_DATA_CHANNEL, 0)], [theirs.fileno()])
+        self.host_ends.add(os.fstat(theirs.fileno()).st_ino)
+        theirs.close()
+        ours.settimeout(10)
+        return ours
+
+    def request(self, req_id: int, *, timeout_ms: int = 10_000, on: socket.socket | None = None,
+                **kw: Any) -> socket.socket:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        socket.send_fds(self.data, [frame(M.MSG_REQUEST, req_id, struct.pack("=II", timeout_ms, 0))],
+        socket.send_fds(on or self.data, [frame(M.MSG_REQUEST, req_id, struct.pack("=II", timeout_ms, 0))],
                         [theirs.fileno()])
         theirs.close()
         mine.settimeout(10)
@@ -912,8 +921,8 @@ class Host:
     def ctrl_message(self) -> tuple[int, int, bytes]:
         return parse_frame(self.ctrl.recv(4096))
 
-    def data_message(self) -> tuple[int, int, bytes]:
-        return parse_frame(self.data.recv(4096))
+    def data_message(self, on: socket.socket | None = None) -> tuple[int, int, bytes]:
+        return parse_frame((on or self.data).recv(4096))
 
     def any_message(self) -> tuple[int, int, bytes]:
         """The next message on either channel, checked to be on its own."""
@@ -923,9 +932,9 @@ class Host:
         assert (msg_type in (M.MSG_CHILD_EXIT, M.MSG_REQUEST_FAILED)) == (ready[0] is self.data), msg_type
         return msg_type, rid, payload
 
-    def child_exit(self, req_id: int) -> tuple[int, int, int]:
-        msg_type, rid, payload = self.data_message()
-        assert (msg_type, rid) == (M.MSG_CHILD_EXIT, req_id)
+    def child_exit(self, req_id: int, on: socket.socket | None = None) -> tuple[int, int, int]:
+        msg_type, rid, payload = self.data_message(on)
+        assert (msg_type, rid) == (M.MSG_CHILD_EXIT, req_id), (msg_type, payload)
         pid, status, flags, cost_us, pages, _ = CHILD_EXIT.unpack(payload)
         assert pages == 0  # the fork engine rewinds nothing
         # The fork's cost: something, and less than a second on any machine.
@@ -940,7 +949,8 @@ class Host:
         return inodes
 
     def close(self, channel: str = "both") -> int:
-        """Close the control channel, the data channel or both; the host's exit code."""
+        """Close the control channel, the data channel or both, and wait
+        for the host's exit code (only the control channel's end ends it)."""
         if channel in ("control", "both"):
             self.ctrl.close()
         if channel in ("data", "both"):
@@ -953,7 +963,7 @@ class Host:
             time.sleep(0.01)
         os.kill(self.pid, signal.SIGKILL)
         os.waitpid(self.pid, 0)
-        raise AssertionError(f"serve_fork did not return after closing {channel} channel(s)")
+        raise AssertionError(f"the host did not return after closing {channel} channel(s)")
 
 
 @pytest.fixture
@@ -1091,9 +1101,9 @@ def wait_for_pid_file(pid_file: Path) -> int:
 
 
 def test_serve_fork_shutdown_and_close_kill_sandboxes(tmp_path: Path) -> None:
-    """SHUTDOWN, or the end of either channel, ends the host: a host
-    without its front end cannot serve (the supervisor restarts it)."""
-    for how in ("shutdown", "close", "close control", "close data"):
+    """SHUTDOWN, or the end of the control channel, ends the host: a host
+    without its supervisor cannot serve."""
+    for how in ("shutdown", "close", "close control"):
         h = Host()
         sock = h.request(71, path=b"/sleep", query=str(tmp_path / f"pid-{how}").encode())
         sandbox = wait_for_pid_file(tmp_path / f"pid-{how}")
@@ -1103,8 +1113,6 @@ def test_serve_fork_shutdown_and_close_kill_sandboxes(tmp_path: Path) -> None:
         assert sock.recv(100) == b""
         with pytest.raises(ProcessLookupError):
             os.kill(sandbox, 0)  # killed and reaped by the host
-        if how == "close data":  # the supervisor hears of it as the end of the control channel
-            assert h.ctrl.recv(100) == b""
         h.ctrl.close()
         h.data.close()
 
@@ -1142,73 +1150,218 @@ def test_serve_fork_refuses_shutdown_on_the_data_channel(host: Host) -> None:
 
 
 def test_serve_fork_sandboxes_hold_neither_channel(host: Host) -> None:
+    host.attach()  # a second data channel, which no sandbox may hold either
     inodes = host.inodes_in_a_child(121)
     assert inodes and not inodes & host.host_ends
 
 
-@needs_root
-def test_serve_fork_inside_walls() -> None:
-    """The host's real order: minimal root, identity drop, then serve."""
-    paths = [sys.prefix, sys.base_prefix, "/usr", "/lib", "/lib64", os.path.dirname(M.__file__), "/proc"]
+# ---------------------------------------------------------------- data channels, queue
 
-    def setup() -> None:
-        M.enter_minimal_root(paths)
-        M.drop_privileges(65534, 65534)
+def queued_end(msg: tuple[int, int, bytes], req_id: int) -> int:
+    """The flags of a queued request's end: it never ran (pid 0, read as a kill)."""
+    msg_type, rid, payload = msg
+    assert (msg_type, rid) == (M.MSG_CHILD_EXIT, req_id), (msg_type, rid)
+    pid, status, flags, cost_us, pages, _ = CHILD_EXIT.unpack(payload)
+    assert (pid, status, cost_us, pages) == (0, signal.SIGKILL, 0, 0)
+    return flags
 
-    h = Host(setup=setup)
+
+def request_failed(msg: tuple[int, int, bytes], req_id: int) -> int:
+    msg_type, rid, payload = msg
+    assert (msg_type, rid) == (M.MSG_REQUEST_FAILED, req_id), (msg_type, rid)
+    return int(REQUEST_FAILED.unpack(payload)[0])
+
+
+def bare_request(channel: socket.socket, req_id: int) -> socket.socket:
+    """A REQUEST with its socket but nothing sent on it: for one the host refuses."""
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    socket.send_fds(channel, [frame(M.MSG_REQUEST, req_id, struct.pack("=II", 10_000, 0))], [theirs.fileno()])
+    theirs.close()
+    mine.settimeout(10)
+    return mine
+
+
+def peer_closed(sock: socket.socket) -> bool:
+    """The other end was closed (with our request unread in it: a reset)."""
     try:
-        sock = h.request(81, body=b"walls")
-        status, headers, body = read_response(sock, 81)
-        assert (status, body) == (200, b"sllaw")
-        assert headers["x-uid"] == "65534" and headers["x-oom"] == "1000"
-        assert os.WEXITSTATUS(h.child_exit(81)[1]) == 0
+        return sock.recv(100) == b""
+    except ConnectionResetError:
+        return True
+
+
+def nothing_on(*channels: socket.socket) -> bool:
+    return select.select(list(channels), [], [], 0.2)[0] == []
+
+
+def test_serve_fork_reports_each_request_on_the_channel_it_came_on(host: Host) -> None:
+    second = host.attach()
+    a = host.request(1, path=b"/slow", body=b"abc")
+    b = host.request(2, path=b"/slow", body=b"xyz", on=second)
+    assert read_response(a, 1)[2] == b"cba" and read_response(b, 2)[2] == b"zyx"
+    assert os.WEXITSTATUS(host.child_exit(2, on=second)[1]) == 0
+    assert os.WEXITSTATUS(host.child_exit(1)[1]) == 0
+    # A request id is unique per host, not per channel.
+    c = host.request(3, path=b"/slow", body=b"one")
+    dup = bare_request(second, 3)
+    assert request_failed(host.data_message(second), 3) == errno.EEXIST
+    assert peer_closed(dup)
+    assert read_response(c, 3)[2] == b"eno"
+    host.child_exit(3)
+    assert nothing_on(host.data, second, host.ctrl)
+    assert host.close() == 0
+
+
+def test_serve_fork_end_of_a_data_channel_cancels_its_requests_only(host: Host, tmp_path: Path) -> None:
+    second = host.attach()
+    sock = host.request(1, path=b"/sleep", query=str(tmp_path / "pid").encode(), on=second)
+    sandbox = wait_for_pid_file(tmp_path / "pid")
+    other = host.request(2, path=b"/slow", body=b"on", on=host.data)
+    second.close()
+    assert sock.recv(100) == b""  # killed
+    deadline = time.monotonic() + 10
+    while True:  # and reaped by the host
+        try:
+            os.kill(sandbox, 0)
+        except ProcessLookupError:
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert read_response(other, 2)[2] == b"no"
+    host.child_exit(2)
+    # No report of request 1 anywhere; the host serves on.
+    assert nothing_on(host.data, host.ctrl)
+    third = host.attach()
+    sock = host.request(1, body=b"again", on=third)
+    assert read_response(sock, 1)[2] == b"niaga"
+    host.child_exit(1, on=third)
+    assert host.close() == 0
+
+
+def test_serve_fork_refuses_a_bad_data_channel(host: Host) -> None:
+    ends: list[socket.socket] = []
+
+    def pair() -> socket.socket:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ours.settimeout(10)
+        ends.append(ours)
+        return theirs
+
+    host.ctrl.send(frame(M.MSG_DATA_CHANNEL, 0))  # no fd
+    two = [pair(), pair()]
+    socket.send_fds(host.ctrl, [frame(M.MSG_DATA_CHANNEL, 0)], [t.fileno() for t in two])
+    with_payload = pair()
+    socket.send_fds(host.ctrl, [frame(M.MSG_DATA_CHANNEL, 0, b"x")], [with_payload.fileno()])
+    stream_a, stream_b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    socket.send_fds(host.ctrl, [frame(M.MSG_DATA_CHANNEL, 0)], [stream_b.fileno()])
+    for sock in [*two, with_payload, stream_b]:
+        sock.close()
+    stream_a.settimeout(10)
+    # Each refused fd was closed by the host: our ends read EOF.
+    for ours in ends:
+        assert ours.recv(100) == b""
+    assert stream_a.recv(100) == b""
+    # 64 channels at most: the first attached one and 63 more; the 65th is refused.
+    more = [host.attach() for _ in range(M.MAX_DATA_CHANNELS - 1)]
+    refused = host.attach()
+    assert refused.recv(100) == b""
+    sock = host.request(1, body=b"serving", on=more[-1])
+    assert read_response(sock, 1)[2] == b"gnivres"
+    host.child_exit(1, on=more[-1])
+    assert os.waitpid(host.pid, os.WNOHANG) == (0, 0)
+    assert host.close() == 0
+
+
+def check_the_queue_is_bounded(h: Host, tmp_path: Path) -> int:
+    """A host at concurrency 1 and queue 1: the second request waits its
+    turn, the third is refused with EAGAIN. The sandbox (or worker) of the
+    first; the second's end is left to the caller."""
+    h.request(1, path=b"/sleep", query=str(tmp_path / "pid").encode())
+    first = wait_for_pid_file(tmp_path / "pid")
+    waiting = h.request(2, body=b"my turn")
+    refused = bare_request(h.data, 3)
+    assert request_failed(h.any_message(), 3) == errno.EAGAIN
+    assert peer_closed(refused)
+    h.data.send(frame(M.MSG_CANCEL, 1))
+    assert h.child_exit(1)[2] == M.EXIT_CANCELLED
+    assert read_response(waiting, 2)[2] == b"nrut ym"
+    return first
+
+
+def check_queued_requests_end(h: Host, tmp_path: Path) -> None:
+    """A host at concurrency 1, queue 2 or more: a queued request ends at its
+    deadline or on CANCEL, never having run."""
+    h.request(1, path=b"/sleep", query=str(tmp_path / "pid").encode())
+    wait_for_pid_file(tmp_path / "pid")
+    start = time.monotonic()
+    late = h.request(2, timeout_ms=0)
+    cancelled = h.request(3)
+    h.data.send(frame(M.MSG_CANCEL, 3))
+    assert queued_end(h.any_message(), 3) == M.EXIT_CANCELLED
+    assert peer_closed(cancelled)
+    assert queued_end(h.any_message(), 2) == M.EXIT_TIMED_OUT
+    assert 0.9 < time.monotonic() - start < 5  # timeout 0 + the host's grace
+    assert peer_closed(late)
+    h.data.send(frame(M.MSG_CANCEL, 1))
+    assert h.child_exit(1)[2] == M.EXIT_CANCELLED
+
+
+def test_serve_fork_queues_beyond_concurrency_and_refuses_beyond_the_queue(tmp_path: Path) -> None:
+    h = Host(concurrency=1, queue=1)
+    try:
+        check_the_queue_is_bounded(h, tmp_path)
+        assert h.child_exit(2)[1:] == (0, 0)
     finally:
         assert h.close() == 0
 
 
-@needs_root
-def test_serve_fork_needs_proc() -> None:
-    def child() -> str:
-        M.enter_minimal_root([sys.prefix, "/usr", "/lib", "/lib64"])
-        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        c, d = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        try:
-            M.serve_fork(b.fileno(), d.fileno(), echo_runner, [])
-        except FileNotFoundError as exc:
-            return str(exc)
-        return "served"
-
-    assert "oom_score_adj" in run_in_child(child)
-
-
-@needs_root
-def test_serve_fork_in_user_namespace_as_unprivileged_user() -> None:
-    """The unprivileged daemon's host: its own uid, all walls built inside a user namespace."""
-    def setup() -> None:
-        # Everything the host needs is imported already: /root (and this Python) is out of reach now.
-        os.setgroups([65534])
-        os.setgid(65534)
-        os.setuid(65534)
-        M.enter_user_namespace()
-        M.enter_namespaces("none", "tenant")
-        M.enter_minimal_root(["/usr", "/lib", "/lib64", "/proc"])
-        with pytest.raises(PermissionError, match="setgroups"):
-            M.drop_privileges(65534, 65534)  # denied in the namespace
-        M.drop_privileges(65534, 65534, False)
-        caps = _status_fields()["CapEff"]
-        assert (os.getpid(), caps) == (1, "0" * 16), (os.getpid(), caps)
-
-    h = Host(setup=setup, ready_pid=1)
+def test_serve_fork_queued_requests_time_out_or_are_cancelled(tmp_path: Path) -> None:
+    h = Host(concurrency=1, queue=2)
     try:
-        sock = h.request(91, body=b"userns")
-        status, headers, body = read_response(sock, 91)
-        assert (status, body) == (200, b"snresu")
-        assert headers["x-uid"] == "65534" and headers["x-oom"] == "1000"
-        pid, wait_status, flags = h.child_exit(91)
-        assert pid == int(headers["x-pid"]) and 1 < pid < 100  # a pid of the host's namespace
-        assert os.WEXITSTATUS(wait_status) == 0 and flags == 0
+        check_queued_requests_end(h, tmp_path)
     finally:
-        assert h.close() == 0  # the stub's status is the host's
+        assert h.close() == 0
+
+
+@contextlib.contextmanager
+def memory_cgroup(limit: int) -> Iterator[tuple[Callable[[], None], int]]:
+    """A memory cgroup of `limit` bytes (or a skip): a setup that moves the
+    calling process into it, and its memory events file's fd."""
+    if not is_root:
+        pytest.skip("needs root")
+    base = "/sys/fs/cgroup"
+    version = M.cgroup_detect(base)
+    if version == 1 and os.path.isdir(f"{base}/memory"):
+        memory_dir, events = f"{base}/memory", "memory.oom_control"
+    elif version == 2 and "memory" in Path(f"{base}/cgroup.controllers").read_text().split():
+        memory_dir, events = base, "memory.events"
+    else:
+        pytest.skip("no cgroup with a memory controller")
+    group = f"mayflyd-test-{secrets.token_hex(4)}"
+    M.cgroup_setup(version, base, group, limit)
+    try:
+        oom_fd = os.open(os.path.join(memory_dir, group, events), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            yield (lambda: M.cgroup_join(version, base, group, os.getpid())), oom_fd
+        finally:
+            os.close(oom_fd)  # a host forked meanwhile has its own
+    finally:
+        M.cgroup_remove(version, base, group)
+
+
+def test_serve_fork_flags_a_sandbox_the_oom_killer_took() -> None:
+    with memory_cgroup(64 << 20) as (join, oom_fd):
+        h = Host(limits_runner, join, oom_fd=oom_fd)
+        try:
+            sock = h.request(1, path=b"/fill", query=str(256 << 20).encode())
+            assert peer_closed(sock)
+            _, status, flags = h.child_exit(1)
+            assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+            assert flags == M.EXIT_OUT_OF_MEMORY
+            # A sandbox the host kills is not the OOM killer's.
+            h.request(2, path=b"/sleep", query=b"/dev/null", timeout_ms=0)
+            assert h.child_exit(2)[2] == M.EXIT_TIMED_OUT
+        finally:
+            assert h.close() == 0
 
 
 def limits_runner(req_id: int, method: str, path: str, query: str, headers: list[tuple[str, str]],
@@ -1222,6 +1375,9 @@ def limits_runner(req_id: int, method: str, path: str, query: str, headers: list
     if path == "/spin":
         while True:
             pass
+    if path == "/fill":  # written, not just reserved: charged to the cgroup
+        block = b"\1" * int(query)
+        return 200, [], b"filled %d" % len(block)
     if path == "/files":
         files = []
         try:
@@ -1295,7 +1451,7 @@ def test_serve_fork_nofile_limit() -> None:
 @pytest.mark.skipif(os.uname().machine != "x86_64", reason="the test filter is for x86_64")
 def test_serve_fork_request_filter() -> None:
     with pytest.raises(ValueError, match="request_filter"):
-        M.serve_fork(-1, -1, limits_runner, [], request_filter=b"1234567")
+        M.serve_fork(-1, limits_runner, [], request_filter=b"1234567")
     h = Host(limits_runner, request_filter=bpf_deny(NR_GETPPID, errno.EPERM))
     try:
         sock = h.request(1, path=b"/getppid")

@@ -32,13 +32,17 @@ def test_constants_match_the_c_header() -> None:
     assert _mayfly.MAX_PAYLOAD == protocol.MAX_PAYLOAD
     assert _mayfly.MAX_HEADERS == protocol.MAX_HEADERS
     assert _mayfly.FRAME_HEADER_SIZE == protocol.FRAME_HEADER_SIZE
-    for name in ("REQUEST", "CANCEL", "SHUTDOWN", "READY", "LOAD_FAILED", "CHILD_EXIT", "REQUEST_FAILED",
+    assert _mayfly.MAX_DATA_CHANNELS == protocol.MAX_DATA_CHANNELS
+    for name in ("REQUEST", "CANCEL", "SHUTDOWN", "DATA_CHANNEL",
+                 "READY", "LOAD_FAILED", "CHILD_EXIT", "REQUEST_FAILED",
                  "REQ_HEAD", "REQ_BODY", "REQ_END", "REQ_WHOLE", "RESP_HEAD", "RESP_BODY", "RESP_END",
                  "RESP_WHOLE", "WORKER_REPLACED",
                  "WORKER_READY", "REQUEST_DONE", "WORKER_FAILED"):
         assert getattr(_mayfly, f"MSG_{name}") == getattr(MsgType, name), name
     assert _mayfly.EXIT_TIMED_OUT == protocol.EXIT_TIMED_OUT
     assert _mayfly.EXIT_CANCELLED == protocol.EXIT_CANCELLED
+    assert _mayfly.EXIT_CPU_EXCEEDED == protocol.EXIT_CPU_EXCEEDED
+    assert _mayfly.EXIT_OUT_OF_MEMORY == protocol.EXIT_OUT_OF_MEMORY
 
 
 def test_python_request_decodes_in_c() -> None:
@@ -174,6 +178,7 @@ def test_control_and_data_messages() -> None:
 # The host's messages and the channel each belongs to (protocol.h).
 CHANNEL_OF = {
     MsgType.REQUEST: "data", MsgType.CANCEL: "data", MsgType.SHUTDOWN: "control",
+    MsgType.DATA_CHANNEL: "control",
     MsgType.READY: "control", MsgType.LOAD_FAILED: "control", MsgType.CHILD_EXIT: "data",
     MsgType.REQUEST_FAILED: "data", MsgType.WORKER_REPLACED: "control",
 }

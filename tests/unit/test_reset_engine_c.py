@@ -23,7 +23,18 @@ import pytest
 
 from mayflyd import _mayfly as M
 from tests.daemon_harness import reset_engine_missing
-from tests.unit.test_c_helper import CHILD_EXIT, Host, frame, open_inodes, read_response, wait_for_pid_file
+from tests.unit.test_c_helper import (
+    CHILD_EXIT,
+    Host,
+    check_queued_requests_end,
+    check_the_queue_is_bounded,
+    frame,
+    memory_cgroup,
+    open_inodes,
+    peer_closed,
+    read_response,
+    wait_for_pid_file,
+)
 
 # AddressSanitizer replaces malloc, and its mallopt() refuses M_MMAP_MAX and
 # M_TRIM_THRESHOLD, which a reset worker sets before it starts (freed memory
@@ -67,6 +78,8 @@ def runner(req_id: int, method: str, path: str, query: str, headers: list[tuple[
             pass
     if path == "/exit3":
         os._exit(3)
+    if path == "/fill":  # written, not just reserved: charged to the cgroup
+        hog = b"\1" * int(query)
     if path == "/inodes":
         return 200, [], json.dumps(open_inodes()).encode()
     if path == "/forge":
@@ -110,11 +123,15 @@ class ResetHost(Host):
 
     ENGINE = M.ENGINE_RESET
 
-    def __init__(self, **serve_kw: Any) -> None:
-        super().__init__(runner, lambda: os.umask(0o022), **serve_kw)
+    def __init__(self, setup: Callable[[], None] | None = None, **serve_kw: Any) -> None:
+        def host_setup() -> None:
+            os.umask(0o022)
+            if setup is not None:
+                setup()
+        super().__init__(runner, host_setup, **serve_kw)
 
-    def serve(self, ctrl_fd: int, data_fd: int, runner: Callable[..., Any], serve_kw: dict[str, Any]) -> None:
-        M.serve_reset(ctrl_fd, data_fd, runner, [], after_rewind, **serve_kw)
+    def serve(self, ctrl_fd: int, runner: Callable[..., Any], serve_kw: dict[str, Any]) -> None:
+        M.serve_reset(ctrl_fd, runner, [], after_rewind, **serve_kw)
 
     def message(self) -> tuple[int, int, bytes]:
         return self.any_message()
@@ -346,8 +363,7 @@ def test_requests_on_the_control_channel_and_shutdown_on_the_data_channel_are_re
     assert select.select([host.ctrl], [], [], 0)[0] == [], "nothing was said on the control channel"
 
 
-@pytest.mark.parametrize("channel", ["data", "control"])
-def test_the_end_of_either_channel_ends_the_host_and_its_workers(channel: str, tmp_path: Path) -> None:
+def test_the_end_of_the_control_channel_ends_the_host_and_its_workers(tmp_path: Path) -> None:
     h = ResetHost(pool_size=2)
     try:
         h.request(1, path=b"/sleep", query=str(tmp_path / "pid").encode())
@@ -355,9 +371,54 @@ def test_the_end_of_either_channel_ends_the_host_and_its_workers(channel: str, t
         workers = psutil.Process(h.pid).children()
         assert busy in {w.pid for w in workers}
     finally:
-        assert h.close(channel) == 0
+        assert h.close("control") == 0
     for worker in workers:  # killed and reaped by the host
         with pytest.raises(ProcessLookupError):
             os.kill(worker.pid, 0)
-    h.ctrl.close()
     h.data.close()
+
+
+def test_busy_workers_stay_within_concurrency_and_the_queue_is_bounded(tmp_path: Path) -> None:
+    h = ResetHost(pool_size=2, concurrency=1, queue=1)
+    try:
+        worker = check_the_queue_is_bounded(h, tmp_path)
+        assert h.child_exit(2)[:3] == (worker, 0, 0)
+        assert [p.pid for p in psutil.Process(h.pid).children()] == [worker], "a pool of min(pool, concurrency)"
+    finally:
+        assert h.close() == 0
+
+
+def test_queued_requests_time_out_or_are_cancelled(host: ResetHost, tmp_path: Path) -> None:
+    check_queued_requests_end(host, tmp_path)
+
+
+def test_the_end_of_a_data_channel_aborts_its_request_and_the_worker_serves_on(
+        host: ResetHost, tmp_path: Path) -> None:
+    second = host.attach()
+    sock = host.request(1, path=b"/sleep", query=str(tmp_path / "pid").encode(), on=second)
+    worker = wait_for_pid_file(tmp_path / "pid")
+    second.close()
+    assert peer_closed(sock)  # aborted and rewound
+    # No report of request 1; the same worker, rewound, serves the next.
+    assert served(host, 2)[3] == worker
+    assert select.select([host.data, host.ctrl], [], [], 0.2)[0] == []
+
+
+def test_a_worker_the_oom_killer_took_is_flagged() -> None:
+    # Room for the host's and the worker's own pages, not for the request's.
+    with memory_cgroup(512 << 20) as (join, oom_fd):
+        h = ResetHost(join, oom_fd=oom_fd)
+        try:
+            sock = h.request(1, path=b"/fill", query=str(1 << 30).encode())
+            assert peer_closed(sock)
+            # The two channels keep no order between them: each read on its own.
+            msg_type, rid, payload = h.data_message()
+            assert (msg_type, rid) == (M.MSG_CHILD_EXIT, 1)
+            _, status, flags, *_ = CHILD_EXIT.unpack(payload)
+            assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+            assert flags == M.EXIT_OUT_OF_MEMORY
+            # Its replacement serves.
+            assert h.ctrl_message()[0] == M.MSG_WORKER_REPLACED
+            served(h, 2)
+        finally:
+            assert h.close() == 0

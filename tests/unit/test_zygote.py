@@ -21,12 +21,14 @@ from mayflyd.host.sandbox_host import HostSpec
 from mayflyd.protocol import (
     ChildExit,
     LoadFailed,
+    MsgType,
     Ready,
     ResponseDecoder,
     decode_control,
     decode_data,
     encode_request,
     encode_request_ctl,
+    pack_frame,
 )
 from mayflyd.supervisor.zygote_client import FdChannel, python_argv
 
@@ -43,21 +45,21 @@ def recv_within(sock: socket.socket, timeout: float = 10.0) -> bytes:
 
 
 @needs_root
-@pytest.mark.parametrize("data_first", [False, True])
-def test_the_forked_host_keeps_only_its_fds_and_leads_a_session_as_nobody(data_first: bool) -> None:
-    # Either channel may have the lower fd: the gaps around both are closed.
-    ours_data, theirs_data = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) if data_first else (None, None)
+@pytest.mark.parametrize("oom", ["none", "below", "above"])
+def test_the_forked_host_keeps_only_its_fds_and_leads_a_session_as_nobody(oom: str) -> None:
+    # The memory events fd, if any, may be below or above the control
+    # channel: the gaps around both are closed.
+    oom_fd = os.open("/dev/null", os.O_RDONLY) if oom == "below" else -1
     stray_between = os.open("/dev/null", os.O_RDONLY)  # inheritable, yet must not reach the host
     os.set_inheritable(stray_between, True)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    if ours_data is None:
-        ours_data, theirs_data = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    assert theirs_data is not None
+    if oom == "above":
+        oom_fd = os.open("/dev/null", os.O_RDONLY)
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     stray = os.open("/dev/null", os.O_RDONLY)
     os.set_inheritable(stray, True)
-    pid = _mayfly.zygote_fork(theirs.fileno(), theirs_data.fileno(), out_w, err_w, NO_WALLS_BUT_IDENTITY)
+    pid = _mayfly.zygote_fork(theirs.fileno(), oom_fd, out_w, err_w, NO_WALLS_BUT_IDENTITY)
     if pid == 0:
         try:
             report = {"fds": sorted(int(fd) for fd in os.listdir("/proc/self/fd")), "uid": os.getuid(),
@@ -68,36 +70,34 @@ def test_the_forked_host_keeps_only_its_fds_and_leads_a_session_as_nobody(data_f
             os._exit(0)
     for fd in (out_w, err_w, stray, stray_between):
         os.close(fd)
-    theirs_fds = {theirs.fileno(), theirs_data.fileno()}
+    kept = {theirs.fileno()} | ({oom_fd} if oom_fd >= 0 else set())
     theirs.close()
-    theirs_data.close()
+    if oom_fd >= 0:
+        os.close(oom_fd)
     try:
         report = json.loads(recv_within(ours))
         assert os.waitpid(pid, 0)[1] == 0
-        # 0-2, the two channels, and the fd listdir itself opened.
-        assert {0, 1, 2} | theirs_fds <= set(report["fds"]) and len(report["fds"]) == 6
+        # 0-2, the control channel, the memory events, and the fd listdir itself opened.
+        assert {0, 1, 2} | kept <= set(report["fds"]) and len(report["fds"]) == 4 + len(kept)
         assert (report["uid"], report["sid_is_pid"], report["ppid"]) == (NOBODY, True, os.getpid())
         assert os.read(out_r, 100) == b"to stdout"
     finally:
         ours.close()
-        ours_data.close()
         os.close(out_r)
         os.close(err_r)
 
 
 def test_a_step_that_fails_before_the_host_runs_is_reported_as_load_failed(tmp_path: Path) -> None:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    data, theirs_data = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
-    pid = _mayfly.zygote_fork(theirs.fileno(), theirs_data.fileno(), out_w, err_w, NO_WALLS_BUT_IDENTITY,
+    pid = _mayfly.zygote_fork(theirs.fileno(), -1, out_w, err_w, NO_WALLS_BUT_IDENTITY,
                               cgroup_version=1, cgroup_base=str(tmp_path / "no-such-cgroupfs"), cgroup_group="tenant")
     if pid == 0:
         os._exit(99)  # the cgroup join cannot succeed: never here
     for fd in (out_w, err_w):
         os.close(fd)
     theirs.close()
-    theirs_data.close()
     try:
         message = decode_control(recv_within(ours))
         assert isinstance(message, LoadFailed)
@@ -107,7 +107,6 @@ def test_a_step_that_fails_before_the_host_runs_is_reported_as_load_failed(tmp_p
         assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 1
     finally:
         ours.close()
-        data.close()
         os.close(out_r)
         os.close(err_r)
 
@@ -145,7 +144,7 @@ def zygote() -> Iterator[tuple[subprocess.Popen[bytes], socket.socket]]:
 
 def spec(**overrides: object) -> HostSpec:
     base: dict[str, object] = dict(
-        tenant="t", program=str(SEED), ctrl_fd=-1, data_fd=-1, parent_pid=0, uid=NOBODY, gid=NOBODY, mode="none",
+        tenant="t", program=str(SEED), ctrl_fd=-1, parent_pid=0, uid=NOBODY, gid=NOBODY, mode="none",
         cgroup_version=0, cgroup_base="", cgroup_group="", network="none", readonly_paths=[], loading_filter="",
         request_filter="", pids=64, request_cpu_ms=1000, request_memory=0, nofile=64)
     return HostSpec(**{**base, **overrides})  # type: ignore[arg-type]
@@ -159,7 +158,7 @@ def test_the_zygote_answers_a_bad_message_and_keeps_serving(zygote: tuple[subpro
                                                 "Expecting value: line 1 column 1 (char 0)"}
     channel.send(json.dumps({"spawn": 7, "spec": "{}", "env": {}}).encode())  # no fds
     reply = json.loads(recv_within(channel))
-    assert reply["failed"] == 7 and "4 fds" in reply["error"]
+    assert reply["failed"] == 7 and "3 fds" in reply["error"]
     assert proc.poll() is None
 
 
@@ -172,12 +171,11 @@ def test_the_zygote_forks_a_host_that_serves_and_reports_its_end(
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     message = {"spawn": 1, "spec": spec().to_json(), "env": {"PATH": "/bin", "LANG": "C.UTF-8", "X": "1"}}
-    host_fds = [host_end.fileno(), data_host_end.fileno(), out_w, err_w]
+    host_fds = [host_end.fileno(), out_w, err_w]
     socket.send_fds(channel, [json.dumps(message).encode()], host_fds)
     for fd in (out_w, err_w):
         os.close(fd)
     host_end.close()
-    data_host_end.close()
     try:
         ready, _, _ = select.select([channel], [], [], 10)
         assert ready
@@ -187,6 +185,8 @@ def test_the_zygote_forks_a_host_that_serves_and_reports_its_end(
         assert reply["spawned"] == 1 and reply["pid"] > 0
         assert isinstance(decode_control(recv_within(ctrl)), Ready)
         assert os.read(out_r, 100) == b"Hello from Python\n"  # on_init's print, on the host's own stdout
+        socket.send_fds(ctrl, [pack_frame(MsgType.DATA_CHANNEL, 0)], [data_host_end.fileno()])
+        data_host_end.close()
         # A request on the data channel: the host serves it and reports its end there.
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         socket.send_fds(data_chan, [encode_request_ctl(1, 10_000)], [theirs.fileno()])
@@ -264,15 +264,14 @@ def test_closing_the_channel_fails_a_sender_that_waits() -> None:
 
 @needs_root
 def test_a_zygote_out_of_fds_refuses_the_host_and_keeps_serving() -> None:
-    # 0-2, then the four fds of a spawn: no room left for the child's pidfd.
-    proc, channel = start_zygote(open_files=7)
+    # 0-2, then the three fds of a spawn: no room left for the child's pidfd.
+    proc, channel = start_zygote(open_files=6)
     ctrl, host_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    data, data_host_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     try:
         message = {"spawn": 3, "spec": spec().to_json(), "env": {}}
-        host_fds = [host_end.fileno(), data_host_end.fileno(), out_w, err_w]
+        host_fds = [host_end.fileno(), out_w, err_w]
         socket.send_fds(channel, [json.dumps(message).encode()], host_fds)
         reply = json.loads(recv_within(channel))
         assert reply["failed"] == 3 and reply["error"].startswith("pidfd_open: [Errno 24]"), reply
@@ -281,7 +280,7 @@ def test_a_zygote_out_of_fds_refuses_the_host_and_keeps_serving() -> None:
     finally:
         proc.kill()
         proc.wait()
-        for sock in (channel, ctrl, host_end, data, data_host_end):
+        for sock in (channel, ctrl, host_end):
             sock.close()
         for fd in (out_r, out_w, err_r, err_w):
             os.close(fd)

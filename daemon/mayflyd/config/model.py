@@ -67,6 +67,7 @@ class Limits:
     max_body: int = LIMIT["max_body"].default  # bytes
     max_response: int = LIMIT["max_response"].default  # bytes
     concurrency: int = LIMIT["concurrency"].default
+    queue: int = LIMIT["queue"].default
     init_timeout_ms: int = LIMIT["init_timeout_ms"].default
     cpu: float = LIMIT["cpu"].default  # share of one core for the whole tenant
     pids: int = LIMIT["pids"].default  # 0 until a tenant's limits are complete: concurrency + 16

@@ -89,6 +89,10 @@ LIMIT_KEYS: Final = (
         doc="Largest response body a program may return."),
     Key(name="concurrency", kind="int", default=32, low=1, high=100_000,
         doc="Requests of this tenant handled at once."),
+    Key(name="queue", kind="int", default=256, low=0, high=100_000,
+        doc="Requests that wait, first come first served, while `concurrency` are running; beyond,"
+            " a request is refused with 503 and `Retry-After: 1`. A waiting request's time counts"
+            " against its `request_timeout_ms`."),
     Key(name="init_timeout_ms", kind="int", default=30000, low=1, high=_HOUR_MS,
         doc="Time allowed to import the program and run its `on_init()`."),
     Key(name="cpu", kind="cores", default=1.0, low=0.01, high=1024.0,

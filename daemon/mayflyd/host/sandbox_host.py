@@ -2,13 +2,14 @@
 
 Forked by the zygote (zygote.py), which has built its walls in C already, or
 started as a fresh Python running :func:`main` with a JSON :class:`HostSpec`
-as its one argument and the host ends of its two channels as inherited fds
-(control: lifecycle, to the supervisor; data: requests, to the front end),
-which then builds them here (cgroup, namespaces, minimal read-only root,
-unprivileged identity, seccomp). Either way :func:`serve` loads the program,
-runs on_init() once, and hands both channels to the C engine: fork (one
-sandbox forked per request) or reset (a pool of workers forked once, each
-rewound after every request).
+as its one argument and the host end of its control channel (lifecycle, to
+the supervisor) as an inherited fd, which then builds them here (cgroup,
+namespaces, minimal read-only root, unprivileged identity, seccomp). Either
+way :func:`serve` loads the program, runs on_init() once, and hands the
+control channel to the C engine: fork (one sandbox forked per request) or
+reset (a pool of workers forked once, each rewound after every request).
+The supervisor attaches the data channels (requests, to the front end)
+through the control channel once the host serves.
 """
 from __future__ import annotations
 
@@ -42,8 +43,7 @@ class HostSpec:
 
     tenant: str
     program: str
-    ctrl_fd: int                # control channel: READY, LOAD_FAILED, SHUTDOWN, ...
-    data_fd: int                # data channel: REQUEST, CANCEL, CHILD_EXIT, REQUEST_FAILED
+    ctrl_fd: int                # control channel: READY, LOAD_FAILED, SHUTDOWN, DATA_CHANNEL, ...
     parent_pid: int             # the supervisor, or the zygote that forked this host
     uid: int
     gid: int
@@ -62,6 +62,8 @@ class HostSpec:
     request_cpu_ms: int
     request_memory: int
     nofile: int
+    concurrency: int = 32       # sandboxes running at once (reset: busy workers, never more than pool)
+    queue: int = 256            # requests waiting beyond them, FIFO; beyond: REQUEST_FAILED EAGAIN
     engine: str = "fork"        # fork | reset (auto is resolved by the supervisor)
     pool: int = 1               # reset: workers
     pool_idle_ms: int = 0       # reset: a worker idle this long exits (0: never)
@@ -102,8 +104,35 @@ def entry_of(spec: HostSpec) -> dict[str, Any]:
     return entry
 
 
-def _enter_tenant(spec: HostSpec) -> None:
+def memory_events_path(spec: HostSpec) -> str | None:
+    """The file with the tenant cgroup's oom_kill count (memory.events on v2,
+    memory.oom_control on v1), where the host reads whether a sandbox was
+    OOM-killed; None without a cgroup."""
+    if spec.mode != "root" or not spec.cgroup_version:
+        return None
+    if spec.cgroup_version == 2:
+        return os.path.join(spec.cgroup_base, spec.cgroup_group, "memory.events")
+    return os.path.join(spec.cgroup_base, "memory", spec.cgroup_group, "memory.oom_control")
+
+
+def open_memory_events(spec: HostSpec) -> int:
+    """The memory events file, opened while the cgroup file system is in
+    view (before the host's walls); -1 without a cgroup or if it cannot be
+    (the memory limit still holds; only the OOM flag is lost)."""
+    path = memory_events_path(spec)
+    if path is None:
+        return -1
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        print(f"mayflyd host: {path}: {exc}; out-of-memory kills will not be told apart", file=sys.stderr)
+        return -1
+
+
+def _enter_tenant(spec: HostSpec) -> int:
+    """Into the tenant's cgroup and namespaces; the memory events fd (or -1)."""
     entry = entry_of(spec)
+    oom_fd = -1
     if "cgroup_version" in entry:
         # First, so that everything the host allocates from here on is
         # charged to the tenant and limited.
@@ -117,6 +146,11 @@ def _enter_tenant(spec: HostSpec) -> None:
         # group); from here on this process is pid 1 of a pid namespace and
         # a stub parent waits for it outside.
         _mayfly.enter_namespaces(entry["network"], entry["hostname"])
+    if "cgroup_version" in entry:
+        # In the new pid namespace, so that the stub left outside holds no
+        # copy; before the walls, while the cgroup file system is in view.
+        oom_fd = open_memory_events(spec)
+    return oom_fd
 
 
 def walls_of(spec: HostSpec) -> tuple[bool, int, int, int, list[str] | None, bytes | None]:
@@ -126,11 +160,12 @@ def walls_of(spec: HostSpec) -> tuple[bool, int, int, int, list[str] | None, byt
             binascii.a2b_base64(spec.loading_filter) if spec.loading_filter else None)
 
 
-def _build_walls(spec: HostSpec) -> None:
+def _build_walls(spec: HostSpec) -> int:
     """Every wall, in order, before any tenant code runs (a zygote's host
-    has them from zygote_fork.c already)."""
-    _enter_tenant(spec)
+    has them from zygote_fork.c already); the memory events fd (or -1)."""
+    oom_fd = _enter_tenant(spec)
     _mayfly.build_host_walls(walls_of(spec))
+    return oom_fd
 
 
 def make_runner(program: Program) -> _mayfly.Runner:
@@ -184,21 +219,22 @@ def _seal(spec: HostSpec) -> str | None:
     return None
 
 
-def serve(spec: HostSpec, *, forked_by_zygote: bool = False) -> int:
+def serve(spec: HostSpec, *, forked_by_zygote: bool = False, oom_fd: int = -1) -> int:
     """Run the host; forked_by_zygote: already in its namespaces, dying
-    with its parent, and with the daemon's request path warm."""
+    with its parent, and with the daemon's request path warm, its cgroup's
+    memory events at oom_fd (-1: none)."""
     ctrl = socket.socket(fileno=spec.ctrl_fd)
-    data = socket.socket(fileno=spec.data_fd)
-    # Not across exec: nothing on_init() runs may inherit either channel.
+    # Not across exec: nothing on_init() runs may inherit the channel.
     ctrl.set_inheritable(False)
-    data.set_inheritable(False)
+    if oom_fd >= 0:
+        os.set_inheritable(oom_fd, False)
     if not forked_by_zygote:
         # Dies with its parent; the check inside catches a parent that died
         # before the signal was armed.
         _mayfly.set_parent_death_signal(signal.SIGKILL, spec.parent_pid)
     if not forked_by_zygote:
         try:
-            _build_walls(spec)
+            oom_fd = _build_walls(spec)
         except (OSError, ValueError) as exc:
             _report_load_failure(ctrl, f"sandbox setup failed: {exc}")
             return 1
@@ -237,15 +273,20 @@ def serve(spec: HostSpec, *, forked_by_zygote: bool = False) -> int:
     gc.collect()
     gc.freeze()
     request_filter = binascii.a2b_base64(spec.request_filter)
-    if spec.engine == "reset":
-        _mayfly.serve_reset(ctrl.fileno(), data.fileno(), make_runner(program), [], _after_rewind,
-                            request_filter=request_filter, cpu_ms=spec.request_cpu_ms,
-                            memory_bytes=spec.request_memory, nofile=spec.nofile, pool_size=spec.pool,
-                            idle_ms=spec.pool_idle_ms,
-                            verify=spec.verify_rewind)
-    else:
-        _mayfly.serve_fork(ctrl.fileno(), data.fileno(), make_runner(program), [], request_filter=request_filter,
-                           cpu_ms=spec.request_cpu_ms, memory_bytes=spec.request_memory, nofile=spec.nofile)
+    try:
+        if spec.engine == "reset":
+            _mayfly.serve_reset(ctrl.fileno(), make_runner(program), [], _after_rewind,
+                                request_filter=request_filter, cpu_ms=spec.request_cpu_ms,
+                                memory_bytes=spec.request_memory, nofile=spec.nofile, pool_size=spec.pool,
+                                idle_ms=spec.pool_idle_ms, verify=spec.verify_rewind,
+                                concurrency=spec.concurrency, queue=spec.queue, oom_fd=oom_fd)
+        else:
+            _mayfly.serve_fork(ctrl.fileno(), make_runner(program), [], request_filter=request_filter,
+                               cpu_ms=spec.request_cpu_ms, memory_bytes=spec.request_memory, nofile=spec.nofile,
+                               concurrency=spec.concurrency, queue=spec.queue, oom_fd=oom_fd)
+    finally:
+        if oom_fd >= 0:
+            os.close(oom_fd)
     return 0
 
 

@@ -37,12 +37,12 @@ from typing import Any, NoReturn
 
 from mayflyd import _mayfly
 from mayflyd.host.program import load_program, warm_up_request_path
-from mayflyd.host.sandbox_host import HostSpec, entry_of, make_runner, serve, walls_of
+from mayflyd.host.sandbox_host import HostSpec, entry_of, make_runner, open_memory_events, serve, walls_of
 
 __all__ = ["main", "MAX_MESSAGE", "SPAWN_FDS"]
 
 MAX_MESSAGE = 256 * 1024  # a spawn message: the spec and the environment
-SPAWN_FDS = 4             # control socket, data socket, stdout, stderr
+SPAWN_FDS = 3             # control socket, stdout, stderr
 
 
 class Zygote:
@@ -91,21 +91,28 @@ class Zygote:
     def _spawn(self, message: dict[str, Any], fds: list[int]) -> None:
         # Every page this loop writes between two forks is a page the earlier
         # host keeps a copy of: as few Python calls as the spawn needs.
-        ctrl, data, stdout, stderr = fds
+        ctrl, stdout, stderr = fds
         fields = json.loads(message["spec"])
-        fields.update(ctrl_fd=ctrl, data_fd=data, parent_pid=self._pid)
+        fields.update(ctrl_fd=ctrl, parent_pid=self._pid)
         spec = HostSpec(**fields)
         env: dict[str, str] = message["env"]
         argv = ["-c", json.dumps(fields)]  # as a fresh host's; made here, where its pages are shared
         sys.stdout.flush()
         sys.stderr.flush()
+        # Opened here, where the cgroup file system is in view; the host
+        # keeps it inside its walls.
+        oom_fd = open_memory_events(spec)
         try:
-            pid = _mayfly.zygote_fork(ctrl, data, stdout, stderr, walls_of(spec), **entry_of(spec))
+            pid = _mayfly.zygote_fork(ctrl, oom_fd, stdout, stderr, walls_of(spec), **entry_of(spec))
         except OSError as exc:
+            pid = -1
             self._send({"failed": message["spawn"], "error": f"fork: {exc}"})
-            return
         if pid == 0:
-            self._become_host(spec, env, argv)
+            self._become_host(spec, env, argv, oom_fd)
+        if oom_fd >= 0:
+            os.close(oom_fd)  # the host's copy is what counts
+        if pid < 0:
+            return
         try:
             pidfd = os.pidfd_open(pid)
         except OSError as exc:  # out of fds: a host nobody could watch must not run
@@ -117,8 +124,8 @@ class Zygote:
         self._poller.register(pidfd, select.POLLIN)
         self._send({"spawned": message["spawn"], "pid": pid}, [pidfd])
 
-    def _become_host(self, spec: HostSpec, env: dict[str, str], argv: list[str]) -> NoReturn:
-        """In the child: only fds 0-2 and the two channels are left (zygote_fork.c)."""
+    def _become_host(self, spec: HostSpec, env: dict[str, str], argv: list[str], oom_fd: int) -> NoReturn:
+        """In the child: only fds 0-2, the control channel and oom_fd are left (zygote_fork.c)."""
         code = 1
         try:
             self._channel.detach()
@@ -132,7 +139,7 @@ class Zygote:
                     if os.environ.get(key) != value:
                         os.environ[key] = value
             sys.argv[:] = argv
-            code = serve(spec, forked_by_zygote=True)
+            code = serve(spec, forked_by_zygote=True, oom_fd=oom_fd)
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
         except BaseException:  # noqa: BLE001 - a host's failure must not return into the zygote

@@ -2,51 +2,41 @@
 
 Starts the host (forked by the zygote, or a fresh interpreter), waits for
 its READY (or its LOAD_FAILED), relays its stdout and stderr into the log
-tagged with the tenant, and runs requests:
-each request gets a fresh socketpair whose one end is passed to the host
-and from there to the request's sandbox alone.
+tagged with the tenant, and stops it.
 
-The host has two channels: the control channel (its lifecycle: READY,
-LOAD_FAILED, WORKER_REPLACED, SHUTDOWN) and the data channel (REQUEST,
-CANCEL, CHILD_EXIT, REQUEST_FAILED), which a separate front end is to own;
-until it does, this handle holds both.
+The host has a control channel (its lifecycle: READY, LOAD_FAILED,
+WORKER_REPLACED, SHUTDOWN, DATA_CHANNEL), which this handle holds, and the
+data channels attached through it (REQUEST, CANCEL, CHILD_EXIT,
+REQUEST_FAILED), one per front-end loop (attach_data_channel), which the
+front end holds: the supervisor never sees a request.
 """
 from __future__ import annotations
 
-import _socket
 import asyncio
 import dataclasses
 import errno
 import logging
 import os
-import select
 import signal
 import socket
 import struct
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
-from typing import Protocol, TypeVar, cast
+from typing import Protocol, TypeVar
 
 from mayflyd import protocol
 from mayflyd.host.sandbox_host import HostSpec
 from mayflyd.protocol import (
-    ChildExit,
     ControlMessage,
     DataMessage,
     LoadFailed,
     Ready,
-    RequestFailed,
-    Response,
-    ResponseDecoder,
     WorkerReplaced,
 )
 from mayflyd.supervisor.logs import OutputBudget
 from mayflyd.supervisor.zygote_client import ZygoteClient, ZygoteError, python_argv
 
-__all__ = ["SandboxHost", "HostStartError", "SandboxError", "SandboxTimeout", "SandboxCrashed", "SandboxCpuExceeded",
-           "RequestTooLarge",
-           "BadResponse", "HostUnavailable", "RequestData", "describe_wait_status"]
+__all__ = ["SandboxHost", "HostStartError", "describe_wait_status"]
 
 log = logging.getLogger("mayflyd.host")
 
@@ -60,55 +50,6 @@ _Message = TypeVar("_Message", ControlMessage, DataMessage)
 
 class HostStartError(Exception):
     """The host could not load or initialise the program."""
-
-
-class SandboxError(Exception):
-    """A request's sandbox did not produce a valid answer."""
-
-
-class SandboxTimeout(SandboxError):
-    pass
-
-
-class SandboxCrashed(SandboxError):
-    def __init__(self, message: str, wait_status: int | None = None) -> None:
-        super().__init__(message)
-        self.wait_status = wait_status
-
-    @property
-    def killed(self) -> bool:
-        """Killed by SIGKILL from outside: the OOM killer, if not the host."""
-        return (self.wait_status is not None and os.WIFSIGNALED(self.wait_status)
-                and os.WTERMSIG(self.wait_status) == signal.SIGKILL)
-
-
-class SandboxCpuExceeded(SandboxError):
-    pass
-
-
-class RequestTooLarge(Exception):
-    """The request's head does not fit the protocol (too many or too large headers)."""
-
-
-class BadResponse(SandboxError):
-    def __init__(self, message: str, *, over_limit: bool = False) -> None:
-        super().__init__(message)
-        self.over_limit = over_limit  # the response was over max_response
-
-
-class HostUnavailable(SandboxError):
-    pass
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RequestData:
-    req_id: int
-    method: str
-    path: str
-    query: str
-    headers: list[tuple[str, str]]
-    body: bytes
-    client: str
 
 
 class HostProcess(Protocol):
@@ -171,7 +112,7 @@ class SandboxHost:
     """One running host process of a tenant."""
 
     def __init__(self, *, tenant: str, version: str, spec: HostSpec, env: Mapping[str, str],
-                 output_budget: OutputBudget, on_sandbox_exit: Callable[[ChildExit | WorkerReplaced], None],
+                 output_budget: OutputBudget, on_sandbox_exit: Callable[[WorkerReplaced], None],
                  zygote: ZygoteClient | None = None) -> None:
         self.tenant = tenant
         self.version = version  # of the program this host loaded
@@ -182,13 +123,9 @@ class SandboxHost:
         self._on_sandbox_exit = on_sandbox_exit
         self._zygote = zygote
         self.exited = asyncio.Event()
-        self.in_flight = 0
         self._ctrl: socket.socket | None = None  # lifecycle
-        self._data: socket.socket | None = None  # requests
         self._proc: HostProcess | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._pending_exits: dict[int, asyncio.Future[ChildExit | RequestFailed]] = {}
-        self._response_sockets: _ResponseSockets | None = None
         self.ready = False
         self._stopping = False
         self.pid = 0
@@ -199,17 +136,14 @@ class SandboxHost:
     async def start(self, init_timeout: float) -> None:
         """Spawn the host and wait until it has run on_init() and is serving."""
         self._ctrl, ctrl_host_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self._data, data_host_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._ctrl.setblocking(False)
-        self._data.setblocking(False)
         try:
-            self._proc = await self._spawn(ctrl_host_end.fileno(), data_host_end.fileno())
+            self._proc = await self._spawn(ctrl_host_end.fileno())
         except ZygoteError as exc:
             await self._close()
             raise HostStartError(str(exc)) from None
         finally:
             ctrl_host_end.close()
-            data_host_end.close()
         self.pid = self._proc.pid
         self.started_at = time.monotonic()
         # A loading host is on a reload's or a restart's critical path: ahead
@@ -239,25 +173,38 @@ class SandboxHost:
             raise HostStartError("the host exited before it was ready" if first is None
                                  else f"unexpected first message from the host: {first!r}")
         self.ready = True
-        loop = asyncio.get_running_loop()
-        loop.add_reader(self._ctrl.fileno(), self._on_control_readable)
-        # Read in the loop's callback, every queued message per wake-up: an
-        # exit report per request must not cost a task step and a future.
-        assert self._data is not None
-        loop.add_reader(self._data.fileno(), self._on_data_readable)
-        self._response_sockets = _ResponseSockets(asyncio.get_running_loop())
+        asyncio.get_running_loop().add_reader(self._ctrl.fileno(), self._on_control_readable)
         self._tasks.append(asyncio.create_task(self._watch_process()))
 
-    async def _spawn(self, ctrl_fd: int, data_fd: int) -> HostProcess:
+    def attach_data_channel(self) -> socket.socket:
+        """A new data channel of the host: one end sent to it on the
+        control channel (DATA_CHANNEL), the other returned, non-blocking.
+        The host holds MAX_DATA_CHANNELS at most and refuses more (it
+        warns; the channel returned then reads EOF). OSError if the
+        control channel is gone or full."""
+        if self._ctrl is None:
+            raise OSError(errno.ENOTCONN, "the host is not running")
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            ours.setblocking(False)
+            self._ctrl.sendmsg([protocol.pack_frame(protocol.MsgType.DATA_CHANNEL, 0)],
+                               [(socket.SOL_SOCKET, socket.SCM_RIGHTS, _FD.pack(theirs.fileno()))])
+        except OSError:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        return ours
+
+    async def _spawn(self, ctrl_fd: int) -> HostProcess:
         if self._zygote is not None:
             # parent_pid is the zygote's, filled in by the zygote.
-            return await self._zygote.spawn(dataclasses.replace(self._spec, ctrl_fd=ctrl_fd, data_fd=data_fd),
-                                            self._env)
-        spec = dataclasses.replace(self._spec, ctrl_fd=ctrl_fd, data_fd=data_fd, parent_pid=os.getpid())
+            return await self._zygote.spawn(dataclasses.replace(self._spec, ctrl_fd=ctrl_fd), self._env)
+        spec = dataclasses.replace(self._spec, ctrl_fd=ctrl_fd, parent_pid=os.getpid())
         return ExecChild(await asyncio.create_subprocess_exec(
             *python_argv("mayflyd.host.sandbox_host", spec.to_json()),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, pass_fds=(ctrl_fd, data_fd),
+            stderr=asyncio.subprocess.PIPE, pass_fds=(ctrl_fd,),
             env=self._env, cwd="/", start_new_session=True))
 
     async def kill(self) -> None:
@@ -301,18 +248,10 @@ class SandboxHost:
         self._tasks.clear()
         if self._proc is not None:
             self._proc.close()
-        for channel in (self._ctrl, self._data):
-            if channel is not None:
-                asyncio.get_running_loop().remove_reader(channel.fileno())
-                channel.close()
-        self._ctrl = self._data = None
-        for fut in self._pending_exits.values():
-            if not fut.done():
-                fut.cancel()
-        self._pending_exits.clear()
-        if self._response_sockets is not None:
-            self._response_sockets.close()
-            self._response_sockets = None
+        if self._ctrl is not None:
+            asyncio.get_running_loop().remove_reader(self._ctrl.fileno())
+            self._ctrl.close()
+            self._ctrl = None
 
     async def _watch_process(self) -> None:
         assert self._proc is not None
@@ -365,40 +304,31 @@ class SandboxHost:
     def _on_control_readable(self) -> None:
         """The host's lifecycle messages once it is serving: worker replacements."""
         assert self._ctrl is not None
-        for message in self._received(self._ctrl, protocol.decode_control, "control"):
+        for message in self._received(self._ctrl):
             if isinstance(message, WorkerReplaced):
                 self._on_sandbox_exit(message)
             else:
                 log.error("unexpected control message from host %d: %r", self.pid, message,
                           extra={"tenant": self.tenant})
 
-    def _on_data_readable(self) -> None:
-        """The host's per-request messages: exit reports and failed starts."""
-        assert self._data is not None
-        for message in self._received(self._data, protocol.decode_data, "data"):
-            if isinstance(message, ChildExit):
-                self._on_sandbox_exit(message)
-            # The host answers each REQUEST it received with exactly one of these.
-            fut = self._pending_exits.pop(message.req_id, None)
-            if fut is not None and not fut.done():
-                fut.set_result(message)
-
-    def _received(self, channel: socket.socket, decode: Callable[[bytes], _Message], name: str
-                  ) -> Iterator[_Message]:
-        """Every message queued on a channel, decoded; at its end (the host
-        is gone, and _watch_process reports how) the host is not ready."""
+    def _received(self, channel: socket.socket) -> Iterator[ControlMessage]:
+        """Every message queued on the control channel, decoded; at its end
+        (the host is gone, and _watch_process reports how) the host is not ready."""
         while True:
-            packet = _recv_ready(channel)
-            if packet is None:
+            try:
+                packet = channel.recv(_RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
                 return
+            except OSError:
+                packet = b""
             if not packet:
                 self.ready = False
                 asyncio.get_running_loop().remove_reader(channel.fileno())
                 return
             try:
-                yield decode(packet)
+                yield protocol.decode_control(packet)
             except protocol.ProtocolError as exc:
-                log.error("bad %s message from host %d: %s", name, self.pid, exc, extra={"tenant": self.tenant})
+                log.error("bad control message from host %d: %s", self.pid, exc, extra={"tenant": self.tenant})
 
     async def _relay_output(self, stream: asyncio.StreamReader, name: str) -> None:
         """The tenant's output, line by line, into the log, within its budget.
@@ -437,227 +367,3 @@ class SandboxHost:
             tenant_log.warning("dropped %d lines of output over the rate limit", dropped, extra=extra)
         for line in lines:
             tenant_log.info("%s", line[:_OUTPUT_LINE_LIMIT].decode("utf-8", "replace"), extra=extra)
-
-    def _send_data(self, packet: bytes, fd: int = -1) -> None:
-        if self._data is None or not self.ready:
-            raise HostUnavailable("the host is not running")
-        try:
-            if fd >= 0:
-                self._data.sendmsg([packet], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, _FD.pack(fd))])
-            else:
-                self._data.send(packet)
-        except BlockingIOError:
-            # REQUEST and CANCEL packets are tiny; a full buffer means the host is stuck.
-            raise HostUnavailable("the host is not reading its data socket") from None
-        except OSError as exc:
-            raise HostUnavailable(f"the host's data socket failed: {exc}") from None
-
-    # ---- requests --------------------------------------------------------
-
-    async def run(self, request: RequestData, *, timeout: float, max_response: int) -> Response:
-        """Run one request in a fresh sandbox and return its validated response."""
-        loop = asyncio.get_running_loop()
-        req_id = request.req_id
-        # Before a sandbox exists for it: a request that cannot be framed gets none.
-        try:
-            packets = protocol.encode_request(
-                req_id, method=request.method, path=request.path, query=request.query,
-                headers=request.headers, body=request.body, client=request.client)
-        except ValueError as exc:
-            raise RequestTooLarge(str(exc)) from None
-        sockets = self._response_sockets
-        if sockets is None:  # not started yet, or closed
-            raise HostUnavailable("the host is not running")
-        # _socket's own objects: socket.socketpair() wraps each end in a
-        # Python class, which the supervisor pays for on every request.
-        ours, theirs = _socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        ours.setblocking(False)
-        # Queued before the host hands the channel on, the request is there
-        # whole when its sandbox first reads: no wake-up per packet.
-        queued = _send_what_fits(ours, packets)
-        exit_future: asyncio.Future[ChildExit | RequestFailed] = loop.create_future()
-        self._pending_exits[req_id] = exit_future
-        self.in_flight += 1
-        reader = _ResponseReader(sockets, ours, ResponseDecoder(req_id, max_response))
-        deadline = loop.time() + timeout
-        timer = loop.call_at(deadline, reader.time_out)
-        sender: asyncio.Task[None] | None = None
-        try:
-            try:
-                self._send_data(protocol.encode_request_ctl(req_id, int(timeout * 1000)), theirs.fileno())
-            except HostUnavailable:
-                del self._pending_exits[req_id]  # the host never got it: no exit report will come
-                raise
-            finally:
-                theirs.close()
-            if queued < len(packets):  # a body larger than the socket's buffer
-                sender = loop.create_task(_send_rest(loop, ours, packets[queued:]))
-            try:
-                return await reader.future
-            except TimeoutError:
-                self._cancel(req_id)
-                raise SandboxTimeout(f"no answer within {timeout * 1000:.0f} ms") from None
-            except protocol.ProtocolError as exc:
-                self._cancel(req_id)
-                raise BadResponse(str(exc), over_limit=isinstance(exc, protocol.ResponseTooLarge)) from None
-            except SandboxCrashed:
-                if reader.timed_out or loop.time() >= deadline:  # the host killed it at the deadline
-                    raise SandboxTimeout(f"no answer within {timeout * 1000:.0f} ms") from None
-                ended = await self._sandbox_end(exit_future)
-                if isinstance(ended, RequestFailed):
-                    reason = errno.errorcode.get(ended.error, str(ended.error))
-                    raise HostUnavailable(f"the host could not start a sandbox: {reason}") from None
-                if ended is None:
-                    raise SandboxCrashed("the sandbox ended without answering") from None
-                if ended.flags & protocol.EXIT_CPU_EXCEEDED:
-                    raise SandboxCpuExceeded(f"the sandbox used more than its {self._cpu_ms} ms of CPU") from None
-                raise SandboxCrashed(f"the sandbox {describe_wait_status(ended.wait_status)} "
-                                     "without answering", ended.wait_status) from None
-        finally:
-            self.in_flight -= 1
-            timer.cancel()
-            reader.close()
-            if sender is not None:
-                sender.cancel()
-            ours.close()
-
-    async def _sandbox_end(self, exit_future: asyncio.Future[ChildExit | RequestFailed]
-                           ) -> ChildExit | RequestFailed | None:
-        """How the sandbox ended, if the host says so promptly."""
-        try:
-            async with asyncio.timeout(0.2):
-                return await asyncio.shield(exit_future)
-        except (TimeoutError, asyncio.CancelledError):
-            return None
-
-    def _cancel(self, req_id: int) -> None:
-        try:
-            self._send_data(protocol.pack_frame(protocol.MsgType.CANCEL, req_id))
-        except HostUnavailable:
-            pass  # a dead host takes its sandboxes with it
-
-
-def _recv_ready(sock: _socket.socket) -> bytes | None:
-    """The next packet; b"" at the end (or on a broken socket); None while none is there."""
-    try:
-        return sock.recv(_RECV_SIZE)
-    except (BlockingIOError, InterruptedError):
-        return None
-    except OSError:
-        return b""
-
-
-def _send_what_fits(sock: _socket.socket, packets: list[bytes]) -> int:
-    """Send packets until the socket's buffer is full; how many went. A
-    failing send stops it too: the rest is _send_rest's, whose failure the
-    response reader sees as a sandbox that never answers."""
-    for sent, packet in enumerate(packets):
-        try:
-            sock.send(packet)
-        except OSError:
-            return sent
-    return len(packets)
-
-
-async def _send_rest(loop: asyncio.AbstractEventLoop, sock: _socket.socket, packets: list[bytes]) -> None:
-    """The rest of a large request, as the sandbox reads it; a sandbox that
-    stops reading is the response reader's to report."""
-    # The event loop needs only what _socket's base class has (fileno, send).
-    wrapped = cast(socket.socket, sock)
-    try:
-        for packet in packets:
-            await loop.sock_sendall(wrapped, packet)
-    except OSError:
-        pass
-
-
-class _ResponseSockets:
-    """The in-flight requests' sockets of one host, in an epoll set of its
-    own that the event loop watches as one fd: uvloop's add_reader and
-    remove_reader for each request's socket cost the supervisor more than
-    a register and an unregister here."""
-
-    __slots__ = ("loop", "_epoll", "_readers", "_closing")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self._epoll = select.epoll()
-        self._readers: dict[int, _ResponseReader] = {}
-        self._closing = False
-        loop.add_reader(self._epoll.fileno(), self._ready)
-
-    def add(self, fd: int, reader: _ResponseReader) -> None:
-        self._epoll.register(fd, select.EPOLLIN)
-        self._readers[fd] = reader
-
-    def discard(self, fd: int, reader: _ResponseReader) -> None:
-        if self._readers.get(fd) is reader:
-            del self._readers[fd]
-            try:
-                self._epoll.unregister(fd)
-            except OSError:
-                pass  # already closed, which took it out of the set
-        if self._closing and not self._readers:
-            self.close()
-
-    def _ready(self) -> None:
-        for fd, _ in self._epoll.poll(0):
-            reader = self._readers.get(fd)
-            if reader is not None:  # one finished earlier in this batch is gone
-                reader.readable()
-
-    def close(self) -> None:
-        """Now, or once the requests still in flight have ended (a dead
-        host's sandboxes end with it: their sockets read EOF)."""
-        self._closing = True
-        if not self._readers and not self._epoll.closed:
-            self.loop.remove_reader(self._epoll.fileno())
-            self._epoll.close()
-
-
-class _ResponseReader:
-    """Reads one sandbox's response when its socket is readable, every
-    packet that is there per wake-up, and resolves `future` with it."""
-
-    __slots__ = ("_sockets", "_sock", "_fd", "_decoder", "future", "timed_out")
-
-    def __init__(self, sockets: _ResponseSockets, sock: _socket.socket, decoder: ResponseDecoder) -> None:
-        self._sockets = sockets
-        self._sock = sock
-        self._fd = sock.fileno()
-        self._decoder = decoder
-        self.future: asyncio.Future[Response] = sockets.loop.create_future()
-        self.timed_out = False
-        sockets.add(self._fd, self)
-
-    def readable(self) -> None:
-        decoder = self._decoder
-        try:
-            while not decoder.done:
-                packet = _recv_ready(self._sock)
-                if packet is None:
-                    return
-                if not packet:
-                    raise SandboxCrashed("the sandbox ended without answering")
-                decoder.feed(packet)
-            self._finish(decoder.response())
-        except (SandboxCrashed, protocol.ProtocolError) as exc:
-            self._finish(exc)
-
-    def _finish(self, outcome: Response | BaseException) -> None:
-        self.close()
-        if self.future.done():
-            return
-        if isinstance(outcome, BaseException):
-            self.future.set_exception(outcome)
-        else:
-            self.future.set_result(outcome)
-
-    def time_out(self) -> None:
-        self.timed_out = True
-        self._finish(TimeoutError())
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            self._sockets.discard(self._fd, self)
-            self._fd = -1

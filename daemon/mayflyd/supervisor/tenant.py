@@ -23,7 +23,7 @@ import mayflyd
 from mayflyd import _mayfly
 from mayflyd.config import TenantConfig
 from mayflyd.host.sandbox_host import HostSpec
-from mayflyd.protocol import ChildExit, WorkerReplaced
+from mayflyd.protocol import WorkerReplaced
 from mayflyd.supervisor.front_metrics import TenantCounts
 from mayflyd.supervisor.front_process import TenantView
 from mayflyd.supervisor.host_handle import HostStartError, SandboxHost
@@ -167,7 +167,7 @@ class Tenant:
         walls, limits = self._walls, config.limits
         root = walls.mode == "root"
         return HostSpec(
-            tenant=self.name, program=str(config.program), ctrl_fd=-1, data_fd=-1, parent_pid=os.getpid(),
+            tenant=self.name, program=str(config.program), ctrl_fd=-1, parent_pid=os.getpid(),
             uid=config.uid if root else os.geteuid(), gid=config.gid if root else os.getegid(),
             mode=walls.mode, cgroup_version=walls.cgroup_version, cgroup_base=walls.cgroup_base,
             cgroup_group=walls.group_of(self.name), network=config.network,
@@ -175,7 +175,8 @@ class Tenant:
             loading_filter=base64.b64encode(self._filters.loading).decode(),
             request_filter=base64.b64encode(self._filters.request).decode(),
             pids=limits.pids, request_cpu_ms=limits.request_cpu_ms, request_memory=limits.request_memory,
-            nofile=SANDBOX_NOFILE, engine=walls.engine_of(config),
+            nofile=SANDBOX_NOFILE, concurrency=limits.concurrency, queue=limits.queue,
+            engine=walls.engine_of(config),
             pool=config.pool or default_pool(), pool_idle_ms=config.pool_idle_ms,
             verify_rewind=config.verify_rewind)
 
@@ -384,11 +385,10 @@ class Tenant:
         await asyncio.sleep(delay)
         return min(delay * 2, BACKOFF_MAX)
 
-    def _sandbox_exited(self, message: ChildExit | WorkerReplaced) -> None:
-        """The host's reports to the supervisor: a replaced worker (a
-        sandbox's own exit goes to the front end, which counts it)."""
-        if isinstance(message, WorkerReplaced):
-            # A dirty worker never serves again; this is how often that happens.
-            self.worker_replacements += 1
-            self._metrics.worker_replaced(self.name)
-            log.warning("reset engine: a worker was replaced: %s", message.reason, extra={"tenant": self.name})
+    def _sandbox_exited(self, message: WorkerReplaced) -> None:
+        """The host's one report to the supervisor about sandboxes: a
+        replaced worker (a sandbox's own exit goes to the front end)."""
+        # A dirty worker never serves again; this is how often that happens.
+        self.worker_replacements += 1
+        self._metrics.worker_replaced(self.name)
+        log.warning("reset engine: a worker was replaced: %s", message.reason, extra={"tenant": self.name})

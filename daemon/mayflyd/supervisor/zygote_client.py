@@ -123,7 +123,7 @@ class ZygoteClient:
         return self._proc.pid if self._proc is not None and self._proc.returncode is None else 0
 
     async def spawn(self, spec: HostSpec, env: Mapping[str, str]) -> ZygoteChild:
-        """Fork a host running `spec`, with its channels at spec.ctrl_fd and spec.data_fd (sent, not kept)."""
+        """Fork a host running `spec`, with its control channel at spec.ctrl_fd (sent, not kept)."""
         channel = await self._running()
         self._next_spawn += 1
         n = self._next_spawn
@@ -136,7 +136,7 @@ class ZygoteClient:
                 raise ZygoteError(f"the host's spec and environment are over {MAX_MESSAGE} bytes")
             self._pending[n] = future
             try:
-                await channel.send(message, [spec.ctrl_fd, spec.data_fd, out_w, err_w])
+                await channel.send(message, [spec.ctrl_fd, out_w, err_w])
             except OSError as exc:
                 raise ZygoteError(f"cannot reach the zygote: {exc}") from None
             child = await future
