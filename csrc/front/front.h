@@ -24,6 +24,8 @@ struct mf_front_config {
     int metrics_fd;             /* >= 0: the supervisor's metrics area (wire/front_metrics.h) */
     int seccomp_fd;             /* >= 0: the seccomp filter to load before the loops start (walls.h) */
     bool allow_root;            /* run as root without a filter (tests) */
+    bool become_user;           /* --user UID:GID: drop to them at start (started as root) */
+    uint32_t uid, gid;
     unsigned threads;
     uint64_t header_timeout_ms; /* first byte of a head to its end (and a fresh connection's first byte) */
     uint64_t body_timeout_ms;   /* end of a head to the end of its body */

@@ -37,6 +37,7 @@ static const char usage[] =
     "  --metrics-fd N            the supervisor's metrics area (a memfd it created and headed)\n"
     "  --seccomp-fd N            a seccomp BPF program (file or memfd) to confine the process with\n"
     "  --allow-root              run as root without --seccomp-fd (tests only)\n"
+    "  --user UID:GID            become this user and group at once (started as root)\n"
     "  --threads N               event loops, one per thread (default: online CPUs)\n"
     "  --header-timeout-ms MS    time for a request head (default 60000)\n"
     "  --body-timeout-ms MS      time for a request body after its head (default 60000)\n"
@@ -74,6 +75,26 @@ static bool parse_listen(struct mf_front_config *config, char *text)
     return true;
 }
 
+static bool parse_user(struct mf_front_config *config, const char *text)
+{
+    const char *colon = strchr(text, ':');
+    if (colon == NULL)
+        return mf_errx(EINVAL, "--user: %s is not UID:GID", text);
+    char uid[16];
+    size_t len = (size_t)(colon - text);
+    if (len == 0 || len >= sizeof(uid))
+        return mf_errx(EINVAL, "--user: %s is not UID:GID", text);
+    memcpy(uid, text, len);
+    uid[len] = '\0';
+    uint64_t value;
+    MF_TRY(parse_number("--user", uid, 1, UINT32_MAX - 1, &value));
+    config->uid = (uint32_t)value;
+    MF_TRY(parse_number("--user", colon + 1, 1, UINT32_MAX - 1, &value));
+    config->gid = (uint32_t)value;
+    config->become_user = true;
+    return true;
+}
+
 static bool parse_options(int argc, char **argv, struct mf_front_config *config)
 {
     static const struct option options[] = {
@@ -83,6 +104,7 @@ static bool parse_options(int argc, char **argv, struct mf_front_config *config)
         {"metrics-fd", required_argument, NULL, 'M'},
         {"seccomp-fd", required_argument, NULL, 'S'},
         {"allow-root", no_argument, NULL, 'R'},
+        {"user", required_argument, NULL, 'U'},
         {"threads", required_argument, NULL, 't'},
         {"header-timeout-ms", required_argument, NULL, 'H'},
         {"body-timeout-ms", required_argument, NULL, 'B'},
@@ -110,6 +132,7 @@ static bool parse_options(int argc, char **argv, struct mf_front_config *config)
         case 'M': MF_TRY(parse_number("--metrics-fd", optarg, 0, INT32_MAX, &value)); config->metrics_fd = (int)value; break;
         case 'S': MF_TRY(parse_number("--seccomp-fd", optarg, 0, INT32_MAX, &value)); config->seccomp_fd = (int)value; break;
         case 'R': config->allow_root = true; break;
+        case 'U': MF_TRY(parse_user(config, optarg)); break;
         case 't': MF_TRY(parse_number("--threads", optarg, 1, 1024, &value)); config->threads = (unsigned)value; break;
         case 'H': MF_TRY(parse_number("--header-timeout-ms", optarg, 1, 3600000, &config->header_timeout_ms)); break;
         case 'B': MF_TRY(parse_number("--body-timeout-ms", optarg, 1, 3600000, &config->body_timeout_ms)); break;
@@ -250,7 +273,7 @@ static bool drain(struct mf_front_loop *loops, unsigned count, const sigset_t *s
         return mf_err("signalfd(TERM|INT)");
     int drained_fd;
     MF_TRY(mf_loops_drain(loops, count, &drained_fd));
-    mf_warn("stopping: accepting no more connections, finishing the requests in flight");
+    mf_front_log("info", "mayflyd.front", NULL, 0, 0, NULL, "stopping: accepting no more connections, finishing the requests in flight");
     for (;;) {
         struct pollfd fds[3] = {{.fd = drained_fd, .events = POLLIN}, {.fd = signal_fd, .events = POLLIN},
                                 {.fd = control_fd, .events = POLLIN}};
@@ -260,11 +283,11 @@ static bool drain(struct mf_front_loop *loops, unsigned count, const sigset_t *s
             return mf_err("poll(drained %d, signalfd %d, control %d)", drained_fd, signal_fd, control_fd);
         }
         if (fds[0].revents != 0) {
-            mf_warn("stopping: every connection is closed");
+            mf_front_log("info", "mayflyd.front", NULL, 0, 0, NULL, "stopping: every connection is closed");
             return true;
         }
         if (fds[1].revents != 0) {
-            mf_warn("stopping at once: a second signal");
+            mf_front_log("info", "mayflyd.front", NULL, 0, 0, NULL, "stopping at once: a second signal");
             return true;
         }
         if (fds[2].revents != 0) {
@@ -283,6 +306,8 @@ static bool serve(int argc, char **argv, const struct mf_front_backend *backend)
     struct mf_front_config config;
     MF_TRY(parse_options(argc, argv, &config));
     mf_front_log_init(config.log_json);
+    if (config.become_user)
+        MF_TRY(mf_front_walls_become(config.uid, config.gid));
     MF_TRY(mf_front_walls_check(config.seccomp_fd, config.allow_root));
     sigset_t signals;
     MF_TRY(block_signals(&signals)); /* before any thread: they inherit the mask */

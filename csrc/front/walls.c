@@ -1,3 +1,4 @@
+#define _GNU_SOURCE /* setresuid, setresgid */
 /* The front end's walls; see walls.h. */
 #include "front/walls.h"
 
@@ -5,6 +6,7 @@
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <stdint.h>
+#include <grp.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -12,6 +14,21 @@
 
 #include "base/cleanup.h"
 #include "base/log.h"
+
+bool mf_front_walls_become(uint32_t uid, uint32_t gid)
+{
+    if (setgroups(0, NULL) < 0)
+        return mf_err("setgroups(0) (for --user %u:%u)", uid, gid);
+    if (setresgid(gid, gid, gid) < 0)
+        return mf_err("setresgid(%u)", gid);
+    if (setresuid(uid, uid, uid) < 0)
+        return mf_err("setresuid(%u)", uid);
+    /* From root to another uid the kernel clears every capability; check
+     * that nothing (a securebit) kept any. */
+    if (uid != 0 && (setresuid(0, 0, 0) == 0 || geteuid() == 0))
+        return mf_errx(EPERM, "--user %u:%u: the process can become root again", uid, gid);
+    return true;
+}
 
 bool mf_front_walls_check(int seccomp_fd, bool allow_root)
 {

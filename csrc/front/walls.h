@@ -11,7 +11,11 @@
 #define MAYFLYD_FRONT_WALLS_H
 
 #include <stdbool.h>
+#include <stdint.h>
 
+/* --user: becomes uid and gid (no supplementary groups) for good, which
+ * leaves no capability; done first, before any fd of its own is open. */
+bool mf_front_walls_become(uint32_t uid, uint32_t gid);
 /* Root without a filter is refused unless --allow-root (tests, development). */
 bool mf_front_walls_check(int seccomp_fd, bool allow_root);
 /* Reads the BPF program from seccomp_fd (and closes it), then sets

@@ -180,30 +180,24 @@ class FrontProcess:
     async def _spawn(self) -> None:
         assert self._listener is not None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        exe = os.open(front_executable(), os.O_RDONLY | os.O_CLOEXEC)
         try:
             config = self._config
-            fds = (self._listener.fileno(), theirs.fileno(), self.metrics.fd(), self._filter_fd, exe)
-            argv = ["mayflyd-front", "--listen-fd", str(fds[0]), "--control-fd", str(fds[1]),
+            fds = (self._listener.fileno(), theirs.fileno(), self.metrics.fd(), self._filter_fd)
+            argv = [str(front_executable()), "--listen-fd", str(fds[0]), "--control-fd", str(fds[1]),
                     "--metrics-fd", str(fds[2]), "--seccomp-fd", str(fds[3]),
                     "--threads", str(self.threads), "--header-timeout-ms", str(config.header_timeout_ms),
                     "--body-timeout-ms", str(config.header_timeout_ms),
                     "--idle-timeout-ms", str(config.idle_timeout_ms), "--max-body", str(MAX_BODY_CEILING),
                     "--log-format", config.log_format]
-            root = os.geteuid() == 0  # else it runs as the daemon's own user, which holds no privilege
-            # Executed through its fd: the unprivileged uid needs no search
-            # permission on the directories the package was installed in.
-            uid = config.front_uid if root else None
+            if os.geteuid() == 0:  # it drops to front_uid itself, before it opens anything of its own
+                argv += ["--user", f"{config.front_uid}:{config.front_uid}"]
             self._proc = await asyncio.create_subprocess_exec(
-                *argv, executable=f"/proc/self/fd/{exe}",
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=None,
-                pass_fds=fds, cwd="/", start_new_session=True,
-                user=uid, group=uid, extra_groups=[] if root else None)
+                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=None,
+                pass_fds=fds, cwd="/", start_new_session=True)
         except OSError as exc:
             ours.close()
             raise FrontStartError(f"cannot start {front_executable()}: {exc}") from None
         finally:
-            os.close(exe)
             theirs.close()
         self._link = FrontLink(ours)
         self._drain_watch = asyncio.create_task(self._watch_drains(self._link))
