@@ -69,7 +69,7 @@ def control() -> FakeControl:
 @pytest.fixture
 async def server(control: FakeControl, sock_path: str) -> AsyncIterator[AdminServer]:
     metrics = Metrics()
-    metrics.request_done("hello", 200, 0.01)
+    metrics.host_restarted("hello")
     admin = AdminServer(control, metrics, socket_path=sock_path)
     await admin.start()
     yield admin
@@ -120,7 +120,7 @@ async def test_metrics_on_the_socket(server: AdminServer, sock_path: str) -> Non
     head, _, body = raw.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200")
     assert b"content-type: text/plain" in head.lower()
-    assert b'mayflyd_requests_total{status="200",tenant="hello"} 1.0' in body
+    assert b'mayflyd_host_restarts_total{tenant="hello"} 1.0' in body
 
 
 async def test_unknown_path_and_wrong_method(server: AdminServer, sock_path: str) -> None:
