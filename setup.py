@@ -69,7 +69,7 @@ class BuildExtWithFront(build_ext):
         temp = os.path.join(self.build_temp, "front")
         options = {"macros": [("LLHTTP_STRICT_MODE", "1")], "include_dirs": ["csrc", LLHTTP_INCLUDE]}
         headers = sorted(glob("csrc/front/*.h") + glob("csrc/wire/*.h") + glob("csrc/base/*.h"))
-        ours = self.compiler.compile(sorted(glob("csrc/front/*.c")) + ["csrc/base/log.c", "csrc/wire/proto.c"],
+        ours = self.compiler.compile(sorted(glob("csrc/front/*.c")) + ["csrc/base/log.c", "csrc/base/wait_status.c", "csrc/wire/proto.c"],
                                      output_dir=temp,
                                      extra_postargs=STRICT_C, depends=headers, **options)
         # llhttp's generated code has unused parameters everywhere: only that is relaxed.

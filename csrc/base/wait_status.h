@@ -8,7 +8,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-/* "exited with status N" or "killed by signal N" into out (cap bytes,
+/* "exited with status N" or "killed by signal N (SIGNAME)" into out (cap bytes,
  * truncated if need be); returns out. */
 const char *mf_describe_wait_status(int status, char *out, size_t cap);
 

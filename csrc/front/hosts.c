@@ -16,6 +16,7 @@
 
 #include "base/cleanup.h"
 #include "base/log.h"
+#include "base/wait_status.h"
 #include "front/conn.h"
 #include "front/front_log.h"
 #include "front/loop.h"
@@ -344,9 +345,9 @@ static void ended_without_answer(struct mf_call *call)
             return;
         }
         int ws = call->exit.wait_status;
-        mf_front_log("warning", "mayflyd.request", call->tenant->name, call->tenant->name_len, call->req_id, NULL, "sandbox failed: the sandbox %s %d without answering",
-                     WIFSIGNALED(ws) ? "was killed by signal" : "exited with status",
-                     WIFSIGNALED(ws) ? WTERMSIG(ws) : WEXITSTATUS(ws));
+        char how[64];
+        mf_front_log("warning", "mayflyd.request", call->tenant->name, call->tenant->name_len, call->req_id, NULL,
+                     "sandbox failed: the sandbox %s without answering", mf_describe_wait_status(ws, how, sizeof(how)));
     } else {
         mf_front_log("warning", "mayflyd.request", call->tenant->name, call->tenant->name_len, call->req_id, NULL, "sandbox failed: the sandbox ended without answering");
     }
