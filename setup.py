@@ -40,6 +40,8 @@ def with_reset_engine() -> bool:
 
 # The front end is an executable of its own, not part of the extension.
 FRONT_FILES = frozenset(glob("csrc/front/*"))
+# What mayflyd-front links of the rest of csrc/ (tests/unit/test_front_http.py builds it the same way).
+FRONT_SHARED_SOURCES = ["csrc/base/log.c", "csrc/base/wait_status.c", "csrc/wire/proto.c"]
 LLHTTP_SOURCES = ["/usr/share/llhttp/api.c", "/usr/share/llhttp/http.c", "/usr/share/llhttp/llhttp.c"]
 LLHTTP_INCLUDE = "/usr/share/include/llhttp"
 STRICT_C = ["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Werror"]
@@ -69,7 +71,7 @@ class BuildExtWithFront(build_ext):
         temp = os.path.join(self.build_temp, "front")
         options = {"macros": [("LLHTTP_STRICT_MODE", "1")], "include_dirs": ["csrc", LLHTTP_INCLUDE]}
         headers = sorted(glob("csrc/front/*.h") + glob("csrc/wire/*.h") + glob("csrc/base/*.h"))
-        ours = self.compiler.compile(sorted(glob("csrc/front/*.c")) + ["csrc/base/log.c", "csrc/base/wait_status.c", "csrc/wire/proto.c"],
+        ours = self.compiler.compile(sorted(glob("csrc/front/*.c")) + FRONT_SHARED_SOURCES,
                                      output_dir=temp,
                                      extra_postargs=STRICT_C, depends=headers, **options)
         # llhttp's generated code has unused parameters everywhere: only that is relaxed.

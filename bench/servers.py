@@ -5,8 +5,9 @@ b. ``process``: aiohttp running the program in a fresh ``python3`` per request
 c. ``bwrap``: as b, each process wrapped in a bubblewrap sandbox
 d. ``mayflyd`` fork engine: the host forks a sandbox per request
 e. ``mayflyd`` reset engine: a pool of workers, each rewound after every request
-f. ``hop_floor``: mayflyd's front end and one hop to a plain worker, no sandbox
-   (bench/hop_floor.py): the most a sandbox in another process can reach
+f. ``hop_floor``: mayflyd-front and its hop (the hosts' data channels, a
+   socketpair per request) to a plain process, no sandbox (bench/hop_floor.py):
+   the most a sandbox in another process can reach in the daemon's shape
 
 Every server is a context manager that yields a RunningServer and always
 stops what it started (SIGTERM, wait; SIGKILL only as a last resort).
@@ -142,10 +143,10 @@ def baseline(pin: Pinning, program: Path = SEED) -> Iterator[RunningServer]:
 
 @contextlib.contextmanager
 def hop_floor(pin: Pinning, program: Path = SEED) -> Iterator[RunningServer]:
-    """f. mayflyd's front end, one persistent hop to an unsandboxed worker."""
+    """f. mayflyd-front and its hop to an unsandboxed plain process."""
     port = free_port()
     cmd = [*pin.server, sys.executable, "-m", "bench.hop_floor", str(program), str(port)]
-    with run_server("f. front end + hop, no sandbox", cmd, port, "x", env=mayflyd_env(), cwd=REPO) as server:
+    with run_server("f. C front end + hop, no sandbox", cmd, port, "x", env=mayflyd_env(), cwd=REPO) as server:
         yield server
 
 

@@ -38,7 +38,7 @@ CFLAGS = ["-std=gnu11", "-O1", "-g", "-DLLHTTP_STRICT_MODE=1", f"-I{REPO / 'csrc
 def _build(out: Path, main: Path) -> Path:
     sources = [p for p in sorted((REPO / "csrc" / "front").glob("*.c")) if p.name != "main.c"]
     objects = []
-    shared = [REPO / "csrc" / "base" / "log.c", REPO / "csrc" / "base" / "wait_status.c", REPO / "csrc" / "wire" / "proto.c"]
+    shared = [REPO / name for name in ("csrc/base/log.c", "csrc/base/wait_status.c", "csrc/wire/proto.c")]
     for src in [*sources, *shared, main]:
         obj = out / f"{src.stem}.o"
         subprocess.run(["gcc", *CFLAGS, "-Wall", "-Wextra", "-Werror", "-c", str(src), "-o", str(obj)], check=True)
