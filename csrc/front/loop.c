@@ -159,8 +159,8 @@ static void accept_resume(struct mf_front_watch *watch, uint32_t events)
     (void)events;
     if (read(watch->fd, &expirations, sizeof(expirations)) < 0 && errno != EAGAIN)
         mf_warn("read(timerfd %d) failed: %s", watch->fd, strerror(errno));
-    if (mf_loop_draining())
-        return; /* not accepting any more */
+    if (mf_loop_draining() || !loop->accepting)
+        return; /* not accepting (any more, or yet) */
     if (!mf_front_watch_add(loop, &loop->listener, EPOLLIN | EPOLLEXCLUSIVE))
         mf_warn_last();
 }
@@ -264,8 +264,13 @@ bool mf_loop_init(struct mf_front_loop *loop, const struct mf_front_config *conf
     loop->listener = (struct mf_front_watch){.fd = listen_fd, .ready = accept_ready};
     loop->accept_pause = (struct mf_front_watch){.fd = pause_fd, .ready = accept_resume};
     loop->mailbox = (struct mf_front_watch){.fd = mail_fd, .ready = mailbox_ready};
-    /* Level triggered, and one waiting loop woken per connection. */
-    MF_TRY(mf_front_watch_add(loop, &loop->listener, EPOLLIN | EPOLLEXCLUSIVE));
+    /* Level triggered, and one waiting loop woken per connection. With a
+     * supervisor, not before its first table: a restarted front end must
+     * not answer the connections waiting in the backlog with 503s. */
+    if (config->control_fd < 0) {
+        MF_TRY(mf_front_watch_add(loop, &loop->listener, EPOLLIN | EPOLLEXCLUSIVE));
+        loop->accepting = true;
+    }
     MF_TRY(mf_front_watch_add(loop, &loop->accept_pause, EPOLLIN));
     MF_TRY(mf_front_watch_add(loop, &loop->mailbox, EPOLLIN));
     loop->epfd = mf_steal_fd(&epfd);
@@ -283,6 +288,12 @@ bool mf_loop_run(struct mf_front_loop *loop)
             return mf_err("epoll_wait(%d)", loop->epfd);
         loop->now_ms = monotonic_ms();
         mf_routes_take(loop); /* before any event: what was read after a publication sees it */
+        if (!loop->accepting && loop->routes != NULL && !mf_loop_draining()) {
+            if (mf_front_watch_add(loop, &loop->listener, EPOLLIN | EPOLLEXCLUSIVE))
+                loop->accepting = true;
+            else
+                mf_warn_last(); /* tried again next turn */
+        }
         mf_conn_run_again(loop); /* those from the last turn first: round robin */
         for (int i = 0; i < n; i++) {
             struct mf_front_watch *watch = events[i].data.ptr;

@@ -60,6 +60,7 @@ struct mf_front_loop {
     struct mf_front_watch mailbox;
     pthread_mutex_t mail_lock;
     struct mf_front_mail *mail_first, *mail_last;
+    bool accepting;       /* the listener is in the set: from the first table on, with a supervisor */
     unsigned conns;       /* open client connections */
     bool drain_begun;     /* the listener is set aside and idle connections closed */
     bool drain_reported;  /* counted as drained (no connection left) */

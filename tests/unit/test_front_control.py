@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from mayflyd import front_protocol
-from mayflyd.config import Config, load_config
+from mayflyd.config import Config, load_config, parse_config
 from mayflyd.front_protocol import MSG_ROUTES, RouteLimits, TenantRoute, encode_routes
 from mayflyd.protocol import FRAME_HEADER, MAGIC, PROTOCOL_VERSION
 from mayflyd.supervisor.front_link import FrontLink, RoutesRefused, routes_of
@@ -130,8 +130,20 @@ def send(front: Front, cfg: Config) -> int:
     return asyncio.run(go())
 
 
-def test_before_any_table_every_request_gets_503(front: Front) -> None:
-    assert front.status("shop.example") == (503, "503 Service Unavailable: no tenant is connected\n")
+def test_before_its_first_table_it_accepts_nothing_then_serves_the_backlog(front: Front, tmp_path: Path) -> None:
+    # A restarted front end must not answer the connections waiting in the
+    # supervisor's backlog before it knows the tenants.
+    early = socket.create_connection(("127.0.0.1", front.port), timeout=5)
+    early.sendall(b"GET / HTTP/1.1\r\nHost: nobody.example\r\nConnection: close\r\n\r\n")
+    early.settimeout(0.5)
+    with pytest.raises(TimeoutError):
+        early.recv(100)
+    (tmp_path / "p.py").write_text("def on_client_request(request):\n    return 'x'\n")
+    send(front, parse_config("tenants:\n  - {name: shop, hosts: [shop.example], program: p.py}\n",
+                             source="test", base_dir=tmp_path))
+    early.settimeout(5)
+    assert early.recv(100).startswith(b"HTTP/1.1 404 ")  # served by the table: no tenant has that host
+    early.close()
 
 
 def test_routes_by_exact_wildcard_and_default_host(front: Front, tmp_path: Path) -> None:
