@@ -110,13 +110,52 @@ static bool value_is(const struct mf_front_ticket *t, const struct mf_header_pos
     return pos->value_len == strlen(value) && strncasecmp(t->buf + pos->value_off, value, pos->value_len) == 0;
 }
 
-/* Host, Expect and the request target; 0 or the status refusing it. */
+/* One Transfer-Encoding field's codings, in order, after those of the
+ * fields before it: *chunked_last says whether chunked is the last so far,
+ * *other whether a coding we do not decode came. False if chunked is not
+ * last (RFC 9112 6.3: no way to find the body's end). */
+static bool scan_codings(const char *value, size_t len, bool *chunked_last, bool *other)
+{
+    size_t i = 0;
+    while (i < len) {
+        size_t end = i;
+        while (end < len && value[end] != ',')
+            end++;
+        size_t a = i, b = end;
+        while (a < b && (value[a] == ' ' || value[a] == '\t'))
+            a++;
+        while (b > a && (value[b - 1] == ' ' || value[b - 1] == '\t'))
+            b--;
+        if (b > a) { /* empty list elements are allowed (RFC 9110 5.6.1) */
+            if (*chunked_last)
+                return false; /* a coding after chunked */
+            if (b - a == 7 && strncasecmp(value + a, "chunked", 7) == 0)
+                *chunked_last = true;
+            else
+                *other = true;
+        }
+        i = end + 1;
+    }
+    return true;
+}
+
+/* Host, Expect, Transfer-Encoding and the request target; 0 or the
+ * status refusing it. */
 static int check_head(llhttp_t *parser, struct mf_front_ticket *t)
 {
     const struct mf_header_pos *host = NULL, *expect = NULL;
+    bool coded = false, chunked_last = false, other_coding = false;
     for (size_t i = 0; i < t->header_count; i++) {
         const struct mf_header_pos *pos = &t->pos[i];
-        if (name_is(t, pos, "host")) {
+        if (name_is(t, pos, "transfer-encoding")) {
+            /* RFC 9112 6.1: an HTTP/1.0 message with Transfer-Encoding
+             * has faulty framing; llhttp would de-chunk it. */
+            if (parser->http_major == 1 && parser->http_minor == 0)
+                return 400;
+            coded = true;
+            if (!scan_codings(t->buf + pos->value_off, pos->value_len, &chunked_last, &other_coding))
+                return 400;
+        } else if (name_is(t, pos, "host")) {
             if (host != NULL)
                 return 400; /* two hosts: which tenant? */
             host = pos;
@@ -126,6 +165,10 @@ static int check_head(llhttp_t *parser, struct mf_front_ticket *t)
             expect = pos;
         }
     }
+    if (coded && !chunked_last)
+        return 400; /* RFC 9112 6.3: the body's length is unknown */
+    if (other_coding)
+        return 501; /* RFC 9112 6.1: gzip, chunked would reach the program still gzip-coded */
     const char *url = t->buf + t->url_off;
     bool asterisk = t->url_len == 1 && url[0] == '*' && parser->method == HTTP_OPTIONS;
     if (t->url_len == 0 || (url[0] != '/' && !asterisk))

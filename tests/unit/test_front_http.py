@@ -258,8 +258,9 @@ def test_many_clients_at_once(front: Front) -> None:
     assert [Reader(sock).answer().json()["path"] for sock in socks] == [f"/delay/50/{i}" for i in range(100)]
 
 
-def test_chunked_request_body(front: Front) -> None:
-    raw = get("/c", "Transfer-Encoding: chunked")[:-2] + b"\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\n\r\n"
+@pytest.mark.parametrize("coding", ["chunked", "Chunked", " chunked ", ", chunked"])
+def test_chunked_request_body(front: Front, coding: str) -> None:
+    raw = get("/c", f"Transfer-Encoding:{coding}")[:-2] + b"\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\n\r\n"
     answer, _ = ask(front, raw)
     assert answer.status == 200
     assert answer.json()["body"] == "hello world"
@@ -357,6 +358,11 @@ MALFORMED = {
     "differing content-lengths": _raw("POST / HTTP/1.1\nHost: x\nContent-Length: 5\nContent-Length: 6\n\n",
                                       b"123456"),
     "invalid chunk size": _raw("POST / HTTP/1.1\nHost: x\nTransfer-Encoding: chunked\n\n", b"zz\r\nhi\r\n0\r\n\r\n"),
+    "transfer-encoding on HTTP/1.0": _raw("POST / HTTP/1.0\nTransfer-Encoding: chunked\n\n", b"2\r\nhi\r\n0\r\n\r\n"),
+    "chunked not the last coding": _raw("POST / HTTP/1.1\nHost: x\nTransfer-Encoding: chunked, gzip\n\n",
+                                        b"2\r\nhi\r\n0\r\n\r\n"),
+    "chunked in two fields": _raw("POST / HTTP/1.1\nHost: x\nTransfer-Encoding: chunked\n"
+                                  "Transfer-Encoding: chunked\n\n", b"2\r\nhi\r\n0\r\n\r\n"),
     "bare CR": b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\rb\r\n\r\n",
     "bare CR ending a line": b"GET / HTTP/1.1\r\nHost: x\rX-A: b\r\n\r\n",
     "NUL in a value": b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n",
@@ -402,6 +408,8 @@ def test_a_refusal_waits_for_the_earlier_answers(front: Front) -> None:
     (get("/" + "a" * 9000), 414),
     (get("/", "X-Big: " + "b" * (65 * 1024)), 431),
     (get("/", *[f"X-{i}: v" for i in range(300)]), 431),
+    (get("/", "Transfer-Encoding: gzip, chunked")[:-2] + b"\r\n2\r\nhi\r\n0\r\n\r\n", 501),
+    (get("/", "Transfer-Encoding: gzip", "Transfer-Encoding: chunked")[:-2] + b"\r\n2\r\nhi\r\n0\r\n\r\n", 501),
     (b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", 405),
     (get("/", "Content-Length: 100001"), 413),
     (get("/", "Transfer-Encoding: chunked")[:-2] + b"\r\n" + b"ffff\r\n" + b"x" * 65535 + b"\r\n" +
