@@ -217,11 +217,24 @@ static void route(const struct mf_front_loop *loop, struct mf_front_ticket *t)
         t->max_body = tenant->limits.max_body;
 }
 
+/* llhttp skips a value's leading whitespace but keeps its trailing:
+ * neither is part of the value (RFC 9112 5), for Host nor the program. */
+static void trim_values(struct mf_front_ticket *t)
+{
+    for (size_t i = 0; i < t->header_count; i++) {
+        struct mf_header_pos *pos = &t->pos[i];
+        while (pos->value_len > 0 && (t->buf[pos->value_off + pos->value_len - 1] == ' '
+                                      || t->buf[pos->value_off + pos->value_len - 1] == '\t'))
+            pos->value_len--;
+    }
+}
+
 static int on_headers_complete(llhttp_t *parser)
 {
     struct mf_conn *conn = conn_of(parser);
     struct mf_front_ticket *t = conn->parsing;
     t->head_done = true;
+    trim_values(t);
     if (parser->method == HTTP_CONNECT)
         return refuse(parser, 405, "CONNECT");
     int status = check_head(parser, t);

@@ -326,10 +326,20 @@ def test_connection_close_closes_after_the_answer(front: Front) -> None:
 @pytest.mark.parametrize("host, normal", [
     ("Example.COM", "example.com"), ("example.com:8080", "example.com"), ("example.com.", "example.com"),
     ("127.0.0.1:80", "127.0.0.1"), ("[::1]:8080", "[::1]"), ("a_b-c.x", "a_b-c.x"),
+    ("example.com \t ", "example.com"),
 ])
 def test_host_is_lowercase_ascii_without_port(front: Front, host: str, normal: str) -> None:
     answer, _ = ask(front, f"GET / HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
     assert answer.status == 200 and answer.json()["host"] == normal
+
+
+def test_trailing_whitespace_is_no_part_of_a_value(front: Front) -> None:
+    sock = front.connect()
+    sock.sendall(get("/e", "X-T: v \t", "Content-Length: 2", "Expect: 100-continue  "))
+    reader = Reader(sock)
+    assert reader.answer().status == 100
+    sock.sendall(b"hi")
+    assert ["X-T", "v"] in reader.answer().json()["headers"]
 
 
 def test_options_asterisk(front: Front) -> None:
