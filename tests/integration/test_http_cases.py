@@ -10,21 +10,20 @@ check of what the program saw where the status alone says too little.
 """
 from __future__ import annotations
 
-import argparse
 import base64
 import gzip
-import json
 import socket
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final
 
 import pytest
 
+from mayflyd.config import docs
 from tests.daemon_harness import Daemon
+from tests.http_answers import Answer, Reader
 
 BEGIN: Final = "<!-- BEGIN generated: http cases -->"
 END: Final = "<!-- END generated: http cases -->"
@@ -71,66 +70,15 @@ def on_client_request(request):
 
 # ---- the client side --------------------------------------------------------
 
-@dataclass
-class Answer:
-    status: int
-    headers: list[tuple[str, str]]
-    body: bytes = b""
-
-    def header(self, name: str) -> str | None:
-        found = [v for n, v in self.headers if n.lower() == name.lower()]
-        assert len(found) <= 1, f"{name} appears {len(found)} times"
-        return found[0] if found else None
-
-    def names(self) -> set[str]:
-        return {n.lower() for n, _ in self.headers}
-
-    def json(self) -> dict[str, Any]:
-        seen = json.loads(self.body)
-        assert isinstance(seen, dict) and seen.get("tenant") == "echo", f"not the echo tenant: {self.body!r}"
-        return seen
-
-    def body_sent(self) -> bytes:
-        return base64.b64decode(self.json()["body"])
+def seen(answer: Answer) -> dict[str, Any]:
+    """What the echo tenant's program saw, from its answer."""
+    request = answer.json()
+    assert request.get("tenant") == "echo", f"not the echo tenant: {answer.body!r}"
+    return request
 
 
-class Reader:
-    """Reads HTTP/1.1 answers one after the other from a socket: status line,
-    headers, a Content-Length body (none for HEAD, 1xx, 204 and 304)."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.data = b""
-
-    def _fill(self) -> bool:
-        chunk = self.sock.recv(65536)
-        self.data += chunk
-        return bool(chunk)
-
-    def answer(self, head_only: bool = False) -> Answer:
-        while b"\r\n\r\n" not in self.data:
-            assert self._fill(), f"the connection closed before a whole answer: {self.data!r}"
-        head, self.data = self.data.split(b"\r\n\r\n", 1)
-        status_line, *lines = head.decode("latin-1").split("\r\n")
-        version, status, *_ = status_line.split(" ", 2)
-        assert version == "HTTP/1.1", status_line
-        answer = Answer(int(status), [(n, v.strip()) for n, v in (line.split(":", 1) for line in lines)])
-        length = answer.header("Content-Length")
-        if length is not None and not head_only and answer.status not in (204, 304) and answer.status >= 200:
-            while len(self.data) < int(length):
-                assert self._fill(), "the connection closed before the whole body"
-            answer.body, self.data = self.data[:int(length)], self.data[int(length):]
-        return answer
-
-    def closed(self, within: float = 3.0) -> bool:
-        """True if the server closes the connection with nothing more to say."""
-        self.sock.settimeout(within)
-        try:
-            return not self._fill() and not self.data
-        except ConnectionResetError:
-            return not self.data
-        except TimeoutError:
-            return False
+def body_seen(answer: Answer) -> bytes:
+    return base64.b64decode(seen(answer)["body"])
 
 
 @dataclass
@@ -188,28 +136,28 @@ def chunked(*chunks: bytes, trailer: bytes = b"", ext: bytes = b"") -> bytes:
 
 def echoed(**expected: Any) -> Callable[[Exchange], None]:
     def check(exchange: Exchange) -> None:
-        seen = exchange.answers[-1].json()
+        request = seen(exchange.answers[-1])
         for key, value in expected.items():
-            assert seen[key] == value, f"{key}: {seen[key]!r} != {value!r}"
+            assert request[key] == value, f"{key}: {request[key]!r} != {value!r}"
     return check
 
 
 def body_is(body: bytes) -> Callable[[Exchange], None]:
     def check(exchange: Exchange) -> None:
         answer = exchange.answers[-1]
-        assert answer.body_sent() == body and answer.json()["body_length"] == len(body)
+        assert body_seen(answer) == body and seen(answer)["body_length"] == len(body)
     return check
 
 
 def has_header(name: str, value: str) -> Callable[[Exchange], None]:
     def check(exchange: Exchange) -> None:
-        assert [name, value] in exchange.answers[-1].json()["headers"], exchange.answers[-1].json()["headers"]
+        assert [name, value] in seen(exchange.answers[-1])["headers"], seen(exchange.answers[-1])["headers"]
     return check
 
 
 def paths_in_order(*paths: str) -> Callable[[Exchange], None]:
     def check(exchange: Exchange) -> None:
-        assert [a.json()["path"] for a in exchange.answers] == list(paths)
+        assert [seen(a)["path"] for a in exchange.answers] == list(paths)
     return check
 
 
@@ -218,7 +166,7 @@ def served_by_default(exchange: Exchange) -> None:
 
 
 def echo_served(exchange: Exchange) -> None:
-    assert exchange.answers[-1].json()["tenant"] == "echo"
+    assert seen(exchange.answers[-1])["tenant"] == "echo"
 
 
 def not_a_tenant(exchange: Exchange) -> None:
@@ -253,23 +201,23 @@ def hop_by_hop_dropped(exchange: Exchange) -> None:
     assert hop.body == b"hop" and hop.header("X-Kept") == "1" and hop.header("Content-Length") == "3"
     assert not hop.names() & {"keep-alive", "transfer-encoding", "upgrade"}
     assert hop.header("Connection") is None
-    assert after.json()["path"] == "/after"  # the program's Connection: close closed nothing
+    assert seen(after)["path"] == "/after"  # the program's Connection: close closed nothing
 
 
 def head_has_no_body(exchange: Exchange) -> None:
     head, after = exchange.answers
     assert int(head.header("Content-Length") or 0) > 0 and head.body == b""
-    assert after.json()["path"] == "/after"  # no body bytes came between
+    assert seen(after)["path"] == "/after"  # no body bytes came between
 
 
 def no_injection(exchange: Exchange) -> None:
-    assert "set-cookie" not in exchange.answers[0].names() and exchange.answers[1].json()["path"] == "/after"
+    assert "set-cookie" not in exchange.answers[0].names() and seen(exchange.answers[1])["path"] == "/after"
 
 
 def no_content(exchange: Exchange) -> None:
     empty, after = exchange.answers
     assert empty.header("Content-Length") is None and empty.body == b""
-    assert after.json()["path"] == "/after"  # no body bytes came between
+    assert seen(after)["path"] == "/after"  # no body bytes came between
 
 
 def allow_said(exchange: Exchange) -> None:
@@ -277,17 +225,16 @@ def allow_said(exchange: Exchange) -> None:
 
 
 def trailer_dropped(exchange: Exchange) -> None:
-    seen = exchange.answers[-1].json()
-    assert base64.b64decode(seen["body"]) == b"hello world"
-    assert not [h for h in seen["headers"] if h[0].lower() == "x-trailer"]
+    assert body_seen(exchange.answers[-1]) == b"hello world"
+    assert not [h for h in seen(exchange.answers[-1])["headers"] if h[0].lower() == "x-trailer"]
 
 
 def long_value(exchange: Exchange) -> None:
-    assert ["X-Long", "v" * 60_000] in exchange.answers[-1].json()["headers"]
+    assert ["X-Long", "v" * 60_000] in seen(exchange.answers[-1])["headers"]
 
 
 def many_headers(exchange: Exchange) -> None:
-    names = [h[0] for h in exchange.answers[-1].json()["headers"]]
+    names = [h[0] for h in seen(exchange.answers[-1])["headers"]]
     assert [f"X-H{i}" for i in range(200)] == [n for n in names if n.startswith("X-H")]
 
 
@@ -614,39 +561,14 @@ def render() -> str:
 
 
 def splice(document: str, section: str) -> str:
-    """`document` with the text from BEGIN to END replaced by `section`."""
-    start, end = document.find(BEGIN), document.find(END)
-    if start < 0 or end < start:
-        raise ValueError(f"no {BEGIN} ... {END} section")
-    return document[:start] + section + document[end + len(END):]
+    """`document` with its generated table replaced by `section`."""
+    return docs.splice(document, section, BEGIN, END)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.integration.test_http_cases",
-                                     description="The HTTP cases table of docs/http.md.")
-    action = parser.add_mutually_exclusive_group()
-    action.add_argument("--write", metavar="FILE", type=Path, help="replace FILE's generated table")
-    action.add_argument("--check", metavar="FILE", type=Path, help="exit 1 if FILE's generated table is stale")
-    args = parser.parse_args(argv)
-    section = render()
-    if args.write is None and args.check is None:
-        print(section)
-        return 0
-    path: Path = args.write or args.check
-    text = path.read_text(encoding="utf-8")
-    try:
-        updated = splice(text, section)
-    except ValueError as exc:
-        print(f"{path}: {exc}", file=sys.stderr)
-        return 2
-    if args.check is not None:
-        if updated != text:
-            print(f"{path}: the HTTP cases table is stale; run `{COMMAND}`", file=sys.stderr)
-            return 1
-        return 0
-    if updated != text:
-        path.write_text(updated, encoding="utf-8")
-    return 0
+    return docs.section_main(argv, prog="python -m tests.integration.test_http_cases",
+                             description="The HTTP cases table of docs/http.md.", section=render(),
+                             begin=BEGIN, end=END, command=COMMAND)
 
 
 if __name__ == "__main__":

@@ -17,11 +17,12 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
+
+from tests.http_answers import Answer, Reader
 
 REPO = Path(__file__).resolve().parents[2]
 LLHTTP = Path("/usr/share/llhttp")
@@ -118,61 +119,6 @@ def short_timeouts(echo_binary: Path, tmp_path: Path) -> Iterator[Front]:
                     "--idle-timeout-ms", "400")
     yield running
     stop(running)
-
-
-@dataclass
-class Answer:
-    status: int
-    headers: list[tuple[str, str]]
-    body: bytes = b""
-    raw_head: bytes = b""
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def header(self, name: str) -> str | None:
-        found = [v for n, v in self.headers if n.lower() == name.lower()]
-        assert len(found) <= 1, f"{name} appears {len(found)} times"
-        return found[0] if found else None
-
-    def json(self) -> dict[str, Any]:
-        return json.loads(self.body)  # type: ignore[no-any-return]
-
-
-class Reader:
-    """Reads answers one after the other from a socket."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.data = b""
-
-    def _fill(self) -> bool:
-        chunk = self.sock.recv(65536)
-        self.data += chunk
-        return bool(chunk)
-
-    def answer(self, head_only: bool = False) -> Answer:
-        while b"\r\n\r\n" not in self.data:
-            assert self._fill(), f"closed before a whole head: {self.data!r}"
-        head, self.data = self.data.split(b"\r\n\r\n", 1)
-        lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split()[1])
-        headers = [(n, v.strip()) for n, v in (line.split(":", 1) for line in lines[1:])]
-        answer = Answer(status, headers, raw_head=head)
-        length = answer.header("Content-Length")
-        if length is not None and not head_only:
-            while len(self.data) < int(length):
-                assert self._fill(), "closed before the whole body"
-            answer.body, self.data = self.data[:int(length)], self.data[int(length):]
-        return answer
-
-    def closed(self, within: float = 3.0) -> bool:
-        """True if the server closes the connection (EOF) with nothing more to say."""
-        self.sock.settimeout(within)
-        try:
-            return not self._fill() and not self.data
-        except ConnectionResetError:
-            return True
-        except TimeoutError:
-            return False
 
 
 def ask(front: Front, raw: bytes) -> tuple[Answer, Reader]:
