@@ -139,6 +139,17 @@ static bool scan_codings(const char *value, size_t len, bool *chunked_last, bool
     return true;
 }
 
+/* The length of an absolute-form target's "http://" or "https://"
+ * (case-insensitive), or 0. */
+static size_t absolute_scheme(const char *url, size_t len)
+{
+    if (len > 7 && strncasecmp(url, "http://", 7) == 0)
+        return 7;
+    if (len > 8 && strncasecmp(url, "https://", 8) == 0)
+        return 8;
+    return 0;
+}
+
 /* Host, Expect, Transfer-Encoding and the request target; 0 or the
  * status refusing it. */
 static int check_head(llhttp_t *parser, struct mf_front_ticket *t)
@@ -171,25 +182,46 @@ static int check_head(llhttp_t *parser, struct mf_front_ticket *t)
         return 501; /* RFC 9112 6.1: gzip, chunked would reach the program still gzip-coded */
     const char *url = t->buf + t->url_off;
     bool asterisk = t->url_len == 1 && url[0] == '*' && parser->method == HTTP_OPTIONS;
-    if (t->url_len == 0 || (url[0] != '/' && !asterisk))
-        return 400; /* origin-form only: no absolute-form proxy requests */
+    size_t scheme = absolute_scheme(url, t->url_len);
+    if (t->url_len == 0 || (url[0] != '/' && !asterisk && scheme == 0))
+        return 400; /* origin-form, absolute-form or OPTIONS * only */
+    char normal[MF_FRONT_MAX_URL];
+    size_t normal_len = 0;
     if (host == NULL) {
         if (parser->http_major == 1 && parser->http_minor >= 1)
             return 400; /* RFC 9112 3.2: an HTTP/1.1 request must name its host */
-        t->host_off = (uint32_t)t->buf_len;
-        t->host_len = 0;
-    } else {
-        char normal[MF_FRONT_MAX_URL];
-        size_t normal_len;
-        if (host->value_len > sizeof(normal)
-            || !mf_host_normalize(t->buf + host->value_off, host->value_len, normal, &normal_len))
-            return 400;
-        uint32_t off = (uint32_t)t->buf_len;
-        if (append(parser, normal, normal_len) != 0)
-            return conn_of(parser)->error_status;
-        t->host_off = off;
-        t->host_len = (uint32_t)normal_len;
+    } else if (host->value_len > sizeof(normal)
+               || !mf_host_normalize(t->buf + host->value_off, host->value_len, normal, &normal_len)) {
+        return 400; /* invalid even if the target names the host (RFC 9112 3.2) */
     }
+    if (scheme != 0) {
+        /* RFC 9112 3.2.2: the target's authority is the host, not Host. */
+        const char *authority = url + scheme;
+        size_t rest = t->url_len - scheme, len = 0;
+        while (len < rest && authority[len] != '/' && authority[len] != '?' && authority[len] != '#')
+            len++;
+        if (len == 0 || memchr(authority, '@', len) != NULL /* no userinfo: RFC 9110 4.2.4 */
+            || !mf_host_normalize(authority, len, normal, &normal_len))
+            return 400;
+        t->url_off += (uint32_t)(scheme + len);
+        t->url_len -= (uint32_t)(scheme + len);
+        if (t->url_len == 0 || t->buf[t->url_off] != '/') {
+            /* http://host or http://host?q: the path is "/" (RFC 9110 4.2.3);
+             * copied first, as append may move buf. */
+            char path[MF_FRONT_MAX_URL + 1] = "/";
+            memcpy(path + 1, t->buf + t->url_off, t->url_len);
+            uint32_t off = (uint32_t)t->buf_len;
+            if (append(parser, path, t->url_len + 1) != 0)
+                return conn_of(parser)->error_status;
+            t->url_off = off;
+            t->url_len += 1;
+        }
+    }
+    uint32_t off = (uint32_t)t->buf_len;
+    if (append(parser, normal, normal_len) != 0)
+        return conn_of(parser)->error_status;
+    t->host_off = off;
+    t->host_len = (uint32_t)normal_len;
     t->want_continue = expect != NULL;
     return 0;
 }

@@ -288,6 +288,20 @@ def test_trailing_whitespace_is_no_part_of_a_value(front: Front) -> None:
     assert ["X-T", "v"] in reader.answer().json()["headers"]
 
 
+@pytest.mark.parametrize("target, host, path, query", [
+    ("http://Target.Example:8080/p%20q?a=1", "target.example", "/p%20q", "a=1"),
+    ("HTTPS://target.example", "target.example", "/", ""),
+    ("http://target.example?a=1", "target.example", "/", "a=1"),
+    ("http://[::1]/x", "[::1]", "/x", ""),
+])
+def test_an_absolute_form_target_names_the_host(front: Front, target: str, host: str, path: str, query: str) -> None:
+    # RFC 9112 3.2.2: accepted, and its authority wins over the Host field.
+    answer, _ = ask(front, f"GET {target} HTTP/1.1\r\nHost: other.example\r\n\r\n".encode())
+    assert answer.status == 200
+    seen = answer.json()
+    assert (seen["host"], seen["path"], seen["query"]) == (host, path, query)
+
+
 def test_options_asterisk(front: Front) -> None:
     answer, _ = ask(front, get("*", method="OPTIONS"))
     assert answer.status == 200 and answer.json()["path"] == "*"
@@ -334,7 +348,12 @@ MALFORMED = {
     "host with a bad port": b"GET / HTTP/1.1\r\nHost: example.com:80x\r\n\r\n",
     "host with a slash": b"GET / HTTP/1.1\r\nHost: example.com/a\r\n\r\n",
     "empty host": b"GET / HTTP/1.1\r\nHost: \r\n\r\n",
-    "absolute-form target": b"GET http://x/ HTTP/1.1\r\nHost: x\r\n\r\n",
+    "absolute-form target of another scheme": b"GET ftp://x/ HTTP/1.1\r\nHost: x\r\n\r\n",
+    "absolute-form target with userinfo": b"GET http://u@x/ HTTP/1.1\r\nHost: x\r\n\r\n",
+    "absolute-form target with a bad host": b"GET http://x..y/ HTTP/1.1\r\nHost: x\r\n\r\n",
+    "absolute-form target and a bad Host": b"GET http://x/ HTTP/1.1\r\nHost: a b\r\n\r\n",
+    "absolute-form target without Host": b"GET http://x/ HTTP/1.1\r\n\r\n",
+    "relative target": b"GET a/b HTTP/1.1\r\nHost: x\r\n\r\n",
     "bad version": b"GET / HTTP/7.1\r\nHost: x\r\n\r\n",
     "bad method": b"G@T / HTTP/1.1\r\nHost: x\r\n\r\n",
     "no request line": b"\r\nHost: x\r\n\r\n",
