@@ -512,8 +512,7 @@ def daemons(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Daem
         assert d.stop() == 0, d.log()[-3000:]
 
 
-def run(d: Daemon, case: Case) -> Exchange:
-    sock = d.connect(timeout=10)
+def run(sock: socket.socket, case: Case) -> Exchange:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         for piece in case.send:
@@ -531,8 +530,8 @@ def run(d: Daemon, case: Case) -> Exchange:
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_http_case(daemons: dict[str, Daemon], case: Case) -> None:
-    exchange = run(daemons[case.daemon], case)
-    try:
+    with daemons[case.daemon].connect(timeout=10) as sock:
+        exchange = run(sock, case)
         assert [a.status for a in exchange.answers] == list(case.statuses), case.what
         ids = [a.header("X-Request-Id") for a in exchange.answers if a.status >= 200]
         assert None not in ids, "every answer carries X-Request-Id"
@@ -543,10 +542,8 @@ def test_http_case(daemons: dict[str, Daemon], case: Case) -> None:
             if exchange.answers:
                 assert exchange.answers[-1].header("Connection") == "close"
             assert exchange.reader.closed(), "the connection stays open"
-        elif exchange.answers and case.check is not idle_close:
+        elif exchange.answers:
             assert exchange.answers[-1].header("Connection") != "close"
-    finally:
-        exchange.reader.sock.close()
 
 
 def test_the_cases_have_unique_names() -> None:
