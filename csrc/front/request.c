@@ -222,7 +222,8 @@ static int check_head(llhttp_t *parser, struct mf_front_ticket *t)
         return conn_of(parser)->error_status;
     t->host_off = off;
     t->host_len = (uint32_t)normal_len;
-    t->want_continue = expect != NULL;
+    /* RFC 9110 10.1.1: an HTTP/1.0 client's 100-continue is ignored. */
+    t->want_continue = expect != NULL && parser->http_major == 1 && parser->http_minor >= 1;
     return 0;
 }
 

@@ -222,6 +222,15 @@ def test_expect_100_continue(front: Front) -> None:
     assert answer.status == 200 and answer.json()["body"] == "12345"
 
 
+def test_expect_100_continue_of_an_http10_client_is_ignored(front: Front) -> None:
+    sock = front.connect()
+    sock.sendall(b"POST /e HTTP/1.0\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+    time.sleep(0.2)
+    sock.sendall(b"12345")
+    answer = Reader(sock).answer()
+    assert answer.status == 200 and answer.json()["body"] == "12345"
+
+
 @pytest.mark.parametrize("headers, status", [
     (("Content-Length: 5", "Expect: something-else"), 417),
     (("Content-Length: 100001", "Expect: 100-continue"), 413),
