@@ -110,13 +110,63 @@ static bool value_is(const struct mf_front_ticket *t, const struct mf_header_pos
     return pos->value_len == strlen(value) && strncasecmp(t->buf + pos->value_off, value, pos->value_len) == 0;
 }
 
-/* Host, Expect and the request target; 0 or the status refusing it. */
+/* One Transfer-Encoding field's codings, in order, after those of the
+ * fields before it: *chunked_last says whether chunked is the last so far,
+ * *other whether a coding we do not decode came. False if chunked is not
+ * last (RFC 9112 6.3: no way to find the body's end). */
+static bool scan_codings(const char *value, size_t len, bool *chunked_last, bool *other)
+{
+    size_t i = 0;
+    while (i < len) {
+        size_t end = i;
+        while (end < len && value[end] != ',')
+            end++;
+        size_t a = i, b = end;
+        while (a < b && (value[a] == ' ' || value[a] == '\t'))
+            a++;
+        while (b > a && (value[b - 1] == ' ' || value[b - 1] == '\t'))
+            b--;
+        if (b > a) { /* empty list elements are allowed (RFC 9110 5.6.1) */
+            if (*chunked_last)
+                return false; /* a coding after chunked */
+            if (b - a == 7 && strncasecmp(value + a, "chunked", 7) == 0)
+                *chunked_last = true;
+            else
+                *other = true;
+        }
+        i = end + 1;
+    }
+    return true;
+}
+
+/* The length of an absolute-form target's "http://" or "https://"
+ * (case-insensitive), or 0. */
+static size_t absolute_scheme(const char *url, size_t len)
+{
+    if (len > 7 && strncasecmp(url, "http://", 7) == 0)
+        return 7;
+    if (len > 8 && strncasecmp(url, "https://", 8) == 0)
+        return 8;
+    return 0;
+}
+
+/* Host, Expect, Transfer-Encoding and the request target; 0 or the
+ * status refusing it. */
 static int check_head(llhttp_t *parser, struct mf_front_ticket *t)
 {
     const struct mf_header_pos *host = NULL, *expect = NULL;
+    bool coded = false, chunked_last = false, other_coding = false;
     for (size_t i = 0; i < t->header_count; i++) {
         const struct mf_header_pos *pos = &t->pos[i];
-        if (name_is(t, pos, "host")) {
+        if (name_is(t, pos, "transfer-encoding")) {
+            /* RFC 9112 6.1: an HTTP/1.0 message with Transfer-Encoding
+             * has faulty framing; llhttp would de-chunk it. */
+            if (parser->http_major == 1 && parser->http_minor == 0)
+                return 400;
+            coded = true;
+            if (!scan_codings(t->buf + pos->value_off, pos->value_len, &chunked_last, &other_coding))
+                return 400;
+        } else if (name_is(t, pos, "host")) {
             if (host != NULL)
                 return 400; /* two hosts: which tenant? */
             host = pos;
@@ -126,28 +176,54 @@ static int check_head(llhttp_t *parser, struct mf_front_ticket *t)
             expect = pos;
         }
     }
+    if (coded && !chunked_last)
+        return 400; /* RFC 9112 6.3: the body's length is unknown */
+    if (other_coding)
+        return 501; /* RFC 9112 6.1: gzip, chunked would reach the program still gzip-coded */
     const char *url = t->buf + t->url_off;
     bool asterisk = t->url_len == 1 && url[0] == '*' && parser->method == HTTP_OPTIONS;
-    if (t->url_len == 0 || (url[0] != '/' && !asterisk))
-        return 400; /* origin-form only: no absolute-form proxy requests */
+    size_t scheme = absolute_scheme(url, t->url_len);
+    if (t->url_len == 0 || (url[0] != '/' && !asterisk && scheme == 0))
+        return 400; /* origin-form, absolute-form or OPTIONS * only */
+    char normal[MF_FRONT_MAX_URL];
+    size_t normal_len = 0;
     if (host == NULL) {
         if (parser->http_major == 1 && parser->http_minor >= 1)
             return 400; /* RFC 9112 3.2: an HTTP/1.1 request must name its host */
-        t->host_off = (uint32_t)t->buf_len;
-        t->host_len = 0;
-    } else {
-        char normal[MF_FRONT_MAX_URL];
-        size_t normal_len;
-        if (host->value_len > sizeof(normal)
-            || !mf_host_normalize(t->buf + host->value_off, host->value_len, normal, &normal_len))
-            return 400;
-        uint32_t off = (uint32_t)t->buf_len;
-        if (append(parser, normal, normal_len) != 0)
-            return conn_of(parser)->error_status;
-        t->host_off = off;
-        t->host_len = (uint32_t)normal_len;
+    } else if (host->value_len > sizeof(normal)
+               || !mf_host_normalize(t->buf + host->value_off, host->value_len, normal, &normal_len)) {
+        return 400; /* invalid even if the target names the host (RFC 9112 3.2) */
     }
-    t->want_continue = expect != NULL;
+    if (scheme != 0) {
+        /* RFC 9112 3.2.2: the target's authority is the host, not Host. */
+        const char *authority = url + scheme;
+        size_t rest = t->url_len - scheme, len = 0;
+        while (len < rest && authority[len] != '/' && authority[len] != '?' && authority[len] != '#')
+            len++;
+        if (len == 0 || memchr(authority, '@', len) != NULL /* no userinfo: RFC 9110 4.2.4 */
+            || !mf_host_normalize(authority, len, normal, &normal_len))
+            return 400;
+        t->url_off += (uint32_t)(scheme + len);
+        t->url_len -= (uint32_t)(scheme + len);
+        if (t->url_len == 0 || t->buf[t->url_off] != '/') {
+            /* http://host or http://host?q: the path is "/" (RFC 9110 4.2.3);
+             * copied first, as append may move buf. */
+            char path[MF_FRONT_MAX_URL + 1] = "/";
+            memcpy(path + 1, t->buf + t->url_off, t->url_len);
+            uint32_t off = (uint32_t)t->buf_len;
+            if (append(parser, path, t->url_len + 1) != 0)
+                return conn_of(parser)->error_status;
+            t->url_off = off;
+            t->url_len += 1;
+        }
+    }
+    uint32_t off = (uint32_t)t->buf_len;
+    if (append(parser, normal, normal_len) != 0)
+        return conn_of(parser)->error_status;
+    t->host_off = off;
+    t->host_len = (uint32_t)normal_len;
+    /* RFC 9110 10.1.1: an HTTP/1.0 client's 100-continue is ignored. */
+    t->want_continue = expect != NULL && parser->http_major == 1 && parser->http_minor >= 1;
     return 0;
 }
 
@@ -174,11 +250,24 @@ static void route(const struct mf_front_loop *loop, struct mf_front_ticket *t)
         t->max_body = tenant->limits.max_body;
 }
 
+/* llhttp skips a value's leading whitespace but keeps its trailing:
+ * neither is part of the value (RFC 9112 5), for Host nor the program. */
+static void trim_values(struct mf_front_ticket *t)
+{
+    for (size_t i = 0; i < t->header_count; i++) {
+        struct mf_header_pos *pos = &t->pos[i];
+        while (pos->value_len > 0 && (t->buf[pos->value_off + pos->value_len - 1] == ' '
+                                      || t->buf[pos->value_off + pos->value_len - 1] == '\t'))
+            pos->value_len--;
+    }
+}
+
 static int on_headers_complete(llhttp_t *parser)
 {
     struct mf_conn *conn = conn_of(parser);
     struct mf_front_ticket *t = conn->parsing;
     t->head_done = true;
+    trim_values(t);
     if (parser->method == HTTP_CONNECT)
         return refuse(parser, 405, "CONNECT");
     int status = check_head(parser, t);

@@ -1,7 +1,9 @@
 /*
  * Reading a request: llhttp (strict mode) callbacks that pack the head into
  * its ticket, the limits (414, 431, 413), and the checks llhttp leaves to
- * us: control bytes in values, Host, the request target, Expect, CONNECT.
+ * us: control bytes in values, Host, the request target (origin-form,
+ * absolute-form, whose authority is the host, or OPTIONS *), Expect,
+ * Transfer-Encoding, CONNECT.
  */
 #ifndef MAYFLYD_FRONT_REQUEST_H
 #define MAYFLYD_FRONT_REQUEST_H

@@ -17,11 +17,12 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
+
+from tests.http_answers import Answer, Reader
 
 REPO = Path(__file__).resolve().parents[2]
 LLHTTP = Path("/usr/share/llhttp")
@@ -120,61 +121,6 @@ def short_timeouts(echo_binary: Path, tmp_path: Path) -> Iterator[Front]:
     stop(running)
 
 
-@dataclass
-class Answer:
-    status: int
-    headers: list[tuple[str, str]]
-    body: bytes = b""
-    raw_head: bytes = b""
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def header(self, name: str) -> str | None:
-        found = [v for n, v in self.headers if n.lower() == name.lower()]
-        assert len(found) <= 1, f"{name} appears {len(found)} times"
-        return found[0] if found else None
-
-    def json(self) -> dict[str, Any]:
-        return json.loads(self.body)  # type: ignore[no-any-return]
-
-
-class Reader:
-    """Reads answers one after the other from a socket."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.data = b""
-
-    def _fill(self) -> bool:
-        chunk = self.sock.recv(65536)
-        self.data += chunk
-        return bool(chunk)
-
-    def answer(self, head_only: bool = False) -> Answer:
-        while b"\r\n\r\n" not in self.data:
-            assert self._fill(), f"closed before a whole head: {self.data!r}"
-        head, self.data = self.data.split(b"\r\n\r\n", 1)
-        lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split()[1])
-        headers = [(n, v.strip()) for n, v in (line.split(":", 1) for line in lines[1:])]
-        answer = Answer(status, headers, raw_head=head)
-        length = answer.header("Content-Length")
-        if length is not None and not head_only:
-            while len(self.data) < int(length):
-                assert self._fill(), "closed before the whole body"
-            answer.body, self.data = self.data[:int(length)], self.data[int(length):]
-        return answer
-
-    def closed(self, within: float = 3.0) -> bool:
-        """True if the server closes the connection (EOF) with nothing more to say."""
-        self.sock.settimeout(within)
-        try:
-            return not self._fill() and not self.data
-        except ConnectionResetError:
-            return True
-        except TimeoutError:
-            return False
-
-
 def ask(front: Front, raw: bytes) -> tuple[Answer, Reader]:
     sock = front.connect()
     sock.sendall(raw)
@@ -258,8 +204,9 @@ def test_many_clients_at_once(front: Front) -> None:
     assert [Reader(sock).answer().json()["path"] for sock in socks] == [f"/delay/50/{i}" for i in range(100)]
 
 
-def test_chunked_request_body(front: Front) -> None:
-    raw = get("/c", "Transfer-Encoding: chunked")[:-2] + b"\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\n\r\n"
+@pytest.mark.parametrize("coding", ["chunked", "Chunked", " chunked ", ", chunked"])
+def test_chunked_request_body(front: Front, coding: str) -> None:
+    raw = get("/c", f"Transfer-Encoding:{coding}")[:-2] + b"\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\n\r\n"
     answer, _ = ask(front, raw)
     assert answer.status == 200
     assert answer.json()["body"] == "hello world"
@@ -272,6 +219,15 @@ def test_expect_100_continue(front: Front) -> None:
     assert reader.answer().status == 100
     sock.sendall(b"12345")
     answer = reader.answer()
+    assert answer.status == 200 and answer.json()["body"] == "12345"
+
+
+def test_expect_100_continue_of_an_http10_client_is_ignored(front: Front) -> None:
+    sock = front.connect()
+    sock.sendall(b"POST /e HTTP/1.0\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+    time.sleep(0.2)
+    sock.sendall(b"12345")
+    answer = Reader(sock).answer()
     assert answer.status == 200 and answer.json()["body"] == "12345"
 
 
@@ -325,10 +281,34 @@ def test_connection_close_closes_after_the_answer(front: Front) -> None:
 @pytest.mark.parametrize("host, normal", [
     ("Example.COM", "example.com"), ("example.com:8080", "example.com"), ("example.com.", "example.com"),
     ("127.0.0.1:80", "127.0.0.1"), ("[::1]:8080", "[::1]"), ("a_b-c.x", "a_b-c.x"),
+    ("example.com \t ", "example.com"),
 ])
 def test_host_is_lowercase_ascii_without_port(front: Front, host: str, normal: str) -> None:
     answer, _ = ask(front, f"GET / HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
     assert answer.status == 200 and answer.json()["host"] == normal
+
+
+def test_trailing_whitespace_is_no_part_of_a_value(front: Front) -> None:
+    sock = front.connect()
+    sock.sendall(get("/e", "X-T: v \t", "Content-Length: 2", "Expect: 100-continue  "))
+    reader = Reader(sock)
+    assert reader.answer().status == 100
+    sock.sendall(b"hi")
+    assert ["X-T", "v"] in reader.answer().json()["headers"]
+
+
+@pytest.mark.parametrize("target, host, path, query", [
+    ("http://Target.Example:8080/p%20q?a=1", "target.example", "/p%20q", "a=1"),
+    ("HTTPS://target.example", "target.example", "/", ""),
+    ("http://target.example?a=1", "target.example", "/", "a=1"),
+    ("http://[::1]/x", "[::1]", "/x", ""),
+])
+def test_an_absolute_form_target_names_the_host(front: Front, target: str, host: str, path: str, query: str) -> None:
+    # RFC 9112 3.2.2: accepted, and its authority wins over the Host field.
+    answer, _ = ask(front, f"GET {target} HTTP/1.1\r\nHost: other.example\r\n\r\n".encode())
+    assert answer.status == 200
+    seen = answer.json()
+    assert (seen["host"], seen["path"], seen["query"]) == (host, path, query)
 
 
 def test_options_asterisk(front: Front) -> None:
@@ -357,6 +337,11 @@ MALFORMED = {
     "differing content-lengths": _raw("POST / HTTP/1.1\nHost: x\nContent-Length: 5\nContent-Length: 6\n\n",
                                       b"123456"),
     "invalid chunk size": _raw("POST / HTTP/1.1\nHost: x\nTransfer-Encoding: chunked\n\n", b"zz\r\nhi\r\n0\r\n\r\n"),
+    "transfer-encoding on HTTP/1.0": _raw("POST / HTTP/1.0\nTransfer-Encoding: chunked\n\n", b"2\r\nhi\r\n0\r\n\r\n"),
+    "chunked not the last coding": _raw("POST / HTTP/1.1\nHost: x\nTransfer-Encoding: chunked, gzip\n\n",
+                                        b"2\r\nhi\r\n0\r\n\r\n"),
+    "chunked in two fields": _raw("POST / HTTP/1.1\nHost: x\nTransfer-Encoding: chunked\n"
+                                  "Transfer-Encoding: chunked\n\n", b"2\r\nhi\r\n0\r\n\r\n"),
     "bare CR": b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\rb\r\n\r\n",
     "bare CR ending a line": b"GET / HTTP/1.1\r\nHost: x\rX-A: b\r\n\r\n",
     "NUL in a value": b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n",
@@ -372,7 +357,12 @@ MALFORMED = {
     "host with a bad port": b"GET / HTTP/1.1\r\nHost: example.com:80x\r\n\r\n",
     "host with a slash": b"GET / HTTP/1.1\r\nHost: example.com/a\r\n\r\n",
     "empty host": b"GET / HTTP/1.1\r\nHost: \r\n\r\n",
-    "absolute-form target": b"GET http://x/ HTTP/1.1\r\nHost: x\r\n\r\n",
+    "absolute-form target of another scheme": b"GET ftp://x/ HTTP/1.1\r\nHost: x\r\n\r\n",
+    "absolute-form target with userinfo": b"GET http://u@x/ HTTP/1.1\r\nHost: x\r\n\r\n",
+    "absolute-form target with a bad host": b"GET http://x..y/ HTTP/1.1\r\nHost: x\r\n\r\n",
+    "absolute-form target and a bad Host": b"GET http://x/ HTTP/1.1\r\nHost: a b\r\n\r\n",
+    "absolute-form target without Host": b"GET http://x/ HTTP/1.1\r\n\r\n",
+    "relative target": b"GET a/b HTTP/1.1\r\nHost: x\r\n\r\n",
     "bad version": b"GET / HTTP/7.1\r\nHost: x\r\n\r\n",
     "bad method": b"G@T / HTTP/1.1\r\nHost: x\r\n\r\n",
     "no request line": b"\r\nHost: x\r\n\r\n",
@@ -402,6 +392,8 @@ def test_a_refusal_waits_for_the_earlier_answers(front: Front) -> None:
     (get("/" + "a" * 9000), 414),
     (get("/", "X-Big: " + "b" * (65 * 1024)), 431),
     (get("/", *[f"X-{i}: v" for i in range(300)]), 431),
+    (get("/", "Transfer-Encoding: gzip, chunked")[:-2] + b"\r\n2\r\nhi\r\n0\r\n\r\n", 501),
+    (get("/", "Transfer-Encoding: gzip", "Transfer-Encoding: chunked")[:-2] + b"\r\n2\r\nhi\r\n0\r\n\r\n", 501),
     (b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", 405),
     (get("/", "Content-Length: 100001"), 413),
     (get("/", "Transfer-Encoding: chunked")[:-2] + b"\r\n" + b"ffff\r\n" + b"x" * 65535 + b"\r\n" +

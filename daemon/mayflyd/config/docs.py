@@ -20,7 +20,7 @@ from typing import Final
 from .records import LIMIT_KEYS, TENANT_KEYS, TOP_KEYS, Key, Kind
 from .sizes import KiB, format_size
 
-__all__ = ["BEGIN", "COMMAND", "END", "main", "render", "splice"]
+__all__ = ["BEGIN", "COMMAND", "END", "main", "render", "section_main", "splice"]
 
 BEGIN: Final = "<!-- BEGIN generated: keys -->"
 END: Final = "<!-- END generated: keys -->"
@@ -80,12 +80,12 @@ def render() -> str:
     return "\n".join(lines)
 
 
-def splice(document: str, section: str) -> str:
-    """`document` with the text from BEGIN to END replaced by `section`."""
-    start, end = document.find(BEGIN), document.find(END)
-    if start < 0 or end < start:
-        raise ValueError(f"no {BEGIN} ... {END} section")
-    return document[:start] + section + document[end + len(END) :]
+def splice(document: str, section: str, begin: str = BEGIN, end: str = END) -> str:
+    """`document` with the text from `begin` to `end` replaced by `section`."""
+    first, last = document.find(begin), document.find(end)
+    if first < 0 or last < first:
+        raise ValueError(f"no {begin} ... {end} section")
+    return document[:first] + section + document[last + len(end) :]
 
 
 def _row(key: Key, prefix: str) -> str:
@@ -147,27 +147,35 @@ def _size(size: int) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m mayflyd.config.docs", description="The key tables of docs/config.md, from the records."
+    return section_main(
+        argv, prog="python -m mayflyd.config.docs", description="The key tables of docs/config.md, from the records.",
+        section=render(), begin=BEGIN, end=END, command=COMMAND,
     )
+
+
+def section_main(
+    argv: Sequence[str] | None, *, prog: str, description: str, section: str, begin: str, end: str, command: str
+) -> int:
+    """The command line of a generated section (here and the tests' HTTP cases):
+    print it, `--write FILE` to replace FILE's, `--check FILE` to exit 1 if stale."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     action = parser.add_mutually_exclusive_group()
     action.add_argument("--write", metavar="FILE", type=Path, help="replace FILE's generated section")
     action.add_argument("--check", metavar="FILE", type=Path, help="exit 1 if FILE's generated section is stale")
     args = parser.parse_args(argv)
-    section = render()
     if args.write is None and args.check is None:
         print(section)
         return 0
     path: Path = args.write or args.check
     text = path.read_text(encoding="utf-8")
     try:
-        updated = splice(text, section)
+        updated = splice(text, section, begin, end)
     except ValueError as exc:
         print(f"{path}: {exc}", file=sys.stderr)
         return 2
     if args.check is not None:
         if updated != text:
-            print(f"{path}: the generated key tables are stale; run `{COMMAND}`", file=sys.stderr)
+            print(f"{path}: the generated section is stale; run `{command}`", file=sys.stderr)
             return 1
         return 0
     if updated != text:
