@@ -178,12 +178,19 @@ static void conn_pump(struct mf_conn *conn)
             }
             return;
         }
+        /* Edge triggered: after a short read the socket was empty, and
+         * whatever comes next raises a new event; a recv now would only
+         * say EAGAIN. */
+        if (!conn->readable)
+            return;
         if (conn->in_len > 0)
             conn->byte_before = conn->in[conn->in_len - 1];
         ssize_t n = recv(conn->watch.fd, conn->in, sizeof(conn->in), 0);
         if (n > 0) {
             conn->in_off = 0;
             conn->in_len = (size_t)n;
+            if ((size_t)n < sizeof(conn->in))
+                conn->readable = false;
             continue;
         }
         if (n == 0) {
@@ -196,7 +203,9 @@ static void conn_pump(struct mf_conn *conn)
         }
         if (errno == EINTR)
             continue;
-        if (errno != EAGAIN)
+        if (errno == EAGAIN)
+            conn->readable = false;
+        else
             conn->broken = true;
         return;
     }
@@ -306,6 +315,8 @@ static void conn_ready(struct mf_front_watch *watch, uint32_t events)
     }
     if (events & EPOLLERR)
         conn->broken = true;
+    if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP))
+        conn->readable = true;
     mf_conn_run(conn);
 }
 
@@ -341,6 +352,7 @@ void mf_conn_accept(struct mf_front_loop *loop, int fd)
     conn->loop = loop;
     peer_name(conn);
     conn->fresh = true;
+    conn->readable = true; /* bytes may have come with the connection */
     llhttp_init(&conn->parser, HTTP_REQUEST, &settings);
     conn->parser.data = conn;
     if (!mf_front_watch_add(loop, &conn->watch, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET)) {

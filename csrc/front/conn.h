@@ -80,6 +80,7 @@ struct mf_conn {
     bool lingering;           /* closed for writing; discarding input until EOF */
     bool in_pump;             /* a completion during parsing must not re-enter */
     bool peer_eof;            /* the client closed its side */
+    bool readable;            /* the socket may hold bytes: no short read or EAGAIN since its last event */
     bool broken;              /* a write failed: the client is gone */
     bool dead;                /* closed; freed by the loop after this wake-up */
     struct mf_conn *next_dead;
