@@ -8,7 +8,8 @@ process's affinity), but the "host" on the other end of the data channels
 is one plain process that runs the program's handler in place: no fork, no
 rewind, no walls. Whatever a sandbox costs comes on top of this, so its
 throughput is the most the daemon's present shape can reach on the same
-cores.
+cores. HOP_FLOOR_FILTER=1 confines the front end with the daemon's seccomp
+filter, to measure what the filter costs.
 """
 from __future__ import annotations
 
@@ -81,10 +82,17 @@ def main() -> None:
     threads = len(os.sched_getaffinity(0))
     listener = socket.create_server(("127.0.0.1", port), backlog=4096)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    filter_args: list[str] = []
+    filter_fds: tuple[int, ...] = ()
+    if os.environ.get("HOP_FLOOR_FILTER"):
+        from mayflyd.supervisor.seccomp_policy import build_front_filter
+        bpf = os.memfd_create("filter")
+        os.write(bpf, build_front_filter())
+        filter_args, filter_fds = ["--seccomp-fd", str(bpf)], (bpf,)
     front = subprocess.Popen(
         [str(front_executable()), "--listen-fd", str(listener.fileno()), "--control-fd", str(theirs.fileno()),
-         "--threads", str(threads), "--allow-root"],
-        pass_fds=(listener.fileno(), theirs.fileno()), stdout=subprocess.DEVNULL)
+         "--threads", str(threads), "--allow-root", *filter_args],
+        pass_fds=(listener.fileno(), theirs.fileno(), *filter_fds), stdout=subprocess.DEVNULL)
     theirs.close()
     pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) for _ in range(threads)]
     link = FrontLink(ours)
@@ -93,7 +101,7 @@ def main() -> None:
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         _plain_host([host_end for _, host_end in pairs], program_path)
     finally:
-        front.terminate()
+        front.kill()  # its requests in flight wait for this host, which is gone: no drain
         front.wait()
 
 
