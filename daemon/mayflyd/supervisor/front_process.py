@@ -83,6 +83,7 @@ class FrontProcess:
         self._keeper: asyncio.Task[None] | None = None
         self._drain_watch: asyncio.Task[None] | None = None
         self._host_ids: dict[SandboxHost, int] = {}
+        self._attached: set[SandboxHost] = set()  # to the front end running now
         self._next_host_id = 0
         self._drains: dict[int, _Drain] = {}
         self._deaths: list[float] = []
@@ -200,6 +201,7 @@ class FrontProcess:
         finally:
             theirs.close()
         self._link = FrontLink(ours)
+        self._attached.clear()  # the new front end has no host yet
         self._drain_watch = asyncio.create_task(self._watch_drains(self._link))
         log.info("front end %d started: %d threads on %s:%d", self._proc.pid, self.threads,
                  config.listen_host, config.listen_port)
@@ -266,8 +268,9 @@ class FrontProcess:
     def host_ready(self, tenant: str, host: SandboxHost) -> None:
         """A host serves the tenant: one data channel for each front-end thread."""
         link = self._link
-        if link is None:
-            return
+        if link is None or host in self._attached:
+            return  # a new front end is told by _tell_everything; a host is attached once
+        self._attached.add(host)
         host_id = self._host_ids.get(host)
         if host_id is None:
             self._next_host_id += 1
@@ -302,6 +305,7 @@ class FrontProcess:
     async def host_retired(self, host: SandboxHost, grace: float) -> None:
         """No new request goes to `host`; returns once those in flight have ended, or after `grace`."""
         host_id = self._host_ids.pop(host, None)
+        self._attached.discard(host)
         link = self._link
         if host_id is None or link is None:
             return
@@ -323,6 +327,7 @@ class FrontProcess:
     def host_gone(self, host: SandboxHost) -> None:
         """A host that died: the front end saw its channels end; forget its id."""
         self._host_ids.pop(host, None)
+        self._attached.discard(host)
 
     async def _watch_drains(self, link: FrontLink) -> None:
         """The loops' HOST_DRAINED: a retired host is drained once every loop said so."""
