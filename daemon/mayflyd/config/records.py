@@ -88,7 +88,8 @@ LIMIT_KEYS: Final = (
     Key(name="max_response", kind="size", default=16 * MiB, low=1, high=1 * GiB,
         doc="Largest response body a program may return."),
     Key(name="concurrency", kind="int", default=32, low=1, high=100_000,
-        doc="Requests of this tenant handled at once."),
+        doc="Requests of this tenant handled at once (the fork engine runs at most 4096 at once,"
+            " the reset engine at most its `pool`); more wait in the `queue`."),
     Key(name="queue", kind="int", default=256, low=0, high=100_000,
         doc="Requests that wait, first come first served, while `concurrency` are running; beyond,"
             " a request is refused with 503 and `Retry-After: 1`. A waiting request's time counts"
