@@ -36,7 +36,7 @@ from mayflyd.protocol import (
 from mayflyd.supervisor.logs import OutputBudget
 from mayflyd.supervisor.zygote_client import ZygoteClient, ZygoteError, python_argv
 
-__all__ = ["SandboxHost", "HostStartError", "describe_wait_status"]
+__all__ = ["SandboxHost", "HostStartError"]
 
 log = logging.getLogger("mayflyd.host")
 
@@ -93,19 +93,6 @@ class ExecChild:
 
     def close(self) -> None:
         pass  # asyncio closes its pipes when the process has exited
-
-
-def describe_wait_status(status: int) -> str:
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        try:
-            name = signal.Signals(sig).name
-        except ValueError:
-            name = str(sig)
-        return f"killed by signal {sig} ({name})"
-    if os.WIFEXITED(status):
-        return f"exited with status {os.WEXITSTATUS(status)}"
-    return f"wait status {status:#x}"
 
 
 class SandboxHost:
@@ -274,15 +261,6 @@ class SandboxHost:
     @property
     def uptime(self) -> float:
         return time.monotonic() - self.started_at if self.started_at else 0.0
-
-    async def died(self, within: float) -> bool:
-        """Whether the host process ends within `within` seconds (or already has)."""
-        try:
-            async with asyncio.timeout(within):
-                await self.exited.wait()
-        except TimeoutError:
-            return False
-        return True
 
     # ---- the host's channels ---------------------------------------------
 
