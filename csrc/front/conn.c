@@ -388,7 +388,10 @@ void mf_conn_close_idle(struct mf_front_loop *loop)
         while (timer != NULL) {
             struct mf_timer *next = timer->next; /* closing disarms it */
             struct mf_conn *conn = (struct mf_conn *)((char *)timer - offsetof(struct mf_conn, timer));
-            if (!conn->dead && conn->parsing == NULL && conn->first == NULL && unsent(conn) == 0)
+            /* Idle, or in the middle of its first head: nothing was handed
+             * to a program yet, and a head may take header_timeout_ms. */
+            bool mid_head = conn->first != NULL && conn->first == conn->parsing && !conn->parsing->head_done;
+            if (!conn->dead && (conn->first == NULL || mid_head) && unsent(conn) == 0)
                 conn_close(conn);
             timer = next;
         }

@@ -103,7 +103,7 @@ void mf_conn_timed_out(struct mf_timer *timer);
  * the same batch may still name one). */
 void mf_conn_free_dead(struct mf_front_loop *loop);
 /* Draining: closes every connection with nothing in progress (no request
- * being read or answered, nothing left to write). */
+ * handed to the backend, no body being read, nothing left to write). */
 void mf_conn_close_idle(struct mf_front_loop *loop);
 /* Gives the connections that used up their read budget their next turn. */
 void mf_conn_run_again(struct mf_front_loop *loop);

@@ -542,9 +542,14 @@ def test_sigterm_finishes_the_requests_in_flight_and_closes_idle_connections(fro
     deadline = time.monotonic() + 5
     while not any(r.path == "/slow" for r in front.hosts[0].requests) and time.monotonic() < deadline:
         time.sleep(0.01)
+    half = socket.create_connection(("127.0.0.1", front.port), timeout=5)
+    half.sendall(b"GET /ok HTTP/1.1\r\nHost: app.exa")  # a head that would take header_timeout_ms
+    time.sleep(0.2)
     front.proc.send_signal(signal.SIGTERM)
     assert idle.recv(65536) == b""  # closed at once: nothing was in progress on it
+    assert half.recv(65536) == b""  # nor on this one: no request was handed on yet
     idle.close()
+    half.close()
     asking.join(5)
     assert slow and slow[0][0] == 200  # answered before the front end ended
     assert front.proc.wait(5) == 0
