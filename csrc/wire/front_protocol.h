@@ -87,6 +87,8 @@ struct mf_host_attach {
     uint64_t host_id;
     uint32_t thread;
     uint32_t name_len;
+    uint32_t engine;       /* enum mf_engine: reset hosts take requests on persistent channels */
+    uint32_t reserved;     /* 0 */
 };
 
 /* HOST_DETACH: no new requests to it; each loop closes its channel once
@@ -115,7 +117,7 @@ _Static_assert(sizeof(struct mf_routes_head) == 16, "mf_routes_head layout");
 _Static_assert(sizeof(struct mf_route_tenant) == 48, "mf_route_tenant layout");
 _Static_assert(sizeof(struct mf_route_host) == 8, "mf_route_host layout");
 _Static_assert(sizeof(struct mf_routes_ack) == 8, "mf_routes_ack layout");
-_Static_assert(sizeof(struct mf_host_attach) == 16, "mf_host_attach layout");
+_Static_assert(sizeof(struct mf_host_attach) == 24, "mf_host_attach layout");
 _Static_assert(sizeof(struct mf_host_detach) == 8, "mf_host_detach layout");
 _Static_assert(sizeof(struct mf_host_drained) == 16, "mf_host_drained layout");
 _Static_assert(sizeof(struct mf_tenant_state) == 8, "mf_tenant_state layout");

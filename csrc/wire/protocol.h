@@ -10,15 +10,19 @@
  *
  *   control channel (one per host, supervisor <-> host): the host's lifecycle
  *     supervisor -> host : MF_MSG_SHUTDOWN, MF_MSG_DATA_CHANNEL (+ one fd
- *                          in SCM_RIGHTS: a new data channel of the host)
+ *                          in SCM_RIGHTS: a new data channel of the host,
+ *                          for one front-end loop: mf_data_channel)
  *     host -> supervisor : MF_MSG_READY, MF_MSG_LOAD_FAILED, MF_MSG_WORKER_REPLACED
  *
  *   data channels (0..MF_MAX_DATA_CHANNELS per host, front end <-> host;
  *   a host starts with none): its requests
- *     front end -> host  : MF_MSG_REQUEST (+ one fd in SCM_RIGHTS: the
- *                          per-request socket), MF_MSG_CANCEL
+ *     front end -> host  : MF_MSG_REQUEST (fork engine: + one fd in
+ *                          SCM_RIGHTS, the per-request socket; reset
+ *                          engine: no fd), MF_MSG_CANCEL
  *     host -> front end  : MF_MSG_CHILD_EXIT, MF_MSG_REQUEST_FAILED, on
- *                          the channel the request came on
+ *                          the channel the request came on; reset engine
+ *                          also MF_MSG_WORKER_CHANNEL (+ one fd),
+ *                          MF_MSG_WORKER_GONE, MF_MSG_DISPATCHED
  *
  *   The host refuses (warns, ignores, closes any fd) a message of one kind
  *   of channel on the other. The end of the control channel ends the host;
@@ -27,19 +31,29 @@
  *   host across its data channels (a duplicate fails with EEXIST).
  *
  *   worker channel (reset engine: one per pool worker, host <-> worker):
- *     host -> worker : MF_MSG_REQUEST, forwarded as the front end sent it
+ *     host -> worker : MF_MSG_REQUEST (payload mf_worker_request: the
+ *                      nonce, and which of its request channels to read)
  *     worker -> host : MF_MSG_WORKER_READY, MF_MSG_REQUEST_DONE,
  *                      MF_MSG_WORKER_FAILED
  *
- *   request channel (one socketpair per request, front end <-> sandbox):
+ *   request channel, front end <-> sandbox: fork engine, one socketpair per
+ *   request; reset engine, one persistent socketpair per (worker, front-end
+ *   loop), made by the host when it forks the worker, the front end's end
+ *   sent on that loop's data channel with WORKER_CHANNEL:
  *     front end -> sandbox : REQ_WHOLE, or REQ_HEAD, REQ_BODY*, REQ_END
  *     sandbox -> front end : RESP_WHOLE, or RESP_HEAD, RESP_BODY*, RESP_END
  *   A request or response that fits one packet travels as one *_WHOLE
  *   packet (a send and a receive each instead of three).
  *
- * The request channel is the only thing a sandbox can write to (it holds
- * neither of its host's channels), so it can answer only its own request;
- * req_id in its frames must match anyway.
+ * A persistent request channel carries one request at a time: the host
+ * sends DISPATCHED (the request's id, the worker's slot) only to an idle
+ * worker, and only on the channel the request came on, after that
+ * channel's CHILD_EXIT of the worker's previous request. The front end
+ * discards what is queued on the channel before it writes the request
+ * (nothing a finished request wrote reaches a later one) and reads what is
+ * left when CHILD_EXIT arrives; the worker skips frames of another req_id.
+ * A request can answer only its own request; req_id in its frames must
+ * match.
  */
 #ifndef MAYFLYD_PROTOCOL_H
 #define MAYFLYD_PROTOCOL_H
@@ -56,6 +70,8 @@
 #define MF_MAX_HEADERS 256u
 /* Data channels one host holds at most; a DATA_CHANNEL beyond is refused. */
 #define MF_MAX_DATA_CHANNELS 64
+/* Front-end loops a reset host makes request channels for, at most. */
+#define MF_MAX_FRONT_LOOPS 64
 
 enum mf_msg_type {
     /* to the host: data channel (REQUEST, CANCEL), control channel
@@ -63,7 +79,7 @@ enum mf_msg_type {
     MF_MSG_REQUEST = 1,        /* payload: mf_request_ctl, fd attached */
     MF_MSG_CANCEL = 2,         /* payload: none; kill the sandbox of req_id, or drop it from the queue */
     MF_MSG_SHUTDOWN = 3,       /* payload: none; kill sandboxes, exit */
-    MF_MSG_DATA_CHANNEL = 4,   /* payload: none, one fd attached: a new data channel (SOCK_SEQPACKET) */
+    MF_MSG_DATA_CHANNEL = 4,   /* payload: none (loop 0) or mf_data_channel; one fd: a new data channel (SOCK_SEQPACKET) */
 
     /* from the host: control channel (READY, LOAD_FAILED, WORKER_REPLACED),
      * data channel (CHILD_EXIT, REQUEST_FAILED) */
@@ -72,6 +88,12 @@ enum mf_msg_type {
     MF_MSG_CHILD_EXIT = 18,    /* payload: mf_child_exit */
     MF_MSG_REQUEST_FAILED = 19,/* payload: mf_request_failed */
     MF_MSG_WORKER_REPLACED = 20,/* payload: UTF-8 reason; a pool worker was replaced */
+    /* data channel, reset engine */
+    MF_MSG_WORKER_CHANNEL = 21,/* payload: mf_worker_slot; one fd: the front end's end of that worker's
+                                  request channel for this data channel's loop (replaces the slot's last) */
+    MF_MSG_WORKER_GONE = 22,   /* payload: mf_worker_slot; the slot's worker is gone: close its channel */
+    MF_MSG_DISPATCHED = 23,    /* req_id; payload: mf_worker_slot; the request runs on that worker:
+                                  write it on the slot's request channel, read the answer there */
 
     /* request channel, front end -> sandbox */
     MF_MSG_REQ_HEAD = 32,      /* payload: mf_req_head + strings + headers */
@@ -120,6 +142,22 @@ enum mf_exit_flags {
     MF_EXIT_CANCELLED = 2u,   /* killed on MF_MSG_CANCEL */
     MF_EXIT_CPU_EXCEEDED = 4u,/* SIGKILLed after using its whole CPU budget */
     MF_EXIT_OUT_OF_MEMORY = 8u,/* SIGKILLed, not by the host, while its cgroup's oom_kill count moved */
+};
+
+struct mf_data_channel {
+    uint32_t loop;         /* the front-end loop it serves, < the host's front_loops */
+    uint32_t reserved;     /* 0 */
+};
+
+struct mf_worker_slot {
+    uint32_t worker;       /* the reset pool's slot, < MF_RESET_MAX_WORKERS */
+    uint32_t reserved;     /* 0 */
+};
+
+/* MF_MSG_REQUEST on a worker channel. */
+struct mf_worker_request {
+    uint32_t nonce;        /* REQUEST_DONE must carry it */
+    uint32_t loop;         /* read the request on the request channel of this loop */
 };
 
 struct mf_child_exit {
@@ -185,6 +223,9 @@ _Static_assert(sizeof(struct mf_frame_header) == MF_FRAME_HEADER_SIZE, "frame he
 _Static_assert(sizeof(struct mf_ready) == 8, "mf_ready layout");
 _Static_assert(sizeof(struct mf_request_ctl) == 8, "mf_request_ctl layout");
 _Static_assert(sizeof(struct mf_child_exit) == 24, "mf_child_exit layout");
+_Static_assert(sizeof(struct mf_data_channel) == 8, "mf_data_channel layout");
+_Static_assert(sizeof(struct mf_worker_slot) == 8, "mf_worker_slot layout");
+_Static_assert(sizeof(struct mf_worker_request) == 8, "mf_worker_request layout");
 _Static_assert(sizeof(struct mf_worker_ready) == 16, "mf_worker_ready layout");
 _Static_assert(sizeof(struct mf_request_done) == 24, "mf_request_done layout");
 _Static_assert(sizeof(struct mf_request_failed) == 8, "mf_request_failed layout");

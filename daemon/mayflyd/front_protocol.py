@@ -48,7 +48,7 @@ ROUTES_HEAD: Final = struct.Struct("=QII")
 ROUTE_TENANT: Final = struct.Struct("=QQIIIIIIII")
 ROUTE_HOST: Final = struct.Struct("=II")
 ROUTES_ACK: Final = struct.Struct("=Q")
-HOST_ATTACH: Final = struct.Struct("=QII")
+HOST_ATTACH: Final = struct.Struct("=QIIII")
 HOST_DETACH: Final = struct.Struct("=Q")
 HOST_DRAINED: Final = struct.Struct("=QII")
 TENANT_STATE: Final = struct.Struct("=II")
@@ -60,7 +60,7 @@ STRUCTS: Final[dict[str, tuple[struct.Struct, tuple[str, ...]]]] = {
                                        "flags", "name_len", "host_count", "queue", "slot", "request_cpu_ms")),
     "mf_route_host": (ROUTE_HOST, ("len", "reserved")),
     "mf_routes_ack": (ROUTES_ACK, ("generation",)),
-    "mf_host_attach": (HOST_ATTACH, ("host_id", "thread", "name_len")),
+    "mf_host_attach": (HOST_ATTACH, ("host_id", "thread", "name_len", "engine", "reserved")),
     "mf_host_detach": (HOST_DETACH, ("host_id",)),
     "mf_host_drained": (HOST_DRAINED, ("host_id", "thread", "reserved")),
     "mf_tenant_state": (TENANT_STATE, ("state", "name_len")),
@@ -127,10 +127,11 @@ def _name(name: str) -> bytes:
     return encoded
 
 
-def encode_host_attach(host_id: int, thread: int, tenant: str) -> bytes:
-    """HOST_ATTACH; the data channel's fd goes with it in SCM_RIGHTS."""
+def encode_host_attach(host_id: int, thread: int, tenant: str, engine: int) -> bytes:
+    """HOST_ATTACH; the data channel's fd goes with it in SCM_RIGHTS.
+    engine is protocol.ENGINE_FORK or ENGINE_RESET."""
     name = _name(tenant)
-    return pack_frame(MSG_HOST_ATTACH, 0, HOST_ATTACH.pack(host_id, thread, len(name)) + name)
+    return pack_frame(MSG_HOST_ATTACH, 0, HOST_ATTACH.pack(host_id, thread, len(name), engine, 0) + name)
 
 
 def encode_host_detach(host_id: int) -> bytes:

@@ -21,10 +21,10 @@ from typing import Final
 __all__ = [
     "MAGIC", "PROTOCOL_VERSION", "MAX_PAYLOAD", "MAX_HEADERS", "FRAME_HEADER_SIZE",
     "MsgType", "ENGINE_FORK", "ENGINE_RESET", "EXIT_TIMED_OUT", "EXIT_CANCELLED",
-    "EXIT_CPU_EXCEEDED", "EXIT_OUT_OF_MEMORY", "MAX_DATA_CHANNELS",
+    "EXIT_CPU_EXCEEDED", "EXIT_OUT_OF_MEMORY", "MAX_DATA_CHANNELS", "MAX_FRONT_LOOPS",
     "ProtocolError", "ResponseTooLarge", "Frame", "STRUCTS", "parse_frame", "pack_frame",
     "encode_request", "ResponseDecoder", "Response", "Ready", "ChildExit", "WorkerReplaced", "ControlMessage",
-    "RequestFailed", "LoadFailed", "decode_control", "encode_request_ctl",
+    "RequestFailed", "LoadFailed", "WorkerChannel", "WorkerGone", "Dispatched", "decode_control", "encode_request_ctl",
     "CONTROL_TYPES", "DATA_TYPES", "DataMessage", "decode_data",
 ]
 
@@ -45,6 +45,10 @@ class MsgType:
     CHILD_EXIT: Final = 18
     REQUEST_FAILED: Final = 19
     WORKER_REPLACED: Final = 20
+    # data channel of a reset host: its workers' persistent request channels
+    WORKER_CHANNEL: Final = 21  # one fd attached: the front end's end of a worker's request channel
+    WORKER_GONE: Final = 22
+    DISPATCHED: Final = 23  # the request runs on that worker: its frames go on the worker's channel
     REQ_HEAD: Final = 32
     REQ_BODY: Final = 33
     REQ_END: Final = 34
@@ -68,10 +72,13 @@ EXIT_OUT_OF_MEMORY: Final = 8
 
 # Data channels one host holds at most; a DATA_CHANNEL beyond is refused.
 MAX_DATA_CHANNELS: Final = 64
+# Front-end loops a reset host makes request channels for, at most.
+MAX_FRONT_LOOPS: Final = 64
 # Which kind of a host's channels each message travels on (both directions).
 CONTROL_TYPES: Final = frozenset({MsgType.SHUTDOWN, MsgType.DATA_CHANNEL, MsgType.READY, MsgType.LOAD_FAILED,
                                   MsgType.WORKER_REPLACED})
-DATA_TYPES: Final = frozenset({MsgType.REQUEST, MsgType.CANCEL, MsgType.CHILD_EXIT, MsgType.REQUEST_FAILED})
+DATA_TYPES: Final = frozenset({MsgType.REQUEST, MsgType.CANCEL, MsgType.CHILD_EXIT, MsgType.REQUEST_FAILED,
+                               MsgType.WORKER_CHANNEL, MsgType.WORKER_GONE, MsgType.DISPATCHED})
 
 # Native byte order, standard sizes, no padding: the C structs are laid out
 # without holes (checked by _Static_assert there and by the layout test here).
@@ -79,6 +86,9 @@ FRAME_HEADER: Final = struct.Struct("=IHHQII")
 READY: Final = struct.Struct("=iI")
 REQUEST_CTL: Final = struct.Struct("=II")
 CHILD_EXIT: Final = struct.Struct("=iiIIII")
+DATA_CHANNEL: Final = struct.Struct("=II")
+WORKER_SLOT: Final = struct.Struct("=II")
+WORKER_REQUEST: Final = struct.Struct("=II")
 WORKER_READY: Final = struct.Struct("=IIII")
 REQUEST_DONE: Final = struct.Struct("=IIIIII")
 REQUEST_FAILED: Final = struct.Struct("=iI")
@@ -92,6 +102,9 @@ STRUCTS: Final[dict[str, tuple[struct.Struct, tuple[str, ...]]]] = {
     "mf_ready": (READY, ("pid", "engine")),
     "mf_request_ctl": (REQUEST_CTL, ("timeout_ms", "reserved")),
     "mf_child_exit": (CHILD_EXIT, ("pid", "wait_status", "flags", "cost_us", "pages", "reserved")),
+    "mf_data_channel": (DATA_CHANNEL, ("loop", "reserved")),
+    "mf_worker_slot": (WORKER_SLOT, ("worker", "reserved")),
+    "mf_worker_request": (WORKER_REQUEST, ("nonce", "loop")),
     "mf_worker_ready": (WORKER_READY, ("snapshot_pages", "ranges", "cost_us", "reserved")),
     "mf_request_done": (REQUEST_DONE, ("status", "aborted", "cost_us", "pages", "nonce", "reserved")),
     "mf_request_failed": (REQUEST_FAILED, ("error", "reserved")),
@@ -309,6 +322,26 @@ class RequestFailed:
 
 
 @dataclass(frozen=True, slots=True)
+class WorkerChannel:
+    """A reset worker's request channel for this loop (its fd came with it)."""
+
+    worker: int
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerGone:
+    worker: int
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatched:
+    """The request runs on this worker: its frames go on the worker's channel."""
+
+    req_id: int
+    worker: int
+
+
+@dataclass(frozen=True, slots=True)
 class WorkerReplaced:
     """A reset-engine worker was replaced: it died, or could not be rewound."""
 
@@ -327,7 +360,7 @@ def _unpack_exact(st: struct.Struct, payload: bytes, what: str) -> tuple[int, ..
 
 
 ControlMessage = Ready | LoadFailed | WorkerReplaced
-DataMessage = ChildExit | RequestFailed
+DataMessage = ChildExit | RequestFailed | WorkerChannel | WorkerGone | Dispatched
 
 
 def decode_control(packet: bytes) -> ControlMessage:
@@ -352,4 +385,9 @@ def decode_data(packet: bytes) -> DataMessage:
     if frame.type == MsgType.REQUEST_FAILED:
         error, _ = _unpack_exact(REQUEST_FAILED, frame.payload, "REQUEST_FAILED")
         return RequestFailed(frame.req_id, error)
+    if frame.type in (MsgType.WORKER_CHANNEL, MsgType.WORKER_GONE, MsgType.DISPATCHED):
+        worker, _ = _unpack_exact(WORKER_SLOT, frame.payload, "WORKER_SLOT")
+        if frame.type == MsgType.DISPATCHED:
+            return Dispatched(frame.req_id, worker)
+        return WorkerChannel(worker) if frame.type == MsgType.WORKER_CHANNEL else WorkerGone(worker)
     raise ProtocolError(f"unexpected data message type {frame.type}")

@@ -33,11 +33,12 @@ def test_constants_match_the_c_header() -> None:
     assert _mayfly.MAX_HEADERS == protocol.MAX_HEADERS
     assert _mayfly.FRAME_HEADER_SIZE == protocol.FRAME_HEADER_SIZE
     assert _mayfly.MAX_DATA_CHANNELS == protocol.MAX_DATA_CHANNELS
+    assert _mayfly.MAX_FRONT_LOOPS == protocol.MAX_FRONT_LOOPS
     for name in ("REQUEST", "CANCEL", "SHUTDOWN", "DATA_CHANNEL",
                  "READY", "LOAD_FAILED", "CHILD_EXIT", "REQUEST_FAILED",
                  "REQ_HEAD", "REQ_BODY", "REQ_END", "REQ_WHOLE", "RESP_HEAD", "RESP_BODY", "RESP_END",
                  "RESP_WHOLE", "WORKER_REPLACED",
-                 "WORKER_READY", "REQUEST_DONE", "WORKER_FAILED"):
+                 "WORKER_READY", "REQUEST_DONE", "WORKER_FAILED", "WORKER_CHANNEL", "WORKER_GONE", "DISPATCHED"):
         assert getattr(_mayfly, f"MSG_{name}") == getattr(MsgType, name), name
     assert _mayfly.EXIT_TIMED_OUT == protocol.EXIT_TIMED_OUT
     assert _mayfly.EXIT_CANCELLED == protocol.EXIT_CANCELLED
@@ -181,6 +182,7 @@ CHANNEL_OF = {
     MsgType.DATA_CHANNEL: "control",
     MsgType.READY: "control", MsgType.LOAD_FAILED: "control", MsgType.CHILD_EXIT: "data",
     MsgType.REQUEST_FAILED: "data", MsgType.WORKER_REPLACED: "control",
+    MsgType.WORKER_CHANNEL: "data", MsgType.WORKER_GONE: "data", MsgType.DISPATCHED: "data",
 }
 
 
@@ -189,7 +191,10 @@ def test_each_host_message_travels_on_one_channel_and_is_refused_on_the_other() 
     assert protocol.DATA_TYPES == {t for t, c in CHANNEL_OF.items() if c == "data"}
     payloads = {MsgType.READY: protocol.READY.pack(1, 1),
                 MsgType.CHILD_EXIT: protocol.CHILD_EXIT.pack(1, 0, 0, 0, 0, 0),
-                MsgType.REQUEST_FAILED: protocol.REQUEST_FAILED.pack(1, 0)}
+                MsgType.REQUEST_FAILED: protocol.REQUEST_FAILED.pack(1, 0),
+                MsgType.WORKER_CHANNEL: protocol.WORKER_SLOT.pack(0, 0),
+                MsgType.WORKER_GONE: protocol.WORKER_SLOT.pack(0, 0),
+                MsgType.DISPATCHED: protocol.WORKER_SLOT.pack(0, 0)}
     for msg_type, channel in CHANNEL_OF.items():
         if msg_type < MsgType.READY:
             continue  # sent to the host, not decoded here
