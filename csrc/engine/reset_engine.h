@@ -16,8 +16,9 @@
 #include <stdint.h>
 
 #include "engine/reset_worker.h"
+#include "wire/protocol.h"
 
-#define MF_RESET_MAX_WORKERS 256
+#define MF_RESET_MAX_WORKERS MF_MAX_WORKER_SLOTS
 /* How long an aborted request may take to rewind before its worker is killed. */
 #define MF_RESET_ABORT_GRACE_MS 500
 /* After a worker failed to start, how long before the pool tries again. */

@@ -72,6 +72,8 @@
 #define MF_MAX_DATA_CHANNELS 64
 /* Front-end loops a reset host makes request channels for, at most. */
 #define MF_MAX_FRONT_LOOPS 64
+/* A reset host's worker slots (mf_worker_slot.worker is below it). */
+#define MF_MAX_WORKER_SLOTS 256
 
 enum mf_msg_type {
     /* to the host: data channel (REQUEST, CANCEL), control channel
@@ -150,7 +152,7 @@ struct mf_data_channel {
 };
 
 struct mf_worker_slot {
-    uint32_t worker;       /* the reset pool's slot, < MF_RESET_MAX_WORKERS */
+    uint32_t worker;       /* the reset pool's slot, < MF_MAX_WORKER_SLOTS */
     uint32_t reserved;     /* 0 */
 };
 
