@@ -131,14 +131,43 @@ static void drop_channel(struct mf_children *c, unsigned slot)
     }
 }
 
-static enum mf_step send_data(struct mf_children *c, unsigned slot, uint16_t type, uint64_t req_id,
-                              const void *payload, uint32_t len)
+enum mf_step mf_children_send_on(struct mf_children *c, unsigned slot, uint16_t type, uint64_t req_id,
+                                 const void *payload, uint32_t len, int fd)
 {
-    if (c->chans[slot] < 0 || mf_send_packet(c->chans[slot], type, req_id, payload, len))
+    if (c->chans[slot] < 0)
+        return MF_STEP_CONTINUE;
+    bool sent;
+    if (fd < 0) {
+        sent = mf_send_packet(c->chans[slot], type, req_id, payload, len);
+    } else {
+        uint8_t packet[MF_FRAME_HEADER_SIZE + 64];
+        struct mf_frame_header hdr;
+        if (len > sizeof(packet) - MF_FRAME_HEADER_SIZE)
+            return mf_errx(EMSGSIZE, "a %u-byte payload with an fd", len), MF_STEP_FAIL;
+        mf_frame_init(&hdr, type, req_id, len);
+        memcpy(packet, &hdr, sizeof(hdr));
+        if (len > 0)
+            memcpy(packet + MF_FRAME_HEADER_SIZE, payload, len);
+        sent = mf_send_packet_fd(c->chans[slot], packet, MF_FRAME_HEADER_SIZE + len, fd);
+    }
+    if (sent)
         return MF_STEP_CONTINUE;
     mf_warn("data channel %u: %s; dropped", slot, mf_last_error());
     drop_channel(c, slot);
     return MF_STEP_CONTINUE;
+}
+
+static enum mf_step send_data(struct mf_children *c, unsigned slot, uint16_t type, uint64_t req_id,
+                              const void *payload, uint32_t len)
+{
+    return mf_children_send_on(c, slot, type, req_id, payload, len, -1);
+}
+
+enum mf_step mf_children_tell(struct mf_children *c, uint16_t type, uint64_t req_id, const void *payload,
+                              uint32_t len)
+{
+    struct mf_route *r = route_find(c, req_id);
+    return r == NULL ? MF_STEP_CONTINUE : send_data(c, r->chan, type, req_id, payload, len);
 }
 
 enum mf_step mf_children_send(struct mf_children *c, uint16_t type, uint64_t req_id, const void *payload,
@@ -225,7 +254,13 @@ static int admit(struct mf_children *c, const struct mf_frame_header *hdr, int f
         mf_warn("REQUEST: req_id %llu is 0 or already in flight", (unsigned long long)hdr->req_id);
         return EEXIST;
     }
-    if (!mf_is_seqpacket_unix(fd)) {
+    if (c->no_request_fd != (fd < 0)) {
+        mf_warn("REQUEST %llu: %s", (unsigned long long)hdr->req_id,
+                c->no_request_fd ? "came with a socket; this host's requests go on its workers' channels"
+                                 : "arrived without its socket");
+        return EBADMSG;
+    }
+    if (fd >= 0 && !mf_is_seqpacket_unix(fd)) {
         mf_warn_last();
         return errno;
     }
@@ -254,13 +289,10 @@ static enum mf_step request(struct mf_children *c, unsigned slot, const struct m
     struct mf_admitted req;
     int error;
 
-    if (fd < 0) {
-        mf_warn("REQUEST %llu arrived without its socket", (unsigned long long)hdr->req_id);
-        return refuse_request(c, slot, hdr->req_id, EBADMSG);
-    }
     error = admit(c, hdr, fd, &req);
     if (error != 0) {
-        mf_close_or_warn(fd, "request");
+        if (fd >= 0)
+            mf_close_or_warn(fd, "request");
         return refuse_request(c, slot, hdr->req_id, error);
     }
     req.chan = slot;
@@ -335,15 +367,23 @@ static enum mf_step refuse(const char *name, uint16_t type, const int *fds, size
     return MF_STEP_CONTINUE;
 }
 
-/* DATA_CHANNEL: exactly one fd, an AF_UNIX SOCK_SEQPACKET socket, no payload. */
+/* DATA_CHANNEL: exactly one fd, an AF_UNIX SOCK_SEQPACKET socket, and no
+ * payload (loop 0) or a mf_data_channel. */
 static enum mf_step attach_channel(struct mf_children *c, const struct mf_frame_header *hdr, const int *fds,
                                    size_t nfds)
 {
     unsigned slot = 0;
+    struct mf_data_channel dc = {.loop = 0};
 
-    if (hdr->payload_len != 0 || nfds != 1) {
-        mf_warn("control channel: DATA_CHANNEL with %u payload bytes and %zu fds, expected 0 and 1; refused",
-                hdr->payload_len, nfds);
+    if ((hdr->payload_len != 0 && hdr->payload_len != sizeof(dc)) || nfds != 1) {
+        mf_warn("control channel: DATA_CHANNEL with %u payload bytes and %zu fds, expected 0 or %zu and 1; "
+                "refused", hdr->payload_len, nfds, sizeof(dc));
+        return refuse("control", hdr->type, fds, nfds);
+    }
+    if (hdr->payload_len == sizeof(dc))
+        memcpy(&dc, c->ctrl_buf + MF_FRAME_HEADER_SIZE, sizeof(dc));
+    if (dc.loop >= MF_MAX_FRONT_LOOPS || dc.reserved != 0) {
+        mf_warn("control channel: DATA_CHANNEL for loop %u (reserved %u); refused", dc.loop, dc.reserved);
         return refuse("control", hdr->type, fds, nfds);
     }
     if (!mf_is_seqpacket_unix(fds[0])) {
@@ -357,7 +397,8 @@ static enum mf_step attach_channel(struct mf_children *c, const struct mf_frame_
         return refuse("control", hdr->type, fds, nfds);
     }
     c->chans[slot] = fds[0];
-    return MF_STEP_CONTINUE;
+    c->chan_loop[slot] = dc.loop;
+    return c->ops->attached != NULL ? c->ops->attached(c->engine, slot) : MF_STEP_CONTINUE;
 }
 
 enum mf_step mf_children_handle_ctrl(struct mf_children *c)
@@ -633,7 +674,15 @@ bool mf_children_poll(struct mf_children *c, struct pollfd *pfd, nfds_t n, int t
 /* Nothing of the host's may reach tenant code: any channel would let a
  * child speak for the host and the other children, a queued request's
  * socket would let it answer for another. */
-static bool close_inherited(struct mf_children *c, int keep_fd)
+static bool is_kept(const int *keep, size_t n_keep, int fd)
+{
+    for (size_t i = 0; i < n_keep; i++)
+        if (keep[i] == fd)
+            return true;
+    return false;
+}
+
+static bool close_inherited(struct mf_children *c, const int *keep, size_t n_keep)
 {
     if (close(c->ctrl_fd) < 0)
         return mf_err("close(control fd %d)", c->ctrl_fd);
@@ -641,21 +690,22 @@ static bool close_inherited(struct mf_children *c, int keep_fd)
         if (c->chans[i] >= 0 && close(c->chans[i]) < 0)
             return mf_err("close(data channel fd %d)", c->chans[i]);
     for (size_t k = 0; k < c->q_len; k++)
-        if (queued_at(c, k)->fd != keep_fd && close(queued_at(c, k)->fd) < 0)
+        if (queued_at(c, k)->fd >= 0 && !is_kept(keep, n_keep, queued_at(c, k)->fd) &&
+            close(queued_at(c, k)->fd) < 0)
             return mf_err("close(queued request fd %d)", queued_at(c, k)->fd);
     if (c->oom_fd >= 0 && close(c->oom_fd) < 0)
         return mf_err("close(cgroup memory events fd %d)", c->oom_fd);
     if (close(c->sigfd) < 0)
         return mf_err("close(signalfd %d)", c->sigfd);
     if (c->ops->close_own_fds != NULL)
-        MF_TRY(c->ops->close_own_fds(c->engine, keep_fd));
+        MF_TRY(c->ops->close_own_fds(c->engine, keep, n_keep));
     for (size_t i = 0; i < c->n_close_in_child; i++)
         if (close(c->close_in_child[i]) < 0 && errno != EBADF)
             return mf_err("close(fd %d)", c->close_in_child[i]);
     return true;
 }
 
-static bool child_first_steps(struct mf_children *c, int keep_fd)
+static bool child_first_steps(struct mf_children *c, const int *keep, size_t n_keep)
 {
     /* First: a child must never outlive its host. */
     MF_TRY(mf_arm_parent_death(SIGKILL, "the host", c->host_pid, -1));
@@ -663,13 +713,13 @@ static bool child_first_steps(struct mf_children *c, int keep_fd)
      * group runs out the OOM killer must take this child, not the host. */
     MF_TRY(mf_set_oom_score_adj(CHILD_OOM_SCORE_ADJ));
     /* Before any tenant code. */
-    MF_TRY(close_inherited(c, keep_fd));
+    MF_TRY(close_inherited(c, keep, n_keep));
     /* Before tenant code, while /proc/self/fd may still be opened: a file
      * the program opened in on_init() must not share its offset. */
-    return mf_private_files(keep_fd);
+    return mf_private_files(keep, n_keep);
 }
 
-pid_t mf_children_fork(struct mf_children *c, int keep_fd, bool *setup_ok)
+pid_t mf_children_fork(struct mf_children *c, const int *keep, size_t n_keep, bool *setup_ok)
 {
     const struct mf_fork_hooks *hooks = c->hooks;
     pid_t pid;
@@ -682,7 +732,7 @@ pid_t mf_children_fork(struct mf_children *c, int keep_fd, bool *setup_ok)
     hooks->before_fork(hooks->ctx);
     pid = fork();
     if (pid == 0) {
-        *setup_ok = child_first_steps(c, keep_fd);
+        *setup_ok = child_first_steps(c, keep, n_keep);
         return 0;
     }
     error = errno;

@@ -93,8 +93,10 @@ struct mf_children_ops {
     enum mf_step (*exited)(void *engine, pid_t pid, int status, const struct rusage *ru);
     /* Another signal of the engine's set arrived; NULL if it asked for none. */
     void (*signal)(void *engine, const struct signalfd_siginfo *si);
-    /* In a new child: closes the engine's own fds but keep_fd; NULL if none. */
-    bool (*close_own_fds)(void *engine, int keep_fd);
+    /* In a new child: closes the engine's own fds but those in keep; NULL if none. */
+    bool (*close_own_fds)(void *engine, const int *keep, size_t n_keep);
+    /* A data channel was attached in slot; NULL if the engine need not know. */
+    enum mf_step (*attached)(void *engine, unsigned slot);
 };
 
 /* A request in flight, and the data channel's slot it came on. */
@@ -119,6 +121,8 @@ struct mf_children {
     pid_t *pids;                 /* our live children, unordered */
     size_t n_pids, max_pids;
     int chans[MF_MAX_DATA_CHANNELS];  /* data channels by slot; -1: free */
+    uint32_t chan_loop[MF_MAX_DATA_CHANNELS]; /* the front-end loop each serves (DATA_CHANNEL) */
+    bool no_request_fd;          /* REQUESTs come without a socket: the engine has persistent ones */
     struct mf_route *routes;     /* open addressing, linear probing, by req_id */
     size_t routes_mask;          /* table size - 1 (a power of two, over twice what may be in flight) */
     struct mf_admitted *queue;   /* FIFO ring of q_max */
@@ -143,6 +147,16 @@ void mf_children_fini(struct mf_children *c);
  * failed send drops it too); the rest go on the control channel, where a
  * failed send means the supervisor is gone: STOP. */
 enum mf_step mf_children_send(struct mf_children *c, uint16_t type, uint64_t req_id, const void *payload,
+                              uint32_t len);
+
+/* A message on the data channel in slot (fd: -1, or one to attach);
+ * a failed send drops the channel. */
+enum mf_step mf_children_send_on(struct mf_children *c, unsigned slot, uint16_t type, uint64_t req_id,
+                                 const void *payload, uint32_t len, int fd);
+
+/* A message about a request in flight, on the channel it came on, which
+ * (unlike CHILD_EXIT) does not end it; nowhere if that channel is gone. */
+enum mf_step mf_children_tell(struct mf_children *c, uint16_t type, uint64_t req_id, const void *payload,
                               uint32_t len);
 
 /* REQUEST_FAILED with error. */
@@ -191,12 +205,12 @@ bool mf_children_poll(struct mf_children *c, struct pollfd *pfd, nfds_t n, int t
 /*
  * Forks a child with the fork hooks around it. In the child: returns 0
  * after its first steps (die with the host, oom_score_adj, every fd of the
- * host's but keep_fd closed, keep_fd's files made private); a failed step
+ * host's but the n_keep in keep closed, the rest's files made private); a failed step
  * leaves *setup_ok false with the error recorded, for the child to report
  * as it can. In the host: the child's pid, or -1 with the error recorded.
  * The signal mask stays blocked in the child until mf_children_unblock.
  */
-pid_t mf_children_fork(struct mf_children *c, int keep_fd, bool *setup_ok);
+pid_t mf_children_fork(struct mf_children *c, const int *keep, size_t n_keep, bool *setup_ok);
 
 /* In a child: the signal mask the host had before the signalfd. */
 bool mf_children_unblock(const struct mf_children *c);

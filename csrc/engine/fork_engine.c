@@ -113,7 +113,7 @@ static enum mf_step start_request(void *engine, const struct mf_admitted *req)
     bool setup_ok = false;
 
     uint64_t fork_started = mf_now_us();
-    pid_t pid = mf_children_fork(&e->core, req->fd, &setup_ok);
+    pid_t pid = mf_children_fork(&e->core, &req->fd, 1, &setup_ok);
     if (pid == 0)
         child_main(e, setup_ok, req->fd, req->req_id);
     int error = mf_last_errno();

@@ -83,24 +83,24 @@ static bool can_start(void *pool)
     return idle_worker(pool) != NULL;
 }
 
-/* Hands an admitted request to an idle worker (the core asked can_start). */
+/* Hands an admitted request to an idle worker (the core asked can_start):
+ * the worker learns which of its request channels to read, the front
+ * end which worker's channel to write it on. */
 static enum mf_step start_request(void *pool, const struct mf_admitted *req)
 {
     struct pool *p = pool;
     struct worker *w = idle_worker(p);
-    uint8_t packet[sizeof(req->packet)];
-    struct mf_request_ctl ctl;
-    uint32_t nonce = new_nonce();
+    uint32_t loop = p->core.chan_loop[req->chan];
+    struct mf_worker_request wr = {.nonce = new_nonce(), .loop = loop};
+    struct mf_worker_slot slot = {.worker = (uint32_t)(w - p->workers)};
 
-    memcpy(packet, req->packet, sizeof(packet));
-    memcpy(&ctl, packet + MF_FRAME_HEADER_SIZE, sizeof(ctl));
-    ctl.reserved = nonce;
-    memcpy(packet + MF_FRAME_HEADER_SIZE, &ctl, sizeof(ctl));
-    bool sent = mf_send_packet_fd(w->fd, packet, sizeof(packet), req->fd);
-    if (!sent)
+    if (loop >= p->cfg->front_loops) {
+        mf_warn("REQUEST %llu: from front-end loop %u; this host has request channels for %u",
+                (unsigned long long)req->req_id, loop, p->cfg->front_loops);
+        return mf_children_request_failed(&p->core, req->req_id, EINVAL);
+    }
+    if (!mf_send_packet(w->fd, MF_MSG_REQUEST, req->req_id, &wr, sizeof(wr))) {
         mf_warn("worker %d: %s", w->pid, mf_last_error());
-    mf_close_or_warn(req->fd, "request");
-    if (!sent) {
         /* A worker that cannot take a request is finished; its exit replaces it. */
         mf_reset_doom(w, "could not be handed a request");
         return mf_children_request_failed(&p->core, req->req_id, EAGAIN);
@@ -110,9 +110,9 @@ static enum mf_step start_request(void *pool, const struct mf_admitted *req)
     w->deadline_ms = req->deadline_ms;
     w->abort_deadline_ms = 0;
     w->flags = 0;
-    w->nonce = nonce;
+    w->nonce = wr.nonce;
     mf_reset_set_timer(w, p->cfg->limits.cpu_ms);
-    return MF_STEP_CONTINUE;
+    return mf_children_tell(&p->core, MF_MSG_DISPATCHED, req->req_id, &slot, sizeof(slot));
 }
 
 static bool in_flight(void *pool, uint64_t req_id)
@@ -146,7 +146,27 @@ static void cancel(void *pool, uint64_t req_id)
     end_request(pool, req_id, MF_EXIT_CANCELLED);
 }
 
+/* A new data channel learns every serving worker's request channel for its loop. */
+static enum mf_step attached(void *pool, unsigned slot)
+{
+    struct pool *p = pool;
+
+    if (p->core.chan_loop[slot] >= p->cfg->front_loops)
+        mf_warn("data channel %u: for front-end loop %u, but this host has request channels for %u; "
+                "its requests will fail", slot, p->core.chan_loop[slot], p->cfg->front_loops);
+    for (unsigned i = 0; i < p->n; i++) {
+        struct worker *w = &p->workers[i];
+        if (!w->announced || w->state == W_GONE)
+            continue;
+        enum mf_step step = mf_reset_announce(p, i, slot);
+        if (step != MF_STEP_CONTINUE)
+            return step;
+    }
+    return MF_STEP_CONTINUE;
+}
+
 static const struct mf_children_ops reset_ops = {
+    .attached = attached,
     .in_flight = in_flight,
     .can_start = can_start,
     .start = start_request,
@@ -272,16 +292,22 @@ static bool pool_init(struct pool *p, const struct mf_reset_config *cfg)
                                    .close_in_child = cfg->close_in_child,
                                    .n_close_in_child = cfg->n_close_in_child, .hooks = &cfg->hooks->base,
                                    .ops = &reset_ops, .engine = p, .sigfd = -1};
+    p->core.no_request_fd = true;
     p->cpu_timers_work = true;
     p->new_chan = -1;
+    if (cfg->front_loops == 0 || cfg->front_loops > MF_MAX_FRONT_LOOPS)
+        return mf_errx(EINVAL, "front_loops %u is not within 1..%d", cfg->front_loops, MF_MAX_FRONT_LOOPS);
     if (cfg->pool_size == 0 || cfg->pool_size > MF_RESET_MAX_WORKERS)
         return mf_errx(EINVAL, "pool size %u is not within 1..%d", cfg->pool_size, MF_RESET_MAX_WORKERS);
     if (cfg->concurrency == 0)
         return mf_errx(EINVAL, "concurrency 0: the host could never serve");
     /* Busy workers are the requests running: never more than concurrency. */
     p->n = cfg->pool_size < cfg->concurrency ? cfg->pool_size : cfg->concurrency;
-    for (unsigned i = 0; i < p->n; i++)
+    for (unsigned i = 0; i < p->n; i++) {
         p->workers[i] = (struct worker){.pid = -1, .fd = -1, .state = W_GONE};
+        for (unsigned k = 0; k < MF_MAX_FRONT_LOOPS; k++)
+            p->workers[i].front_ends[k] = -1;
+    }
     return mf_children_init(&p->core, p->n, cfg->queue, CPU_TIMER_SIGNAL);
 }
 

@@ -36,6 +36,7 @@ struct mf_reset_config {
     const void *request_filter;
     size_t request_filter_len;
     unsigned pool_size;
+    unsigned front_loops;         /* request channels per worker: one per front-end loop */
     uint32_t idle_ms;  /* a worker idle this long exits, down to none; 0: never */
     bool verify;
 };

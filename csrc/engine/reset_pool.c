@@ -20,23 +20,41 @@
 
 /* ---- a new worker ---- */
 
+static void close_fds(const int *fds, unsigned n, const char *what)
+{
+    for (unsigned k = 0; k < n; k++)
+        mf_close_or_warn(fds[k], what);
+}
+
 /* Nothing of the host's may reach tenant code: the other workers'
- * channels, the channel's host end (the core closes the rest). */
-bool mf_reset_close_own_fds(void *pool, int keep_fd)
+ * channels, the front end's ends of every request channel, the channel's
+ * host end (the core closes the rest). */
+bool mf_reset_close_own_fds(void *pool, const int *keep, size_t n_keep)
 {
     struct pool *p = pool;
+    unsigned loops = p->cfg->front_loops;
 
+    (void)keep;
+    (void)n_keep; /* the worker's own ends are in no list of ours */
     if (p->new_chan >= 0 && close(p->new_chan) < 0)
         return mf_err("close(worker channel %d)", p->new_chan);
+    for (unsigned k = 0; p->new_front != NULL && k < loops; k++)
+        if (close(p->new_front[k]) < 0)
+            return mf_err("close(request channel %d)", p->new_front[k]);
     for (unsigned i = 0; i < p->n; i++) {
-        int fd = p->workers[i].fd;
-        if (p->workers[i].state != W_GONE && fd >= 0 && fd != keep_fd && close(fd) < 0)
-            return mf_err("close(worker channel %d)", fd);
+        struct worker *w = &p->workers[i];
+        if (w->state == W_GONE)
+            continue;
+        if (w->fd >= 0 && close(w->fd) < 0)
+            return mf_err("close(worker channel %d)", w->fd);
+        for (unsigned k = 0; k < loops; k++)
+            if (w->front_ends[k] >= 0 && close(w->front_ends[k]) < 0)
+                return mf_err("close(request channel %d)", w->front_ends[k]);
     }
     return true;
 }
 
-static _Noreturn void worker_child(struct pool *p, bool ok, int chan)
+static _Noreturn void worker_child(struct pool *p, bool ok, int chan, const int *request_fds)
 {
     const struct mf_reset_config *cfg = p->cfg;
 
@@ -48,7 +66,8 @@ static _Noreturn void worker_child(struct pool *p, bool ok, int chan)
         (void)mf_send_packet(chan, MF_MSG_WORKER_FAILED, 0, text, n > 0 ? (uint32_t)n : 0u);
         _exit(MF_WORKER_EXIT_DIRTY);
     }
-    struct mf_worker_config wc = {.chan_fd = chan, .hooks = cfg->hooks, .limits = cfg->limits,
+    struct mf_worker_config wc = {.chan_fd = chan, .request_fds = request_fds, .n_request_fds = cfg->front_loops,
+                                  .hooks = cfg->hooks, .limits = cfg->limits,
                                   .request_filter = cfg->request_filter,
                                   .request_filter_len = cfg->request_filter_len, .verify = cfg->verify};
     wc.limits.cpu_ms = 0; /* the host's timer keeps the budget */
@@ -77,10 +96,31 @@ static bool arm_cpu_timer(struct pool *p, unsigned i)
     return true;
 }
 
+/* One persistent request channel per front-end loop: the worker's ends
+ * in ends, the front end's in front; false (none left open) on failure. */
+static bool make_request_channels(unsigned loops, int *front, int *ends)
+{
+    int sv[2];
+
+    for (unsigned k = 0; k < loops; k++) {
+        if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) {
+            mf_err("socketpair(request channel %u of a worker)", k);
+            close_fds(front, k, "request channel");
+            close_fds(ends, k, "request channel");
+            return false;
+        }
+        front[k] = sv[0];
+        ends[k] = sv[1];
+    }
+    return true;
+}
+
 bool mf_reset_spawn_worker(struct pool *p, unsigned i)
 {
     mf_cleanup_fd int host_end = -1;
     mf_cleanup_fd int worker_end = -1;
+    unsigned loops = p->cfg->front_loops;
+    int front[MF_MAX_FRONT_LOOPS], ends[MF_MAX_FRONT_LOOPS], keep[1 + MF_MAX_FRONT_LOOPS];
     bool setup_ok = false;
     int sv[2];
 
@@ -88,15 +128,67 @@ bool mf_reset_spawn_worker(struct pool *p, unsigned i)
         return mf_err("socketpair(worker channel)");
     host_end = sv[0];
     worker_end = sv[1];
+    MF_TRY(make_request_channels(loops, front, ends));
+    keep[0] = worker_end;
+    memcpy(keep + 1, ends, loops * sizeof(int));
     p->new_chan = host_end;
-    pid_t pid = mf_children_fork(&p->core, worker_end, &setup_ok);
+    p->new_front = front;
+    pid_t pid = mf_children_fork(&p->core, keep, 1 + loops, &setup_ok);
     if (pid == 0)
-        worker_child(p, setup_ok, worker_end);
+        worker_child(p, setup_ok, worker_end, ends);
     p->new_chan = -1;
-    if (pid < 0)
+    p->new_front = NULL;
+    close_fds(ends, loops, "request channel");
+    if (pid < 0) {
+        close_fds(front, loops, "request channel");
         return false;
-    p->workers[i] = (struct worker){.pid = pid, .fd = mf_steal_fd(&host_end), .state = W_STARTING};
+    }
+    struct worker *w = &p->workers[i];
+    *w = (struct worker){.pid = pid, .fd = mf_steal_fd(&host_end), .state = W_STARTING};
+    for (unsigned k = 0; k < MF_MAX_FRONT_LOOPS; k++)
+        w->front_ends[k] = k < loops ? front[k] : -1;
     return arm_cpu_timer(p, i);
+}
+
+enum mf_step mf_reset_announce(struct pool *p, unsigned i, unsigned slot)
+{
+    struct worker *w = &p->workers[i];
+    uint32_t loop = p->core.chan_loop[slot];
+    struct mf_worker_slot msg = {.worker = i};
+
+    if (p->core.chans[slot] < 0 || loop >= p->cfg->front_loops)
+        return MF_STEP_CONTINUE;
+    return mf_children_send_on(&p->core, slot, MF_MSG_WORKER_CHANNEL, 0, &msg, sizeof(msg), w->front_ends[loop]);
+}
+
+/* Every data channel of a served loop learns the worker's request channel. */
+static enum mf_step announce_everywhere(struct pool *p, unsigned i)
+{
+    p->workers[i].announced = true;
+    for (unsigned slot = 0; slot < MF_MAX_DATA_CHANNELS; slot++) {
+        enum mf_step step = mf_reset_announce(p, i, slot);
+        if (step != MF_STEP_CONTINUE)
+            return step;
+    }
+    return MF_STEP_CONTINUE;
+}
+
+/* The worker is gone: the front end closes its ends, and so does the host. */
+static enum mf_step withdraw_everywhere(struct pool *p, unsigned i)
+{
+    struct worker *w = &p->workers[i];
+    struct mf_worker_slot msg = {.worker = i};
+    enum mf_step step = MF_STEP_CONTINUE;
+
+    for (unsigned slot = 0; w->announced && slot < MF_MAX_DATA_CHANNELS && step == MF_STEP_CONTINUE; slot++)
+        if (p->core.chans[slot] >= 0 && p->core.chan_loop[slot] < p->cfg->front_loops)
+            step = mf_children_send_on(&p->core, slot, MF_MSG_WORKER_GONE, 0, &msg, sizeof(msg), -1);
+    w->announced = false;
+    for (unsigned k = 0; k < MF_MAX_FRONT_LOOPS; k++) {
+        mf_close_or_warn(w->front_ends[k], "request channel");
+        w->front_ends[k] = -1;
+    }
+    return step;
 }
 
 /* ---- the host's hold on a worker ---- */
@@ -166,6 +258,8 @@ static bool all_ready(const struct pool *p)
 static enum mf_step worker_ready(struct pool *p, struct worker *w)
 {
     become_idle(w);
+    if (announce_everywhere(p, (unsigned)(w - p->workers)) != MF_STEP_CONTINUE)
+        return MF_STEP_STOP;
     if (!p->ready_sent && all_ready(p)) {
         struct mf_ready ready = {.pid = p->core.host_pid, .engine = MF_ENGINE_RESET};
         p->ready_sent = true;
@@ -282,19 +376,22 @@ static enum mf_step worker_exited(struct pool *p, unsigned i, int status)
     w->state = W_GONE;
     w->fd = -1;
     w->has_timer = false;
-    if (w->retiring && was == W_IDLE) {
-        mf_reset_grow(p); /* for a request that came in as it went */
-        return MF_STEP_CONTINUE;
-    }
-    if (!p->ready_sent)
-        return load_failed(p, w, status, why);
-    if (was == W_BUSY) {
+    /* Its request first (CHILD_EXIT), then its channels (WORKER_GONE). */
+    if (was == W_BUSY && p->ready_sent) {
         uint32_t flags = w->flags;
         if (!w->doomed && mf_children_oom_killed(&p->core, status))
             flags |= MF_EXIT_OUT_OF_MEMORY;
         if (mf_reset_request_ended(p, w->req_id, w->pid, status, flags, 0, 0) != MF_STEP_CONTINUE)
             return MF_STEP_STOP;
     }
+    if (withdraw_everywhere(p, i) != MF_STEP_CONTINUE)
+        return MF_STEP_STOP;
+    if (w->retiring && was == W_IDLE) {
+        mf_reset_grow(p); /* for a request that came in as it went */
+        return MF_STEP_CONTINUE;
+    }
+    if (!p->ready_sent)
+        return load_failed(p, w, status, why);
     mf_warn("reset engine: worker %d replaced: %s", w->pid, why);
     if (mf_children_send(&p->core, MF_MSG_WORKER_REPLACED, 0, why, (uint32_t)strlen(why)) != MF_STEP_CONTINUE)
         return MF_STEP_STOP;
@@ -332,6 +429,7 @@ void mf_reset_release_workers(struct pool *p)
         if (w->state == W_GONE)
             continue;
         mf_close_or_warn(w->fd, "worker channel");
+        close_fds(w->front_ends, p->cfg->front_loops, "request channel");
         if (w->has_timer)
             (void)timer_delete(w->cpu_timer); /* the worker is gone; so is its clock */
         w->state = W_GONE;

@@ -32,6 +32,9 @@ struct worker {
     bool doomed;                 /* killed by the host: never dispatched to, messages ignored */
     bool retiring;               /* killed for being idle: not replaced, not reported */
     uint64_t idle_since_ms;
+    bool announced;              /* its request channels were sent to the front end */
+    int front_ends[MF_MAX_FRONT_LOOPS]; /* the front end's ends of its request channels, kept to send
+                                         * to every data channel of that loop; -1: none */
     bool has_timer;
     timer_t cpu_timer;
     char failure[512];           /* what the worker said before exiting */
@@ -44,6 +47,7 @@ struct pool {
     bool cpu_timers_work;
     uint64_t grow_after_ms;  /* after a worker failed to start: no new one before this */
     int new_chan;            /* the host's end of a channel being forked: -1 but then */
+    const int *new_front;    /* and the front end's ends of its request channels */
     struct worker workers[MF_RESET_MAX_WORKERS];
     unsigned n;              /* slots: min(pool, concurrency); a slot is W_GONE until needed */
     uint8_t buf[WORKER_BUF_SIZE];
@@ -56,7 +60,10 @@ enum mf_step mf_reset_request_ended(struct pool *p, uint64_t req_id, pid_t pid, 
 
 /* reset_pool.c */
 bool mf_reset_spawn_worker(struct pool *p, unsigned i);
-bool mf_reset_close_own_fds(void *pool, int keep_fd);
+bool mf_reset_close_own_fds(void *pool, const int *keep, size_t n_keep);
+/* Sends the front end's ends of worker i's request channels on the data
+ * channel in slot (if it serves one of the host's loops). */
+enum mf_step mf_reset_announce(struct pool *p, unsigned i, unsigned slot);
 /* Kills a worker the host no longer trusts; its exit ends its request,
  * if it had one, and forks the replacement. */
 void mf_reset_doom(struct worker *w, const char *why);

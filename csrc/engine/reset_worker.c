@@ -25,6 +25,7 @@
 
 #include "engine/engine_common.h"
 #include "base/log.h"
+#include "rewind/channel_gate.h"
 #include "rewind/pagemap_gate.h"
 #include "wire/proto.h"
 #include "wire/protocol.h"
@@ -41,6 +42,7 @@ struct worker_state {
     volatile sig_atomic_t aborted;
     uint32_t status;
     uint32_t nonce;         /* from the host's REQUEST; never in tracked memory */
+    volatile sig_atomic_t channel_dirty; /* a request touched a request channel (channel_gate.h) */
     const struct mf_worker_config *cfg;
 };
 
@@ -96,6 +98,8 @@ static void rewinder_entry(void)
             fail(cfg, "pagemap gate");
         if (!mf_sigaction_gate_load())
             fail(cfg, "sigaction gate");
+        if (!mf_channel_gate_load())
+            fail(cfg, "channel gate");
         mf_rewind_signals_gated(rw);
         if (cfg->request_filter_len > 0 && !mf_seccomp_load(cfg->request_filter, cfg->request_filter_len))
             fail(cfg, "request filter");
@@ -109,6 +113,13 @@ static void rewinder_entry(void)
         size_t pages = 0;
         if (!mf_rewind_restore(rw, &pages))
             fail(cfg, "rewind");
+        /* Options, a shutdown or an address cannot be taken back: the
+         * next request would meet them. */
+        if (ws->channel_dirty) {
+            mf_errx(EPERM, "request %llu set an option on, shut down, bound or connected the worker's "
+                    "channel to the front end", (unsigned long long)ws->req_id);
+            fail(cfg, "request channel");
+        }
         uint64_t cost = mf_now_us() - started;
         struct mf_request_done done = {.status = ws->status, .aborted = ws->aborted ? 1u : 0u,
                                        .cost_us = cost > UINT32_MAX ? UINT32_MAX : (uint32_t)cost,
@@ -132,27 +143,28 @@ static _Noreturn void serve_one(const struct mf_worker_config *cfg)
     struct mf_request req;
     struct mf_response resp;
     size_t len, nfds;
-    int fd = -1;
+    int fd;
 
     cfg->hooks->after_rewind(hooks->ctx);
-    int rc = mf_recv_packet(cfg->chan_fd, 0, buf, sizeof(buf), &len, &fd, 1, &nfds);
+    int rc = mf_recv_packet(cfg->chan_fd, 0, buf, sizeof(buf), &len, NULL, 0, &nfds);
     if (rc == 0)
         _exit(0); /* the host closed the channel: it is stopping */
     if (rc < 0)
         fail(cfg, "worker channel");
-    if (!mf_frame_parse(buf, len, &hdr) || hdr.type != MF_MSG_REQUEST || nfds != 1) {
-        mf_errx(EPROTO, "expected a REQUEST with its socket");
+    struct mf_worker_request wr;
+    if (!mf_frame_parse(buf, len, &hdr) || hdr.type != MF_MSG_REQUEST || hdr.payload_len != sizeof(wr)) {
+        mf_errx(EPROTO, "expected a REQUEST of %zu bytes", sizeof(wr));
         fail(cfg, "worker channel");
     }
-    struct mf_request_ctl ctl;
-    if (hdr.payload_len != sizeof(ctl)) {
-        mf_errx(EPROTO, "REQUEST payload of %u bytes", hdr.payload_len);
+    memcpy(&wr, buf + MF_FRAME_HEADER_SIZE, sizeof(wr));
+    if (wr.loop >= cfg->n_request_fds) {
+        mf_errx(EPROTO, "REQUEST for front-end loop %u of %u", wr.loop, cfg->n_request_fds);
         fail(cfg, "worker channel");
     }
-    memcpy(&ctl, buf + MF_FRAME_HEADER_SIZE, sizeof(ctl));
-    ws->nonce = ctl.reserved;
+    fd = cfg->request_fds[wr.loop];
+    ws->nonce = wr.nonce;
     explicit_bzero(buf, sizeof(buf));
-    explicit_bzero(&ctl, sizeof(ctl));
+    explicit_bzero(&wr, sizeof(wr));
     ws->req_id = hdr.req_id;
     ws->aborted = 0;
     ws->status = 0;
@@ -255,6 +267,8 @@ _Noreturn void mf_reset_worker_main(const struct mf_worker_config *cfg)
     ws = (struct worker_state *)(void *)the_rewinder->owner;
     *ws = boot;
     the_state = ws;
+    if (!mf_channel_gate_prepare(&ws->channel_dirty, cfg->request_fds, cfg->n_request_fds))
+        fail(cfg, "worker setup");
     if (getcontext(&the_rewinder->rest) < 0)
         fail(cfg, "getcontext(rest)");
     /* Here after the snapshot and after every rewind. */

@@ -28,7 +28,9 @@ struct mf_reset_hooks {
 };
 
 struct mf_worker_config {
-    int chan_fd;
+    int chan_fd;                  /* to the host */
+    const int *request_fds;       /* the persistent request channels, by front-end loop */
+    unsigned n_request_fds;
     const struct mf_reset_hooks *hooks;
     struct mf_limits limits;      /* nofile and memory; the host keeps the CPU budget */
     const void *request_filter;

@@ -461,7 +461,7 @@ static PyMethodDef methods[] = {
 #ifdef MF_HAVE_RESET_ENGINE
     {"serve_reset", (PyCFunction)(void (*)(void))py_serve_reset, METH_VARARGS | METH_KEYWORDS,
      "serve_reset(ctrl_fd, runner, close_in_child, after_rewind, request_filter=b'', cpu_ms=0, "
-     "memory_bytes=0, nofile=0, pool_size=1, idle_ms=0, verify=False, concurrency=256, queue=256, oom_fd=-1)"},
+     "memory_bytes=0, nofile=0, pool_size=1, idle_ms=0, verify=False, concurrency=256, queue=256, oom_fd=-1, front_loops=1)"},
 #endif
     {"serve_fork", (PyCFunction)(void (*)(void))py_serve_fork, METH_VARARGS | METH_KEYWORDS,
      "serve_fork(ctrl_fd, runner, close_in_child, request_filter=b'', cpu_ms=0, memory_bytes=0, nofile=0, "

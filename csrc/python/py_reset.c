@@ -72,12 +72,12 @@ PyObject *py_serve_reset(PyObject *self, PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"ctrl_fd", "runner", "close_in_child", "after_rewind", "request_filter",
                              "cpu_ms", "memory_bytes", "nofile", "pool_size", "idle_ms", "verify",
-                             "concurrency", "queue", "oom_fd", NULL};
+                             "concurrency", "queue", "oom_fd", "front_loops", NULL};
     struct reset_ctx ctx = {{0}, NULL};
     struct mf_reset_hooks hooks = {{&ctx, hook_before_fork, hook_after_fork_parent, hook_after_fork_child,
                                     hook_interrupted, hook_handle},
                                    hook_prepare, hook_after_rewind};
-    struct mf_reset_config cfg = {.hooks = &hooks, .pool_size = 1, .oom_fd = -1,
+    struct mf_reset_config cfg = {.hooks = &hooks, .pool_size = 1, .oom_fd = -1, .front_loops = 1,
                                   .concurrency = MF_RESET_MAX_WORKERS, .queue = MF_DEFAULT_QUEUE};
     /* Released on every return; its buffer a no-op if a failed parse released it. */
     py_cleanup_serve_inputs struct serve_inputs in = {0};
@@ -85,12 +85,12 @@ PyObject *py_serve_reset(PyObject *self, PyObject *args, PyObject *kwargs)
     int verify = 0;
 
     (void)self;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iOOO|y*O&O&O&IO&pO&O&i:serve_reset", kwlist, &cfg.ctrl_fd,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iOOO|y*O&O&O&IO&pO&O&iI:serve_reset", kwlist, &cfg.ctrl_fd,
                                      &ctx.serve.runner, &close_list, &ctx.after_rewind, &in.filter,
                                      uint32_converter, &cfg.limits.cpu_ms, uint64_converter, &cfg.limits.memory_bytes,
                                      uint32_converter, &cfg.limits.nofile, &cfg.pool_size, uint32_converter,
                                      &cfg.idle_ms, &verify, uint32_converter, &cfg.concurrency, uint32_converter,
-                                     &cfg.queue, &cfg.oom_fd))
+                                     &cfg.queue, &cfg.oom_fd, &cfg.front_loops))
         return NULL;
     if (!PyCallable_Check(ctx.serve.runner) || !PyCallable_Check(ctx.after_rewind))
         return PyErr_Format(PyExc_TypeError, "runner and after_rewind must be callable");

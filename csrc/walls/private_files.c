@@ -65,7 +65,15 @@ static bool reopen_private(int fd)
     return true;
 }
 
-bool mf_private_files(int keep_fd)
+static bool kept(const int *keep, size_t n_keep, long fd)
+{
+    for (size_t i = 0; i < n_keep; i++)
+        if (keep[i] == fd)
+            return true;
+    return false;
+}
+
+bool mf_private_files(const int *keep, size_t n_keep)
 {
     DIR *dir = opendir("/proc/self/fd");
     int fds[1024];
@@ -82,7 +90,7 @@ bool mf_private_files(int keep_fd)
     while ((entry = readdir(dir)) != NULL) {
         char *end;
         long fd = strtol(entry->d_name, &end, 10);
-        if (*end != '\0' || end == entry->d_name || fd <= 2 || fd == keep_fd || fd == dirfd(dir))
+        if (*end != '\0' || end == entry->d_name || fd <= 2 || kept(keep, n_keep, fd) || fd == dirfd(dir))
             continue;
         if (n == sizeof(fds) / sizeof(fds[0])) {
             (void)closedir(dir); /* already failing */

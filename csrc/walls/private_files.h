@@ -8,15 +8,16 @@
 #define MAYFLYD_PRIVATE_FILES_H
 
 #include <stdbool.h>
+#include <stddef.h>
 
 /*
- * In the sandbox, before tenant code, for every inherited fd above 2 except
- * keep_fd: a regular file or directory is reopened through /proc/self/fd
+ * In the sandbox, before tenant code, for every inherited fd above 2 but
+ * the n_keep in keep: a regular file or directory is reopened through /proc/self/fd
  * with its access mode and offset, over the same fd number; a pipe, socket
  * or other kernel object (epoll, eventfd, timerfd) is closed, since every
  * sandbox would share it; devices stay. A file the sandbox may not open
  * itself (opened by the host's runtime before the identity drop) stays.
  */
-bool mf_private_files(int keep_fd);
+bool mf_private_files(const int *keep, size_t n_keep);
 
 #endif /* MAYFLYD_PRIVATE_FILES_H */

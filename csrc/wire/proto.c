@@ -221,6 +221,11 @@ bool mf_request_recv(int fd, struct mf_request *req)
                     (unsigned long long)req->req_id);
             break;
         }
+        /* A persistent channel may hold the tail of a request that was cut
+         * short (the front end sends until it hears the end): not ours. */
+        struct mf_frame_header hdr;
+        if (len >= MF_FRAME_HEADER_SIZE && mf_frame_parse(buf, len, &hdr) && hdr.req_id != req->req_id)
+            continue;
         rc = mf_request_feed(req, buf, len);
         if (rc < 0)
             break;

@@ -61,7 +61,8 @@ void mf_request_init(struct mf_request *req, uint64_t req_id);
 /* Consumes one packet: -1 invalid (error recorded, errno EPROTO), 0 more
  * packets expected, 1 request complete (REQ_END or REQ_WHOLE seen). */
 int mf_request_feed(struct mf_request *req, const uint8_t *pkt, size_t len);
-/* Reads packets from fd until the request is complete. */
+/* Reads packets from fd until the request is complete, skipping frames of
+ * another req_id (left on a persistent channel by an earlier request). */
 bool mf_request_recv(int fd, struct mf_request *req);
 void mf_request_free(struct mf_request *req);
 

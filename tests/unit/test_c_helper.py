@@ -150,7 +150,9 @@ def test_struct_layout_matches_native_struct_formats() -> None:
     expected = {"mf_frame_header": FRAME, "mf_req_head": REQ_HEAD, "mf_resp_head": RESP_HEAD,
                 "mf_header_entry": ENTRY, "mf_child_exit": CHILD_EXIT, "mf_ready": READY,
                 "mf_request_failed": REQUEST_FAILED, "mf_request_ctl": struct.Struct("=II"),
-                "mf_worker_ready": struct.Struct("=IIII"), "mf_request_done": struct.Struct("=IIIIII")}
+                "mf_worker_ready": struct.Struct("=IIII"), "mf_request_done": struct.Struct("=IIIIII"),
+                "mf_data_channel": struct.Struct("=II"), "mf_worker_slot": struct.Struct("=II"),
+                "mf_worker_request": struct.Struct("=II")}
     assert set(layout) == set(expected)
     for name, st in expected.items():
         size, fields = layout[name]
@@ -918,6 +920,10 @@ class Host:
             mine.send(pkt)
         return mine
 
+    def bare_request(self, req_id: int) -> Any:
+        """A REQUEST with nothing sent for it: for one the host refuses."""
+        return bare_request(self.data, req_id)
+
     def ctrl_message(self) -> tuple[int, int, bytes]:
         return parse_frame(self.ctrl.recv(4096))
 
@@ -1278,7 +1284,7 @@ def check_the_queue_is_bounded(h: Host, tmp_path: Path) -> int:
     h.request(1, path=b"/sleep", query=str(tmp_path / "pid").encode())
     first = wait_for_pid_file(tmp_path / "pid")
     waiting = h.request(2, body=b"my turn")
-    refused = bare_request(h.data, 3)
+    refused = h.bare_request(3)
     assert request_failed(h.any_message(), 3) == errno.EAGAIN
     assert peer_closed(refused)
     h.data.send(frame(M.MSG_CANCEL, 1))

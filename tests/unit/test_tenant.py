@@ -35,6 +35,8 @@ class FakeDataPlane:
     def tenant_down(self, tenant: str, reason: str) -> None:
         self.told.append(("down", tenant, reason))
 
+    loops = 1
+
     def counts(self, tenant: str) -> TenantCounts:
         nothing = Histogram(buckets=(), sum=0, count=0)
         return TenantCounts(statuses={}, duration_us=nothing, cost_us=nothing, pages=nothing, limits={},

@@ -68,6 +68,7 @@ class HostSpec:
     pool: int = 1               # reset: workers
     pool_idle_ms: int = 0       # reset: a worker idle this long exits (0: never)
     verify_rewind: bool = False  # reset: compare every tracked page after each rewind
+    front_loops: int = 1        # reset: request channels per worker, one per front-end loop
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -279,7 +280,8 @@ def serve(spec: HostSpec, *, forked_by_zygote: bool = False, oom_fd: int = -1) -
                                 request_filter=request_filter, cpu_ms=spec.request_cpu_ms,
                                 memory_bytes=spec.request_memory, nofile=spec.nofile, pool_size=spec.pool,
                                 idle_ms=spec.pool_idle_ms, verify=spec.verify_rewind,
-                                concurrency=spec.concurrency, queue=spec.queue, oom_fd=oom_fd)
+                                concurrency=spec.concurrency, queue=spec.queue, oom_fd=oom_fd,
+                                front_loops=spec.front_loops)
         else:
             _mayfly.serve_fork(ctrl.fileno(), make_runner(program), [], request_filter=request_filter,
                                cpu_ms=spec.request_cpu_ms, memory_bytes=spec.request_memory, nofile=spec.nofile,

@@ -116,6 +116,10 @@ class FrontProcess:
         if slot is not None:
             self._free_slots.append(slot)
 
+    @property
+    def loops(self) -> int:
+        return self.threads
+
     def counts(self, tenant: str) -> TenantCounts:
         """What the front end counted for the tenant, over its whole life."""
         return self.metrics.snapshot(self.slot_of(tenant))
@@ -277,9 +281,9 @@ class FrontProcess:
             host_id = self._host_ids[host] = self._next_host_id
         try:
             for thread in range(self.threads):
-                channel = host.attach_data_channel()
+                channel = host.attach_data_channel(thread)
                 try:
-                    link.attach_host(host_id, thread, tenant, channel.fileno())
+                    link.attach_host(host_id, thread, tenant, channel.fileno(), host.engine)
                 finally:
                     channel.close()
         except OSError as exc:

@@ -163,9 +163,15 @@ class SandboxHost:
         asyncio.get_running_loop().add_reader(self._ctrl.fileno(), self._on_control_readable)
         self._tasks.append(asyncio.create_task(self._watch_process()))
 
-    def attach_data_channel(self) -> socket.socket:
-        """A new data channel of the host: one end sent to it on the
-        control channel (DATA_CHANNEL), the other returned, non-blocking.
+    @property
+    def engine(self) -> int:
+        """protocol.ENGINE_RESET or ENGINE_FORK: how the front end hands it requests."""
+        return protocol.ENGINE_RESET if self._spec.engine == "reset" else protocol.ENGINE_FORK
+
+    def attach_data_channel(self, loop: int = 0) -> socket.socket:
+        """A new data channel of the host for front-end loop `loop`: one
+        end sent to it on the control channel (DATA_CHANNEL), the other
+        returned, non-blocking.
         The host holds MAX_DATA_CHANNELS at most and refuses more (it
         warns; the channel returned then reads EOF). OSError if the
         control channel is gone or full."""
@@ -174,7 +180,8 @@ class SandboxHost:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             ours.setblocking(False)
-            self._ctrl.sendmsg([protocol.pack_frame(protocol.MsgType.DATA_CHANNEL, 0)],
+            self._ctrl.sendmsg([protocol.pack_frame(protocol.MsgType.DATA_CHANNEL, 0,
+                                                    protocol.DATA_CHANNEL.pack(loop, 0))],
                                [(socket.SOL_SOCKET, socket.SCM_RIGHTS, _FD.pack(theirs.fileno()))])
         except OSError:
             ours.close()

@@ -72,6 +72,8 @@ class DataPlane(Protocol):
     def tenant_starting(self, tenant: str) -> None: ...
     def tenant_down(self, tenant: str, reason: str) -> None: ...
     def counts(self, tenant: str) -> TenantCounts: ...
+    @property
+    def loops(self) -> int: ...  # the front end's loops: a reset worker's request channels
 
 
 class TenantState(enum.Enum):
@@ -178,7 +180,7 @@ class Tenant:
             nofile=SANDBOX_NOFILE, concurrency=limits.concurrency, queue=limits.queue,
             engine=walls.engine_of(config),
             pool=config.pool or default_pool(), pool_idle_ms=config.pool_idle_ms,
-            verify_rewind=config.verify_rewind)
+            verify_rewind=config.verify_rewind, front_loops=self._data_plane.loops)
 
     def view(self) -> TenantView:
         """What a (re)started front end is told about this tenant."""

@@ -1,0 +1,119 @@
+/* Which requests touched their worker's request channels; see channel_gate.h. */
+#define _GNU_SOURCE
+#include "rewind/channel_gate.h"
+
+#include <errno.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stdint.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <ucontext.h>
+
+#include "base/log.h"
+#include "rewind/gate_filter.h"
+#include "walls/seccomp.h"
+#include "wire/protocol.h"
+
+#if !defined(__x86_64__)
+#error "the channel gate's syscall stub, filter and SIGSYS handler are written for x86_64"
+#endif
+
+#ifndef SYS_SECCOMP
+#define SYS_SECCOMP 1
+#endif
+
+/* syscall(nr, a..e) from a known address: the number in rdi, the
+ * arguments shifted down by one register, the fourth in r10. */
+long mf_channel_syscall(long nr, long a, long b, long c, long d, long e);
+extern const char mf_channel_syscall_after[];
+__asm__(".text\n"
+        ".globl mf_channel_syscall\n"
+        ".hidden mf_channel_syscall\n"
+        ".type mf_channel_syscall, @function\n"
+        "mf_channel_syscall:\n"
+        "    mov %rdi, %rax\n"
+        "    mov %rsi, %rdi\n"
+        "    mov %rdx, %rsi\n"
+        "    mov %rcx, %rdx\n"
+        "    mov %r8, %r10\n"
+        "    mov %r9, %r8\n"
+        "    syscall\n"
+        ".globl mf_channel_syscall_after\n"
+        ".hidden mf_channel_syscall_after\n"
+        "mf_channel_syscall_after:\n"
+        "    ret\n"
+        ".size mf_channel_syscall, . - mf_channel_syscall\n");
+
+/* Set before the snapshot: every rewind restores the same values. */
+static struct {
+    dev_t dev;
+    ino_t ino;
+} channels[MF_MAX_FRONT_LOOPS];
+static size_t n_channels;
+static volatile sig_atomic_t *gate_dirty;
+
+static bool gated(long nr)
+{
+    return nr == SYS_setsockopt || nr == SYS_shutdown || nr == SYS_bind || nr == SYS_connect ||
+           nr == SYS_listen;
+}
+
+bool mf_channel_gate_prepare(volatile sig_atomic_t *dirty, const int *fds, size_t n)
+{
+    struct stat st;
+
+    if (n > MF_MAX_FRONT_LOOPS)
+        return mf_errx(EINVAL, "%zu request channels, at most %d", n, MF_MAX_FRONT_LOOPS);
+    for (size_t i = 0; i < n; i++) {
+        if (fstat(fds[i], &st) < 0)
+            return mf_err("fstat(request channel %d)", fds[i]);
+        channels[i].dev = st.st_dev;
+        channels[i].ino = st.st_ino;
+    }
+    n_channels = n;
+    gate_dirty = dirty;
+    return true;
+}
+
+bool mf_channel_gate_trap(const siginfo_t *si, void *uctx)
+{
+    greg_t *regs = ((ucontext_t *)uctx)->uc_mcontext.gregs;
+    struct stat st;
+
+    if (si->si_code != SYS_SECCOMP || !gated(si->si_syscall) || gate_dirty == NULL)
+        return false;
+    /* Dirty first: an abort may cut this handler short after the call. */
+    if (fstat((int)regs[REG_RDI], &st) == 0 && S_ISSOCK(st.st_mode))
+        for (size_t i = 0; i < n_channels; i++)
+            if (channels[i].dev == st.st_dev && channels[i].ino == st.st_ino)
+                *gate_dirty = 1;
+    regs[REG_RAX] = mf_channel_syscall(si->si_syscall, (long)regs[REG_RDI], (long)regs[REG_RSI],
+                                       (long)regs[REG_RDX], (long)regs[REG_R10], (long)regs[REG_R8]);
+    return true;
+}
+
+bool mf_channel_gate_load(void)
+{
+    uint64_t ip = (uint64_t)(uintptr_t)mf_channel_syscall_after;
+
+    if (n_channels == 0)
+        return true;
+    /* Jumps count the instructions between: the tail starts at 9, its
+     * SECCOMP_RET_ALLOW is at 13. */
+    struct sock_filter prog[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, MF_GATE_DATA(arch)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 0, 11),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, MF_GATE_DATA(nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_setsockopt, 5, 0),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_shutdown, 4, 0),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_bind, 3, 0),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_connect, 2, 0),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_listen, 1, 0),
+        BPF_STMT(BPF_JMP | BPF_JA | BPF_K, 4),
+        MF_GATE_TAIL(ip, SECCOMP_RET_TRAP),
+    };
+    _Static_assert(sizeof(prog) / sizeof(prog[0]) == 15, "jump offsets count these instructions");
+    return mf_seccomp_load(prog, sizeof(prog));
+}
