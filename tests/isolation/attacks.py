@@ -17,6 +17,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
@@ -161,6 +162,80 @@ def forge_done(request):
     return None
 
 
+def request_channels():
+    """The sockets this request could reach the front end by: in a fork
+    sandbox, its own socketpair end; in a reset worker, its persistent
+    request channels, one per front-end loop (made by the host after its
+    own channel to the worker, so at higher fds; all have the host as peer)."""
+    by_peer = _sockets_by_peer()
+    from_host = sorted(fd for fd, peer in by_peer.items() if peer == os.getppid())
+    if len(from_host) > 1:
+        return from_host[1:]
+    return [fd for fd, peer in by_peer.items() if peer != os.getppid()]
+
+
+def _frame(msg_type, req_id, payload):
+    return struct.pack("=IHHQII", 0x594C464D, msg_type, 1, req_id, len(payload), 0) + payload
+
+
+def _answer(req_id, text):
+    """A whole answer (RESP_WHOLE) for req_id, as the worker would write it."""
+    body = text.encode()
+    return _frame(51, req_id, struct.pack("=IIQ", 200, 0, len(body)) + body)
+
+
+def on_each_channel(action):
+    """action(socket) on a duplicate of every request channel; what each did."""
+    seen = []
+    for fd in request_channels():
+        sock = socket.socket(fileno=os.dup(fd))
+        try:
+            seen.append(observed(lambda: action(sock)))
+        finally:
+            sock.detach() if sock.fileno() < 0 else sock.close()
+    return seen
+
+
+def channel_junk(request):
+    """Answer early (a whole answer of its own id), then leave frames on the
+    channel for the requests after it: answers for the next ids, another
+    answer of its own, garbage. Then the real answer goes after them."""
+    for fd in request_channels():
+        os.write(fd, _answer(request.id, "early"))
+        for other in range(request.id + 1, request.id + 4):
+            os.write(fd, _answer(other, "stolen"))
+        os.write(fd, _answer(request.id, "junk-after"))
+        os.write(fd, b"garbage that is no frame")
+    return "late"
+
+
+def channel_linger(request):
+    """A forged completion: answer at once, then keep running."""
+    for fd in request_channels():
+        os.write(fd, _answer(request.id, "early"))
+    time.sleep(1.0)
+    return "late"
+
+
+def channel_scm_dup(touch):
+    """A duplicate of the channel by SCM_RIGHTS over a socketpair of the
+    request's own; touch: then set an option through the duplicate."""
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    socket.send_fds(mine, [b"x"], request_channels())
+    _, fds, _, _ = socket.recv_fds(theirs, 16, 16)
+    if touch:
+        for fd in fds:
+            socket.socket(fileno=fd).setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, 1000))
+    return f"{len(fds)} duplicates"
+
+
+def _drop_all_filter(sock):
+    """SO_ATTACH_FILTER with a classic BPF program that drops every packet."""
+    program = (ctypes.c_uint64 * 1)(0x0000000000000006)  # BPF_RET | BPF_K, k = 0
+    fprog = struct.pack("HxxxxxxQ", 1, ctypes.addressof(program))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_ATTACH_FILTER, fprog)
+
+
 def _open_fds():
     """(fd, what it points at) for this process's fds from 3 up."""
     for fd in range(3, 256):
@@ -230,6 +305,16 @@ def processes():
 
 ATTACKS = {
     "/normal": lambda r: normal_program(),
+    # the channel to the front end
+    "/channel/shutdown": lambda r: on_each_channel(lambda s: s.shutdown(socket.SHUT_RDWR)),
+    "/channel/options": lambda r: on_each_channel(
+        lambda s: s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, 1000))),
+    "/channel/filter": lambda r: on_each_channel(_drop_all_filter),
+    "/channel/scm-dup-touch": lambda r: channel_scm_dup(True),
+    "/channel/scm-dup-keep": lambda r: channel_scm_dup(False),
+    "/channel/close": lambda r: [os.close(fd) for fd in request_channels()] and "closed",
+    "/channel/dup2": lambda r: [os.dup2(os.open("/dev/null", os.O_RDONLY), fd) for fd in request_channels()]
+    and "replaced",
     # reading secrets
     "/read/shadow": lambda r: read("/etc/shadow"),
     "/read/path": lambda r: read(r.query),
@@ -327,6 +412,10 @@ def on_client_request(request):
         return check_state()
     if request.path == "/protocol/forge":
         return forge_for_request(request)
+    if request.path == "/channel/junk":
+        return channel_junk(request)
+    if request.path == "/channel/linger":
+        return channel_linger(request)
     if request.path == "/protocol/forge-done":
         return forge_done(request)
     if request.path == "/protocol/garbage":
