@@ -31,6 +31,7 @@ from mayflyd import front_protocol
 from mayflyd.front_protocol import HostDrained, RouteLimits, TenantRoute
 from mayflyd.protocol import (
     CHILD_EXIT,
+    ENGINE_FORK,
     EXIT_CANCELLED,
     EXIT_CPU_EXCEEDED,
     EXIT_TIMED_OUT,
@@ -132,7 +133,7 @@ class FakeHost:
         async def go() -> None:
             for thread in range(threads):
                 ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-                link.attach_host(self.host_id, thread, tenant, theirs.fileno())
+                link.attach_host(self.host_id, thread, tenant, theirs.fileno(), ENGINE_FORK)
                 theirs.close()
                 self.channels.append(ours)
                 reader = threading.Thread(target=self._serve, args=(ours, thread), daemon=True)
@@ -519,7 +520,7 @@ def test_a_bad_host_message_is_logged_and_dropped(front: Front) -> None:
     front.routes()
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     with ours, theirs:
-        front.link.attach_host(9, THREADS, "app", theirs.fileno())  # no such thread
+        front.link.attach_host(9, THREADS, "app", theirs.fileno(), ENGINE_FORK)  # no such thread
         theirs.close()
         ours.settimeout(5)
         assert ours.recv(64) == b""  # the front end closed the fd it got
