@@ -34,10 +34,17 @@ from mayflyd.protocol import (
     WORKER_SLOT,
     MsgType,
     pack_frame,
-    parse_frame,
 )
 from mayflyd.supervisor.front_link import FrontLink
-from tests.unit.test_front_hosts import Front, read_request, response_packets, start_front, stop_front
+from tests.unit.test_front_hosts import (
+    Front,
+    close_all,
+    messages,
+    read_request,
+    response_packets,
+    start_front,
+    stop_front,
+)
 from tests.unit.test_front_http import REPO, _build, pytestmark  # noqa: F401  (skips without llhttp)
 
 THREADS = 2  # as spawn() starts it
@@ -101,23 +108,10 @@ class FakeResetHost:
             self._new_worker(thread, slot)
 
     def close(self) -> None:
-        for sock in [*self.channels.values(), *self.workers.values()]:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)  # wakes its reader
-            except OSError:
-                pass  # the front end closed it first
-            sock.close()
+        close_all([*self.channels.values(), *self.workers.values()])
 
     def _serve(self, thread: int) -> None:
-        channel = self.channels[thread]
-        while True:
-            try:
-                packet, fds, _, _ = socket.recv_fds(channel, 4096, 1)
-            except OSError:
-                return
-            if not packet:
-                return
-            frame = parse_frame(packet)
+        for frame, fds in messages(self.channels[thread]):
             for fd in fds:
                 os.close(fd)
             with self.lock:
