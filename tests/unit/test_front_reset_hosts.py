@@ -16,6 +16,7 @@ import collections
 import http.client
 import json
 import os
+import signal
 import socket
 import threading
 import time
@@ -65,6 +66,7 @@ class FakeResetHost:
 
     host_id: int
     slots: int
+    hangs: bool = False  # /hang: never answer (else it answers like /ok)
     channels: dict[int, socket.socket] = field(default_factory=dict)
     workers: dict[tuple[int, int], socket.socket] = field(default_factory=dict)  # (thread, slot): our end
     idle: dict[int, list[int]] = field(default_factory=dict)
@@ -103,9 +105,12 @@ class FakeResetHost:
     def replace_worker(self, thread: int, slot: int) -> None:
         """The slot's worker goes (WORKER_GONE) and a new one takes the slot (WORKER_CHANNEL)."""
         with self.lock:
-            self.channels[thread].send(pack_frame(MsgType.WORKER_GONE, 0, WORKER_SLOT.pack(slot, 0)))
-            self.workers.pop((thread, slot)).close()
-            self._new_worker(thread, slot)
+            self._replace(thread, slot)
+
+    def _replace(self, thread: int, slot: int) -> None:
+        self.channels[thread].send(pack_frame(MsgType.WORKER_GONE, 0, WORKER_SLOT.pack(slot, 0)))
+        self.workers.pop((thread, slot)).close()
+        self._new_worker(thread, slot)
 
     def close(self) -> None:
         close_all([*self.channels.values(), *self.workers.values()])
@@ -126,9 +131,10 @@ class FakeResetHost:
                 self.queued[thread].append((frame.req_id, REQUEST_CTL.unpack(frame.payload)[0]))
                 self._dispatch(thread)
 
-    def _report(self, thread: int, req_id: int, *, flags: int = 0) -> None:
+    def _report(self, thread: int, req_id: int, *, status: int = 0, flags: int = 0) -> None:
+        exit_ = CHILD_EXIT.pack(4242, status, flags, 7, 0, 0)
         try:
-            self.channels[thread].send(pack_frame(MsgType.CHILD_EXIT, req_id, CHILD_EXIT.pack(4242, 0, flags, 7, 0, 0)))
+            self.channels[thread].send(pack_frame(MsgType.CHILD_EXIT, req_id, exit_))
         except OSError:
             pass  # the front end ended first (the test is over)
 
@@ -161,6 +167,17 @@ class FakeResetHost:
             return
         with self.lock:
             self.served.append(Served(req_id, thread, slot, os.fstat(sock.fileno()).st_ino))
+        if request.path == "/hang" and self.hangs:
+            return  # holds its worker until the host's channels end
+        if request.path == "/die":
+            sock.shutdown(socket.SHUT_RDWR)  # the worker dies: its channel ends under the request
+            time.sleep(0.05)  # the front end sees the end before the report
+            with self.lock:
+                self._report(thread, req_id, status=signal.SIGKILL)
+                self._replace(thread, slot)
+                self.idle[thread].append(slot)
+                self._dispatch(thread)
+            return
         if request.path == "/slow":
             time.sleep(0.3)
         if request.path == "/cut":
@@ -185,8 +202,8 @@ class ResetFront:
     front: Front
     fakes: list[FakeResetHost] = field(default_factory=list)
 
-    def host(self, host_id: int, *, slots: int = 2, threads: int = THREADS) -> FakeResetHost:
-        fake = FakeResetHost(host_id, slots)
+    def host(self, host_id: int, *, slots: int = 2, threads: int = THREADS, hangs: bool = False) -> FakeResetHost:
+        fake = FakeResetHost(host_id, slots, hangs)
         fake.attach(self.front.link, "app", threads)
         self.fakes.append(fake)
         return fake
@@ -326,3 +343,38 @@ def test_an_unknown_engine_is_refused(front: ResetFront) -> None:
         ours.settimeout(5)
         assert ours.recv(64) == b""  # the front end closed the fd it got
     assert "HOST_ATTACH: engine 7" in front.front.stderr.read_text()
+
+
+def test_a_worker_that_dies_under_a_request_is_a_502(binary: Path, tmp_path: Path) -> None:
+    running = start(binary, tmp_path, "--threads", "1")
+    try:
+        fake = running.host(1, slots=1, threads=1)
+        status, seen = answer_of(running.front, "/die")
+        assert (status, seen["body"]) == (502, "502 Bad Gateway: the program ended without answering\n")
+        assert "the sandbox killed by signal 9 (SIGKILL) without answering" in running.front.stderr.read_text()
+        assert answer_of(running.front, "/ok")[0] == 200  # on the slot's new worker
+        first, second = fake.served
+        assert first.inode != second.inode and not fake.errors
+    finally:
+        stop(running)
+
+
+def test_a_get_whose_reset_host_died_is_retried_clean_on_the_next(binary: Path, tmp_path: Path) -> None:
+    running = start(binary, tmp_path, "--threads", "1")
+    try:
+        dying = running.host(1, slots=1, threads=1, hangs=True)
+        answers: list[tuple[int, dict[str, object]]] = []
+        asking = threading.Thread(target=lambda: answers.append(answer_of(running.front, "/hang")))
+        asking.start()
+        deadline = time.monotonic() + 5
+        while not dying.served and time.monotonic() < deadline:
+            time.sleep(0.01)
+        dying.close()  # its data channel and workers end with the request on one of them
+        time.sleep(0.1)
+        fake = running.host(2, slots=1, threads=1)
+        asking.join(10)
+        assert answers and answers[0][0] == 200  # not "dispatched already": the retry started clean
+        assert [s.req_id for s in fake.served] == [s.req_id for s in dying.served]
+        assert fake.fds_with_request == 0 and not fake.errors
+    finally:
+        stop(running)
