@@ -3,7 +3,8 @@
  * "request channel"): per worker slot the front end's end of that worker's
  * channel, which the host sends with WORKER_CHANNEL and withdraws with
  * WORKER_GONE. A call borrows its worker's channel from DISPATCHED to its
- * answer (hosts.c); it never closes it. A channel outlives its requests,
+ * answer and then only unwatches it (sandbox_call.c); a slot's channel is
+ * closed here, once no call holds it. A channel outlives its requests,
  * so whatever a finished request wrote on it (junk after its answer, a
  * forged frame for the next one) is read and dropped here, before the next
  * request is written and once the host reports the last one ended: no
