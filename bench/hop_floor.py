@@ -2,11 +2,12 @@
 
     python -m bench.hop_floor PROGRAM PORT
 
-mayflyd-front as the daemon runs it (the same executable, control channel,
-data channels and per-request socketpair, one loop per core of this
-process's affinity), but the "host" on the other end of the data channels
-is one plain process that runs the program's handler in place: no fork, no
-rewind, no walls. Whatever a sandbox costs comes on top of this, so its
+mayflyd-front as the daemon runs it with a reset host (the same executable,
+control channel, data channels and persistent request channels: per loop
+one worker slot, DISPATCHED per request, the answer on the worker's
+channel, CHILD_EXIT after; one loop per core of this process's affinity),
+but the "host" on the other end is one plain process that runs the
+program's handler in place: no fork, no rewind, no walls. Whatever a sandbox costs comes on top of this, so its
 throughput is the most the daemon's present shape can reach on the same
 cores. HOP_FLOOR_FILTER=1 confines the front end with the daemon's seccomp
 filter, to measure what the filter costs.
@@ -31,10 +32,11 @@ from mayflyd.supervisor.front_process import front_executable
 
 _RECV_SIZE = protocol.FRAME_HEADER_SIZE + protocol.MAX_PAYLOAD
 _EXIT = protocol.CHILD_EXIT.pack(0, 0, 0, 0, 0, 0)
+_SLOT = protocol.WORKER_SLOT.pack(0, 0)
 
 
 def _answer(handler: Any, sock: socket.socket) -> None:
-    """Reads one request's frames from its socket and answers it."""
+    """Reads one request's frames from the worker's channel and answers it there."""
     while True:
         frame = protocol.parse_frame(sock.recv(_RECV_SIZE))
         if frame.type in (protocol.MsgType.REQ_WHOLE, protocol.MsgType.REQ_END):
@@ -46,25 +48,26 @@ def _answer(handler: Any, sock: socket.socket) -> None:
     sock.send(protocol.pack_frame(protocol.MsgType.RESP_WHOLE, frame.req_id, head + body))
 
 
-def _plain_host(channels: list[socket.socket], program_path: str) -> None:
-    """The host's side of every data channel, serving in place."""
+def _plain_host(channels: list[tuple[socket.socket, socket.socket]], program_path: str) -> None:
+    """The host's side of every (data channel, worker channel) pair, serving in
+    place: one request at a time per loop, so one worker slot (0) each."""
     program = load_program(Path(program_path)).module
     program.on_init()
     handler = program.on_client_request
     selector = selectors.DefaultSelector()
-    for channel in channels:
-        selector.register(channel, selectors.EVENT_READ)
+    for data_channel, worker in channels:
+        selector.register(data_channel, selectors.EVENT_READ, worker)
     while True:
         for key, _ in selector.select():
             channel: socket.socket = key.fileobj  # type: ignore[assignment]
-            packet, fds, _, _ = socket.recv_fds(channel, 4096, 1)
+            packet = channel.recv(4096)
             if not packet:
                 return
             frame = protocol.parse_frame(packet)
             if frame.type != protocol.MsgType.REQUEST:
                 continue  # CANCEL: the answer is already out
-            with socket.socket(fileno=fds[0]) as sock:
-                _answer(handler, sock)
+            channel.send(protocol.pack_frame(protocol.MsgType.DISPATCHED, frame.req_id, _SLOT))
+            _answer(handler, key.data)
             channel.send(protocol.pack_frame(protocol.MsgType.CHILD_EXIT, frame.req_id, _EXIT))
 
 
@@ -73,8 +76,18 @@ async def _drive(link: FrontLink, channels: list[socket.socket]) -> None:
                          queue=0, request_cpu_ms=30_000)
     await link.send_routes([TenantRoute("t0", ("x",), True, limits, slot=0)])
     for thread, channel in enumerate(channels):
-        link.attach_host(1, thread, "t0", channel.fileno())
+        link.attach_host(1, thread, "t0", channel.fileno(), protocol.ENGINE_RESET)
         channel.close()
+
+
+def _worker_channel(data_channel: socket.socket) -> socket.socket:
+    """Worker slot 0's request channel for one loop: the front end's end goes
+    with WORKER_CHANNEL on the loop's data channel; ours is returned."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with theirs:
+        socket.send_fds(data_channel, [protocol.pack_frame(protocol.MsgType.WORKER_CHANNEL, 0, _SLOT)],
+                        [theirs.fileno()])
+    return ours
 
 
 def main() -> None:
@@ -99,7 +112,7 @@ def main() -> None:
     try:
         asyncio.run(_drive(link, [front_end for front_end, _ in pairs]))
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-        _plain_host([host_end for _, host_end in pairs], program_path)
+        _plain_host([(host_end, _worker_channel(host_end)) for _, host_end in pairs], program_path)
     finally:
         front.kill()  # its requests in flight wait for this host, which is gone: no drain
         front.wait()

@@ -5,8 +5,8 @@ b. ``process``: aiohttp running the program in a fresh ``python3`` per request
 c. ``bwrap``: as b, each process wrapped in a bubblewrap sandbox
 d. ``mayflyd`` fork engine: the host forks a sandbox per request
 e. ``mayflyd`` reset engine: a pool of workers, each rewound after every request
-f. ``hop_floor``: mayflyd-front and its hop (the hosts' data channels, a
-   socketpair per request) to a plain process, no sandbox (bench/hop_floor.py):
+f. ``hop_floor``: mayflyd-front and its hop (a reset host's data channels and
+   persistent worker channels) to a plain process, no sandbox (bench/hop_floor.py):
    the most a sandbox in another process can reach in the daemon's shape
 
 Every server is a context manager that yields a RunningServer and always

@@ -67,10 +67,13 @@ static bool host_attach(const char *payload, size_t len, int *fd, struct mf_fron
     if (attach.name_len != len - sizeof(attach) || attach.thread >= count || *fd < 0)
         return mf_errx(EINVAL, "HOST_ATTACH: name of %u bytes in %zu, thread %u of %u, %s fd", attach.name_len,
                        len - sizeof(attach), attach.thread, count, *fd < 0 ? "no" : "an");
+    if (attach.engine > MF_ENGINE_RESET) /* 0: a sender from before the field, a fork host */
+        return mf_errx(EINVAL, "HOST_ATTACH: engine %u", attach.engine);
     struct mf_front_mail *mail = new_mail(MF_MSG_HOST_ATTACH, payload + sizeof(attach), attach.name_len);
     if (mail == NULL)
         return false;
     mail->host_id = attach.host_id;
+    mail->engine = attach.engine == MF_ENGINE_RESET ? MF_ENGINE_RESET : MF_ENGINE_FORK;
     mail->fd = mf_steal_fd(fd);
     mf_loop_post(&loops[attach.thread], mail);
     return true;

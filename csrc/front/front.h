@@ -97,6 +97,7 @@ struct mf_front_mail {
     uint16_t type;       /* MF_MSG_HOST_ATTACH, MF_MSG_HOST_DETACH or MF_MSG_TENANT_STATE */
     uint64_t host_id;
     uint32_t state;      /* TENANT_STATE */
+    uint32_t engine;     /* HOST_ATTACH: MF_ENGINE_FORK or MF_ENGINE_RESET */
     int fd;              /* HOST_ATTACH: the data channel, the backend's to close; else -1 */
     size_t name_len;
     char name[256];

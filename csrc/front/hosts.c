@@ -22,8 +22,6 @@
 #include "front/metrics.h"
 #include "wire/proto.h"
 
-#define TENANT_BUCKETS 1024
-
 static const char NOT_RUNNING[] = "the tenant's program is not running";
 static const char ENDED[] = "the program ended without answering";
 static const char INVALID[] = "the program sent an invalid response";
@@ -38,33 +36,7 @@ struct mf_htenant {
     struct mf_call *waiting_first, *waiting_last;
 };
 
-struct mf_host {
-    struct mf_front_watch watch; /* first: the data channel; fd -1 once it ended */
-    struct mf_hosts *hosts;
-    struct mf_htenant *tenant;
-    uint64_t host_id;
-    bool detached;
-    bool reading;                /* in host_ready: freed by it, not under it */
-    struct mf_call *calls;       /* RUNNING and DONE */
-    struct mf_host *next;        /* in its tenant's list */
-};
-
-/* One loop's view. */
-struct mf_hosts {
-    struct mf_front_loop *loop;
-    struct mf_front_watch timer;  /* timerfd: the earliest call timer */
-    struct mf_call *timers_first, *timers_last; /* sorted by timer_ms */
-    uint64_t timer_set_ms;        /* what the timerfd is set to (0: disarmed) */
-    uint8_t *packet;              /* MF_PACKET_MAX + 1: one byte more shows a longer packet */
-    /* Freed at the end of the loop's turn: an event later in the same
-     * batch may still name them. */
-    struct mf_call *dead_calls;
-    struct mf_host *dead_hosts;
-    struct mf_htenant *buckets[TENANT_BUCKETS];
-};
-
 static void call_timer_ready(struct mf_front_watch *watch, uint32_t events);
-static void call_ready(struct mf_front_watch *watch, uint32_t events);
 static void host_ready(struct mf_front_watch *watch, uint32_t events);
 static void dispatch(struct mf_call *call);
 
@@ -110,7 +82,7 @@ static uint64_t name_hash(const char *name, size_t len)
  * and live as long as the process). */
 static struct mf_htenant *tenant_of(struct mf_hosts *hosts, const char *name, size_t len)
 {
-    struct mf_htenant **bucket = &hosts->buckets[name_hash(name, len) % TENANT_BUCKETS];
+    struct mf_htenant **bucket = &hosts->buckets[name_hash(name, len) % MF_TENANT_BUCKETS];
     for (struct mf_htenant *t = *bucket; t != NULL; t = t->next)
         if (t->name_len == len && memcmp(t->name, name, len) == 0)
             return t;
@@ -222,6 +194,12 @@ static void host_close_channel(struct mf_host *host)
     host->watch.fd = -1;
 }
 
+/* After the calls let go of them (a watched fd must leave epoll first). */
+static void host_close_workers(struct mf_host *host)
+{
+    mf_worker_channels_close(host->workers);
+}
+
 static void ignore_ready(struct mf_front_watch *watch, uint32_t events)
 {
     (void)watch, (void)events;
@@ -233,6 +211,7 @@ static void host_maybe_drained(struct mf_host *host)
     if (!host->detached || host->calls != NULL || host->reading)
         return;
     host_close_channel(host);
+    host_close_workers(host);
     struct mf_htenant *t = host->tenant;
     for (struct mf_host **p = &t->hosts; *p != NULL; p = &(*p)->next)
         if (*p == host) {
@@ -353,7 +332,7 @@ static void ended_without_answer(struct mf_call *call)
     fail(call, 502, ENDED, NULL);
 }
 
-static void invalid(struct mf_call *call, enum mf_feed why)
+void mf_call_invalid(struct mf_call *call, enum mf_feed why)
 {
     if (why == MF_FEED_TOO_LARGE) {
         mf_front_limit_hit(call->metrics, MF_METRICS_LIMIT_MAX_RESPONSE, call->tenant->name, call->tenant->name_len, call->req_id, mf_last_error());
@@ -365,9 +344,7 @@ static void invalid(struct mf_call *call, enum mf_feed why)
     fail(call, 502, INVALID, NULL);
 }
 
-/* Reads what the sandbox sent; answers once it is whole, or wrong. True
- * while the call still waits for its answer (false: it may be gone). */
-static bool call_read(struct mf_call *call)
+bool mf_call_read(struct mf_call *call)
 {
     uint8_t *packet = call->hosts->packet;
     while (call->watch.fd >= 0 && !call->eof) {
@@ -387,7 +364,7 @@ static bool call_read(struct mf_call *call)
         if (got == MF_FEED_MORE)
             continue;
         if (got != MF_FEED_DONE) {
-            invalid(call, got);
+            mf_call_invalid(call, got);
             return false;
         }
         struct mf_front_ticket *ticket = call->ticket;
@@ -404,20 +381,18 @@ static bool call_read(struct mf_call *call)
         ended_without_answer(call);
         return false;
     }
-    if (call->watch.fd >= 0 && close(call->watch.fd) < 0)
-        mf_warn("close(request channel %d) failed: %s", call->watch.fd, strerror(errno));
-    call->watch.fd = -1;
+    mf_call_drop_channel(call);
     uint64_t wait_until = call->hosts->loop->now_ms + MF_EXIT_WAIT_MS;
     timer_arm(call, wait_until < call->deadline_ms ? wait_until : call->deadline_ms, true);
     return true;
 }
 
-static void call_ready(struct mf_front_watch *watch, uint32_t events)
+void mf_call_ready(struct mf_front_watch *watch, uint32_t events)
 {
     struct mf_call *call = (struct mf_call *)((char *)watch - offsetof(struct mf_call, watch));
     (void)events;
     mf_call_send(call);
-    (void)call_read(call);
+    (void)mf_call_read(call);
 }
 
 /* ---- running a call on a host --------------------------------------------- */
@@ -431,20 +406,43 @@ static struct mf_host *serving_host(const struct mf_htenant *t)
     return NULL;
 }
 
+/* REQUEST to the host: with the sandbox's end of the call's socketpair
+ * (fork host), or alone (reset host: DISPATCHED names the channel later). */
+static bool send_request(struct mf_call *call, struct mf_host *host, int theirs)
+{
+    struct mf_front_loop *loop = call->hosts->loop;
+    uint64_t left = call->deadline_ms > loop->now_ms ? call->deadline_ms - loop->now_ms : 1;
+    if (left > call->timeout_ms)
+        left = call->timeout_ms; /* the head's time was read after the loop's */
+    struct {
+        struct mf_frame_header header;
+        struct mf_request_ctl ctl;
+    } packet;
+    mf_frame_init(&packet.header, MF_MSG_REQUEST, call->req_id, sizeof(packet.ctl));
+    packet.ctl = (struct mf_request_ctl){.timeout_ms = left > UINT32_MAX ? UINT32_MAX : (uint32_t)left};
+    if (theirs >= 0)
+        return mf_send_packet_fd(host->watch.fd, &packet, sizeof(packet), theirs);
+    if (send(host->watch.fd, &packet, sizeof(packet), MSG_DONTWAIT | MSG_NOSIGNAL) < 0)
+        return mf_err("send(data channel %d, REQUEST %" PRIu64 ")", host->watch.fd, call->req_id);
+    return true;
+}
+
 static void start(struct mf_call *call, struct mf_host *host)
 {
     struct mf_front_loop *loop = call->hosts->loop;
-    int pair[2];
-    /* Ours only is non-blocking: the sandbox reads and writes its end blocking. */
-    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0) {
-        mf_warn("socketpair(request %" PRIu64 ") failed: %s", call->req_id, strerror(errno));
-        fail(call, 503, NOT_RUNNING, RETRY);
-        return;
+    mf_cleanup_fd int theirs = -1;
+    if (host->workers == NULL) {
+        int pair[2];
+        if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0) {
+            mf_warn("socketpair(request %" PRIu64 ") failed: %s", call->req_id, strerror(errno));
+            fail(call, 503, NOT_RUNNING, RETRY);
+            return;
+        }
+        theirs = pair[1];
+        /* Both ends stay blocking: every send and recv on ours says
+         * MSG_DONTWAIT (a syscall less per request), the sandbox's reads block. */
+        call->watch = (struct mf_front_watch){.fd = pair[0], .ready = mf_call_ready};
     }
-    mf_cleanup_fd int theirs = pair[1];
-    /* Both ends stay blocking: every send and recv on ours says
-     * MSG_DONTWAIT (a syscall less per request), the sandbox's reads block. */
-    call->watch = (struct mf_front_watch){.fd = pair[0], .ready = call_ready};
     call->stage = MF_CALL_RUNNING;
     call->host = host;
     call->prev = NULL;
@@ -455,29 +453,22 @@ static void start(struct mf_call *call, struct mf_host *host)
     /* Queued before the host hands the channel on: the sandbox finds the
      * request whole on its first read. */
     mf_call_send(call);
-    uint64_t left = call->deadline_ms > loop->now_ms ? call->deadline_ms - loop->now_ms : 1;
-    if (left > call->timeout_ms)
-        left = call->timeout_ms; /* the head's time was read after the loop's */
-    struct {
-        struct mf_frame_header header;
-        struct mf_request_ctl ctl;
-    } packet;
-    mf_frame_init(&packet.header, MF_MSG_REQUEST, call->req_id, sizeof(packet.ctl));
-    packet.ctl = (struct mf_request_ctl){.timeout_ms = left > UINT32_MAX ? UINT32_MAX : (uint32_t)left};
-    if (!mf_send_packet_fd(host->watch.fd, &packet, sizeof(packet), theirs)) {
+    if (!send_request(call, host, theirs)) {
         /* EAGAIN: a host that does not read its channel is stuck. */
         mf_warn_last();
         call->reported = true; /* it never got it: no report will come */
         fail(call, 503, NOT_RUNNING, RETRY);
         return;
     }
+    if (host->workers != NULL)
+        return; /* the channel comes with DISPATCHED */
     if (!mf_front_watch_add(loop, &call->watch, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET)) {
         mf_warn_last();
         cancel(call);
         fail(call, 503, NOT_RUNNING, RETRY);
         return;
     }
-    (void)call_read(call); /* edge triggered: what is there already */
+    (void)mf_call_read(call); /* edge triggered: what is there already */
 }
 
 static void dispatch(struct mf_call *call)
@@ -549,17 +540,28 @@ static struct mf_call *find_call(struct mf_host *host, uint64_t req_id)
     return NULL;
 }
 
-static void host_report(struct mf_host *host, const uint8_t *packet, size_t len)
+static void host_report(struct mf_host *host, const uint8_t *packet, size_t len, int passed_fd)
 {
+    mf_cleanup_fd int fd = passed_fd;
     struct mf_frame_header header;
     if (!mf_frame_parse(packet, len, &header)) {
         mf_warn_last();
         return;
     }
     const uint8_t *payload = packet + MF_FRAME_HEADER_SIZE;
+    if (host->workers != NULL && (header.type == MF_MSG_WORKER_CHANNEL || header.type == MF_MSG_WORKER_GONE)) {
+        mf_worker_changed(host, &header, payload, &fd);
+        return;
+    }
+    if (fd >= 0)
+        mf_warn("host %" PRIu64 ": message type %u carries an fd (closed)", host->host_id, header.type);
     struct mf_call *call = find_call(host, header.req_id);
     if (call == NULL)
         return; /* its request was answered and forgotten with a host gone: nothing to do */
+    if (header.type == MF_MSG_DISPATCHED && host->workers != NULL) {
+        mf_worker_dispatched(host, call, &header, payload);
+        return;
+    }
     if (header.type == MF_MSG_CHILD_EXIT && header.payload_len == sizeof(struct mf_child_exit)) {
         memcpy(&call->exit, payload, sizeof(call->exit));
         mf_metrics_sandbox(call->metrics, call->exit.cost_us, call->exit.pages, call->exit.pages > 0);
@@ -574,13 +576,15 @@ static void host_report(struct mf_host *host, const uint8_t *packet, size_t len)
         return;
     }
     call->reported = true;
-    if (call->stage == MF_CALL_DONE) {
-        call_free(call);
-        return;
-    }
+    int worker = call->worker;
     /* The sandbox is gone: what it sent is all there is. */
-    if (call->failed || call_read(call))
+    if (call->stage == MF_CALL_DONE)
+        call_free(call);
+    else if (call->failed || mf_call_read(call))
         ended_without_answer(call);
+    /* The rest (junk after its answer) must not reach the worker's next request. */
+    if (worker >= 0)
+        mf_worker_reported(host, worker, header.req_id);
 }
 
 /* The host's end of this channel is gone: its sandboxes with it. */
@@ -597,6 +601,7 @@ static void host_ended(struct mf_host *host)
             call_free(call);
         } else {
             mf_call_release(call);
+            call->worker = -1; /* a retry starts clean */
             timer_arm(call, call->deadline_ms, false);
             const struct mf_front_request *r = call->request;
             bool idempotent = (r->method_len == 3 && memcmp(r->method, "GET", 3) == 0)
@@ -615,6 +620,7 @@ static void host_ended(struct mf_host *host)
         }
         call = next;
     }
+    host_close_workers(host);
     host_maybe_drained(host);
 }
 
@@ -625,20 +631,24 @@ static void host_ready(struct mf_front_watch *watch, uint32_t events)
     (void)events;
     host->reading = true;
     for (int i = 0; i < 64 && host->watch.fd >= 0; i++) { /* level triggered: the rest next turn */
-        ssize_t n = recv(host->watch.fd, packet, MF_PACKET_MAX + 1, MSG_DONTWAIT);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && errno == EAGAIN)
+        size_t len, nfds;
+        int fd = -1;
+        /* WORKER_CHANNEL brings an fd; any other is closed by host_report. */
+        int got = mf_recv_packet(host->watch.fd, MSG_DONTWAIT, packet, MF_PACKET_MAX + 1, &len, &fd, 1, &nfds);
+        if (got < 0 && errno == EAGAIN)
             break;
-        if (n <= 0) {
-            if (n < 0)
-                mf_warn("recv(data channel %d of host %" PRIu64 ") failed: %s", host->watch.fd, host->host_id,
-                        strerror(errno));
+        if (got < 0 && (errno == EMSGSIZE || errno == EPROTO)) {
+            mf_warn_last(); /* one bad packet, its fds closed: the channel goes on */
+            continue;
+        }
+        if (got <= 0) {
+            if (got < 0)
+                mf_warn("host %" PRIu64 ": %s", host->host_id, mf_last_error());
             host->reading = false;
             host_ended(host);
             return;
         }
-        host_report(host, packet, (size_t)n);
+        host_report(host, packet, len, nfds > 0 ? fd : -1);
     }
     host->reading = false;
     host_maybe_drained(host);
@@ -662,14 +672,21 @@ static void attach(struct mf_hosts *hosts, struct mf_front_mail *mail)
     host->hosts = hosts;
     host->tenant = t;
     host->host_id = mail->host_id;
+    if (mail->engine == MF_ENGINE_RESET && (host->workers = mf_worker_channels_new()) == NULL) {
+        mf_warn_last();
+        free(host);
+        return;
+    }
     int flags = fcntl(fd, F_GETFL);
     if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) {
         mf_warn("fcntl(data channel %d, O_NONBLOCK) failed: %s", fd, strerror(errno));
+        free(host->workers);
         free(host);
         return;
     }
     if (!mf_front_watch_add(hosts->loop, &host->watch, EPOLLIN)) {
         mf_warn_last();
+        free(host->workers);
         free(host);
         return;
     }
@@ -690,7 +707,7 @@ static void attach(struct mf_hosts *hosts, struct mf_front_mail *mail)
 
 static void detach(struct mf_hosts *hosts, uint64_t host_id)
 {
-    for (size_t b = 0; b < TENANT_BUCKETS; b++)
+    for (size_t b = 0; b < MF_TENANT_BUCKETS; b++)
         for (struct mf_htenant *t = hosts->buckets[b]; t != NULL; t = t->next)
             for (struct mf_host *h = t->hosts; h != NULL; h = h->next)
                 if (h->host_id == host_id && !h->detached) {
@@ -757,7 +774,7 @@ static void hosts_submit(void *ctx, struct mf_front_loop *loop, struct mf_front_
         .req_id = request->id, .timeout_ms = request->limits->request_timeout_ms,
         .cpu_ms = request->limits->request_cpu_ms, .max_response = request->limits->max_response,
         .deadline_ms = request->arrived_ms + request->limits->request_timeout_ms,
-        .stage = MF_CALL_DONE, .watch = {.fd = -1}};
+        .stage = MF_CALL_DONE, .watch = {.fd = -1}, .worker = -1};
     if (!mf_call_encode(call)) {
         struct mf_conn *conn = ticket->conn;
         mf_front_log("info", "mayflyd.request", t->name, t->name_len, call->req_id, NULL, "request head too large: %s",
@@ -789,6 +806,7 @@ static void hosts_turn_end(void *ctx, struct mf_front_loop *loop)
     while (hosts->dead_hosts != NULL) {
         struct mf_host *host = hosts->dead_hosts;
         hosts->dead_hosts = host->next;
+        free(host->workers); /* closed when its channel was */
         free(host);
     }
 }

@@ -3,7 +3,13 @@
  * keeps its own view, touched by its thread only: per tenant (by name) its
  * state, its hosts' data channels for this loop (newest first) and the
  * requests waiting for one; per request a call (sandbox_call.c): its
- * socketpair, the frames out and in, its deadline.
+ * request channel, the frames out and in, its deadline.
+ *
+ * A fork host gets a fresh socketpair per request, its end sent with
+ * REQUEST. A reset host (HOST_ATTACH's engine) hands this loop one
+ * persistent channel per worker slot (WORKER_CHANNEL, WORKER_GONE;
+ * worker_channels.c): REQUEST goes without an fd, and DISPATCHED names the
+ * worker whose channel the call then borrows until its answer.
  *
  * A call ends its ticket once (the program's answer or a daemon status)
  * and lives on until the host reports how the sandbox ended (CHILD_EXIT
@@ -28,9 +34,10 @@
  * the host to say how the sandbox ended (as the supervisor's host_handle). */
 #define MF_EXIT_WAIT_MS 200
 
-struct mf_hosts;
-struct mf_host;
+#define MF_TENANT_BUCKETS 1024
+
 struct mf_htenant;
+struct mf_worker_channels;
 
 enum mf_call_stage {
     MF_CALL_WAITING, /* for a host of its tenant (in the tenant's waiting list) */
@@ -56,8 +63,10 @@ struct mf_call {
     struct mf_call *timer_prev, *timer_next;
     uint64_t timer_ms;
     bool timer_armed, exit_wait;
-    /* The request channel (socketpair end; fd -1 when closed). */
+    /* The request channel (fd -1 when closed or not yet dispatched). */
     struct mf_front_watch watch;
+    int worker;                             /* the reset worker slot it was dispatched to (its channel
+                                               borrowed until the answer), else -1 */
     uint8_t *head;                          /* the REQ_HEAD payload */
     uint32_t head_len;
     int send_stage;                         /* 0 head/whole, 1 body, 2 end, 3 all sent */
@@ -78,6 +87,33 @@ struct mf_call {
     int32_t error;
 };
 
+/* A host's data channel in one loop, and what runs on it. */
+struct mf_host {
+    struct mf_front_watch watch; /* first: the data channel; fd -1 once it ended */
+    struct mf_hosts *hosts;
+    struct mf_htenant *tenant;
+    uint64_t host_id;
+    bool detached;
+    bool reading;                /* in host_ready: freed by it, not under it */
+    struct mf_worker_channels *workers; /* a reset host's; NULL: a fork host's */
+    struct mf_call *calls;       /* RUNNING and DONE */
+    struct mf_host *next;        /* in its tenant's list */
+};
+
+/* One loop's view (hosts.c). */
+struct mf_hosts {
+    struct mf_front_loop *loop;
+    struct mf_front_watch timer;  /* timerfd: the earliest call timer */
+    struct mf_call *timers_first, *timers_last; /* sorted by timer_ms */
+    uint64_t timer_set_ms;        /* what the timerfd is set to (0: disarmed) */
+    uint8_t *packet;              /* MF_PACKET_MAX + 1: one byte more shows a longer packet */
+    /* Freed at the end of the loop's turn: an event later in the same
+     * batch may still name them. */
+    struct mf_call *dead_calls;
+    struct mf_host *dead_hosts;
+    struct mf_htenant *buckets[MF_TENANT_BUCKETS];
+};
+
 /* sandbox_call.c */
 enum mf_feed { MF_FEED_MORE, MF_FEED_DONE, MF_FEED_INVALID, MF_FEED_TOO_LARGE };
 
@@ -90,8 +126,34 @@ void mf_call_send(struct mf_call *call);
 enum mf_feed mf_call_feed(struct mf_call *call, const uint8_t *packet, size_t len);
 /* The collected answer, once MF_FEED_DONE (pointers into the call). */
 void mf_call_response(struct mf_call *call, struct mf_front_response *out);
+/* Lets go of the request channel: closes its own, unwatches a borrowed one. */
+void mf_call_drop_channel(struct mf_call *call);
 /* Frees what the request channel and the answer held. */
 void mf_call_release(struct mf_call *call);
+
+/* hosts.c: a RUNNING call's channel */
+/* The channel's events: sends what is left of the request, reads. */
+void mf_call_ready(struct mf_front_watch *watch, uint32_t events);
+/* Reads what the sandbox sent; answers once it is whole, or wrong. True
+ * while the call still waits for its answer (false: it may be gone). */
+bool mf_call_read(struct mf_call *call);
+/* Answers 502 for a bad answer (the error recorded says why) and cancels. */
+void mf_call_invalid(struct mf_call *call, enum mf_feed why);
+
+/* worker_channels.c: a reset host's persistent request channels */
+/* The table of a reset host's channels in one loop, all empty; NULL
+ * (error recorded) without memory. Freed with free(). */
+struct mf_worker_channels *mf_worker_channels_new(void);
+/* Closes every channel in it (NULL: a fork host, nothing). */
+void mf_worker_channels_close(struct mf_worker_channels *w);
+/* WORKER_CHANNEL (its fd taken from *fd) or WORKER_GONE. */
+void mf_worker_changed(struct mf_host *host, const struct mf_frame_header *header, const uint8_t *payload, int *fd);
+/* DISPATCHED for a call of the host. */
+void mf_worker_dispatched(struct mf_host *host, struct mf_call *call, const struct mf_frame_header *header,
+                          const uint8_t *payload);
+/* The host reported request req_id, whose call borrowed worker's channel,
+ * ended: what it wrote after its answer is read and dropped. */
+void mf_worker_reported(struct mf_host *host, int worker, uint64_t req_id);
 
 /* The backend for mf_front_main. */
 extern const struct mf_front_backend mf_hosts_backend;

@@ -1,7 +1,9 @@
 /*
  * One request's channel to its sandbox (wire/protocol.h, "request
- * channel"): the request's frames out, without blocking the loop (a large
- * body goes as the sandbox reads it), and the answer's frames in, checked
+ * channel"): a fork host's socketpair, the call's own, or a reset worker's
+ * persistent channel, borrowed from DISPATCHED to the answer
+ * (worker_channels.c). The request's frames out, without blocking the loop
+ * (a large body goes as the sandbox reads it), and the answer's frames in, checked
  * exactly as protocol.py's ResponseDecoder checks them: frame order,
  * req_id, status 100..599, at most MF_MAX_HEADERS headers with token names
  * and values without CR, LF or NUL, no trailing bytes, the body's length
@@ -253,11 +255,23 @@ void mf_call_response(struct mf_call *call, struct mf_front_response *out)
         .body = call->body != NULL ? call->body : "", .body_len = call->body_received};
 }
 
+void mf_call_drop_channel(struct mf_call *call)
+{
+    if (call->watch.fd < 0)
+        return;
+    if (call->worker >= 0) {
+        /* The worker's, for its next request: unwatched, left open. */
+        if (!mf_front_watch_remove(call->hosts->loop, &call->watch))
+            mf_warn_last();
+    } else if (close(call->watch.fd) < 0) { /* also takes it out of the epoll set */
+        mf_warn("close(request channel %d) failed: %s", call->watch.fd, strerror(errno));
+    }
+    call->watch.fd = -1;
+}
+
 void mf_call_release(struct mf_call *call)
 {
-    if (call->watch.fd >= 0 && close(call->watch.fd) < 0)
-        mf_warn("close(request channel %d) failed: %s", call->watch.fd, strerror(errno));
-    call->watch.fd = -1;
+    mf_call_drop_channel(call);
     free(call->head);
     free(call->resp_head);
     free(call->body);

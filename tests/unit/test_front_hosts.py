@@ -31,6 +31,7 @@ from mayflyd import front_protocol
 from mayflyd.front_protocol import HostDrained, RouteLimits, TenantRoute
 from mayflyd.protocol import (
     CHILD_EXIT,
+    ENGINE_FORK,
     EXIT_CANCELLED,
     EXIT_CPU_EXCEEDED,
     EXIT_TIMED_OUT,
@@ -40,6 +41,7 @@ from mayflyd.protocol import (
     REQUEST_CTL,
     REQUEST_FAILED,
     RESP_HEAD,
+    Frame,
     MsgType,
     pack_frame,
     parse_frame,
@@ -114,6 +116,29 @@ def response_packets(req_id: int, status: int, headers: list[tuple[bytes, bytes]
     return [*packets, pack_frame(MsgType.RESP_END, req_id)]
 
 
+def messages(channel: socket.socket) -> Iterator[tuple[Frame, list[int]]]:
+    """What the front end sends on a host's data channel, with any fds, until the channel ends."""
+    while True:
+        try:
+            packet, fds, _, _ = socket.recv_fds(channel, 4096, 1)
+        except OSError:
+            return
+        if not packet:
+            return
+        yield parse_frame(packet), fds
+
+
+def close_all(socks: list[socket.socket]) -> None:
+    """The host's ends go (as when it dies)."""
+    for sock in socks:
+        if sock.fileno() >= 0:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # wakes its reader
+            except OSError:
+                pass  # the front end closed it first
+            sock.close()
+
+
 class FakeHost:
     """One host: a data channel per front end thread, a thread reading each."""
 
@@ -132,7 +157,7 @@ class FakeHost:
         async def go() -> None:
             for thread in range(threads):
                 ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-                link.attach_host(self.host_id, thread, tenant, theirs.fileno())
+                link.attach_host(self.host_id, thread, tenant, theirs.fileno(), ENGINE_FORK)
                 theirs.close()
                 self.channels.append(ours)
                 reader = threading.Thread(target=self._serve, args=(ours, thread), daemon=True)
@@ -143,23 +168,10 @@ class FakeHost:
 
     def close(self) -> None:
         """The host's end of every channel goes (as when it dies)."""
-        for channel in self.channels:
-            if channel.fileno() >= 0:
-                try:
-                    channel.shutdown(socket.SHUT_RDWR)  # wakes its reader
-                except OSError:
-                    pass  # the front end closed it first
-                channel.close()
+        close_all(self.channels)
 
     def _serve(self, channel: socket.socket, thread: int) -> None:
-        while True:
-            try:
-                packet, fds, _, _ = socket.recv_fds(channel, 4096, 1)
-            except OSError:
-                return
-            if not packet:
-                return
-            frame = parse_frame(packet)
+        for frame, fds in messages(channel):
             if frame.type == MsgType.CANCEL:
                 with self._lock:
                     self.cancelled.add(frame.req_id)
@@ -519,7 +531,7 @@ def test_a_bad_host_message_is_logged_and_dropped(front: Front) -> None:
     front.routes()
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     with ours, theirs:
-        front.link.attach_host(9, THREADS, "app", theirs.fileno())  # no such thread
+        front.link.attach_host(9, THREADS, "app", theirs.fileno(), ENGINE_FORK)  # no such thread
         theirs.close()
         ours.settimeout(5)
         assert ours.recv(64) == b""  # the front end closed the fd it got

@@ -110,9 +110,11 @@ class FrontLink:
     # or state change): sent at once, without a wait, so that a tenant's
     # attach and detach leave in the order it made them.
 
-    def attach_host(self, host_id: int, thread: int, tenant: str, fd: int) -> None:
-        """Hands loop `thread` a host's data channel (the front end gets a copy of fd)."""
-        self._send_now(encode_host_attach(host_id, thread, tenant), fd)
+    def attach_host(self, host_id: int, thread: int, tenant: str, fd: int, engine: int) -> None:
+        """Hands loop `thread` a host's data channel (the front end gets a copy of fd). engine
+        (protocol.ENGINE_FORK or ENGINE_RESET) says how the host takes requests: a socketpair
+        with each, or its workers' persistent channels."""
+        self._send_now(encode_host_attach(host_id, thread, tenant, engine), fd)
 
     def detach_host(self, host_id: int) -> None:
         """No new requests to the host; every loop answers HOST_DRAINED once it is done with it."""
