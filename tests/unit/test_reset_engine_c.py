@@ -164,6 +164,7 @@ class ResetHost(Host):
             self.channels: dict[socket.socket, dict[int, socket.socket]] = {}
             self.inbox: dict[socket.socket, queue.Queue[tuple[int, int, bytes]]] = {}
             self.requests: dict[int, ResetRequest] = {}
+            self.gone: list[socket.socket] = []  # channels of workers that exited
             self.stopping = threading.Event()
             threading.Thread(target=self._front, daemon=True).start()
         with self.lock:
@@ -211,13 +212,14 @@ class ResetHost(Host):
             slot = struct.unpack("=II", payload)[0]
             old = channels.pop(slot, None)
             if old is not None:
-                old.close()
+                self.gone.append(old)
             channels[slot] = socket.socket(fileno=fds[0])
             channels[slot].settimeout(10)
             return
         assert not fds, (msg_type, fds)
         if msg_type == M.MSG_WORKER_GONE:
-            channels.pop(struct.unpack("=II", payload)[0]).close()
+            # Not closed: a test may still be reading the dead worker's end.
+            self.gone.append(channels.pop(struct.unpack("=II", payload)[0]))
         elif msg_type == M.MSG_DISPATCHED:
             req = self.requests[rid]
             sock = channels[struct.unpack("=II", payload)[0]]
