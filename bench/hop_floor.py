@@ -14,6 +14,7 @@ filter, to measure what the filter costs.
 """
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import selectors
@@ -91,7 +92,12 @@ def _worker_channel(data_channel: socket.socket) -> socket.socket:
 
 
 def main() -> None:
-    program_path, port = sys.argv[1], int(sys.argv[2])
+    parser = argparse.ArgumentParser(prog="python -m bench.hop_floor", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("program", help="the tenant program the plain process serves")
+    parser.add_argument("port", type=int, help="the port mayflyd-front listens on, on 127.0.0.1")
+    args = parser.parse_args()
+    program_path, port = args.program, args.port
     threads = len(os.sched_getaffinity(0))
     listener = socket.create_server(("127.0.0.1", port), backlog=4096)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
