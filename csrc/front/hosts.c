@@ -194,12 +194,6 @@ static void host_close_channel(struct mf_host *host)
     host->watch.fd = -1;
 }
 
-/* After the calls let go of them (a watched fd must leave epoll first). */
-static void host_close_workers(struct mf_host *host)
-{
-    mf_worker_channels_close(host->workers);
-}
-
 static void ignore_ready(struct mf_front_watch *watch, uint32_t events)
 {
     (void)watch, (void)events;
@@ -211,7 +205,7 @@ static void host_maybe_drained(struct mf_host *host)
     if (!host->detached || host->calls != NULL || host->reading)
         return;
     host_close_channel(host);
-    host_close_workers(host);
+    mf_worker_channels_close(host->workers); /* no call holds one now */
     struct mf_htenant *t = host->tenant;
     for (struct mf_host **p = &t->hosts; *p != NULL; p = &(*p)->next)
         if (*p == host) {
@@ -620,7 +614,7 @@ static void host_ended(struct mf_host *host)
         }
         call = next;
     }
-    host_close_workers(host);
+    mf_worker_channels_close(host->workers); /* the calls let go of them above */
     host_maybe_drained(host);
 }
 

@@ -172,16 +172,18 @@ class ResetHost(Host):
             self.inbox[chan] = queue.Queue()
         return chan
 
-    def request(self, req_id: int, *, timeout_ms: int = 10_000, on: socket.socket | None = None,
-                **kw: Any) -> Any:
-        req = self.requests[req_id] = ResetRequest(self, req_id, list(request_packets(req_id, **kw)))
-        (on or self.data).send(frame(M.MSG_REQUEST, req_id, struct.pack("=II", timeout_ms, 0)))
+    def _send(self, req_id: int, packets: list[bytes], timeout_ms: int, chan: socket.socket) -> ResetRequest:
+        """REQUEST, no fd; the thread writes packets once the host dispatches it."""
+        req = self.requests[req_id] = ResetRequest(self, req_id, packets)
+        chan.send(frame(M.MSG_REQUEST, req_id, struct.pack("=II", timeout_ms, 0)))
         return req
 
+    def request(self, req_id: int, *, timeout_ms: int = 10_000, on: socket.socket | None = None,
+                **kw: Any) -> Any:
+        return self._send(req_id, list(request_packets(req_id, **kw)), timeout_ms, on or self.data)
+
     def bare_request(self, req_id: int) -> Any:
-        req = self.requests[req_id] = ResetRequest(self, req_id, [])
-        self.data.send(frame(M.MSG_REQUEST, req_id, struct.pack("=II", 10_000, 0)))
-        return req
+        return self._send(req_id, [], 10_000, self.data)
 
     def _front(self) -> None:
         while not self.stopping.is_set():
