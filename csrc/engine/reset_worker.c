@@ -32,6 +32,7 @@
 #include "rewind/rewind.h"
 #include "walls/seccomp.h"
 #include "rewind/sigaction_gate.h"
+#include "rewind/state_gate.h"
 
 enum phase { PHASE_SNAPSHOT, PHASE_IDLE, PHASE_REQUEST, PHASE_REWIND };
 
@@ -100,7 +101,13 @@ static void rewinder_entry(void)
             fail(cfg, "sigaction gate");
         if (!mf_channel_gate_load())
             fail(cfg, "channel gate");
+        int fds[MF_REWIND_MAX_FDS];
+        for (size_t i = 0; i < rw->nfds; i++)
+            fds[i] = rw->fds[i].fd;
+        if (!mf_state_gate_load(fds, rw->nfds))
+            fail(cfg, "state gate");
         mf_rewind_signals_gated(rw);
+        mf_rewind_state_gated(rw);
         if (cfg->request_filter_len > 0 && !mf_seccomp_load(cfg->request_filter, cfg->request_filter_len))
             fail(cfg, "request filter");
         uint64_t cost = mf_now_us() - started;
@@ -237,6 +244,7 @@ static bool prepare(const struct mf_worker_config *cfg, struct worker_state *ws)
     if (sigfillset(&abort_action.sa_mask) < 0 || sigaction(MF_ABORT_SIGNAL, &abort_action, NULL) < 0)
         return mf_err("sigaction(abort signal %d)", MF_ABORT_SIGNAL);
     MF_TRY(mf_sigaction_gate_prepare(&the_rewinder->signals_dirty, MF_ABORT_SIGNAL));
+    mf_state_gate_prepare(&the_rewinder->state_dirty);
     /* Blocked in the rest context (saved after this); serve_one unblocks it
      * once the request it is meant for is the current one. */
     sigset_t abort_only;

@@ -59,16 +59,20 @@ static PyObject *dt_track(DirtyTracker *self, PyObject *args)
 }
 
 /* Calls scan or collect until the walk is complete; [(start, end), ...].
- * cap (keyword, tests only) bounds the regions per C call. */
-static PyObject *walk_all(DirtyTracker *self, PyObject *args, PyObject *kwargs, bool reprotect, const char *fmt)
+ * cap (keyword, tests only) bounds the regions per C call; joined (scan
+ * only) makes it mf_dirty_scan_joined. */
+static PyObject *walk_all(DirtyTracker *self, PyObject *args, PyObject *kwargs, bool reprotect)
 {
-    static char *kwlist[] = {"cap", NULL};
+    static char *collect_kw[] = {"cap", NULL};
+    static char *scan_kw[] = {"cap", "joined", NULL};
     struct mf_dirty_region out[BATCH];
     Py_ssize_t cap = BATCH;
+    int joined = 0;
     size_t n, pages;
     PyObject *list;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, fmt, kwlist, &cap))
+    if (reprotect ? !PyArg_ParseTupleAndKeywords(args, kwargs, "|n:collect", collect_kw, &cap)
+                  : !PyArg_ParseTupleAndKeywords(args, kwargs, "|np:scan", scan_kw, &cap, &joined))
         return NULL;
     if (cap < 1 || cap > BATCH)
         return PyErr_Format(PyExc_ValueError, "cap must be in 1..%d", BATCH);
@@ -77,6 +81,7 @@ static PyObject *walk_all(DirtyTracker *self, PyObject *args, PyObject *kwargs, 
         return NULL;
     do {
         bool ok = reprotect ? mf_dirty_collect(&self->tracker, out, (size_t)cap, &n, &pages)
+                  : joined  ? mf_dirty_scan_joined(&self->tracker, out, (size_t)cap, &n, &pages)
                             : mf_dirty_scan(&self->tracker, out, (size_t)cap, &n, &pages);
         if (!ok) {
             Py_DECREF(list);
@@ -97,12 +102,12 @@ static PyObject *walk_all(DirtyTracker *self, PyObject *args, PyObject *kwargs, 
 
 static PyObject *dt_collect(DirtyTracker *self, PyObject *args, PyObject *kwargs)
 {
-    return walk_all(self, args, kwargs, true, "|n:collect");
+    return walk_all(self, args, kwargs, true);
 }
 
 static PyObject *dt_scan(DirtyTracker *self, PyObject *args, PyObject *kwargs)
 {
-    return walk_all(self, args, kwargs, false, "|n:scan");
+    return walk_all(self, args, kwargs, false);
 }
 
 static PyObject *dt_protect(DirtyTracker *self, PyObject *args)

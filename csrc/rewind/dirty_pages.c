@@ -139,6 +139,46 @@ static bool take_batch(struct mf_pagemap_walk *w, size_t got, void *ctx)
 /* One walk over the tracked ranges for written pages, from where the last
  * interrupted walk stopped. flags adds PM_SCAN_WP_MATCHING for collect. */
 static bool walk(struct mf_dirty_tracker *t, uint64_t flags, struct mf_dirty_region *out, size_t cap, size_t *n,
+                 size_t *pages);
+
+/* The same as one PAGEMAP_SCAN from the first range's start to the last
+ * one's end. Requiring PAGE_IS_WPALLOWED makes the kernel skip every
+ * mapping not registered for async write-protect without walking its
+ * page tables (pagemap_scan_test_walk), so the untracked mappings between
+ * the ranges cost next to nothing; but a range that lost its registration
+ * is skipped too, which only the per-range walk's CHECK_WPASYNC reports. */
+static bool walk_joined(struct mf_dirty_tracker *t, struct mf_dirty_region *out, size_t cap, size_t *n,
+                        size_t *pages)
+{
+    struct dirty_out d = {.t = t, .out = out, .cap = cap};
+
+    *n = 0;
+    *pages = 0;
+    if (t->pagemap_fd < 0)
+        return mf_errx(EBADF, "dirty tracker is closed");
+    if (cap == 0)
+        return mf_errx(EINVAL, "dirty-page walk with an output of 0 regions");
+    if (t->nranges == 0)
+        return true;
+    struct mf_pagemap_walk w = {
+        .fd = t->pagemap_fd,
+        .category_mask = PAGE_IS_WRITTEN | PAGE_IS_WPALLOWED, .return_mask = PAGE_IS_WRITTEN,
+        .vec = out, .vec_len = cap < MF_DIRTY_SCAN_BATCH ? cap : MF_DIRTY_SCAN_BATCH,
+        .at = t->resume_addr != 0 ? t->resume_addr : t->ranges[0].start, .end = t->ranges[t->nranges - 1].end,
+    };
+    t->resume_addr = 0;
+    if (!mf_pagemap_walk(&w, take_batch, &d))
+        return false;
+    if (w.at < w.end) { /* out is full */
+        t->resume_range = 0;
+        t->resume_addr = w.at;
+    }
+    *n = d.n;
+    *pages = d.pages;
+    return true;
+}
+
+static bool walk(struct mf_dirty_tracker *t, uint64_t flags, struct mf_dirty_region *out, size_t cap, size_t *n,
                  size_t *pages)
 {
     struct dirty_out d = {.t = t, .out = out, .cap = cap};
@@ -193,6 +233,12 @@ bool mf_dirty_collect(struct mf_dirty_tracker *t, struct mf_dirty_region *out, s
 bool mf_dirty_scan(struct mf_dirty_tracker *t, struct mf_dirty_region *out, size_t cap, size_t *n, size_t *pages)
 {
     return walk(t, 0, out, cap, n, pages);
+}
+
+bool mf_dirty_scan_joined(struct mf_dirty_tracker *t, struct mf_dirty_region *out, size_t cap, size_t *n,
+                          size_t *pages)
+{
+    return walk_joined(t, out, cap, n, pages);
 }
 
 bool mf_dirty_pending(const struct mf_dirty_tracker *t)

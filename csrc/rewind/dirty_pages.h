@@ -95,6 +95,14 @@ bool mf_dirty_collect(struct mf_dirty_tracker *t, struct mf_dirty_region *out, s
 bool mf_dirty_scan(struct mf_dirty_tracker *t, struct mf_dirty_region *out, size_t cap, size_t *n,
                    size_t *pages);
 
+/* As mf_dirty_scan, in one PAGEMAP_SCAN call over the span of all the
+ * ranges instead of one per range, but blind to a range that lost its
+ * registration (unmapped and mapped again): the caller must know no
+ * mapping was replaced since the last per-range scan. Do not mix with
+ * mf_dirty_scan within one walk (until mf_dirty_pending is false). */
+bool mf_dirty_scan_joined(struct mf_dirty_tracker *t, struct mf_dirty_region *out, size_t cap, size_t *n,
+                          size_t *pages);
+
 /* True when the last scan/collect stopped because out was full. */
 bool mf_dirty_pending(const struct mf_dirty_tracker *t);
 

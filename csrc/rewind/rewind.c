@@ -18,12 +18,25 @@
 #include "base/kernel_uapi.h"
 #include "base/log.h"
 #include "rewind/pagemap_gate.h"
+#include "rewind/state_gate.h"
 
 #define PAGE 4096u
 
 static size_t round_up(size_t n)
 {
     return (n + PAGE - 1) / PAGE * PAGE;
+}
+
+/* A call the state gate traps when made from anywhere else (state_gate.h);
+ * like libc: -1 and errno on failure. */
+static long gate_call(long nr, long a, long b, long c, long d)
+{
+    long ret = mf_state_syscall(nr, a, b, c, d, 0, 0);
+    if (ret < 0 && ret > -4096) {
+        errno = (int)-ret;
+        return -1;
+    }
+    return ret;
 }
 
 /* A process that is not dumpable finds its own /proc files owned by root,
@@ -254,6 +267,9 @@ static bool snapshot_fd(struct mf_rewinder *rw, int fd)
     int status_flags = fcntl(fd, F_GETFL);
     if (status_flags < 0)
         return mf_err("fcntl(fd %d, F_GETFL)", fd);
+    int fd_flags = fcntl(fd, F_GETFD);
+    if (fd_flags < 0)
+        return mf_err("fcntl(fd %d, F_GETFD)", fd);
     /* Insertion keeps them sorted for the close_range() gaps. */
     size_t at = rw->nfds++;
     while (at > 0 && rw->fds[at - 1].fd > fd) {
@@ -263,7 +279,7 @@ static bool snapshot_fd(struct mf_rewinder *rw, int fd)
     rw->fds[at] = (struct mf_snapshot_fd){
         .fd = fd, .dev = st.st_dev, .ino = st.st_ino,
         .offset = S_ISREG(st.st_mode) ? lseek(fd, 0, SEEK_CUR) : -1,
-        .status_flags = status_flags,
+        .status_flags = status_flags, .fd_flags = fd_flags,
     };
     return true;
 }
@@ -322,9 +338,13 @@ static bool snapshot_kernel_state(struct mf_rewinder *rw)
         if (rw->actions[sig].flags & SA_RESETHAND)
             rw->resethand = true;
     }
-    for (int i = 0; i < 3; i++)
+    rw->timers_armed = false;
+    for (int i = 0; i < 3; i++) {
         if (getitimer(which[i], &rw->timers[i]) < 0)
             return mf_err("getitimer(%d)", which[i]);
+        if (rw->timers[i].it_value.tv_sec != 0 || rw->timers[i].it_value.tv_usec != 0)
+            rw->timers_armed = true;
+    }
     if (sigaltstack(NULL, &rw->altstack) < 0)
         return mf_err("sigaltstack(query)");
     rw->altstack.ss_flags &= SS_DISABLE; /* SS_ONSTACK is a state, not a setting */
@@ -405,7 +425,7 @@ static bool repair_mappings(struct mf_rewinder *rw, size_t len)
             uint64_t gap_end = v->end;
             if (k < rw->nvmas_sealed && rw->vmas_sealed[k].start < v->end)
                 gap_end = rw->vmas_sealed[k].start;
-            if (gap_end > a && munmap((void *)(uintptr_t)a, (size_t)(gap_end - a)) < 0)
+            if (gap_end > a && gate_call(SYS_munmap, (long)a, (long)(gap_end - a), 0, 0) < 0)
                 return mf_err("munmap(%#llx-%#llx, added by the request)", (unsigned long long)a,
                               (unsigned long long)gap_end);
             if (gap_end == v->end)
@@ -432,7 +452,7 @@ static bool repair_mappings(struct mf_rewinder *rw, size_t len)
     return true;
 }
 
-static bool rewind_mappings(struct mf_rewinder *rw)
+static bool rewind_mappings(struct mf_rewinder *rw, bool every)
 {
     size_t len = 0;
     uint64_t size = 0;
@@ -441,7 +461,8 @@ static bool rewind_mappings(struct mf_rewinder *rw)
      * one does not, which the periodic full comparison (and verification
      * mode, always) catches. */
     MF_TRY(vm_pages(rw, &size));
-    if (size == rw->vm_pages_sealed && !rw->verify && ++rw->rewinds % MF_REWIND_MAPS_EVERY != 0)
+    bool replaced = rw->state_gated && rw->state_dirty.mappings;
+    if (size == rw->vm_pages_sealed && !rw->verify && !replaced && !every)
         return true;
     for (int attempt = 0;; attempt++) {
         MF_TRY(mf_maps_read(rw->maps_fd, rw->maps_now, MF_REWIND_MAPS_CAP, &len));
@@ -582,7 +603,7 @@ static void learn_end(struct mf_rewinder *rw)
     rw->nhot = rw->nlearning;
 }
 
-static bool rewind_pages(struct mf_rewinder *rw, size_t *pages)
+static bool rewind_pages(struct mf_rewinder *rw, size_t *pages, bool joined)
 {
     struct mf_dirty_tracker *t = &rw->tracker;
     bool learning = rw->hot_rewinds <= MF_HOT_LEARN_REWINDS;
@@ -602,7 +623,8 @@ static bool rewind_pages(struct mf_rewinder *rw, size_t *pages)
      * protected again. */
     do {
         size_t got, batch_pages;
-        MF_TRY(mf_dirty_scan(t, rw->dirty, MF_REWIND_REGIONS, &got, &batch_pages));
+        MF_TRY(joined ? mf_dirty_scan_joined(t, rw->dirty, MF_REWIND_REGIONS, &got, &batch_pages)
+                      : mf_dirty_scan(t, rw->dirty, MF_REWIND_REGIONS, &got, &batch_pages));
         for (size_t k = 0; k < got; k++) {
             const struct mf_dirty_region *r = &rw->dirty[k];
             size_t i = hint = range_of(t, r->start, hint);
@@ -658,14 +680,45 @@ static bool verify_pages(const struct mf_rewinder *rw)
 
 static bool close_range_checked(unsigned a, unsigned b)
 {
-    if (a <= b && syscall(SYS_close_range, a, b, 0) < 0)
+    if (a <= b && gate_call(SYS_close_range, a, b, 0, 0) < 0)
         return mf_err("close_range(%u, %u)", a, b);
     return true;
 }
 
-static bool rewind_fds(struct mf_rewinder *rw)
+/* One fd of the snapshot: repaired (its flags put back), or under
+ * verification with the gate clean only compared, any difference an error. */
+static bool rewind_fd(const struct mf_snapshot_fd *s, bool repair)
+{
+    struct stat st;
+
+    if (fstat(s->fd, &st) < 0)
+        return mf_err("fd %d of the snapshot", s->fd);
+    if (st.st_dev != s->dev || st.st_ino != s->ino)
+        return mf_errx(EBADF, "fd %d of the snapshot was replaced by the request", s->fd);
+    /* O_NONBLOCK and O_APPEND are the file description's: a request
+     * that set them would hand them to the next. */
+    if (repair) {
+        if (!(s->status_flags & O_PATH) && gate_call(SYS_fcntl, s->fd, F_SETFL, s->status_flags, 0) < 0)
+            return mf_err("fcntl(fd %d, F_SETFL, %#x)", s->fd, s->status_flags);
+        if (gate_call(SYS_fcntl, s->fd, F_SETFD, s->fd_flags, 0) < 0)
+            return mf_err("fcntl(fd %d, F_SETFD, %#x)", s->fd, s->fd_flags);
+        return true;
+    }
+    int status_flags = fcntl(s->fd, F_GETFL), fd_flags = fcntl(s->fd, F_GETFD);
+    if (status_flags < 0 || fd_flags < 0)
+        return mf_err("fcntl(fd %d, F_GETFL/F_GETFD)", s->fd);
+    if (status_flags != s->status_flags || fd_flags != s->fd_flags)
+        return mf_errx(EPERM, "the flags of fd %d changed without passing the state gate", s->fd);
+    return true;
+}
+
+/* Fds opened since are closed and file offsets put back on every rewind
+ * (neither passes the state gate); the rest only when the gate saw a
+ * change, every so many rewinds, or always without the gate. */
+static bool rewind_fds(struct mf_rewinder *rw, bool every)
 {
     unsigned next = 0;
+    bool repair = !rw->state_gated || rw->state_dirty.fds || every;
 
     for (size_t i = 0; i < rw->nfds; i++) {
         const struct mf_snapshot_fd *s = &rw->fds[i];
@@ -676,18 +729,12 @@ static bool rewind_fds(struct mf_rewinder *rw)
     MF_TRY(close_range_checked(next, ~0u));
     for (size_t i = 0; i < rw->nfds; i++) {
         const struct mf_snapshot_fd *s = &rw->fds[i];
-        struct stat st;
-        if (fstat(s->fd, &st) < 0)
-            return mf_err("fd %d of the snapshot", s->fd);
-        if (st.st_dev != s->dev || st.st_ino != s->ino)
-            return mf_errx(EBADF, "fd %d of the snapshot was replaced by the request", s->fd);
+        if (repair || rw->verify)
+            MF_TRY(rewind_fd(s, repair));
         if (s->offset >= 0 && lseek(s->fd, s->offset, SEEK_SET) < 0)
             return mf_err("lseek(fd %d, %lld)", s->fd, (long long)s->offset);
-        /* O_NONBLOCK and O_APPEND are the file description's: a request
-         * that set them would hand them to the next. */
-        if (!(s->status_flags & O_PATH) && fcntl(s->fd, F_SETFL, s->status_flags) < 0)
-            return mf_err("fcntl(fd %d, F_SETFL, %#x)", s->fd, s->status_flags);
     }
+    rw->state_dirty.fds = 0;
     return true;
 }
 
@@ -733,18 +780,73 @@ void mf_rewind_signals_gated(struct mf_rewinder *rw)
     rw->signals_gated = true;
 }
 
-static bool rewind_signals(struct mf_rewinder *rw)
+void mf_rewind_state_gated(struct mf_rewinder *rw)
+{
+    rw->state_gated = true;
+}
+
+/* Under verification with the gate clean: what the gate would have seen
+ * must not have changed. */
+static bool check_process_state(const struct mf_rewinder *rw)
 {
     static const int which[3] = {ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF};
+    struct stat here, sealed;
+    stack_t alt;
+
+    for (int i = 0; i < 3 && !rw->timers_armed; i++) {
+        struct itimerval now;
+        if (getitimer(which[i], &now) < 0)
+            return mf_err("getitimer(%d)", which[i]);
+        if (now.it_value.tv_sec != 0 || now.it_value.tv_usec != 0 || now.it_interval.tv_sec != 0 ||
+            now.it_interval.tv_usec != 0)
+            return mf_errx(EPERM, "interval timer %d set without passing the state gate", which[i]);
+    }
+    if (sigaltstack(NULL, &alt) < 0)
+        return mf_err("sigaltstack(query)");
+    if (alt.ss_sp != rw->altstack.ss_sp || alt.ss_size != rw->altstack.ss_size ||
+        (alt.ss_flags & SS_DISABLE) != rw->altstack.ss_flags)
+        return mf_errx(EPERM, "the alternate signal stack changed without passing the state gate");
+    long was = gate_call(SYS_umask, rw->umask, 0, 0, 0);
+    if (was != (long)rw->umask)
+        return mf_errx(EPERM, "umask changed to %#lo without passing the state gate", was);
+    if (stat(".", &here) < 0 || fstat(rw->cwd_fd, &sealed) < 0)
+        return mf_err("stat(cwd)");
+    if (here.st_dev != sealed.st_dev || here.st_ino != sealed.st_ino)
+        return mf_errx(EPERM, "the working directory changed without passing the state gate");
+    return true;
+}
+
+/* Timers, the alternate signal stack, umask and cwd: put back when the
+ * gate saw a change (a running sealed timer: always), else, under
+ * verification, compared. */
+static bool rewind_process_state(struct mf_rewinder *rw, bool every)
+{
+    static const int which[3] = {ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF};
+
+    if (rw->state_gated && !rw->state_dirty.process && !every) {
+        for (int i = 0; i < 3 && rw->timers_armed; i++)
+            if (gate_call(SYS_setitimer, which[i], (long)(uintptr_t)&rw->timers[i], 0, 0) < 0)
+                return mf_err("setitimer(%d)", which[i]);
+        return rw->verify ? check_process_state(rw) : true;
+    }
+    for (int i = 0; i < 3; i++)
+        if (gate_call(SYS_setitimer, which[i], (long)(uintptr_t)&rw->timers[i], 0, 0) < 0)
+            return mf_err("setitimer(%d)", which[i]);
+    if (gate_call(SYS_sigaltstack, (long)(uintptr_t)&rw->altstack, 0, 0, 0) < 0)
+        return mf_err("sigaltstack back to its sealed setting");
+    (void)gate_call(SYS_umask, rw->umask, 0, 0, 0);
+    if (gate_call(SYS_fchdir, rw->cwd_fd, 0, 0, 0) < 0)
+        return mf_err("fchdir back to the sealed cwd");
+    rw->state_dirty.process = 0;
+    return true;
+}
+
+static bool rewind_signals(struct mf_rewinder *rw)
+{
     static const struct timespec no_wait = {0, 0};
     sigset_t pending;
 
     MF_TRY(rewind_dispositions(rw));
-    for (int i = 0; i < 3; i++)
-        if (setitimer(which[i], &rw->timers[i], NULL) < 0)
-            return mf_err("setitimer(%d)", which[i]);
-    if (sigaltstack(&rw->altstack, NULL) < 0)
-        return mf_err("sigaltstack back to its sealed setting");
     /* A signal the request left pending (blocked, or raised late) would
      * reach the next request: take it now. */
     if (sigpending(&pending) < 0)
@@ -763,17 +865,20 @@ static bool rewind_signals(struct mf_rewinder *rw)
 
 bool mf_rewind_restore(struct mf_rewinder *rw, size_t *pages)
 {
+    bool every = ++rw->state_rewinds % MF_REWIND_MAPS_EVERY == 0;
+    /* One scan unless a mapping may have been replaced (read before the
+     * mappings check clears it). */
+    bool joined = rw->state_gated && !rw->state_dirty.mappings && !every && !rw->verify;
+
     /* brk first: the heap's end is part of what the mappings must match. */
     if ((uintptr_t)syscall(SYS_brk, rw->brk) != rw->brk)
         return mf_errx(ENOMEM, "brk(%#lx) did not restore the heap's end", (unsigned long)rw->brk);
-    MF_TRY(rewind_mappings(rw));
-    MF_TRY(rewind_pages(rw, pages));
+    MF_TRY(rewind_mappings(rw, every));
+    rw->state_dirty.mappings = 0;
+    MF_TRY(rewind_pages(rw, pages, joined));
     if (rw->verify)
         MF_TRY(verify_pages(rw));
-    MF_TRY(rewind_fds(rw));
+    MF_TRY(rewind_fds(rw, every));
     MF_TRY(rewind_signals(rw));
-    (void)umask(rw->umask);
-    if (fchdir(rw->cwd_fd) < 0)
-        return mf_err("fchdir back to the sealed cwd");
-    return true;
+    return rewind_process_state(rw, every);
 }

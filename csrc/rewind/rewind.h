@@ -40,6 +40,7 @@
 #include "rewind/dirty_pages.h"
 #include "rewind/memory_map.h"
 #include "rewind/sigaction_gate.h"
+#include "rewind/state_gate.h"
 
 #define MF_REWIND_MAX_VMAS 4096
 #define MF_REWIND_MAPS_CAP (1024 * 1024)
@@ -65,6 +66,7 @@ struct mf_snapshot_fd {
     ino_t ino;
     off_t offset;   /* -1: not seekable */
     int status_flags; /* F_GETFL */
+    int fd_flags;     /* F_GETFD */
 };
 
 struct mf_rewinder {
@@ -82,7 +84,6 @@ struct mf_rewinder {
     int maps_fd;
     int statm_fd;
     uint64_t vm_pages_sealed;  /* the first field of statm at the snapshot */
-    unsigned rewinds;          /* a full mappings comparison every MF_REWIND_MAPS_EVERY */
     char *maps_sealed;      /* /proc/self/maps text at the snapshot */
     size_t maps_sealed_len;
     char *maps_now;
@@ -101,6 +102,15 @@ struct mf_rewinder {
     bool signals_gated;
     unsigned signal_rewinds;
     bool resethand;         /* a sealed handler is SA_RESETHAND: delivery changes it, no call needed */
+    /* Set by the state gate's SIGSYS handler (state_gate.h); while it is
+     * loaded (state_gated) fds, timers, the alternate stack, umask and cwd
+     * are checked and put back only when dirty (and every
+     * MF_REWIND_MAPS_EVERY rewinds), and the written pages are found with
+     * one scan unless a mapping may have been replaced. */
+    struct mf_state_dirty state_dirty;
+    bool state_gated;
+    unsigned state_rewinds;  /* full checks (and a full mappings comparison) every MF_REWIND_MAPS_EVERY */
+    bool timers_armed;      /* a sealed interval timer runs: put back on every rewind */
     struct itimerval timers[3];
     stack_t altstack;
     mode_t umask;
@@ -136,6 +146,10 @@ bool mf_rewind_snapshot(struct mf_rewinder *rw);
  * gate (loaded by the caller): restore dispositions only when one was
  * changed. No effect when a sealed handler is SA_RESETHAND. */
 void mf_rewind_signals_gated(struct mf_rewinder *rw);
+
+/* From now on the state gate (loaded by the caller) reports what a
+ * request changed: restore fds and process state only then. */
+void mf_rewind_state_gated(struct mf_rewinder *rw);
 
 /* Brings the process back to the snapshot; *pages: pages copied back.
  * false: something could not be rewound; the process must not serve again. */

@@ -12,6 +12,7 @@
 
 #include "rewind/channel_gate.h"
 #include "rewind/gate_filter.h"
+#include "rewind/state_gate.h"
 #include "base/log.h"
 #include "walls/seccomp.h"
 
@@ -43,8 +44,8 @@ static void on_sigsys(int sig, siginfo_t *si, void *uctx)
 {
     greg_t *regs = ((ucontext_t *)uctx)->uc_mcontext.gregs;
     (void)sig;
-    /* The channel gate's traps come here too (one SIGSYS handler). */
-    if (mf_channel_gate_trap(si, uctx))
+    /* The channel and state gates' traps come here too (one SIGSYS handler). */
+    if (mf_channel_gate_trap(si, uctx) || mf_state_gate_trap(si, uctx))
         return;
     /* Only the filter's trap: a SIGSYS sent with kill() interrupted no call. */
     if (si->si_code != SYS_SECCOMP || si->si_syscall != SYS_rt_sigaction)

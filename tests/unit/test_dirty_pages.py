@@ -161,6 +161,49 @@ def test_several_ranges_in_address_order(tracker: M.DirtyTracker) -> None:
         b.close()
 
 
+def test_a_joined_scan_reports_what_the_per_range_scans_do(tracker: M.DirtyTracker) -> None:
+    """One PAGEMAP_SCAN over the span of every range: the untracked pages
+    between them (written too) are skipped, also across output batches."""
+    outer = Region(96 * PAGE)
+    try:
+        for first in (8, 40, 72):
+            tracker.track(outer.address + first * PAGE, 16 * PAGE)
+        outer.write(0, 8, 9, 23, 24, 30, 40, 41, 55, 60, 72, 80, 87, 88, 95)
+        per_range = tracker.scan()
+        assert outer.pages(per_range) == [(8, 10), (23, 24), (40, 42), (55, 56), (72, 73), (80, 81), (87, 88)]
+        assert tracker.scan(joined=True) == per_range
+        assert tracker.scan(joined=True, cap=1) == per_range
+        assert tracker.collect() == per_range
+        assert tracker.scan(joined=True) == []
+    finally:
+        tracker.close()
+        outer.close()
+
+
+def test_a_joined_scan_skips_a_range_that_lost_its_registration(tracker: M.DirtyTracker) -> None:
+    """What the per-range scan reports as an error the joined one cannot
+    see: why the rewinder uses it only when no mapping was replaced."""
+    outer = Region(32 * PAGE)
+    try:
+        tracker.track(outer.address, 32 * PAGE)
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mmap.restype = ctypes.c_void_p
+        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                              ctypes.c_long]
+        fixed = 0x10
+        got = libc.mmap(outer.address + 8 * PAGE, PAGE, mmap.PROT_READ | mmap.PROT_WRITE,
+                        mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | fixed, -1, 0)
+        assert got == outer.address + 8 * PAGE, ctypes.get_errno()
+        outer.write(2, 8)
+        assert outer.pages(tracker.scan(joined=True)) == [(2, 3)]
+        with pytest.raises(OSError) as e:
+            tracker.scan()
+        assert e.value.errno == errno.EPERM
+    finally:
+        tracker.close()
+        outer.close()
+
+
 def test_reading_does_not_dirty(tracker: M.DirtyTracker, region: Region) -> None:
     region.write(10)
     tracker.collect()
