@@ -204,9 +204,12 @@ class ObjectIndex:
     ends: list[int] = field(default_factory=list)
     groups: list[str] = field(default_factory=list)
     mortal: list[bool] = field(default_factory=list)
+    type_names: list[str] = field(default_factory=list)
 
     @classmethod
-    def build(cls, roots: Iterable[object], depth: int = 3) -> ObjectIndex:
+    def build(cls, roots: Iterable[object], existed: Callable[[int, object], bool], depth: int = 3) -> ObjectIndex:
+        """The objects reachable from roots (depth levels of referents) that
+        existed(address, object) says were there before the request."""
         seen: dict[int, object] = {}
         level = list(roots)
         for _ in range(depth):
@@ -219,6 +222,8 @@ class ObjectIndex:
             level = nxt
         index = cls()
         for address, obj in sorted(seen.items()):
+            if not existed(address, obj):
+                continue
             try:
                 size = sys.getsizeof(obj)
             except Exception:  # noqa: BLE001 - some objects refuse; their header still counts
@@ -227,6 +232,7 @@ class ObjectIndex:
             index.ends.append(address + size)
             index.groups.append(_group(obj))
             index.mortal.append(not _immortal(address))
+            index.type_names.append(type(obj).__name__)
         return index
 
     def groups_in(self, start: int, end: int) -> Counter[str]:
@@ -235,9 +241,17 @@ class ObjectIndex:
         lo, hi = bisect.bisect_left(self.starts, start), bisect.bisect_left(self.starts, end)
         return Counter(g for g, m in zip(self.groups[lo:hi], self.mortal[lo:hi], strict=True) if m)
 
-    def owner(self, address: int) -> str | None:
+    def _at(self, address: int) -> int | None:
         i = bisect.bisect_right(self.starts, address) - 1
-        return self.groups[i] if i >= 0 and address < self.ends[i] else None
+        return i if i >= 0 and address < self.ends[i] else None
+
+    def owner(self, address: int) -> str | None:
+        i = self._at(address)
+        return None if i is None else self.groups[i]
+
+    def type_name(self, address: int) -> str | None:
+        i = self._at(address)
+        return None if i is None else self.type_names[i]
 
 
 @dataclass(frozen=True)
@@ -358,6 +372,7 @@ class Window:
     pages: list[int]                # written pages
     changed: dict[int, list[int]]   # page -> addresses of the 8-byte words whose value changed
     new_mappings: int
+    before: Callable[[int], int | None]  # the 8-byte word at an address before the window
 
 
 def _measure(steps: Steps) -> Window:
@@ -367,6 +382,10 @@ def _measure(steps: Steps) -> Window:
     tracker = _mayfly.DirtyTracker()
     for m in maps:
         tracker.track(m.start, m.end - m.start)
+    # The tool's own objects out of the young generation, its count back to
+    # the sealed state's zero: else a collection in the window, which a
+    # worker would not run there, walks them.
+    gc.freeze()
     # The copy, to tell changed pages from pages written back with the
     # same bytes: in a mapping of its own, made after the list of tracked ones.
     copy = mmap.mmap(-1, sum(e - s for s, e in whole), flags=mmap.MAP_PRIVATE)
@@ -390,7 +409,13 @@ def _measure(steps: Steps) -> Window:
     known = {(m.start, m.end) for m in maps}
     new_maps = sum(1 for m in after if m.tracked and (m.start, m.end) not in known)
     tracker.close()
-    return Window(pages, changed, new_maps)
+
+    def before(address: int, keep: mmap.mmap = copy) -> int | None:
+        s, e, off = offsets[max(0, bisect.bisect_right(starts, address) - 1)]
+        if not s <= address <= e - 8:
+            return None
+        return int(ctypes.c_uint64.from_address(base + off + address - s).value)
+    return Window(pages, changed, new_maps, before)
 
 
 def _in_child(work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -500,7 +525,11 @@ def _classify_child(steps: Steps) -> dict[str, Any]:
     maps = parse_maps(Path("/proc/self/maps").read_text())
     extents = library_extents(maps)
     gc.unfreeze()  # frozen objects are not listed by gc.get_objects()
-    index = ObjectIndex.build([*gc.get_objects(), *sys.modules.values()])
+    # Built after the window (building it before would move the request's
+    # allocations); an object made since, maybe in memory the request used
+    # and freed, had another type pointer (ob_type, at +8) in the copy.
+    index = ObjectIndex.build([*gc.get_objects(), *sys.modules.values()],
+                              lambda address, obj: result.before(address + 8) == id(type(obj)))
     symbols = Symbols.load(maps)
     rows = []
     for p in result.pages:
@@ -508,6 +537,7 @@ def _classify_child(steps: Steps) -> dict[str, Any]:
         cause, objects = page_cause(p, label, result.changed[p], index, symbols, marks)
         rows.append({"page": p, "mapping": label, "changed": len(result.changed[p]), "cause": cause,
                      "objects": objects,
+                     "changed_types": sorted({t for t in map(index.type_name, result.changed[p]) if t}),
                      "symbols": symbols.in_range(p, p + PAGE)[:4]})
     return {"pages": rows, "new_mappings": result.new_mappings}
 
@@ -573,6 +603,9 @@ def main(argv: list[str] | None = None) -> int:
     print("Pieces of the request path, each run alone (pages beyond the empty window's; "
           "pieces share pages, so these do not add up): "
           + ", ".join(f"{name} {n}" for name, n in parts.items()) + "\n")
+    changed = Counter(t for r in rows for t in r["changed_types"])
+    print("Types of the long-lived objects whose bytes changed (pages): "
+          + ", ".join(f"{t} ({n})" for t, n in changed.most_common(12)) + "\n")
     syms = Counter(s for r in rows for s in r["symbols"])
     print("libpython symbols on written pages: " + ", ".join(f"{s} ({n})" for s, n in syms.most_common(12)))
     if args.json:
