@@ -196,6 +196,35 @@ def _immortal(address: int) -> bool:
     return sys.version_info >= (3, 12) and ctypes.c_int32.from_address(address).value < 0
 
 
+def reachable(roots: Iterable[object], depth: int) -> dict[int, object]:
+    """roots and their referents, depth levels down, by address."""
+    seen: dict[int, object] = {}
+    level = list(roots)
+    for _ in range(depth):
+        nxt = []
+        for obj in level:
+            if id(obj) in seen:
+                continue
+            seen[id(obj)] = obj
+            nxt.extend(gc.get_referents(obj))
+        level = nxt
+    return seen
+
+
+def _immortalize() -> int:
+    """3.12+ experiment (--immortal): every object alive now made immortal,
+    as a host could do before gc.freeze(); how many were mortal."""
+    gc.unfreeze()
+    roots = [*gc.get_objects(), *sys.modules.values()]
+    gc.freeze()
+    made = 0
+    for address in reachable(roots, 3):
+        if not _immortal(address):
+            ctypes.c_ssize_t.from_address(address).value = 0xFFFFFFFF  # 3.12, 3.13: _Py_IMMORTAL_REFCNT
+            made += 1
+    return made
+
+
 @dataclass
 class ObjectIndex:
     """Address intervals of objects alive before the request: [start, end) and group."""
@@ -210,16 +239,7 @@ class ObjectIndex:
     def build(cls, roots: Iterable[object], existed: Callable[[int, object], bool], depth: int = 3) -> ObjectIndex:
         """The objects reachable from roots (depth levels of referents) that
         existed(address, object) says were there before the request."""
-        seen: dict[int, object] = {}
-        level = list(roots)
-        for _ in range(depth):
-            nxt = []
-            for obj in level:
-                if id(obj) in seen:
-                    continue
-                seen[id(obj)] = obj
-                nxt.extend(gc.get_referents(obj))
-            level = nxt
+        seen = reachable(roots, depth)
         index = cls()
         for address, obj in sorted(seen.items()):
             if not existed(address, obj):
@@ -575,8 +595,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--program", type=Path, default=SEED)
     parser.add_argument("--runs", type=int, default=5, help="seed requests measured (each in its own child)")
     parser.add_argument("--json", type=Path, help="write every classified page here")
+    parser.add_argument("--immortal", action="store_true",
+                        help="3.12+ experiment: make every object alive at sealing immortal first")
     args = parser.parse_args(argv)
+    if args.immortal and sys.version_info < (3, 12):
+        parser.error("--immortal needs CPython 3.12 or later (immortal objects)")
     sealed = _seal(args.program)
+    if args.immortal:
+        print(f"--immortal: {_immortalize()} objects made immortal before the requests\n")
     phase_sets = [set(_in_child(lambda w=w: _pages_child(w))["pages"])  # type: ignore[misc]
                   for w in sealed.phases[:-1]]
     parts = {name: len(set(_in_child(lambda w=w: _pages_child(w))["pages"]) - phase_sets[0])  # type: ignore[misc]
