@@ -1,6 +1,6 @@
 """Which pages one seed request writes in a reset worker, and why:
 
-    python -m bench.request_pages [--program PATH] [--runs 5] [--json OUT]
+    python -m bench.request_pages [--program PATH] [--runs 5] [--json OUT] [--immortal]
 
 Run it with each interpreter to compare (each needs mayflyd installed). One
 plain process, no daemon and no walls: it loads the program and warms the
@@ -10,8 +10,8 @@ then, as the reset engine does with a worker, forks a child per
 measurement from that sealed state. The child tracks every writable
 private mapping with the rewind's own tracker (mayflyd._mayfly.DirtyTracker)
 and runs one request through the worker's callables: the after-rewind
-hook, then the runner of make_runner on arguments built as the C binding
-builds them. Every request in a worker starts from the same snapshot, so
+hook, then the runner of make_runner on the arguments the C binding
+passes (made once, before sealing). Every request in a worker starts from the same snapshot, so
 one request from the sealed state is what each of them writes.
 
 Each written page is classed by mapping (/proc/self/maps) and by cause:
@@ -20,8 +20,8 @@ gc.get_objects() and their referents; libpython's symbols; the thread and
 interpreter states; the frames' data stack) and whether its bytes changed
 (a refcount taken and dropped leaves a written page with the same bytes).
 "Who" compares children that stop earlier: nothing (the tool's own cost),
-the hook, the arguments, a handler that returns a constant (the daemon's
-request path), the seed's handler. Attribution is by page, first match:
+the hook, a handler that returns a constant (the daemon's request path),
+the seed's handler. Attribution is by page, first match:
 a page holding both a long-lived object and a new one counts once.
 """
 from __future__ import annotations
