@@ -3,7 +3,7 @@ on 127.0.0.1 by the harness itself, results under bench/results/.
 
     python -m bench            # full mode (up to ~15 minutes)
     python -m bench --quick    # a, d, e, g, n at -c1/-c64, all cores at -c64, heap 1/200 MB, 1/10 tenants
-    python -m bench --only throughput,allcores,heap,tenants,profile
+    python -m bench --only throughput,allcores,heap,tenants,profile,rewind
     python -m bench --only throughput,allcores --rows g,n --duration 3   # a few rows (a always)
 
 Ends with `headline: sandboxed/unsandboxed throughput at -c64 = N.NN`.
@@ -17,10 +17,10 @@ import sys
 import time
 from typing import Any
 
-from bench import measures, report, servers, wrk
+from bench import measures, report, rewind_cost, servers, wrk
 from bench.common import RESULTS, all_cores_pinning, core_count, pinning
 
-STEPS = ("throughput", "allcores", "heap", "tenants", "profile")
+STEPS = ("throughput", "allcores", "heap", "tenants", "profile", "rewind")
 # Row letters of the throughput tables: d is every mayflyd engine, e the reset engine alone.
 ROWS = ("a", "b", "c", "d", "e", "f", "g", "n")
 
@@ -90,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         counts = [1, 10] if quick else [c for c in (1, 10, 100, 1000) if c <= args.max_tenants]
         data["tenants"] = measures.tenants_scaling(pin, counts, None if quick else duration, _log,
                                                    reset_counts=[c for c in counts if c <= 100])
+    if "rewind" in steps:
+        data["rewind"] = rewind_cost.measure(pin, 200 if quick else 1000, _log)
     if "profile" in steps and not quick:
         try:
             data["cpu"] = measures.cpu_per_request(pin, duration, 64, _log)

@@ -128,6 +128,36 @@ def heap_section(heap: dict[str, Any]) -> list[str]:
     return out + _table(header, table) + [""]
 
 
+def rewind_section(rewind: dict[str, Any]) -> list[str]:
+    """6: the rewind's time and pages per request, and density with one and two workers."""
+    programs = rewind["programs"]
+    seed = programs[0].get("median_us") if programs else None
+    out = ["## 6. The rewind per request (reset engine)", "",
+           "One reset tenant, one worker, requests sent one at a time; after each, the daemon's metrics are "
+           "read and the differences of `mayflyd_sandbox_cost_seconds` and `mayflyd_rewound_pages` (_sum, "
+           "_count) give that request's rewind time and pages (the histograms' buckets are too coarse for a "
+           "median). Requests with idle gaps between them: caches may be colder than under load. Ratio: "
+           "median rewind time to the seed's.", ""]
+    rows = [[p["program"], str(p["requests"]), _f(p.get("median_us"), "{:.0f}"), _f(p.get("p99_us"), "{:.0f}"),
+             _f(p.get("mean_us"), "{:.0f}"), _f(p.get("pages_median"), "{:.0f}"), _f(p.get("pages_p99"), "{:.0f}"),
+             _f(p.get("median_us") / seed if seed and p.get("median_us") is not None else None),
+             _f(p.get("answer_bytes_median"), "{:.0f}"),
+             ", ".join(f"{k}: {v}" for k, v in p.get("statuses", {}).items())]
+            for p in programs]
+    out += _table(["program", "requests", "rewind median us", "p99 us", "mean us", "pages median", "pages p99",
+                   "median ratio to seed", "answer bytes", "statuses"], rows)
+    d = rewind.get("density")
+    if d:
+        one, two = d["one_worker"], d["two_workers"]
+        out += ["", "Density: an idle reset tenant serving the seed program (pool 2), PSS of its host and "
+                "workers (psutil), after one request and after a wrk -c8 load that starts the second worker.", ""]
+        out += _table(["live workers", "PSS MiB"], [[str(one["workers"]), _f(one["pss_mb"])],
+                                                    [str(two["workers"]), _f(two["pss_mb"])]])
+        out += ["", f"- the second worker adds {_f(d['second_worker_mb'])} MiB; two workers / one = "
+                f"{_f(d.get('ratio'))}"]
+    return out + [""]
+
+
 def cpu_section(cpu: dict[str, Any]) -> list[str]:
     """5a: CPU per request by process, one column per server."""
     runs = cpu["servers"]
@@ -225,6 +255,8 @@ def markdown(data: dict[str, Any], charts: list[str], chart_note: str | None) ->
         out += _table(["tenants", "engine, hosts", "start-up s", "per tenant ms", "zygote/fresh", "PSS/tenant MiB",
                        "zygote/fresh", "daemon PSS MiB", "daemon idle CPU", "zygote PSS MiB",
                        "req/s -c64 random host", "ratio"], rows) + [""]
+    if "rewind" in data:
+        out += rewind_section(data["rewind"])
     if "cpu" in data:
         out += cpu_section(data["cpu"])
     if "profile" in data:
