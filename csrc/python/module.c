@@ -19,6 +19,7 @@
 
 #include "base/log.h"
 #include "engine/fork_engine.h"
+#include "python/py_immortal.h"
 #include "python/py_requests.h"
 #include "python/py_util.h"
 #include "walls/cgroup.h"
@@ -436,6 +437,8 @@ static PyObject *py_cgroup_stats(PyObject *self, PyObject *args)
 
 static PyMethodDef methods[] = {
     {"struct_layout", py_struct_layout, METH_NOARGS, "{struct: (size, {field: (offset, size)})}"},
+    {"immortalize_tracked", py_immortalize_tracked, METH_NOARGS,
+     "immortalize_tracked() -> int: objects the collector tracks (and what they reach) made immortal"},
     {"drop_privileges", (PyCFunction)(void (*)(void))py_drop_privileges, METH_VARARGS | METH_KEYWORDS,
      "drop_privileges(uid, gid, set_groups=True)"},
     {"build_host_walls", py_build_host_walls, METH_VARARGS,

@@ -867,8 +867,9 @@ bool mf_rewind_restore(struct mf_rewinder *rw, size_t *pages)
 {
     bool every = ++rw->state_rewinds % MF_REWIND_MAPS_EVERY == 0;
     /* One scan unless a mapping may have been replaced (read before the
-     * mappings check clears it). */
-    bool joined = rw->state_gated && !rw->state_dirty.mappings && !every && !rw->verify;
+     * mappings check clears it). Under verification too: the comparison
+     * of every page after it is what would catch a page it missed. */
+    bool joined = rw->state_gated && !rw->state_dirty.mappings && !every;
 
     /* brk first: the heap's end is part of what the mappings must match. */
     if ((uintptr_t)syscall(SYS_brk, rw->brk) != rw->brk)

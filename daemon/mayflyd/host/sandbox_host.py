@@ -270,8 +270,11 @@ def serve(spec: HostSpec, *, forked_by_zygote: bool = False, oom_fd: int = -1) -
         for _ in range(WARM_UP_CALLS):
             _after_rewind()
     # Objects that exist now live as long as the host: keep the collector
-    # from touching (and so copying) their pages in every sandbox.
+    # from touching (and so copying) their pages in every sandbox, and
+    # (3.12+) requests from writing their reference counts. A zygote's own
+    # are immortal and frozen already: not listed, so not written here.
     gc.collect()
+    _mayfly.immortalize_tracked()
     gc.freeze()
     request_filter = binascii.a2b_base64(spec.request_filter)
     try:

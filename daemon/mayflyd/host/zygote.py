@@ -185,8 +185,10 @@ def _prewarm() -> None:
         del sys.modules[name]
     sys.path[:] = saved_path
     # Objects that exist now live as long as the zygote: keep the hosts'
-    # collectors from touching (and so copying) their pages.
+    # collectors from touching (and so copying) their pages, and (3.12+)
+    # their requests from writing the reference counts.
     gc.collect()
+    _mayfly.immortalize_tracked()
     gc.freeze()
 
 
