@@ -124,7 +124,7 @@ static void rewinder_entry(void)
          * next request would meet them. */
         if (ws->channel_dirty) {
             mf_errx(EPERM, "request %llu set an option on, shut down, bound or connected the worker's "
-                    "channel to the front end", (unsigned long long)ws->req_id);
+                    "channel to its host or to the front end", (unsigned long long)ws->req_id);
             fail(cfg, "request channel");
         }
         uint64_t cost = mf_now_us() - started;
@@ -275,7 +275,7 @@ _Noreturn void mf_reset_worker_main(const struct mf_worker_config *cfg)
     ws = (struct worker_state *)(void *)the_rewinder->owner;
     *ws = boot;
     the_state = ws;
-    if (!mf_channel_gate_prepare(&ws->channel_dirty, cfg->request_fds, cfg->n_request_fds))
+    if (!mf_channel_gate_prepare(&ws->channel_dirty, cfg->chan_fd, cfg->request_fds, cfg->n_request_fds))
         fail(cfg, "worker setup");
     if (getcontext(&the_rewinder->rest) < 0)
         fail(cfg, "getcontext(rest)");

@@ -50,7 +50,7 @@ __asm__(".text\n"
 static struct {
     dev_t dev;
     ino_t ino;
-} channels[MF_MAX_FRONT_LOOPS];
+} channels[MF_MAX_FRONT_LOOPS + 1];
 static size_t n_channels;
 static volatile sig_atomic_t *gate_dirty;
 
@@ -60,19 +60,25 @@ static bool gated(long nr)
            nr == SYS_listen;
 }
 
-bool mf_channel_gate_prepare(volatile sig_atomic_t *dirty, const int *fds, size_t n)
+static bool record(size_t i, int fd)
 {
     struct stat st;
 
+    if (fstat(fd, &st) < 0)
+        return mf_err("fstat(channel %d)", fd);
+    channels[i].dev = st.st_dev;
+    channels[i].ino = st.st_ino;
+    return true;
+}
+
+bool mf_channel_gate_prepare(volatile sig_atomic_t *dirty, int control_fd, const int *fds, size_t n)
+{
     if (n > MF_MAX_FRONT_LOOPS)
         return mf_errx(EINVAL, "%zu request channels, at most %d", n, MF_MAX_FRONT_LOOPS);
-    for (size_t i = 0; i < n; i++) {
-        if (fstat(fds[i], &st) < 0)
-            return mf_err("fstat(request channel %d)", fds[i]);
-        channels[i].dev = st.st_dev;
-        channels[i].ino = st.st_ino;
-    }
-    n_channels = n;
+    MF_TRY(record(0, control_fd));
+    for (size_t i = 0; i < n; i++)
+        MF_TRY(record(i + 1, fds[i]));
+    n_channels = n + 1;
     gate_dirty = dirty;
     return true;
 }

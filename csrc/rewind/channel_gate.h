@@ -1,6 +1,6 @@
 /*
- * A reset worker's request channels to the front end outlive its
- * requests, so a request could change what a later one sees or sends
+ * A reset worker's request channels to the front end, and its channel to
+ * its host, outlive its requests, so a request could change what a later one sees or sends
  * through them: shut one down, set a socket option (SO_RCVTIMEO, a
  * filter, SO_PEEK_OFF ...), bind or connect it. None of that can be
  * rewound, and none of it is needed to serve. The gate tells the rewinder
@@ -27,9 +27,10 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-/* Records which sockets are the channels (before the snapshot); *dirty
+/* Records which sockets are the channels: the worker's own to its host
+ * (control_fd) and the request channels (before the snapshot); *dirty
  * must outlive every rewind (untracked memory). */
-bool mf_channel_gate_prepare(volatile sig_atomic_t *dirty, const int *fds, size_t n);
+bool mf_channel_gate_prepare(volatile sig_atomic_t *dirty, int control_fd, const int *fds, size_t n);
 
 /* Loads the filter; a no-op if prepare saw no channel. */
 bool mf_channel_gate_load(void);

@@ -5,7 +5,9 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <sys/file.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
@@ -85,6 +87,11 @@ struct mf_rewinder *mf_rewinder_create(bool verify, int reserved_signal)
         mf_err("open(cwd, O_PATH)");
         return NULL;
     }
+    mf_cleanup_fd int slack_fd = open("/proc/self/timerslack_ns", O_RDWR | O_CLOEXEC);
+    if (slack_fd < 0) {
+        mf_err("open(/proc/self/timerslack_ns)");
+        return NULL;
+    }
     uint8_t *base = map.addr;
     struct mf_rewinder *rw = map.addr;
     /* Last: the tracker's fds are the only ones the cleanups above miss. */
@@ -101,6 +108,7 @@ struct mf_rewinder *mf_rewinder_create(bool verify, int reserved_signal)
     rw->maps_fd = mf_steal_fd(&maps_fd);
     rw->statm_fd = mf_steal_fd(&statm_fd);
     rw->cwd_fd = mf_steal_fd(&cwd_fd);
+    rw->slack_fd = mf_steal_fd(&slack_fd);
     return mf_steal_mapping(&map).addr;
 }
 
@@ -255,6 +263,34 @@ static bool vm_pages(const struct mf_rewinder *rw, uint64_t *out)
 
 /* ---- kernel state ---- */
 
+/* Whether /proc/self/fdinfo lists a lock on fd (flock, OFD or POSIX). */
+static bool holds_locks(int fd, bool *locked)
+{
+    char path[48], buf[4096];
+
+    snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", fd);
+    mf_cleanup_fd int info = open(path, O_RDONLY | O_CLOEXEC);
+    if (info < 0)
+        return mf_err("open(%s)", path);
+    *locked = false;
+    /* The lock lines come last; reading the start of each chunk suffices
+     * for "lock:" at a line's start. */
+    for (;;) {
+        ssize_t n = read(info, buf, sizeof(buf) - 1);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return mf_err("read(%s)", path);
+        if (n == 0)
+            return true;
+        buf[n] = '\0';
+        if (strncmp(buf, "lock:", 5) == 0 || strstr(buf, "\nlock:") != NULL) {
+            *locked = true;
+            return true;
+        }
+    }
+}
+
 /* One fd open at the snapshot: what the rewind checks and puts back. */
 static bool snapshot_fd(struct mf_rewinder *rw, int fd)
 {
@@ -276,10 +312,14 @@ static bool snapshot_fd(struct mf_rewinder *rw, int fd)
         rw->fds[at] = rw->fds[at - 1];
         at--;
     }
+    bool locked = false;
+    if (S_ISREG(st.st_mode))
+        MF_TRY(holds_locks(fd, &locked));
     rw->fds[at] = (struct mf_snapshot_fd){
         .fd = fd, .dev = st.st_dev, .ino = st.st_ino,
         .offset = S_ISREG(st.st_mode) ? lseek(fd, 0, SEEK_CUR) : -1,
         .status_flags = status_flags, .fd_flags = fd_flags,
+        .regular = S_ISREG(st.st_mode), .locked = locked,
     };
     return true;
 }
@@ -347,6 +387,10 @@ static bool snapshot_kernel_state(struct mf_rewinder *rw)
     }
     if (sigaltstack(NULL, &rw->altstack) < 0)
         return mf_err("sigaltstack(query)");
+    ssize_t slack = pread(rw->slack_fd, rw->slack_sealed, sizeof(rw->slack_sealed), 0);
+    if (slack <= 0)
+        return mf_err("pread(/proc/self/timerslack_ns)");
+    rw->slack_len = (size_t)slack;
     rw->altstack.ss_flags &= SS_DISABLE; /* SS_ONSTACK is a state, not a setting */
     rw->umask = umask(0);
     (void)umask(rw->umask);
@@ -738,6 +782,54 @@ static bool rewind_fds(struct mf_rewinder *rw, bool every)
     return true;
 }
 
+/* The timer slack: a request changes it by writing
+ * /proc/self/timerslack_ns, with no call the gate sees. */
+static bool rewind_timerslack(struct mf_rewinder *rw)
+{
+    char now[sizeof(rw->slack_sealed)];
+    ssize_t n = pread(rw->slack_fd, now, sizeof(now), 0);
+
+    if (n <= 0)
+        return mf_err("pread(/proc/self/timerslack_ns)");
+    if ((size_t)n == rw->slack_len && memcmp(now, rw->slack_sealed, rw->slack_len) == 0)
+        return true;
+    /* No pwrite on this file (ESPIPE); write() leaves the offset at 0. */
+    if (write(rw->slack_fd, rw->slack_sealed, rw->slack_len) != (ssize_t)rw->slack_len)
+        return mf_err("write(/proc/self/timerslack_ns) back to its sealed value");
+    if (lseek(rw->slack_fd, 0, SEEK_SET) < 0)
+        return mf_err("lseek(/proc/self/timerslack_ns, 0)");
+    return true;
+}
+
+/* Locks a request took on a snapshot fd: flock and OFD locks belong to
+ * the open file, POSIX locks to the worker. Dropped, all three kinds, on
+ * every regular file of the snapshot. A worker reopens the regular files
+ * it inherits (its own open files: the host's locks are not on them), so
+ * none holds a lock at the snapshot; if one did, what a request did to it
+ * could not be undone, and the worker is replaced. */
+static bool rewind_locks(struct mf_rewinder *rw)
+{
+    if (rw->state_gated && !rw->state_dirty.locks)
+        return true;
+    for (size_t i = 0; i < rw->nfds; i++) {
+        const struct mf_snapshot_fd *s = &rw->fds[i];
+        if (!s->regular)
+            continue;
+        if (s->locked)
+            return mf_errx(EPERM, "fd %d held a lock at the snapshot and the request locked or unlocked "
+                           "one; it cannot be rewound", s->fd);
+        struct flock all = {.l_type = F_UNLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0};
+        if (gate_call(SYS_flock, s->fd, LOCK_UN, 0, 0) < 0)
+            return mf_err("flock(fd %d, LOCK_UN)", s->fd);
+        if (gate_call(SYS_fcntl, s->fd, F_OFD_SETLK, (long)(uintptr_t)&all, 0) < 0)
+            return mf_err("fcntl(fd %d, F_OFD_SETLK, F_UNLCK)", s->fd);
+        if (gate_call(SYS_fcntl, s->fd, F_SETLK, (long)(uintptr_t)&all, 0) < 0)
+            return mf_err("fcntl(fd %d, F_SETLK, F_UNLCK)", s->fd);
+    }
+    rw->state_dirty.locks = 0;
+    return true;
+}
+
 /* Under verification, a disposition that changed with no gated call would
  * mean the gate missed one: fail rather than restore quietly. */
 static bool check_dispositions(const struct mf_rewinder *rw)
@@ -880,6 +972,8 @@ bool mf_rewind_restore(struct mf_rewinder *rw, size_t *pages)
     if (rw->verify)
         MF_TRY(verify_pages(rw));
     MF_TRY(rewind_fds(rw, every));
+    MF_TRY(rewind_locks(rw));
     MF_TRY(rewind_signals(rw));
+    MF_TRY(rewind_timerslack(rw));
     return rewind_process_state(rw, every);
 }

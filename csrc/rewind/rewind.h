@@ -67,6 +67,8 @@ struct mf_snapshot_fd {
     off_t offset;   /* -1: not seekable */
     int status_flags; /* F_GETFL */
     int fd_flags;     /* F_GETFD */
+    bool regular;     /* a regular file: it can carry locks */
+    bool locked;      /* it held a lock at the snapshot (/proc/self/fdinfo) */
 };
 
 struct mf_rewinder {
@@ -111,6 +113,9 @@ struct mf_rewinder {
     bool state_gated;
     unsigned state_rewinds;  /* full checks (and a full mappings comparison) every MF_REWIND_MAPS_EVERY */
     bool timers_armed;      /* a sealed interval timer runs: put back on every rewind */
+    int slack_fd;           /* /proc/self/timerslack_ns: the request filter denies prctl */
+    char slack_sealed[24];  /* its text at the snapshot */
+    size_t slack_len;
     struct itimerval timers[3];
     stack_t altstack;
     mode_t umask;

@@ -7,6 +7,7 @@
 #include <linux/audit.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
@@ -132,6 +133,7 @@ bool mf_state_gate_load(const int *fds, size_t n)
     jump_if(&p, BPF_JEQ, AUDIT_ARCH_X86_64, TO_NEXT, TO_ALLOW);
     load(&p, MF_GATE_DATA(nr));
     jump_if(&p, BPF_JEQ, SYS_close, every_close ? TO_TRAP : TO_FD, TO_NEXT);
+    jump_if(&p, BPF_JEQ, SYS_flock, every_close ? TO_TRAP : TO_FD, TO_NEXT);
     jump_if(&p, BPF_JEQ, SYS_fcntl, TO_FCNTL, TO_NEXT);
     jump_if(&p, BPF_JEQ, SYS_ioctl, TO_IOCTL, TO_NEXT);
     jump_if(&p, BPF_JEQ, SYS_mmap, TO_MMAP, TO_NEXT);
@@ -143,6 +145,10 @@ bool mf_state_gate_load(const int *fds, size_t n)
     place(&p, TO_FCNTL);
     load(&p, MF_GATE_LOW(MF_GATE_DATA(args[1])));
     jump_if(&p, BPF_JEQ, F_SETFL, TO_FD, TO_NEXT);
+    jump_if(&p, BPF_JEQ, F_SETLK, TO_FD, TO_NEXT);
+    jump_if(&p, BPF_JEQ, F_SETLKW, TO_FD, TO_NEXT);
+    jump_if(&p, BPF_JEQ, F_OFD_SETLK, TO_FD, TO_NEXT);
+    jump_if(&p, BPF_JEQ, F_OFD_SETLKW, TO_FD, TO_NEXT);
     jump_if(&p, BPF_JEQ, F_SETFD, TO_FD, TO_ALLOW);
 
     place(&p, TO_IOCTL);
@@ -190,8 +196,21 @@ bool mf_state_gate_trap(const siginfo_t *si, void *uctx)
 
     if (si->si_code != SYS_SECCOMP || gate_dirty == NULL)
         return false;
+    long cmd = (long)regs[REG_RSI];
+    bool lock_call = si->si_syscall == SYS_flock ||
+                     (si->si_syscall == SYS_fcntl && ((int)cmd == F_SETLK || (int)cmd == F_SETLKW ||
+                                                      (int)cmd == F_OFD_SETLK || (int)cmd == F_OFD_SETLKW));
     switch (si->si_syscall) {
-    case SYS_close: case SYS_dup2: case SYS_dup3: case SYS_close_range: case SYS_fcntl: case SYS_ioctl:
+    case SYS_flock:
+        gate_dirty->locks = 1;
+        break;
+    case SYS_fcntl:
+        if (lock_call)
+            gate_dirty->locks = 1;
+        else
+            gate_dirty->fds = 1;
+        break;
+    case SYS_close: case SYS_dup2: case SYS_dup3: case SYS_close_range: case SYS_ioctl:
         gate_dirty->fds = 1;
         break;
     case SYS_setitimer: case SYS_alarm: case SYS_sigaltstack: case SYS_umask: case SYS_chdir: case SYS_fchdir:

@@ -9,6 +9,10 @@
  * - fds: close() of a snapshot fd, dup2(), dup3(), close_range(), and
  *   fcntl(F_SETFL, F_SETFD) or ioctl(FIONBIO, FIOASYNC, FIOCLEX, FIONCLEX)
  *   on a snapshot fd (status flags belong to the shared open file);
+ * - locks: flock() and fcntl(F_SETLK, F_SETLKW, F_OFD_SETLK, F_OFD_SETLKW)
+ *   on a snapshot fd (flock and OFD locks belong to the open file, which
+ *   the host and every worker share; a request's own files' locks go
+ *   with the close at the rewind);
  * - process state: setitimer(), alarm(), sigaltstack() setting a stack,
  *   umask(), chdir(), fchdir();
  * - mappings: munmap(), mremap(), and mmap() with MAP_FIXED or
@@ -39,6 +43,7 @@ struct mf_state_dirty {
     volatile sig_atomic_t fds;      /* an fd of the snapshot closed, replaced or its flags set */
     volatile sig_atomic_t process;  /* timers, alternate stack, umask or cwd */
     volatile sig_atomic_t mappings; /* a mapping unmapped, moved or mapped over */
+    volatile sig_atomic_t locks;    /* a snapshot fd locked or unlocked */
 };
 
 /* More snapshot fds than this and every close() traps (the filter's jumps
