@@ -24,9 +24,11 @@ import sys
 import traceback
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from types import ModuleType
-from typing import Any
-from urllib.parse import parse_qs, unquote
+from types import MappingProxyType, ModuleType
+from typing import Any, ClassVar
+from urllib.parse import parse_qs
+
+from mayflyd import _mayfly
 
 __all__ = ["Request", "Response", "Headers", "Program", "ProgramError", "load_program"]
 
@@ -65,21 +67,19 @@ class Headers(Mapping[str, str]):
         return list(self._raw)
 
 
-class Request:
-    """What a program sees of one HTTP request."""
+class Request(_mayfly.RequestBase):
+    """What a program sees of one HTTP request.
 
-    __slots__ = ("id", "method", "raw_path", "path", "query", "headers", "body", "client")
+    Its fields are the C base's (csrc/python/py_request_path.c), which a
+    sandbox fills with no Python code run: id, method, raw_path (as sent:
+    percent-encoded), path (decoded as UTF-8, invalid bytes become
+    U+FFFD), query (as sent; `args` decodes it), headers (a Headers, made
+    when first read), body and client. Constructed with the keywords id,
+    method, path (raw), query, headers (raw pairs), body and client.
+    """
 
-    def __init__(self, *, id: int, method: str, path: str, query: str,
-                 headers: RawHeaders, body: bytes, client: str) -> None:
-        self.id = id
-        self.method = method
-        self.raw_path = path            # as sent: percent-encoded
-        self.path = unquote(path)       # decoded as UTF-8 (invalid bytes become U+FFFD)
-        self.query = query              # as sent; `args` decodes it
-        self.headers = Headers(headers)
-        self.body = body
-        self.client = client
+    __slots__ = ()
+    _headers_type: ClassVar[type[Headers]] = Headers
 
     @property
     def args(self) -> dict[str, list[str]]:
@@ -195,8 +195,13 @@ class Program:
             traceback.print_exc()
             raise ProgramError(f"on_init() raised {type(exc).__name__}: {exc}") from exc
 
+    def request_path(self) -> _mayfly.RequestPath:
+        """What a sandbox runs per request: call() in C (py_request_path.c)."""
+        return _mayfly.RequestPath(self._handler, self._takes_request, Request, Response, normalize)
+
     def call(self, request: Request) -> Result:
-        """Run the handler; never raises (errors become a 500)."""
+        """Run the handler; never raises (errors become a 500). The
+        reference of request_path(), which follows it; for in-process use."""
         try:
             if self._takes_request:
                 result = self._handler(request)
@@ -225,28 +230,25 @@ class Program:
 WARM_UP_CALLS = 64
 
 
-def warm_up_request_path(runner: Callable[[Program], Callable[..., object]] | None = None) -> None:
-    """Run the daemon's own per-request code (never the tenant's: its calls
-    could change its state) enough times to be specialised before sealing;
-    runner(handler) wraps a handler the way the host calls programs."""
+def warm_up_request_path() -> None:
+    """Specialise before sealing what Python a request may still run of the
+    daemon's (never the tenant's code: its calls could change its state).
+    The request path itself is C; what is left is the Request's Python
+    side (its headers mapping, args, text, json) when a handler uses it,
+    and normalize() for the unusual results the C path hands it."""
     dummy = ModuleType("mayflyd_warm_up")
     dummy.on_client_request = lambda request: "warm"  # type: ignore[attr-defined]
-    program = Program(dummy)
-    call: Callable[..., object] = runner(program) if runner is not None else program.call
+    path = Program(dummy).request_path()
     headers = [("Host", "warm.up"), ("Accept", "*/*"), ("accept", "text/plain")]
-    results: tuple[object, ...] = ("text", b"bytes", ("text/plain", "x"), (200, [("X-A", "b")], b"x"),
-                                   {"a": [1]}, [1], None, Response("x", status=201))
+    unusual = Response("x", headers=MappingProxyType({"X-A": "b"}))
     for i in range(WARM_UP_CALLS):
-        request = Request(id=i, method="GET", path="/warm%20up", query="a=1", headers=headers, body=b"x",
-                          client="192.0.2.1:1")
+        request = Request(id=i, method="GET", path="/warm%20up", query="a=1&b=", headers=headers,
+                          body=b'{"a": 1}', client="192.0.2.1:1")
+        path.respond(request)
         request.headers.get("accept")
-        if runner is not None:
-            call(i, "GET", "/warm%20up", "a=1", headers, b"x", "192.0.2.1:1")
-        else:
-            call(request)
-        for result in results:
-            normalize(result)
-        _flush_std_streams()
+        _ = request.headers["host"], "x-a" in request.headers, request.headers.raw()
+        _ = request.args, request.text(), request.json()
+        normalize(unusual)
 
 
 def _flush_std_streams() -> None:
