@@ -430,6 +430,7 @@ static enum fill fill_common(RequestPathObject *rp, PyObject *result, struct py_
 /* The result as a response in r; false with a Python exception (r empty). */
 static bool fill(RequestPathObject *rp, PyObject *result, struct py_response *r)
 {
+    memset(r, 0, sizeof(*r)); /* released below whether or not begun */
     enum fill how = fill_common(rp, result, r);
 
     if (how == UNUSUAL) {
@@ -484,12 +485,16 @@ static _Noreturn void exit_for_system_exit(void)
 /* "request N: ..." and the traceback to the tenant's log, a 500 to the client. */
 static bool fill_error(struct py_response *r, uint64_t id)
 {
-    PySys_FormatStderr("request %llu: the program raised an exception\n", (unsigned long long)id);
+    memset(r, 0, sizeof(*r));
+    char text[128];
+    int n = snprintf(text, sizeof(text),
+                     "500 Internal Server Error: the program raised an exception (request %llu)\n",
+                     (unsigned long long)id);
+
+    PySys_WriteStderr("request %llu: the program raised an exception\n", (unsigned long long)id);
     PyErr_Print();
     py_cleanup_ref PyObject *status = PyLong_FromLong(500);
-    py_cleanup_ref PyObject *body =
-        PyBytes_FromFormat("500 Internal Server Error: the program raised an exception (request %llu)\n",
-                           (unsigned long long)id);
+    py_cleanup_ref PyObject *body = PyBytes_FromStringAndSize(text, n);
     if (status != NULL && body != NULL && py_response_begin(r, status, 1) &&
         py_response_add_header(r, s_content_type, s_text_type) && py_response_set_body(r, body))
         return true;
@@ -702,9 +707,13 @@ static PyObject *rp_respond(RequestPathObject *rp, PyObject *request)
 
     if (!PyObject_TypeCheck(request, rp->request_type))
         return PyErr_Format(PyExc_TypeError, "respond() takes a %s", rp->request_type->tp_name);
-    unsigned long long id = PyLong_AsUnsignedLongLong(((RequestObject *)request)->id);
-    if (id == (unsigned long long)-1 && PyErr_Occurred())
-        return NULL;
+    /* Only for the log line: a request whose id is no such number says 0. */
+    PyObject *id_field = ((RequestObject *)request)->id;
+    unsigned long long id = id_field != NULL && PyLong_Check(id_field) ? PyLong_AsUnsignedLongLong(id_field) : 0;
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+        id = 0;
+    }
     struct stream_watch watch;
     watch_streams(&watch);
     bool ok = respond(rp, request, id, &r);

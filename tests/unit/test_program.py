@@ -4,7 +4,6 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
