@@ -1,20 +1,14 @@
 /*
- * A sandbox's request path in C, from the decoded request to the tenant's
- * handler and back to the response struct: every line of Python the daemon
- * ran per request wrote pages (frames, refcounts, specialised bytecode)
- * that the reset engine copies back after the request.
- *
- * - RequestBase: the base of host/program.py's Request, filled from an
- *   mf_request with no Python code run; its headers mapping is made only
- *   when the handler reads it.
- * - RequestPath: one program's handler with the contract's rules, the ones
- *   program.py's Program.call and normalize() state (the reference this
- *   follows; normalize() itself still handles the unusual results).
- * - reseed_random(): what each rewound request needs of random.
+ * RequestPath, a sandbox's request path in C from the decoded request to
+ * the tenant's handler and back to the response struct: every line of
+ * Python the daemon ran per request wrote pages (frames, refcounts,
+ * specialised bytecode) that the reset engine copies back after the
+ * request. It follows program.py's Program.call and normalize(), the
+ * reference; normalize() itself still takes the unusual results. The
+ * request object is py_request.c's, the streams' flush py_request_state.c's.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
-#include <structmember.h>
 
 #include <limits.h>
 #include <stdbool.h>
@@ -23,229 +17,15 @@
 #include <unistd.h>
 
 #include "base/cleanup.h"
+#include "python/py_request.h"
 #include "python/py_request_path.h"
+#include "python/py_request_state.h"
 #include "python/py_requests.h"
 #include "python/py_util.h"
 
 /* Interned once at module init: names and the default header values. */
-static PyObject *s_headers_type, *s_flush, *s_buffer, *s_code, *s_status, *s_headers, *s_body, *s_content_type_attr,
-    *s_inst, *s_seed, *s_gauss_next, *s_random, *s__random, *s_Random, *s_content_type, *s_text_type, *s_binary_type, *s_json_type;
-
-/* ---- RequestBase ---- */
-
-typedef struct {
-    PyObject_HEAD
-    PyObject *id, *method, *raw_path, *path, *query, *body, *client;
-    PyObject *headers;              /* the mapping, made when first read */
-    PyObject *raw_headers;          /* [(name, value)]: given, or made from wire */
-    const struct mf_request *wire;  /* the request being served, while it is */
-} RequestObject;
-
-static PyTypeObject RequestBaseType;
-
-/* urllib.parse.unquote(s): %XX escapes in each run of ASCII characters
- * decoded as UTF-8 (invalid bytes become U+FFFD), other characters kept. */
-static PyObject *unquote(PyObject *s)
-{
-    Py_ssize_t n = PyUnicode_GET_LENGTH(s);
-    Py_ssize_t percent = PyUnicode_FindChar(s, '%', 0, n, 1);
-
-    if (percent == -2)
-        return NULL;
-    if (percent == -1)
-        return Py_NewRef(s);
-    int kind = PyUnicode_KIND(s);
-    const void *data = PyUnicode_DATA(s);
-    py_cleanup_mem char *buf = PyMem_Malloc((size_t)n);
-    py_cleanup_ref PyObject *parts = PyList_New(0);
-    if (buf == NULL || parts == NULL)
-        return buf == NULL ? PyErr_NoMemory() : NULL;
-    for (Py_ssize_t i = 0; i < n;) {
-        Py_ssize_t start = i;
-        py_cleanup_ref PyObject *part = NULL;
-        if (PyUnicode_READ(kind, data, i) >= 0x80) {
-            while (i < n && PyUnicode_READ(kind, data, i) >= 0x80)
-                i++;
-            part = PyUnicode_Substring(s, start, i);
-        } else {
-            Py_ssize_t len = 0;
-            for (; i < n && PyUnicode_READ(kind, data, i) < 0x80; i++) {
-                Py_UCS4 c = PyUnicode_READ(kind, data, i);
-                int hi, lo;
-                if (c == '%' && i + 2 < n &&
-                    (hi = (int)PyUnicode_READ(kind, data, i + 1)) < 0x80 && Py_ISXDIGIT(hi) &&
-                    (lo = (int)PyUnicode_READ(kind, data, i + 2)) < 0x80 && Py_ISXDIGIT(lo)) {
-                    hi = Py_ISDIGIT(hi) ? hi - '0' : Py_TOLOWER(hi) - 'a' + 10;
-                    lo = Py_ISDIGIT(lo) ? lo - '0' : Py_TOLOWER(lo) - 'a' + 10;
-                    buf[len++] = (char)(hi * 16 + lo);
-                    i += 2;
-                } else {
-                    buf[len++] = (char)c;
-                }
-            }
-            part = PyUnicode_DecodeUTF8(buf, len, "replace");
-        }
-        if (part == NULL || PyList_Append(parts, part) < 0)
-            return NULL;
-    }
-    py_cleanup_ref PyObject *empty = PyUnicode_New(0, 0);
-    return empty != NULL ? PyUnicode_Join(empty, parts) : NULL;
-}
-
-static PyObject *latin1(const uint8_t *p, uint32_t n)
-{
-    /* Latin-1 maps every byte to one code point: nothing can fail to
-     * decode, and the program sees exactly the bytes the client sent. */
-    return PyUnicode_DecodeLatin1((const char *)p, n, NULL);
-}
-
-static PyObject *request_from_wire(PyTypeObject *type, const struct mf_request *req)
-{
-    py_cleanup_ref PyObject *obj = type->tp_alloc(type, 0);
-    RequestObject *r = (RequestObject *)obj;
-
-    if (obj == NULL)
-        return NULL;
-    r->id = PyLong_FromUnsignedLongLong(req->req_id);
-    r->method = latin1(req->method, req->method_len);
-    r->raw_path = latin1(req->path, req->path_len);
-    r->path = r->raw_path != NULL ? unquote(r->raw_path) : NULL;
-    r->query = latin1(req->query, req->query_len);
-    r->body = PyBytes_FromStringAndSize((const char *)req->body, (Py_ssize_t)req->body_len);
-    r->client = latin1(req->client, req->client_len);
-    if (r->id == NULL || r->method == NULL || r->path == NULL || r->query == NULL || r->body == NULL ||
-        r->client == NULL)
-        return NULL;
-    r->wire = req;
-    return mf_steal_pointer(&obj);
-}
-
-/* After the handler: a request it kept must not point at the wire's
- * buffers, which the next request reuses. */
-static void request_detach(RequestObject *r)
-{
-    if (r->headers == NULL && r->raw_headers == NULL && Py_REFCNT(r) > 1) {
-        r->raw_headers = py_header_list(r->wire);
-        if (r->raw_headers == NULL)
-            PyErr_Clear(); /* out of memory: its headers read as missing */
-    }
-    r->wire = NULL;
-}
-
-static PyObject *request_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
-{
-    static char *kwlist[] = {"id", "method", "path", "query", "headers", "body", "client", NULL};
-    PyObject *f[7] = {NULL};
-
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$OOOOOOO:Request", kwlist, &f[0], &f[1], &f[2], &f[3],
-                                     &f[4], &f[5], &f[6]))
-        return NULL;
-    for (int i = 0; i < 7; i++)
-        if (f[i] == NULL)
-            return PyErr_Format(PyExc_TypeError, "Request() missing keyword argument '%s'", kwlist[i]);
-    if (!PyUnicode_Check(f[2]))
-        return PyErr_Format(PyExc_TypeError, "path must be str, not %s", Py_TYPE(f[2])->tp_name);
-    py_cleanup_ref PyObject *obj = type->tp_alloc(type, 0);
-    RequestObject *r = (RequestObject *)obj;
-    if (obj == NULL)
-        return NULL;
-    r->id = Py_NewRef(f[0]);
-    r->method = Py_NewRef(f[1]);
-    r->raw_path = Py_NewRef(f[2]);
-    r->query = Py_NewRef(f[3]);
-    r->raw_headers = Py_NewRef(f[4]);
-    r->body = Py_NewRef(f[5]);
-    r->client = Py_NewRef(f[6]);
-    r->path = unquote(f[2]);
-    return r->path != NULL ? mf_steal_pointer(&obj) : NULL;
-}
-
-static PyObject *request_get_headers(RequestObject *self, void *closure)
-{
-    (void)closure;
-    if (self->headers != NULL)
-        return Py_NewRef(self->headers);
-    if (self->raw_headers == NULL && self->wire != NULL)
-        self->raw_headers = py_header_list(self->wire);
-    if (self->raw_headers == NULL)
-        return PyErr_Occurred() ? NULL : PyErr_Format(PyExc_AttributeError, "headers");
-    /* The mapping class is the subclass's: program.py's Headers. */
-    py_cleanup_ref PyObject *cls = PyObject_GetAttr((PyObject *)Py_TYPE(self), s_headers_type);
-    if (cls == NULL)
-        return NULL;
-    self->headers = PyObject_CallOneArg(cls, self->raw_headers);
-    return Py_XNewRef(self->headers);
-}
-
-static int request_set_headers(RequestObject *self, PyObject *value, void *closure)
-{
-    (void)closure;
-    Py_XSETREF(self->headers, Py_XNewRef(value));
-    return 0;
-}
-
-static int request_traverse(RequestObject *self, visitproc visit, void *arg)
-{
-    Py_VISIT(self->id);
-    Py_VISIT(self->method);
-    Py_VISIT(self->raw_path);
-    Py_VISIT(self->path);
-    Py_VISIT(self->query);
-    Py_VISIT(self->body);
-    Py_VISIT(self->client);
-    Py_VISIT(self->headers);
-    Py_VISIT(self->raw_headers);
-    return 0;
-}
-
-static int request_clear(RequestObject *self)
-{
-    Py_CLEAR(self->id);
-    Py_CLEAR(self->method);
-    Py_CLEAR(self->raw_path);
-    Py_CLEAR(self->path);
-    Py_CLEAR(self->query);
-    Py_CLEAR(self->body);
-    Py_CLEAR(self->client);
-    Py_CLEAR(self->headers);
-    Py_CLEAR(self->raw_headers);
-    return 0;
-}
-
-static void request_dealloc(RequestObject *self)
-{
-    PyObject_GC_UnTrack(self);
-    (void)request_clear(self);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
-#define MEMBER(name) {#name, T_OBJECT_EX, offsetof(RequestObject, name), 0, NULL}
-static PyMemberDef request_members[] = {
-    MEMBER(id), MEMBER(method), MEMBER(raw_path), MEMBER(path), MEMBER(query), MEMBER(body), MEMBER(client),
-    {NULL, 0, 0, 0, NULL},
-};
-#undef MEMBER
-
-static PyGetSetDef request_getset[] = {
-    {"headers", (getter)request_get_headers, (setter)request_set_headers,
-     "the headers mapping, made from the raw fields when first read", NULL},
-    {NULL, NULL, NULL, NULL, NULL},
-};
-
-static PyTypeObject RequestBaseType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "mayflyd._mayfly.RequestBase",
-    .tp_doc = "RequestBase(*, id, method, path, query, headers, body, client): a request's fields; "
-              "subclasses name their headers mapping class in _headers_type",
-    .tp_basicsize = sizeof(RequestObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
-    .tp_new = request_new,
-    .tp_dealloc = (destructor)request_dealloc,
-    .tp_traverse = (traverseproc)request_traverse,
-    .tp_clear = (inquiry)request_clear,
-    .tp_members = request_members,
-    .tp_getset = request_getset,
-};
+static PyObject *s_code, *s_status, *s_headers, *s_body, *s_content_type_attr, *s_content_type, *s_text_type,
+    *s_binary_type, *s_json_type;
 
 /* ---- RequestPath: the handler's call and normalize()'s common cases ---- */
 
@@ -514,114 +294,6 @@ static bool respond(RequestPathObject *rp, PyObject *request, uint64_t id, struc
     return fill_error(r, id);
 }
 
-void py_flush_std_streams(void)
-{
-    static const char *const names[] = {"stdout", "stderr"};
-
-    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-        PyObject *stream = PySys_GetObject(names[i]); /* borrowed */
-        if (stream == NULL || stream == Py_None)
-            continue;
-        py_cleanup_ref PyObject *r = PyObject_CallMethodNoArgs(stream, s_flush);
-        if (r != NULL)
-            continue;
-        /* A program that closed its own stdout keeps its answer. */
-        if (PyErr_ExceptionMatches(PyExc_OSError) || PyErr_ExceptionMatches(PyExc_ValueError))
-            PyErr_Clear();
-        else
-            PyErr_Print();
-    }
-}
-
-/* Flushing sys.stdout and sys.stderr when there is nothing to flush
- * writes about fifteen pages (locks, refcounts, the streams' fields) that
- * the rewind copies back. A request that wrote to a text stream changed
- * it or its buffered writer; copies of both taken before the handler
- * tell, and reading them writes nothing. Streams of any other kind (or
- * replaced ones) are always flushed. */
-#define WATCH_STREAMS 2
-#define WATCH_BYTES 2048
-
-struct stream_watch {
-    PyObject *streams[WATCH_STREAMS];   /* borrowed from sys: compared, never dereferenced */
-    PyObject *objects[2 * WATCH_STREAMS];
-    size_t sizes[2 * WATCH_STREAMS];
-    int count;
-    bool always;                        /* flush whatever happened */
-    unsigned char copy[WATCH_BYTES];
-};
-
-static const char *const stream_names[WATCH_STREAMS] = {"stdout", "stderr"};
-
-static void watch_object(struct stream_watch *w, PyObject *obj, size_t *used)
-{
-    size_t size = (size_t)Py_TYPE(obj)->tp_basicsize;
-
-    if (*used + size > sizeof(w->copy)) {
-        w->always = true;
-        return;
-    }
-    memcpy(w->copy + *used, obj, size);
-    w->objects[w->count] = obj;
-    w->sizes[w->count++] = size;
-    *used += size;
-}
-
-/* io's text stream and its buffered writer, read through the "buffer"
- * member's offset: getattr would write the writer's refcount. */
-static PyObject *buffered_writer_of(PyObject *stream)
-{
-    PyObject *dict = Py_TYPE(stream)->tp_dict;
-    if (strcmp(Py_TYPE(stream)->tp_name, "_io.TextIOWrapper") != 0 || dict == NULL)
-        return NULL;
-    PyObject *member = PyDict_GetItemWithError(dict, s_buffer); /* borrowed */
-    if (member == NULL || !Py_IS_TYPE(member, &PyMemberDescr_Type) ||
-        ((PyMemberDescrObject *)member)->d_member->type != T_OBJECT)
-        return NULL;
-    PyObject *buffer = *(PyObject **)((char *)stream + ((PyMemberDescrObject *)member)->d_member->offset);
-    return buffer != NULL && strcmp(Py_TYPE(buffer)->tp_name, "_io.BufferedWriter") == 0 ? buffer : NULL;
-}
-
-static void watch_streams(struct stream_watch *w)
-{
-    size_t used = 0;
-
-    w->count = 0;
-    w->always = false;
-    for (int i = 0; i < WATCH_STREAMS; i++) {
-        PyObject *stream = w->streams[i] = PySys_GetObject(stream_names[i]);
-        if (stream == NULL || stream == Py_None)
-            continue;
-        PyObject *buffer = buffered_writer_of(stream);
-        if (buffer == NULL) {
-            w->always = true;
-            continue;
-        }
-        watch_object(w, stream, &used);
-        watch_object(w, buffer, &used);
-    }
-    PyErr_Clear(); /* a failed lookup only means flushing */
-}
-
-static bool streams_written(const struct stream_watch *w)
-{
-    size_t used = 0;
-
-    if (w->always)
-        return true;
-    for (int i = 0; i < WATCH_STREAMS; i++)
-        if (PySys_GetObject(stream_names[i]) != w->streams[i])
-            return true;
-    /* The same streams, so alive; each text stream is compared before the
-     * writer it holds, so the writer is the one it still holds. */
-    for (int i = 0; i < w->count; i++) {
-        if (memcmp(w->objects[i], w->copy + used, w->sizes[i]) != 0)
-            return true;
-        used += w->sizes[i];
-    }
-    return false;
-}
-
 bool py_request_path_check(PyObject *obj)
 {
     return PyObject_TypeCheck(obj, &RequestPathType);
@@ -630,17 +302,15 @@ bool py_request_path_check(PyObject *obj)
 bool py_request_path_handle(PyObject *self, const struct mf_request *req, struct py_response *out)
 {
     RequestPathObject *rp = (RequestPathObject *)self;
-    py_cleanup_ref PyObject *request = request_from_wire(rp->request_type, req);
-
-    struct stream_watch watch;
+    py_cleanup_ref PyObject *request = py_request_from_wire(rp->request_type, req);
+    struct py_stream_watch watch;
 
     if (request == NULL)
         return false;
-    watch_streams(&watch);
+    py_streams_watch(&watch);
     bool ok = respond(rp, request, req->req_id, out);
-    request_detach((RequestObject *)request);
-    if (streams_written(&watch))
-        py_flush_std_streams();
+    py_request_detach(request);
+    py_streams_flush_if_written(&watch);
     return ok;
 }
 
@@ -653,7 +323,7 @@ static PyObject *rp_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OpO!O!O:RequestPath", kwlist, &handler, &takes_request,
                                      &PyType_Type, &request_type, &PyType_Type, &response_type, &normalize))
         return NULL;
-    if (!PyType_IsSubtype((PyTypeObject *)request_type, &RequestBaseType))
+    if (!py_request_type_check((PyTypeObject *)request_type))
         return PyErr_Format(PyExc_TypeError, "request_type must be a subclass of RequestBase");
     if (!PyCallable_Check(handler) || !PyCallable_Check(normalize))
         return PyErr_Format(PyExc_TypeError, "handler and normalize must be callable");
@@ -707,18 +377,10 @@ static PyObject *rp_respond(RequestPathObject *rp, PyObject *request)
 
     if (!PyObject_TypeCheck(request, rp->request_type))
         return PyErr_Format(PyExc_TypeError, "respond() takes a %s", rp->request_type->tp_name);
-    /* Only for the log line: a request whose id is no such number says 0. */
-    PyObject *id_field = ((RequestObject *)request)->id;
-    unsigned long long id = id_field != NULL && PyLong_Check(id_field) ? PyLong_AsUnsignedLongLong(id_field) : 0;
-    if (PyErr_Occurred()) {
-        PyErr_Clear();
-        id = 0;
-    }
-    struct stream_watch watch;
-    watch_streams(&watch);
-    bool ok = respond(rp, request, id, &r);
-    if (streams_written(&watch))
-        py_flush_std_streams();
+    struct py_stream_watch watch;
+    py_streams_watch(&watch);
+    bool ok = respond(rp, request, py_request_log_id(request), &r);
+    py_streams_flush_if_written(&watch);
     if (!ok)
         return NULL;
     PyObject *out = response_tuple(&r.resp);
@@ -745,53 +407,14 @@ static PyTypeObject RequestPathType = {
     .tp_methods = rp_methods,
 };
 
-/* ---- reseed_random ---- */
-
-/* The rewind brings random's generator back to its sealed state: every
- * request would draw the same numbers. _random.Random.seed(inst, None)
- * (from the kernel) dirties half the pages random.seed() does; gauss_next
- * is the one piece of state random.Random keeps beside it. */
-static PyObject *py_reseed_random(PyObject *self, PyObject *unused)
-{
-    py_cleanup_ref PyObject *random = PyImport_GetModule(s_random);
-    py_cleanup_ref PyObject *core = random != NULL ? PyImport_GetModule(s__random) : NULL;
-    py_cleanup_ref PyObject *core_type = core != NULL ? PyObject_GetAttr(core, s_Random) : NULL;
-    py_cleanup_ref PyObject *inst = random != NULL ? PyObject_GetAttr(random, s_inst) : NULL;
-
-    (void)self;
-    (void)unused;
-    if (inst == NULL && PyErr_ExceptionMatches(PyExc_AttributeError))
-        PyErr_Clear();
-    if (PyErr_Occurred())
-        return NULL;
-    if (random == NULL)
-        Py_RETURN_NONE; /* never imported: a request that imports it seeds it */
-    if (inst == NULL || core_type == NULL || !PyType_Check(core_type) ||
-        !PyObject_TypeCheck(inst, (PyTypeObject *)core_type))
-        return PyObject_CallMethodNoArgs(random, s_seed);
-    py_cleanup_ref PyObject *seed = PyObject_GetAttr(core_type, s_seed);
-    py_cleanup_ref PyObject *done = seed != NULL ? PyObject_CallFunctionObjArgs(seed, inst, Py_None, NULL) : NULL;
-    if (done == NULL || PyObject_SetAttr(inst, s_gauss_next, Py_None) < 0)
-        return NULL;
-    Py_RETURN_NONE;
-}
-
-static PyMethodDef functions[] = {
-    {"reseed_random", py_reseed_random, METH_NOARGS,
-     "reseed_random(): random's generator reseeded from the kernel, as after a fork (a no-op without random)"},
-    {NULL, NULL, 0, NULL},
-};
-
 int py_request_path_add(PyObject *module)
 {
     static const struct {
         PyObject **slot;
         const char *text;
     } strings[] = {
-        {&s_headers_type, "_headers_type"}, {&s_flush, "flush"}, {&s_buffer, "buffer"}, {&s_code, "code"}, {&s_status, "status"},
+        {&s_code, "code"}, {&s_status, "status"},
         {&s_headers, "headers"}, {&s_body, "body"}, {&s_content_type_attr, "content_type"},
-        {&s_inst, "_inst"}, {&s_seed, "seed"}, {&s_gauss_next, "gauss_next"}, {&s_random, "random"},
-        {&s__random, "_random"}, {&s_Random, "Random"},
         {&s_content_type, "Content-Type"}, {&s_text_type, "text/plain; charset=utf-8"},
         {&s_binary_type, "application/octet-stream"}, {&s_json_type, "application/json"},
     };
@@ -799,11 +422,7 @@ int py_request_path_add(PyObject *module)
     for (size_t i = 0; i < sizeof(strings) / sizeof(strings[0]); i++)
         if ((*strings[i].slot = PyUnicode_InternFromString(strings[i].text)) == NULL)
             return -1;
-    if (PyType_Ready(&RequestBaseType) < 0 || PyType_Ready(&RequestPathType) < 0 ||
-        PyModule_AddFunctions(module, functions) < 0)
+    if (PyType_Ready(&RequestPathType) < 0)
         return -1;
-    if (PyModule_AddObjectRef(module, "RequestBase", (PyObject *)&RequestBaseType) < 0 ||
-        PyModule_AddObjectRef(module, "RequestPath", (PyObject *)&RequestPathType) < 0)
-        return -1;
-    return 0;
+    return PyModule_AddObjectRef(module, "RequestPath", (PyObject *)&RequestPathType);
 }
