@@ -235,20 +235,22 @@ def warm_up_request_path() -> None:
     daemon's (never the tenant's code: its calls could change its state).
     The request path itself is C; what is left is the Request's Python
     side (its headers mapping, args, text, json) when a handler uses it,
-    and normalize() for the unusual results the C path hands it."""
+    json.dumps for dict and list results, and normalize() for the unusual
+    results the C path hands it."""
+    results: tuple[object, ...] = ("text", b"bytes", ("text/plain", "x"), (200, [("X-A", "b")], b"x"),
+                                   {"a": [1]}, [1], None, Response("x", status=201),
+                                   Response("x", headers=MappingProxyType({"X-A": "b"})))
     dummy = ModuleType("mayflyd_warm_up")
-    dummy.on_client_request = lambda request: "warm"  # type: ignore[attr-defined]
+    dummy.on_client_request = lambda request: results[request.id % len(results)]  # type: ignore[attr-defined]
     path = Program(dummy).request_path()
     headers = [("Host", "warm.up"), ("Accept", "*/*"), ("accept", "text/plain")]
-    unusual = Response("x", headers=MappingProxyType({"X-A": "b"}))
-    for i in range(WARM_UP_CALLS):
+    for i in range(WARM_UP_CALLS * len(results)):
         request = Request(id=i, method="GET", path="/warm%20up", query="a=1&b=", headers=headers,
                           body=b'{"a": 1}', client="192.0.2.1:1")
         path.respond(request)
         request.headers.get("accept")
         _ = request.headers["host"], "x-a" in request.headers, request.headers.raw()
         _ = request.args, request.text(), request.json()
-        normalize(unusual)
 
 
 def _flush_std_streams() -> None:
