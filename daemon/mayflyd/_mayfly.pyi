@@ -4,7 +4,7 @@ built module by tests/unit/test_stub_matches_module.py.
 serve_reset, DirtyTracker and HOT_LEARN_REWINDS exist only in builds with the
 reset engine (x86_64, see setup.py); the supervisor checks with hasattr()
 (supervisor/daemon.py) before any tenant runs on it."""
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 MAGIC: int
@@ -53,6 +53,18 @@ CHILD_EXIT_SETUP: int
 HOT_LEARN_REWINDS: int  # reset engine only
 
 Headers = list[tuple[str, str]]
+
+class HeadersBase:
+    """Header fields looked up case-insensitively, repeated ones joined by ', '."""
+
+    def __init__(self, raw: Headers) -> None: ...
+    def __getitem__(self, name: str) -> str: ...
+    def __iter__(self) -> Iterator[str]: ...
+    def __len__(self) -> int: ...
+    def __contains__(self, name: object) -> bool: ...
+    def get(self, name: str, default: Any = None) -> Any: ...
+    def raw(self) -> Headers: ...
+
 
 class RequestBase:
     """A request's fields; program.py's Request adds its Python side and

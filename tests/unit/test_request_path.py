@@ -6,7 +6,7 @@ import io
 import os
 import random
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType, ModuleType
 from typing import Any
@@ -215,3 +215,18 @@ def test_reseed_random_draws_anew_and_resets_gauss_next() -> None:
         assert random._inst.gauss_next is None  # type: ignore[attr-defined]
     finally:
         random.setstate(state)
+
+
+def test_headers_is_a_case_insensitive_mapping() -> None:
+    headers = Headers([("X-A", "1"), ["x-a", "2"], ("Host", "h"), ("K", 3), ("k", 4)])
+    assert isinstance(headers, Mapping) and len(headers) == 3 and list(headers) == ["x-a", "host", "k"]
+    assert headers == {"x-a": "1, 2", "host": "h", "k": "3, 4"} and dict(headers.items()) == dict(headers)
+    assert headers.get("HOST") == "h" and headers.get("nope") is None and headers.get("nope", 5) == 5
+    assert "X-a" in headers and "nope" not in headers
+    with pytest.raises(KeyError, match="'nope'"):
+        headers["NOPE"]
+    with pytest.raises(AttributeError):
+        _ = 1 in headers  # as str.lower would have it
+    assert headers.raw() == [("X-A", "1"), ["x-a", "2"], ("Host", "h"), ("K", 3), ("k", 4)]
+    with pytest.raises(ValueError):
+        Headers([("a", "b", "c")])

@@ -22,7 +22,7 @@ import json
 import os
 import sys
 import traceback
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType, ModuleType
 from typing import Any, ClassVar
@@ -40,37 +40,19 @@ class ProgramError(Exception):
     """The program cannot be loaded or initialised."""
 
 
-class Headers(Mapping[str, str]):
-    """Request headers: case-insensitive lookup; repeated fields joined by ', '."""
+class Headers(_mayfly.HeadersBase, Mapping[str, str]):
+    """Request headers: case-insensitive lookup (h["host"], h.get("Host"),
+    "HOST" in h); repeated fields joined by ', '; raw() gives every field
+    as received. Built from the (name, value) pairs; the lookups are the C
+    base's (csrc/python/py_headers.c), the rest of Mapping is Mapping's."""
 
-    __slots__ = ("_raw", "_index")
-
-    def __init__(self, raw: RawHeaders) -> None:
-        self._raw = raw
-        index: dict[str, str] = {}
-        for name, value in raw:
-            key = name.lower()
-            index[key] = f"{index[key]}, {value}" if key in index else value
-        self._index = index
-
-    def __getitem__(self, name: str) -> str:
-        return self._index[name.lower()]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._index)
-
-    def __len__(self) -> int:
-        return len(self._index)
-
-    def raw(self) -> RawHeaders:
-        """Every field as received, in order, with its original case."""
-        return list(self._raw)
+    __slots__ = ()
 
 
 class Request(_mayfly.RequestBase):
     """What a program sees of one HTTP request.
 
-    Its fields are the C base's (csrc/python/py_request_path.c), which a
+    Its fields are the C base's (csrc/python/py_request.c), which a
     sandbox fills with no Python code run: id, method, raw_path (as sent:
     percent-encoded), path (decoded as UTF-8, invalid bytes become
     U+FFFD), query (as sent; `args` decodes it), headers (a Headers, made
