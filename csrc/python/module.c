@@ -19,7 +19,11 @@
 
 #include "base/log.h"
 #include "engine/fork_engine.h"
+#include "python/py_headers.h"
 #include "python/py_immortal.h"
+#include "python/py_request.h"
+#include "python/py_request_path.h"
+#include "python/py_request_state.h"
 #include "python/py_requests.h"
 #include "python/py_util.h"
 #include "walls/cgroup.h"
@@ -518,6 +522,8 @@ PyMODINIT_FUNC PyInit__mayfly(void)
     for (size_t i = 0; m != NULL && i < sizeof(constants) / sizeof(constants[0]); i++)
         if (PyModule_AddIntConstant(m, constants[i].name, constants[i].value) < 0)
             Py_CLEAR(m);
+    if (m != NULL && (py_headers_add(m) < 0 || py_request_add(m) < 0 || py_request_path_add(m) < 0 || py_request_state_add(m) < 0))
+        Py_CLEAR(m);
 #ifdef MF_HAVE_RESET_ENGINE
     if (m != NULL && py_dirty_pages_add(m) < 0)
         Py_CLEAR(m);

@@ -16,106 +16,146 @@
 #include "base/log.h"
 #include "engine/children.h"
 #include "engine/fork_engine.h"
+#include "python/py_request_path.h"
 #include "python/py_requests.h"
 #include "python/py_util.h"
 #include "walls/seccomp.h"
 #include "wire/proto.h"
 
-/* ---- response conversion, shared by the sandbox and encode_response ---- */
+/* ---- response building, shared by the runner, the request path and encode_response ---- */
 
-/* str as latin-1, else UTF-8; bytes as they are. New reference. */
-static PyObject *encode_text(PyObject *obj)
-{
-    if (PyBytes_Check(obj))
-        return Py_NewRef(obj);
-    if (!PyUnicode_Check(obj))
-        return PyErr_Format(PyExc_TypeError, "header name/value must be str, not %s",
-                            Py_TYPE(obj)->tp_name);
-    PyObject *b = PyUnicode_AsLatin1String(obj);
-    if (b == NULL && PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) {
-        PyErr_Clear();
-        b = PyUnicode_AsUTF8String(obj);
-    }
-    return b;
-}
-
+/* Points *ptr at obj's encoding, holding obj (or its encoding) in r->keep:
+ * bytes as they are; a str whose characters are all below U+0100 straight
+ * from its latin-1 storage, any other as UTF-8. */
 static bool add_text(struct py_response *r, PyObject *obj, const uint8_t **ptr, uint32_t *len)
 {
-    PyObject *b = encode_text(obj);
-    if (b == NULL)
-        return false;
-    int rc = PyList_Append(r->keep, b);
-    Py_DECREF(b); /* the list holds it */
-    if (rc < 0)
-        return false;
-    if ((size_t)PyBytes_GET_SIZE(b) > UINT32_MAX) {
+    py_cleanup_ref PyObject *b = NULL;
+    const char *data;
+    Py_ssize_t n;
+
+    if (PyUnicode_Check(obj) && PyUnicode_KIND(obj) == PyUnicode_1BYTE_KIND) {
+        b = Py_NewRef(obj);
+        data = (const char *)PyUnicode_DATA(obj);
+        n = PyUnicode_GET_LENGTH(obj);
+    } else {
+        if (PyBytes_Check(obj))
+            b = Py_NewRef(obj);
+        else if (PyUnicode_Check(obj))
+            b = PyUnicode_AsUTF8String(obj);
+        else
+            return PyErr_Format(PyExc_TypeError, "header name/value must be str, not %s",
+                                Py_TYPE(obj)->tp_name) != NULL;
+        if (b == NULL)
+            return false;
+        data = PyBytes_AS_STRING(b);
+        n = PyBytes_GET_SIZE(b);
+    }
+    if ((size_t)n > UINT32_MAX) {
         PyErr_SetString(PyExc_ValueError, "header too long");
         return false;
     }
-    *ptr = (const uint8_t *)PyBytes_AS_STRING(b);
-    *len = (uint32_t)PyBytes_GET_SIZE(b);
+    if (r->keep == NULL && (r->keep = PyList_New(0)) == NULL)
+        return false;
+    if (PyList_Append(r->keep, b) < 0)
+        return false;
+    *ptr = (const uint8_t *)data;
+    *len = (uint32_t)n;
     return true;
 }
 
-static void py_response_release(struct py_response *r)
+void py_response_release(struct py_response *r)
 {
     PyMem_Free(r->headers);
     Py_CLEAR(r->keep);
-    if (r->have_body)
-        PyBuffer_Release(&r->body);
+    py_release_buffer(&r->body);
     r->headers = NULL;
-    r->have_body = false;
+}
+
+bool py_response_begin(struct py_response *r, PyObject *status, Py_ssize_t capacity)
+{
+    memset(r, 0, sizeof(*r));
+    if (capacity > (Py_ssize_t)MF_MAX_HEADERS) {
+        PyErr_Format(PyExc_ValueError, "%zd headers, at most %u allowed", capacity, MF_MAX_HEADERS);
+        return false;
+    }
+    if (!uint32_converter(status, &r->resp.status))
+        return false;
+    r->headers = PyMem_Calloc(capacity > 0 ? (size_t)capacity : 1, sizeof(*r->headers));
+    if (r->headers == NULL) {
+        PyErr_NoMemory();
+        return false;
+    }
+    r->capacity = (uint32_t)capacity;
+    r->resp.headers = r->headers;
+    return true;
+}
+
+bool py_response_add_header(struct py_response *r, PyObject *name, PyObject *value)
+{
+    if (r->resp.header_count >= r->capacity) {
+        PyErr_Format(PyExc_ValueError, "more than %u headers", r->capacity);
+        return false;
+    }
+    struct mf_header *h = &r->headers[r->resp.header_count];
+    if (!add_text(r, name, &h->name, &h->name_len) || !add_text(r, value, &h->value, &h->value_len))
+        return false;
+    r->resp.header_count++;
+    return true;
+}
+
+bool py_response_prepend_header(struct py_response *r, PyObject *name, PyObject *value)
+{
+    if (!py_response_add_header(r, name, value))
+        return false;
+    struct mf_header last = r->headers[r->resp.header_count - 1];
+    memmove(&r->headers[1], &r->headers[0], (r->resp.header_count - 1) * sizeof(*r->headers));
+    r->headers[0] = last;
+    return true;
+}
+
+bool py_response_set_body(struct py_response *r, PyObject *body)
+{
+    py_release_buffer(&r->body);
+    if (PyUnicode_Check(body) && PyUnicode_IS_ASCII(body)) {
+        /* Its storage is its UTF-8 encoding: no copy. */
+        if (PyBuffer_FillInfo(&r->body, body, PyUnicode_DATA(body), PyUnicode_GET_LENGTH(body), 1,
+                              PyBUF_SIMPLE) < 0)
+            return false;
+    } else if (PyObject_GetBuffer(body, &r->body, PyBUF_SIMPLE) < 0) {
+        return false;
+    }
+    r->resp.body = r->body.buf;
+    r->resp.body_len = (uint64_t)r->body.len;
+    return true;
 }
 
 /* Sets a Python exception and returns false on failure. */
-static bool py_response_build(struct py_response *r, PyObject *status, PyObject *headers, PyObject *body)
+bool py_response_build(struct py_response *r, PyObject *status, PyObject *headers, PyObject *body)
 {
-    py_cleanup_ref PyObject *seq = NULL;
-    bool ok = false;
+    py_cleanup_ref PyObject *seq = PySequence_Fast(headers, "headers must be a sequence of (name, value) pairs");
 
     memset(r, 0, sizeof(*r));
-    if (!uint32_converter(status, &r->resp.status))
+    if (seq == NULL || !py_response_begin(r, status, PySequence_Fast_GET_SIZE(seq)))
         return false;
-    r->keep = PyList_New(0);
-    seq = PySequence_Fast(headers, "headers must be a sequence of (name, value) pairs");
-    if (r->keep == NULL || seq == NULL)
-        goto out;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    if (n > (Py_ssize_t)MF_MAX_HEADERS) {
-        PyErr_Format(PyExc_ValueError, "%zd headers, at most %u allowed", n, MF_MAX_HEADERS);
-        goto out;
-    }
-    r->headers = PyMem_Calloc(n > 0 ? (size_t)n : 1, sizeof(*r->headers));
-    if (r->headers == NULL) {
-        PyErr_NoMemory();
-        goto out;
-    }
-    for (Py_ssize_t i = 0; i < n; i++) {
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
         PyObject *pair = PySequence_Fast_GET_ITEM(seq, i);
-        struct mf_header *h = &r->headers[i];
         if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
             PyErr_SetString(PyExc_TypeError, "each header must be a (name, value) tuple");
-            goto out;
+            goto fail;
         }
-        if (!add_text(r, PyTuple_GET_ITEM(pair, 0), &h->name, &h->name_len) ||
-            !add_text(r, PyTuple_GET_ITEM(pair, 1), &h->value, &h->value_len))
-            goto out;
+        if (!py_response_add_header(r, PyTuple_GET_ITEM(pair, 0), PyTuple_GET_ITEM(pair, 1)))
+            goto fail;
     }
-    if (PyObject_GetBuffer(body, &r->body, PyBUF_SIMPLE) < 0)
-        goto out;
-    r->have_body = true;
-    r->resp.header_count = (uint32_t)n;
-    r->resp.headers = r->headers;
-    r->resp.body = r->body.buf;
-    r->resp.body_len = (uint64_t)r->body.len;
-    ok = true;
-out:
-    if (!ok)
-        py_response_release(r);
-    return ok;
+    if (PyUnicode_Check(body))
+        PyErr_SetString(PyExc_TypeError, "a body must be bytes-like, not str");
+    else if (py_response_set_body(r, body))
+        return true;
+fail:
+    py_response_release(r);
+    return false;
 }
 
-static PyObject *request_tuple(const struct mf_request *req, bool with_id)
+PyObject *py_header_list(const struct mf_request *req)
 {
     PyObject *headers = PyList_New(req->header_count);
     if (headers == NULL)
@@ -131,6 +171,14 @@ static PyObject *request_tuple(const struct mf_request *req, bool with_id)
         }
         PyList_SET_ITEM(headers, i, pair);
     }
+    return headers;
+}
+
+static PyObject *request_tuple(const struct mf_request *req, bool with_id)
+{
+    PyObject *headers = py_header_list(req);
+    if (headers == NULL)
+        return NULL;
     /* Latin-1 maps every byte to one code point: nothing can fail to
      * decode, and the program sees exactly the bytes the client sent. */
 #define LATIN1(field) PyUnicode_DecodeLatin1((const char *)req->field, req->field##_len, NULL)
@@ -147,20 +195,36 @@ static PyObject *request_tuple(const struct mf_request *req, bool with_id)
 
 bool hook_interrupted(void *ctx) { (void)ctx; return PyErr_CheckSignals() == 0; }
 
+/* A plain runner: called with the request's fields, returns (status, headers, body). */
+static bool call_runner(PyObject *runner, const struct mf_request *req, struct py_response *out)
+{
+    py_cleanup_ref PyObject *args = request_tuple(req, true);
+    py_cleanup_ref PyObject *result = args != NULL ? PyObject_CallObject(runner, args) : NULL;
+
+    if (result != NULL && (!PyTuple_Check(result) || PyTuple_GET_SIZE(result) != 3)) {
+        PyErr_Format(PyExc_TypeError, "runner returned %s, expected (status, headers, body)",
+                     Py_TYPE(result)->tp_name);
+        return false;
+    }
+    return result != NULL && py_response_build(out, PyTuple_GET_ITEM(result, 0), PyTuple_GET_ITEM(result, 1),
+                                                PyTuple_GET_ITEM(result, 2));
+}
+
+bool runner_check(PyObject *runner)
+{
+    if (PyCallable_Check(runner) || py_request_path_check(runner))
+        return true;
+    PyErr_SetString(PyExc_TypeError, "runner must be a RequestPath or callable");
+    return false;
+}
+
 bool hook_handle(void *vctx, const struct mf_request *req, struct mf_response *out)
 {
     struct serve_ctx *ctx = vctx;
-    PyObject *args = request_tuple(req, true);
-    PyObject *result = args != NULL ? PyObject_CallObject(ctx->runner, args) : NULL;
 
-    Py_XDECREF(args);
-    if (result != NULL && (!PyTuple_Check(result) || PyTuple_GET_SIZE(result) != 3))
-        PyErr_Format(PyExc_TypeError, "runner returned %s, expected (status, headers, body)",
-                     Py_TYPE(result)->tp_name);
-    else if (result != NULL &&
-             py_response_build(&ctx->resp, PyTuple_GET_ITEM(result, 0), PyTuple_GET_ITEM(result, 1),
-                               PyTuple_GET_ITEM(result, 2))) {
-        /* result stays referenced: the response points into it until _exit. */
+    /* The response holds what its pointers point into until _exit or the rewind. */
+    if (py_request_path_check(ctx->runner) ? py_request_path_handle(ctx->runner, req, &ctx->resp)
+                                           : call_runner(ctx->runner, req, &ctx->resp)) {
         *out = ctx->resp.resp;
         return true;
     }
@@ -250,8 +314,8 @@ PyObject *py_serve_fork(PyObject *self, PyObject *args, PyObject *kwargs)
                                      uint32_converter, &cfg.limits.nofile, uint32_converter, &cfg.concurrency,
                                      uint32_converter, &cfg.queue, &cfg.oom_fd))
         return NULL;
-    if (!PyCallable_Check(ctx.runner))
-        return PyErr_Format(PyExc_TypeError, "runner must be callable");
+    if (!runner_check(ctx.runner))
+        return NULL;
     if (!serve_inputs_take(&in, close_list, &cfg.close_in_child, &cfg.n_close_in_child, &cfg.request_filter,
                            &cfg.request_filter_len))
         return NULL;

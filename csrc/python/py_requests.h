@@ -12,6 +12,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "wire/proto.h"
 
@@ -21,21 +22,40 @@ PyObject *py_decode_request(PyObject *self, PyObject *args);
 PyObject *py_struct_layout(PyObject *self, PyObject *unused);
 
 /* A Python response held for encoding: the pointers of resp point into
- * keep and body. */
+ * the objects keep and body hold. Built with py_response_begin, then
+ * headers and a body; every function sets a Python exception and returns
+ * false on failure, and py_response_release frees what was built. */
 struct py_response {
     struct mf_response resp;
-    struct mf_header *headers;
-    PyObject *keep;         /* the encoded header bytes the pointers refer to */
+    struct mf_header *headers;  /* PyMem, capacity slots */
+    uint32_t capacity;
+    PyObject *keep;             /* what the header pointers point into */
     Py_buffer body;
-    bool have_body;
 };
 
-/* The context of the engine hooks below: the runner, and the response
- * of the request being served. */
+bool py_response_begin(struct py_response *r, PyObject *status, Py_ssize_t capacity);
+/* name and value: str (latin-1 if they can be, else UTF-8) or bytes. */
+bool py_response_add_header(struct py_response *r, PyObject *name, PyObject *value);
+bool py_response_prepend_header(struct py_response *r, PyObject *name, PyObject *value);
+/* Any contiguous buffer, or an ASCII str (its own bytes, not copied). */
+bool py_response_set_body(struct py_response *r, PyObject *body);
+/* All at once from Python objects: headers a sequence of (name, value) tuples. */
+bool py_response_build(struct py_response *r, PyObject *status, PyObject *headers, PyObject *body);
+void py_response_release(struct py_response *r);
+
+/* A request's headers as [(name, value)], decoded as latin-1. */
+PyObject *py_header_list(const struct mf_request *req);
+
+/* The context of the engine hooks below: the runner (a RequestPath, or
+ * any callable taking the request's fields and returning (status,
+ * headers, body)), and the response of the request being served. */
 struct serve_ctx {
     PyObject *runner;
     struct py_response resp;
 };
+
+/* Whether runner can be one; false with a TypeError if not. */
+bool runner_check(PyObject *runner);
 
 /* Engine hooks (ctx: struct serve_ctx): PyErr_CheckSignals between
  * requests, and one call of the runner. */

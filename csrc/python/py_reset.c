@@ -92,8 +92,10 @@ PyObject *py_serve_reset(PyObject *self, PyObject *args, PyObject *kwargs)
                                      &cfg.idle_ms, &verify, uint32_converter, &cfg.concurrency, uint32_converter,
                                      &cfg.queue, &cfg.oom_fd, &cfg.front_loops))
         return NULL;
-    if (!PyCallable_Check(ctx.serve.runner) || !PyCallable_Check(ctx.after_rewind))
-        return PyErr_Format(PyExc_TypeError, "runner and after_rewind must be callable");
+    if (!runner_check(ctx.serve.runner))
+        return NULL;
+    if (!PyCallable_Check(ctx.after_rewind))
+        return PyErr_Format(PyExc_TypeError, "after_rewind must be callable");
     if (!serve_inputs_take(&in, close_list, &cfg.close_in_child, &cfg.n_close_in_child, &cfg.request_filter,
                            &cfg.request_filter_len))
         return NULL;

@@ -4,7 +4,8 @@ built module by tests/unit/test_stub_matches_module.py.
 serve_reset, DirtyTracker and HOT_LEARN_REWINDS exist only in builds with the
 reset engine (x86_64, see setup.py); the supervisor checks with hasattr()
 (supervisor/daemon.py) before any tenant runs on it."""
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 MAGIC: int
 PROTOCOL_VERSION: int
@@ -52,7 +53,47 @@ CHILD_EXIT_SETUP: int
 HOT_LEARN_REWINDS: int  # reset engine only
 
 Headers = list[tuple[str, str]]
-Runner = Callable[[int, str, str, str, Headers, bytes, str], tuple[int, Headers, bytes]]
+
+class HeadersBase:
+    """Header fields looked up case-insensitively, repeated ones joined by ', '."""
+
+    def __init__(self, raw: Headers) -> None: ...
+    def __getitem__(self, name: str) -> str: ...
+    def __iter__(self) -> Iterator[str]: ...
+    def __len__(self) -> int: ...
+    def __contains__(self, name: object) -> bool: ...
+    def get(self, name: str, default: Any = None) -> Any: ...
+    def raw(self) -> Headers: ...
+
+
+class RequestBase:
+    """A request's fields; program.py's Request adds its Python side and
+    names its headers mapping class in _headers_type."""
+
+    id: int
+    method: str
+    raw_path: str
+    path: str
+    query: str
+    headers: Any  # the subclass's _headers_type, made when first read
+    body: bytes
+    client: str
+
+    def __init__(self, *, id: int, method: str, path: str, query: str, headers: Headers, body: bytes,
+                 client: str) -> None: ...
+
+
+class RequestPath:
+    """A program's request path: its handler called with a request built
+    in C, the response normalised and encoded in C."""
+
+    def __init__(self, handler: Callable[..., object], takes_request: bool, request_type: type[RequestBase],
+                 response_type: type, normalize: Callable[[object], tuple[int, Headers, bytes]]) -> None: ...
+    def respond(self, request: RequestBase) -> tuple[int, list[tuple[bytes, bytes]], bytes]: ...
+
+
+# A RequestPath, or any callable taking a request's fields (the engine tests' runners).
+Runner = RequestPath | Callable[[int, str, str, str, Headers, bytes, str], tuple[int, Headers, bytes]]
 
 def struct_layout() -> dict[str, tuple[int, dict[str, tuple[int, int]]]]: ...
 def immortalize_tracked() -> int: ...
@@ -82,6 +123,7 @@ def serve_reset(ctrl_fd: int, runner: Runner, close_in_child: Sequence[int],
                 after_rewind: Callable[[], None], request_filter: bytes = b"", cpu_ms: int = 0, memory_bytes: int = 0,
                 nofile: int = 0, pool_size: int = 1, idle_ms: int = 0, verify: bool = False,
                 concurrency: int = 256, queue: int = 256, oom_fd: int = -1, front_loops: int = 1) -> None: ...
+def reseed_random() -> None: ...
 def encode_response(req_id: int, status: int, headers: Headers, body: bytes) -> list[bytes]: ...
 def decode_request(req_id: int, packets: Sequence[bytes]) -> tuple[str, str, str, Headers, bytes, str]: ...
 
@@ -97,3 +139,5 @@ class DirtyTracker:
     def scan(self, cap: int = 256, joined: bool = False) -> list[tuple[int, int]]: ...  # written, left unprotected
     def protect(self, ranges: Sequence[tuple[int, int]]) -> None: ...
     def close(self) -> None: ...
+
+

@@ -30,11 +30,12 @@ def test_the_stub_declares_what_the_module_has() -> None:
     assert not stub - module, f"in {STUB.name} but not in mayflyd._mayfly: {sorted(stub - module)}"
 
 
-def test_the_stub_classes_declare_their_methods() -> None:
+def test_the_stub_classes_declare_their_methods_and_attributes() -> None:
     for node in ast.parse(STUB.read_text()).body:
         if not isinstance(node, ast.ClassDef):
             continue
         declared = {f.name for f in node.body if isinstance(f, ast.FunctionDef) and not f.name.startswith("_")}
+        declared |= {f.target.id for f in node.body if isinstance(f, ast.AnnAssign) and isinstance(f.target, ast.Name)}
         present = {n for n in dir(getattr(_mayfly, node.name)) if not n.startswith("_")}
         assert declared == present, f"{node.name}: stub only {sorted(declared - present)}, " \
                                     f"module only {sorted(present - declared)}"

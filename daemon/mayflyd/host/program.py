@@ -22,11 +22,13 @@ import json
 import os
 import sys
 import traceback
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from types import ModuleType
-from typing import Any
-from urllib.parse import parse_qs, unquote
+from types import MappingProxyType, ModuleType
+from typing import Any, ClassVar
+from urllib.parse import parse_qs
+
+from mayflyd import _mayfly
 
 __all__ = ["Request", "Response", "Headers", "Program", "ProgramError", "load_program"]
 
@@ -38,48 +40,28 @@ class ProgramError(Exception):
     """The program cannot be loaded or initialised."""
 
 
-class Headers(Mapping[str, str]):
-    """Request headers: case-insensitive lookup; repeated fields joined by ', '."""
+class Headers(_mayfly.HeadersBase, Mapping[str, str]):
+    """Request headers: case-insensitive lookup (h["host"], h.get("Host"),
+    "HOST" in h); repeated fields joined by ', '; raw() gives every field
+    as received. Built from the (name, value) pairs; the lookups are the C
+    base's (csrc/python/py_headers.c), the rest of Mapping is Mapping's."""
 
-    __slots__ = ("_raw", "_index")
-
-    def __init__(self, raw: RawHeaders) -> None:
-        self._raw = raw
-        index: dict[str, str] = {}
-        for name, value in raw:
-            key = name.lower()
-            index[key] = f"{index[key]}, {value}" if key in index else value
-        self._index = index
-
-    def __getitem__(self, name: str) -> str:
-        return self._index[name.lower()]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._index)
-
-    def __len__(self) -> int:
-        return len(self._index)
-
-    def raw(self) -> RawHeaders:
-        """Every field as received, in order, with its original case."""
-        return list(self._raw)
+    __slots__ = ()
 
 
-class Request:
-    """What a program sees of one HTTP request."""
+class Request(_mayfly.RequestBase):
+    """What a program sees of one HTTP request.
 
-    __slots__ = ("id", "method", "raw_path", "path", "query", "headers", "body", "client")
+    Its fields are the C base's (csrc/python/py_request.c), which a
+    sandbox fills with no Python code run: id, method, raw_path (as sent:
+    percent-encoded), path (decoded as UTF-8, invalid bytes become
+    U+FFFD), query (as sent; `args` decodes it), headers (a Headers, made
+    when first read), body and client. Constructed with the keywords id,
+    method, path (raw), query, headers (raw pairs), body and client.
+    """
 
-    def __init__(self, *, id: int, method: str, path: str, query: str,
-                 headers: RawHeaders, body: bytes, client: str) -> None:
-        self.id = id
-        self.method = method
-        self.raw_path = path            # as sent: percent-encoded
-        self.path = unquote(path)       # decoded as UTF-8 (invalid bytes become U+FFFD)
-        self.query = query              # as sent; `args` decodes it
-        self.headers = Headers(headers)
-        self.body = body
-        self.client = client
+    __slots__ = ()
+    _headers_type: ClassVar[type[Headers]] = Headers
 
     @property
     def args(self) -> dict[str, list[str]]:
@@ -195,8 +177,13 @@ class Program:
             traceback.print_exc()
             raise ProgramError(f"on_init() raised {type(exc).__name__}: {exc}") from exc
 
+    def request_path(self) -> _mayfly.RequestPath:
+        """What a sandbox runs per request: call() in C (py_request_path.c)."""
+        return _mayfly.RequestPath(self._handler, self._takes_request, Request, Response, normalize)
+
     def call(self, request: Request) -> Result:
-        """Run the handler; never raises (errors become a 500)."""
+        """Run the handler; never raises (errors become a 500). The
+        reference of request_path(), which follows it; for in-process use."""
         try:
             if self._takes_request:
                 result = self._handler(request)
@@ -225,28 +212,27 @@ class Program:
 WARM_UP_CALLS = 64
 
 
-def warm_up_request_path(runner: Callable[[Program], Callable[..., object]] | None = None) -> None:
-    """Run the daemon's own per-request code (never the tenant's: its calls
-    could change its state) enough times to be specialised before sealing;
-    runner(handler) wraps a handler the way the host calls programs."""
-    dummy = ModuleType("mayflyd_warm_up")
-    dummy.on_client_request = lambda request: "warm"  # type: ignore[attr-defined]
-    program = Program(dummy)
-    call: Callable[..., object] = runner(program) if runner is not None else program.call
-    headers = [("Host", "warm.up"), ("Accept", "*/*"), ("accept", "text/plain")]
+def warm_up_request_path() -> None:
+    """Specialise before sealing what Python a request may still run of the
+    daemon's (never the tenant's code: its calls could change its state).
+    The request path itself is C; what is left is the Request's Python
+    side (its headers mapping, args, text, json) when a handler uses it,
+    json.dumps for dict and list results, and normalize() for the unusual
+    results the C path hands it."""
     results: tuple[object, ...] = ("text", b"bytes", ("text/plain", "x"), (200, [("X-A", "b")], b"x"),
-                                   {"a": [1]}, [1], None, Response("x", status=201))
-    for i in range(WARM_UP_CALLS):
-        request = Request(id=i, method="GET", path="/warm%20up", query="a=1", headers=headers, body=b"x",
-                          client="192.0.2.1:1")
+                                   {"a": [1]}, [1], None, Response("x", status=201),
+                                   Response("x", headers=MappingProxyType({"X-A": "b"})))
+    dummy = ModuleType("mayflyd_warm_up")
+    dummy.on_client_request = lambda request: results[request.id % len(results)]  # type: ignore[attr-defined]
+    path = Program(dummy).request_path()
+    headers = [("Host", "warm.up"), ("Accept", "*/*"), ("accept", "text/plain")]
+    for i in range(WARM_UP_CALLS * len(results)):
+        request = Request(id=i, method="GET", path="/warm%20up", query="a=1&b=", headers=headers,
+                          body=b'{"a": 1}', client="192.0.2.1:1")
+        path.respond(request)
         request.headers.get("accept")
-        if runner is not None:
-            call(i, "GET", "/warm%20up", "a=1", headers, b"x", "192.0.2.1:1")
-        else:
-            call(request)
-        for result in results:
-            normalize(result)
-        _flush_std_streams()
+        _ = request.headers["host"], "x-a" in request.headers, request.headers.raw()
+        _ = request.args, request.text(), request.json()
 
 
 def _flush_std_streams() -> None:

@@ -13,7 +13,6 @@ through the control channel once the host serves.
 """
 from __future__ import annotations
 
-import _random
 import binascii
 import dataclasses
 import gc
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from mayflyd import _mayfly
-from mayflyd.host.program import WARM_UP_CALLS, Program, ProgramError, Request, load_program, warm_up_request_path
+from mayflyd.host.program import ProgramError, load_program, warm_up_request_path
 from mayflyd.protocol import MsgType, pack_frame
 
 __all__ = ["HostSpec", "main"]
@@ -169,30 +168,6 @@ def _build_walls(spec: HostSpec) -> int:
     return oom_fd
 
 
-def make_runner(program: Program) -> _mayfly.Runner:
-    def runner(req_id: int, method: str, path: str, query: str,
-               headers: list[tuple[str, str]], body: bytes, client: str) -> tuple[int, list[tuple[str, str]], bytes]:
-        request = Request(id=req_id, method=method, path=path, query=query,
-                          headers=headers, body=body, client=client)
-        return program.call(request)
-    return runner
-
-
-def _after_rewind() -> None:
-    """Reset engine, before each request: what must differ between requests."""
-    # The rewind brought the generator back to its sealed state; every
-    # request would draw the same numbers. The C-level seed (from the
-    # kernel) dirties half the pages random.seed() does; gauss_next is the
-    # one piece of state the Python level keeps beside it.
-    rnd = sys.modules.get("random")
-    inst = getattr(rnd, "_inst", None)
-    if isinstance(inst, _random.Random):
-        _random.Random.seed(inst, None)
-        inst.gauss_next = None  # type: ignore[attr-defined]
-    elif rnd is not None:
-        rnd.seed()
-
-
 def _seal(spec: HostSpec) -> str | None:
     """Leave nothing of on_init() running beside the host; an error text if that cannot be."""
     if spec.mode in ("root", "userns"):
@@ -265,10 +240,7 @@ def serve(spec: HostSpec, *, forked_by_zygote: bool = False, oom_fd: int = -1) -
     # Sandboxes start from the state sealed here: specialise the daemon's
     # own per-request code now, not in every one of them (a zygote did).
     if not forked_by_zygote:
-        warm_up_request_path(make_runner)
-    if spec.engine == "reset":  # the only engine that calls it
-        for _ in range(WARM_UP_CALLS):
-            _after_rewind()
+        warm_up_request_path()
     # Objects that exist now live as long as the host: keep the collector
     # from touching (and so copying) their pages in every sandbox, and
     # (3.12+) requests from writing their reference counts. A zygote's own
@@ -279,14 +251,16 @@ def serve(spec: HostSpec, *, forked_by_zygote: bool = False, oom_fd: int = -1) -
     request_filter = binascii.a2b_base64(spec.request_filter)
     try:
         if spec.engine == "reset":
-            _mayfly.serve_reset(ctrl.fileno(), make_runner(program), [], _after_rewind,
+            # Before each request: the rewind brought random's generator
+            # back to its sealed state.
+            _mayfly.serve_reset(ctrl.fileno(), program.request_path(), [], _mayfly.reseed_random,
                                 request_filter=request_filter, cpu_ms=spec.request_cpu_ms,
                                 memory_bytes=spec.request_memory, nofile=spec.nofile, pool_size=spec.pool,
                                 idle_ms=spec.pool_idle_ms, verify=spec.verify_rewind,
                                 concurrency=spec.concurrency, queue=spec.queue, oom_fd=oom_fd,
                                 front_loops=spec.front_loops)
         else:
-            _mayfly.serve_fork(ctrl.fileno(), make_runner(program), [], request_filter=request_filter,
+            _mayfly.serve_fork(ctrl.fileno(), program.request_path(), [], request_filter=request_filter,
                                cpu_ms=spec.request_cpu_ms, memory_bytes=spec.request_memory, nofile=spec.nofile,
                                concurrency=spec.concurrency, queue=spec.queue, oom_fd=oom_fd)
     finally:

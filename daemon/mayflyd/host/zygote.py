@@ -37,7 +37,7 @@ from typing import Any, NoReturn
 
 from mayflyd import _mayfly
 from mayflyd.host.program import load_program, warm_up_request_path
-from mayflyd.host.sandbox_host import HostSpec, entry_of, make_runner, open_memory_events, serve, walls_of
+from mayflyd.host.sandbox_host import HostSpec, entry_of, open_memory_events, serve, walls_of
 
 __all__ = ["main", "MAX_MESSAGE", "SPAWN_FDS"]
 
@@ -176,7 +176,7 @@ WARM_UP_LOADS = 4
 def _prewarm() -> None:
     """What every host would otherwise do for itself, done once: each page
     this specialises or caches here is one page less copied into every host."""
-    warm_up_request_path(make_runner)
+    warm_up_request_path()
     sys.dont_write_bytecode = True  # as in a host
     saved_path = list(sys.path)
     for i in range(WARM_UP_LOADS):
