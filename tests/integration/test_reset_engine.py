@@ -422,6 +422,7 @@ def test_a_killed_template_gets_its_worker_replaced(reset_daemon: Daemon) -> Non
     assert before["template_kill"] == 1  # EPERM
     replaced = _replaced(reset_daemon, "solo")
     template, = _templates(reset_daemon, "solo")
+    assert template.num_fds() == 1, template.open_files()  # its socket, nothing the worker holds
     template.kill()
     seen(reset_daemon, "solo.localhost", "fresh=300")
     reset_daemon.wait_for(lambda: _replaced(reset_daemon, "solo") == replaced + 1, what="the worker's replacement")
