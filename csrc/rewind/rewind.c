@@ -368,7 +368,8 @@ bool mf_rewind_snapshot(struct mf_rewinder *rw)
         MF_TRY(mf_dirty_collect(&rw->tracker, rw->dirty, MF_REWIND_REGIONS, &got, &pages));
     } while (mf_dirty_pending(&rw->tracker));
     MF_TRY(copy_present(rw));
-    MF_TRY(mf_template_start(&rw->tpl, &rw->tracker, (uint32_t *)(void *)(rw->snapshot + copy_len)));
+    MF_TRY(mf_template_start(&rw->tpl, &rw->tracker, (uint32_t *)(void *)(rw->snapshot + copy_len),
+                             rw->snapshot_len - copy_len));
     /* After the template: its store mapping and socket are part of what
      * every rewind must match; registration split mappings. */
     MF_TRY(read_maps(rw, rw->maps_sealed, &rw->maps_sealed_len, rw->vmas_sealed, &rw->nvmas_sealed));

@@ -174,10 +174,10 @@ static _Noreturn void template_main(const struct template_boot *b)
 
 /* ---- the worker's side ---- */
 
-/* The template's answer to question seq, within the timeout. */
-static bool receive_answer(const struct mf_template *tpl, uint64_t seq, struct template_answer *a)
+/* The template's answer to question seq on sock, within the timeout. */
+static bool receive_answer(const struct mf_template *tpl, int sock, uint64_t seq, struct template_answer *a)
 {
-    struct pollfd p = {.fd = tpl->sock, .events = POLLIN};
+    struct pollfd p = {.fd = sock, .events = POLLIN};
     struct template_answer extra[2];
 
     int ready = poll(&p, 1, MF_TEMPLATE_TIMEOUT_MS);
@@ -186,7 +186,7 @@ static bool receive_answer(const struct mf_template *tpl, uint64_t seq, struct t
     if (ready == 0)
         return mf_errx(ETIMEDOUT, "the template (pid %d) did not answer within %d ms", (int)tpl->pid,
                        MF_TEMPLATE_TIMEOUT_MS);
-    ssize_t n = recv(tpl->sock, extra, sizeof(extra), MSG_DONTWAIT);
+    ssize_t n = recv(sock, extra, sizeof(extra), MSG_DONTWAIT);
     if (n < 0)
         return mf_err("recv(template socket)");
     if (n == 0)
@@ -234,7 +234,7 @@ static bool ask(struct mf_template *tpl, const struct mf_dirty_tracker *t, size_
         return mf_err("sendmsg(template socket, %zu pages)", count);
     if ((size_t)sent != sizeof(q) + count * sizeof(uint64_t))
         return mf_errx(EPROTO, "short send to the template (%zd bytes)", sent);
-    MF_TRY(receive_answer(tpl, q.seq, &a));
+    MF_TRY(receive_answer(tpl, tpl->sock, q.seq, &a));
     if (a.count != count || a.first != tpl->fetched || tpl->fetched + count > tpl->npages)
         return mf_errx(EPROTO, "the template answered %u pages at slot %u, asked %zu at %zu", a.count, a.first,
                        count, tpl->fetched);
@@ -310,7 +310,8 @@ static bool map_store(struct mf_template *tpl, int memfd)
     return true;
 }
 
-bool mf_template_start(struct mf_template *tpl, const struct mf_dirty_tracker *t, uint32_t *index)
+bool mf_template_start(struct mf_template *tpl, const struct mf_dirty_tracker *t, uint32_t *index,
+                       size_t index_len)
 {
     int sv[2];
     struct template_answer ready;
@@ -322,8 +323,9 @@ bool mf_template_start(struct mf_template *tpl, const struct mf_dirty_tracker *t
         tpl->first[i] = tpl->npages;
         tpl->npages += (size_t)(t->ranges[i].end - t->ranges[i].start) / PAGE;
     }
-    if (tpl->npages == 0 || tpl->npages > UINT32_MAX - 1)
-        return mf_errx(EINVAL, "%zu tracked pages: no template for them", tpl->npages);
+    if (tpl->npages == 0 || tpl->npages > UINT32_MAX - 1 || tpl->npages * sizeof(uint32_t) > index_len)
+        return mf_errx(EINVAL, "%zu tracked pages: no template for them (index of %zu bytes)", tpl->npages,
+                       index_len);
     tpl->slots = index;
     tpl->store_len = tpl->npages * PAGE;
     tpl->seq = 0;
@@ -355,8 +357,7 @@ bool mf_template_start(struct mf_template *tpl, const struct mf_dirty_tracker *t
     tpl->pid = (pid_t)pid;
     if (close(mf_steal_fd(&its)) < 0)
         return mf_err("close(template's end of its socket)");
-    tpl->sock = mine; /* for receive_answer; owned by the cleanup until the end */
-    MF_TRY(receive_answer(tpl, 0, &ready));
+    MF_TRY(receive_answer(tpl, mine, 0, &ready));
     MF_TRY(map_store(tpl, memfd));
     if (fstat(mine, &st) < 0)
         return mf_err("fstat(template socket)");

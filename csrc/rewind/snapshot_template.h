@@ -68,10 +68,12 @@ struct mf_template {
 size_t mf_template_index_size(size_t tracked_bytes);
 
 /* Clones the template: call when the tracked memory is the snapshot (all
- * of it protected and marked clean). index: mf_template_index_size bytes
- * of zeroed untracked memory. Leaves the worker with the socket and the
- * read-only store mapping, which the caller's mappings and fds record. */
-bool mf_template_start(struct mf_template *tpl, const struct mf_dirty_tracker *t, uint32_t *index);
+ * of it protected and marked clean). index: index_len bytes (at least
+ * mf_template_index_size) of zeroed untracked memory. Leaves the worker
+ * with the socket and the read-only store mapping, which the caller's
+ * mappings and fds record. */
+bool mf_template_start(struct mf_template *tpl, const struct mf_dirty_tracker *t, uint32_t *index,
+                       size_t index_len);
 
 /* Asks the template for the pages of these written regions that have no
  * slot yet. */
