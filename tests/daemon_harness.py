@@ -67,7 +67,11 @@ class DaemonProcess:
         """Processes of an idle tenant: the host; the stub a fresh host leaves outside its pid
         namespace (a zygote's host has none); the reset engine's first worker (its pool grows
         only while requests wait)."""
-        return 1 + (0 if self.zygote else 1) + (1 if self.engine == "reset" else 0)
+        return 1 + (0 if self.zygote else 1) + self.worker_processes()
+
+    def worker_processes(self) -> int:
+        """Processes of one reset worker: the worker and the template holding its snapshot."""
+        return 2 if self.engine == "reset" else 0
 
     def spawn(self, args: list[str], timeout: float = 30.0, prefix: list[str] | None = None,
               env: dict[str, str] | None = None) -> None:
@@ -144,6 +148,14 @@ class DaemonProcess:
         """Any cgroup directories of this daemon still present."""
         base = Path("/sys/fs/cgroup")
         return [str(p) for p in base.glob(f"*/{self.cgroup_prefix}") if p.is_dir()]
+
+    def tenant_processes(self) -> list[int]:
+        """Every process in this daemon's cgroups now."""
+        pids: set[int] = set()
+        for top in self.cgroup_dirs():
+            for procs in Path(top).rglob("cgroup.procs"):
+                pids.update(int(pid) for pid in procs.read_text().split())
+        return sorted(pids)
 
 
 class Daemon(DaemonProcess):

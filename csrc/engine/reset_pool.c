@@ -351,8 +351,8 @@ static enum mf_step load_failed(struct pool *p, const struct worker *w, int stat
     char text[800];
     bool killed = mf_killed_by(status, SIGKILL) && w->failure[0] == '\0';
     int n = snprintf(text, sizeof(text), "reset engine: a worker could not start: %s%s", why,
-                     killed ? " (out of memory? each worker keeps a snapshot of the host's writable "
-                              "memory: raise limits.memory, lower pool, or use engine: fork)" : "");
+                     killed ? " (out of memory? each worker keeps its own copy of every page it writes, "
+                              "and its snapshot's: raise limits.memory, lower pool, or use engine: fork)" : "");
 
     (void)mf_children_send(&p->core, MF_MSG_LOAD_FAILED, 0, text, n > 0 ? (uint32_t)n : 0u);
     return MF_STEP_STOP;

@@ -205,12 +205,22 @@ static _Noreturn void serve_one(const struct mf_worker_config *cfg)
 }
 
 /* Grows the stack now, so that ordinary requests stay inside the
- * snapshot's [stack] mapping and leave the mappings unchanged. */
-static void __attribute__((noinline)) reserve_stack(void)
+ * snapshot's [stack] mapping and leave the mappings unchanged. The
+ * mapping is what counts: its pages go back at once (they read as zero
+ * again, in the worker and in the snapshot's template), or each worker
+ * would keep 512 KiB of zeros. */
+static bool __attribute__((noinline)) reserve_stack(void)
 {
     volatile uint8_t *room = alloca(MF_REWIND_STACK_RESERVE);
     for (size_t i = 0; i < MF_REWIND_STACK_RESERVE; i += 4096)
         room[i] = 0;
+    /* Whole pages of room only, one short of its top: this frame is above. */
+    uintptr_t from = ((uintptr_t)room + 4095) & ~(uintptr_t)4095;
+    uintptr_t to = (((uintptr_t)room + MF_REWIND_STACK_RESERVE) & ~(uintptr_t)4095) - 4096;
+    if (madvise((void *)from, to - from, MADV_DONTNEED) < 0)
+        return mf_err("madvise(%#lx-%#lx, MADV_DONTNEED) on the reserved stack", (unsigned long)from,
+                      (unsigned long)to);
+    return true;
 }
 
 /* glibc's rseq area is written by the kernel at any preemption: it would
@@ -251,7 +261,7 @@ static bool prepare(const struct mf_worker_config *cfg, struct worker_state *ws)
     if (sigemptyset(&abort_only) < 0 || sigaddset(&abort_only, MF_ABORT_SIGNAL) < 0 ||
         sigprocmask(SIG_BLOCK, &abort_only, NULL) < 0)
         return mf_err("sigprocmask(SIG_BLOCK, abort signal)");
-    reserve_stack();
+    MF_TRY(reserve_stack());
     struct mf_rewinder *rw = the_rewinder;
     if (getcontext(&rw->entry) < 0)
         return mf_err("getcontext(rewinder)");

@@ -211,15 +211,17 @@ static bool copy_batch(struct mf_pagemap_walk *w, size_t got, void *ctx)
     (void)w;
     for (size_t k = 0; k < got; k++) {
         const struct mf_dirty_region *r = &rw->dirty[k];
-        memcpy(rw->copy[pc->i] + (r->start - range_start), (void *)(uintptr_t)r->start,
-               (size_t)(r->end - r->start));
+        if (rw->verify)
+            memcpy(rw->copy[pc->i] + (r->start - range_start), (void *)(uintptr_t)r->start,
+                   (size_t)(r->end - r->start));
         rw->snapshot_pages += (size_t)(r->end - r->start) / PAGE;
     }
     return true;
 }
 
-/* Copies the pages of each tracked range that hold anything (present or
- * swapped); the rest of the snapshot stays untouched zero pages. */
+/* Counts the pages of each tracked range that hold anything (present or
+ * swapped) and, under verification, copies them; the rest of the copy
+ * stays untouched zero pages. */
 static bool copy_present(struct mf_rewinder *rw)
 {
     const struct mf_dirty_tracker *t = &rw->tracker;
@@ -235,7 +237,7 @@ static bool copy_present(struct mf_rewinder *rw)
             .vec = rw->dirty, .vec_len = MF_REWIND_REGIONS,
             .at = t->ranges[i].start, .end = t->ranges[i].end,
         };
-        rw->copy[i] = rw->snapshot + offset;
+        rw->copy[i] = rw->verify ? rw->snapshot + offset : NULL;
         offset += (size_t)(t->ranges[i].end - t->ranges[i].start);
         MF_TRY(mf_pagemap_walk(&w, copy_batch, &pc));
     }
@@ -405,7 +407,9 @@ bool mf_rewind_snapshot(struct mf_rewinder *rw)
     rw->brk = (uintptr_t)syscall(SYS_brk, 0);
     MF_TRY(read_maps(rw, rw->maps_now, &len, rw->vmas_now, &n));
     MF_TRY(for_each_piece(rw, rw->vmas_now, n, count_piece, &total));
-    rw->snapshot_len = round_up(total);
+    /* The copy only under verification; the template's index always. */
+    size_t copy_len = rw->verify ? round_up(total) : 0;
+    rw->snapshot_len = copy_len + mf_template_index_size(total);
     rw->snapshot = mmap(NULL, rw->snapshot_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
                         -1, 0);
     if (rw->snapshot == MAP_FAILED) {
@@ -418,19 +422,23 @@ bool mf_rewind_snapshot(struct mf_rewinder *rw)
     if (again != total)
         return mf_errx(EAGAIN, "writable memory changed while the snapshot was taken (%zu, then %zu bytes)", total,
                        again);
-    /* Protect, record the rest, mark everything clean, copy last: whatever
-     * is written after the copy shows as dirty and is rewound to it. */
+    /* Protect, mark everything clean, then clone the template: its memory
+     * is the snapshot, and whatever is written after shows as dirty and is
+     * rewound to it. */
     MF_TRY(for_each_piece(rw, rw->vmas_now, n, track_piece, &st));
     MF_TRY(track_run(rw, &st));
-    /* Registration split mappings: this is the text every rewind must match. */
-    MF_TRY(read_maps(rw, rw->maps_sealed, &rw->maps_sealed_len, rw->vmas_sealed, &rw->nvmas_sealed));
-    MF_TRY(snapshot_kernel_state(rw));
-    MF_TRY(vm_pages(rw, &rw->vm_pages_sealed));
     do {
         size_t got, pages;
         MF_TRY(mf_dirty_collect(&rw->tracker, rw->dirty, MF_REWIND_REGIONS, &got, &pages));
     } while (mf_dirty_pending(&rw->tracker));
-    return copy_present(rw);
+    MF_TRY(copy_present(rw));
+    MF_TRY(mf_template_start(&rw->tpl, &rw->tracker, (uint32_t *)(void *)(rw->snapshot + copy_len),
+                             rw->snapshot_len - copy_len));
+    /* After the template: its store mapping and socket are part of what
+     * every rewind must match; registration split mappings. */
+    MF_TRY(read_maps(rw, rw->maps_sealed, &rw->maps_sealed_len, rw->vmas_sealed, &rw->nvmas_sealed));
+    MF_TRY(snapshot_kernel_state(rw));
+    return vm_pages(rw, &rw->vm_pages_sealed);
 }
 
 /* ---- the rewind ---- */
@@ -658,8 +666,7 @@ static bool rewind_pages(struct mf_rewinder *rw, size_t *pages, bool joined)
     for (size_t k = 0; k < rw->nhot; k++) {
         const struct mf_dirty_region *r = &rw->hot[k];
         size_t i = rw->hot_range[k];
-        memcpy((void *)(uintptr_t)r->start, rw->copy[i] + (r->start - t->ranges[i].start),
-               (size_t)(r->end - r->start));
+        MF_TRY(mf_template_copy(&rw->tpl, t, i, r->start, (size_t)(r->end - r->start)));
         *pages += (size_t)((r->end - r->start) / PAGE);
     }
     /* The scan also reports the hot pages (not protected reads as written):
@@ -669,6 +676,7 @@ static bool rewind_pages(struct mf_rewinder *rw, size_t *pages, bool joined)
         size_t got, batch_pages;
         MF_TRY(joined ? mf_dirty_scan_joined(t, rw->dirty, MF_REWIND_REGIONS, &got, &batch_pages)
                       : mf_dirty_scan(t, rw->dirty, MF_REWIND_REGIONS, &got, &batch_pages));
+        MF_TRY(mf_template_fetch(&rw->tpl, t, rw->dirty, got));
         for (size_t k = 0; k < got; k++) {
             const struct mf_dirty_region *r = &rw->dirty[k];
             size_t i = hint = range_of(t, r->start, hint);
@@ -689,7 +697,7 @@ static bool rewind_pages(struct mf_rewinder *rw, size_t *pages, bool joined)
                     }
                     b = rw->hot[hot].start;
                 }
-                memcpy((void *)(uintptr_t)a, rw->copy[i] + (a - t->ranges[i].start), (size_t)(b - a));
+                MF_TRY(mf_template_copy(&rw->tpl, t, i, a, (size_t)(b - a)));
                 MF_TRY(span_add(rw, &sp, i, a, b, hot > 0 && rw->hot[hot - 1].end > sp.end));
                 *pages += (size_t)((b - a) / PAGE);
                 a = b;
@@ -703,6 +711,21 @@ static bool rewind_pages(struct mf_rewinder *rw, size_t *pages, bool joined)
     return true;
 }
 
+/* The template's store must hold the snapshot's content for every page
+ * it has a slot for. */
+static bool verify_store(const struct mf_rewinder *rw, size_t i)
+{
+    const struct mf_dirty_tracker *t = &rw->tracker;
+
+    for (uint64_t a = t->ranges[i].start; a < t->ranges[i].end; a += PAGE) {
+        const uint8_t *kept = mf_template_page(&rw->tpl, t, i, a);
+        if (kept != NULL && memcmp(kept, rw->copy[i] + (a - t->ranges[i].start), PAGE) != 0)
+            return mf_errx(EFAULT, "verification: the template's copy of page %#llx differs from the snapshot",
+                           (unsigned long long)a);
+    }
+    return true;
+}
+
 static bool verify_pages(const struct mf_rewinder *rw)
 {
     const struct mf_dirty_tracker *t = &rw->tracker;
@@ -710,6 +733,7 @@ static bool verify_pages(const struct mf_rewinder *rw)
     for (size_t i = 0; i < t->nranges; i++) {
         const uint8_t *live = (const uint8_t *)(uintptr_t)t->ranges[i].start;
         size_t len = (size_t)(t->ranges[i].end - t->ranges[i].start);
+        MF_TRY(verify_store(rw, i));
         if (memcmp(live, rw->copy[i], len) == 0)
             continue;
         size_t at = 0;

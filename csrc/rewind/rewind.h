@@ -3,7 +3,8 @@
  * the rewind that brings the process back to it after each request
  * (docs/reset-engine.md, "How it works"). Memory: the writable private
  * mappings, tracked with dirty_pages.h; written pages are copied back from
- * the snapshot, mappings added since are unmapped, brk is reset. Kernel
+ * the snapshot, which a template process holds (snapshot_template.h),
+ * mappings added since are unmapped, brk is reset. Kernel
  * state: fds opened since are closed (and the snapshot's checked and their
  * offsets reset), signal dispositions, pending signals, interval timers,
  * umask and cwd.
@@ -20,7 +21,8 @@
  * that are not tracked (clipped out of the ranges it tracks), so the
  * rewind does not rewind itself. Both calls run on that stack with every
  * signal blocked and never call malloc (the heap is what they rewind);
- * the snapshot maps its one copy, the rewind maps nothing.
+ * the snapshot maps its index (and under verification its one copy) and
+ * the template's store, the rewind maps nothing.
  *
  * Not rewound here: the random state (the caller reseeds after each
  * rewind), threads (the request filter forbids them), shared mappings (a
@@ -40,6 +42,7 @@
 #include "rewind/dirty_pages.h"
 #include "rewind/memory_map.h"
 #include "rewind/sigaction_gate.h"
+#include "rewind/snapshot_template.h"
 #include "rewind/state_gate.h"
 
 #define MF_REWIND_MAX_VMAS 4096
@@ -77,8 +80,11 @@ struct mf_rewinder {
     ucontext_t entry;       /* the rewinder's own stack, all signals blocked */
 
     struct mf_dirty_tracker tracker;
-    uint8_t *copy[MF_DIRTY_MAX_RANGES]; /* snapshot of tracker.ranges[i] */
-    uint8_t *snapshot;      /* one mapping holding every copy */
+    struct mf_template tpl; /* the snapshot's pages: the template process */
+    /* Under verification only, a full copy of tracker.ranges[i], which
+     * every rewind compares memory (and the template's store) with. */
+    uint8_t *copy[MF_DIRTY_MAX_RANGES];
+    uint8_t *snapshot;      /* one untracked mapping: the copies, then the template's index */
     size_t snapshot_len;
     size_t snapshot_pages;  /* pages that were present when it was taken */
 

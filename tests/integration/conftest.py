@@ -45,7 +45,9 @@ def daemon(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
          "limits": limits()},
         {"name": "whoami", "hosts": ["whoami.localhost"], "program": "programs/whoami.py", "uid": 201234,
          "limits": limits()},
-        {"name": "hog", "hosts": ["hog.localhost"], "program": "programs/hog.py",
+        # pool 4: the reset engine runs the memory bomb's four requests side by
+        # side too (its workers share the snapshot, so two no longer fill 64 MiB).
+        {"name": "hog", "hosts": ["hog.localhost"], "program": "programs/hog.py", "pool": 4,
          "limits": limits(memory="64MiB", request_memory="32MiB", request_timeout_ms=10000)},
         {"name": "victim", "hosts": ["victim.localhost"], "program": "programs/victim.py", "limits": limits()},
         {"name": "leftovers", "hosts": ["leftovers.localhost"], "program": "programs/leftovers.py",

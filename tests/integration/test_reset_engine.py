@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.daemon_harness import Daemon, reset_engine_missing
@@ -27,6 +28,8 @@ import mmap
 import os
 import random
 import signal
+import socket
+import struct
 import sys
 import time
 
@@ -35,6 +38,37 @@ table = {"seed": 1}
 blobs = []
 KEEP = open(__file__, "rb")
 START_CWD = os.getcwd()
+# Pages no request has written yet, present at the snapshot and not: the
+# first write to each makes the rewind fetch it from the template.
+FRESH = bytearray(b"s" * (2 << 20))
+ZEROS = mmap.mmap(-1, 2 << 20, flags=mmap.MAP_PRIVATE)
+
+
+def template_pid():
+    # The worker's one child: the template that holds its snapshot.
+    with open(f"/proc/self/task/{os.getpid()}/children") as children:
+        kids = children.read().split()
+    return int(kids[0]) if len(kids) == 1 else -1
+
+
+def template_sockets():
+    # The worker made one socketpair itself: the template's (SO_PEERCRED
+    # of a socketpair names its creator).
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            sock = socket.socket(fileno=os.dup(int(name)))
+        except OSError:
+            continue
+        with sock:
+            cred = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+            if sock.type == socket.SOCK_SEQPACKET and struct.unpack("3i", cred)[0] == os.getpid():
+                found.append(int(name))
+    return found
+
+
+def fresh_written():
+    return FRESH.count(b"x") + len(ZEROS) - ZEROS[:].count(b"\\0")
 
 
 def stack_kib():
@@ -79,6 +113,7 @@ def on_client_request(request):
         "random": random.random(),
         "stdout_blocking": os.get_blocking(1),
         "sig_kernel": kernel_signals(),
+        "fresh": fresh_written(),
     }
     counter += 1
     for i in range(200):
@@ -132,6 +167,42 @@ def on_client_request(request):
         os._exit(3)
     if "closefd" in q:
         os.close(KEEP.fileno())
+    if "fresh=" in q:
+        page = int(q.split("fresh=")[1].split("&")[0])
+        FRESH[page * 4096] = ZEROS[page * 4096] = ord("x")
+        seen["fresh_now"] = fresh_written()
+    if "template" in q:
+        pid = template_pid()
+        seen["template_sockets"] = len(template_sockets())
+        for path in (f"/proc/{pid}/mem", f"/proc/{pid}/fd/0"):
+            try:
+                open(path, "rb").close()
+                seen.setdefault("template_reached", []).append(path)
+            except OSError:
+                pass
+        if "kill" in q:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                seen["template_kill"] = "killed"
+            except OSError as exc:
+                seen["template_kill"] = exc.errno
+    if "tsock=" in q:
+        fd, = template_sockets()
+        what = q.split("tsock=")[1].split("&")[0]
+        if what == "write":
+            os.write(fd, b"not the worker" * 8)
+        elif what == "read":
+            os.set_blocking(fd, False)
+            try:
+                seen["tsock_read"] = len(os.read(fd, 4096))
+            except BlockingIOError:
+                seen["tsock_read"] = None
+        elif what == "swap":
+            # A socket of its own at the template's fd, an answer queued on it.
+            mine, other = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            other.send(struct.pack("QQII", 0, 1, 0, 1))
+            os.dup2(mine.fileno(), fd)
+            blobs.append((mine, other))
     return json.dumps(seen)  # json: imported before the seal, by the daemon's own code
 '''
 
@@ -144,7 +215,7 @@ def on_client_request(request):
 '''
 
 PRISTINE = {"counter": 0, "table": 1, "blobs": 0, "offset": 0, "umask": 0o022, "handler": True,
-            "modules": False}
+            "modules": False, "fresh": 0}
 
 
 @pytest.fixture(scope="module")
@@ -161,9 +232,10 @@ def reset_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
         {"name": "napper", "hosts": ["napper.localhost"], "program": "programs/mutator.py",
          "engine": "reset", "pool": 2, "pool_idle_ms": 300, "limits": quick},
         {"name": "hello", "hosts": ["hello.localhost"], "program": "programs/hello.py", "engine": "auto"},
-        # Two snapshots of a 40 MiB heap do not fit next to it in 64 MiB.
+        # Under verification each worker keeps a full copy of its snapshot:
+        # two copies of a 40 MiB heap do not fit next to it in 64 MiB.
         {"name": "fat", "hosts": ["fat.localhost"], "program": "programs/fat.py", "engine": "reset", "pool": 2,
-         "limits": limits(memory="64MiB")},
+         "verify_rewind": True, "limits": limits(memory="64MiB")},
     ]
     d = Daemon(workdir, tenants, {"mutator.py": MUTATOR, "fat.py": FAT})
     d.engine = "reset"
@@ -171,9 +243,12 @@ def reset_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     try:
         yield d
     finally:
+        running = d.tenant_processes()
         code = d.stop()
         assert code == 0, d.log()[-5000:]
         assert d.cgroup_dirs() == [], "cgroups left behind"
+        # Hosts, workers and the workers' templates: none outlives the daemon.
+        assert [pid for pid in running if psutil.pid_exists(pid)] == []
 
 
 def tenant(d: Daemon, name: str) -> dict[str, object]:
@@ -297,6 +372,87 @@ def test_blocking_sigsys_then_setting_a_handler_ends_only_that_worker(reset_daem
     assert after["sig_kernel"] == before["sig_kernel"]
 
 
+def _replaced(d: Daemon, name: str) -> int:
+    return int(str(tenant(d, name)["worker_replacements"]))
+
+
+@pytest.mark.parametrize("name", ["solo", "mutator"])
+def test_pages_written_for_the_first_time_are_fetched_from_the_template(reset_daemon: Daemon, name: str) -> None:
+    """Each request writes pages no request wrote before (present at the
+    snapshot, and never present): the rewind asks the template for them.
+    mutator verifies every page, and the template's copy of each, after
+    each rewind."""
+    host = f"{name}.localhost"
+    replaced = _replaced(reset_daemon, name)
+    # Far apart: a page no other test writes.
+    pages = [100 + 7 * k for k in range(6)]
+    results = [seen(reset_daemon, host, f"fresh={page}") for page in pages]
+    assert [r["fresh_now"] for r in results] == [2] * len(pages)
+    after = seen(reset_daemon, host)
+    assert all(pristine(r) for r in [*results, after]), results
+    assert _replaced(reset_daemon, name) == replaced and "verification:" not in reset_daemon.log()
+
+
+def test_the_template_is_out_of_a_requests_reach(reset_daemon: Daemon) -> None:
+    found = seen(reset_daemon, "solo.localhost", "template")
+    assert found["template_sockets"] == 1 and "template_reached" not in found, found
+
+
+def _templates(d: Daemon, name: str) -> list[psutil.Process]:
+    """The tenant's deepest processes: host (its stub, if any) > worker > template."""
+    procs = Path("/sys/fs/cgroup/memory") / d.cgroup_prefix / name / "cgroup.procs"
+    inside = [psutil.Process(int(pid)) for pid in procs.read_text().split()]
+    pids = {p.pid for p in inside}
+
+    def depth(p: psutil.Process) -> int:
+        parent = p.parent()
+        return 0 if parent is None or parent.pid not in pids else 1 + depth(parent)
+
+    deepest = max(depth(p) for p in inside)
+    return [p for p in inside if depth(p) == deepest]
+
+
+@needs_root
+def test_a_killed_template_gets_its_worker_replaced(reset_daemon: Daemon) -> None:
+    """A request cannot signal its template (the request filter allows no
+    kill). Killed from outside, its worker serves on from what its store
+    holds until it needs a page the store lacks (here: at once), which ends
+    it; a fresh worker serves."""
+    before = seen(reset_daemon, "solo.localhost", "template&kill")
+    assert before["template_kill"] == 1  # EPERM
+    replaced = _replaced(reset_daemon, "solo")
+    template, = _templates(reset_daemon, "solo")
+    assert template.num_fds() == 1, template.open_files()  # its socket, nothing the worker holds
+    template.kill()
+    seen(reset_daemon, "solo.localhost", "fresh=300")
+    reset_daemon.wait_for(lambda: _replaced(reset_daemon, "solo") == replaced + 1, what="the worker's replacement")
+    after = seen(reset_daemon, "solo.localhost")
+    assert after["pid"] != before["pid"] and pristine(after)
+    assert "the template (pid" in reset_daemon.log()
+    assert not template.is_running() or template.status() == psutil.STATUS_ZOMBIE
+
+
+@pytest.mark.parametrize("what, replaced_after", [("read", 0), ("write", 1), ("swap", 1)])
+def test_a_request_on_the_template_socket_cannot_change_the_snapshot(
+        reset_daemon: Daemon, what: str, replaced_after: int) -> None:
+    """Garbage written to the template's socket ends the template (the next
+    fetch then replaces the worker); a socket of the request's own put at
+    its fd, with a forged answer queued, is found before it is read."""
+    before = seen(reset_daemon, "solo.localhost")
+    replaced = _replaced(reset_daemon, "solo")
+    found = seen(reset_daemon, "solo.localhost", f"tsock={what}")
+    if what == "read":
+        assert found["tsock_read"] is None
+    first = {"read": 400, "write": 410, "swap": 420}[what]  # pages no request wrote yet
+    for page in range(first, first + 3):
+        reply = reset_daemon.get("solo.localhost", f"/?fresh={page}")
+        assert reply.status == 200, reply.body[:300]
+    reset_daemon.wait_for(lambda: _replaced(reset_daemon, "solo") == replaced + replaced_after,
+                          what="the worker replaced, or not")
+    after = seen(reset_daemon, "solo.localhost")
+    assert pristine(after) and (after["pid"] == before["pid"]) == (replaced_after == 0)
+
+
 @needs_root
 def test_ten_thousand_mutating_requests_rewind_without_a_difference(reset_daemon: Daemon) -> None:
     """Verification mode compares every tracked page with the snapshot after each rewind:
@@ -340,8 +496,9 @@ def test_an_idle_worker_retires_and_the_next_request_forks_one(reset_daemon: Dae
     first = seen(reset_daemon, "napper.localhost", "big=20")
     assert pristine(first)
     # Idle for pool_idle_ms: the worker (and its snapshot) goes; the host stays.
-    reset_daemon.wait_for(lambda: len(procs.read_text().split()) == reset_daemon.idle_processes() - 1, timeout=5,
-                          what="the idle worker gone, the host alone in the cgroup")
+    gone = reset_daemon.idle_processes() - reset_daemon.worker_processes()
+    reset_daemon.wait_for(lambda: len(procs.read_text().split()) == gone, timeout=5,
+                          what="the idle worker and its template gone, the host alone in the cgroup")
     again = seen(reset_daemon, "napper.localhost")
     assert pristine(again) and again["pid"] != first["pid"], "a fresh worker, from the sealed host"
     assert len(procs.read_text().split()) == reset_daemon.idle_processes()

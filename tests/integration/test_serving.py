@@ -231,7 +231,7 @@ def test_memory_bomb_kills_the_request_not_the_host(daemon: Daemon) -> None:
     procs = Path("/sys/fs/cgroup/memory") / daemon.cgroup_prefix / "hog" / "cgroup.procs"
     host_before = procs.read_text().split()
     # An idle tenant: its host, the stub that waits for a fresh host outside
-    # its pid namespace, and the reset engine's first worker.
+    # its pid namespace, and the reset engine's first worker and its template.
     assert len(host_before) == daemon.idle_processes(), host_before
     # One request over its own request_memory: the program sees MemoryError.
     assert daemon.get("hog.localhost", "/hog?100").status == 500
@@ -246,7 +246,7 @@ def test_memory_bomb_kills_the_request_not_the_host(daemon: Daemon) -> None:
     assert daemon.get("hog.localhost", "/").body == b"small"
     # The sandbox of the last request may still be exiting; the host stays
     # (reset workers the OOM killer took are replaced; the pool may have grown).
-    hosts = daemon.idle_processes() - (1 if daemon.engine == "reset" else 0)  # the host (and its stub)
+    hosts = daemon.idle_processes() - daemon.worker_processes()  # the host (and its stub)
     daemon.wait_for(lambda: procs.read_text().split()[:hosts] == host_before[:hosts]
                     and (daemon.engine == "reset" or procs.read_text().split() == host_before), timeout=5,
                     what="only the original host (and its workers) in the cgroup")

@@ -205,11 +205,12 @@ TENANT_KEYS: Final = (
         shown_default="the number of cores the daemon may run on (its CPU affinity: `taskset`, a cpuset)",
         doc="Reset engine: the most workers this tenant may have, each serving one request at a time."
             " The host starts one and adds one whenever a request waits with none idle; requests wait in"
-            " the host (up to `concurrency`). Each worker keeps a private snapshot of the host's writable"
-            " memory, charged to the tenant's `memory`; a worker that cannot start (out of memory) is"
-            " retried after 1 s while requests wait."),
-    # An idle reset tenant keeps a worker (and its snapshot, ~11 MiB) this
-    # long; the request after that pays for forking one again.
+            " the host (up to `concurrency`). Each worker is two processes (it and the template holding"
+            " its snapshot, which shares the host's pages until they are written), charged to the"
+            " tenant's `memory` and `pids`; a worker that cannot start (out of memory) is retried after"
+            " 1 s while requests wait."),
+    # An idle reset tenant keeps a worker (and its template) this long; the
+    # request after that pays for forking one again.
     Key(name="pool_idle_ms", kind="int", default=60_000, low=0, high=86_400_000,
         doc="Reset engine: a worker idle this long exits, down to none, freeing its snapshot (an idle"
             " tenant then costs about what a fork one does); the next request forks one again (about"
