@@ -5,7 +5,8 @@ mayflyd._mayfly.DirtyTracker, on one 32 MiB private anonymous region:
 
 Medians over the rounds of: the first write to a write-protected page (net
 of the same Python loop over unprotected pages), a collect with nothing
-dirty, and a full rewind cycle (write N distinct pages, scan, copy each
+dirty, the one joined scan the rewind makes with nothing dirty (what its
+walk of the page tables costs), and a full rewind cycle (write N distinct pages, scan, copy each
 range back from a snapshot with ctypes.memmove, protect) for N = 10 and
 100. Every figure except the per-write one includes the Python binding's
 own overhead, printed as "binding call" (DirtyTracker.protect([]), which
@@ -30,7 +31,8 @@ WRITES = 1000
 STRIDE = 3  # distinct, non-adjacent pages: one region each, the worst case
 
 # Reference figures in microseconds (docs/design.md section 5, and the tracker's targets).
-REFERENCE = {"first write": 0.9, "empty collect": 10.0, "cycle N=10": 27.0, "cycle N=100": 74.0}
+REFERENCE = {"first write": 0.9, "empty collect": 10.0, "empty joined scan": 10.0, "cycle N=10": 27.0,
+             "cycle N=100": 74.0}
 
 
 def _median_us(samples: list[int]) -> float:
@@ -76,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     tracker.collect()
 
     empty = [_time(tracker.collect) for _ in range(args.rounds)]
+    # What the rewind pays on every request for its one joined scan: the
+    # kernel's walk of the region's page tables, nothing written.
+    joined = [_time(lambda: tracker.scan(joined=True)) for _ in range(args.rounds)]
 
     cycles: dict[int, list[int]] = {}
     for n in (10, 100):
@@ -98,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {
         "first write": first_write,
         "empty collect": _median_us(empty),
+        "empty joined scan": _median_us(joined),
         "cycle N=10": _median_us(cycles[10]),
         "cycle N=100": _median_us(cycles[100]),
     }
@@ -108,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{statistics.median(unprotected) / WRITES:.0f} ns per write (subtracted)")
     for name, value in results.items():
         unit = "us per write" if name == "first write" else "us"
-        print(f"  {name:14s} {value:8.2f} {unit:13s} reference {REFERENCE[name]:6.1f} us  "
+        print(f"  {name:17s} {value:8.2f} {unit:13s} reference {REFERENCE[name]:6.1f} us  "
               f"ratio {value / REFERENCE[name]:.2f}")
     tracker.close()
     view.release()
