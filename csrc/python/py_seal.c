@@ -1,0 +1,111 @@
+/* The sealed host's bindings side; see py_seal.h. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <unistd.h>
+
+#include "base/cleanup.h"
+#include "base/log.h"
+#include "engine/fork_engine.h"
+#include "python/py_seal.h"
+#include "python/py_util.h"
+#include "walls/host_seal.h"
+#include "walls/private_files.h"
+
+/* What the seal took from the host, for every sandbox forked from it to
+ * take back: process-wide by nature (one seal per process), written once
+ * in the host before the first fork. */
+static struct mf_sealed_signals sealed_signals;
+static int collector_was_enabled;
+
+PyObject *py_seal_host(const struct seal_inputs *in, const int *keep, size_t n_keep)
+{
+    py_cleanup_ref PyObject *runner = PyObject_CallNoArgs(in->load);
+    py_cleanup_ref PyObject *frozen = NULL;
+
+    if (runner == NULL)
+        return NULL;
+    if (!PyCallable_Check(runner))
+        return PyErr_Format(PyExc_TypeError, "load() returned %.100s, not a runner", Py_TYPE(runner)->tp_name);
+    /* A signal that came during on_init() has its handler run now, while
+     * the host is still loading, rather than never or after the seal. */
+    if (PyErr_CheckSignals() < 0)
+        return NULL;
+    /* From here on, only C: whatever the program replaced or registered
+     * is not called. */
+    if (!mf_seal_leftovers(in->pid_one != 0) || !mf_private_files_check(keep, n_keep) || !mf_seal_process())
+        return raise_last();
+    /* The collector must not dirty the sealed pages in every sandbox, nor
+     * ever run a finalizer in the host: frozen, then off in the host (each
+     * sandbox turns it back on). gc.freeze is a builtin: C, no audit event. */
+    frozen = PyObject_CallNoArgs(in->gc_freeze);
+    if (frozen == NULL)
+        return NULL;
+    collector_was_enabled = PyGC_Disable();
+    /* Last: no Python runs after this that could want its handlers. With
+     * CPython's handler gone, no wakeup fd the program set is written either. */
+    if (!mf_seal_signals(&sealed_signals))
+        return raise_last();
+    return mf_steal_pointer(&runner);
+}
+
+_Noreturn void py_sealed_exit(bool ok)
+{
+    if (!ok)
+        mf_warn("host: serving stopped: %s", mf_last_error());
+    /* Straight out: Python's finalisation would run the program's atexit
+     * handlers and finalizers in the host. */
+    _exit(ok ? 0 : 1);
+}
+
+void hook_sealed_before_fork(void *ctx)
+{
+    /* PyOS_BeforeFork would run the program's before= callbacks; its locks
+     * guard against other threads, and the sealed host has none. */
+    (void)ctx;
+}
+
+void hook_sealed_after_fork_parent(void *ctx)
+{
+    (void)ctx; /* PyOS_AfterFork_Parent: the program's after_in_parent= callbacks */
+}
+
+void hook_sealed_after_fork_child(void *ctx)
+{
+    (void)ctx;
+    mf_unseal_signals(&sealed_signals);
+    if (collector_was_enabled)
+        (void)PyGC_Enable(); /* the previous state, known: off */
+    /* CPython's own after-fork work, then the program's after_in_child=
+     * callbacks: in the sandbox, where the program's code belongs. */
+    PyOS_AfterFork_Child();
+}
+
+bool hook_sealed_interrupted(void *ctx)
+{
+    (void)ctx; /* no Python handler is left in the host to run */
+    return true;
+}
+
+bool seal_or_check_runner(const struct seal_inputs *in, int ctrl_fd, int oom_fd, PyObject **runner,
+                          struct mf_fork_hooks *hooks)
+{
+    const int keep[] = {ctrl_fd, oom_fd};
+
+    if (in->load == NULL || in->load == Py_None) {
+        if (!PyCallable_Check(*runner))
+            return PyErr_Format(PyExc_TypeError, "runner must be callable"), false;
+        return true;
+    }
+    if (!PyCallable_Check(in->load) || in->gc_freeze == NULL || !PyCallable_Check(in->gc_freeze))
+        return PyErr_Format(PyExc_TypeError, "load and gc_freeze must be callable"), false;
+    /* Owned by the host until it exits: py_sealed_exit never returns. */
+    *runner = py_seal_host(in, keep, oom_fd >= 0 ? 2 : 1);
+    if (*runner == NULL)
+        return false;
+    hooks->before_fork = hook_sealed_before_fork;
+    hooks->after_fork_parent = hook_sealed_after_fork_parent;
+    hooks->after_fork_child = hook_sealed_after_fork_child;
+    hooks->interrupted = hook_sealed_interrupted;
+    return true;
+}
