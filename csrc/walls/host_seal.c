@@ -4,6 +4,11 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
+#include <sys/syscall.h>
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/time.h>
@@ -11,6 +16,7 @@
 #include <unistd.h>
 
 #include "base/log.h"
+#include "walls/seccomp.h"
 
 static bool kill_the_rest(void)
 {
@@ -100,4 +106,22 @@ void mf_unseal_signals(const struct mf_sealed_signals *saved)
     for (int sig = 1; sig < MF_SEAL_NSIG; sig++)
         if (saved->taken[sig] && sigaction(sig, &saved->old[sig], NULL) < 0)
             mf_warn("sigaction(%d) back to the program's handler failed: %s", sig, strerror(errno));
+}
+
+bool mf_seal_no_new_tasks(void)
+{
+    /* Another architecture's calls pass: the loading filter kills them. */
+    struct sock_filter prog[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 0, 5),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_clone, 4, 0),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_clone3, 3, 0),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_fork, 2, 0),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_vfork, 1, 0),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+    };
+    _Static_assert(sizeof(prog) / sizeof(prog[0]) == 9, "jump offsets count these instructions");
+    return mf_seccomp_load(prog, sizeof(prog));
 }

@@ -39,4 +39,10 @@ bool mf_seal_signals(struct mf_sealed_signals *saved);
 /* In a sandbox: the dispositions the seal took back. Warns on failure. */
 void mf_unseal_signals(const struct mf_sealed_signals *saved);
 
+/* A reset worker, before the program's after_in_child= callbacks, which
+ * run there before the request filter: a filter that refuses every new
+ * process and thread (clone, clone3, fork, vfork: EPERM), so that none
+ * outlives the callback holding the worker's request channels. */
+bool mf_seal_no_new_tasks(void);
+
 #endif /* MAYFLYD_HOST_SEAL_H */

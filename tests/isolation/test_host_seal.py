@@ -61,6 +61,8 @@ def test_at_fork_callbacks_run_in_the_sandbox_only(sealed: IsolatedDaemon) -> No
         # worker's snapshot is taken after it).
         assert (seen["before"], seen["parent"], seen["child"]) == (0, 0, 1), seen
         assert seen["gc"] is True  # off in the host, back on in the sandbox
+        # Under the request filter (fork), or a filter of its own (reset worker).
+        assert seen["child_fork"] == "Operation not permitted", seen
 
 
 def test_the_programs_signal_handler_never_runs_in_the_host(sealed: IsolatedDaemon) -> None:
