@@ -112,15 +112,21 @@ static bool inherited_fds(const int *keep, size_t n_keep, int *fds, size_t max, 
     return true;
 }
 
-bool mf_private_files(const int *keep, size_t n_keep)
+/* step() on every inherited fd above 2 but keep's; stops at its first failure. */
+static bool each_inherited(const int *keep, size_t n_keep, bool (*step)(int fd))
 {
     int fds[MAX_INHERITED];
     size_t n;
 
     MF_TRY(inherited_fds(keep, n_keep, fds, MAX_INHERITED, &n));
     for (size_t i = 0; i < n; i++)
-        MF_TRY(reopen_private(fds[i]));
+        MF_TRY(step(fds[i]));
     return true;
+}
+
+bool mf_private_files(const int *keep, size_t n_keep)
+{
+    return each_inherited(keep, n_keep, reopen_private);
 }
 
 /* fd's target, for the error message ("?" if it cannot be read). */
@@ -171,11 +177,5 @@ static bool check_private(int fd)
 
 bool mf_private_files_check(const int *keep, size_t n_keep)
 {
-    int fds[MAX_INHERITED];
-    size_t n;
-
-    MF_TRY(inherited_fds(keep, n_keep, fds, MAX_INHERITED, &n));
-    for (size_t i = 0; i < n; i++)
-        MF_TRY(check_private(fds[i]));
-    return true;
+    return each_inherited(keep, n_keep, check_private);
 }
