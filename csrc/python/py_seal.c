@@ -17,12 +17,44 @@
  * in the host before the first fork. */
 static struct mf_sealed_signals sealed_signals;
 static int collector_was_enabled;
+/* _imp.acquire_lock and _imp.release_lock, taken before any tenant code:
+ * builtins, so calling them runs C only. */
+static PyObject *import_lock_acquire, *import_lock_release;
+
+/* The import lock is what PyOS_AfterFork_Child expects the fork to have
+ * been made under (3.13 releases it there, and aborts if it is not held);
+ * _PyImport_AcquireLock is not exported in 3.13, _imp's methods are. */
+static bool take_import_lock_methods(void)
+{
+    py_cleanup_ref PyObject *imp = PyImport_ImportModule("_imp");
+
+    if (imp == NULL)
+        return false;
+    import_lock_acquire = PyObject_GetAttrString(imp, "acquire_lock");
+    import_lock_release = PyObject_GetAttrString(imp, "release_lock");
+    return import_lock_acquire != NULL && import_lock_release != NULL;
+}
+
+static void call_import_lock(PyObject *method, const char *what)
+{
+    PyObject *r = PyObject_CallNoArgs(method);
+
+    if (r == NULL) {
+        /* Not PyErr_Print: it would call the program's sys.excepthook. */
+        PyErr_Clear();
+        mf_warn("host: %s the import lock around a fork failed", what);
+    }
+    Py_XDECREF(r);
+}
 
 PyObject *py_seal_host(const struct seal_inputs *in, const int *keep, size_t n_keep)
 {
-    py_cleanup_ref PyObject *runner = PyObject_CallNoArgs(in->load);
+    py_cleanup_ref PyObject *runner = NULL;
     py_cleanup_ref PyObject *frozen = NULL;
 
+    if (!take_import_lock_methods())
+        return NULL;
+    runner = PyObject_CallNoArgs(in->load);
     if (runner == NULL)
         return NULL;
     if (!PyCallable_Check(runner))
@@ -58,16 +90,20 @@ _Noreturn void py_sealed_exit(bool ok)
     _exit(ok ? 0 : 1);
 }
 
+/* PyOS_BeforeFork and PyOS_AfterFork_Parent without the program's before=
+ * and after_in_parent= callbacks: the import lock (the runtime's other
+ * locks guard against threads the sealed host does not have, and the
+ * child re-creates them). */
 void hook_sealed_before_fork(void *ctx)
 {
-    /* PyOS_BeforeFork would run the program's before= callbacks; its locks
-     * guard against other threads, and the sealed host has none. */
     (void)ctx;
+    call_import_lock(import_lock_acquire, "taking");
 }
 
 void hook_sealed_after_fork_parent(void *ctx)
 {
-    (void)ctx; /* PyOS_AfterFork_Parent: the program's after_in_parent= callbacks */
+    (void)ctx;
+    call_import_lock(import_lock_release, "releasing");
 }
 
 void hook_sealed_after_fork_child(void *ctx)

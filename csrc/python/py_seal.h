@@ -43,9 +43,10 @@ struct mf_fork_hooks;
 bool seal_or_check_runner(const struct seal_inputs *in, int ctrl_fd, int oom_fd, PyObject **runner,
                           struct mf_fork_hooks *hooks);
 
-/* Engine fork hooks for a sealed host: nothing in the host (PyOS_BeforeFork
- * and PyOS_AfterFork_Parent would run the program's at-fork callbacks
- * there), and in the sandbox the seal undone, then PyOS_AfterFork_Child. */
+/* Engine fork hooks for a sealed host: in the host, only the import lock
+ * taken and released around the fork (PyOS_BeforeFork and
+ * PyOS_AfterFork_Parent would run the program's at-fork callbacks there);
+ * in the sandbox the seal undone, then PyOS_AfterFork_Child. */
 void hook_sealed_before_fork(void *ctx);
 void hook_sealed_after_fork_parent(void *ctx);
 void hook_sealed_after_fork_child(void *ctx);
