@@ -83,6 +83,14 @@ def test_a_replaced_engine_is_never_called(sealed: IsolatedDaemon) -> None:
     assert ran(sealed)["engine"] == 0
 
 
+def test_the_host_runs_no_audited_python_after_on_init(sealed: IsolatedDaemon) -> None:
+    reply = sealed.get("sealed.localhost", "/audit")
+    assert reply.status == 200, reply.text
+    # The one event left is the loading's own, before the seal: listing the
+    # objects to make immortal (3.12+).
+    assert set(json.loads(reply.text)) <= {"gc.get_objects"}, reply.text
+
+
 def test_hosts_and_sandboxes_stay_non_dumpable(sealed: IsolatedDaemon) -> None:
     reply = sealed.get("sealed.localhost", "/dumpable")
     assert reply.status == 200, reply.text
