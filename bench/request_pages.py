@@ -1,6 +1,6 @@
 """Which pages one seed request writes in a reset worker, and why:
 
-    python -m bench.request_pages [--program PATH] [--runs 5] [--json OUT] [--immortal]
+    python -m bench.request_pages [--program PATH] [--runs 5] [--json OUT]
 
 Run it with each interpreter to compare (each needs mayflyd installed). One
 plain process, no daemon and no walls: it loads the program and warms the
@@ -10,7 +10,7 @@ then, as the reset engine does with a worker, forks a child per
 measurement from that sealed state. The child tracks every writable
 private mapping with the rewind's own tracker (mayflyd._mayfly.DirtyTracker)
 and runs one request through the worker's callables: the after-rewind
-hook, then the runner of make_runner on the arguments the C binding
+hook, then the program's RequestPath on a Request like the one the C binding
 passes (made once, before sealing). Every request in a worker starts from the same snapshot, so
 one request from the sealed state is what each of them writes.
 
@@ -209,20 +209,6 @@ def reachable(roots: Iterable[object], depth: int) -> dict[int, object]:
             nxt.extend(gc.get_referents(obj))
         level = nxt
     return seen
-
-
-def _immortalize() -> int:
-    """3.12+ experiment (--immortal): every object alive now made immortal,
-    as a host could do before gc.freeze(); how many were mortal."""
-    gc.unfreeze()
-    roots = [*gc.get_objects(), *sys.modules.values()]
-    gc.freeze()
-    made = 0
-    for address in reachable(roots, 3):
-        if not _immortal(address):
-            ctypes.c_ssize_t.from_address(address).value = 0xFFFFFFFF  # 3.12, 3.13: _Py_IMMORTAL_REFCNT
-            made += 1
-    return made
 
 
 @dataclass
@@ -494,7 +480,6 @@ def _critical(tracker: Any, whole: list[tuple[int, int]], steps: Steps) -> list[
 # request's own objects share), where building them in Python would add
 # the refcounts of every method and constant it used.
 _ARGS = (1, "GET", "/", "", [("Host", "t0.bench.localhost")], b"", "127.0.0.1:40000")
-_args = itertools.repeat(_ARGS).__next__
 
 
 @dataclass(frozen=True)
@@ -507,22 +492,29 @@ def _seal(program_path: Path) -> Sealed:
     """Load the program and seal the process as a host does."""
     from mayflyd import _mayfly
     from mayflyd.host import program as program_module
-    from mayflyd.host.sandbox_host import _after_rewind, make_runner
+    program_module.warm_up_request_path()
     program = program_module.load_program(program_path)
     program.init()
     constant = types.ModuleType("mayflyd_constant")
     constant.on_client_request = lambda: (lambda: ("text/plain", "x"))  # type: ignore[attr-defined]
-    program_module.warm_up_request_path(make_runner)
-    for _ in range(program_module.WARM_UP_CALLS):
-        _after_rewind()
-    runner, noop = make_runner(program), make_runner(Program := program_module.Program(constant))
+    _after_rewind = _mayfly.reseed_random
+    # The worker builds each request's Request in C and calls its program's
+    # RequestPath from C; here the Request is built once, before sealing,
+    # and reused (the worker's fresh one shares the pool pages the request's
+    # other objects write anyway).
+    request_args = itertools.repeat((program_module.Request(
+        id=_ARGS[0], method=_ARGS[1], path=_ARGS[2], query=_ARGS[3], headers=_ARGS[4], body=_ARGS[5],
+        client=_ARGS[6]),)).__next__
+    runner = program.request_path().respond
+    noop = (Program := program_module.Program(constant)).request_path().respond
     # The tool's own code, warm; never the tenant's handler (a host does not run it).
     idle = _mayfly.DirtyTracker()
     for _ in range(program_module.WARM_UP_CALLS):
-        _critical(idle, [], (_after_rewind, noop, _args))
+        _critical(idle, [], (_after_rewind, noop, request_args))
     idle.close()
     sys.stdout.flush()
     gc.collect()
+    _mayfly.immortalize_tracked()
     gc.freeze()
     # C callables (partial), so that no cold bytecode of the tool's runs in the window.
     request = functools.partial(program_module.Request, id=1, method="GET", path="/", query="",
@@ -535,8 +527,8 @@ def _seal(program_path: Path) -> Sealed:
         "_flush_std_streams()": (program_module._flush_std_streams, None, None),
         "after-rewind hook": (_after_rewind, None, None),
     }
-    return Sealed([(None, None, None), (_after_rewind, None, None), (_after_rewind, noop, _args),
-                   (_after_rewind, runner, _args)], parts)
+    return Sealed([(None, None, None), (_after_rewind, None, None), (_after_rewind, noop, request_args),
+                   (_after_rewind, runner, request_args)], parts)
 
 
 def _classify_child(steps: Steps) -> dict[str, Any]:
@@ -595,14 +587,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--program", type=Path, default=SEED)
     parser.add_argument("--runs", type=int, default=5, help="seed requests measured (each in its own child)")
     parser.add_argument("--json", type=Path, help="write every classified page here")
-    parser.add_argument("--immortal", action="store_true",
-                        help="3.12+ experiment: make every object alive at sealing immortal first")
     args = parser.parse_args(argv)
-    if args.immortal and sys.version_info < (3, 12):
-        parser.error("--immortal needs CPython 3.12 or later (immortal objects)")
     sealed = _seal(args.program)
-    if args.immortal:
-        print(f"--immortal: {_immortalize()} objects made immortal before the requests\n")
     phase_sets = [set(_in_child(lambda w=w: _pages_child(w))["pages"])  # type: ignore[misc]
                   for w in sealed.phases[:-1]]
     parts = {name: len(set(_in_child(lambda w=w: _pages_child(w))["pages"]) - phase_sets[0])  # type: ignore[misc]

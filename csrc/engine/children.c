@@ -709,11 +709,13 @@ static bool child_first_steps(struct mf_children *c, const int *keep, size_t n_k
 {
     /* First: a child must never outlive its host. */
     MF_TRY(mf_arm_parent_death(SIGKILL, "the host", c->host_pid, -1));
+    /* Before any tenant code, and before the next step makes this child
+     * dumpable for an instant: a sibling that opened its /proc/<pid>/mem
+     * then would find the host's memory, but none of its channels. */
+    MF_TRY(close_inherited(c, keep, n_keep));
     /* Before the request is read: its memory is charged to us, and if the
      * group runs out the OOM killer must take this child, not the host. */
     MF_TRY(mf_set_oom_score_adj(CHILD_OOM_SCORE_ADJ));
-    /* Before any tenant code. */
-    MF_TRY(close_inherited(c, keep, n_keep));
     /* Before tenant code, while /proc/self/fd may still be opened: a file
      * the program opened in on_init() must not share its offset. */
     return mf_private_files(keep, n_keep);

@@ -14,6 +14,7 @@
 #include "engine/reset_engine.h"
 #include "python/py_requests.h"
 #include "python/py_reset.h"
+#include "python/py_seal.h"
 #include "python/py_util.h"
 
 /* A pymalloc arena allocator that never unmaps: an arena freed by a
@@ -72,8 +73,9 @@ PyObject *py_serve_reset(PyObject *self, PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"ctrl_fd", "runner", "close_in_child", "after_rewind", "request_filter",
                              "cpu_ms", "memory_bytes", "nofile", "pool_size", "idle_ms", "verify",
-                             "concurrency", "queue", "oom_fd", "front_loops", NULL};
+                             "concurrency", "queue", "oom_fd", "front_loops", "load", "gc_freeze", "pid_one", NULL};
     struct reset_ctx ctx = {{0}, NULL};
+    struct seal_inputs seal = {0};
     struct mf_reset_hooks hooks = {{&ctx, hook_before_fork, hook_after_fork_parent, hook_after_fork_child,
                                     hook_interrupted, hook_handle},
                                    hook_prepare, hook_after_rewind};
@@ -85,14 +87,13 @@ PyObject *py_serve_reset(PyObject *self, PyObject *args, PyObject *kwargs)
     int verify = 0;
 
     (void)self;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iOOO|y*O&O&O&IO&pO&O&iI:serve_reset", kwlist, &cfg.ctrl_fd,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iOOO|y*O&O&O&IO&pO&O&iI$OOp:serve_reset", kwlist, &cfg.ctrl_fd,
                                      &ctx.serve.runner, &close_list, &ctx.after_rewind, &in.filter,
                                      uint32_converter, &cfg.limits.cpu_ms, uint64_converter, &cfg.limits.memory_bytes,
                                      uint32_converter, &cfg.limits.nofile, &cfg.pool_size, uint32_converter,
                                      &cfg.idle_ms, &verify, uint32_converter, &cfg.concurrency, uint32_converter,
-                                     &cfg.queue, &cfg.oom_fd, &cfg.front_loops))
-        return NULL;
-    if (!runner_check(ctx.serve.runner))
+                                     &cfg.queue, &cfg.oom_fd, &cfg.front_loops, &seal.load, &seal.gc_freeze,
+                                     &seal.pid_one))
         return NULL;
     if (!PyCallable_Check(ctx.after_rewind))
         return PyErr_Format(PyExc_TypeError, "after_rewind must be callable");
@@ -100,5 +101,10 @@ PyObject *py_serve_reset(PyObject *self, PyObject *args, PyObject *kwargs)
                            &cfg.request_filter_len))
         return NULL;
     cfg.verify = verify != 0;
+    /* Last before serving: the program's loading runs here, if load= is given. */
+    if (!seal_or_check_runner(&seal, cfg.ctrl_fd, cfg.oom_fd, &ctx.serve.runner, &hooks.base))
+        return NULL;
+    if (seal.load != NULL && seal.load != Py_None)
+        py_sealed_exit(mf_reset_serve(&cfg));
     return serve_result(mf_reset_serve(&cfg));
 }

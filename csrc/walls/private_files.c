@@ -8,9 +8,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include "base/log.h"
+
+#define MAX_INHERITED 1024
+#ifndef PROC_SUPER_MAGIC
+#define PROC_SUPER_MAGIC 0x9fa0
+#endif
 
 /* Flags that describe how a file was opened rather than what to do to it now. */
 #define REOPEN_FLAGS_KEPT (O_ACCMODE | O_APPEND | O_NONBLOCK | O_DIRECT | O_NOATIME | O_SYNC | O_DSYNC)
@@ -43,10 +49,13 @@ static bool reopen_private(int fd)
         return mf_err("lseek(fd %d, 0, SEEK_CUR)", fd);
     (void)snprintf(path, sizeof(path), "/proc/self/fd/%d", fd); /* cannot truncate: 64 > len */
     copy = open(path, (flags & REOPEN_FLAGS_KEPT) | O_CLOEXEC);
-    /* A file the sandbox may not open itself was opened before the identity
-     * drop, by the host's runtime rather than the program: it stays shared. */
-    if (copy < 0 && (errno == EACCES || errno == EPERM))
+    /* The seal refused such files (mf_private_files_check); one that gets
+     * here anyway is closed: shared, a request could write into the next. */
+    if (copy < 0 && (errno == EACCES || errno == EPERM)) {
+        if (close(fd) < 0)
+            return mf_err("close(fd %d, which the sandbox cannot reopen)", fd);
         return true;
+    }
     if (copy < 0)
         return mf_err("open(%s) to make fd %d private", path, fd);
     if (lseek(copy, offset, SEEK_SET) < 0) {
@@ -73,13 +82,13 @@ static bool kept(const int *keep, size_t n_keep, long fd)
     return false;
 }
 
-bool mf_private_files(const int *keep, size_t n_keep)
+/* The inherited fds above 2 but keep's, into fds[*n] (at most max). */
+static bool inherited_fds(const int *keep, size_t n_keep, int *fds, size_t max, size_t *n)
 {
     DIR *dir = opendir("/proc/self/fd");
-    int fds[1024];
-    size_t n = 0;
     struct dirent *entry;
 
+    *n = 0;
     if (dir == NULL) {
         /* No procfs in this sandbox's view (no walls at all): nothing to reopen through. */
         if (errno == ENOENT)
@@ -92,15 +101,81 @@ bool mf_private_files(const int *keep, size_t n_keep)
         long fd = strtol(entry->d_name, &end, 10);
         if (*end != '\0' || end == entry->d_name || fd <= 2 || kept(keep, n_keep, fd) || fd == dirfd(dir))
             continue;
-        if (n == sizeof(fds) / sizeof(fds[0])) {
+        if (*n == max) {
             (void)closedir(dir); /* already failing */
-            return mf_errx(EMFILE, "more than %zu inherited fds", n);
+            return mf_errx(EMFILE, "more than %zu inherited fds", max);
         }
-        fds[n++] = (int)fd;
+        fds[(*n)++] = (int)fd;
     }
     if (closedir(dir) < 0)
         return mf_err("closedir(/proc/self/fd)");
-    for (size_t i = 0; i < n; i++)
-        MF_TRY(reopen_private(fds[i]));
     return true;
+}
+
+/* step() on every inherited fd above 2 but keep's; stops at its first failure. */
+static bool each_inherited(const int *keep, size_t n_keep, bool (*step)(int fd))
+{
+    int fds[MAX_INHERITED];
+    size_t n;
+
+    MF_TRY(inherited_fds(keep, n_keep, fds, MAX_INHERITED, &n));
+    for (size_t i = 0; i < n; i++)
+        MF_TRY(step(fds[i]));
+    return true;
+}
+
+bool mf_private_files(const int *keep, size_t n_keep)
+{
+    return each_inherited(keep, n_keep, reopen_private);
+}
+
+/* fd's target, for the error message ("?" if it cannot be read). */
+static void describe_fd(int fd, char *out, size_t size)
+{
+    char path[64];
+    ssize_t len;
+
+    (void)snprintf(path, sizeof(path), "/proc/self/fd/%d", fd); /* cannot truncate: 64 > len */
+    len = readlink(path, out, size - 1);
+    if (len < 0)
+        len = snprintf(out, size, "?");
+    out[len] = '\0';
+}
+
+/* Whether a sandbox could reopen fd as mf_private_files does: the host,
+ * with the same identity, tries. A file in /proc is refused outright: it
+ * names the host (its /proc/self/mem is the host's memory), not the
+ * sandbox, and the host could open what no sandbox can. */
+static bool check_private(int fd)
+{
+    char path[64], target[256];
+    struct stat st;
+    struct statfs fs;
+    int copy;
+
+    if (fstat(fd, &st) < 0)
+        return mf_err("fstat(fd %d)", fd);
+    if (!S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode))
+        return true; /* devices stay, the rest is closed in every sandbox */
+    if (fstatfs(fd, &fs) < 0)
+        return mf_err("fstatfs(fd %d)", fd);
+    describe_fd(fd, target, sizeof(target));
+    if (fs.f_type == PROC_SUPER_MAGIC)
+        return mf_errx(EACCES, "on_init() left fd %d open on %s, in /proc: every request would share it "
+                               "(and through it the host); close it before on_init() returns", fd, target);
+    (void)snprintf(path, sizeof(path), "/proc/self/fd/%d", fd); /* cannot truncate: 64 > len */
+    copy = open(path, O_RDONLY | O_CLOEXEC | (S_ISDIR(st.st_mode) ? O_DIRECTORY : 0));
+    if (copy < 0 && (errno == EACCES || errno == EPERM))
+        return mf_errx(EACCES, "on_init() left fd %d open on %s, which a request cannot reopen as its own: "
+                               "every request would share it; close it before on_init() returns", fd, target);
+    if (copy < 0)
+        return mf_err("open(%s) to check fd %d", path, fd);
+    if (close(copy) < 0)
+        return mf_err("close(fd %d)", copy);
+    return true;
+}
+
+bool mf_private_files_check(const int *keep, size_t n_keep)
+{
+    return each_inherited(keep, n_keep, check_private);
 }

@@ -16,8 +16,16 @@
  * with its access mode and offset, over the same fd number; a pipe, socket
  * or other kernel object (epoll, eventfd, timerfd) is closed, since every
  * sandbox would share it; devices stay. A file the sandbox may not open
- * itself (opened by the host's runtime before the identity drop) stays.
+ * itself is closed: never shared (the seal refuses those, below).
  */
 bool mf_private_files(const int *keep, size_t n_keep);
+
+/*
+ * In the host, at the seal: fails (EACCES, naming the fd and its file) if
+ * an inherited fd above 2 but keep's is a file a sandbox could not make
+ * its own: one in /proc (it names the host: /proc/self/mem is the host's
+ * memory) or one the host's identity cannot reopen.
+ */
+bool mf_private_files_check(const int *keep, size_t n_keep);
 
 #endif /* MAYFLYD_PRIVATE_FILES_H */

@@ -168,37 +168,69 @@ def _build_walls(spec: HostSpec) -> int:
     return oom_fd
 
 
-def _seal(spec: HostSpec) -> str | None:
-    """Leave nothing of on_init() running beside the host; an error text if that cannot be."""
-    if spec.mode in ("root", "userns"):
-        # pid 1 of the tenant's pid namespace: every other process in it is a
-        # leftover of on_init(), holding the channels it inherited.
-        try:
-            os.kill(-1, signal.SIGKILL)
-        except ProcessLookupError:
-            pass  # none
-        while True:
-            try:
-                os.waitpid(-1, 0)
-            except ChildProcessError:
-                break
+def _count_threads_without_proc() -> str | None:
+    """The thread check where /proc cannot be listed (no walls): the C seal
+    counts /proc/self/task where it can. An error text if threads are left."""
     if os.path.isdir("/proc/self/task"):
-        threads = len(os.listdir("/proc/self/task"))
-    else:
-        # Imported only here: a zygote without threading spares every host
-        # its after-fork work (and the pages it would copy).
-        import threading
-        threads = threading.active_count()
+        return None
+    # Imported only here: a zygote without threading spares every host
+    # its after-fork work (and the pages it would copy).
+    import threading
+    threads = threading.active_count()
     if threads > 1:
         return (f"on_init() left {threads - 1} thread(s) running; a host must be single-threaded "
                 "before it serves (a thread would see every request's channel)")
     return None
 
 
+def _warm_up(spec: HostSpec, forked_by_zygote: bool) -> None:
+    """Sandboxes start from the state sealed with the host: specialise the
+    daemon's own per-request code now, before the program loads (after
+    it, the host runs no Python), not in every sandbox (a zygote did)."""
+    if not forked_by_zygote:
+        warm_up_request_path()
+
+
+def _loader(spec: HostSpec) -> _mayfly.Loader:
+    """What the engine calls to load the program: import, on_init(), then
+    what must happen while Python may still run in the host. Everything
+    after it returns is the engine's C (py_seal.c): the seal, then serving."""
+    def load() -> _mayfly.Runner:
+        # cwd '' on sys.path would let a file in the sandbox's root shadow stdlib.
+        sys.path[:] = [p for p in sys.path if p not in ("", ".")]
+        # The sandbox's root is read-only: every attempt to write a .pyc would fail.
+        sys.dont_write_bytecode = True
+        try:
+            program = load_program(Path(spec.program))
+            program.init()
+        except ProgramError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - anything else from tenant code is a failed load too
+            traceback.print_exc()
+            raise ProgramError(f"loading the program failed: {type(exc).__name__}: {exc}") from None
+        sys.stdout.flush()
+        sys.stderr.flush()
+        problem = _count_threads_without_proc()
+        if problem is not None:
+            raise ProgramError(problem)
+        # Objects that exist now live as long as the host: keep the collector
+        # from touching (and so copying) their pages in every sandbox, and
+        # (3.12+) requests from writing their reference counts. A zygote's own
+        # are immortal and frozen already: not listed, so not written here.
+        # Finalizers the collection runs are the program's last code in the
+        # host; the C seal then checks what it left (processes, threads) and
+        # freezes.
+        gc.collect()
+        _mayfly.immortalize_tracked()
+        return program.request_path()
+    return load
+
+
 def serve(spec: HostSpec, *, forked_by_zygote: bool = False, oom_fd: int = -1) -> int:
     """Run the host; forked_by_zygote: already in its namespaces, dying
     with its parent, and with the daemon's request path warm, its cgroup's
-    memory events at oom_fd (-1: none)."""
+    memory events at oom_fd (-1: none). Returns only if the program could
+    not be loaded or sealed: a sealed host exits from C when it stops."""
     ctrl = socket.socket(fileno=spec.ctrl_fd)
     # Not across exec: nothing on_init() runs may inherit the channel.
     ctrl.set_inheritable(False)
@@ -214,59 +246,34 @@ def serve(spec: HostSpec, *, forked_by_zygote: bool = False, oom_fd: int = -1) -
         except (OSError, ValueError) as exc:
             _report_load_failure(ctrl, f"sandbox setup failed: {exc}")
             return 1
-    # cwd '' on sys.path would let a file in the sandbox's root shadow stdlib.
-    sys.path[:] = [p for p in sys.path if p not in ("", ".")]
-    # The sandbox's root is read-only: every attempt to write a .pyc would fail.
-    sys.dont_write_bytecode = True
-    try:
-        program = load_program(Path(spec.program))
-        program.init()
-    except ProgramError as exc:
-        _report_load_failure(ctrl, str(exc))
-        return 1
-    except BaseException as exc:  # noqa: BLE001 - anything else from tenant code is a failed load too
-        traceback.print_exc()
-        _report_load_failure(ctrl, f"loading the program failed: {type(exc).__name__}: {exc}")
-        return 1
-    sys.stdout.flush()
-    sys.stderr.flush()
-    problem = _seal(spec)
-    if problem is not None:
-        _report_load_failure(ctrl, problem)
-        return 1
     # Tenant code yields to the daemon (front end, reloads, restarts) when
     # the CPU is short; raising one's own nice value needs no privilege.
     os.setpriority(os.PRIO_PROCESS, 0, SERVING_NICE)
-    # Sandboxes start from the state sealed here: specialise the daemon's
-    # own per-request code now, not in every one of them (a zygote did).
-    if not forked_by_zygote:
-        warm_up_request_path()
-    # Objects that exist now live as long as the host: keep the collector
-    # from touching (and so copying) their pages in every sandbox, and
-    # (3.12+) requests from writing their reference counts. A zygote's own
-    # are immortal and frozen already: not listed, so not written here.
-    gc.collect()
-    _mayfly.immortalize_tracked()
-    gc.freeze()
+    _warm_up(spec, forked_by_zygote)
+    # Everything the engine needs is taken now, before any tenant code runs:
+    # after on_init() the program could have replaced any module's function
+    # (this one's included), and nothing it replaced may run in the host.
     request_filter = binascii.a2b_base64(spec.request_filter)
+    seal: dict[str, Any] = {"load": _loader(spec), "gc_freeze": gc.freeze, "pid_one": spec.mode in ("root", "userns")}
     try:
         if spec.engine == "reset":
-            # Before each request: the rewind brought random's generator
-            # back to its sealed state.
-            _mayfly.serve_reset(ctrl.fileno(), program.request_path(), [], _mayfly.reseed_random,
+            _mayfly.serve_reset(ctrl.fileno(), None, [], _mayfly.reseed_random,
                                 request_filter=request_filter, cpu_ms=spec.request_cpu_ms,
                                 memory_bytes=spec.request_memory, nofile=spec.nofile, pool_size=spec.pool,
                                 idle_ms=spec.pool_idle_ms, verify=spec.verify_rewind,
                                 concurrency=spec.concurrency, queue=spec.queue, oom_fd=oom_fd,
-                                front_loops=spec.front_loops)
+                                front_loops=spec.front_loops, **seal)
         else:
-            _mayfly.serve_fork(ctrl.fileno(), program.request_path(), [], request_filter=request_filter,
+            _mayfly.serve_fork(ctrl.fileno(), None, [], request_filter=request_filter,
                                cpu_ms=spec.request_cpu_ms, memory_bytes=spec.request_memory, nofile=spec.nofile,
-                               concurrency=spec.concurrency, queue=spec.queue, oom_fd=oom_fd)
-    finally:
-        if oom_fd >= 0:
-            os.close(oom_fd)
-    return 0
+                               concurrency=spec.concurrency, queue=spec.queue, oom_fd=oom_fd, **seal)
+    except ProgramError as exc:
+        _report_load_failure(ctrl, str(exc))
+    except OSError as exc:  # the seal's checks: a thread or a file on_init() left, ...
+        _report_load_failure(ctrl, f"sealing the host failed: {exc.strerror or exc}")
+    except BaseException as exc:  # noqa: BLE001 - a signal handler of the program's, raising
+        _report_load_failure(ctrl, f"loading the program failed: {type(exc).__name__}: {exc}")
+    return 1
 
 
 def main() -> None:
