@@ -29,6 +29,8 @@ from typing import Any
 
 from mayflyd import _mayfly
 from mayflyd.host.program import WARM_UP_CALLS, Program, ProgramError, Request, load_program, warm_up_request_path
+from mayflyd.host.shared_memory import shared_memory_left
+from mayflyd.host.stdio import own_stdin
 from mayflyd.protocol import MsgType, pack_frame
 
 __all__ = ["HostSpec", "main"]
@@ -194,7 +196,8 @@ def _after_rewind() -> None:
 
 
 def _seal(spec: HostSpec) -> str | None:
-    """Leave nothing of on_init() running beside the host; an error text if that cannot be."""
+    """Leave nothing of on_init() running beside the host; an error text if
+    that cannot be, or if it left memory every request would share."""
     if spec.mode in ("root", "userns"):
         # pid 1 of the tenant's pid namespace: every other process in it is a
         # leftover of on_init(), holding the channels it inherited.
@@ -217,7 +220,8 @@ def _seal(spec: HostSpec) -> str | None:
     if threads > 1:
         return (f"on_init() left {threads - 1} thread(s) running; a host must be single-threaded "
                 "before it serves (a thread would see every request's channel)")
-    return None
+    # After the kill: what a leftover process held is gone with it.
+    return shared_memory_left()
 
 
 def serve(spec: HostSpec, *, forked_by_zygote: bool = False, oom_fd: int = -1) -> int:
@@ -233,12 +237,14 @@ def serve(spec: HostSpec, *, forked_by_zygote: bool = False, oom_fd: int = -1) -
         # Dies with its parent; the check inside catches a parent that died
         # before the signal was armed.
         _mayfly.set_parent_death_signal(signal.SIGKILL, spec.parent_pid)
-    if not forked_by_zygote:
-        try:
+    try:
+        if not forked_by_zygote:
             oom_fd = _build_walls(spec)
-        except (OSError, ValueError) as exc:
-            _report_load_failure(ctrl, f"sandbox setup failed: {exc}")
-            return 1
+        # Before any tenant code: fd 0 must be no other tenant's.
+        own_stdin()
+    except (OSError, ValueError) as exc:
+        _report_load_failure(ctrl, f"sandbox setup failed: {exc}")
+        return 1
     # cwd '' on sys.path would let a file in the sandbox's root shadow stdlib.
     sys.path[:] = [p for p in sys.path if p not in ("", ".")]
     # The sandbox's root is read-only: every attempt to write a .pyc would fail.

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mayflyd.host.sandbox_host import HostSpec
+from mayflyd.host.stdio import let_sandboxes_reopen
 from mayflyd.host.zygote import MAX_MESSAGE
 
 __all__ = ["FdChannel", "ZygoteClient", "ZygoteChild", "ZygoteError", "python_argv"]
@@ -39,6 +40,36 @@ def python_argv(module: str, *args: str) -> list[str]:
 
 class ZygoteError(Exception):
     """The zygote could not fork a host."""
+
+
+def output_pipes() -> tuple[tuple[int, int], tuple[int, int]]:
+    """A host's stdout and stderr pipes: ((stdout_r, stdout_w), (stderr_r, stderr_w)).
+
+    Pipes, not the socketpairs uvloop would make: each sandbox reopens the
+    write ends for a file description of its own (host/stdio.py).
+    """
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    try:
+        let_sandboxes_reopen(out_w)
+        let_sandboxes_reopen(err_w)
+    except OSError:
+        for fd in (out_r, out_w, err_r, err_w):
+            os.close(fd)
+        raise
+    return (out_r, out_w), (err_r, err_w)
+
+
+async def read_output(stdout_fd: int, stderr_fd: int, stdout: asyncio.StreamReader,
+                      stderr: asyncio.StreamReader) -> list[asyncio.BaseTransport]:
+    """Read a host's output pipes (taken over) into its two streams; the transports to close."""
+    loop = asyncio.get_running_loop()
+    transports: list[asyncio.BaseTransport] = []
+    for fd, reader in ((stdout_fd, stdout), (stderr_fd, stderr)):
+        protocol = asyncio.StreamReaderProtocol(reader)
+        transport, _ = await loop.connect_read_pipe(lambda: protocol, os.fdopen(fd, "rb", 0))
+        transports.append(transport)
+    return transports
 
 
 class ZygoteChild:
@@ -64,11 +95,7 @@ class ZygoteChild:
         self._loop.add_reader(pidfd, self._pidfd_readable)
 
     async def attach_output(self, stdout_fd: int, stderr_fd: int) -> None:
-        pipes = [os.fdopen(stdout_fd, "rb", 0), os.fdopen(stderr_fd, "rb", 0)]
-        for pipe, reader in zip(pipes, (self.stdout, self.stderr)):
-            protocol = asyncio.StreamReaderProtocol(reader)
-            transport, _ = await self._loop.connect_read_pipe(lambda: protocol, pipe)
-            self._transports.append(transport)
+        self._transports += await read_output(stdout_fd, stderr_fd, self.stdout, self.stderr)
 
     def kill(self) -> None:
         if self.returncode is None:
@@ -128,8 +155,7 @@ class ZygoteClient:
         self._next_spawn += 1
         n = self._next_spawn
         future: asyncio.Future[ZygoteChild] = asyncio.get_running_loop().create_future()
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
+        (out_r, out_w), (err_r, err_w) = output_pipes()
         try:
             message = json.dumps({"spawn": n, "spec": spec.to_json(), "env": dict(env)}).encode()
             if len(message) > MAX_MESSAGE:
