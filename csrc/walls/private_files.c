@@ -72,7 +72,8 @@ static bool reopen_private(int fd)
 
 /*
  * fds 0-2 are the host's: /dev/null, and its stdout and stderr pipes to the
- * supervisor (made writable by the tenant's uid, host/stdio.py). Each
+ * supervisor (which lets the tenant's uid reopen them for writing:
+ * host/stdio.py). Each
  * sandbox gets an open file description of its own of the same object, so
  * that the status flags (O_NONBLOCK, O_DIRECT) and the locks a request sets
  * on it are its own, and go with it.
@@ -97,7 +98,7 @@ static bool reopen_stdio(int fd)
     (void)snprintf(path, sizeof(path), "/proc/self/fd/%d", fd); /* cannot truncate: 64 > len */
     /* O_NONBLOCK: a pipe whose reader is gone fails at once (ENXIO) rather
      * than waiting for a reader that will never come. */
-    copy = open(path, (flags & O_ACCMODE) | O_NONBLOCK | O_CLOEXEC);
+    copy = open(path, (flags & O_ACCMODE) | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
     /* A pipe the tenant may not open (a daemon that made it with mode
      * 0600), or already without a reader: it stays the host's. */
     if (copy < 0 && (errno == EACCES || errno == EPERM || errno == ENXIO))

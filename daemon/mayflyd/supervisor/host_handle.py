@@ -34,7 +34,7 @@ from mayflyd.protocol import (
     WorkerReplaced,
 )
 from mayflyd.supervisor.logs import OutputBudget
-from mayflyd.supervisor.zygote_client import ZygoteClient, ZygoteError, output_pipes, python_argv, read_output
+from mayflyd.supervisor.zygote_client import HostOutput, ZygoteClient, ZygoteError, output_pipes, python_argv
 
 __all__ = ["SandboxHost", "HostStartError"]
 
@@ -68,18 +68,13 @@ class HostProcess(Protocol):
     def close(self) -> None: ...
 
 
-class ExecChild:
+class ExecChild(HostOutput):
     """A host started as a fresh interpreter, the supervisor's own child."""
 
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        super().__init__()
         self._proc = proc
         self.pid = proc.pid
-        self.stdout = asyncio.StreamReader()
-        self.stderr = asyncio.StreamReader()
-        self._transports: list[asyncio.BaseTransport] = []
-
-    async def attach_output(self, stdout_fd: int, stderr_fd: int) -> None:
-        self._transports += await read_output(stdout_fd, stderr_fd, self.stdout, self.stderr)
 
     @property
     def returncode(self) -> int | None:
@@ -93,12 +88,6 @@ class ExecChild:
 
     async def wait(self) -> int:
         return await self._proc.wait()
-
-    def close(self) -> None:
-        """Stop reading its output (the relays are done with it)."""
-        for transport in self._transports:
-            transport.close()
-        self._transports.clear()
 
 
 class SandboxHost:
@@ -214,12 +203,7 @@ class SandboxHost:
         finally:
             os.close(out_w)
             os.close(err_w)
-        try:
-            await child.attach_output(out_r, err_r)
-        except BaseException:
-            child.kill()  # nobody will own it
-            child.close()
-            raise
+        await child.attach_output(out_r, err_r)
         return child
 
     async def kill(self) -> None:

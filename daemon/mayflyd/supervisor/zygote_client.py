@@ -60,19 +60,39 @@ def output_pipes() -> tuple[tuple[int, int], tuple[int, int]]:
     return (out_r, out_w), (err_r, err_w)
 
 
-async def read_output(stdout_fd: int, stderr_fd: int, stdout: asyncio.StreamReader,
-                      stderr: asyncio.StreamReader) -> list[asyncio.BaseTransport]:
-    """Read a host's output pipes (taken over) into its two streams; the transports to close."""
-    loop = asyncio.get_running_loop()
-    transports: list[asyncio.BaseTransport] = []
-    for fd, reader in ((stdout_fd, stdout), (stderr_fd, stderr)):
-        protocol = asyncio.StreamReaderProtocol(reader)
-        transport, _ = await loop.connect_read_pipe(lambda: protocol, os.fdopen(fd, "rb", 0))
-        transports.append(transport)
-    return transports
+class HostOutput:
+    """A host's stdout and stderr streams, read from the pipes of output_pipes()."""
+
+    def __init__(self) -> None:
+        self.stdout = asyncio.StreamReader()
+        self.stderr = asyncio.StreamReader()
+        self._transports: list[asyncio.BaseTransport] = []
+
+    def kill(self) -> None:
+        raise NotImplementedError
+
+    async def attach_output(self, stdout_fd: int, stderr_fd: int) -> None:
+        """Read the pipes' read ends (taken over); if that fails, the host is
+        killed: nobody would own it."""
+        loop = asyncio.get_running_loop()
+        try:
+            for fd, reader in ((stdout_fd, self.stdout), (stderr_fd, self.stderr)):
+                protocol = asyncio.StreamReaderProtocol(reader)
+                transport, _ = await loop.connect_read_pipe(lambda: protocol, os.fdopen(fd, "rb", 0))
+                self._transports.append(transport)
+        except BaseException:
+            self.kill()
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Stop reading its output (the relays are done with it)."""
+        for transport in self._transports:
+            transport.close()
+        self._transports.clear()
 
 
-class ZygoteChild:
+class ZygoteChild(HostOutput):
     """A host forked by the zygote: pid, output streams, wait() and kill().
 
     Its end is known twice: the zygote reports its wait status, and its
@@ -86,16 +106,12 @@ class ZygoteChild:
         self.pid = pid
         self._pidfd = pidfd
         self.returncode: int | None = None
-        self.stdout = asyncio.StreamReader()
-        self.stderr = asyncio.StreamReader()
-        self._transports: list[asyncio.BaseTransport] = []
+        super().__init__()
         self._exited = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         self._no_report: asyncio.TimerHandle | None = None
         self._loop.add_reader(pidfd, self._pidfd_readable)
 
-    async def attach_output(self, stdout_fd: int, stderr_fd: int) -> None:
-        self._transports += await read_output(stdout_fd, stderr_fd, self.stdout, self.stderr)
 
     def kill(self) -> None:
         if self.returncode is None:
@@ -108,12 +124,6 @@ class ZygoteChild:
         await self._exited.wait()
         assert self.returncode is not None
         return self.returncode
-
-    def close(self) -> None:
-        """Stop reading its output (the relays are done with it)."""
-        for transport in self._transports:
-            transport.close()
-        self._transports.clear()
 
     def ended(self, returncode: int) -> None:
         """Its end, as the zygote reports it (or as the pidfd tells, late)."""
@@ -174,12 +184,7 @@ class ZygoteClient:
             self._pending.pop(n, None)
             os.close(out_w)
             os.close(err_w)
-        try:
-            await child.attach_output(out_r, err_r)
-        except BaseException:
-            child.kill()  # nobody will own it
-            child.close()
-            raise
+        await child.attach_output(out_r, err_r)
         return child
 
     async def close(self) -> None:
