@@ -21,6 +21,19 @@
 /* Flags that describe how a file was opened rather than what to do to it now. */
 #define REOPEN_FLAGS_KEPT (O_ACCMODE | O_APPEND | O_NONBLOCK | O_DIRECT | O_NOATIME | O_SYNC | O_DSYNC)
 
+/* The private copy over the fd number the program holds (dup3 closes the shared one). */
+static bool put_in_place(int copy, int fd, int fd_flags)
+{
+    if (dup3(copy, fd, (fd_flags & FD_CLOEXEC) ? O_CLOEXEC : 0) < 0) {
+        mf_err("dup3(%d, %d)", copy, fd);
+        (void)close(copy); /* already failing; the dup3 error is the one to report */
+        return false;
+    }
+    if (close(copy) < 0)
+        return mf_err("close(fd %d)", copy);
+    return true;
+}
+
 static bool reopen_private(int fd)
 {
     char path[64];
@@ -63,15 +76,51 @@ static bool reopen_private(int fd)
         (void)close(copy); /* already failing; the lseek error is the one to report */
         return false;
     }
-    /* dup3 keeps the fd number the program holds; it closes the shared one. */
-    if (dup3(copy, fd, (fd_flags & FD_CLOEXEC) ? O_CLOEXEC : 0) < 0) {
-        mf_err("dup3(%d, %d)", copy, fd);
-        (void)close(copy); /* as above */
+    return put_in_place(copy, fd, fd_flags);
+}
+
+/*
+ * fds 0-2 are the host's: /dev/null, and its stdout and stderr pipes to the
+ * supervisor (which lets the tenant's uid reopen them for writing:
+ * host/stdio.py). Each
+ * sandbox gets an open file description of its own of the same object, so
+ * that the status flags (O_NONBLOCK, O_DIRECT) and the locks a request sets
+ * on it are its own, and go with it.
+ */
+static bool reopen_stdio(int fd)
+{
+    char path[64];
+    struct stat st;
+    int flags, fd_flags, copy;
+
+    if (fstat(fd, &st) < 0)
+        return errno == EBADF ? true : mf_err("fstat(fd %d)", fd);
+    /* A socket cannot be reopened (ENXIO); a file keeps its offset too. */
+    if (S_ISSOCK(st.st_mode))
+        return true;
+    if (S_ISREG(st.st_mode))
+        return reopen_private(fd);
+    if ((flags = fcntl(fd, F_GETFL)) < 0)
+        return mf_err("fcntl(fd %d, F_GETFL)", fd);
+    if ((fd_flags = fcntl(fd, F_GETFD)) < 0)
+        return mf_err("fcntl(fd %d, F_GETFD)", fd);
+    (void)snprintf(path, sizeof(path), "/proc/self/fd/%d", fd); /* cannot truncate: 64 > len */
+    /* O_NONBLOCK: a pipe whose reader is gone fails at once (ENXIO) rather
+     * than waiting for a reader that will never come. */
+    copy = open(path, (flags & O_ACCMODE) | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+    /* A pipe the tenant may not open (a daemon that made it with mode
+     * 0600), or already without a reader: it stays the host's. */
+    if (copy < 0 && (errno == EACCES || errno == EPERM || errno == ENXIO))
+        return true;
+    if (copy < 0)
+        return mf_err("open(%s) to make fd %d private", path, fd);
+    /* The host's status flags, O_NONBLOCK as the host has it. */
+    if (fcntl(copy, F_SETFL, flags) < 0) {
+        mf_err("fcntl(%s, F_SETFL, %#x)", path, (unsigned)flags);
+        (void)close(copy); /* already failing; the fcntl error is the one to report */
         return false;
     }
-    if (close(copy) < 0)
-        return mf_err("close(fd %d)", copy);
-    return true;
+    return put_in_place(copy, fd, fd_flags);
 }
 
 static bool kept(const int *keep, size_t n_keep, long fd)
@@ -126,6 +175,9 @@ static bool each_inherited(const int *keep, size_t n_keep, bool (*step)(int fd))
 
 bool mf_private_files(const int *keep, size_t n_keep)
 {
+    for (int fd = 0; fd <= 2; fd++)
+        if (!kept(keep, n_keep, fd))
+            MF_TRY(reopen_stdio(fd));
     return each_inherited(keep, n_keep, reopen_private);
 }
 

@@ -17,6 +17,9 @@
  * or other kernel object (epoll, eventfd, timerfd) is closed, since every
  * sandbox would share it; devices stay. A file the sandbox may not open
  * itself is closed: never shared (the seal refuses those, below).
+ * fds 0-2 (unless kept) get an open file description of their own of the
+ * same object, a pipe or /dev/null included, with the host's status flags:
+ * a flag or lock a request sets on its stdio is its own.
  */
 bool mf_private_files(const int *keep, size_t n_keep);
 

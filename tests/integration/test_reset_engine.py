@@ -124,7 +124,7 @@ def on_client_request(request):
     q = request.query
     if "nosig" not in q:                      # the sigaction gate's quick path: nothing to put back
         signal.signal(signal.SIGUSR1, lambda *_: None)
-    os.set_blocking(1, False)                 # the file description's flags, shared with the host
+    os.set_blocking(1, False)                 # the worker's own file description's flags
     open(__file__, "rb")                      # an fd left open
     import colorsys                           # a module imported in the request
     if "alarm" in q:

@@ -422,3 +422,57 @@ def on_client_request(request):
     if attack is None:
         return 404, {}, "no such attack"
     return observed(lambda: attack(request))
+
+
+# ---- stdio, locks, address families, headers (tests/isolation/test_walls_more.py) ----
+
+def stdio_flags():
+    """O_NONBLOCK on fds 0-2, as this request sees them."""
+    import fcntl
+    return json.dumps([bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK) for fd in (0, 1, 2)])
+
+
+def stdio_set_nonblocking_and_hold(seconds):
+    """Set O_NONBLOCK on fds 0-2, then stay: a concurrent request must not see it."""
+    for fd in (0, 1, 2):
+        os.set_blocking(fd, False)
+    time.sleep(seconds)
+    return stdio_flags()
+
+
+def pipe_size(fd):
+    import fcntl
+    return fcntl.fcntl(fd, 1031, 4096)  # F_SETPIPE_SZ: the pipe itself, shared by every request
+
+
+def flock_shared_file():
+    import fcntl
+    with open(os.__file__, "rb") as f:  # /usr: every tenant can open it
+        fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+
+
+MORE_ATTACKS = {
+    "/stdio/flags": lambda r: stdio_flags(),
+    "/stdio/set-nonblocking": lambda r: stdio_set_nonblocking_and_hold(float(r.query or 0)),
+    "/stdio/pipe-size": lambda r: pipe_size(2),
+    "/lock/flock-usr": lambda r: flock_shared_file(),
+    "/net/vsock": lambda r: socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM).close(),
+}
+# Answers the program gives as they are (not an observed outcome): headers
+# with control bytes, which the front end must turn into a 502.
+RAW_ANSWERS = {
+    "/protocol/header-ctl-01": lambda r: (200, [("X-Bad", "a\x01b")], "x"),
+    "/protocol/header-ctl-7f": lambda r: (200, [("X-Bad", "a\x7fb")], "x"),
+    "/protocol/header-ctl-1f": lambda r: (200, [("X-Bad", "a\x1fb")], "x"),
+    "/protocol/header-name-space": lambda r: (200, [("X Bad", "v")], "x"),
+    "/protocol/header-tab-ok": lambda r: (200, [("X-Good", "a\tb")], "x"),
+}
+_on_client_request_before = on_client_request
+
+
+def on_client_request(request):  # extends the one above
+    if request.path in RAW_ANSWERS:
+        return RAW_ANSWERS[request.path](request)
+    if request.path in MORE_ATTACKS:
+        return observed(lambda: MORE_ATTACKS[request.path](request))
+    return _on_client_request_before(request)

@@ -38,6 +38,7 @@ _LIBC.syscall.restype = ctypes.c_long
 
 # x86_64 syscall numbers for the probes Python has no wrapper for
 _NR_GETPID = 39
+_NR_SOCKET = 41
 _NR_CLONE = 56
 _NR_PTRACE = 101
 _NR_PERSONALITY = 135
@@ -54,6 +55,7 @@ _CLONE_NEWNS = 0x0002_0000
 _CLONE_NEWUSER = 0x1000_0000
 _PTRACE_ATTACH = 16
 _F_SETOWN = 8
+_F_SETPIPE_SZ = 1031
 _TIOCSTI = 0x5412
 _EPERM = "errno:EPERM"
 
@@ -424,6 +426,15 @@ def _dangerous_calls(sleeper: int) -> dict[str, Callable[[], object]]:
         "ptrace": lambda: _syscall(_NR_PTRACE, _PTRACE_ATTACH, sleeper, 0, 0),
         "socket AF_INET": lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM).close(),
         "socket AF_NETLINK": lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW).close(),
+        # Not namespaced: it reaches the machine's hypervisor whatever the network namespace.
+        "socket AF_VSOCK": lambda: socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM).close(),
+        "socket AF_ALG": lambda: socket.socket(socket.AF_ALG, socket.SOCK_SEQPACKET).close(),
+        # AF_VSOCK with upper bits set: the kernel truncates the int, the filter must not.
+        "socket AF_VSOCK, upper bits": lambda: os.close(_syscall(_NR_SOCKET, (1 << 32) | socket.AF_VSOCK,
+                                                                 socket.SOCK_STREAM, 0)),
+        "socketpair AF_VSOCK": lambda: socket.socketpair(socket.AF_VSOCK, socket.SOCK_STREAM),
+        "flock": _flock,
+        "fcntl F_SETPIPE_SZ": _fcntl_setpipe_sz,
         "unshare": lambda: _syscall(_NR_UNSHARE, _CLONE_NEWNS),
         "mount": mount,
         "keyctl": lambda: _syscall(_NR_KEYCTL, 0, -3, 0),  # KEYCTL_GET_KEYRING_ID, session
@@ -450,6 +461,22 @@ def _fcntl_setown() -> None:
     r, w = os.pipe()
     try:
         fcntl.fcntl(r, _F_SETOWN, os.getppid())  # would aim SIGIO at another process
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def _flock() -> None:
+    import fcntl
+    with open(__file__, "rb") as f:  # a file every tenant could open: a channel between them
+        fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+
+
+def _fcntl_setpipe_sz() -> None:
+    import fcntl
+    r, w = os.pipe()  # stderr is the host's pipe, shared by every request
+    try:
+        fcntl.fcntl(w, _F_SETPIPE_SZ, 4096)
     finally:
         os.close(r)
         os.close(w)
@@ -574,12 +601,24 @@ def test_loading_phase_allows_fork_and_threads(eperm: SeccompFilters) -> None:
 
 def test_loading_phase_denies_the_dangerous_calls(eperm: SeccompFilters, sleeper: int) -> None:
     must_deny = ("ptrace", "mount", "unshare", "bpf", "keyctl", "userfaultfd", "io_uring_setup",
-                 "socket AF_NETLINK", "clone with CLONE_NEWUSER", "personality", "ioctl TIOCSTI")
-    still_allowed = ("kill", "socket AF_INET", "setrlimit")  # on_init may need them
+                 "socket AF_NETLINK", "socket AF_VSOCK", "socket AF_ALG", "socket AF_VSOCK, upper bits",
+                 "socketpair AF_VSOCK", "clone with CLONE_NEWUSER", "personality", "ioctl TIOCSTI",
+                 "socket AF_INET")  # network: none grants no internet family
+    still_allowed = ("kill", "setrlimit", "flock", "fcntl F_SETPIPE_SZ")  # on_init may need them
     report = _run_child(_probe_calls(sleeper, must_deny + still_allowed + ("clone3",)),
                         [eperm.loading]).report
     assert report == {**{name: _EPERM for name in must_deny}, **{name: "ok" for name in still_allowed},
                       "clone3": "errno:ENOSYS"}
+
+
+@pytest.mark.parametrize("network", ["loopback", "full"])
+def test_loading_phase_grants_only_the_families_of_the_network(network: str, sleeper: int) -> None:
+    # The internet families are what `network:` grants; vsock, netlink, packet, alg never.
+    loading = build_filters(network=network).loading
+    denied = ("socket AF_NETLINK", "socket AF_VSOCK", "socket AF_ALG", "socket AF_VSOCK, upper bits",
+              "socketpair AF_VSOCK")
+    report = _run_child(_probe_calls(sleeper, denied + ("socket AF_INET",)), [loading]).report
+    assert report == {**{name: _EPERM for name in denied}, "socket AF_INET": "ok"}
 
 
 # --- foreign ABIs ---

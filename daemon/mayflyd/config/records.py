@@ -232,7 +232,8 @@ TENANT_KEYS: Final = (
         doc="What the sandbox may reach. `none`: a network namespace of its own with nothing in it,"
             " and no sockets but Unix ones. `loopback`: its own loopback (not the host's: the daemon"
             " and other local services stay out of reach), TCP/UDP sockets allowed. `full`: the host's"
-            " network."),
+            " network. No other address family (vsock, netlink, packet, ...), in `on_init()` or in a"
+            " request."),
     Key(name="files", kind="paths", default=(),
         doc="Extra files or directories the program may read, shown read-only at the same path."),
     Key(name="seccomp_action", kind="choice", default="eperm", choices=("eperm", "kill"),

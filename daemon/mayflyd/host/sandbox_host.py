@@ -28,6 +28,8 @@ from typing import Any
 
 from mayflyd import _mayfly
 from mayflyd.host.program import ProgramError, load_program, warm_up_request_path
+from mayflyd.host.shared_memory import shared_memory_left
+from mayflyd.host.stdio import own_stdin
 from mayflyd.protocol import MsgType, pack_frame
 
 __all__ = ["HostSpec", "main"]
@@ -180,7 +182,8 @@ def _count_threads_without_proc() -> str | None:
     if threads > 1:
         return (f"on_init() left {threads - 1} thread(s) running; a host must be single-threaded "
                 "before it serves (a thread would see every request's channel)")
-    return None
+    # After the kill: what a leftover process held is gone with it.
+    return shared_memory_left()
 
 
 def _warm_up(spec: HostSpec, forked_by_zygote: bool) -> None:
@@ -195,6 +198,9 @@ def _loader(spec: HostSpec) -> _mayfly.Loader:
     """What the engine calls to load the program: import, on_init(), then
     what must happen while Python may still run in the host. Everything
     after it returns is the engine's C (py_seal.c): the seal, then serving."""
+    # Taken now: on_init() may replace the module's name, not this reference.
+    check_shared_memory = shared_memory_left
+
     def load() -> _mayfly.Runner:
         # cwd '' on sys.path would let a file in the sandbox's root shadow stdlib.
         sys.path[:] = [p for p in sys.path if p not in ("", ".")]
@@ -210,7 +216,7 @@ def _loader(spec: HostSpec) -> _mayfly.Loader:
             raise ProgramError(f"loading the program failed: {type(exc).__name__}: {exc}") from None
         sys.stdout.flush()
         sys.stderr.flush()
-        problem = _count_threads_without_proc()
+        problem = _count_threads_without_proc() or check_shared_memory()
         if problem is not None:
             raise ProgramError(problem)
         # Objects that exist now live as long as the host: keep the collector
@@ -240,12 +246,14 @@ def serve(spec: HostSpec, *, forked_by_zygote: bool = False, oom_fd: int = -1) -
         # Dies with its parent; the check inside catches a parent that died
         # before the signal was armed.
         _mayfly.set_parent_death_signal(signal.SIGKILL, spec.parent_pid)
-    if not forked_by_zygote:
-        try:
+    try:
+        if not forked_by_zygote:
             oom_fd = _build_walls(spec)
-        except (OSError, ValueError) as exc:
-            _report_load_failure(ctrl, f"sandbox setup failed: {exc}")
-            return 1
+        # Before any tenant code: fd 0 must be no other tenant's.
+        own_stdin()
+    except (OSError, ValueError) as exc:
+        _report_load_failure(ctrl, f"sandbox setup failed: {exc}")
+        return 1
     # Tenant code yields to the daemon (front end, reloads, restarts) when
     # the CPU is short; raising one's own nice value needs no privilege.
     os.setpriority(os.PRIO_PROCESS, 0, SERVING_NICE)

@@ -34,7 +34,7 @@ from mayflyd.protocol import (
     WorkerReplaced,
 )
 from mayflyd.supervisor.logs import OutputBudget
-from mayflyd.supervisor.zygote_client import ZygoteClient, ZygoteError, python_argv
+from mayflyd.supervisor.zygote_client import HostOutput, ZygoteClient, ZygoteError, output_pipes, python_argv
 
 __all__ = ["SandboxHost", "HostStartError"]
 
@@ -68,15 +68,13 @@ class HostProcess(Protocol):
     def close(self) -> None: ...
 
 
-class ExecChild:
+class ExecChild(HostOutput):
     """A host started as a fresh interpreter, the supervisor's own child."""
 
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        assert proc.stdout is not None and proc.stderr is not None
+        super().__init__()
         self._proc = proc
         self.pid = proc.pid
-        self.stdout = proc.stdout
-        self.stderr = proc.stderr
 
     @property
     def returncode(self) -> int | None:
@@ -90,9 +88,6 @@ class ExecChild:
 
     async def wait(self) -> int:
         return await self._proc.wait()
-
-    def close(self) -> None:
-        pass  # asyncio closes its pipes when the process has exited
 
 
 class SandboxHost:
@@ -195,11 +190,21 @@ class SandboxHost:
             # parent_pid is the zygote's, filled in by the zygote.
             return await self._zygote.spawn(dataclasses.replace(self._spec, ctrl_fd=ctrl_fd), self._env)
         spec = dataclasses.replace(self._spec, ctrl_fd=ctrl_fd, parent_pid=os.getpid())
-        return ExecChild(await asyncio.create_subprocess_exec(
-            *python_argv("mayflyd.host.sandbox_host", spec.to_json()),
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, pass_fds=(ctrl_fd,),
-            env=self._env, cwd="/", start_new_session=True))
+        (out_r, out_w), (err_r, err_w) = output_pipes()
+        try:
+            child = ExecChild(await asyncio.create_subprocess_exec(
+                *python_argv("mayflyd.host.sandbox_host", spec.to_json()),
+                stdin=asyncio.subprocess.DEVNULL, stdout=out_w, stderr=err_w, pass_fds=(ctrl_fd,),
+                env=self._env, cwd="/", start_new_session=True))
+        except BaseException:
+            os.close(out_r)
+            os.close(err_r)
+            raise
+        finally:
+            os.close(out_w)
+            os.close(err_w)
+        await child.attach_output(out_r, err_r)
+        return child
 
     async def kill(self) -> None:
         """Stop the host at once; its sandboxes die with it (parent-death signal)."""

@@ -26,9 +26,20 @@ Policy choices:
   ``loopback``/``full``: also ``socket(AF_INET/AF_INET6, SOCK_STREAM/SOCK_DGRAM)``
   plus connect/bind/listen/accept.  The two are the same here: seccomp cannot
   read addresses, the tenant's network namespace decides what is reachable.
-  AF_NETLINK/AF_PACKET are never allowed.
-* memfd_create allowed (anonymous memory, charged to the cgroup like any
-  other; exec is denied anyway); memfd_secret denied.
+  Both filters allow only these families (the loading filter too, so that
+  on_init() cannot open AF_VSOCK, which no namespace isolates and which
+  reaches the machine's hypervisor, nor AF_NETLINK, AF_PACKET, AF_ALG, ...).
+* memfd_create allowed in a request (anonymous memory, charged to the cgroup
+  like any other, gone with the sandbox or the rewind; exec is denied
+  anyway); memfd_secret denied.  A memfd or any other writable shared
+  memory that on_init() leaves behind makes the load fail instead
+  (host/sandbox_host.py): every request would share it.  SysV shm
+  (shmget/shmat) is denied in a request: the segment would outlive it.
+* flock and F_SETPIPE_SZ denied in a request: a flock on a file every
+  tenant can open (/usr) is a channel between tenants, and the pipe size
+  of stdout/stderr belongs to the host, shared by every request.  fcntl
+  record locks stay (SQLite takes them, even read-only): see
+  docs/design.md, "Shared memory, stdio and covert channels".
 * alarm/setitimer/timerfd_* allowed: they signal only this process and die
   with it (fork mode starts each request from a fresh child). POSIX timers
   (timer_create/settime/delete) are denied: the sandbox's CPU budget is one,
@@ -103,8 +114,7 @@ _LOW32: Final = 0xFFFF_FFFF  # int/unsigned int arguments: the kernel ignores th
 _AF_UNIX: Final = 1
 _AF_INET: Final = 2
 _AF_INET6: Final = 10
-_AF_NETLINK: Final = 16
-_AF_PACKET: Final = 17
+_AF_MAX: Final = 46  # AF_MCTP + 1, Linux 6.x; every family from 0 to here is checked
 _SOCK_STREAM: Final = 1
 _SOCK_DGRAM: Final = 2
 _SOCK_TYPE_MASK: Final = 0xF  # the rest of `type` is SOCK_NONBLOCK | SOCK_CLOEXEC
@@ -160,7 +170,7 @@ _REQUEST_ALLOW: Final = (
     # fd I/O (sockets included: the request arrives on one the helper already holds)
     "read", "write", "readv", "writev", "pread64", "pwrite64", "preadv", "pwritev",
     "preadv2", "pwritev2", "lseek", "close", "close_range", "dup", "dup2", "dup3",
-    "pipe", "pipe2", "sendfile", "copy_file_range", "fadvise64", "flock",
+    "pipe", "pipe2", "sendfile", "copy_file_range", "fadvise64",
     "recvfrom", "recvmsg", "recvmmsg", "sendto", "sendmsg", "sendmmsg", "shutdown",
     "getsockname", "getpeername", "getsockopt", "setsockopt",
     "poll", "ppoll", "select", "pselect6", "epoll_create1", "epoll_ctl",
@@ -199,7 +209,8 @@ _REQUEST_ALLOW: Final = (
 
 # fcntl commands allowed while serving.  Absent on purpose: F_SETOWN(8),
 # F_SETSIG(10), F_SETOWN_EX(15) (send signals to another pid), F_SETLEASE,
-# F_NOTIFY (signal-driven too).
+# F_NOTIFY (signal-driven too), F_SETPIPE_SZ (1031: resizes the pipe itself,
+# which for stdout and stderr is the host's, shared by every request).
 _REQUEST_FCNTL: Final = (
     0,     # F_DUPFD
     1,     # F_GETFD
@@ -217,7 +228,6 @@ _REQUEST_FCNTL: Final = (
     38,    # F_OFD_SETLKW
     1025,  # F_GETLEASE
     1030,  # F_DUPFD_CLOEXEC
-    1031,  # F_SETPIPE_SZ
     1032,  # F_GETPIPE_SZ
     1033,  # F_ADD_SEALS
     1034,  # F_GET_SEALS
@@ -318,7 +328,7 @@ def _deny_action(deny: str) -> int:
 
 # --- the two filters ---
 
-def _loading_filter(deny: int, reset: bool) -> _Filter:
+def _loading_filter(deny: int, network: str, reset: bool) -> _Filter:
     f = _Filter(_ALLOW)
     for name in _LOADING_DENY:
         f.add(deny, name)
@@ -333,12 +343,34 @@ def _loading_filter(deny: int, reset: bool) -> _Filter:
     # new namespaces.  One rule per flag, as a rule can only test equality.
     for flag in _CLONE_NAMESPACE_FLAGS:
         f.add(deny, "clone", _masked(0, flag, flag))
-    for family in (_AF_NETLINK, _AF_PACKET):
-        f.add(deny, "socket", _low32_eq(0, family))
+    _deny_other_families(f, deny, _granted_families(network))
     for request in (_TIOCSTI, _TIOCLINUX):
         f.add(deny, "ioctl", _low32_eq(1, request))
     _deny_personality_changes(f, deny)
     return f
+
+
+def _granted_families(network: str) -> tuple[int, ...]:
+    """The address families a tenant's sockets may have: AF_UNIX (socketpair),
+    and the internet families when `network:` grants them (the network
+    namespace then decides what they reach)."""
+    if network in ("loopback", "full"):
+        return (_AF_UNIX, _AF_INET, _AF_INET6)
+    return (_AF_UNIX,)
+
+
+def _deny_other_families(f: _Filter, deny: int, granted: tuple[int, ...]) -> None:
+    """In a default-allow filter: socket() and socketpair() of any family but `granted`.
+
+    A rule tests an argument once, so the complement is spelled out: every
+    family below _AF_MAX but the granted ones, and anything above it (which
+    also catches a family with upper bits set, that the kernel would truncate).
+    """
+    for name in ("socket", "socketpair"):
+        f.add(deny, name, _Cmp(0, _GT, _AF_MAX))
+        for family in range(_AF_MAX + 1):
+            if family not in granted:
+                f.add(deny, name, _eq(0, family))
 
 
 def _deny_personality_changes(f: _Filter, deny: int) -> None:
@@ -396,7 +428,7 @@ def build_filters(*, deny: str = "eperm", network: str = "none", reset: bool = F
     if _sc.system_arch() != _ARCH_X86_64:
         # Argument positions (clone), ioctl numbers and the x32 rule are x86_64's.
         raise RuntimeError("the seccomp policy is written for x86_64 only")
-    return SeccompFilters(loading=_loading_filter(action, reset).export(),
+    return SeccompFilters(loading=_loading_filter(action, network, reset).export(),
                           request=_request_filter(action, network, reset).export())
 
 

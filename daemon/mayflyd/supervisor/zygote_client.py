@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mayflyd.host.sandbox_host import HostSpec
+from mayflyd.host.stdio import let_sandboxes_reopen
 from mayflyd.host.zygote import MAX_MESSAGE
 
 __all__ = ["FdChannel", "ZygoteClient", "ZygoteChild", "ZygoteError", "python_argv"]
@@ -41,7 +42,57 @@ class ZygoteError(Exception):
     """The zygote could not fork a host."""
 
 
-class ZygoteChild:
+def output_pipes() -> tuple[tuple[int, int], tuple[int, int]]:
+    """A host's stdout and stderr pipes: ((stdout_r, stdout_w), (stderr_r, stderr_w)).
+
+    Pipes, not the socketpairs uvloop would make: each sandbox reopens the
+    write ends for a file description of its own (host/stdio.py).
+    """
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    try:
+        let_sandboxes_reopen(out_w)
+        let_sandboxes_reopen(err_w)
+    except OSError:
+        for fd in (out_r, out_w, err_r, err_w):
+            os.close(fd)
+        raise
+    return (out_r, out_w), (err_r, err_w)
+
+
+class HostOutput:
+    """A host's stdout and stderr streams, read from the pipes of output_pipes()."""
+
+    def __init__(self) -> None:
+        self.stdout = asyncio.StreamReader()
+        self.stderr = asyncio.StreamReader()
+        self._transports: list[asyncio.BaseTransport] = []
+
+    def kill(self) -> None:
+        raise NotImplementedError
+
+    async def attach_output(self, stdout_fd: int, stderr_fd: int) -> None:
+        """Read the pipes' read ends (taken over); if that fails, the host is
+        killed: nobody would own it."""
+        loop = asyncio.get_running_loop()
+        try:
+            for fd, reader in ((stdout_fd, self.stdout), (stderr_fd, self.stderr)):
+                protocol = asyncio.StreamReaderProtocol(reader)
+                transport, _ = await loop.connect_read_pipe(lambda: protocol, os.fdopen(fd, "rb", 0))
+                self._transports.append(transport)
+        except BaseException:
+            self.kill()
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Stop reading its output (the relays are done with it)."""
+        for transport in self._transports:
+            transport.close()
+        self._transports.clear()
+
+
+class ZygoteChild(HostOutput):
     """A host forked by the zygote: pid, output streams, wait() and kill().
 
     Its end is known twice: the zygote reports its wait status, and its
@@ -55,20 +106,12 @@ class ZygoteChild:
         self.pid = pid
         self._pidfd = pidfd
         self.returncode: int | None = None
-        self.stdout = asyncio.StreamReader()
-        self.stderr = asyncio.StreamReader()
-        self._transports: list[asyncio.BaseTransport] = []
+        super().__init__()
         self._exited = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         self._no_report: asyncio.TimerHandle | None = None
         self._loop.add_reader(pidfd, self._pidfd_readable)
 
-    async def attach_output(self, stdout_fd: int, stderr_fd: int) -> None:
-        pipes = [os.fdopen(stdout_fd, "rb", 0), os.fdopen(stderr_fd, "rb", 0)]
-        for pipe, reader in zip(pipes, (self.stdout, self.stderr)):
-            protocol = asyncio.StreamReaderProtocol(reader)
-            transport, _ = await self._loop.connect_read_pipe(lambda: protocol, pipe)
-            self._transports.append(transport)
 
     def kill(self) -> None:
         if self.returncode is None:
@@ -81,12 +124,6 @@ class ZygoteChild:
         await self._exited.wait()
         assert self.returncode is not None
         return self.returncode
-
-    def close(self) -> None:
-        """Stop reading its output (the relays are done with it)."""
-        for transport in self._transports:
-            transport.close()
-        self._transports.clear()
 
     def ended(self, returncode: int) -> None:
         """Its end, as the zygote reports it (or as the pidfd tells, late)."""
@@ -128,8 +165,7 @@ class ZygoteClient:
         self._next_spawn += 1
         n = self._next_spawn
         future: asyncio.Future[ZygoteChild] = asyncio.get_running_loop().create_future()
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
+        (out_r, out_w), (err_r, err_w) = output_pipes()
         try:
             message = json.dumps({"spawn": n, "spec": spec.to_json(), "env": dict(env)}).encode()
             if len(message) > MAX_MESSAGE:
@@ -148,12 +184,7 @@ class ZygoteClient:
             self._pending.pop(n, None)
             os.close(out_w)
             os.close(err_w)
-        try:
-            await child.attach_output(out_r, err_r)
-        except BaseException:
-            child.kill()  # nobody will own it
-            child.close()
-            raise
+        await child.attach_output(out_r, err_r)
         return child
 
     async def close(self) -> None:
