@@ -16,6 +16,7 @@
 #include "base/log.h"
 #include "base/wait_status.h"
 #include "engine/engine_common.h"
+#include "rewind/snapshot_template.h"
 #include "walls/host_seal.h"
 #include "wire/proto.h"
 
@@ -61,7 +62,7 @@ static _Noreturn void worker_child(struct pool *p, bool ok, int chan, const int 
 
     /* Before the program's after_in_child= callbacks, which run here under
      * the loading filter only (the request filter comes after the snapshot). */
-    ok = ok && mf_children_unblock(&p->core) && mf_seal_no_new_tasks();
+    ok = ok && mf_children_unblock(&p->core) && mf_seal_no_new_tasks(mf_template_clone_site());
     cfg->hooks->base.after_fork_child(cfg->hooks->base.ctx);
     if (!ok) {
         char text[512];

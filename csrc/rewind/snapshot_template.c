@@ -18,6 +18,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "rewind/gate_filter.h"
 #include "base/cleanup.h"
 #include "base/log.h"
 
@@ -67,6 +68,19 @@ static long raw_syscall(long nr, long a, long b, long c, long d, long e, long f)
                      : "a"(nr), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8), "r"(r9)
                      : "rcx", "r11", "memory");
     return ret;
+}
+
+/* clone(2) from a known instruction (gate_filter.h): the filter a reset
+ * worker runs the program's after_in_child= callbacks under refuses every
+ * other clone (host_seal.h). Fork-like: no new stack, the child returns
+ * from it too. */
+long mf_template_clone(long flags, long stack, long parent_tid, long child_tid, long tls);
+extern const char mf_template_clone_after[];
+MF_GATE_STUB(mf_template_clone, SYS_clone, "    mov %rcx, %r10\n");
+
+uint64_t mf_template_clone_site(void)
+{
+    return (uint64_t)(uintptr_t)mf_template_clone_after;
 }
 
 /* The tracked range holding addr; t->nranges if none. */
@@ -347,7 +361,7 @@ bool mf_template_start(struct mf_template *tpl, const struct mf_dirty_tracker *t
     /* A raw clone: glibc's fork would write its own state (malloc locks,
      * the pid cache) in the worker's memory. No exit signal: the worker
      * never waits for it; orphaned, the host (pid 1) reaps it. */
-    long pid = raw_syscall(SYS_clone, 0, 0, 0, 0, 0, 0);
+    long pid = mf_template_clone(0, 0, 0, 0, 0);
     if (pid == 0)
         template_main(&boot);
     if (pid < 0) {

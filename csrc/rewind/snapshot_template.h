@@ -64,6 +64,10 @@ struct mf_template {
     uint64_t ask[MF_TEMPLATE_BATCH];
 };
 
+/* The address just past the template's clone instruction: the one clone
+ * a worker's no-new-tasks filter lets through (host_seal.h). */
+uint64_t mf_template_clone_site(void);
+
 /* Bytes of index mf_template_start needs for the tracked ranges of t. */
 size_t mf_template_index_size(size_t tracked_bytes);
 

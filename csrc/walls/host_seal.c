@@ -108,20 +108,27 @@ void mf_unseal_signals(const struct mf_sealed_signals *saved)
             mf_warn("sigaction(%d) back to the program's handler failed: %s", sig, strerror(errno));
 }
 
-bool mf_seal_no_new_tasks(void)
+bool mf_seal_no_new_tasks(uint64_t clone_site)
 {
+    const uint32_t ip = offsetof(struct seccomp_data, instruction_pointer);
     /* Another architecture's calls pass: the loading filter kills them. */
     struct sock_filter prog[] = {
-        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 0, 5),
-        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_clone, 4, 0),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_clone3, 3, 0),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_fork, 2, 0),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_vfork, 1, 0),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+        /* 0 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+        /* 1 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 0, 5),
+        /* 2 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        /* 3 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_clone, 4, 0),
+        /* 4 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_clone3, 8, 0),
+        /* 5 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_fork, 7, 0),
+        /* 6 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_vfork, 6, 0),
+        /* 7 */ BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        /* 8: a clone, allowed from clone_site only */
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, ip),
+        /* 9 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (uint32_t)clone_site, 0, 3),
+        /* 10 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, ip + 4),
+        /* 11 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (uint32_t)(clone_site >> 32), 0, 1),
+        /* 12 */ BPF_STMT(BPF_RET | BPF_K, clone_site != 0 ? SECCOMP_RET_ALLOW : SECCOMP_RET_ERRNO | EPERM),
+        /* 13 */ BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
     };
-    _Static_assert(sizeof(prog) / sizeof(prog[0]) == 9, "jump offsets count these instructions");
+    _Static_assert(sizeof(prog) / sizeof(prog[0]) == 14, "jump offsets count these instructions");
     return mf_seccomp_load(prog, sizeof(prog));
 }

@@ -11,6 +11,7 @@
 
 #include <signal.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stddef.h>
 
 #define MF_SEAL_NSIG 65 /* signals 1..64 */
@@ -42,7 +43,9 @@ void mf_unseal_signals(const struct mf_sealed_signals *saved);
 /* A reset worker, before the program's after_in_child= callbacks, which
  * run there before the request filter: a filter that refuses every new
  * process and thread (clone, clone3, fork, vfork: EPERM), so that none
- * outlives the callback holding the worker's request channels. */
-bool mf_seal_no_new_tasks(void);
+ * outlives the callback holding the worker's request channels; but a
+ * clone from the instruction that ends at clone_site (0: none), the
+ * rewinder's own (its snapshot template). */
+bool mf_seal_no_new_tasks(uint64_t clone_site);
 
 #endif /* MAYFLYD_HOST_SEAL_H */
