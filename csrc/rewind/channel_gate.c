@@ -24,27 +24,10 @@
 #define SYS_SECCOMP 1
 #endif
 
-/* syscall(nr, a..e) from a known address: the number in rdi, the
- * arguments shifted down by one register, the fourth in r10. */
-long mf_channel_syscall(long nr, long a, long b, long c, long d, long e);
+/* The trapped calls it passes on go through it (gate_filter.h). */
+long mf_channel_syscall(long nr, long a, long b, long c, long d, long e, long f);
 extern const char mf_channel_syscall_after[];
-__asm__(".text\n"
-        ".globl mf_channel_syscall\n"
-        ".hidden mf_channel_syscall\n"
-        ".type mf_channel_syscall, @function\n"
-        "mf_channel_syscall:\n"
-        "    mov %rdi, %rax\n"
-        "    mov %rsi, %rdi\n"
-        "    mov %rdx, %rsi\n"
-        "    mov %rcx, %rdx\n"
-        "    mov %r8, %r10\n"
-        "    mov %r9, %r8\n"
-        "    syscall\n"
-        ".globl mf_channel_syscall_after\n"
-        ".hidden mf_channel_syscall_after\n"
-        "mf_channel_syscall_after:\n"
-        "    ret\n"
-        ".size mf_channel_syscall, . - mf_channel_syscall\n");
+MF_GATE_ANY_STUB(mf_channel_syscall);
 
 /* Set before the snapshot: every rewind restores the same values. */
 static struct {
@@ -96,7 +79,8 @@ bool mf_channel_gate_trap(const siginfo_t *si, void *uctx)
             if (channels[i].dev == st.st_dev && channels[i].ino == st.st_ino)
                 *gate_dirty = 1;
     regs[REG_RAX] = mf_channel_syscall(si->si_syscall, (long)regs[REG_RDI], (long)regs[REG_RSI],
-                                       (long)regs[REG_RDX], (long)regs[REG_R10], (long)regs[REG_R8]);
+                                       (long)regs[REG_RDX], (long)regs[REG_R10], (long)regs[REG_R8],
+                                       (long)regs[REG_R9]);
     return true;
 }
 

@@ -31,6 +31,27 @@
             "    ret\n"                                                         \
             ".size " #name ", . - " #name "\n")
 
+/* A function `name`(nr, a..f) that makes system call nr with a..f (the
+ * number in rdi, the arguments shifted down by one register, the fourth
+ * in r10, the sixth from the stack), and a label `name_after` just past
+ * its `syscall` instruction: a gate that passes on any call it trapped. */
+#define MF_GATE_ANY_STUB(name)                                                  \
+    __asm__(".text\n"                                                           \
+            ".globl " #name "\n"                                                \
+            ".hidden " #name "\n"                                               \
+            ".type " #name ", @function\n" #name ":\n"                          \
+            "    mov %rdi, %rax\n"                                              \
+            "    mov %rsi, %rdi\n"                                              \
+            "    mov %rdx, %rsi\n"                                              \
+            "    mov %rcx, %rdx\n"                                              \
+            "    mov %r8, %r10\n"                                               \
+            "    mov %r9, %r8\n"                                                \
+            "    mov 8(%rsp), %r9\n"                                            \
+            "    syscall\n"                                                     \
+            ".globl " #name "_after\n"                                          \
+            ".hidden " #name "_after\n" #name "_after:\n"                       \
+            "    ret\n"                                                         \
+            ".size " #name ", . - " #name "\n")
 #define MF_GATE_DATA(field) offsetof(struct seccomp_data, field)
 #define MF_GATE_LOW(off) (off)
 #define MF_GATE_HIGH(off) ((off) + 4)

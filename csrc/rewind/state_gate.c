@@ -29,28 +29,10 @@
 #define MAP_FIXED_NOREPLACE 0x100000
 #endif
 
-/* syscall(nr, a..f) from a known address: the number in rdi, the
- * arguments shifted down by one register, the fourth in r10, the sixth
- * from the stack. */
+/* Declared in state_gate.h; the rewinder's own calls and the trapped
+ * calls it passes on go through it. */
 extern const char mf_state_syscall_after[];
-__asm__(".text\n"
-        ".globl mf_state_syscall\n"
-        ".hidden mf_state_syscall\n"
-        ".type mf_state_syscall, @function\n"
-        "mf_state_syscall:\n"
-        "    mov %rdi, %rax\n"
-        "    mov %rsi, %rdi\n"
-        "    mov %rdx, %rsi\n"
-        "    mov %rcx, %rdx\n"
-        "    mov %r8, %r10\n"
-        "    mov %r9, %r8\n"
-        "    mov 8(%rsp), %r9\n"
-        "    syscall\n"
-        ".globl mf_state_syscall_after\n"
-        ".hidden mf_state_syscall_after\n"
-        "mf_state_syscall_after:\n"
-        "    ret\n"
-        ".size mf_state_syscall, . - mf_state_syscall\n");
+MF_GATE_ANY_STUB(mf_state_syscall);
 
 /* Set before the snapshot: every rewind restores the same value. */
 static struct mf_state_dirty *gate_dirty;
