@@ -180,8 +180,20 @@ BAD_CONFIGS = [
         "tenants:\n  - name: a\n    hosts: [a.example]\n",
         2,
         "tenants[0].program",
-        "missing required key 'program'",
+        "tenant 'a' needs a `program` or an `app`",
     ),
+    ("app-and-program", TENANT_EXTRA.format("app: prog:app"), 5, "tenants[0].app",
+     "gives both `program` and `app`; give one of them"),
+    ("app-spelling", "tenants:\n  - name: a\n    hosts: [a.example]\n    app: prog.app\n", 4, "tenants[0].app",
+     "must be 'module:attribute'"),
+    ("app-module-missing", "tenants:\n  - name: a\n    hosts: [a.example]\n    app: nope.wsgi:app\n", 4,
+     "tenants[0].app", "module 'nope' of app 'nope.wsgi:app' does not exist"),
+    ("app-module-not-package", "tenants:\n  - name: a\n    hosts: [a.example]\n    app: notpkg:app\n", 4,
+     "tenants[0].app", "is not a package"),
+    ("interface-without-app", TENANT_EXTRA.format("interface: wsgi"), 5, "tenants[0].interface",
+     "`interface` applies only to an `app`"),
+    ("interface-bad", "tenants:\n  - name: a\n    hosts: [a.example]\n    app: prog:app\n    interface: cgi\n",
+     5, "tenants[0].interface", "must be one of auto, wsgi, asgi"),
     (
         "name-missing",
         "tenants:\n  - hosts: [a.example]\n    program: prog.py\n",
@@ -663,6 +675,15 @@ def test_full(base: Path) -> None:
         request_memory=100 * MiB,
     )
     assert (tenant.network, tenant.files, tenant.seccomp_action) == ("loopback", (Path("/usr/share"),), "kill")
+
+
+def test_app_names_its_modules_file_or_package(base: Path) -> None:
+    config = parse("tenants:\n  - {name: a, hosts: [a], app: 'prog:application'}\n"
+                   "  - {name: b, hosts: [b], app: 'pkg.site.wsgi:app', interface: wsgi}\n", base)
+    a, b = config.tenants
+    assert (a.program, a.app, a.interface) == (base / "prog.py", "prog:application", "auto")
+    assert (b.program, b.app, b.interface) == (base / "pkg", "pkg.site.wsgi:app", "wsgi")
+    assert parse(TENANT, base).tenants[0].app == ""
 
 
 def test_default_tenant_needs_no_hosts(base: Path) -> None:

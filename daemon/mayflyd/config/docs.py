@@ -54,6 +54,7 @@ _TYPES: Final[Mapping[Kind, str]] = {
     "tenant_name": "string",
     "host_names": "list of strings",
     "program": "path",
+    "app": "string",
     "env": "mapping of string to string",
     "paths": "list of absolute paths",
     "mapping": "mapping",

@@ -86,7 +86,9 @@ class TenantConfig:
     name: str
     hosts: tuple[str, ...] = TENANT["hosts"].default  # lower-cased, no trailing dot; "*.suffix" kept
     default: bool = TENANT["default"].default
-    program: Path  # absolute, resolved
+    program: Path  # absolute, resolved; with `app`, its module's file or package
+    app: str = TENANT["app"].default  # "module:attribute", or "" for the program contract
+    interface: str = TENANT["interface"].default
     engine: str = TENANT["engine"].default
     pool: int = TENANT["pool"].default  # 0: one per core the daemon may run on
     pool_idle_ms: int = TENANT["pool_idle_ms"].default

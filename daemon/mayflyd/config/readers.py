@@ -154,6 +154,8 @@ class ValueReader:
                 )
             case "program":
                 return self._program(node, path)
+            case "app":
+                return self._app(node, path, key.pattern)
             case "env":
                 return self._env(node, path, key.pattern)
             case "paths":
@@ -318,6 +320,22 @@ class ValueReader:
             self.issues.add(node, path, "must not contain a NUL character")
             return None
         program = (self._base_dir / text).resolve()  # an absolute `text` replaces base_dir
+        return self._program_at(node, path, program, f"program {text!r}")
+
+    def _app(self, node: Node, path: str, pattern: str) -> tuple[str, Path] | None:
+        """`module:attribute` and the file or package of the module's first
+        name, next to the config file: what the tenant's sandbox sees."""
+        text = self._string_where(node, path, partial(_matches, pattern),
+                                  "'module:attribute' (e.g. 'hello:app' or 'site.wsgi:application')")
+        if text is None:
+            return None
+        top = text.partition(":")[0].partition(".")[0]
+        package = self._base_dir / top
+        where = package if package.is_dir() else package.with_suffix(".py")
+        found = self._program_at(node, path, where.resolve(), f"module {top!r} of app {text!r}")
+        return None if found is None else (text, found)
+
+    def _program_at(self, node: Node, path: str, program: Path, what: str) -> Path | None:
         try:
             if program.is_file():
                 if program.suffix == ".py":
@@ -330,7 +348,7 @@ class ValueReader:
             elif program.exists():
                 self.issues.add(node, path, f"must be a .py file or a package directory, got {str(program)!r}")
             else:
-                self.issues.add(node, path, f"program {text!r} does not exist (looked for {str(program)!r})")
+                self.issues.add(node, path, f"{what} does not exist (looked for {str(program)!r})")
         except OSError as exc:
             self.issues.add(node, path, f"cannot check program {str(program)!r}: {exc.strerror or exc}")
         return None

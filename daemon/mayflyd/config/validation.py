@@ -171,6 +171,16 @@ class _Parser(ValueReader):
             limits = self._limits(entries["limits"][1], f"{path}.limits", defaults)
         limits = self._complete(limits, entries["limits"][1] if "limits" in entries else node, path)
 
+        if "app" in entries and "program" in entries:
+            self.issues.add(entries["app"][1], f"{path}.app",
+                            f"tenant {label} gives both `program` and `app`; give one of them")
+            return None
+        if "interface" in entries and "app" not in entries:
+            self.issues.add(entries["interface"][1], f"{path}.interface", "`interface` applies only to an `app`")
+        if "app" in values:
+            values["app"], values["program"] = values["app"]
+        elif "program" not in entries and "app" not in entries:
+            self.issues.add(node, f"{path}.program", f"tenant {label} needs a `program` or an `app`")
         if name is None or "program" not in values or uid is None:
             return None  # already reported
         values.update(hosts=hosts, uid=uid, limits=limits)

@@ -30,7 +30,7 @@ from urllib.parse import parse_qs
 
 from mayflyd import _mayfly
 
-__all__ = ["Request", "Response", "Headers", "Program", "ProgramError", "load_program"]
+__all__ = ["Request", "Response", "Headers", "Program", "ProgramError", "load_module", "load_program"]
 
 RawHeaders = list[tuple[str, str]]
 Result = tuple[int, RawHeaders, bytes]
@@ -157,10 +157,13 @@ class Program:
 
     __slots__ = ("module", "_handler", "_takes_request")
 
-    def __init__(self, module: ModuleType) -> None:
-        handler = getattr(module, "on_client_request", None)
-        if not callable(handler):
-            raise ProgramError("the program defines no callable on_client_request")
+    def __init__(self, module: ModuleType, handler: Callable[[Request], object] | None = None) -> None:
+        """handler: called with each Request instead of the module's
+        on_client_request (an app's adapter, wsgi.py)."""
+        if handler is None:
+            handler = getattr(module, "on_client_request", None)
+            if not callable(handler):
+                raise ProgramError("the program defines no callable on_client_request")
         self.module = module
         self._handler: Callable[..., object] = handler
         self._takes_request = _takes_request(handler)
@@ -245,6 +248,11 @@ def _flush_std_streams() -> None:
 
 def load_program(path: Path, *, module_name: str | None = None) -> Program:
     """Import a program file or package directory; does not run on_init()."""
+    return Program(load_module(path, module_name=module_name))
+
+
+def load_module(path: Path, *, module_name: str | None = None) -> ModuleType:
+    """Import a file or package directory as a module."""
     run: Callable[[], object]
     if path.is_dir():
         name = module_name or path.name
@@ -265,7 +273,7 @@ def load_program(path: Path, *, module_name: str | None = None) -> Program:
     except BaseException as exc:
         traceback.print_exc()
         raise ProgramError(f"importing {path} raised {type(exc).__name__}: {exc}") from exc
-    return Program(module)
+    return module
 
 
 def _file_module(name: str, path: Path) -> ModuleType:

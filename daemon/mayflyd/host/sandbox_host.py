@@ -70,6 +70,8 @@ class HostSpec:
     pool_idle_ms: int = 0       # reset: a worker idle this long exits (0: never)
     verify_rewind: bool = False  # reset: compare every tracked page after each rewind
     front_loops: int = 1        # reset: request channels per worker, one per front-end loop
+    app: str = ""               # "module:attribute" of a WSGI/ASGI app in `program`; "": the program contract
+    interface: str = "auto"     # the app's: wsgi | asgi | auto
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -207,8 +209,14 @@ def _loader(spec: HostSpec) -> _mayfly.Loader:
         # The sandbox's root is read-only: every attempt to write a .pyc would fail.
         sys.dont_write_bytecode = True
         try:
-            program = load_program(Path(spec.program))
-            program.init()
+            if spec.app:
+                # Imported here, with the program: a zygote's hosts that serve
+                # no app copy none of its pages.
+                from mayflyd.host.wsgi import load_app
+                program = load_app(Path(spec.program), spec.app, spec.interface)
+            else:
+                program = load_program(Path(spec.program))
+                program.init()
         except ProgramError:
             raise
         except BaseException as exc:  # noqa: BLE001 - anything else from tenant code is a failed load too

@@ -169,7 +169,8 @@ class Tenant:
         walls, limits = self._walls, config.limits
         root = walls.mode == "root"
         return HostSpec(
-            tenant=self.name, program=str(config.program), ctrl_fd=-1, parent_pid=os.getpid(),
+            tenant=self.name, program=str(config.program), app=config.app, interface=config.interface,
+            ctrl_fd=-1, parent_pid=os.getpid(),
             uid=config.uid if root else os.geteuid(), gid=config.gid if root else os.getegid(),
             mode=walls.mode, cgroup_version=walls.cgroup_version, cgroup_base=walls.cgroup_base,
             cgroup_group=walls.group_of(self.name), network=config.network,
