@@ -63,7 +63,12 @@ def daemon(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         "hog.py": programs.MEMORY_HOG, "victim.py": programs.VICTIM, "leftovers.py": programs.LEFTOVERS,
         "threadleft.py": programs.THREAD_LEFT,
     }
-    d = Daemon(workdir, tenants, sources, zygote=zygote)
+    yield from serving(Daemon(workdir, tenants, sources, zygote=zygote), engine)
+
+
+def serving(d: Daemon, engine: str) -> Iterator[Daemon]:
+    """A module fixture's body: `d` started with its tenants on `engine`,
+    stopped cleanly after the module's tests, leaving no cgroup."""
     d.engine = engine
     d.start()
     try:
