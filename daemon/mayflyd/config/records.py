@@ -201,11 +201,11 @@ TENANT_KEYS: Final = (
             " a `.py` file or a package directory next to the config file (an absolute directory is not"
             " accepted yet); that file or package is what the tenant's sandbox sees, as a `program`"
             " would be. The app is imported and built once in the host, before the seal; every request"
-            " then runs in its own sandbox. See [WSGI apps](design.md#wsgi-apps)."),
+            " then runs in its own sandbox. See [WSGI and ASGI apps](design.md#wsgi-and-asgi-apps)."),
     Key(name="interface", kind="choice", default="auto", choices=("auto", "wsgi", "asgi"),
         doc="How `app` is called. `auto`: by the callable's signature (an `async def`, or three"
-            " parameters, is ASGI; two are WSGI). ASGI is not supported yet: such a tenant fails to"
-            " load with that reason."),
+            " parameters, is ASGI; two are WSGI). An explicit value the signature contradicts fails"
+            " the load."),
     Key(name="engine", kind="choice", default="auto", choices=("auto", "fork", "reset"),
         doc="How each request gets its sandbox. `fork`: a copy-on-write fork of the sealed host per"
             " request. `reset`: a pool of workers forked once, each rewound to its snapshot after every"

@@ -88,11 +88,8 @@ def build_environ(request: Request) -> Environ:
         "wsgi.run_once": True,  # every request starts from the sealed host
         "wsgi.file_wrapper": FileWrapper,
     }
-    client = request.client
-    if client:
-        address, _, port = client.rpartition(":")
-        environ["REMOTE_ADDR"] = address.strip("[]")
-        environ["REMOTE_PORT"] = port
+    if request.client:  # the peer's address; the front end does not pass its port
+        environ["REMOTE_ADDR"] = request.client
     fields: dict[str, list[str]] = {}
     for name, value in request.headers.raw():
         lower = name.lower()
@@ -193,16 +190,18 @@ def _positional_count(app: object) -> int | None:
 def app_interface(app: object, interface: str) -> str:
     """"wsgi" or "asgi": `interface`, or for "auto" the callable's signature's
     (an async def or three parameters: ASGI; two: WSGI)."""
-    if interface in INTERFACES:
-        return interface
     call = inspect.getattr_static(app, "__call__", None)  # an instance's: Starlette's, Flask's
-    if inspect.iscoroutinefunction(app) or inspect.iscoroutinefunction(call):
-        return "asgi"
     count = _positional_count(app)
-    if count == 2:
-        return "wsgi"
-    if count == 3:
-        return "asgi"
+    seen = ("asgi" if inspect.iscoroutinefunction(app) or inspect.iscoroutinefunction(call) or count == 3
+            else "wsgi" if count == 2 else None)
+    if interface in INTERFACES:
+        if seen not in (None, interface):
+            # Called the other way, it would fail on every request instead.
+            raise ProgramError(f"the app is set as `interface: {interface}`, but its signature is {seen}'s "
+                               "(ASGI: an async def or 3 positional parameters; WSGI: 2)")
+        return interface
+    if seen is not None:
+        return seen
     raise ProgramError(f"cannot tell whether the app is WSGI or ASGI from its signature "
                        f"({'unknown' if count is None else count} positional parameters); "
                        "set `interface: wsgi` or `interface: asgi`")
@@ -229,5 +228,7 @@ def load_app(path: Path, app: str, interface: str = "auto") -> Program:
     if not callable(target):
         raise ProgramError(f"app {app} is not callable (a {type(target).__name__})")
     if app_interface(target, interface) == "asgi":
-        raise ProgramError(f"app {app}: interface asgi is not supported yet")
+        # Imported only for an ASGI app: asyncio's pages are no other host's.
+        from mayflyd.host.asgi import AsgiHandler
+        return Program(module, handler=AsgiHandler.started(target))
     return Program(module, handler=WsgiHandler(target))
