@@ -1,6 +1,6 @@
 """Which pages one seed request writes in a reset worker, and why:
 
-    python -m bench.request_pages [--program PATH] [--runs 5] [--json OUT]
+    python -m bench.request_pages [--program PATH [--app MODULE:ATTR] [--warm-up /]] [--runs 5] [--json OUT]
 
 Run it with each interpreter to compare (each needs mayflyd installed). One
 plain process, no daemon and no walls: it loads the program and warms the
@@ -488,13 +488,20 @@ class Sealed:
     parts: dict[str, Steps]    # pieces of the daemon's request path, each alone
 
 
-def _seal(program_path: Path) -> Sealed:
-    """Load the program and seal the process as a host does."""
+def _seal(program_path: Path, app: str = "", warm_up: list[str] | None = None) -> Sealed:
+    """Load the program (or the app in program_path) and seal the process as a host does."""
     from mayflyd import _mayfly
     from mayflyd.host import program as program_module
+    from mayflyd.host.warm_up_requests import send_warm_up_requests
+    from mayflyd.host.wsgi import load_app
     program_module.warm_up_request_path()
-    program = program_module.load_program(program_path)
-    program.init()
+    if app:
+        program = load_app(program_path, app)
+    else:
+        program = program_module.load_program(program_path)
+        program.init()
+    if warm_up:
+        send_warm_up_requests(program.request_path(), warm_up, _ARGS[4][0][1], 16)
     constant = types.ModuleType("mayflyd_constant")
     constant.on_client_request = lambda: (lambda: ("text/plain", "x"))  # type: ignore[attr-defined]
     _after_rewind = _mayfly.reseed_random
@@ -585,10 +592,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.request_pages", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--program", type=Path, default=SEED)
+    parser.add_argument("--app", default="", help="module:attribute of a WSGI or ASGI app in --program")
+    parser.add_argument("--warm-up", action="append", default=[], metavar="TARGET",
+                        help="a warm-up request's target, as the tenant key warm_up (repeatable)")
     parser.add_argument("--runs", type=int, default=5, help="seed requests measured (each in its own child)")
     parser.add_argument("--json", type=Path, help="write every classified page here")
     args = parser.parse_args(argv)
-    sealed = _seal(args.program)
+    sealed = _seal(args.program, args.app, args.warm_up)
     phase_sets = [set(_in_child(lambda w=w: _pages_child(w))["pages"])  # type: ignore[misc]
                   for w in sealed.phases[:-1]]
     parts = {name: len(set(_in_child(lambda w=w: _pages_child(w))["pages"]) - phase_sets[0])  # type: ignore[misc]

@@ -189,6 +189,7 @@ def daemon(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         tenant("unfinished", "programs.plain:unfinished"),
         tenant("raises", "programs.plain:raises_after"),
         tenant("fastapi", "programs.fastapi_site:app"),
+        tenant("warm", "programs.fastapi_site:app", warm_up=["/", "/items/1?q=x"]),
     ]
     sources = {"__init__.py": "", "plain.py": PLAIN, "fastapi_site.py": FASTAPI_SITE}
     yield from serving(Daemon(workdir, tenants, sources), engine)
@@ -219,6 +220,16 @@ def test_an_asgi_app_gets_a_complete_scope_and_every_request_starts_from_the_sea
 def test_a_body_in_pieces_reaches_the_client_whole(daemon: Daemon) -> None:
     reply = daemon.get("pieces.localhost")
     assert (reply.status, reply.body) == (201, b"one two three")
+
+
+def test_warm_up_requests_run_before_the_seal_and_what_they_change_stays(daemon: Daemon) -> None:
+    # 16 GETs of each target ran in the host: the counter they raised is in every request's start.
+    for _ in range(2):
+        reply = daemon.get("warm.localhost")
+        assert (reply.status, json.loads(reply.body)) == (200, {"hits": 17, "events": ["startup"]})
+    log = daemon.log()
+    assert "warm-up: GET / answered 200 (16 requests)" in log
+    assert "warm-up: GET /items/1?q=x answered 200 (16 requests)" in log
 
 
 def test_an_app_without_lifespan_is_served_and_says_so_once(daemon: Daemon) -> None:

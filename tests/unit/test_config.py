@@ -960,3 +960,25 @@ def test_the_default_pool_is_the_cores_the_daemon_may_run_on() -> None:
                              "from mayflyd.supervisor.tenant import default_pool; print(default_pool())"],
                             capture_output=True, text=True, check=True)
     assert pinned.stdout.strip() == "1"
+
+
+# ---- warm-up requests
+
+
+def test_warm_up_targets(base: Path) -> None:
+    config = parse(TENANT + "    warm_up: ['/', '/items/1?q=x&y=%20']\n", base)
+    assert config.tenants[0].warm_up == ("/", "/items/1?q=x&y=%20")
+    assert parse(TENANT, base).tenants[0].warm_up == ()
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("'/'", "must be a list of request targets"),
+    ("['items']", "must be a path starting with '/'"),
+    ("['/a b']", "without spaces or '#'"),
+    ("['/a#b']", "without spaces or '#'"),
+    ("['/caf\u00e9']", "printable ASCII"),
+    ("[" + ", ".join(["'/'"] * 17) + "]", "at most 16 targets, got 17"),
+])
+def test_warm_up_errors(base: Path, value: str, message: str) -> None:
+    (issue,) = issues_of(TENANT + f"    warm_up: {value}\n", base)
+    assert issue.key.startswith("tenants[0].warm_up") and message in issue.message

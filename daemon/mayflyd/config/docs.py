@@ -57,6 +57,7 @@ _TYPES: Final[Mapping[Kind, str]] = {
     "app": "string",
     "env": "mapping of string to string",
     "paths": "list of absolute paths",
+    "targets": "list of strings",
     "mapping": "mapping",
     "limits": "mapping of [limits](#limits)",
     "tenants": "non-empty list of [tenants](#tenant-keys)",

@@ -99,6 +99,7 @@ class TenantConfig:
     limits: Limits  # complete: defaults merged, pids and request_memory set
     network: str = TENANT["network"].default
     files: tuple[Path, ...] = TENANT["files"].default
+    warm_up: tuple[str, ...] = TENANT["warm_up"].default  # request targets, sent before the seal
     seccomp_action: str = TENANT["seccomp_action"].default
 
 

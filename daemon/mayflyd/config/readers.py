@@ -23,7 +23,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from .addresses import parse_listen
 from .model import ConfigIssue
-from .records import Key, Kind
+from .records import MAX_WARM_UP_TARGETS, Key, Kind
 from .sizes import format_size, parse_size
 
 __all__ = ["SECTION_KINDS", "Entries", "Issues", "ValueReader", "compose", "line_of", "type_name"]
@@ -160,6 +160,8 @@ class ValueReader:
                 return self._env(node, path, key.pattern)
             case "paths":
                 return self._paths(node, path)
+            case "targets":
+                return self._targets(node, path)
             case "host_names" | "mapping" | "limits" | "tenants":
                 raise ValueError(f"{key.name}: a {key.kind} is read by its section")
 
@@ -387,6 +389,27 @@ class ValueReader:
             else:
                 paths.append(Path(text))
         return tuple(paths)
+
+    def _targets(self, node: Node, path: str) -> tuple[str, ...]:
+        """Request targets in origin form: "/path" or "/path?query", printable ASCII."""
+        if not isinstance(node, SequenceNode):
+            self.issues.add(node, path, f"must be a list of request targets, got {type_name(node)}")
+            return ()
+        if len(node.value) > MAX_WARM_UP_TARGETS:
+            self.issues.add(node, path, f"at most {MAX_WARM_UP_TARGETS} targets, got {len(node.value)}")
+            return ()
+        targets: list[str] = []
+        for index, item in enumerate(node.value):
+            item_path = f"{path}[{index}]"
+            text = self.string(item, item_path)
+            if text is None:
+                continue
+            if re.fullmatch(r"/[!-~]*", text) is None or "#" in text:
+                self.issues.add(item, item_path, "must be a path starting with '/' (and an optional '?query'),"
+                                f" printable ASCII without spaces or '#', got {text!r}")
+            else:
+                targets.append(text)
+        return tuple(targets)
 
 
 def _matches(pattern: str, value: str) -> bool:

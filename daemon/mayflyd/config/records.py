@@ -38,7 +38,7 @@ __all__ = [
 Kind = Literal[
     "bool", "int", "id", "size", "cores", "choice",
     "listen", "abs_path", "socket_path", "cgroup_prefix",
-    "tenant_name", "host_names", "program", "app", "env", "paths",
+    "tenant_name", "host_names", "program", "app", "env", "paths", "targets",
     "mapping", "limits", "tenants",
 ]  # fmt: skip
 
@@ -76,6 +76,8 @@ class Key:
 
 MAX_ID: Final = 2**31 - 2  # 2^31-1 is reserved by some tools as "no id"
 UID_SPAN: Final = 65536  # derived uids are uid_base + crc32(name) % UID_SPAN
+MAX_WARM_UP_TARGETS: Final = 16
+WARM_UP_ROUNDS: Final = 16  # requests per warm-up target: CPython specialises after a few calls
 _HOUR_MS: Final = 3_600_000
 
 LIMIT_KEYS: Final = (
@@ -206,6 +208,15 @@ TENANT_KEYS: Final = (
         doc="How `app` is called. `auto`: by the callable's signature (an `async def`, or three"
             " parameters, is ASGI; two are WSGI). An explicit value the signature contradicts fails"
             " the load."),
+    Key(name="warm_up", kind="targets", default=(), shown_default="none",
+        range_note=f"at most {MAX_WARM_UP_TARGETS}; each `/path` or `/path?query`",
+        doc="Requests the host sends its own program or app before the seal, each"
+            f" {WARM_UP_ROUNDS} times: `GET` with the tenant's first host name, answers discarded. Code a"
+            " sandbox starts cold (a framework's lazy set-up, its routing tables, CPython's"
+            " specialised bytecode) then starts warm in every request: a Flask hello world serves"
+            " several times faster. They are real requests of the program's, in the host: what they"
+            " change stays for every request (a counter they raise, a file they write), so name only"
+            " paths whose GET has no effect. See [warm-up requests](design.md#warm-up-requests)."),
     Key(name="engine", kind="choice", default="auto", choices=("auto", "fork", "reset"),
         doc="How each request gets its sandbox. `fork`: a copy-on-write fork of the sealed host per"
             " request. `reset`: a pool of workers forked once, each rewound to its snapshot after every"

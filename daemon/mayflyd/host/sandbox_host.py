@@ -30,6 +30,7 @@ from mayflyd import _mayfly
 from mayflyd.host.program import ProgramError, load_program, warm_up_request_path
 from mayflyd.host.shared_memory import shared_memory_left
 from mayflyd.host.stdio import own_stdin
+from mayflyd.host.warm_up_requests import send_warm_up_requests
 from mayflyd.protocol import MsgType, pack_frame
 
 __all__ = ["HostSpec", "main"]
@@ -72,6 +73,9 @@ class HostSpec:
     front_loops: int = 1        # reset: request channels per worker, one per front-end loop
     app: str = ""               # "module:attribute" of a WSGI/ASGI app in `program`; "": the program contract
     interface: str = "auto"     # the app's: wsgi | asgi | auto
+    warm_up: list[str] = dataclasses.field(default_factory=list)  # targets to GET before the seal
+    warm_up_host: str = ""      # their Host header: the tenant's first host name
+    warm_up_rounds: int = 0     # requests per target
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -222,6 +226,9 @@ def _loader(spec: HostSpec) -> _mayfly.Loader:
         except BaseException as exc:  # noqa: BLE001 - anything else from tenant code is a failed load too
             traceback.print_exc()
             raise ProgramError(f"loading the program failed: {type(exc).__name__}: {exc}") from None
+        request_path = program.request_path()
+        if spec.warm_up:
+            send_warm_up_requests(request_path, spec.warm_up, spec.warm_up_host, spec.warm_up_rounds)
         sys.stdout.flush()
         sys.stderr.flush()
         problem = _count_threads_without_proc() or check_shared_memory()
@@ -236,7 +243,7 @@ def _loader(spec: HostSpec) -> _mayfly.Loader:
         # freezes.
         gc.collect()
         _mayfly.immortalize_tracked()
-        return program.request_path()
+        return request_path
     return load
 
 

@@ -22,6 +22,7 @@ from typing import Any, Final, Protocol
 import mayflyd
 from mayflyd import _mayfly
 from mayflyd.config import TenantConfig
+from mayflyd.config.records import WARM_UP_ROUNDS
 from mayflyd.host.sandbox_host import HostSpec
 from mayflyd.protocol import WorkerReplaced
 from mayflyd.supervisor.front_metrics import TenantCounts
@@ -53,6 +54,14 @@ _SYSTEM_PATHS = ("/usr", "/lib", "/lib64", "/bin", "/etc/ld.so.cache", "/etc/loc
 
 # Open files of one sandbox (RLIMIT_NOFILE).
 SANDBOX_NOFILE = 256
+
+
+def _warm_up_host(hosts: tuple[str, ...]) -> str:
+    """The Host header of warm-up requests: the tenant's first name, a
+    wildcard's made concrete."""
+    if not hosts:
+        return "localhost"
+    return "warm-up" + hosts[0][1:] if hosts[0].startswith("*.") else hosts[0]
 
 
 def default_pool() -> int:
@@ -170,6 +179,7 @@ class Tenant:
         root = walls.mode == "root"
         return HostSpec(
             tenant=self.name, program=str(config.program), app=config.app, interface=config.interface,
+            warm_up=list(config.warm_up), warm_up_host=_warm_up_host(config.hosts), warm_up_rounds=WARM_UP_ROUNDS,
             ctrl_fd=-1, parent_pid=os.getpid(),
             uid=config.uid if root else os.geteuid(), gid=config.gid if root else os.getegid(),
             mode=walls.mode, cgroup_version=walls.cgroup_version, cgroup_base=walls.cgroup_base,
