@@ -55,6 +55,7 @@ _TYPES: Final[Mapping[Kind, str]] = {
     "host_names": "list of strings",
     "program": "path",
     "app": "string",
+    "directory": "path",
     "env": "mapping of string to string",
     "paths": "list of absolute paths",
     "mapping": "mapping",

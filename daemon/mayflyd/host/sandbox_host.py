@@ -32,7 +32,7 @@ from mayflyd.host.shared_memory import shared_memory_left
 from mayflyd.host.stdio import own_stdin
 from mayflyd.protocol import MsgType, pack_frame
 
-__all__ = ["HostSpec", "main"]
+__all__ = ["HostSpec", "main", "tenant_sys_path"]
 
 HOSTNAME_MAX = 64  # bytes; sethostname() refuses longer
 SERVING_NICE = 5
@@ -72,6 +72,8 @@ class HostSpec:
     front_loops: int = 1        # reset: request channels per worker, one per front-end loop
     app: str = ""               # "module:attribute" of a WSGI/ASGI app in `program`; "": the program contract
     interface: str = "auto"     # the app's: wsgi | asgi | auto
+    root: str = ""              # the tenant's code directory, first on sys.path; "": none
+    packages: str = ""          # the tenant's installed packages, ahead of the daemon's; "": none
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -196,6 +198,23 @@ def _warm_up(spec: HostSpec, forked_by_zygote: bool) -> None:
         warm_up_request_path()
 
 
+def tenant_sys_path(spec: HostSpec, path: list[str]) -> None:
+    """Put the tenant's directories on `path` (sys.path), in place: its
+    packages before the first site-packages (the daemon's: a tenant's own
+    version of a package wins, the standard library stays the standard
+    library), its root first of all."""
+    for directory, what in ((spec.packages, "packages"), (spec.root, "root")):
+        # Checked when the config was read; this host may start much later.
+        if directory and not os.path.isdir(directory):
+            raise ProgramError(f"the tenant's {what} directory {directory!r} does not exist")
+    if spec.packages:
+        site = next((i for i, entry in enumerate(path)
+                     if os.path.basename(entry) in ("site-packages", "dist-packages")), len(path))
+        path.insert(site, spec.packages)
+    if spec.root:
+        path.insert(0, spec.root)
+
+
 def _loader(spec: HostSpec) -> _mayfly.Loader:
     """What the engine calls to load the program: import, on_init(), then
     what must happen while Python may still run in the host. Everything
@@ -209,6 +228,7 @@ def _loader(spec: HostSpec) -> _mayfly.Loader:
         # The sandbox's root is read-only: every attempt to write a .pyc would fail.
         sys.dont_write_bytecode = True
         try:
+            tenant_sys_path(spec, sys.path)
             if spec.app:
                 # Imported here, with the program: a zygote's hosts that serve
                 # no app copy none of its pages.
