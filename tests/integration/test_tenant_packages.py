@@ -133,6 +133,18 @@ def test_packages_and_root_are_read_only(daemon: Daemon) -> None:
     assert not (daemon.workdir / "programs" / "written-by-tenant").exists()
 
 
+def test_a_changed_sibling_in_root_reloads_the_tenant(daemon: Daemon) -> None:
+    helpers = daemon.workdir / "programs" / "helpers.py"
+    helpers.write_text("NAME = 'changed'\n")
+    try:
+        daemon.wait_for(lambda: json.loads(daemon.get("one.localhost").body)["helper"] == "changed",
+                        what="the reload after helpers.py changed")
+    finally:
+        helpers.write_text("NAME = 'sibling'\n")
+        daemon.wait_for(lambda: all(json.loads(daemon.get(host).body)["helper"] == "sibling"
+                                    for host in ("one.localhost", "two.localhost")), what="the reload back")
+
+
 def test_a_missing_packages_directory_is_refused_and_the_others_serve(daemon: Daemon) -> None:
     config = daemon.config_path.read_text()
     tenants = yaml.safe_load(config)["tenants"]

@@ -312,7 +312,7 @@ class Tenant:
             # Said here, once per start, rather than as a host that dies serving.
             raise HostStartError(f"engine: reset cannot run here: {self._walls.reset_missing}; "
                                  "use engine: fork or engine: auto")
-        version = await asyncio.to_thread(program_version, config.code)
+        version = await asyncio.to_thread(program_version, config.code, config.packages)
         host = SandboxHost(tenant=self.name, version=version, spec=self._spec(config),
                            env=host_environment(config), output_budget=self._output,
                            on_sandbox_exit=self._sandbox_exited, zygote=self._zygote)
