@@ -132,11 +132,12 @@ def spec(**fields: str) -> HostSpec:
                     **fields)
 
 
-def test_sys_path_root_first_packages_ahead_of_site_packages(base: Path) -> None:
-    path = ["/usr/lib/python3.x", "/usr/lib/python3.x/lib-dynload", "/venv/lib/python3.x/site-packages", "/x"]
+def test_sys_path_root_first_then_packages(base: Path) -> None:
+    # The zygote's bootstrap puts the daemon's site-packages first: the tenant's go before it.
+    path = ["/venv/lib/python3.x/site-packages", "/usr/lib/python3.x", "/venv/lib/python3.x/site-packages"]
     tenant_sys_path(spec(root=str(base / "site"), packages=str(base / "deps")), path)
-    assert path == [str(base / "site"), "/usr/lib/python3.x", "/usr/lib/python3.x/lib-dynload", str(base / "deps"),
-                    "/venv/lib/python3.x/site-packages", "/x"]
+    assert path == [str(base / "site"), str(base / "deps"), "/venv/lib/python3.x/site-packages",
+                    "/usr/lib/python3.x", "/venv/lib/python3.x/site-packages"]
     unchanged = ["/usr/lib/python3.x"]
     tenant_sys_path(spec(), unchanged)
     assert unchanged == ["/usr/lib/python3.x"]

@@ -216,8 +216,8 @@ TENANT_KEYS: Final = (
         range_note="installed by the daemon's Python version",
         doc="A directory of installed packages (`pip install --target DIR`, or a venv's"
             " `site-packages`) that only this tenant imports. It is shown read-only in the sandbox at"
-            " the same path and put on `sys.path` ahead of the daemon's own `site-packages` (after the"
-            " standard library) before the program or app is imported. Install it with the same"
+            " the same path and put on `sys.path` ahead of the daemon's own `site-packages`, after"
+            " `root`, before the program or app is imported. Install it with the same"
             " Python version as the daemon: a directory holding compiled modules, wheel tags or a"
             " `pythonX.Y` path of another version is refused. A relative path is resolved from the"
             " config file's directory. See [packages](#packages-of-a-tenant)."),

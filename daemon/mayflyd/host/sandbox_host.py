@@ -199,20 +199,18 @@ def _warm_up(spec: HostSpec, forked_by_zygote: bool) -> None:
 
 
 def tenant_sys_path(spec: HostSpec, path: list[str]) -> None:
-    """Put the tenant's directories on `path` (sys.path), in place: its
-    packages before the first site-packages (the daemon's: a tenant's own
-    version of a package wins, the standard library stays the standard
-    library), its root first of all."""
-    for directory, what in ((spec.packages, "packages"), (spec.root, "root")):
+    """Put the tenant's directories first on `path` (sys.path), in place,
+    as PYTHONPATH would: its root, then its packages, then the daemon's
+    path. The daemon's own site-packages comes first there (the zygote's
+    bootstrap puts it there to find mayflyd): after it, a tenant's own
+    version of a package the daemon also has would never be imported."""
+    mine = [directory for directory in (spec.root, spec.packages) if directory]
+    for directory in mine:
         # Checked when the config was read; this host may start much later.
-        if directory and not os.path.isdir(directory):
+        if not os.path.isdir(directory):
+            what = "root" if directory == spec.root else "packages"
             raise ProgramError(f"the tenant's {what} directory {directory!r} does not exist")
-    if spec.packages:
-        site = next((i for i, entry in enumerate(path)
-                     if os.path.basename(entry) in ("site-packages", "dist-packages")), len(path))
-        path.insert(site, spec.packages)
-    if spec.root:
-        path.insert(0, spec.root)
+    path[:0] = mine
 
 
 def _loader(spec: HostSpec) -> _mayfly.Loader:
