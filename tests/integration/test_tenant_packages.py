@@ -77,6 +77,19 @@ def application(environ, start_response):
 '''
 
 
+SOLO = '''
+import json
+import os
+
+import greet
+
+
+def on_client_request(request):
+    here = os.path.dirname(__file__)
+    return json.dumps({"greet": greet.__version__, "beside": sorted(os.listdir(here))})
+'''
+
+
 @pytest.fixture(scope="module")
 def packages(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """deps1/ with greet 1.0 and deps2/ with greet 2.0, installed by pip;
@@ -107,8 +120,19 @@ def daemon(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         {"name": "two", "hosts": ["two.localhost"], "root": "programs", "app": "wsgi_app:application",
          "packages": str(packages / "deps2"), "engine": engine, "limits": limits()},
     ]
+    tenants += [
+        # A package app inside root, named like the standard library's `site`.
+        {"name": "site", "hosts": ["site.localhost"], "root": "programs", "app": "site.wsgi:application",
+         "packages": str(packages / "deps2"), "engine": engine, "limits": limits()},
+        # A one-file program without root: it sees its file and its packages.
+        {"name": "solo", "hosts": ["solo.localhost"], "program": "programs/solo.py",
+         "packages": str(packages / "deps1"), "engine": engine, "limits": limits()},
+    ]
     sources = {"report.py": REPORT, "helpers.py": "NAME = 'sibling'\n", "program.py": PROGRAM,
-               "wsgi_app.py": WSGI_APP}
+               "wsgi_app.py": WSGI_APP, "solo.py": SOLO}
+    (workdir / "programs" / "site").mkdir(parents=True)
+    (workdir / "programs" / "site" / "__init__.py").write_text("")
+    (workdir / "programs" / "site" / "wsgi.py").write_text(WSGI_APP)
     d = Daemon(workdir, tenants, sources, zygote=zygote)
     os.chown(workdir / "programs", TENANT_UID, TENANT_UID)
     yield from serving(d, engine)
@@ -124,6 +148,14 @@ def test_each_tenant_imports_its_own_version_and_its_siblings(daemon: Daemon) ->
     # A tenant's package comes before the daemon's of the same name; without one, the daemon's.
     assert json.loads(daemon.get("two.localhost").body)["itsdangerous"] == "deps2"
     assert json.loads(daemon.get("one.localhost").body)["itsdangerous"] == "the daemon's"
+
+
+def test_a_package_app_in_root_and_a_one_file_program_with_packages(daemon: Daemon) -> None:
+    seen = json.loads(daemon.get("site.localhost").body)
+    assert (seen["greet"], seen["helper"]) == ("2.0", "sibling")
+    seen = json.loads(daemon.get("solo.localhost").body)
+    # Without root, the program's neighbours stay out of its sandbox, as before.
+    assert (seen["greet"], seen["beside"]) == ("1.0", ["solo.py"])
 
 
 def test_packages_and_root_are_read_only(daemon: Daemon) -> None:
