@@ -56,6 +56,7 @@ _TYPES: Final[Mapping[Kind, str]] = {
     "program": "path",
     "app": "string",
     "directory": "path",
+    "packages": "path",
     "env": "mapping of string to string",
     "paths": "list of absolute paths",
     "mapping": "mapping",

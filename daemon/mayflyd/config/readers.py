@@ -156,6 +156,8 @@ class ValueReader:
                 )
             case "directory":
                 return self._directory(node, path, key.name)
+            case "packages":
+                return self._packages(node, path, key.name)
             case "env":
                 return self._env(node, path, key.pattern)
             case "paths":
@@ -322,23 +324,28 @@ class ValueReader:
         return text
 
     def _directory(self, node: Node, path: str, name: str) -> Path | None:
-        """An existing directory, relative to the config file's; `packages`
-        must also have been installed for this Python."""
+        """An existing directory, relative to the config file's."""
         text = self._path_text(node, path)
         if text is None:
             return None
         directory = (self._base_dir / text).resolve()
         try:
-            if not directory.exists():
-                self.issues.add(node, path, f"{name} directory {text!r} does not exist (looked for {str(directory)!r})")
-                return None
-            if not directory.is_dir():
+            if directory.is_dir():
+                return directory
+            if directory.exists():
                 self.issues.add(node, path, f"{name} {text!r} is not a directory ({str(directory)!r})")
-                return None
-            problem = packages_version_problem(directory) if name == "packages" else None
+            else:
+                self.issues.add(node, path, f"{name} directory {text!r} does not exist (looked for {str(directory)!r})")
         except OSError as exc:
             self.issues.add(node, path, f"cannot check {name} {str(directory)!r}: {exc.strerror or exc}")
+        return None
+
+    def _packages(self, node: Node, path: str, name: str) -> Path | None:
+        """A directory of packages installed for this Python."""
+        directory = self._directory(node, path, name)
+        if directory is None:
             return None
+        problem = packages_version_problem(directory)  # raises no OSError: it skips what it cannot read
         if problem is not None:
             self.issues.add(node, path, problem)
             return None

@@ -38,7 +38,7 @@ __all__ = [
 Kind = Literal[
     "bool", "int", "id", "size", "cores", "choice",
     "listen", "abs_path", "socket_path", "cgroup_prefix",
-    "tenant_name", "host_names", "program", "app", "directory", "env", "paths",
+    "tenant_name", "host_names", "program", "app", "directory", "packages", "env", "paths",
     "mapping", "limits", "tenants",
 ]  # fmt: skip
 
@@ -212,7 +212,7 @@ TENANT_KEYS: Final = (
         doc="How `app` is called. `auto`: by the callable's signature (an `async def`, or three"
             " parameters, is ASGI; two are WSGI). ASGI is not supported yet: such a tenant fails to"
             " load with that reason."),
-    Key(name="packages", kind="directory", default=None,
+    Key(name="packages", kind="packages", default=None,
         range_note="installed by the daemon's Python version",
         doc="A directory of installed packages (`pip install --target DIR`, or a venv's"
             " `site-packages`) that only this tenant imports. It is shown read-only in the sandbox at"
