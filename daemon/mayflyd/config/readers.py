@@ -330,14 +330,14 @@ class ValueReader:
             return None
         directory = (self._base_dir / text).resolve()
         try:
-            if directory.is_dir():
-                return directory
-            if directory.exists():
-                self.issues.add(node, path, f"{name} {text!r} is not a directory ({str(directory)!r})")
-            else:
-                self.issues.add(node, path, f"{name} directory {text!r} does not exist (looked for {str(directory)!r})")
+            is_dir, exists = directory.is_dir(), directory.exists()
         except OSError as exc:
             self.issues.add(node, path, f"cannot check {name} {str(directory)!r}: {exc.strerror or exc}")
+            return None
+        if is_dir:
+            return directory
+        self.issues.add(node, path, f"{name} {text!r} is not a directory ({str(directory)!r})" if exists
+                        else f"{name} directory {text!r} does not exist (looked for {str(directory)!r})")
         return None
 
     def _packages(self, node: Node, path: str, name: str) -> Path | None:
