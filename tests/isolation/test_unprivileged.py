@@ -15,9 +15,21 @@ from pathlib import Path
 import pytest
 
 from tests.daemon_harness import UnprivilegedDaemon, as_unprivileged
+from tests.wheels import install_greet
 
 HERE = Path(__file__).resolve().parent
 SEED = HERE.parents[1] / "config" / "programs" / "hello_pythran.py"
+
+
+# A tenant with `root` and `packages`: both shown to it inside its user namespace.
+PACKAGED = '''
+import greet
+import helpers
+
+
+def on_client_request(request):
+    return f"{greet.__version__} {helpers.NAME}"
+'''
 
 
 @pytest.fixture(scope="module")
@@ -27,10 +39,14 @@ def unprivileged() -> Iterator[UnprivilegedDaemon]:
     workdir.chmod(0o755)
     (workdir / "programs").mkdir(mode=0o755)
     shutil.copy(SEED, workdir / "programs" / "hello.py")
+    install_greet(workdir / "deps", "2.0")
     tenants = [{"name": "hello", "hosts": ["hello.localhost"], "default": True, "program": "programs/hello.py"},
                {"name": "attacker", "hosts": ["attacker.localhost"], "program": "programs/attacks.py",
-                "limits": {"request_cpu_ms": 1500}}]
-    daemon = UnprivilegedDaemon(workdir, tenants, {"attacks.py": (HERE / "attacks.py").read_text()})
+                "limits": {"request_cpu_ms": 1500}},
+               {"name": "packaged", "hosts": ["packaged.localhost"], "root": "programs", "program": "packaged.py",
+                "packages": "deps"}]
+    daemon = UnprivilegedDaemon(workdir, tenants, {"attacks.py": (HERE / "attacks.py").read_text(),
+                                                   "packaged.py": PACKAGED, "helpers.py": "NAME = 'sibling'\n"})
     for path in workdir.rglob("*"):
         path.chmod(0o755 if path.is_dir() else 0o644)
     daemon.start()
@@ -56,6 +72,10 @@ def test_it_says_which_walls_are_missing(unprivileged: UnprivilegedDaemon) -> No
     present = next(line for line in log.splitlines() if "walls present:" in line)
     assert "a user namespace" in present and "seccomp filters" in present
     assert "cgroup v" not in present
+
+
+def test_a_tenants_root_and_packages_are_shown_to_it(unprivileged: UnprivilegedDaemon) -> None:
+    assert unprivileged.get("packaged.localhost").text == "2.0 sibling"
 
 
 @pytest.mark.parametrize("path,expected", [

@@ -39,3 +39,17 @@ def test_planted_links_and_fifos_are_not_read(tmp_path: Path) -> None:
     (pkg / "secret").symlink_to("/etc/shadow")   # would be read as root
     version = program_version(pkg)                # returns at all: that is the test
     assert len(version) == 12
+
+
+def test_a_root_covers_its_files_but_not_its_packages(tmp_path: Path) -> None:
+    root = tmp_path / "site"
+    (root / "deps" / "greet").mkdir(parents=True)
+    (root / "app.py").write_text("import helpers\n")
+    (root / "helpers.py").write_text("NAME = 1\n")
+    (root / "deps" / "greet" / "__init__.py").write_text("")
+    assert [p.name for p in program_files(root, root / "deps")] == ["app.py", "helpers.py"]
+    before = program_version(root, root / "deps")
+    (root / "deps" / "greet" / "__init__.py").write_text("changed = True\n")
+    assert program_version(root, root / "deps") == before
+    (root / "helpers.py").write_text("NAME = 2\n")
+    assert program_version(root, root / "deps") != before

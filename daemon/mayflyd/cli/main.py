@@ -98,7 +98,8 @@ def _run(args: argparse.Namespace) -> int:
     from mayflyd.supervisor.daemon import Daemon
     from mayflyd.supervisor.logs import setup_logging
 
-    program = Path(args.program).resolve()
+    # With --root, the program is looked for inside it, as the config's `program` is.
+    program = Path(args.program) if args.root else Path(args.program).resolve()
     try:
         host, port = parse_listen(args.listen)
     except ValueError as exc:
@@ -114,7 +115,7 @@ def _run(args: argparse.Namespace) -> int:
     text = json.dumps({  # JSON is YAML: no quoting surprises in paths
         "listen": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
         "admin_socket": admin_socket, "cgroup_prefix": f"mayflyd-run-{port}",
-        "tenants": [{"name": name, "default": True, "program": str(program)}],
+        "tenants": [{"name": name, "default": True, "program": str(program), **_run_directories(args)}],
     })
     try:
         config = parse_config(text, source=f"mayflyd run {args.program}", base_dir=Path.cwd())
@@ -123,6 +124,12 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     setup_logging(config.log_level, config.log_format)
     return _run_daemon(Daemon(config))
+
+
+def _run_directories(args: argparse.Namespace) -> dict[str, str]:
+    """--root and --packages as the tenant's keys, absolute (from the current directory)."""
+    return {key: str(Path(value).resolve()) for key, value in (("root", args.root), ("packages", args.packages))
+            if value is not None}
 
 
 def _listened_on(path: str) -> bool:
@@ -214,6 +221,10 @@ def main(argv: list[str] | None = None) -> int:
     run = commands.add_parser("run", help="serve one program as the default tenant, reloading it on change")
     run.add_argument("program", help="a .py file or a package directory")
     run.add_argument("--listen", metavar="HOST:PORT", default="127.0.0.1:8080")
+    run.add_argument("--root", metavar="DIR", help="the program's directory, shown whole to it; PROGRAM is then "
+                     "relative to it (the tenant key `root`)")
+    run.add_argument("--packages", metavar="DIR", help="packages installed with pip install --target DIR "
+                     "for this Python (the tenant key `packages`)")
     run.set_defaults(func=_run)
     for name, func, text in (("status", _status, "show the running daemon's tenants"),
                              ("reload", _reload, "reload the running daemon's configuration")):

@@ -55,6 +55,8 @@ _TYPES: Final[Mapping[Kind, str]] = {
     "host_names": "list of strings",
     "program": "path",
     "app": "string",
+    "directory": "path",
+    "packages": "path",
     "env": "mapping of string to string",
     "paths": "list of absolute paths",
     "targets": "list of strings",

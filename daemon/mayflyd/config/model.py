@@ -86,7 +86,9 @@ class TenantConfig:
     name: str
     hosts: tuple[str, ...] = TENANT["hosts"].default  # lower-cased, no trailing dot; "*.suffix" kept
     default: bool = TENANT["default"].default
+    root: Path | None = TENANT["root"].default  # absolute, resolved; program lies inside it
     program: Path  # absolute, resolved; with `app`, its module's file or package
+    packages: Path | None = TENANT["packages"].default  # absolute, resolved
     app: str = TENANT["app"].default  # "module:attribute", or "" for the program contract
     interface: str = TENANT["interface"].default
     engine: str = TENANT["engine"].default
@@ -101,6 +103,12 @@ class TenantConfig:
     files: tuple[Path, ...] = TENANT["files"].default
     warm_up: tuple[str, ...] = TENANT["warm_up"].default  # request targets, sent before the seal
     seccomp_action: str = TENANT["seccomp_action"].default
+
+    @property
+    def code(self) -> Path:
+        """The tenant's own code on disk: `root`, else the program's file or
+        package. Its files make the version, and the watcher polls them."""
+        return self.root or self.program
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -23,14 +23,16 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from .addresses import parse_listen
 from .model import ConfigIssue
+from .packages import packages_version_problem
 from .records import MAX_WARM_UP_TARGETS, Key, Kind
 from .sizes import format_size, parse_size
 
 __all__ = ["SECTION_KINDS", "Entries", "Issues", "ValueReader", "compose", "line_of", "type_name"]
 
-# Kinds whose checks need the rest of their section or the other tenants:
+# Kinds whose checks need the rest of their section or the other tenants
+# (a program and an app are looked for in the tenant's `root`):
 # validation.py reads them. ValueReader.read() reads every other kind.
-SECTION_KINDS: Final[frozenset[Kind]] = frozenset({"host_names", "mapping", "limits", "tenants"})
+SECTION_KINDS: Final[frozenset[Kind]] = frozenset({"host_names", "program", "app", "mapping", "limits", "tenants"})
 
 Entries = dict[str, tuple[Node, Node]]  # key -> (key node, value node)
 
@@ -152,17 +154,17 @@ class ValueReader:
                     partial(_matches, key.pattern),
                     "1-63 characters of a-z, 0-9, '_' and '-', starting with a letter or digit",
                 )
-            case "program":
-                return self._program(node, path)
-            case "app":
-                return self._app(node, path, key.pattern)
+            case "directory":
+                return self._directory(node, path, key.name)
+            case "packages":
+                return self._packages(node, path, key.name)
             case "env":
                 return self._env(node, path, key.pattern)
             case "paths":
                 return self._paths(node, path)
             case "targets":
                 return self._targets(node, path)
-            case "host_names" | "mapping" | "limits" | "tenants":
+            case "host_names" | "program" | "app" | "mapping" | "limits" | "tenants":
                 raise ValueError(f"{key.name}: a {key.kind} is read by its section")
 
     # ---- YAML structure
@@ -311,7 +313,7 @@ class ValueReader:
             return None
         return value
 
-    def _program(self, node: Node, path: str) -> Path | None:
+    def _path_text(self, node: Node, path: str) -> str | None:
         text = self.string(node, path)
         if text is None:
             return None
@@ -321,21 +323,68 @@ class ValueReader:
         if "\0" in text:
             self.issues.add(node, path, "must not contain a NUL character")
             return None
-        program = (self._base_dir / text).resolve()  # an absolute `text` replaces base_dir
+        return text
+
+    def _directory(self, node: Node, path: str, name: str) -> Path | None:
+        """An existing directory, relative to the config file's."""
+        text = self._path_text(node, path)
+        if text is None:
+            return None
+        directory = (self._base_dir / text).resolve()
+        try:
+            is_dir, exists = directory.is_dir(), directory.exists()
+        except OSError as exc:
+            self.issues.add(node, path, f"cannot check {name} {str(directory)!r}: {exc.strerror or exc}")
+            return None
+        if is_dir:
+            return directory
+        self.issues.add(node, path, f"{name} {text!r} is not a directory ({str(directory)!r})" if exists
+                        else f"{name} directory {text!r} does not exist (looked for {str(directory)!r})")
+        return None
+
+    def _packages(self, node: Node, path: str, name: str) -> Path | None:
+        """A directory of packages installed for this Python."""
+        directory = self._directory(node, path, name)
+        if directory is None:
+            return None
+        problem = packages_version_problem(directory)  # raises no OSError: it skips what it cannot read
+        if problem is not None:
+            self.issues.add(node, path, problem)
+            return None
+        return directory
+
+    def program(self, node: Node, path: str, root: Path | None) -> Path | None:
+        """The program's file or package, from `root` when given (and inside it)."""
+        text = self._path_text(node, path)
+        if text is None:
+            return None
+        program = ((root or self._base_dir) / text).resolve()  # an absolute `text` replaces the base
+        if not self._inside(node, path, program, root, f"program {text!r}"):
+            return None
         return self._program_at(node, path, program, f"program {text!r}")
 
-    def _app(self, node: Node, path: str, pattern: str) -> tuple[str, Path] | None:
+    def app(self, node: Node, path: str, pattern: str, root: Path | None) -> tuple[str, Path] | None:
         """`module:attribute` and the file or package of the module's first
-        name, next to the config file: what the tenant's sandbox sees."""
+        name, next to the config file or in `root`: what the tenant's sandbox sees."""
         text = self._string_where(node, path, partial(_matches, pattern),
                                   "'module:attribute' (e.g. 'hello:app' or 'site.wsgi:application')")
         if text is None:
             return None
         top = text.partition(":")[0].partition(".")[0]
-        package = self._base_dir / top
-        where = package if package.is_dir() else package.with_suffix(".py")
-        found = self._program_at(node, path, where.resolve(), f"module {top!r} of app {text!r}")
+        package = (root or self._base_dir) / top
+        where = (package if package.is_dir() else package.with_suffix(".py")).resolve()
+        if not self._inside(node, path, where, root, f"module {top!r} of app {text!r}"):
+            return None
+        found = self._program_at(node, path, where, f"module {top!r} of app {text!r}")
         return None if found is None else (text, found)
+
+    def _inside(self, node: Node, path: str, program: Path, root: Path | None, what: str) -> bool:
+        """Whether `program` (resolved: links followed) lies inside `root`:
+        the sandbox shows root only."""
+        if root is None or program.is_relative_to(root):
+            return True
+        self.issues.add(node, path, f"{what} is outside root {str(root)!r} (it resolves to {str(program)!r})")
+        return False
 
     def _program_at(self, node: Node, path: str, program: Path, what: str) -> Path | None:
         try:

@@ -38,7 +38,7 @@ __all__ = [
 Kind = Literal[
     "bool", "int", "id", "size", "cores", "choice",
     "listen", "abs_path", "socket_path", "cgroup_prefix",
-    "tenant_name", "host_names", "program", "app", "env", "paths", "targets",
+    "tenant_name", "host_names", "program", "app", "directory", "packages", "env", "paths", "targets",
     "mapping", "limits", "tenants",
 ]  # fmt: skip
 
@@ -190,24 +190,39 @@ TENANT_KEYS: Final = (
             " No host may belong to two tenants."),
     Key(name="default", kind="bool", default=False,
         doc="Serves requests whose host matches no tenant. At most one tenant may be the default."),
+    Key(name="root", kind="directory", default=None,
+        doc="A directory holding the tenant's code, shown read-only in its sandbox and first on its"
+            " `sys.path`: a program of several files imports its siblings (`import helpers`). With"
+            " `root`, `program` and `app` are looked for inside it (a relative `program` is relative"
+            " to `root`) and must not lead out of it. A relative `root` is resolved from the config"
+            " file's directory. Without `root`, the sandbox sees only the program's file or package."),
     Key(name="program", kind="program", shown_default="required unless `app` is given",
         doc="The tenant's program: a `.py` file, or a directory that contains `__init__.py`. A"
-            " relative path is resolved from the config file's directory, not from the current"
-            " directory. The program must exist when the config is loaded. A tenant gives either"
-            " `program` or `app`."),
+            " relative path is resolved from the config file's directory (from `root` when given),"
+            " not from the current directory. The program must exist when the config is loaded. A"
+            " tenant gives either `program` or `app`."),
     Key(name="app", kind="app", default="", shown_default="none",
         pattern=r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*",
         range_note="`module:attribute`",
         doc="A WSGI or ASGI app to serve instead of a `program`, spelt `module:attribute` as gunicorn"
             " and uvicorn spell it (`hello:app`, `site.wsgi:application`). The module's first name is"
-            " a `.py` file or a package directory next to the config file (an absolute directory is not"
-            " accepted yet); that file or package is what the tenant's sandbox sees, as a `program`"
+            " a `.py` file or a package directory next to the config file, or inside `root` when given;"
+            " that file or package (or `root`) is what the tenant's sandbox sees, as a `program`"
             " would be. The app is imported and built once in the host, before the seal; every request"
             " then runs in its own sandbox. See [WSGI and ASGI apps](design.md#wsgi-and-asgi-apps)."),
     Key(name="interface", kind="choice", default="auto", choices=("auto", "wsgi", "asgi"),
         doc="How `app` is called. `auto`: by the callable's signature (an `async def`, or three"
             " parameters, is ASGI; two are WSGI). An explicit value the signature contradicts fails"
             " the load."),
+    Key(name="packages", kind="packages", default=None,
+        range_note="installed by the daemon's Python version",
+        doc="A directory of installed packages (`pip install --target DIR`, or a venv's"
+            " `site-packages`) that only this tenant imports. It is shown read-only in the sandbox at"
+            " the same path and put on `sys.path` ahead of the daemon's own `site-packages`, after"
+            " `root`, before the program or app is imported. Install it with the same"
+            " Python version as the daemon: a directory holding compiled modules, wheel tags or a"
+            " `pythonX.Y` path of another version is refused. A relative path is resolved from the"
+            " config file's directory. See [packages](#packages-of-a-tenant)."),
     Key(name="warm_up", kind="targets", default=(), shown_default="none",
         range_note=f"at most {MAX_WARM_UP_TARGETS}; each `/path` or `/path?query`",
         doc="Requests the host sends its own program or app before the seal, each"

@@ -22,7 +22,7 @@ from yaml.nodes import Node, SequenceNode
 from .addresses import host_name_problem, normalize_host_name
 from .model import BUILTIN_LIMITS, Config, ConfigError, Limits, TenantConfig
 from .readers import SECTION_KINDS, Entries, Issues, ValueReader, compose, line_of, type_name
-from .records import DEFAULTS_KEYS, LIMIT_KEYS, TENANT_KEYS, TOP, TOP_KEYS, UID_SPAN, Key
+from .records import DEFAULTS_KEYS, LIMIT_KEYS, TENANT, TENANT_KEYS, TOP, TOP_KEYS, UID_SPAN, Key
 from .sizes import format_size
 
 __all__ = ["validate_config"]
@@ -177,9 +177,18 @@ class _Parser(ValueReader):
             return None
         if "interface" in entries and "app" not in entries:
             self.issues.add(entries["interface"][1], f"{path}.interface", "`interface` applies only to an `app`")
-        if "app" in values:
-            values["app"], values["program"] = values["app"]
-        elif "program" not in entries and "app" not in entries:
+        if "root" in entries and "root" not in values:
+            return None  # reported; where to look for the program is unknown
+        root: Path | None = values.get("root")
+        if "app" in entries:
+            app = self.app(entries["app"][1], f"{path}.app", TENANT["app"].pattern, root)
+            if app is not None:
+                values["app"], values["program"] = app
+        elif "program" in entries:
+            program = self.program(entries["program"][1], f"{path}.program", root)
+            if program is not None:
+                values["program"] = program
+        else:
             self.issues.add(node, f"{path}.program", f"tenant {label} needs a `program` or an `app`")
         if name is None or "program" not in values or uid is None:
             return None  # already reported

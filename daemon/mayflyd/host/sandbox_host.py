@@ -33,7 +33,7 @@ from mayflyd.host.stdio import own_stdin
 from mayflyd.host.warm_up_requests import send_warm_up_requests
 from mayflyd.protocol import MsgType, pack_frame
 
-__all__ = ["HostSpec", "main"]
+__all__ = ["HostSpec", "main", "tenant_sys_path"]
 
 HOSTNAME_MAX = 64  # bytes; sethostname() refuses longer
 SERVING_NICE = 5
@@ -76,6 +76,8 @@ class HostSpec:
     warm_up: list[str] = dataclasses.field(default_factory=list)  # targets to GET before the seal
     warm_up_host: str = ""      # their Host header: the tenant's first host name
     warm_up_rounds: int = 0     # requests per target
+    root: str = ""              # the tenant's code directory, first on sys.path; "": none
+    packages: str = ""          # the tenant's installed packages, ahead of the daemon's; "": none
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -200,6 +202,21 @@ def _warm_up(spec: HostSpec, forked_by_zygote: bool) -> None:
         warm_up_request_path()
 
 
+def tenant_sys_path(spec: HostSpec, path: list[str]) -> None:
+    """Put the tenant's directories first on `path` (sys.path), in place,
+    as PYTHONPATH would: its root, then its packages, then the daemon's
+    path. The daemon's own site-packages comes first there (the zygote's
+    bootstrap puts it there to find mayflyd): after it, a tenant's own
+    version of a package the daemon also has would never be imported."""
+    mine = [directory for directory in (spec.root, spec.packages) if directory]
+    for directory in mine:
+        # Checked when the config was read; this host may start much later.
+        if not os.path.isdir(directory):
+            what = "root" if directory == spec.root else "packages"
+            raise ProgramError(f"the tenant's {what} directory {directory!r} does not exist")
+    path[:0] = mine
+
+
 def _loader(spec: HostSpec) -> _mayfly.Loader:
     """What the engine calls to load the program: import, on_init(), then
     what must happen while Python may still run in the host. Everything
@@ -213,6 +230,7 @@ def _loader(spec: HostSpec) -> _mayfly.Loader:
         # The sandbox's root is read-only: every attempt to write a .pyc would fail.
         sys.dont_write_bytecode = True
         try:
+            tenant_sys_path(spec, sys.path)
             if spec.app:
                 # Imported here, with the program: a zygote's hosts that serve
                 # no app copy none of its pages.

@@ -349,7 +349,7 @@ class Daemon:
             tenants = list(self._tenants.items())
             # One trip to a thread for all of them, not one per tenant.
             fingerprints = await asyncio.to_thread(
-                lambda: [program_fingerprint(tenant.config.program) for _, tenant in tenants])
+                lambda: [program_fingerprint(tenant.config.code, tenant.config.packages) for _, tenant in tenants])
             for (name, tenant), fingerprint in zip(tenants, fingerprints):
                 if fingerprint != seen.get(name):
                     # A first sight counts as a change too: the file may have
@@ -361,7 +361,7 @@ class Daemon:
                     await self._reload_program(tenant)
 
     async def _reload_program(self, tenant: Tenant) -> None:
-        version = await asyncio.to_thread(program_version, tenant.config.program)
+        version = await asyncio.to_thread(program_version, tenant.config.code, tenant.config.packages)
         if version == tenant.version:
             return  # touched, not changed
         log.info("program changed (version %s): reloading", version, extra={"tenant": tenant.name})

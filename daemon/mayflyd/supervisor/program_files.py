@@ -20,28 +20,30 @@ _MAX_FILES = 2000
 _MAX_HASHED = 16 * 1024 * 1024
 
 
-def program_files(program: Path) -> list[Path]:
-    """The program file, or every file of its package directory, sorted.
+def program_files(program: Path, skip: Path | None = None) -> list[Path]:
+    """The program file, or every file of its package directory (or root), sorted.
 
     Symbolic links inside a package directory are not followed (os.walk's
     default for directories; links to files are listed, and read_for_hash
-    refuses them).
+    refuses them). `skip`: a directory left out, the tenant's packages when
+    they lie inside its root (installed, not edited: not watched).
     """
     if not program.is_dir():
         return [program]
     files: list[Path] = []
     for root, dirs, names in os.walk(program):
-        dirs[:] = sorted(d for d in dirs if d != "__pycache__" and not d.startswith("."))
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__" and not d.startswith(".")
+                         and Path(root, d) != skip)
         files.extend(Path(root) / name for name in sorted(names) if not name.endswith(".pyc"))
         if len(files) >= _MAX_FILES:
             break
     return files[:_MAX_FILES]
 
 
-def program_version(program: Path) -> str:
+def program_version(program: Path, skip: Path | None = None) -> str:
     """12 hex digits of a SHA-256 over the files' names and contents."""
     digest = hashlib.sha256()
-    for path in program_files(program):
+    for path in program_files(program, skip):
         digest.update(str(path.relative_to(program) if program.is_dir() else path.name).encode())
         digest.update(b"\0")
         digest.update(_read_for_hash(path))
@@ -62,10 +64,10 @@ def _read_for_hash(path: Path) -> bytes:
         return f.read(_MAX_HASHED) + f"size {st.st_size}".encode()
 
 
-def program_fingerprint(program: Path) -> tuple[tuple[str, int, int, int], ...]:
+def program_fingerprint(program: Path, skip: Path | None = None) -> tuple[tuple[str, int, int, int], ...]:
     """(name, mtime_ns, size, inode) of every file: changes whenever an editor saves."""
     result = []
-    for path in program_files(program):
+    for path in program_files(program, skip):
         try:
             st = path.stat()
         except OSError:

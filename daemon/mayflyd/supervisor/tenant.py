@@ -130,8 +130,11 @@ class Walls:
 
 def _sandbox_readonly_paths(config: TenantConfig) -> list[str]:
     package_dir = str(Path(mayflyd.__file__).resolve().parent)
+    # The tenant's code and packages at the paths they have outside: what a
+    # daemon without a mount namespace shows is then the same.
+    tenant_dirs = [str(path) for path in (config.root, config.packages) if path is not None]
     paths = [*_SYSTEM_PATHS, sys.prefix, sys.base_prefix, sys.exec_prefix, package_dir, str(config.program),
-             *(str(p) for p in config.files)]
+             *tenant_dirs, *(str(p) for p in config.files)]
     return list(dict.fromkeys(paths))
 
 
@@ -180,6 +183,7 @@ class Tenant:
         return HostSpec(
             tenant=self.name, program=str(config.program), app=config.app, interface=config.interface,
             warm_up=list(config.warm_up), warm_up_host=_warm_up_host(config.hosts), warm_up_rounds=WARM_UP_ROUNDS,
+            root=str(config.root or ""), packages=str(config.packages or ""),
             ctrl_fd=-1, parent_pid=os.getpid(),
             uid=config.uid if root else os.geteuid(), gid=config.gid if root else os.getegid(),
             mode=walls.mode, cgroup_version=walls.cgroup_version, cgroup_base=walls.cgroup_base,
@@ -318,7 +322,7 @@ class Tenant:
             # Said here, once per start, rather than as a host that dies serving.
             raise HostStartError(f"engine: reset cannot run here: {self._walls.reset_missing}; "
                                  "use engine: fork or engine: auto")
-        version = await asyncio.to_thread(program_version, config.program)
+        version = await asyncio.to_thread(program_version, config.code, config.packages)
         host = SandboxHost(tenant=self.name, version=version, spec=self._spec(config),
                            env=host_environment(config), output_budget=self._output,
                            on_sandbox_exit=self._sandbox_exited, zygote=self._zygote)
