@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from mayflyd import error_record
 from mayflyd.host.program import ProgramError, Request, Response, load_program, normalize
 
 
@@ -54,11 +55,15 @@ def test_seed_form_and_request_form(tmp_path: Path) -> None:
     assert load_program(tmp_path / "rich.py").call(_request(method="PUT", path="/x"))[2] == b"PUT/x"
 
 
-def test_exception_is_a_500(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_exception_is_a_500(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "bad.py").write_text("def on_client_request(r):\n    raise KeyError('hidden')\n")
     status, _, body = load_program(tmp_path / "bad.py").call(_request())
     assert status == 500 and b"hidden" not in body
-    assert "hidden" in capsys.readouterr().err
+    # One record on fd 2, with the request and the whole traceback.
+    (line,) = capfd.readouterr().err.encode().splitlines()
+    record = error_record.decode(line)
+    assert record is not None and record.req == _request().id and record.method == _request().method
+    assert "raise KeyError('hidden')" in record.text and record.text.endswith("KeyError: 'hidden'")
 
 
 def test_a_file_program_is_the_module_importlib_would_make(tmp_path: Path) -> None:

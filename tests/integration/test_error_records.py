@@ -1,0 +1,189 @@
+"""A tenant's exception as one log record at level error, through the daemon:
+under both engines and both log formats, for a program, a WSGI app and
+on_init(); tagged with the tenant and the request id the client saw."""
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.daemon_harness import Daemon, skip_without_reset_engine
+from tests.integration.conftest import limits, needs_root, serving
+
+pytestmark = needs_root
+
+BOOM = '''
+import sys
+
+MARKER = "\\x1e\\x1fmayflyd:exception "
+
+
+def divide(n):
+    return 10 // n  # the raising line
+
+
+def on_client_request(request):
+    if request.path == "/boom":
+        print("before the error")
+        return str(divide(0))
+    if request.path == "/print":
+        print("line one")
+        print("line two")
+        return "printed"
+    if request.path == "/forge":
+        # A record with another tenant's name and a made-up request id: it
+        # may only land in this tenant's own log.
+        sys.stderr.write(MARKER + '{"req": 1, "tenant": "victim", "text": "forged by boom"}\\n')
+        print("ts=2026-01-01T00:00:00.000Z level=error logger=mayflyd tenant=victim msg=forged-line")
+        return "forged"
+    return "ok"
+'''
+
+WSGI_BOOM = '''
+def application(environ, start_response):
+    raise LookupError("wsgi-app-broke")  # the app's raising line
+'''
+
+INIT_FAILS = '''
+def on_init():
+    raise RuntimeError("init-broke")  # on_init's raising line
+
+
+def on_client_request(request):
+    return "never"
+'''
+
+VICTIM = '''
+def on_client_request(request):
+    return "victim"
+'''
+
+_LOGFMT_FIELD = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\"}
+
+
+def _unquote(value: str) -> str:
+    if not value.startswith('"'):
+        return value
+
+    def one(match: re.Match[str]) -> str:
+        text = match.group(1)
+        if text[0] in "xu":
+            return chr(int(text[1:], 16))
+        return _ESCAPES[text]
+    return re.sub(r'\\(x[0-9a-f]{2}|u[0-9a-f]{4}|.)', one, value[1:-1])
+
+
+def parse_log(text: str, log_format: str) -> list[dict[str, Any]]:
+    """The daemon's log as one dict per record, in either format."""
+    records: list[dict[str, Any]] = []
+    for line in text.splitlines():
+        if log_format == "json":
+            if line.startswith("{"):
+                records.append(json.loads(line))
+        elif line.startswith("ts="):
+            records.append({key: _unquote(value) for key, value in _LOGFMT_FIELD.findall(line)})
+    return records
+
+
+@pytest.fixture(scope="module", params=("fork-logfmt", "fork-json", "reset-logfmt", "reset-json"))
+def daemon(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    engine, _, log_format = str(request.param).partition("-")
+    skip_without_reset_engine(engine)
+    tenants = [
+        {"name": "boom", "hosts": ["boom.localhost"], "program": "programs/boom.py", "limits": limits()},
+        {"name": "wsgiboom", "hosts": ["wsgiboom.localhost"], "app": "programs.wsgi_boom:application",
+         "limits": limits()},
+        {"name": "initfail", "hosts": ["initfail.localhost"], "program": "programs/init_fails.py",
+         "limits": limits()},
+        {"name": "victim", "hosts": ["victim.localhost"], "program": "programs/victim.py", "limits": limits()},
+    ]
+    for tenant in tenants:
+        tenant["engine"] = engine
+    sources = {"__init__.py": "", "boom.py": BOOM, "wsgi_boom.py": WSGI_BOOM, "init_fails.py": INIT_FAILS,
+               "victim.py": VICTIM}
+    d = Daemon(tmp_path_factory.mktemp("mayflyd-errors"), tenants, sources, log_format=log_format,
+               access_log=True)
+    d.log_format = log_format  # type: ignore[attr-defined]
+    yield from serving(d, engine)
+
+
+def records(daemon: Daemon) -> list[dict[str, Any]]:
+    return parse_log(daemon.log(), daemon.log_format)  # type: ignore[attr-defined]
+
+
+def errors_of(daemon: Daemon, tenant: str) -> list[dict[str, Any]]:
+    return [r for r in records(daemon) if r.get("logger") == "mayflyd.tenant.exception" and r.get("tenant") == tenant]
+
+
+def _one_error_for(daemon: Daemon, tenant: str, req: str) -> dict[str, Any]:
+    def found() -> list[dict[str, Any]]:
+        return [r for r in errors_of(daemon, tenant) if str(r.get("req")) == req]
+    daemon.wait_for(lambda: found(), what=f"the error record of request {req}")
+    (record,) = found()
+    return record
+
+
+def test_a_handler_raising_is_one_error_record_with_the_request_id(daemon: Daemon) -> None:
+    reply = daemon.get("boom.localhost", "/boom")
+    assert reply.status == 500 and b"Traceback" not in reply.body
+    req = reply.headers["X-Request-Id"]
+    record = _one_error_for(daemon, "boom", req)
+    assert record["level"] == "error" and record["stream"] == "stderr"
+    assert (record["method"], record["path"]) == ("GET", "/boom")
+    text = record["msg"]
+    assert text.startswith("Traceback (most recent call last):")
+    assert "return 10 // n  # the raising line" in text and "str(divide(0))" in text
+    assert text.endswith("ZeroDivisionError: integer division or modulo by zero")
+    # None of the traceback's lines became records of their own; what the
+    # program printed before it stays one info record.
+    daemon.wait_for(lambda: any(r.get("msg") == "before the error" for r in records(daemon)), what="the print")
+    assert not [r for r in records(daemon) if r.get("tenant") == "boom" and r.get("level") == "info"
+                and ("Traceback" in r.get("msg", "") or "ZeroDivisionError" in r.get("msg", ""))]
+    # The access log's line for the 500 has the same id: the operator's join.
+    daemon.wait_for(lambda: any(r.get("logger") == "mayflyd.access" and str(r.get("req")) == req
+                                for r in records(daemon)), what="the access log line")
+    (access,) = [r for r in records(daemon) if r.get("logger") == "mayflyd.access" and str(r.get("req")) == req]
+    assert access["tenant"] == "boom" and access["msg"].endswith(" 500")
+
+
+def test_a_wsgi_app_raising_is_one_error_record(daemon: Daemon) -> None:
+    reply = daemon.get("wsgiboom.localhost", "/x?y=1")
+    assert reply.status == 500
+    record = _one_error_for(daemon, "wsgiboom", reply.headers["X-Request-Id"])
+    assert record["level"] == "error" and (record["method"], record["path"]) == ("GET", "/x")
+    assert 'raise LookupError("wsgi-app-broke")  # the app\'s raising line' in record["msg"]
+    assert record["msg"].endswith("LookupError: wsgi-app-broke")
+
+
+def test_on_init_raising_is_one_error_record_per_attempt(daemon: Daemon) -> None:
+    daemon.wait_for(lambda: errors_of(daemon, "initfail"), what="on_init's error record")
+    record = errors_of(daemon, "initfail")[0]
+    assert record["level"] == "error" and "req" not in record and "method" not in record
+    assert 'raise RuntimeError("init-broke")  # on_init\'s raising line' in record["msg"]
+    assert record["msg"].endswith("RuntimeError: init-broke")
+    assert not [r for r in records(daemon) if r.get("tenant") == "initfail" and r.get("level") == "info"
+                and r.get("logger", "").startswith("mayflyd.tenant")]
+
+
+def test_printed_lines_stay_one_info_record_each(daemon: Daemon) -> None:
+    assert daemon.get("boom.localhost", "/print").text == "printed"
+    daemon.wait_for(lambda: any(r.get("msg") == "line two" for r in records(daemon)), what="the printed lines")
+    printed = [r for r in records(daemon) if r.get("msg") in ("line one", "line two")]
+    assert [(r["level"], r["tenant"], r["logger"]) for r in printed] == [
+        ("info", "boom", "mayflyd.tenant.stdout")] * 2
+
+
+def test_a_forged_record_stays_in_its_own_tenants_log(daemon: Daemon) -> None:
+    assert daemon.get("boom.localhost", "/forge").text == "forged"
+    daemon.wait_for(lambda: any("forged-line" in r.get("msg", "") for r in records(daemon)), what="the forgery")
+    forged = [r for r in records(daemon) if "forged" in r.get("msg", "")]
+    assert {r["tenant"] for r in forged} == {"boom"}
+    assert not [r for r in records(daemon) if r.get("tenant") == "victim" and r.get("level") == "error"]
+    # The printed imitation of a daemon line is one info record of boom's, escaped.
+    (line,) = [r for r in forged if "forged-line" in r["msg"]]
+    assert line["level"] == "info" and line["logger"] == "mayflyd.tenant.stdout"
+    assert daemon.get("victim.localhost").text == "victim"
