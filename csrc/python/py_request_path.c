@@ -264,7 +264,8 @@ static _Noreturn void exit_for_system_exit(void)
 }
 
 /* The exception raised to the tenant's log: one record through report()
- * (program.py's report_exception), or without one the lines PyErr_Print writes. */
+ * (program.py's report_exception) about the request, or its id alone
+ * (request NULL); without report() the lines PyErr_Print writes. */
 static void report_error(RequestPathObject *rp, PyObject *request, uint64_t id)
 {
     if (rp->report == NULL) {
@@ -273,8 +274,12 @@ static void report_error(RequestPathObject *rp, PyObject *request, uint64_t id)
         return;
     }
     py_cleanup_ref PyObject *exc = take_exception();
+    py_cleanup_ref PyObject *id_only = request == NULL ? PyLong_FromUnsignedLongLong(id) : NULL;
+    if (request == NULL && id_only == NULL)
+        PyErr_Clear(); /* out of memory: the record goes without its id */
+    PyObject *about = request != NULL ? request : id_only != NULL ? id_only : Py_None;
     py_cleanup_ref PyObject *done = PyObject_CallFunctionObjArgs(rp->report, exc != NULL ? exc : Py_None,
-                                                                 request, NULL);
+                                                                 about, NULL);
     if (done == NULL)
         PyErr_Print(); /* report() itself failed: what it raised, at least */
 }
@@ -308,6 +313,11 @@ static bool respond(RequestPathObject *rp, PyObject *request, uint64_t id, struc
     if (PyErr_ExceptionMatches(PyExc_SystemExit))
         exit_for_system_exit();
     return fill_error(rp, request, r, id);
+}
+
+void py_request_path_report(PyObject *self, uint64_t id)
+{
+    report_error((RequestPathObject *)self, NULL, id);
 }
 
 bool py_request_path_check(PyObject *obj)

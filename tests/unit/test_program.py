@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mayflyd import error_record
-from mayflyd.host.program import ProgramError, Request, Response, load_program, normalize
+from mayflyd.host.program import ProgramError, Request, Response, load_program, normalize, report_exception
 
 
 def _request(**kw: object) -> Request:
@@ -114,3 +114,13 @@ def test_warm_up_runs_only_the_daemons_own_code(capsys: pytest.CaptureFixture[st
 
     warm_up_request_path()
     assert capsys.readouterr() == ("", "")
+
+
+def test_a_report_with_the_request_id_alone(capfd: pytest.CaptureFixture[str]) -> None:
+    """What a sandbox reports where the Request itself could not be made."""
+    print("first", flush=False)
+    report_exception(ValueError("no request object"), 12)
+    out, err = capfd.readouterr()
+    assert out == "first\n"  # flushed before the record, so in order
+    record = error_record.decode(err.encode())
+    assert record == error_record.ErrorRecord(text="ValueError: no request object", req=12)

@@ -248,16 +248,19 @@ def _flush_std_streams() -> None:
             pass  # a program that closed its own stdout keeps its answer
 
 
-def report_exception(exc: BaseException, request: Request | None = None) -> None:
+def report_exception(exc: BaseException, request: Request | int | None = None) -> None:
     """exc's traceback to the tenant's log as one record at level error
-    (error_record.py), tagged with the request it broke, if any: written
-    to fd 2 in one write(), after what the program wrote before it."""
+    (error_record.py), tagged with the request it broke, if any (its id
+    alone where the sandbox could not make the Request): written to fd 2
+    in one write(), after what the program wrote before it."""
     try:
         text = "".join(traceback.format_exception(exc))
     except Exception as failure:  # noqa: BLE001 - an exception whose formatting raises
         text = f"{type(exc).__name__} (its traceback could not be formatted: {type(failure).__name__})"
     record = error_record.ErrorRecord(text=text)
-    if request is not None:
+    if isinstance(request, int):
+        record = error_record.ErrorRecord(text=text, req=request)
+    elif request is not None:
         record = error_record.ErrorRecord(text=text, req=request.id, method=request.method, path=request.raw_path)
     data = memoryview(error_record.encode(record))
     _flush_std_streams()
