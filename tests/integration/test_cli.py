@@ -113,3 +113,86 @@ def test_status_and_reload_work_while_the_config_is_broken(tmp_path: Path) -> No
         assert d.get("a.localhost").text == "a"
     finally:
         assert d.stop() == 0
+
+
+RUN_PROGRAM = '''
+import os
+
+
+def divide(n):
+    return 10 // n  # the raising line
+
+
+def on_client_request(request):
+    if request.path == "/boom":
+        print("before the error")
+        return str(divide(0))
+    return os.environ.get("GREETING", "-") + " | " + os.environ.get("OTHER", "-")
+'''
+
+RUN_APP = '''
+def application(environ, start_response):
+    if environ["PATH_INFO"] == "/boom":
+        raise KeyError("app-broke")  # the app's raising line
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"app says hi"]
+'''
+
+
+def _traceback_after(log: str, header: str) -> list[str]:
+    """The lines of the traceback printed under `header`, up to the next log line."""
+    lines = log.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.endswith(header))
+    rest = lines[start + 1:]
+    end = next((i for i, line in enumerate(rest) if line.startswith("ts=")), len(rest))
+    return rest[:end]
+
+
+def test_run_with_env_and_engine_prints_a_traceback_as_python_does(tmp_path: Path) -> None:
+    source = tmp_path / "myprog.py"
+    source.write_text(RUN_PROGRAM)
+    runner = DaemonProcess(free_port(), tmp_path / "log")
+    runner.spawn(["run", str(source), "--listen", f"127.0.0.1:{runner.port}", "--env", "GREETING=hello world",
+                  "--env", "OTHER=a=b", "--engine", "fork"])
+    try:
+        assert runner.request("GET", "/").text == "hello world | a=b"
+        reply = runner.request("GET", "/boom")
+        assert reply.status == 500
+        header = f" error: tenant myprog: request {reply.headers['X-Request-Id']} (GET /boom) raised an exception:"
+        runner.wait_for(lambda: header in runner.log(), what="the traceback")
+        runner.wait_for(lambda: "msg=\"before the error\"" in runner.log(), what="the print, as logfmt")
+        traceback = _traceback_after(runner.log(), header)
+        assert traceback[0] == "Traceback (most recent call last):"
+        assert "    return 10 // n  # the raising line" in traceback
+        assert traceback[-1] == "ZeroDivisionError: integer division or modulo by zero"
+    finally:
+        assert runner.stop() == 0
+
+
+def test_run_serves_an_app_from_its_directory(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "__init__.py").write_text("")
+    (site / "wsgi.py").write_text(RUN_APP)
+    runner = DaemonProcess(free_port(), tmp_path / "log")
+    runner.spawn(["run", "--app", "site.wsgi:application", str(tmp_path), "--interface", "wsgi",
+                  "--listen", f"127.0.0.1:{runner.port}"])
+    try:
+        assert runner.request("GET", "/").text == "app says hi"
+        reply = runner.request("GET", "/boom")
+        assert reply.status == 500
+        header = f" error: tenant site: request {reply.headers['X-Request-Id']} (GET /boom) raised an exception:"
+        runner.wait_for(lambda: header in runner.log(), what="the traceback")
+        traceback = _traceback_after(runner.log(), header)
+        assert '    raise KeyError("app-broke")  # the app\'s raising line' in traceback
+        assert traceback[-1] == "KeyError: 'app-broke'"
+    finally:
+        assert runner.stop() == 0
+
+
+def test_run_refuses_what_makes_no_tenant(tmp_path: Path) -> None:
+    for args, message in ((["--listen", "127.0.0.1:1"], "give the program"),
+                          ([str(tmp_path / "x.py"), "--interface", "wsgi"], "--interface applies only to an --app"),
+                          ([str(tmp_path / "x.py"), "--env", "NOEQUALS"], "--env NOEQUALS: expected KEY=VALUE")):
+        result = mayflyd("run", *args)
+        assert result.returncode == 1 and message in result.stderr, result.stderr

@@ -157,6 +157,7 @@ def test_a_wsgi_app_raising_is_one_error_record(daemon: Daemon) -> None:
     assert record["level"] == "error" and (record["method"], record["path"]) == ("GET", "/x")
     assert 'raise LookupError("wsgi-app-broke")  # the app\'s raising line' in record["msg"]
     assert record["msg"].endswith("LookupError: wsgi-app-broke")
+    assert "mayflyd/host/" not in record["msg"]  # the daemon's adapter frame is left out
 
 
 def test_on_init_raising_is_one_error_record_per_attempt(daemon: Daemon) -> None:
@@ -165,6 +166,7 @@ def test_on_init_raising_is_one_error_record_per_attempt(daemon: Daemon) -> None
     assert record["level"] == "error" and "req" not in record and "method" not in record
     assert 'raise RuntimeError("init-broke")  # on_init\'s raising line' in record["msg"]
     assert record["msg"].endswith("RuntimeError: init-broke")
+    assert "mayflyd/host/" not in record["msg"]
     assert not [r for r in records(daemon) if r.get("tenant") == "initfail" and r.get("level") == "info"
                 and r.get("logger", "").startswith("mayflyd.tenant")]
 

@@ -64,6 +64,8 @@ def test_exception_is_a_500(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -
     record = error_record.decode(line)
     assert record is not None and record.req == _request().id and record.method == _request().method
     assert "raise KeyError('hidden')" in record.text and record.text.endswith("KeyError: 'hidden'")
+    # From the program's own frame: Program.call's tells its author nothing.
+    assert record.text.split("\n")[1].startswith(f'  File "{tmp_path / "bad.py"}"')
 
 
 def test_a_file_program_is_the_module_importlib_would_make(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ import sys
 import traceback
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from types import MappingProxyType, ModuleType
+from types import MappingProxyType, ModuleType, TracebackType
 from typing import Any, ClassVar
 from urllib.parse import parse_qs
 
@@ -248,13 +248,26 @@ def _flush_std_streams() -> None:
             pass  # a program that closed its own stdout keeps its answer
 
 
+_HOST_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _from_tenant_frames(tb: TracebackType | None) -> TracebackType | None:
+    """tb from its first frame of the tenant's code: the daemon's own
+    frames that called it (Program.call, the WSGI adapter) tell its author
+    nothing. All of tb where every frame is the daemon's."""
+    first = tb
+    while first is not None and first.tb_frame.f_code.co_filename.startswith(_HOST_DIR):
+        first = first.tb_next
+    return first if first is not None else tb
+
+
 def report_exception(exc: BaseException, request: Request | int | None = None) -> None:
     """exc's traceback to the tenant's log as one record at level error
     (error_record.py), tagged with the request it broke, if any (its id
     alone where the sandbox could not make the Request): written to fd 2
     in one write(), after what the program wrote before it."""
     try:
-        text = "".join(traceback.format_exception(exc))
+        text = "".join(traceback.format_exception(type(exc), exc, _from_tenant_frames(exc.__traceback__)))
     except Exception as failure:  # noqa: BLE001 - an exception whose formatting raises
         text = f"{type(exc).__name__} (its traceback could not be formatted: {type(failure).__name__})"
     record = error_record.ErrorRecord(text=text)
