@@ -190,9 +190,6 @@ def test_run_serves_an_app_from_its_directory(tmp_path: Path) -> None:
         assert runner.stop() == 0
 
 
-def test_run_refuses_what_makes_no_tenant(tmp_path: Path) -> None:
-    for args, message in ((["--listen", "127.0.0.1:1"], "give the program"),
-                          ([str(tmp_path / "x.py"), "--interface", "wsgi"], "--interface applies only to an --app"),
-                          ([str(tmp_path / "x.py"), "--env", "NOEQUALS"], "--env NOEQUALS: expected KEY=VALUE")):
-        result = mayflyd("run", *args)
-        assert result.returncode == 1 and message in result.stderr, result.stderr
+def test_run_refuses_what_makes_no_tenant_in_one_line() -> None:
+    result = mayflyd("run", "--listen", "127.0.0.1:1")
+    assert result.returncode == 1 and result.stderr.startswith("mayflyd run: give the program"), result.stderr
