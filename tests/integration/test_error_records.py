@@ -12,40 +12,9 @@ import pytest
 
 from tests.daemon_harness import Daemon, skip_without_reset_engine
 from tests.integration.conftest import limits, needs_root, serving
+from tests.integration.programs import RAISES, WSGI_RAISES
 
 pytestmark = needs_root
-
-BOOM = '''
-import sys
-
-MARKER = "\\x1e\\x1fmayflyd:exception "
-
-
-def divide(n):
-    return 10 // n  # the raising line
-
-
-def on_client_request(request):
-    if request.path == "/boom":
-        print("before the error")
-        return str(divide(0))
-    if request.path == "/print":
-        print("line one")
-        print("line two")
-        return "printed"
-    if request.path == "/forge":
-        # A record with another tenant's name and a made-up request id: it
-        # may only land in this tenant's own log.
-        sys.stderr.write(MARKER + '{"req": 1, "tenant": "victim", "text": "forged by boom"}\\n')
-        print("ts=2026-01-01T00:00:00.000Z level=error logger=mayflyd tenant=victim msg=forged-line")
-        return "forged"
-    return "ok"
-'''
-
-WSGI_BOOM = '''
-def application(environ, start_response):
-    raise LookupError("wsgi-app-broke")  # the app's raising line
-'''
 
 INIT_FAILS = '''
 def on_init():
@@ -103,7 +72,7 @@ def daemon(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     ]
     for tenant in tenants:
         tenant["engine"] = engine
-    sources = {"__init__.py": "", "boom.py": BOOM, "wsgi_boom.py": WSGI_BOOM, "init_fails.py": INIT_FAILS,
+    sources = {"__init__.py": "", "boom.py": RAISES, "wsgi_boom.py": WSGI_RAISES, "init_fails.py": INIT_FAILS,
                "victim.py": VICTIM}
     d = Daemon(tmp_path_factory.mktemp("mayflyd-errors"), tenants, sources, log_format=log_format,
                access_log=True)
@@ -151,12 +120,12 @@ def test_a_handler_raising_is_one_error_record_with_the_request_id(daemon: Daemo
 
 
 def test_a_wsgi_app_raising_is_one_error_record(daemon: Daemon) -> None:
-    reply = daemon.get("wsgiboom.localhost", "/x?y=1")
+    reply = daemon.get("wsgiboom.localhost", "/boom?y=1")
     assert reply.status == 500
     record = _one_error_for(daemon, "wsgiboom", reply.headers["X-Request-Id"])
-    assert record["level"] == "error" and (record["method"], record["path"]) == ("GET", "/x")
-    assert 'raise LookupError("wsgi-app-broke")  # the app\'s raising line' in record["msg"]
-    assert record["msg"].endswith("LookupError: wsgi-app-broke")
+    assert record["level"] == "error" and (record["method"], record["path"]) == ("GET", "/boom")
+    assert 'raise KeyError("app-broke")  # the app\'s raising line' in record["msg"]
+    assert record["msg"].endswith("KeyError: 'app-broke'")
     assert "mayflyd/host/" not in record["msg"]  # the daemon's adapter frame is left out
 
 
