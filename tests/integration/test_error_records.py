@@ -25,6 +25,12 @@ def on_client_request(request):
     return "never"
 '''
 
+IMPORT_FAILS = '''
+import json
+
+settings = json.loads("{not json")  # the import's raising line
+'''
+
 VICTIM = '''
 def on_client_request(request):
     return "victim"
@@ -68,11 +74,14 @@ def daemon(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
          "limits": limits()},
         {"name": "initfail", "hosts": ["initfail.localhost"], "program": "programs/init_fails.py",
          "limits": limits()},
+        {"name": "importfail", "hosts": ["importfail.localhost"], "program": "programs/import_fails.py",
+         "limits": limits()},
         {"name": "victim", "hosts": ["victim.localhost"], "program": "programs/victim.py", "limits": limits()},
     ]
     for tenant in tenants:
         tenant["engine"] = engine
     sources = {"__init__.py": "", "boom.py": RAISES, "wsgi_boom.py": WSGI_RAISES, "init_fails.py": INIT_FAILS,
+               "import_fails.py": IMPORT_FAILS,
                "victim.py": VICTIM}
     d = Daemon(tmp_path_factory.mktemp("mayflyd-errors"), tenants, sources, log_format=log_format,
                access_log=True)
@@ -117,6 +126,7 @@ def test_a_handler_raising_is_one_error_record_with_the_request_id(daemon: Daemo
                                 for r in records(daemon)), what="the access log line")
     (access,) = [r for r in records(daemon) if r.get("logger") == "mayflyd.access" and str(r.get("req")) == req]
     assert access["tenant"] == "boom" and access["msg"].endswith(" 500")
+    assert access["req"] == record["req"]  # in JSON both numbers
 
 
 def test_a_wsgi_app_raising_is_one_error_record(daemon: Daemon) -> None:
@@ -129,14 +139,18 @@ def test_a_wsgi_app_raising_is_one_error_record(daemon: Daemon) -> None:
     assert "mayflyd/host/" not in record["msg"]  # the daemon's adapter frame is left out
 
 
-def test_on_init_raising_is_one_error_record_per_attempt(daemon: Daemon) -> None:
-    daemon.wait_for(lambda: errors_of(daemon, "initfail"), what="on_init's error record")
-    record = errors_of(daemon, "initfail")[0]
+@pytest.mark.parametrize(("tenant", "line", "last"), [
+    ("initfail", 'raise RuntimeError("init-broke")  # on_init\'s raising line', "RuntimeError: init-broke"),
+    ("importfail", 'settings = json.loads("{not json")  # the import\'s raising line',
+     "json.decoder.JSONDecodeError: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)"),
+])
+def test_a_load_failure_is_one_error_record_per_attempt(daemon: Daemon, tenant: str, line: str, last: str) -> None:
+    daemon.wait_for(lambda: errors_of(daemon, tenant), what="the load failure's error record")
+    record = errors_of(daemon, tenant)[0]
     assert record["level"] == "error" and "req" not in record and "method" not in record
-    assert 'raise RuntimeError("init-broke")  # on_init\'s raising line' in record["msg"]
-    assert record["msg"].endswith("RuntimeError: init-broke")
-    assert "mayflyd/host/" not in record["msg"]
-    assert not [r for r in records(daemon) if r.get("tenant") == "initfail" and r.get("level") == "info"
+    assert line in record["msg"] and record["msg"].endswith(last)
+    assert "mayflyd/host/" not in record["msg"] and record["msg"].count("Traceback") == 1
+    assert not [r for r in records(daemon) if r.get("tenant") == tenant and r.get("level") == "info"
                 and r.get("logger", "").startswith("mayflyd.tenant")]
 
 
