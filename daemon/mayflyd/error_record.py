@@ -43,12 +43,15 @@ class ErrorRecord:
 
 def _fit(text: str, room: int) -> str:
     """text within `room` characters of JSON: its head and its end."""
-    if len(json.dumps(text)) <= room:
-        return text
-    # JSON may escape a character into up to 6: keep what fits at worst.
-    keep = max(room // 6 - len(_LEFT_OUT) - 10, 2)
-    head, tail = keep // 3, keep - keep // 3
-    return text[:head] + _LEFT_OUT.format(len(text) - head - tail) + text[-tail:]
+    fitted, keep = text, len(text)
+    size = len(json.dumps(fitted))
+    while size > room and keep > 2:
+        # JSON escapes a character into 1 to 12: shrink by what it took.
+        keep = max(keep * room // size - len(_LEFT_OUT) - 20, 2)
+        head = keep // 3
+        fitted = text[:head] + _LEFT_OUT.format(len(text) - keep) + text[len(text) - (keep - head):]
+        size = len(json.dumps(fitted))
+    return fitted
 
 
 def encode(record: ErrorRecord) -> bytes:

@@ -31,7 +31,11 @@ def test_a_long_traceback_keeps_its_head_and_its_end() -> None:
     assert record is not None and record.text.startswith("Traceback") and record.text.endswith("E: end")
     assert "characters left out" in record.text
     # Escaped characters take more room: still within the limit.
-    assert len(encode(ErrorRecord(text="\x01" * 100000))) <= MAX_RECORD
+    for char in ("\x01", "\U0001f600", "é"):
+        line = encode(ErrorRecord(text="start" + char * 100000 + "end"))
+        assert len(line) <= MAX_RECORD and len(line) > MAX_RECORD * 0.9
+        record = decode(line)
+        assert record is not None and record.text.startswith("start") and record.text.endswith("end")
 
 
 @pytest.mark.parametrize("payload", [b"not json", b"[1]", b'{"req": 1}', b'{"text": 3}', b"{" * 100000])
