@@ -118,6 +118,9 @@ def test_mayflyd_runs_terminal_shows_the_traceback_as_python_prints_it() -> None
     assert header.endswith(" error: tenant t1: request 5 (GET /boom) raised an exception:")
     assert lines == TRACEBACK.rstrip().split("\n")[:-1] + ["ZeroDivisionError: x\\x1b[31m"]
     assert "loading the program raised an exception:" in ReadableErrorsFormatter().format(_exception_record(None))
+    id_only = _exception_record(6)
+    id_only.method = id_only.path = None
+    assert ": request 6 raised an exception:" in ReadableErrorsFormatter().format(id_only)
     other = logging.LogRecord("mayflyd.tenant.stdout", logging.INFO, __file__, 1, "a\nb", None, None)
     assert ReadableErrorsFormatter().format(other) == LogfmtFormatter().format(other)
 

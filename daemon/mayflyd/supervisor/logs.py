@@ -67,11 +67,13 @@ class ReadableErrorsFormatter(LogfmtFormatter):
     def format(self, record: logging.LogRecord) -> str:
         if record.name != EXCEPTION_LOGGER:
             return super().format(record)
-        req = getattr(record, "req", None)
+        req, method = getattr(record, "req", None), getattr(record, "method", None)
         if req is None:
             what = "loading the program"
+        elif method is None:  # the sandbox knew the request's id alone
+            what = f"request {req}"
         else:
-            what = f"request {req} ({getattr(record, 'method', None)} {getattr(record, 'path', None)})"
+            what = f"request {req} ({method} {getattr(record, 'path', None)})"
         header = f"{_timestamp(record)} error: tenant {getattr(record, 'tenant', '-')}: {what} raised an exception:"
         return "".join(_readable(c) for c in f"{header}\n{record.getMessage()}")
 
