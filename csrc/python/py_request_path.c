@@ -37,6 +37,7 @@ typedef struct {
     PyTypeObject *response_type;
     PyObject *normalize;
     PyObject *json_dumps;
+    PyObject *report; /* report(exc, request): the traceback as one record; NULL: PyErr_Print */
 } RequestPathObject;
 
 static PyTypeObject RequestPathType;
@@ -262,8 +263,29 @@ static _Noreturn void exit_for_system_exit(void)
     _exit(code);
 }
 
-/* "request N: ..." and the traceback to the tenant's log, a 500 to the client. */
-static bool fill_error(struct py_response *r, uint64_t id)
+/* The exception raised to the tenant's log: one record through report()
+ * (program.py's report_exception) about the request, or its id alone
+ * (request NULL); without report() the lines PyErr_Print writes. */
+static void report_error(RequestPathObject *rp, PyObject *request, uint64_t id)
+{
+    if (rp->report == NULL) {
+        PySys_WriteStderr("request %llu: the program raised an exception\n", (unsigned long long)id);
+        PyErr_Print();
+        return;
+    }
+    py_cleanup_ref PyObject *exc = take_exception();
+    py_cleanup_ref PyObject *id_only = request == NULL ? PyLong_FromUnsignedLongLong(id) : NULL;
+    if (request == NULL && id_only == NULL)
+        PyErr_Clear(); /* out of memory: the record goes without its id */
+    PyObject *about = request != NULL ? request : id_only != NULL ? id_only : Py_None;
+    py_cleanup_ref PyObject *done = PyObject_CallFunctionObjArgs(rp->report, exc != NULL ? exc : Py_None,
+                                                                 about, NULL);
+    if (done == NULL)
+        PyErr_Print(); /* report() itself failed: what it raised, at least */
+}
+
+/* The traceback to the tenant's log, a 500 naming the request to the client. */
+static bool fill_error(RequestPathObject *rp, PyObject *request, struct py_response *r, uint64_t id)
 {
     memset(r, 0, sizeof(*r));
     char text[128];
@@ -271,8 +293,7 @@ static bool fill_error(struct py_response *r, uint64_t id)
                      "500 Internal Server Error: the program raised an exception (request %llu)\n",
                      (unsigned long long)id);
 
-    PySys_WriteStderr("request %llu: the program raised an exception\n", (unsigned long long)id);
-    PyErr_Print();
+    report_error(rp, request, id);
     py_cleanup_ref PyObject *status = PyLong_FromLong(500);
     py_cleanup_ref PyObject *body = PyBytes_FromStringAndSize(text, n);
     if (status != NULL && body != NULL && py_response_begin(r, status, 1) &&
@@ -291,7 +312,12 @@ static bool respond(RequestPathObject *rp, PyObject *request, uint64_t id, struc
         return true;
     if (PyErr_ExceptionMatches(PyExc_SystemExit))
         exit_for_system_exit();
-    return fill_error(r, id);
+    return fill_error(rp, request, r, id);
+}
+
+void py_request_path_report(PyObject *self, uint64_t id)
+{
+    report_error((RequestPathObject *)self, NULL, id);
 }
 
 bool py_request_path_check(PyObject *obj)
@@ -316,17 +342,21 @@ bool py_request_path_handle(PyObject *self, const struct mf_request *req, struct
 
 static PyObject *rp_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"handler", "takes_request", "request_type", "response_type", "normalize", NULL};
-    PyObject *handler, *request_type, *response_type, *normalize;
+    static char *kwlist[] = {"handler", "takes_request", "request_type", "response_type", "normalize", "report",
+                             NULL};
+    PyObject *handler, *request_type, *response_type, *normalize, *report = Py_None;
     int takes_request;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OpO!O!O:RequestPath", kwlist, &handler, &takes_request,
-                                     &PyType_Type, &request_type, &PyType_Type, &response_type, &normalize))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OpO!O!O|$O:RequestPath", kwlist, &handler, &takes_request,
+                                     &PyType_Type, &request_type, &PyType_Type, &response_type, &normalize,
+                                     &report))
         return NULL;
     if (!py_request_type_check((PyTypeObject *)request_type))
         return PyErr_Format(PyExc_TypeError, "request_type must be a subclass of RequestBase");
     if (!PyCallable_Check(handler) || !PyCallable_Check(normalize))
         return PyErr_Format(PyExc_TypeError, "handler and normalize must be callable");
+    if (report != Py_None && !PyCallable_Check(report))
+        return PyErr_Format(PyExc_TypeError, "report must be callable or None");
     py_cleanup_ref PyObject *json = PyImport_ImportModule("json");
     py_cleanup_ref PyObject *dumps = json != NULL ? PyObject_GetAttrString(json, "dumps") : NULL;
     if (dumps == NULL)
@@ -340,6 +370,7 @@ static PyObject *rp_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     rp->response_type = (PyTypeObject *)Py_NewRef(response_type);
     rp->normalize = Py_NewRef(normalize);
     rp->json_dumps = mf_steal_pointer(&dumps);
+    rp->report = report != Py_None ? Py_NewRef(report) : NULL;
     return (PyObject *)rp;
 }
 
@@ -350,6 +381,7 @@ static void rp_dealloc(RequestPathObject *rp)
     Py_XDECREF(rp->response_type);
     Py_XDECREF(rp->normalize);
     Py_XDECREF(rp->json_dumps);
+    Py_XDECREF(rp->report);
     Py_TYPE(rp)->tp_free((PyObject *)rp);
 }
 
@@ -398,8 +430,9 @@ static PyMethodDef rp_methods[] = {
 static PyTypeObject RequestPathType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "mayflyd._mayfly.RequestPath",
-    .tp_doc = "RequestPath(handler, takes_request, request_type, response_type, normalize): a program's "
-              "request path, given to serve_fork and serve_reset as their runner",
+    .tp_doc = "RequestPath(handler, takes_request, request_type, response_type, normalize, *, report=None): "
+              "a program's request path, given to serve_fork and serve_reset as their runner; "
+              "report(exc, request) logs what a handler raised",
     .tp_basicsize = sizeof(RequestPathObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_new = rp_new,

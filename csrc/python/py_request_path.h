@@ -25,4 +25,8 @@ bool py_request_path_check(PyObject *runner);
  * Program.call does). false with a Python exception for lack of memory. */
 bool py_request_path_handle(PyObject *runner, const struct mf_request *req, struct py_response *out);
 
+/* The Python exception set (py_request_path_handle's failure) to the
+ * tenant's log as one record for request id; clears it. */
+void py_request_path_report(PyObject *runner, uint64_t id);
+
 #endif /* MAYFLYD_PY_REQUEST_PATH_H */

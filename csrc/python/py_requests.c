@@ -233,6 +233,8 @@ bool hook_handle(void *vctx, const struct mf_request *req, struct mf_response *o
         /* PyErr_Print would run the host's exit path (atexit) in a sandbox. */
         PyErr_Clear();
         mf_warn("request %llu: runner raised SystemExit", (unsigned long long)req->req_id);
+    } else if (py_request_path_check(ctx->runner)) {
+        py_request_path_report(ctx->runner, req->req_id);
     } else {
         PyErr_Print();
     }

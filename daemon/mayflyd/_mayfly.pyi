@@ -88,7 +88,8 @@ class RequestPath:
     in C, the response normalised and encoded in C."""
 
     def __init__(self, handler: Callable[..., object], takes_request: bool, request_type: type[RequestBase],
-                 response_type: type, normalize: Callable[[object], tuple[int, Headers, bytes]]) -> None: ...
+                 response_type: type, normalize: Callable[[object], tuple[int, Headers, bytes]], *,
+                 report: Callable[[BaseException, Any], None] | None = None) -> None: ...
     def respond(self, request: RequestBase) -> tuple[int, list[tuple[bytes, bytes]], bytes]: ...
 
 

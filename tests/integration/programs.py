@@ -183,3 +183,40 @@ def on_init():
 def on_client_request(request):
     return "never"
 '''
+
+# Raises at /boom; /print prints two lines; /forge writes an error record
+# (error_record.py) naming another tenant; else the environment it got.
+RAISES = '''
+import os
+import sys
+
+MARKER = "\\x1e\\x1fmayflyd:exception "
+
+
+def divide(n):
+    return 10 // n  # the raising line
+
+
+def on_client_request(request):
+    if request.path == "/boom":
+        print("before the error")
+        return str(divide(0))
+    if request.path == "/print":
+        print("line one")
+        print("line two")
+        return "printed"
+    if request.path == "/forge":
+        sys.stderr.write(MARKER + '{"req": 1, "tenant": "victim", "text": "forged by boom"}\\n')
+        print("ts=2026-01-01T00:00:00.000Z level=error logger=mayflyd tenant=victim msg=forged-line")
+        return "forged"
+    return os.environ.get("GREETING", "-") + " | " + os.environ.get("OTHER", "-")
+'''
+
+# A WSGI app raising at /boom.
+WSGI_RAISES = '''
+def application(environ, start_response):
+    if environ["PATH_INFO"] == "/boom":
+        raise KeyError("app-broke")  # the app's raising line
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"app says hi"]
+'''

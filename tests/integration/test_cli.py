@@ -9,6 +9,7 @@ from mayflyd import __version__
 from mayflyd.cli.main import find_default_config
 from mayflyd.config import load_config
 from tests.daemon_harness import Daemon, DaemonProcess, free_port
+from tests.integration import programs
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -113,3 +114,55 @@ def test_status_and_reload_work_while_the_config_is_broken(tmp_path: Path) -> No
         assert d.get("a.localhost").text == "a"
     finally:
         assert d.stop() == 0
+
+
+def _boom_traceback(runner: DaemonProcess, tenant: str) -> list[str]:
+    """The lines `mayflyd run` prints for a request to /boom, under its header."""
+    reply = runner.request("GET", "/boom")
+    assert reply.status == 500
+    header = f" error: tenant {tenant}: request {reply.headers['X-Request-Id']} (GET /boom) raised an exception:"
+    runner.wait_for(lambda: header in runner.log(), what="the traceback")
+    lines = runner.log().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.endswith(header))
+    rest = lines[start + 1:]
+    end = next((i for i, line in enumerate(rest) if line.startswith("ts=")), len(rest))
+    return rest[:end]
+
+
+def test_run_with_env_and_engine_prints_a_traceback_as_python_does(tmp_path: Path) -> None:
+    source = tmp_path / "myprog.py"
+    source.write_text(programs.RAISES)
+    runner = DaemonProcess(free_port(), tmp_path / "log")
+    runner.spawn(["run", str(source), "--listen", f"127.0.0.1:{runner.port}", "--env", "GREETING=hello world",
+                  "--env", "OTHER=a=b", "--engine", "fork"])
+    try:
+        assert runner.request("GET", "/").text == "hello world | a=b"
+        traceback = _boom_traceback(runner, "myprog")
+        runner.wait_for(lambda: "msg=\"before the error\"" in runner.log(), what="the print, as logfmt")
+        assert traceback[0] == "Traceback (most recent call last):"
+        assert "    return 10 // n  # the raising line" in traceback
+        assert traceback[-1] == "ZeroDivisionError: integer division or modulo by zero"
+    finally:
+        assert runner.stop() == 0
+
+
+def test_run_serves_an_app_from_its_directory(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "__init__.py").write_text("")
+    (site / "wsgi.py").write_text(programs.WSGI_RAISES)
+    runner = DaemonProcess(free_port(), tmp_path / "log")
+    runner.spawn(["run", "--app", "site.wsgi:application", str(tmp_path), "--interface", "wsgi",
+                  "--listen", f"127.0.0.1:{runner.port}"])
+    try:
+        assert runner.request("GET", "/").text == "app says hi"
+        traceback = _boom_traceback(runner, "site")
+        assert '    raise KeyError("app-broke")  # the app\'s raising line' in traceback
+        assert traceback[-1] == "KeyError: 'app-broke'"
+    finally:
+        assert runner.stop() == 0
+
+
+def test_run_refuses_what_makes_no_tenant_in_one_line() -> None:
+    result = mayflyd("run", "--listen", "127.0.0.1:1")
+    assert result.returncode == 1 and result.stderr.startswith("mayflyd run: give the program"), result.stderr

@@ -105,7 +105,8 @@ def test_program_exception_is_a_500_without_traceback(daemon: Daemon) -> None:
     assert b"secret-detail" not in reply.body and b"Traceback" not in reply.body
     assert reply.body.startswith(b"500 Internal Server Error")
     daemon.wait_for(lambda: "secret-detail-in-traceback" in daemon.log(), what="traceback in the log")
-    assert "tenant=crashy stream=stderr" in daemon.log()
+    req = reply.headers["X-Request-Id"]
+    assert f"level=error logger=mayflyd.tenant.exception tenant=crashy req={req} stream=stderr" in daemon.log()
 
 
 def test_wrong_return_type_is_a_500(daemon: Daemon) -> None:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from mayflyd.host.program import ProgramError, Request, Response, load_program, normalize
+from mayflyd import error_record
+from mayflyd.host.program import ProgramError, Request, Response, load_program, normalize, report_exception
 
 
 def _request(**kw: object) -> Request:
@@ -54,11 +55,17 @@ def test_seed_form_and_request_form(tmp_path: Path) -> None:
     assert load_program(tmp_path / "rich.py").call(_request(method="PUT", path="/x"))[2] == b"PUT/x"
 
 
-def test_exception_is_a_500(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_exception_is_a_500(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "bad.py").write_text("def on_client_request(r):\n    raise KeyError('hidden')\n")
     status, _, body = load_program(tmp_path / "bad.py").call(_request())
     assert status == 500 and b"hidden" not in body
-    assert "hidden" in capsys.readouterr().err
+    # One record on fd 2, with the request and the whole traceback.
+    (line,) = capfd.readouterr().err.encode().splitlines()
+    record = error_record.decode(line)
+    assert record is not None and record.req == _request().id and record.method == _request().method
+    assert "raise KeyError('hidden')" in record.text and record.text.endswith("KeyError: 'hidden'")
+    # From the program's own frame: Program.call's tells its author nothing.
+    assert record.text.split("\n")[1].startswith(f'  File "{tmp_path / "bad.py"}"')
 
 
 def test_a_file_program_is_the_module_importlib_would_make(tmp_path: Path) -> None:
@@ -109,3 +116,13 @@ def test_warm_up_runs_only_the_daemons_own_code(capsys: pytest.CaptureFixture[st
 
     warm_up_request_path()
     assert capsys.readouterr() == ("", "")
+
+
+def test_a_report_with_the_request_id_alone(capfd: pytest.CaptureFixture[str]) -> None:
+    """What a sandbox reports where the Request itself could not be made."""
+    print("first", flush=False)
+    report_exception(ValueError("no request object"), 12)
+    out, err = capfd.readouterr()
+    assert out == "first\n"  # flushed before the record, so in order
+    record = error_record.decode(err.encode())
+    assert record == error_record.ErrorRecord(text="ValueError: no request object", req=12)

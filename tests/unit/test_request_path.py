@@ -15,6 +15,7 @@ from urllib.parse import unquote
 import pytest
 
 from mayflyd import _mayfly as M
+from mayflyd import error_record
 from mayflyd.host.program import Headers, Program, Request, Response
 from tests.daemon_harness import reset_engine_missing
 from tests.unit.test_c_helper import Host, read_response
@@ -78,18 +79,33 @@ RESULTS: list[object] = [
 
 
 @pytest.mark.parametrize("result", RESULTS, ids=[repr(r)[:40] for r in RESULTS])
-def test_the_c_path_answers_as_program_call(result: object, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_c_path_answers_as_program_call(result: object, capfd: pytest.CaptureFixture[str]) -> None:
     program = _program(lambda request: result)
     expected = _reference(program, _request())
-    reference_log = capsys.readouterr().err
+    reference_log = capfd.readouterr().err
     assert program.request_path().respond(_request()) == expected
-    log = capsys.readouterr().err
+    log = capfd.readouterr().err
     if expected[0] == 500:
-        # An error found in C has no Python frame, so no traceback: the same exception all the same.
-        assert log.startswith("request 7: the program raised an exception\n")
-        assert log.splitlines()[-1] == reference_log.splitlines()[-1]
+        # One record each; an error found in C has no Python frame, so a
+        # shorter traceback: the same exception all the same.
+        ours, reference = error_record.decode(log.encode()), error_record.decode(reference_log.encode())
+        assert ours is not None and reference is not None
+        assert (ours.req, ours.method, ours.path) == (reference.req, reference.method, reference.path)
+        assert (ours.req, ours.method, ours.path) == (7, "GET", "/")
+        assert ours.text.splitlines()[-1] == reference.text.splitlines()[-1]
     else:
         assert log == reference_log == ""
+
+
+def test_without_report_the_c_path_prints_the_traceback(capfd: pytest.CaptureFixture[str]) -> None:
+    """A RequestPath made without report= (the engine tests') prints as Python does."""
+    def handler(request: Request) -> str:
+        raise ValueError("plain")
+    path = M.RequestPath(handler, True, Request, Response, lambda result: result)
+    assert path.respond(_request())[0] == 500
+    log = capfd.readouterr().err
+    assert log.startswith("request 7: the program raised an exception\nTraceback")
+    assert log.endswith("ValueError: plain\n")
 
 
 def test_seed_form_calls_the_returned_callable_but_not_a_response() -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from mayflyd import error_record
 from mayflyd.host.program import ProgramError, Request
 from mayflyd.host.wsgi import FileWrapper, WsgiError, WsgiHandler, app_interface, build_environ, load_app
 
@@ -222,7 +223,7 @@ def test_load_app_failures(tmp_path: Path, app: str, interface: str, message: st
         load_app(tmp_path / "wsgi_bad_app.py", app, interface)
 
 
-def test_an_app_error_is_a_500(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_app_error_is_a_500(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "wsgi_twice_app.py").write_text(
         "def app(environ, start_response):\n"
         "    start_response('200 OK', [])\n"
@@ -233,4 +234,6 @@ def test_an_app_error_is_a_500(tmp_path: Path, capsys: pytest.CaptureFixture[str
     for respond in (program.call, program.request_path().respond):
         status, _, body = respond(_request())
         assert status == 500 and b"secret" not in body
-        assert "start_response() was called a second time without exc_info" in capsys.readouterr().err
+        record = error_record.decode(capfd.readouterr().err.encode())
+        assert record is not None and record.req == _request().id
+        assert "start_response() was called a second time without exc_info" in record.text

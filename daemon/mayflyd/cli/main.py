@@ -93,19 +93,70 @@ def _run_daemon(daemon: Daemon) -> int:
         return 1
 
 
+class _RunError(Exception):
+    """`mayflyd run`'s arguments do not make a tenant."""
+
+
+def _app_base(where: Path, app: str) -> Path:
+    """The directory holding app's module: `where` itself, or its parent
+    when `where` is the module's own file or package."""
+    top = app.partition(":")[0].partition(".")[0]
+    if where.is_dir() and ((where / top).is_dir() or (where / f"{top}.py").is_file()):
+        return where
+    if where.name in (top, f"{top}.py"):
+        return where.parent
+    return where  # the config's check then names what it looked for
+
+
+def _run_tenant(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
+    """The tenant `mayflyd run`'s arguments describe, and the directory its
+    relative paths start from."""
+    tenant: dict[str, Any] = {"default": True}
+    if args.app is not None:
+        base = _app_base(Path(args.program or ".").resolve(), args.app)
+        tenant["app"] = args.app
+        if args.interface is not None:
+            tenant["interface"] = args.interface
+        stem = args.app.partition(":")[0].partition(".")[0]
+    elif args.program is None:
+        raise _RunError("give the program (a .py file or a package directory), or --app module:attribute")
+    elif args.interface is not None:
+        raise _RunError("--interface applies only to an --app")
+    else:
+        # With --root, the program is looked for inside it, as the config's `program` is.
+        program = Path(args.program) if args.root else Path(args.program).resolve()
+        base, stem = Path.cwd(), program.stem
+        tenant.update(program=str(program))
+    tenant.update(_run_directories(args))
+    if args.engine is not None:
+        tenant["engine"] = args.engine
+    env: dict[str, str] = {}
+    for item in args.env:
+        key, equals, value = item.partition("=")
+        if not equals:
+            raise _RunError(f"--env {item}: expected KEY=VALUE")
+        env[key] = value
+    if env:
+        tenant["env"] = env
+    name = re.sub(r"[^a-z0-9_-]", "-", stem.lower()).strip("-_")[:63] or "program"
+    return {"name": name, **tenant}, base
+
+
 def _run(args: argparse.Namespace) -> int:
     """One program as the default tenant, reloaded when it changes: for tenant authors."""
     from mayflyd.supervisor.daemon import Daemon
     from mayflyd.supervisor.logs import setup_logging
 
-    # With --root, the program is looked for inside it, as the config's `program` is.
-    program = Path(args.program) if args.root else Path(args.program).resolve()
     try:
         host, port = parse_listen(args.listen)
     except ValueError as exc:
         print(f"mayflyd: --listen {args.listen}: {exc}", file=sys.stderr)
         return 1
-    name = re.sub(r"[^a-z0-9_-]", "-", program.stem.lower()).strip("-_")[:63] or "program"
+    try:
+        tenant, base = _run_tenant(args)
+    except _RunError as exc:
+        print(f"mayflyd run: {exc}", file=sys.stderr)
+        return 1
     admin_socket = default_admin_socket()
     if _listened_on(admin_socket):
         # Beside a daemon already serving, rather than not at all.
@@ -115,14 +166,15 @@ def _run(args: argparse.Namespace) -> int:
     text = json.dumps({  # JSON is YAML: no quoting surprises in paths
         "listen": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
         "admin_socket": admin_socket, "cgroup_prefix": f"mayflyd-run-{port}",
-        "tenants": [{"name": name, "default": True, "program": str(program), **_run_directories(args)}],
+        "tenants": [tenant],
     })
     try:
-        config = parse_config(text, source=f"mayflyd run {args.program}", base_dir=Path.cwd())
+        config = parse_config(text, source=f"mayflyd run {args.program or args.app}", base_dir=base)
     except ConfigError as exc:
         print(f"mayflyd: {exc}", file=sys.stderr)
         return 1
-    setup_logging(config.log_level, config.log_format)
+    # A tenant's traceback as Python prints it: this terminal is its author's.
+    setup_logging(config.log_level, config.log_format, readable_errors=True)
     return _run_daemon(Daemon(config))
 
 
@@ -218,9 +270,23 @@ def main(argv: list[str] | None = None) -> int:
     check = commands.add_parser("check", help="validate a config file; exit 0 if valid, 1 with errors")
     check.add_argument("path")
     check.set_defaults(func=_check)
-    run = commands.add_parser("run", help="serve one program as the default tenant, reloading it on change")
-    run.add_argument("program", help="a .py file or a package directory")
+    run = commands.add_parser(
+        "run", help="serve one program as the default tenant, reloading it on change",
+        description="Serve one program, or one WSGI app, as the default tenant, reloading it when its "
+                    "files change. A request's traceback is printed as Python prints it, under a line "
+                    "naming the request.")
+    run.add_argument("program", nargs="?", help="a .py file or a package directory; with --app, the "
+                     "directory holding the app's module, or that module's file or package "
+                     "(default: the current directory)")
     run.add_argument("--listen", metavar="HOST:PORT", default="127.0.0.1:8080")
+    run.add_argument("--app", metavar="MODULE:ATTRIBUTE", help="serve this WSGI app instead of a program "
+                     "(the tenant key `app`), e.g. hello:app or site.wsgi:application")
+    run.add_argument("--interface", choices=("auto", "wsgi", "asgi"),
+                     help="how the --app is called (the tenant key `interface`; default auto)")
+    run.add_argument("--engine", choices=("auto", "fork", "reset"),
+                     help="how each request gets its sandbox (the tenant key `engine`; default auto)")
+    run.add_argument("--env", metavar="KEY=VALUE", action="append", default=[],
+                     help="add KEY to the program's os.environ (the tenant key `env`); repeatable")
     run.add_argument("--root", metavar="DIR", help="the program's directory, shown whole to it; PROGRAM is then "
                      "relative to it (the tenant key `root`)")
     run.add_argument("--packages", metavar="DIR", help="packages installed with pip install --target DIR "

@@ -10,7 +10,8 @@ call of on_client_request() in one of the two supported forms:
 A response may be a ``str`` or ``bytes`` body, a ``(content_type, body)``
 pair, a ``(status, headers, body)`` triple, a ``dict``/``list`` (sent as
 JSON), ``None`` (204) or a :class:`Response`. Anything a program raises
-becomes a 500 whose traceback goes to the tenant's log only.
+becomes a 500 whose traceback goes to the tenant's log only, as one
+record (:func:`report_exception`).
 """
 from __future__ import annotations
 
@@ -24,13 +25,14 @@ import sys
 import traceback
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from types import MappingProxyType, ModuleType
+from types import MappingProxyType, ModuleType, TracebackType
 from typing import Any, ClassVar
 from urllib.parse import parse_qs
 
-from mayflyd import _mayfly
+from mayflyd import _mayfly, error_record
 
-__all__ = ["Request", "Response", "Headers", "Program", "ProgramError", "load_module", "load_program"]
+__all__ = ["Request", "Response", "Headers", "Program", "ProgramError", "load_module", "load_program",
+           "report_exception"]
 
 RawHeaders = list[tuple[str, str]]
 Result = tuple[int, RawHeaders, bytes]
@@ -177,12 +179,13 @@ class Program:
         try:
             on_init()
         except BaseException as exc:
-            traceback.print_exc()
+            report_exception(exc)
             raise ProgramError(f"on_init() raised {type(exc).__name__}: {exc}") from exc
 
     def request_path(self) -> _mayfly.RequestPath:
         """What a sandbox runs per request: call() in C (py_request_path.c)."""
-        return _mayfly.RequestPath(self._handler, self._takes_request, Request, Response, normalize)
+        return _mayfly.RequestPath(self._handler, self._takes_request, Request, Response, normalize,
+                                   report=report_exception)
 
     def call(self, request: Request) -> Result:
         """Run the handler; never raises (errors become a 500). The
@@ -200,9 +203,8 @@ class Program:
             # client gets a 502, like any other exit.
             _flush_std_streams()
             os._exit(exc.code if isinstance(exc.code, int) else 1)
-        except BaseException:  # noqa: BLE001 - anything else becomes a 500
-            sys.stderr.write(f"request {request.id}: the program raised an exception\n")
-            traceback.print_exc()
+        except BaseException as exc:  # noqa: BLE001 - anything else becomes a 500
+            report_exception(exc, request)
             body = f"500 Internal Server Error: the program raised an exception (request {request.id})\n"
             return 500, [("Content-Type", "text/plain; charset=utf-8")], body.encode()
         finally:
@@ -246,6 +248,42 @@ def _flush_std_streams() -> None:
             pass  # a program that closed its own stdout keeps its answer
 
 
+_HOST_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _from_tenant_frames(tb: TracebackType | None) -> TracebackType | None:
+    """tb from its first frame of the tenant's code: the daemon's own
+    frames that called it (Program.call, the WSGI adapter) tell its author
+    nothing. All of tb where every frame is the daemon's."""
+    first = tb
+    while first is not None and first.tb_frame.f_code.co_filename.startswith(_HOST_DIR):
+        first = first.tb_next
+    return first if first is not None else tb
+
+
+def report_exception(exc: BaseException, request: Request | int | None = None) -> None:
+    """exc's traceback to the tenant's log as one record at level error
+    (error_record.py), tagged with the request it broke, if any (its id
+    alone where the sandbox could not make the Request): written to fd 2
+    in one write(), after what the program wrote before it."""
+    try:
+        text = "".join(traceback.format_exception(type(exc), exc, _from_tenant_frames(exc.__traceback__)))
+    except Exception as failure:  # noqa: BLE001 - an exception whose formatting raises
+        text = f"{type(exc).__name__} (its traceback could not be formatted: {type(failure).__name__})"
+    record = error_record.ErrorRecord(text=text)
+    if isinstance(request, int):
+        record = error_record.ErrorRecord(text=text, req=request)
+    elif request is not None:
+        record = error_record.ErrorRecord(text=text, req=request.id, method=request.method, path=request.raw_path)
+    data = memoryview(error_record.encode(record))
+    _flush_std_streams()
+    try:
+        while data:
+            data = data[os.write(2, data):]
+    except OSError:
+        pass  # no stderr to report to: the client's 500 still says which request failed
+
+
 def load_program(path: Path, *, module_name: str | None = None) -> Program:
     """Import a program file or package directory; does not run on_init()."""
     return Program(load_module(path, module_name=module_name))
@@ -271,7 +309,7 @@ def load_module(path: Path, *, module_name: str | None = None) -> ModuleType:
     try:
         run()
     except BaseException as exc:
-        traceback.print_exc()
+        report_exception(exc)
         raise ProgramError(f"importing {path} raised {type(exc).__name__}: {exc}") from exc
     return module
 

@@ -21,13 +21,12 @@ import os
 import signal
 import socket
 import sys
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mayflyd import _mayfly
-from mayflyd.host.program import ProgramError, load_program, warm_up_request_path
+from mayflyd.host.program import ProgramError, load_program, report_exception, warm_up_request_path
 from mayflyd.host.shared_memory import shared_memory_left
 from mayflyd.host.stdio import own_stdin
 from mayflyd.host.warm_up_requests import send_warm_up_requests
@@ -242,7 +241,7 @@ def _loader(spec: HostSpec) -> _mayfly.Loader:
         except ProgramError:
             raise
         except BaseException as exc:  # noqa: BLE001 - anything else from tenant code is a failed load too
-            traceback.print_exc()
+            report_exception(exc)
             raise ProgramError(f"loading the program failed: {type(exc).__name__}: {exc}") from None
         request_path = program.request_path()
         if spec.warm_up:

@@ -21,7 +21,7 @@ from types import ModuleType, TracebackType
 from typing import IO, Any
 from urllib.parse import unquote_to_bytes
 
-from mayflyd.host.program import Program, ProgramError, Request, load_module
+from mayflyd.host.program import Program, ProgramError, Request, load_module, report_exception
 
 __all__ = ["FileWrapper", "WsgiError", "WsgiHandler", "app_interface", "load_app"]
 
@@ -213,6 +213,7 @@ def _import_app(module: ModuleType, app: str) -> object:
         try:
             module = importlib.import_module(module_name)
         except Exception as exc:
+            report_exception(exc)
             raise ProgramError(f"importing {module_name} raised {type(exc).__name__}: {exc}") from exc
     try:
         return getattr(module, attribute)

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Protocol, TypeVar
 
-from mayflyd import protocol
+from mayflyd import error_record, protocol
 from mayflyd.host.sandbox_host import HostSpec
 from mayflyd.protocol import (
     ControlMessage,
@@ -33,7 +33,7 @@ from mayflyd.protocol import (
     Ready,
     WorkerReplaced,
 )
-from mayflyd.supervisor.logs import OutputBudget
+from mayflyd.supervisor.logs import EXCEPTION_LOGGER, OutputBudget
 from mayflyd.supervisor.zygote_client import HostOutput, ZygoteClient, ZygoteError, output_pipes, python_argv
 
 __all__ = ["SandboxHost", "HostStartError"]
@@ -330,16 +330,18 @@ class SandboxHost:
         """
         tenant_log = logging.getLogger(f"mayflyd.tenant.{name}")
         extra = {"tenant": self.tenant, "stream": name}
+        # Only stderr carries the sandboxes' error records (error_record.py).
+        records = name == "stderr"
         pending = b""
         while True:
             chunk = await stream.read(_OUTPUT_CHUNK)
             if not chunk:
                 if pending and self._output_budget.grant(1, len(pending)):
-                    self._log_lines(tenant_log, [pending], extra)
+                    self._log_lines(tenant_log, [pending], extra, records)
                 return
             data = pending + chunk
             cut = data.rfind(b"\n")
-            if cut < 0 and len(data) < _OUTPUT_LINE_LIMIT:
+            if cut < 0 and len(data) < _line_limit(data, records):
                 pending = data  # an unfinished line
                 continue
             # Complete lines (or one over-long line), and what follows them.
@@ -347,13 +349,35 @@ class SandboxHost:
             count = body.count(b"\n") + 1
             allowed = self._output_budget.grant(count, len(body))
             if allowed:
-                self._log_lines(tenant_log, body.split(b"\n", allowed)[:allowed], extra)
-            if len(pending) >= _OUTPUT_LINE_LIMIT:
-                pending = pending[:_OUTPUT_LINE_LIMIT]
+                self._log_lines(tenant_log, body.split(b"\n", allowed)[:allowed], extra, records)
+            if len(pending) >= _line_limit(pending, records):
+                pending = pending[:_line_limit(pending, records)]
 
-    def _log_lines(self, tenant_log: logging.Logger, lines: list[bytes], extra: dict[str, str]) -> None:
+    def _log_lines(self, tenant_log: logging.Logger, lines: list[bytes], extra: dict[str, str],
+                   records: bool) -> None:
         dropped = self._output_budget.collect_dropped()
         if dropped:
             tenant_log.warning("dropped %d lines of output over the rate limit", dropped, extra=extra)
         for line in lines:
-            tenant_log.info("%s", line[:_OUTPUT_LINE_LIMIT].decode("utf-8", "replace"), extra=extra)
+            record = error_record.decode(line) if records else None
+            if record is not None:
+                _log_error_record(record, extra)
+            else:
+                tenant_log.info("%s", line[:_OUTPUT_LINE_LIMIT].decode("utf-8", "replace"), extra=extra)
+
+
+_exception_log = logging.getLogger(EXCEPTION_LOGGER)
+
+
+def _line_limit(line: bytes, records: bool) -> int:
+    """The longest line kept whole: an error record's may be longer."""
+    return error_record.MAX_RECORD if records and line.startswith(error_record.MARKER) else _OUTPUT_LINE_LIMIT
+
+
+def _log_error_record(record: error_record.ErrorRecord, extra: dict[str, str]) -> None:
+    """One record at level error, with the traceback as its message; its
+    tenant is the pipe's, whatever the sandbox wrote."""
+    fields: dict[str, object] = dict(extra)
+    if record.req is not None:
+        fields.update(req=record.req, method=record.method, path=record.path)
+    _exception_log.error("%s", record.text, extra=fields)

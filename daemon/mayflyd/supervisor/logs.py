@@ -7,9 +7,10 @@ import logging
 import sys
 import time
 
-__all__ = ["LogfmtFormatter", "JsonFormatter", "OutputBudget", "setup_logging"]
+__all__ = ["LogfmtFormatter", "JsonFormatter", "ReadableErrorsFormatter", "OutputBudget", "setup_logging"]
 
 _CONTEXT_FIELDS = ("tenant", "req", "stream", "method", "path", "status", "ms")
+EXCEPTION_LOGGER = "mayflyd.tenant.exception"  # a sandbox's traceback, one record (host_handle.py)
 
 
 def _timestamp(record: logging.LogRecord) -> str:
@@ -59,9 +60,38 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(event, ensure_ascii=False, default=str)
 
 
-def setup_logging(level: str, log_format: str = "logfmt") -> None:
+class ReadableErrorsFormatter(LogfmtFormatter):
+    """`mayflyd run`'s terminal: logfmt, but a tenant's traceback as the
+    lines Python prints, under a header naming the request it broke."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.name != EXCEPTION_LOGGER:
+            return super().format(record)
+        req, method = getattr(record, "req", None), getattr(record, "method", None)
+        if req is None:
+            what = "loading the program"
+        elif method is None:  # the sandbox knew the request's id alone
+            what = f"request {req}"
+        else:
+            what = f"request {req} ({method} {getattr(record, 'path', None)})"
+        header = f"{_timestamp(record)} error: tenant {getattr(record, 'tenant', '-')}: {what} raised an exception:"
+        return "".join(_readable(c) for c in f"{header}\n{record.getMessage()}")
+
+
+def _readable(char: str) -> str:
+    """A traceback's character for a terminal: lines and tabs as they are,
+    other control characters escaped (no escape sequence reaches it)."""
+    return char if char in "\n\t" or char.isprintable() else _escape(char)
+
+
+def setup_logging(level: str, log_format: str = "logfmt", *, readable_errors: bool = False) -> None:
+    """The root logger to stderr in `log_format`; readable_errors: tracebacks
+    as plain lines (ReadableErrorsFormatter), for `mayflyd run`."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if log_format == "json" else LogfmtFormatter())
+    if readable_errors:
+        handler.setFormatter(ReadableErrorsFormatter())
+    else:
+        handler.setFormatter(JsonFormatter() if log_format == "json" else LogfmtFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
