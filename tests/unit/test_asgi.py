@@ -122,11 +122,11 @@ class _Silent:
 
 
 def test_an_error_after_the_response_is_logged_and_the_response_stands(
-        capsys: pytest.CaptureFixture[str]) -> None:
+        capfd: pytest.CaptureFixture[str]) -> None:
     app = Recorder({"type": "http.response.start", "status": 200}, {"type": "http.response.body", "body": b"x"},
                    {"type": "http.response.body"})
     assert AsgiHandler.started(app)(_request()) == (200, [], b"x")
-    assert "AsgiError: the app sent http.response.body after the response was complete" in capsys.readouterr().err
+    assert "AsgiError: the app sent http.response.body after the response was complete" in capfd.readouterr().err
 
 
 def test_an_app_without_lifespan(capsys: pytest.CaptureFixture[str]) -> None:

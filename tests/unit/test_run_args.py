@@ -11,14 +11,24 @@ from mayflyd.cli.main import _run_tenant, _RunError
 
 
 def _args(program: str | None = None, *, app: str | None = None, interface: str | None = None,
-          engine: str | None = None, env: tuple[str, ...] = ()) -> argparse.Namespace:
-    return argparse.Namespace(program=program, app=app, interface=interface, engine=engine, env=list(env))
+          engine: str | None = None, env: tuple[str, ...] = (), root: str | None = None,
+          packages: str | None = None) -> argparse.Namespace:
+    return argparse.Namespace(program=program, app=app, interface=interface, engine=engine, env=list(env),
+                              root=root, packages=packages)
 
 
 def test_a_program_as_before(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     assert _run_tenant(_args("My Prog.py")) == (
         {"name": "my-prog", "default": True, "program": str(tmp_path / "My Prog.py")}, tmp_path)
+
+
+def test_root_and_packages_are_the_tenants_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    tenant, _ = _run_tenant(_args("main.py", root="code", packages="deps"))
+    # Inside the root, as the config's program is; the directories absolute.
+    assert (tenant["program"], tenant["root"], tenant["packages"]) == (
+        "main.py", str(tmp_path / "code"), str(tmp_path / "deps"))
 
 
 def test_engine_and_env_are_the_tenants_keys(tmp_path: Path) -> None:

@@ -21,12 +21,11 @@ import concurrent.futures
 import contextvars
 import selectors
 import sys
-import traceback
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVarTuple
 
-from mayflyd.host.program import ProgramError, Request
+from mayflyd.host.program import ProgramError, Request, report_exception
 
 __all__ = ["AsgiError", "AsgiHandler", "run_threads_inline"]
 
@@ -313,16 +312,16 @@ class AsgiHandler:
             "server": _server_of(headers), "state": dict(self.lifespan.state),
         }
         exchange = _Exchange(self.loop, request.body)
-        self.loop.run_until_complete(self._run(scope, exchange))
+        self.loop.run_until_complete(self._run(scope, exchange, request))
         return exchange.result()
 
-    async def _run(self, scope: dict[str, Any], exchange: _Exchange) -> None:
+    async def _run(self, scope: dict[str, Any], exchange: _Exchange, request: Request) -> None:
         try:
             await self.app(scope, exchange.receive, exchange.send)
-        except Exception:
+        except Exception as exc:
             if not exchange.complete:
                 raise
             # The client has its whole answer already: the error is the log's.
-            traceback.print_exc()
+            report_exception(exc, request)
         finally:
             exchange.wake()
