@@ -22,7 +22,7 @@ from typing import Any, Final, Protocol
 import mayflyd
 from mayflyd import _mayfly
 from mayflyd.config import TenantConfig
-from mayflyd.host.sandbox_host import HostSpec
+from mayflyd.host.sandbox_host import STOP_TIMEOUT_MAX_MS, HostSpec
 from mayflyd.protocol import WorkerReplaced
 from mayflyd.supervisor.front_metrics import TenantCounts
 from mayflyd.supervisor.front_process import TenantView
@@ -181,7 +181,8 @@ class Tenant:
             nofile=SANDBOX_NOFILE, concurrency=limits.concurrency, queue=limits.queue,
             engine=walls.engine_of(config),
             pool=config.pool or default_pool(), pool_idle_ms=config.pool_idle_ms,
-            verify_rewind=config.verify_rewind, front_loops=self._data_plane.loops)
+            verify_rewind=config.verify_rewind, front_loops=self._data_plane.loops,
+            stop_timeout_ms=min(limits.request_timeout_ms, STOP_TIMEOUT_MAX_MS))
 
     def view(self) -> TenantView:
         """What a (re)started front end is told about this tenant."""
