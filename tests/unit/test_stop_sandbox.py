@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import os
 import resource
-import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,27 +33,15 @@ def start(engine: str, stop: Callable[[], object] | None, **serve_kw: Any) -> Ho
     return Host(runner=None, **seal)  # type: ignore[arg-type]
 
 
-def exit_code(h: Host, timeout: float) -> int:
-    """The host's exit code; fails if it takes longer than timeout."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        pid, status = os.waitpid(h.pid, os.WNOHANG)
-        if pid:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.01)
-    os.kill(h.pid, signal.SIGKILL)
-    os.waitpid(h.pid, 0)
-    raise AssertionError(f"the host did not exit within {timeout}s")
-
-
-def shutdown(h: Host) -> None:
+def shutdown(h: Host) -> int:
+    """SHUTDOWN, then the host's exit code (the data channel closed meanwhile: it does not end the host)."""
     h.ctrl.send(frame(M.MSG_SHUTDOWN, 0))
+    return h.close("data")
 
 
 def finish(h: Host) -> None:
-    """Closes the test's ends (after the host exited) and the reset host's front thread."""
+    """Closes the control channel (after the host exited) and the reset host's front thread."""
     h.ctrl.close()
-    h.data.close()
     stopping = getattr(h, "stopping", None)
     if stopping is not None:
         stopping.set()
@@ -67,6 +54,14 @@ def wait_for_file(path: Path, timeout: float = 10) -> str:
             return path.read_text()
         time.sleep(0.01)
     raise AssertionError(f"{path} never written")
+
+
+def sleeping_stop(out: Path) -> Callable[[], None]:
+    """A stop hook that writes its pid to out and never returns."""
+    def stop() -> None:
+        out.write_text(str(os.getpid()))
+        time.sleep(3600)
+    return stop
 
 
 def gone(pid: int) -> bool:
@@ -88,8 +83,7 @@ def test_shutdown_runs_the_stop_hook_once_in_a_sandbox(engine: str, tmp_path: Pa
         with open(out, "a") as f:
             f.write(f"{os.getpid()} {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}\n")
     h = start(engine, stop)
-    shutdown(h)
-    assert exit_code(h, 10) == 0
+    assert shutdown(h) == 0
     (line,) = out.read_text().splitlines()
     pid, nofile = map(int, line.split())
     assert pid != h.pid and nofile == NOFILE  # a sandbox of its own, with the request limits
@@ -109,14 +103,9 @@ def test_the_control_channels_end_alone_runs_no_stop_hook(engine: str, tmp_path:
 @pytest.mark.parametrize("engine", ENGINES)
 def test_a_stop_hook_past_its_bound_is_killed(engine: str, tmp_path: Path) -> None:
     out = tmp_path / "stopping"
-
-    def stop() -> None:
-        out.write_text(str(os.getpid()))
-        time.sleep(3600)
-    h = start(engine, stop, stop_timeout_ms=300)
+    h = start(engine, sleeping_stop(out), stop_timeout_ms=300)
     started = time.monotonic()
-    shutdown(h)
-    assert exit_code(h, 5) == 0
+    assert shutdown(h) == 0
     assert time.monotonic() - started < 3
     assert gone(int(wait_for_file(out)))
     finish(h)
@@ -125,15 +114,12 @@ def test_a_stop_hook_past_its_bound_is_killed(engine: str, tmp_path: Path) -> No
 @pytest.mark.parametrize("engine", ENGINES)
 def test_the_supervisors_end_cuts_the_stop_hook_short(engine: str, tmp_path: Path) -> None:
     out = tmp_path / "stopping"
-
-    def stop() -> None:
-        out.write_text(str(os.getpid()))
-        time.sleep(3600)
-    h = start(engine, stop, stop_timeout_ms=60_000)
-    shutdown(h)
+    h = start(engine, sleeping_stop(out), stop_timeout_ms=60_000)
+    h.ctrl.send(frame(M.MSG_SHUTDOWN, 0))
     pid = int(wait_for_file(out))
-    h.ctrl.close()
-    assert exit_code(h, 3) == 0
+    started = time.monotonic()
+    assert h.close() == 0
+    assert time.monotonic() - started < 3
     assert gone(pid)
     finish(h)
 
@@ -143,8 +129,7 @@ def test_a_stop_hook_that_raises_leaves_the_hosts_exit_alone(engine: str) -> Non
     def stop() -> None:
         raise RuntimeError("raised in the stop hook")
     h = start(engine, stop)
-    shutdown(h)
-    assert exit_code(h, 10) == 0
+    assert shutdown(h) == 0
     finish(h)
 
 
