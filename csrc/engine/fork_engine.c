@@ -20,8 +20,8 @@
 #include "base/log.h"
 #include "engine/children.h"
 #include "engine/engine_common.h"
-#include "walls/request_limits.h"
 #include "engine/stop_sandbox.h"
+#include "walls/request_limits.h"
 
 struct child {
     pid_t pid;

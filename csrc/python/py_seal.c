@@ -49,39 +49,45 @@ static void call_import_lock(PyObject *method, const char *what)
     Py_XDECREF(r);
 }
 
-/* What load() returned: a runner, or (runner, stop) with stop callable or None. */
+/* What load() returned: a runner, or (runner, stop) with stop callable or
+ * None; new references in *runner and *stop (NULL: no stop hook). */
 static bool split_loaded(PyObject *loaded, PyObject **runner, PyObject **stop)
 {
-    *runner = loaded;
-    *stop = NULL;
+    PyObject *r = loaded, *s = NULL;
+
     if (PyTuple_Check(loaded)) {
         if (PyTuple_GET_SIZE(loaded) != 2)
             return PyErr_Format(PyExc_TypeError, "load() returned a tuple of %zd, expected (runner, stop)",
                                 PyTuple_GET_SIZE(loaded)), false;
-        *runner = PyTuple_GET_ITEM(loaded, 0);
-        *stop = PyTuple_GET_ITEM(loaded, 1);
-        if (*stop == Py_None)
-            *stop = NULL;
-        else if (!PyCallable_Check(*stop))
+        r = PyTuple_GET_ITEM(loaded, 0);
+        s = PyTuple_GET_ITEM(loaded, 1);
+        if (s == Py_None)
+            s = NULL;
+        else if (!PyCallable_Check(s))
             return PyErr_Format(PyExc_TypeError, "the stop hook must be callable, not %s",
-                                Py_TYPE(*stop)->tp_name), false;
+                                Py_TYPE(s)->tp_name), false;
     }
-    return runner_check(*runner);
+    if (!runner_check(r))
+        return false;
+    *runner = Py_NewRef(r);
+    *stop = Py_XNewRef(s);
+    return true;
 }
 
 PyObject *py_seal_host(const struct seal_inputs *in, const int *keep, size_t n_keep, PyObject **stop)
 {
     py_cleanup_ref PyObject *loaded = NULL;
+    py_cleanup_ref PyObject *runner = NULL;
+    py_cleanup_ref PyObject *stop_hook = NULL;
     py_cleanup_ref PyObject *frozen = NULL;
-    PyObject *runner, *stop_hook;
 
     if (!take_import_lock_methods())
         return NULL;
     loaded = PyObject_CallNoArgs(in->load);
-    if (loaded == NULL)
+    if (loaded == NULL || !split_loaded(loaded, &runner, &stop_hook))
         return NULL;
-    if (!split_loaded(loaded, &runner, &stop_hook))
-        return NULL;
+    /* Freed now: after the seal the host drops no reference. */
+    Py_CLEAR(loaded);
     /* A signal that came during on_init() has its handler run now, while
      * the host is still loading, rather than never or after the seal. */
     if (PyErr_CheckSignals() < 0)
@@ -101,8 +107,8 @@ PyObject *py_seal_host(const struct seal_inputs *in, const int *keep, size_t n_k
      * CPython's handler gone, no wakeup fd the program set is written either. */
     if (!mf_seal_signals(&sealed_signals))
         return raise_last();
-    *stop = Py_XNewRef(stop_hook);
-    return Py_NewRef(runner);
+    *stop = mf_steal_pointer(&stop_hook);
+    return mf_steal_pointer(&runner);
 }
 
 _Noreturn void py_sealed_exit(bool ok)
