@@ -1,6 +1,7 @@
 """A program's on_stop(): run once, in a sandbox with the request walls, when its host stops."""
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,6 +70,7 @@ def on_stop():
 '''
 
 HANGS = '''
+import signal
 import time
 
 
@@ -165,3 +167,18 @@ def test_a_reload_runs_the_old_hosts_on_stop(daemon: Daemon) -> None:
     d.wait_for(lambda: "on_stop v1 init=set-in-init" in d.log(), what="the old host's on_stop")
     assert "on_stop v2" not in d.log()
     assert d.get("plain.localhost").text == "plain"
+
+
+def test_a_second_signal_cuts_the_stop_hooks_short(tmp_path: Path) -> None:
+    d = Daemon(tmp_path, [tenant("hangs", request_timeout_ms=60_000)], {"hangs.py": HANGS})
+    with d:
+        assert d.get("hangs.localhost").text == "hangs"
+        assert d.proc is not None
+        d.proc.send_signal(signal.SIGTERM)
+        d.wait_for(lambda: "on_stop hangs" in d.log(), what="on_stop")
+        started = time.monotonic()
+        d.proc.send_signal(signal.SIGTERM)
+        assert d.proc.wait(10) == 0
+        assert time.monotonic() - started < 3  # not the hook's 5 s bound
+    assert "SIGTERM again: stopping the hosts at once" in d.log()
+    assert d.cgroup_dirs() == [], "cgroups left behind"

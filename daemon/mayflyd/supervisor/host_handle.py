@@ -222,6 +222,12 @@ class SandboxHost:
         await self._close()
         self.exited.set()
 
+    def cut_short(self) -> None:
+        """SIGKILL now, a stop() in progress included (its stop hook is not
+        waited for); stop() or kill() still reaps and closes."""
+        if self._proc is not None and self._proc.returncode is None:
+            self._proc.kill()
+
     async def stop(self, timeout: float | None = None) -> None:
         """Ask the host to stop (SHUTDOWN: it runs the program's stop hook,
         within its bound, then exits), kill it if it does not within
