@@ -20,6 +20,8 @@
 #include "engine/engine_common.h"
 #include "walls/identity.h"
 #include "walls/private_files.h"
+#include "walls/request_limits.h"
+#include "walls/seccomp.h"
 
 /* Children, not the host, are what the OOM killer should pick. */
 #define CHILD_OOM_SCORE_ADJ 1000
@@ -418,6 +420,7 @@ enum mf_step mf_children_handle_ctrl(struct mf_children *c)
     if (hdr.type != MF_MSG_SHUTDOWN)
         return refuse("control", hdr.type, fds, nfds);
     drop_fds("control", hdr.type, fds, nfds);
+    c->shutdown = true;
     return MF_STEP_STOP;
 }
 
@@ -514,6 +517,7 @@ bool mf_children_init(struct mf_children *c, size_t max_children, size_t queue, 
     if (c->queue == NULL)
         return mf_err("calloc(queue of %zu)", queue);
     c->oom_kills = 0;
+    c->shutdown = false;
     if (c->oom_fd >= 0 && !read_oom_kills(c->oom_fd, &c->oom_kills)) {
         /* The limit on memory still holds; only the flag is lost. */
         mf_warn("%s: out-of-memory kills will not be told apart", mf_last_error());
@@ -532,8 +536,7 @@ bool mf_children_init(struct mf_children *c, size_t max_children, size_t queue, 
     return true;
 }
 
-/* Takes pid out of our children; false if it was not one. */
-static bool forget(struct mf_children *c, pid_t pid)
+bool mf_children_forget(struct mf_children *c, pid_t pid)
 {
     for (size_t i = 0; i < c->n_pids; i++) {
         if (c->pids[i] != pid)
@@ -571,7 +574,7 @@ enum mf_step mf_children_reap(struct mf_children *c)
             return MF_STEP_FAIL;
         }
         /* Not ours (a process the program started before sealing): reaped silently. */
-        if (!forget(c, pid))
+        if (!mf_children_forget(c, pid))
             continue;
         enum mf_step step = c->ops->exited(c->engine, pid, status, &ru);
         if (step != MF_STEP_CONTINUE)
@@ -586,8 +589,8 @@ void mf_child_kill(pid_t pid)
         mf_warn("kill(%d, SIGKILL) failed: %s", pid, strerror(errno));
 }
 
-/* At the end nothing may be left behind: kill and reap every child. */
-static void kill_all(struct mf_children *c)
+/* At the end nothing may be left behind. */
+void mf_children_kill_all(struct mf_children *c)
 {
     for (size_t i = 0; i < c->n_pids; i++) {
         pid_t pid = c->pids[i];
@@ -607,7 +610,7 @@ void mf_children_fini(struct mf_children *c)
     /* No table: init never got past its first step, nothing to undo. */
     if (c->pids == NULL)
         return;
-    kill_all(c);
+    mf_children_kill_all(c);
     for (unsigned i = 0; i < MF_MAX_DATA_CHANNELS; i++) {
         mf_close_or_warn(c->chans[i], "data channel");
         c->chans[i] = -1;
@@ -754,5 +757,20 @@ bool mf_children_unblock(const struct mf_children *c)
     /* A handler may use SIGCHLD (subprocess) like any program. */
     if (sigprocmask(SIG_SETMASK, &c->old_mask, NULL) < 0)
         return mf_err("sigprocmask(SIG_SETMASK)");
+    return true;
+}
+
+bool mf_children_enter_sandbox(const struct mf_children *c, const struct mf_limits *limits,
+                               const void *request_filter, size_t request_filter_len)
+{
+    /* Before any code of the program, its at-fork handlers included. */
+    MF_TRY(mf_limits_apply(limits));
+    /* Last of the sandbox's own set-up: the request filter is what keeps
+     * it from lifting the limits or deleting its CPU timer. */
+    if (request_filter_len > 0)
+        MF_TRY(mf_seccomp_load(request_filter, request_filter_len));
+    MF_TRY(mf_children_unblock(c));
+    /* Python's at-fork handlers (which reseed random) before any Python. */
+    c->hooks->after_fork_child(c->hooks->ctx);
     return true;
 }

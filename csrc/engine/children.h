@@ -128,6 +128,7 @@ struct mf_children {
     struct mf_admitted *queue;   /* FIFO ring of q_max */
     size_t q_head, q_len, q_max;
     uint64_t oom_kills;          /* the counter as last read */
+    bool shutdown;               /* the supervisor sent SHUTDOWN: a clean stop (stop_sandbox.h) */
     uint8_t ctrl_buf[MF_CTRL_BUF_SIZE];
 };
 
@@ -175,7 +176,7 @@ enum mf_step mf_children_expire(struct mf_children *c, uint64_t now, uint64_t *n
 bool mf_children_oom_killed(struct mf_children *c, int status);
 
 /* Reads one frame from the control channel (non-blocking) and acts on it:
- * SHUTDOWN stops, DATA_CHANNEL attaches one; a REQUEST or CANCEL there is
+ * SHUTDOWN stops (and sets c->shutdown), DATA_CHANNEL attaches one; a REQUEST or CANCEL there is
  * refused (warned, ignored). */
 enum mf_step mf_children_handle_ctrl(struct mf_children *c);
 
@@ -214,6 +215,22 @@ pid_t mf_children_fork(struct mf_children *c, const int *keep, size_t n_keep, bo
 
 /* In a child: the signal mask the host had before the signalfd. */
 bool mf_children_unblock(const struct mf_children *c);
+
+/*
+ * In a child mf_children_fork made (its first steps taken): the rest of a
+ * request sandbox's walls, set by the child on itself, then the host's
+ * signal mask back and the after-fork hook, after which tenant code may
+ * run. A fork-engine request and the stop sandbox of both engines take
+ * exactly these steps. false with the error recorded.
+ */
+bool mf_children_enter_sandbox(const struct mf_children *c, const struct mf_limits *limits,
+                               const void *request_filter, size_t request_filter_len);
+
+/* Takes pid, reaped by the caller, out of our children; false if it was not one. */
+bool mf_children_forget(struct mf_children *c, pid_t pid);
+
+/* Kills and reaps every child (mf_children_fini does it too). */
+void mf_children_kill_all(struct mf_children *c);
 
 /* SIGKILL to a child, warning if it fails (a zombie takes it too). */
 void mf_child_kill(pid_t pid);

@@ -20,8 +20,8 @@
 #include "base/log.h"
 #include "engine/children.h"
 #include "engine/engine_common.h"
+#include "engine/stop_sandbox.h"
 #include "walls/request_limits.h"
-#include "walls/seccomp.h"
 
 struct child {
     pid_t pid;
@@ -56,19 +56,9 @@ static _Noreturn void child_main(const struct engine *e, bool setup_ok, int req_
 
     /* mf_children_fork took the first steps: the host's fds are closed,
      * the files made private. */
-    if (!setup_ok)
+    if (!setup_ok ||
+        !mf_children_enter_sandbox(&e->core, &cfg->limits, cfg->request_filter, cfg->request_filter_len))
         goto setup_failed;
-    /* Before any code of the program, its at-fork handlers included. */
-    if (!mf_limits_apply(&cfg->limits))
-        goto setup_failed;
-    /* Last of the sandbox's own set-up: the request filter is what keeps
-     * it from lifting the limits or deleting its CPU timer. */
-    if (cfg->request_filter_len > 0 && !mf_seccomp_load(cfg->request_filter, cfg->request_filter_len))
-        goto setup_failed;
-    if (!mf_children_unblock(&e->core))
-        goto setup_failed;
-    /* Python's at-fork handlers (which reseed random) before any Python. */
-    hooks->after_fork_child(hooks->ctx);
 
     mf_request_init(&req, req_id);
     if (!mf_request_recv(req_fd, &req)) {
@@ -256,6 +246,9 @@ bool mf_fork_serve(const struct mf_fork_config *cfg)
     if (e.max == 0)
         return mf_errx(EINVAL, "concurrency 0: the host could never serve");
     ok = mf_children_init(&e.core, e.max, cfg->queue, 0) && engine_init(&e) && serve_loop(&e);
+    if (ok)
+        mf_stop_sandbox_run(&e.core, &cfg->limits, cfg->request_filter, cfg->request_filter_len,
+                            cfg->stop_timeout_ms);
     /* Keep the error of the loop; the teardown only warns. */
     mf_children_fini(&e.core);
     free(e.children);

@@ -9,6 +9,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "walls/request_limits.h"
 #include "wire/proto.h"
@@ -33,6 +34,9 @@ struct mf_fork_hooks {
     /* In the child: fills resp (its memory must stay valid until the child
      * exits). false: the failure is reported, the child exits unanswered. */
     bool (*handle)(void *ctx, const struct mf_request *req, struct mf_response *resp);
+    /* In the stop sandbox (stop_sandbox.h): the program's stop hook; false
+     * if it failed (reported). NULL: the program has none. */
+    bool (*stop)(void *ctx);
 };
 
 struct mf_fork_config {
@@ -46,14 +50,15 @@ struct mf_fork_config {
     struct mf_limits limits;      /* set by each sandbox on itself */
     const void *request_filter;   /* seccomp BPF loaded last in each sandbox */
     size_t request_filter_len;    /* 0: no filter */
+    uint32_t stop_timeout_ms;     /* the stop sandbox's bound; 0: MF_STOP_DEFAULT_MS */
 };
 
 /*
  * Sends READY and serves the data channels the supervisor attaches until
  * the control channel closes or fails, or the supervisor sends SHUTDOWN
- * (returns true), or until setup fails or
- * hooks->interrupted says stop (returns false). Every child is killed and
- * reaped before returning.
+ * (returns true; after a SHUTDOWN, runs hooks->stop in the stop sandbox
+ * first), or until setup fails or hooks->interrupted says stop (returns
+ * false). Every child is killed and reaped before returning.
  */
 bool mf_fork_serve(const struct mf_fork_config *cfg);
 

@@ -21,6 +21,7 @@
 #include "base/log.h"
 #include "engine/engine_common.h"
 #include "engine/reset_pool.h"
+#include "engine/stop_sandbox.h"
 #include "wire/proto.h"
 
 enum mf_step mf_reset_request_ended(struct pool *p, uint64_t req_id, pid_t pid, int wait_status,
@@ -319,6 +320,9 @@ bool mf_reset_serve(const struct mf_reset_config *cfg)
     if (p == NULL)
         return mf_err("calloc(pool)");
     ok = pool_init(p, cfg) && serve_loop(p);
+    if (ok)
+        mf_stop_sandbox_run(&p->core, &cfg->limits, cfg->request_filter, cfg->request_filter_len,
+                            cfg->stop_timeout_ms);
     /* Keep the error of the loop; the teardown only warns. */
     mf_children_fini(&p->core);
     mf_reset_release_workers(p);

@@ -39,11 +39,13 @@ struct mf_reset_config {
     unsigned front_loops;         /* request channels per worker: one per front-end loop */
     uint32_t idle_ms;  /* a worker idle this long exits, down to none; 0: never */
     bool verify;
+    uint32_t stop_timeout_ms;     /* as in struct mf_fork_config */
 };
 
 /* As mf_fork_serve: READY once every worker has its snapshot (LOAD_FAILED
  * and true if one cannot take it), then serves until SHUTDOWN or EOF on
- * the control channel. An
+ * the control channel; after a SHUTDOWN, the workers killed, the stop
+ * sandbox is a fresh fork of the host, like a fork-engine request. An
  * idle tenant's workers retire after idle_ms, each taking its snapshot's
  * memory with it; the next request forks one again. */
 bool mf_reset_serve(const struct mf_reset_config *cfg);

@@ -300,11 +300,12 @@ PyObject *serve_result(bool ok)
 PyObject *py_serve_fork(PyObject *self, PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"ctrl_fd", "runner", "close_in_child", "request_filter", "cpu_ms",
-                             "memory_bytes", "nofile", "concurrency", "queue", "oom_fd", "load", "gc_freeze", "pid_one", NULL};
+                             "memory_bytes", "nofile", "concurrency", "queue", "oom_fd", "load", "gc_freeze", "pid_one",
+                             "stop_timeout_ms", NULL};
     struct serve_ctx ctx = {0};
     struct seal_inputs seal = {0};
     struct mf_fork_hooks hooks = {&ctx, hook_before_fork, hook_after_fork_parent, hook_after_fork_child,
-                                  hook_interrupted, hook_handle};
+                                  hook_interrupted, hook_handle, NULL};
     struct mf_fork_config cfg = {.hooks = &hooks, .oom_fd = -1, .concurrency = MF_FORK_MAX_CHILDREN,
                                  .queue = MF_DEFAULT_QUEUE};
     /* Released on every return; its buffer a no-op if a failed parse released it. */
@@ -312,18 +313,18 @@ PyObject *py_serve_fork(PyObject *self, PyObject *args, PyObject *kwargs)
     PyObject *close_list;
 
     (void)self;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iOO|y*O&O&O&O&O&i$OOp:serve_fork", kwlist, &cfg.ctrl_fd,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iOO|y*O&O&O&O&O&i$OOpO&:serve_fork", kwlist, &cfg.ctrl_fd,
                                      &ctx.runner, &close_list, &in.filter, uint32_converter,
                                      &cfg.limits.cpu_ms, uint64_converter, &cfg.limits.memory_bytes,
                                      uint32_converter, &cfg.limits.nofile, uint32_converter, &cfg.concurrency,
                                      uint32_converter, &cfg.queue, &cfg.oom_fd, &seal.load, &seal.gc_freeze,
-                                     &seal.pid_one))
+                                     &seal.pid_one, uint32_converter, &cfg.stop_timeout_ms))
         return NULL;
     if (!serve_inputs_take(&in, close_list, &cfg.close_in_child, &cfg.n_close_in_child, &cfg.request_filter,
                            &cfg.request_filter_len))
         return NULL;
     /* Last before serving: the program's loading runs here, if load= is given. */
-    if (!seal_or_check_runner(&seal, cfg.ctrl_fd, cfg.oom_fd, &ctx.runner, &hooks))
+    if (!seal_or_check_runner(&seal, cfg.ctrl_fd, cfg.oom_fd, &ctx, &hooks))
         return NULL;
     /* The GIL stays held: the host is single-threaded and forks under it. */
     if (seal.load != NULL && seal.load != Py_None)

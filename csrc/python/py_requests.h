@@ -48,9 +48,11 @@ PyObject *py_header_list(const struct mf_request *req);
 
 /* The context of the engine hooks below: the runner (a RequestPath, or
  * any callable taking the request's fields and returning (status,
- * headers, body)), and the response of the request being served. */
+ * headers, body)), the program's stop hook (NULL: none; py_seal.c), and
+ * the response of the request being served. */
 struct serve_ctx {
     PyObject *runner;
+    PyObject *stop;
     struct py_response resp;
 };
 

@@ -73,11 +73,12 @@ PyObject *py_serve_reset(PyObject *self, PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"ctrl_fd", "runner", "close_in_child", "after_rewind", "request_filter",
                              "cpu_ms", "memory_bytes", "nofile", "pool_size", "idle_ms", "verify",
-                             "concurrency", "queue", "oom_fd", "front_loops", "load", "gc_freeze", "pid_one", NULL};
+                             "concurrency", "queue", "oom_fd", "front_loops", "load", "gc_freeze", "pid_one",
+                             "stop_timeout_ms", NULL};
     struct reset_ctx ctx = {{0}, NULL};
     struct seal_inputs seal = {0};
     struct mf_reset_hooks hooks = {{&ctx, hook_before_fork, hook_after_fork_parent, hook_after_fork_child,
-                                    hook_interrupted, hook_handle},
+                                    hook_interrupted, hook_handle, NULL},
                                    hook_prepare, hook_after_rewind};
     struct mf_reset_config cfg = {.hooks = &hooks, .pool_size = 1, .oom_fd = -1, .front_loops = 1,
                                   .concurrency = MF_RESET_MAX_WORKERS, .queue = MF_DEFAULT_QUEUE};
@@ -87,13 +88,13 @@ PyObject *py_serve_reset(PyObject *self, PyObject *args, PyObject *kwargs)
     int verify = 0;
 
     (void)self;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iOOO|y*O&O&O&IO&pO&O&iI$OOp:serve_reset", kwlist, &cfg.ctrl_fd,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iOOO|y*O&O&O&IO&pO&O&iI$OOpO&:serve_reset", kwlist, &cfg.ctrl_fd,
                                      &ctx.serve.runner, &close_list, &ctx.after_rewind, &in.filter,
                                      uint32_converter, &cfg.limits.cpu_ms, uint64_converter, &cfg.limits.memory_bytes,
                                      uint32_converter, &cfg.limits.nofile, &cfg.pool_size, uint32_converter,
                                      &cfg.idle_ms, &verify, uint32_converter, &cfg.concurrency, uint32_converter,
                                      &cfg.queue, &cfg.oom_fd, &cfg.front_loops, &seal.load, &seal.gc_freeze,
-                                     &seal.pid_one))
+                                     &seal.pid_one, uint32_converter, &cfg.stop_timeout_ms))
         return NULL;
     if (!PyCallable_Check(ctx.after_rewind))
         return PyErr_Format(PyExc_TypeError, "after_rewind must be callable");
@@ -102,7 +103,7 @@ PyObject *py_serve_reset(PyObject *self, PyObject *args, PyObject *kwargs)
         return NULL;
     cfg.verify = verify != 0;
     /* Last before serving: the program's loading runs here, if load= is given. */
-    if (!seal_or_check_runner(&seal, cfg.ctrl_fd, cfg.oom_fd, &ctx.serve.runner, &hooks.base))
+    if (!seal_or_check_runner(&seal, cfg.ctrl_fd, cfg.oom_fd, &ctx.serve, &hooks.base))
         return NULL;
     if (seal.load != NULL && seal.load != Py_None)
         py_sealed_exit(mf_reset_serve(&cfg));

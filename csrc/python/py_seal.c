@@ -7,6 +7,7 @@
 #include "base/cleanup.h"
 #include "base/log.h"
 #include "engine/fork_engine.h"
+#include "python/py_request_state.h"
 #include "python/py_requests.h"
 #include "python/py_seal.h"
 #include "python/py_util.h"
@@ -48,18 +49,45 @@ static void call_import_lock(PyObject *method, const char *what)
     Py_XDECREF(r);
 }
 
-PyObject *py_seal_host(const struct seal_inputs *in, const int *keep, size_t n_keep)
+/* What load() returned: a runner, or (runner, stop) with stop callable or
+ * None; new references in *runner and *stop (NULL: no stop hook). */
+static bool split_loaded(PyObject *loaded, PyObject **runner, PyObject **stop)
 {
+    PyObject *r = loaded, *s = NULL;
+
+    if (PyTuple_Check(loaded)) {
+        if (PyTuple_GET_SIZE(loaded) != 2)
+            return PyErr_Format(PyExc_TypeError, "load() returned a tuple of %zd, expected (runner, stop)",
+                                PyTuple_GET_SIZE(loaded)), false;
+        r = PyTuple_GET_ITEM(loaded, 0);
+        s = PyTuple_GET_ITEM(loaded, 1);
+        if (s == Py_None)
+            s = NULL;
+        else if (!PyCallable_Check(s))
+            return PyErr_Format(PyExc_TypeError, "the stop hook must be callable, not %s",
+                                Py_TYPE(s)->tp_name), false;
+    }
+    if (!runner_check(r))
+        return false;
+    *runner = Py_NewRef(r);
+    *stop = Py_XNewRef(s);
+    return true;
+}
+
+PyObject *py_seal_host(const struct seal_inputs *in, const int *keep, size_t n_keep, PyObject **stop)
+{
+    py_cleanup_ref PyObject *loaded = NULL;
     py_cleanup_ref PyObject *runner = NULL;
+    py_cleanup_ref PyObject *stop_hook = NULL;
     py_cleanup_ref PyObject *frozen = NULL;
 
     if (!take_import_lock_methods())
         return NULL;
-    runner = PyObject_CallNoArgs(in->load);
-    if (runner == NULL)
+    loaded = PyObject_CallNoArgs(in->load);
+    if (loaded == NULL || !split_loaded(loaded, &runner, &stop_hook))
         return NULL;
-    if (!runner_check(runner))
-        return NULL;
+    /* Freed now: after the seal the host drops no reference. */
+    Py_CLEAR(loaded);
     /* A signal that came during on_init() has its handler run now, while
      * the host is still loading, rather than never or after the seal. */
     if (PyErr_CheckSignals() < 0)
@@ -79,6 +107,7 @@ PyObject *py_seal_host(const struct seal_inputs *in, const int *keep, size_t n_k
      * CPython's handler gone, no wakeup fd the program set is written either. */
     if (!mf_seal_signals(&sealed_signals))
         return raise_last();
+    *stop = mf_steal_pointer(&stop_hook);
     return mf_steal_pointer(&runner);
 }
 
@@ -124,23 +153,43 @@ bool hook_sealed_interrupted(void *ctx)
     return true;
 }
 
-bool seal_or_check_runner(const struct seal_inputs *in, int ctrl_fd, int oom_fd, PyObject **runner,
+bool hook_sealed_stop(void *vctx)
+{
+    struct serve_ctx *ctx = vctx;
+    py_cleanup_ref PyObject *r = PyObject_CallNoArgs(ctx->stop);
+
+    if (r == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_SystemExit)) {
+            /* PyErr_Print would run the host's exit path (atexit) in a sandbox. */
+            PyErr_Clear();
+            mf_warn("the stop hook raised SystemExit");
+        } else {
+            mf_warn("the stop hook raised an exception:");
+            PyErr_Print();
+        }
+    }
+    py_flush_std_streams();
+    return r != NULL;
+}
+
+bool seal_or_check_runner(const struct seal_inputs *in, int ctrl_fd, int oom_fd, struct serve_ctx *ctx,
                           struct mf_fork_hooks *hooks)
 {
     const int keep[] = {ctrl_fd, oom_fd};
 
     if (in->load == NULL || in->load == Py_None) {
-        return runner_check(*runner);
+        return runner_check(ctx->runner);
     }
     if (!PyCallable_Check(in->load) || in->gc_freeze == NULL || !PyCallable_Check(in->gc_freeze))
         return PyErr_Format(PyExc_TypeError, "load and gc_freeze must be callable"), false;
     /* Owned by the host until it exits: py_sealed_exit never returns. */
-    *runner = py_seal_host(in, keep, oom_fd >= 0 ? 2 : 1);
-    if (*runner == NULL)
+    ctx->runner = py_seal_host(in, keep, oom_fd >= 0 ? 2 : 1, &ctx->stop);
+    if (ctx->runner == NULL)
         return false;
     hooks->before_fork = hook_sealed_before_fork;
     hooks->after_fork_parent = hook_sealed_after_fork_parent;
     hooks->after_fork_child = hook_sealed_after_fork_child;
     hooks->interrupted = hook_sealed_interrupted;
+    hooks->stop = ctx->stop != NULL ? hook_sealed_stop : NULL;
     return true;
 }

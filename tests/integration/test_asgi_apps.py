@@ -222,6 +222,16 @@ def test_a_body_in_pieces_reaches_the_client_whole(daemon: Daemon) -> None:
     assert (reply.status, reply.body) == (201, b"one two three")
 
 
+def test_the_lifespan_shutdown_runs_when_the_host_stops(daemon: Daemon) -> None:
+    # A reload replaces the host: the old one's stop sandbox sends the shutdown.
+    assert daemon.get("plain.localhost").status == 200
+    before = daemon.log().count("lifespan shutdown ran")
+    (daemon.workdir / "programs" / "plain.py").write_text(PLAIN + "\n# version 2\n")
+    daemon.wait_for(lambda: daemon.log().count("lifespan shutdown ran") > before,
+                    what="the old host's lifespan shutdown in the log")
+    assert daemon.get("plain.localhost").status == 200
+
+
 def test_warm_up_requests_run_before_the_seal_and_what_they_change_stays(daemon: Daemon) -> None:
     # 16 GETs of each target ran in the host: the counter they raised is in every request's start.
     for _ in range(2):

@@ -126,3 +126,30 @@ def test_a_report_with_the_request_id_alone(capfd: pytest.CaptureFixture[str]) -
     assert out == "first\n"  # flushed before the record, so in order
     record = error_record.decode(err.encode())
     assert record == error_record.ErrorRecord(text="ValueError: no request object", req=12)
+
+
+@pytest.mark.parametrize("source,found", [
+    ("def on_client_request(): pass\n", False),
+    ("def on_client_request(): pass\non_stop = 'not callable'\n", False),
+    ("def on_client_request(): pass\ndef on_stop(): return 'stopped'\n", True),
+    # Looked up after on_init(), which may define it.
+    ("def on_client_request(): pass\ndef on_init():\n    global on_stop\n    on_stop = lambda: 'stopped'\n", True),
+])
+def test_the_stop_hook_is_the_programs_on_stop(tmp_path: Path, source: str, found: bool) -> None:
+    (tmp_path / "p.py").write_text(source)
+    program = load_program(tmp_path / "p.py")
+    program.init()
+    hook = program.stop_hook()
+    assert (hook is not None) == found
+    assert hook is None or hook() == "stopped"
+
+
+def test_an_adapters_stop_hook_replaces_the_modules(tmp_path: Path) -> None:
+    from types import ModuleType
+
+    from mayflyd.host.program import Program
+    module = ModuleType("app")
+    module.on_stop = lambda: "the module's"  # type: ignore[attr-defined]
+    # An app's module is no program: its on_stop is not the contract's.
+    assert Program(module, handler=lambda r: "x").stop_hook() is None
+    assert Program(module, handler=lambda r: "x", on_stop=lambda: "adapter's").stop_hook()() == "adapter's"  # type: ignore[misc]

@@ -1,7 +1,8 @@
 """The tenant program contract (docs/design.md section 4), as run inside a host.
 
-Loads a tenant's module, runs its on_init(), and turns each request into a
-call of on_client_request() in one of the two supported forms:
+Loads a tenant's module, runs its on_init(), gives its on_stop() to the
+engine (run in a sandbox when the host stops), and turns each request
+into a call of on_client_request() in one of the two supported forms:
 
 - the seed's form: ``on_client_request()`` with no parameters returns a
   callable, whose result is the response;
@@ -157,11 +158,15 @@ def _takes_request(handler: Callable[..., object]) -> bool:
 class Program:
     """A loaded and initialised tenant program."""
 
-    __slots__ = ("module", "_handler", "_takes_request")
+    __slots__ = ("module", "_handler", "_takes_request", "_contract", "_on_stop")
 
-    def __init__(self, module: ModuleType, handler: Callable[[Request], object] | None = None) -> None:
+    def __init__(self, module: ModuleType, handler: Callable[[Request], object] | None = None, *,
+                 on_stop: Callable[[], object] | None = None) -> None:
         """handler: called with each Request instead of the module's
-        on_client_request (an app's adapter, wsgi.py)."""
+        on_client_request (an app's adapter, wsgi.py); on_stop: called
+        when the host stops instead of the module's on_stop (an app's
+        adapter: its shutdown)."""
+        self._contract = handler is None
         if handler is None:
             handler = getattr(module, "on_client_request", None)
             if not callable(handler):
@@ -169,6 +174,7 @@ class Program:
         self.module = module
         self._handler: Callable[..., object] = handler
         self._takes_request = _takes_request(handler)
+        self._on_stop = on_stop
 
     def init(self) -> None:
         on_init = getattr(self.module, "on_init", None)
@@ -181,6 +187,17 @@ class Program:
         except BaseException as exc:
             report_exception(exc)
             raise ProgramError(f"on_init() raised {type(exc).__name__}: {exc}") from exc
+
+    def stop_hook(self) -> Callable[[], object] | None:
+        """What runs, with no arguments, in one sandbox when the host stops
+        (csrc/engine/stop_sandbox.h): the adapter's on_stop, or the
+        program's on_stop() if it defines a callable one (looked up now,
+        after on_init(), as on_client_request is for request_path()), or
+        None. Its exceptions are the engine's to print."""
+        if self._on_stop is not None:
+            return self._on_stop
+        on_stop = getattr(self.module, "on_stop", None) if self._contract else None
+        return on_stop if callable(on_stop) else None
 
     def request_path(self) -> _mayfly.RequestPath:
         """What a sandbox runs per request: call() in C (py_request_path.c)."""

@@ -35,6 +35,8 @@ from mayflyd.protocol import MsgType, pack_frame
 __all__ = ["HostSpec", "main", "tenant_sys_path"]
 
 HOSTNAME_MAX = 64  # bytes; sethostname() refuses longer
+# The stop hook gets the request timeout, up to this: a daemon's stop waits for it.
+STOP_TIMEOUT_MAX_MS = 5000
 SERVING_NICE = 5
 
 
@@ -77,6 +79,7 @@ class HostSpec:
     warm_up_rounds: int = 0     # requests per target
     root: str = ""              # the tenant's code directory, first on sys.path; "": none
     packages: str = ""          # the tenant's installed packages, ahead of the daemon's; "": none
+    stop_timeout_ms: int = STOP_TIMEOUT_MAX_MS  # the stop hook's sandbox is killed past this
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -219,11 +222,12 @@ def tenant_sys_path(spec: HostSpec, path: list[str]) -> None:
 def _loader(spec: HostSpec) -> _mayfly.Loader:
     """What the engine calls to load the program: import, on_init(), then
     what must happen while Python may still run in the host. Everything
-    after it returns is the engine's C (py_seal.c): the seal, then serving."""
+    after it returns is the engine's C (py_seal.c): the seal, then serving,
+    then, after a SHUTDOWN, the stop hook in a sandbox (stop_sandbox.h)."""
     # Taken now: on_init() may replace the module's name, not this reference.
     check_shared_memory = shared_memory_left
 
-    def load() -> _mayfly.Runner:
+    def load() -> tuple[_mayfly.Runner, _mayfly.StopHook | None]:
         # cwd '' on sys.path would let a file in the sandbox's root shadow stdlib.
         sys.path[:] = [p for p in sys.path if p not in ("", ".")]
         # The sandbox's root is read-only: every attempt to write a .pyc would fail.
@@ -260,7 +264,7 @@ def _loader(spec: HostSpec) -> _mayfly.Loader:
         # freezes.
         gc.collect()
         _mayfly.immortalize_tracked()
-        return request_path
+        return request_path, program.stop_hook()
     return load
 
 
@@ -294,7 +298,8 @@ def serve(spec: HostSpec, *, forked_by_zygote: bool = False, oom_fd: int = -1) -
     # after on_init() the program could have replaced any module's function
     # (this one's included), and nothing it replaced may run in the host.
     request_filter = binascii.a2b_base64(spec.request_filter)
-    seal: dict[str, Any] = {"load": _loader(spec), "gc_freeze": gc.freeze, "pid_one": spec.mode in ("root", "userns")}
+    seal: dict[str, Any] = {"load": _loader(spec), "gc_freeze": gc.freeze, "pid_one": spec.mode in ("root", "userns"),
+                            "stop_timeout_ms": spec.stop_timeout_ms}
     try:
         if spec.engine == "reset":
             _mayfly.serve_reset(ctrl.fileno(), None, [], _mayfly.reseed_random,

@@ -231,5 +231,7 @@ def load_app(path: Path, app: str, interface: str = "auto") -> Program:
     if app_interface(target, interface) == "asgi":
         # Imported only for an ASGI app: asyncio's pages are no other host's.
         from mayflyd.host.asgi import AsgiHandler
-        return Program(module, handler=AsgiHandler.started(target))
+        handler = AsgiHandler.started(target)
+        # The lifespan shutdown runs in the host's stop sandbox.
+        return Program(module, handler=handler, on_stop=handler.stop)
     return Program(module, handler=WsgiHandler(target))

@@ -270,8 +270,19 @@ class Daemon:
         return failed
 
     async def _stop_tenants(self) -> None:
+        """Stop every tenant; a further signal meanwhile cuts the hosts' stop hooks short."""
         tenants = list(self._tenants.values())
-        results = await asyncio.gather(*(t.stop() for t in tenants), return_exceptions=True)
+        stopping = asyncio.gather(*(t.stop() for t in tenants), return_exceptions=True)
+        second = asyncio.create_task(self._signals.get())
+        either: set[asyncio.Future[Any]] = {stopping, second}
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        if second.done() and not stopping.done():
+            log.warning("%s again: stopping the hosts at once", second.result().name)
+            for tenant in tenants:
+                tenant.cut_stop_short()
+        else:
+            second.cancel()
+        results = await stopping
         for tenant, result in zip(tenants, results):
             if isinstance(result, BaseException):
                 log.error("stopping the tenant failed: %s", result, extra={"tenant": tenant.name})

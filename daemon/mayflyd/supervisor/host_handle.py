@@ -44,6 +44,10 @@ _RECV_SIZE = protocol.FRAME_HEADER_SIZE + protocol.MAX_PAYLOAD + 1
 _FD = struct.Struct("i")  # one fd in SCM_RIGHTS
 _OUTPUT_LINE_LIMIT = 8192
 LOADING_NICE = -5
+# After SHUTDOWN, what the host may take beyond its stop hook's bound (HostSpec.stop_timeout_ms).
+STOP_GRACE = 2.0
+# How long a stopped host's last output (its stop hook's) may take to be read to its end.
+OUTPUT_DRAIN = 1.0
 _OUTPUT_CHUNK = 64 * 1024
 _Message = TypeVar("_Message", ControlMessage, DataMessage)
 
@@ -108,6 +112,7 @@ class SandboxHost:
         self._ctrl: socket.socket | None = None  # lifecycle
         self._proc: HostProcess | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._relays: list[asyncio.Task[None]] = []
         self.ready = False
         self._stopping = False
         self.pid = 0
@@ -135,8 +140,9 @@ class SandboxHost:
             os.setpriority(os.PRIO_PROCESS, self.pid, LOADING_NICE)
         except OSError:
             pass  # without CAP_SYS_NICE it loads at the normal priority
-        self._tasks.append(asyncio.create_task(self._relay_output(self._proc.stdout, "stdout")))
-        self._tasks.append(asyncio.create_task(self._relay_output(self._proc.stderr, "stderr")))
+        self._relays = [asyncio.create_task(self._relay_output(self._proc.stdout, "stdout")),
+                        asyncio.create_task(self._relay_output(self._proc.stderr, "stderr"))]
+        self._tasks.extend(self._relays)
         try:
             async with asyncio.timeout(init_timeout):
                 first = await self._recv_control()
@@ -216,8 +222,18 @@ class SandboxHost:
         await self._close()
         self.exited.set()
 
-    async def stop(self, timeout: float = 2.0) -> None:
-        """Ask the host to stop, kill it if it does not within timeout."""
+    def cut_short(self) -> None:
+        """SIGKILL now, a stop() in progress included (its stop hook is not
+        waited for); stop() or kill() still reaps and closes."""
+        if self._proc is not None and self._proc.returncode is None:
+            self._proc.kill()
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Ask the host to stop (SHUTDOWN: it runs the program's stop hook,
+        within its bound, then exits), kill it if it does not within
+        timeout (default: the hook's bound plus STOP_GRACE)."""
+        if timeout is None:
+            timeout = self._spec.stop_timeout_ms / 1000 + STOP_GRACE
         self.ready = False
         self._stopping = True
         if self._ctrl is not None:
@@ -231,6 +247,9 @@ class SandboxHost:
                     await self._proc.wait()
             except TimeoutError:
                 log.warning("host did not stop in %gs, killing it", timeout, extra={"tenant": self.tenant})
+        if self._proc is not None and self._proc.returncode is not None and self._relays:
+            # Its stop hook's output may still be in the pipes: read to their end.
+            await asyncio.wait(self._relays, timeout=OUTPUT_DRAIN)
         await self.kill()
 
     async def _close(self) -> None:
@@ -245,6 +264,7 @@ class SandboxHost:
                 except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
                     pass
         self._tasks.clear()
+        self._relays = []
         if self._proc is not None:
             self._proc.close()
         if self._ctrl is not None:

@@ -23,7 +23,7 @@ import mayflyd
 from mayflyd import _mayfly
 from mayflyd.config import TenantConfig
 from mayflyd.config.records import WARM_UP_ROUNDS
-from mayflyd.host.sandbox_host import HostSpec
+from mayflyd.host.sandbox_host import STOP_TIMEOUT_MAX_MS, HostSpec
 from mayflyd.protocol import WorkerReplaced
 from mayflyd.supervisor.front_metrics import TenantCounts
 from mayflyd.supervisor.front_process import TenantView
@@ -195,7 +195,8 @@ class Tenant:
             nofile=SANDBOX_NOFILE, concurrency=limits.concurrency, queue=limits.queue,
             engine=walls.engine_of(config),
             pool=config.pool or default_pool(), pool_idle_ms=config.pool_idle_ms,
-            verify_rewind=config.verify_rewind, front_loops=self._data_plane.loops)
+            verify_rewind=config.verify_rewind, front_loops=self._data_plane.loops,
+            stop_timeout_ms=min(limits.request_timeout_ms, STOP_TIMEOUT_MAX_MS))
 
     def view(self) -> TenantView:
         """What a (re)started front end is told about this tenant."""
@@ -235,6 +236,11 @@ class Tenant:
         """Until the first host is ready or has failed once."""
         while self.state is TenantState.STARTING:
             await asyncio.sleep(0.01)
+
+    def cut_stop_short(self) -> None:
+        """The hosts being stopped are killed at once: their stop hooks cut short."""
+        for host in self._draining:
+            host.cut_short()
 
     async def stop(self, grace: float = 0.0) -> None:
         """Stop serving: let requests in flight finish within `grace`, then stop every host."""
