@@ -77,6 +77,42 @@ class _Closing:
         _Closing.closed.append("closed")
 
 
+def _sent(answer: tuple[int, list[tuple[str, str]], Any]) -> tuple[int, list[tuple[str, str]], bytes]:
+    """What the request path sends: a streamed body's chunks, then its close()."""
+    status, headers, body = answer
+    if isinstance(body, bytes):
+        return status, headers, body
+    try:
+        return status, headers, b"".join(body)
+    finally:
+        body.close()
+
+
+def test_a_body_of_unknown_length_streams_as_it_is_made() -> None:
+    made: list[str] = []
+
+    def app(environ: Environ, start_response: StartResponse) -> Iterator[bytes]:
+        start_response("200 OK", [])
+        for part in (b"a", b"b"):
+            made.append(part.decode())
+            yield part
+
+    status, _, body = WsgiHandler(app)(_request())
+    # The head and the first chunk are out before the app makes the second.
+    assert not isinstance(body, bytes) and made == ["a"]
+    assert next(iter(body)) == b"a" and made == ["a"]
+    assert list(body) == [b"b"] and made == ["a", "b"]
+
+    def sized(environ: Environ, start_response: StartResponse) -> Iterator[bytes]:
+        start_response("200 OK", [("Content-Length", "2")])
+        yield b"a"
+        yield b"b"
+
+    # A length the app gives, or a list, is a whole body: sent with its Content-Length.
+    assert WsgiHandler(sized)(_request())[2] == b"ab"
+    assert WsgiHandler(lambda e, s: (s("200 OK", []), [b"a", b"b"])[1])(_request())[2] == b"ab"
+
+
 def test_status_headers_iterable_body_and_close() -> None:
     _Closing.closed.clear()
 
@@ -84,7 +120,7 @@ def test_status_headers_iterable_body_and_close() -> None:
         start_response("201 Made", [("Content-Type", "text/plain"), ("Set-Cookie", "a=1"), ("Set-Cookie", "b=2")])
         return _Closing([b"one ", b"", b"two"])
 
-    status, headers, body = WsgiHandler(app)(_request())
+    status, headers, body = _sent(WsgiHandler(app)(_request()))
     assert status == 201 and body == b"one two"
     assert headers == [("Content-Type", "text/plain"), ("Set-Cookie", "a=1"), ("Set-Cookie", "b=2")]
     assert _Closing.closed == ["closed"]
@@ -96,13 +132,13 @@ def test_generator_body_write_and_file_wrapper() -> None:
         write(b"a")
         yield environ["wsgi.input"].read()
 
-    assert WsgiHandler(generator)(_request())[2] == b"ahello"
+    assert _sent(WsgiHandler(generator)(_request()))[2] == b"ahello"
 
     def wrapped(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         start_response("200 OK", [])
         return environ["wsgi.file_wrapper"](io.BytesIO(b"x" * 10), 3)  # type: ignore[no-any-return]
 
-    assert WsgiHandler(wrapped)(_request())[2] == b"x" * 10
+    assert _sent(WsgiHandler(wrapped)(_request()))[2] == b"x" * 10
 
 
 def test_close_is_called_when_the_body_raises() -> None:
@@ -117,7 +153,7 @@ def test_close_is_called_when_the_body_raises() -> None:
         return _Closing(chunks())
 
     with pytest.raises(RuntimeError, match="mid-body"):
-        WsgiHandler(app)(_request())
+        _sent(WsgiHandler(app)(_request()))
     assert _Closing.closed == ["closed"]
 
 
@@ -144,7 +180,7 @@ def test_exc_info_after_the_body_started_reraises() -> None:
         yield b"never"
 
     with pytest.raises(ValueError, match="after the head"):
-        WsgiHandler(app)(_request())
+        _sent(WsgiHandler(app)(_request()))
 
 
 @pytest.mark.parametrize(("app", "message"), [

@@ -139,6 +139,9 @@ class _Response:
         self.status, self.headers = status, checked
         return self.write
 
+    def has_length(self) -> bool:
+        return any(name.lower() == "content-length" for name, _ in self.headers)
+
     def write(self, data: bytes) -> None:
         if not self.status:
             raise WsgiError("write() was called before start_response()")
@@ -152,26 +155,66 @@ class _Response:
             self.body.append(data)
 
 
+def _close(result: object) -> None:
+    close = getattr(result, "close", None)
+    if close is not None:
+        close()
+
+
+class _Stream:
+    """The rest of a body the app produces chunk by chunk, sent as it comes
+    (the request path streams an iterable body): the chunks write() and the
+    iterable give, in order; the app's iterable closed when the request
+    path closes this, even if it never iterated."""
+
+    __slots__ = ("response", "iterator", "result")
+
+    def __init__(self, response: _Response, iterator: Iterator[bytes], result: Iterable[bytes]) -> None:
+        self.response = response
+        self.iterator = iterator
+        self.result = result
+
+    def __iter__(self) -> _Stream:
+        return self
+
+    def __next__(self) -> bytes:
+        pending = self.response.body
+        while not pending:
+            self.response.add(next(self.iterator))  # StopIteration ends the stream
+        return pending.pop(0)
+
+    def close(self) -> None:
+        _close(self.result)
+
+
 class WsgiHandler:
-    """Calls a WSGI app with one Request; returns (status, headers, body)."""
+    """Calls a WSGI app with one Request; returns (status, headers, body):
+    the body whole when its length is known (a list or tuple, or a
+    Content-Length header: Flask's and Django's usual answers), else a
+    _Stream, sent as the app produces it (a generator's)."""
 
     __slots__ = ("app",)
 
     def __init__(self, app: WsgiApp) -> None:
         self.app = app
 
-    def __call__(self, request: Request) -> tuple[int, list[tuple[str, str]], bytes]:
+    def __call__(self, request: Request) -> tuple[int, list[tuple[str, str]], bytes | _Stream]:
         response = _Response()
         result = self.app(build_environ(request), response.start_response)
+        whole = isinstance(result, (list, tuple))
         try:
-            for chunk in result:
+            iterator = iter(result)
+            for chunk in iterator:
                 if not response.status:
                     raise WsgiError("the app produced a body before calling start_response()")
                 response.add(chunk)
-        finally:
-            close = getattr(result, "close", None)
-            if close is not None:
-                close()
+                # The head is final once a chunk is out (PEP 3333): stream the rest.
+                if response.sent and not whole and not response.has_length():
+                    return int(response.status[:3]), response.headers, _Stream(response, iterator, result)
+        except BaseException:
+            _close(result)
+            raise
+        _close(result)
         if not response.status:
             raise WsgiError("the app returned without calling start_response()")
         return int(response.status[:3]), response.headers, b"".join(response.body)
