@@ -60,7 +60,7 @@ static bool out_append(struct mf_conn *conn, const char *data, size_t len)
  * for its end, and nothing follows one that was cut. */
 static void conn_flush(struct mf_conn *conn)
 {
-    struct mf_front_ticket *t;
+    struct mf_front_ticket *t = NULL;
     while (!conn->cut && (t = conn->first) != NULL && (t->answered || t->streaming)) {
         if (t->out_len > 0 && !out_append(conn, t->out, t->out_len)) {
             mf_warn_last();
