@@ -214,8 +214,8 @@ def test_max_response_counts_streamed_bytes(front: Front) -> None:
 
 
 def test_a_slow_client_holds_the_stream_back(front: Front) -> None:
-    host = attach(front, max_response=256 * MIB)
-    size = 128 * MIB
+    host = attach(front, max_response=256 * MIB, timeout_ms=30_000)
+    size = 48 * MIB  # far more than the buffers on its way (ours, the kernel's): held back, not all taken
     with connect(front) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
         sock.sendall(f"GET /stream-big?{size} HTTP/1.1\r\nHost: app.example\r\n\r\n".encode())
@@ -245,3 +245,16 @@ def test_the_access_line_of_a_stream_gives_its_bytes(binary: Path, tmp_path: Pat
         assert lines[1].endswith(' msg="GET /stream-cut 200 (streamed, cut after 5 bytes)"'), lines
     finally:
         stop_front(front)
+
+
+def test_a_client_that_leaves_a_held_back_stream_cancels_its_sandbox(front: Front) -> None:
+    host = attach(front, max_response=256 * MIB, timeout_ms=30_000)
+    with connect(front) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        sock.sendall(f"GET /stream-big?{48 * MIB} HTTP/1.1\r\nHost: app.example\r\n\r\n".encode())
+        time.sleep(0.5)  # held back by now
+    deadline = time.monotonic() + 5  # well before the request's 30 s
+    while not host.cancelled and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [r.req_id for r in host.requests] == list(host.cancelled)
+    assert front.ask("/ok")[0] == 200
