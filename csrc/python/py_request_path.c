@@ -247,27 +247,10 @@ static bool fill(RequestPathObject *rp, PyObject *result, struct py_response *r)
     return false;
 }
 
-/* The exception being raised, normalised; NULL if none. */
-static PyObject *take_exception(void)
-{
-#if PY_VERSION_HEX >= 0x030C0000
-    return PyErr_GetRaisedException();
-#else
-    PyObject *type, *exc, *tb;
-    PyErr_Fetch(&type, &exc, &tb);
-    PyErr_NormalizeException(&type, &exc, &tb);
-    if (exc != NULL && tb != NULL)
-        (void)PyException_SetTraceback(exc, tb);
-    Py_XDECREF(type);
-    Py_XDECREF(tb);
-    return exc;
-#endif
-}
-
 /* Program.call's answer to SystemExit: the sandbox ends without answering. */
 static _Noreturn void exit_for_system_exit(void)
 {
-    py_cleanup_ref PyObject *exc = take_exception();
+    py_cleanup_ref PyObject *exc = py_take_exception();
     py_cleanup_ref PyObject *value = exc != NULL ? PyObject_GetAttr(exc, s_code) : NULL;
     int code = 1;
 

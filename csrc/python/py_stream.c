@@ -108,37 +108,11 @@ static PyObject *chunk_bytes(PyObject *chunk)
                         Py_TYPE(chunk)->tp_name);
 }
 
-/* The exception being raised, taken out (NULL: none), and put back. */
-static PyObject *save_exception(void)
-{
-#if PY_VERSION_HEX >= 0x030C0000
-    return PyErr_GetRaisedException();
-#else
-    PyObject *type, *exc, *tb;
-    PyErr_Fetch(&type, &exc, &tb);
-    PyErr_NormalizeException(&type, &exc, &tb);
-    if (exc != NULL && tb != NULL)
-        (void)PyException_SetTraceback(exc, tb);
-    Py_XDECREF(type);
-    Py_XDECREF(tb);
-    return exc;
-#endif
-}
-
-static void restore_exception(PyObject *exc)
-{
-#if PY_VERSION_HEX >= 0x030C0000
-    PyErr_SetRaisedException(exc);
-#else
-    PyErr_Restore(Py_NewRef((PyObject *)Py_TYPE(exc)), exc, PyException_GetTraceback(exc));
-#endif
-}
-
 /* iterable.close() if it has one (WSGI's rule). An exception already
  * raised wins; close()'s own is then printed, else it is raised. */
 static bool close_iterable(PyObject *iterable)
 {
-    PyObject *earlier = save_exception();
+    PyObject *earlier = py_take_exception();
     py_cleanup_ref PyObject *close = PyObject_GetAttrString(iterable, "close");
     py_cleanup_ref PyObject *done = NULL;
 
@@ -150,7 +124,7 @@ static bool close_iterable(PyObject *iterable)
         return !PyErr_Occurred();
     if (PyErr_Occurred())
         PyErr_Print();
-    restore_exception(earlier);
+    py_restore_exception(earlier);
     return false;
 }
 

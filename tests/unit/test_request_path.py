@@ -190,16 +190,21 @@ def test_the_wire_path_in_a_forked_sandbox(tmp_path: Path) -> None:
     _check_the_wire_path(Host(_program(_wire_handler).request_path(), _log_to(log)), log)
 
 
-@pytest.mark.skipif(bool(reset_engine_missing()), reason="the kernel cannot run the reset engine")
-def test_the_wire_path_in_a_rewound_worker(tmp_path: Path) -> None:
+def _reset_host(handler: Callable[[Request], object], log: Path) -> Host:
+    """A reset host whose workers run handler's request path, logging to log."""
     from tests.unit.test_reset_engine_c import ResetHost
 
     class RequestPathResetHost(ResetHost):
         def serve(self, ctrl_fd: int, runner: Callable[..., Any], serve_kw: dict[str, Any]) -> None:
-            M.serve_reset(ctrl_fd, _program(_wire_handler).request_path(), [], M.reseed_random, **serve_kw)
+            M.serve_reset(ctrl_fd, _program(handler).request_path(), [], M.reseed_random, **serve_kw)
 
+    return RequestPathResetHost(_log_to(log))
+
+
+@pytest.mark.skipif(bool(reset_engine_missing()), reason="the kernel cannot run the reset engine")
+def test_the_wire_path_in_a_rewound_worker(tmp_path: Path) -> None:
     log = tmp_path / "log"
-    _check_the_wire_path(RequestPathResetHost(_log_to(log)), log)
+    _check_the_wire_path(_reset_host(_wire_handler, log), log)
 
 
 def test_reseed_random_draws_anew_and_resets_gauss_next() -> None:
@@ -368,11 +373,5 @@ def test_streams_in_a_forked_sandbox(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(bool(reset_engine_missing()), reason="the kernel cannot run the reset engine")
 def test_streams_in_a_rewound_worker(tmp_path: Path) -> None:
-    from tests.unit.test_reset_engine_c import ResetHost
-
-    class StreamResetHost(ResetHost):
-        def serve(self, ctrl_fd: int, runner: Callable[..., Any], serve_kw: dict[str, Any]) -> None:
-            M.serve_reset(ctrl_fd, _program(_stream_handler).request_path(), [], M.reseed_random, **serve_kw)
-
     log = tmp_path / "log"
-    _check_streams(StreamResetHost(_log_to(log)), log, rewound=True)
+    _check_streams(_reset_host(_stream_handler, log), log, rewound=True)
