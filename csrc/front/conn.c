@@ -151,7 +151,8 @@ static const char *refusal_text(int status)
 static bool stream_resume(struct mf_conn *conn)
 {
     struct mf_front_ticket *t = conn->first;
-    if (t == NULL || !t->paused || t->answered || unsent(conn) + t->out_len > MF_STREAM_HIGH / 2)
+    /* A broken connection is closed next: conn_close tells the backend. */
+    if (conn->broken || t == NULL || !t->paused || t->answered || unsent(conn) + t->out_len > MF_STREAM_HIGH / 2)
         return false;
     t->paused = false;
     conn->loop->backend->resume(conn->loop->backend->ctx, t->stream_ref);

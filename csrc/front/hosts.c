@@ -347,9 +347,7 @@ void mf_call_invalid(struct mf_call *call, enum mf_feed why)
 
 /* A streamed answer's head or chunk to the client. False: the call is
  * answered (the client left, or the head was invalid) and its sandbox
- * cancelled. A paused call reads on only once the host reported the
- * sandbox's end: what is left on the channel is then bounded by its
- * buffer, and must be read before the channel goes to another request. */
+ * cancelled. MF_STREAM_FULL pauses the reading until hosts_resume. */
 static bool stream_on(struct mf_call *call, enum mf_feed got)
 {
     enum mf_stream how;
@@ -373,6 +371,9 @@ bool mf_call_read(struct mf_call *call)
 {
     uint8_t *packet = call->hosts->packet;
     while (call->watch.fd >= 0 && !call->eof) {
+        /* Paused, the sandbox blocks in its send. Once the host reported
+         * its end, what is left is bounded by the channel's buffer, and
+         * must be read before the channel serves another request. */
         if (call->paused && !call->reported)
             return true; /* hosts_resume reads on */
         ssize_t n = recv(call->watch.fd, packet, MF_PACKET_MAX + 1, MSG_DONTWAIT);
