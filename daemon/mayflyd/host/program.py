@@ -85,11 +85,12 @@ class Request(_mayfly.RequestBase):
 
 
 class Response:
-    """An explicit response, for programs that want to say everything."""
+    """An explicit response, for programs that want to say everything (a
+    body that is an iterable of str or bytes is streamed)."""
 
     __slots__ = ("status", "headers", "body", "content_type")
 
-    def __init__(self, body: str | bytes = b"", *, status: int = 200,
+    def __init__(self, body: str | bytes | Iterable[str | bytes] = b"", *, status: int = 200,
                  headers: Mapping[str, str] | RawHeaders | None = None,
                  content_type: str | None = None) -> None:
         self.status = status
