@@ -66,9 +66,10 @@ static _Noreturn void child_main(const struct engine *e, bool setup_ok, int req_
             mf_warn("request %llu: %s", (unsigned long long)req_id, mf_last_error());
         _exit(MF_CHILD_EXIT_BAD_REQUEST);
     }
-    if (!hooks->handle(hooks->ctx, &req, &resp))
+    /* A cut stream ends as a failed handler: the front end sees no RESP_END. */
+    if (!hooks->handle(hooks->ctx, req_fd, &req, &resp) || resp.cut)
         _exit(MF_CHILD_EXIT_HANDLER);
-    if (!mf_response_send(req_fd, req_id, &resp)) {
+    if (!mf_response_finish(req_fd, req_id, &resp)) {
         int err = mf_last_errno();
         /* A supervisor that went away needs no answer. */
         if (err == EPIPE || err == ECONNRESET)

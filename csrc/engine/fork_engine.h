@@ -32,8 +32,9 @@ struct mf_fork_hooks {
     /* poll() was interrupted by a signal; false stops serving. */
     bool (*interrupted)(void *ctx);
     /* In the child: fills resp (its memory must stay valid until the child
-     * exits). false: the failure is reported, the child exits unanswered. */
-    bool (*handle)(void *ctx, const struct mf_request *req, struct mf_response *resp);
+     * exits), or streams it on fd, the request's channel (resp->streamed).
+     * false: the failure is reported, the child exits unanswered. */
+    bool (*handle)(void *ctx, int fd, const struct mf_request *req, struct mf_response *resp);
     /* In the stop sandbox (stop_sandbox.h): the program's stop hook; false
      * if it failed (reported). NULL: the program has none. */
     bool (*stop)(void *ctx);

@@ -190,9 +190,9 @@ static _Noreturn void serve_one(const struct mf_worker_config *cfg)
         if (mf_last_errno() != EPIPE)
             mf_warn("request %llu: %s", (unsigned long long)hdr.req_id, mf_last_error());
         ws->status = MF_CHILD_EXIT_BAD_REQUEST;
-    } else if (!hooks->handle(hooks->ctx, &req, &resp)) {
-        ws->status = MF_CHILD_EXIT_HANDLER;
-    } else if (!mf_response_send(fd, hdr.req_id, &resp)) {
+    } else if (!hooks->handle(hooks->ctx, fd, &req, &resp) || resp.cut) {
+        ws->status = MF_CHILD_EXIT_HANDLER; /* a cut stream too: no RESP_END */
+    } else if (!mf_response_finish(fd, hdr.req_id, &resp)) {
         int err = mf_last_errno();
         if (err != EPIPE && err != ECONNRESET) {
             mf_warn("request %llu: %s", (unsigned long long)hdr.req_id, mf_last_error());

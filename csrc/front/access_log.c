@@ -35,10 +35,15 @@ static void write_line(const struct mf_front_ticket *t, int status, uint64_t dur
     const char *method = t->buf != NULL ? t->buf : "";
     const char *target = t->buf != NULL ? t->buf + t->url_off : "";
     size_t target_len = t->buf != NULL ? t->url_len : 0;
+    /* A stream's bytes are known at its end only: said after the status. */
+    char streamed[64] = "";
+    if (t->streaming)
+        (void)snprintf(streamed, sizeof(streamed), " (streamed, %s%" PRIu64 " bytes)", t->cut ? "cut after " : "",
+                       t->body_sent);
     /* The message: method, target as sent (cut short rather than split), status. */
-    mf_front_log("info", "mayflyd.access", t->tenant, t->tenant_len, t->id, ms, "%.*s %.*s %d",
+    mf_front_log("info", "mayflyd.access", t->tenant, t->tenant_len, t->id, ms, "%.*s %.*s %d%s",
                  (int)(t->buf != NULL ? t->method_len : 0), method,
-                 (int)(target_len < TARGET_MAX_BYTES ? target_len : TARGET_MAX_BYTES), target, status);
+                 (int)(target_len < TARGET_MAX_BYTES ? target_len : TARGET_MAX_BYTES), target, status, streamed);
 }
 
 void mf_ticket_answered(struct mf_front_ticket *t, int status, bool by_program)

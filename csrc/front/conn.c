@@ -40,6 +40,11 @@ static size_t unsent(const struct mf_conn *conn)
     return conn->out_len - conn->out_sent;
 }
 
+size_t mf_conn_unsent(const struct mf_conn *conn)
+{
+    return unsent(conn);
+}
+
 static bool out_append(struct mf_conn *conn, const char *data, size_t len)
 {
     if (conn->out_sent == conn->out_len)
@@ -50,15 +55,25 @@ static bool out_append(struct mf_conn *conn, const char *data, size_t len)
     return true;
 }
 
-/* Moves the answers that are next in order to the output, and writes it. */
+/* Moves the answers that are next in order to the output, and writes it.
+ * A streamed answer's output moves as it comes; the later answers wait
+ * for its end, and nothing follows one that was cut. */
 static void conn_flush(struct mf_conn *conn)
 {
-    struct mf_front_ticket *t;
-    while ((t = conn->first) != NULL && t->answered) {
+    struct mf_front_ticket *t = NULL;
+    while (!conn->cut && (t = conn->first) != NULL && (t->answered || t->streaming)) {
         if (t->out_len > 0 && !out_append(conn, t->out, t->out_len)) {
             mf_warn_last();
             conn->broken = true;
             return;
+        }
+        t->out_len = 0;
+        if (!t->answered)
+            break;
+        if (t->cut) {
+            conn->cut = true;
+            conn->cut_reset = !t->chunked; /* a close-delimited body's FIN would look like its end */
+            conn->reading_done = true;
         }
         conn->close_when_flushed = conn->close_when_flushed || t->closes;
         conn->first = t->next;
@@ -68,7 +83,7 @@ static void conn_flush(struct mf_conn *conn)
         mf_ticket_free(t);
     }
     /* 100 Continue only when every earlier answer is out: answers stay in order. */
-    if (t != NULL && t == conn->parsing && t->want_continue) {
+    if (!conn->cut && t != NULL && t == conn->parsing && t->want_continue) {
         static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
         t->want_continue = false;
         if (!out_append(conn, cont, sizeof(cont) - 1)) {
@@ -129,6 +144,19 @@ static const char *refusal_text(int status)
     case 503: return "out of memory";
     default: return "malformed request";
     }
+}
+
+/* The first answer is a stream the backend paused (MF_STREAM_FULL): once
+ * its client has taken enough, the backend goes on. True if it was told. */
+static bool stream_resume(struct mf_conn *conn)
+{
+    struct mf_front_ticket *t = conn->first;
+    /* A broken connection is closed next: conn_close tells the backend. */
+    if (conn->broken || t == NULL || !t->paused || t->answered || unsent(conn) + t->out_len > MF_STREAM_HIGH / 2)
+        return false;
+    t->paused = false;
+    conn->loop->backend->resume(conn->loop->backend->ctx, t->stream_ref);
+    return true;
 }
 
 static bool may_parse(const struct mf_conn *conn)
@@ -216,16 +244,27 @@ static void conn_close(struct mf_conn *conn)
     if (close(conn->watch.fd) < 0)
         mf_warn("close(%d) of a client failed: %s", conn->watch.fd, strerror(errno));
     mf_timer_arm(conn->loop, &conn->timer, MF_TIMER_NONE);
-    struct mf_front_ticket *t = conn->first;
-    while (t != NULL) {
-        struct mf_front_ticket *next = t->next;
-        if (t->submitted && !t->answered)
+    struct mf_front_ticket *t = conn->first, *next, *paused = NULL;
+    for (; t != NULL; t = next) {
+        next = t->next;
+        if (t->submitted && !t->answered) {
             t->conn = NULL; /* the backend still owns it: mf_front_complete frees it */
-        else
+            if (t->paused) {
+                t->next = paused;
+                paused = t;
+            }
+        } else {
             mf_ticket_free(t);
-        t = next;
+        }
     }
     conn->first = conn->last = conn->parsing = NULL;
+    /* A paused stream learns that its client left (its next write says so). */
+    for (t = paused; t != NULL; t = next) {
+        next = t->next;
+        t->next = NULL;
+        t->paused = false;
+        conn->loop->backend->resume(conn->loop->backend->ctx, t->stream_ref);
+    }
     free(conn->out);
     conn->out = NULL;
     conn->dead = true;
@@ -257,8 +296,17 @@ static void conn_settle(struct mf_conn *conn)
     }
     if (conn->lingering)
         return;
-    bool finished = conn->first == NULL && unsent(conn) == 0;
+    /* Cut: whatever answers follow are dropped with the connection. */
+    bool finished = (conn->first == NULL || conn->cut) && unsent(conn) == 0;
     if (finished && (conn->reading_done || conn->close_when_flushed || mf_loop_draining())) {
+        if (conn->cut_reset) {
+            /* SO_LINGER 0: close() sends a reset, which the client cannot take for the body's end. */
+            struct linger reset = {.l_onoff = 1, .l_linger = 0};
+            if (setsockopt(conn->watch.fd, SOL_SOCKET, SO_LINGER, &reset, sizeof(reset)) < 0)
+                mf_warn("setsockopt(%d, SO_LINGER 0) failed: %s", conn->watch.fd, strerror(errno));
+            conn_close(conn);
+            return;
+        }
         if (conn->peer_eof) {
             conn_close(conn);
             return;
@@ -293,6 +341,8 @@ void mf_conn_run(struct mf_conn *conn)
     conn->in_pump = true;
     for (;;) {
         conn_flush(conn);
+        if (stream_resume(conn))
+            continue; /* its output is to flush */
         if (!may_parse(conn))
             break;
         conn_pump(conn);

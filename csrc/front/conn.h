@@ -61,8 +61,17 @@ struct mf_front_ticket {
     size_t body_len, body_cap;
     struct mf_front_request request;   /* what submit() sees; points into buf */
     struct mf_front_header *headers;
-    char *out;                         /* the rendered answer */
-    size_t out_len;
+    char *out;                         /* the rendered answer (streaming: what is not yet the connection's) */
+    size_t out_len, out_cap;
+    /* A streamed answer (stream.c): its head rendered, its body coming. */
+    bool streaming;           /* head rendered; answered once it ends or is cut */
+    bool chunked;             /* its body goes in chunks (an HTTP/1.1 answer with a body) */
+    bool bodyless;            /* HEAD, 204 or 304: its body is dropped */
+    bool cut;                 /* it cannot end: the connection is cut after its output */
+    bool paused;              /* the backend was told MF_STREAM_FULL and waits for resume() */
+    void *stream_ref;         /* the backend's, for resume() */
+    int status;               /* the program's, for the access log at the end */
+    uint64_t body_sent;       /* body bytes given to the client's output */
 };
 
 struct mf_conn {
@@ -82,6 +91,8 @@ struct mf_conn {
     bool peer_eof;            /* the client closed its side */
     bool readable;            /* the socket may hold bytes: no short read or EAGAIN since its last event */
     bool broken;              /* a write failed: the client is gone */
+    bool cut;                 /* a streamed answer was cut: nothing after it is written */
+    bool cut_reset;           /* ... and its body was close-delimited: end with a reset, not a FIN */
     bool dead;                /* closed; freed by the loop after this wake-up */
     struct mf_conn *next_dead;
     bool again;               /* input left after its read budget: runs again next turn */
@@ -107,6 +118,9 @@ void mf_conn_free_dead(struct mf_front_loop *loop);
 void mf_conn_close_idle(struct mf_front_loop *loop);
 /* Gives the connections that used up their read budget their next turn. */
 void mf_conn_run_again(struct mf_front_loop *loop);
+
+/* Bytes rendered for the client but not yet written. */
+size_t mf_conn_unsent(const struct mf_conn *conn);
 
 /* Makes *buf hold at least need bytes (doubling from first); false if
  * memory runs out (recorded). */

@@ -116,6 +116,10 @@ struct mf_front_backend {
     void (*mail)(void *ctx, struct mf_front_loop *loop, struct mf_front_mail *mail);
     /* After each turn of the loop (every event of a wake-up handled); may be NULL. */
     void (*turn_end)(void *ctx, struct mf_front_loop *loop);
+    /* A stream that answered MF_STREAM_FULL may go on (its client took
+     * enough of its output, or left): ref is mf_front_stream_begin's.
+     * NULL for a backend that never streams. */
+    void (*resume)(void *ctx, void *ref);
 };
 
 /* Answers the ticket's request (NULL: the backend failed, 502) and releases
@@ -124,6 +128,32 @@ void mf_front_complete(struct mf_front_ticket *ticket, const struct mf_front_res
 /* Answers with the daemon's own "<status> <reason>: <why>" and an extra
  * header line ("Name: value") or NULL, and releases the ticket. */
 void mf_front_fail(struct mf_front_ticket *ticket, int status, const char *why, const char *extra_header);
+/*
+ * A streamed answer, of a length not known beforehand: its head at once
+ * (HTTP/1.1: Transfer-Encoding: chunked; HTTP/1.0: no length and
+ * Connection: close), its body as it comes, in request order like any
+ * answer. Each call but end and cut says whether the backend may go on:
+ * MORE; FULL: the client's unsent output is over MF_STREAM_HIGH, so stop
+ * until the backend's resume(ref); GONE: the ticket is released (the
+ * client left, or begin answered 502 for an invalid head), so stop and
+ * forget it. mf_front_complete or mf_front_fail on a streaming ticket
+ * cuts it: once a head is out, no other answer can follow.
+ */
+#define MF_STREAM_HIGH (256 * 1024)
+enum mf_stream { MF_STREAM_MORE, MF_STREAM_FULL, MF_STREAM_GONE };
+/* The program's status and headers (response's body is ignored); ref is
+ * for resume(). */
+enum mf_stream mf_front_stream_begin(struct mf_front_ticket *ticket, const struct mf_front_response *response,
+                                     void *ref);
+/* Body bytes (copied); counted as sent, dropped for HEAD, 204 and 304. */
+enum mf_stream mf_front_stream_write(struct mf_front_ticket *ticket, const void *data, size_t len);
+/* The end of the body; the ticket is released, the connection goes on. */
+void mf_front_stream_end(struct mf_front_ticket *ticket);
+/* The body cannot end: what was given is sent, then the connection is
+ * cut (a chunked body without its last chunk; for HTTP/1.0, a reset), so
+ * that the client sees the failure. The ticket is released. */
+void mf_front_stream_cut(struct mf_front_ticket *ticket);
+
 /* False once the client is gone: the backend may stop working on it (it
  * still completes the ticket, which then only frees it). */
 bool mf_front_ticket_waited_for(const struct mf_front_ticket *ticket);

@@ -276,6 +276,12 @@ static void timed_out(struct mf_call *call)
     fail(call, 504, why, NULL);
 }
 
+static const char *unanswered(const struct mf_call *call)
+{
+    return call->streaming ? "before the end of its streamed answer (the client's connection is cut)"
+                           : "without answering";
+}
+
 /* The sandbox ended (or could not start) without a whole answer: the
  * host's report says why, or there is none in time. */
 static void ended_without_answer(struct mf_call *call)
@@ -319,9 +325,10 @@ static void ended_without_answer(struct mf_call *call)
         int ws = call->exit.wait_status;
         char how[64];
         mf_front_log("warning", "mayflyd.request", call->tenant->name, call->tenant->name_len, call->req_id, NULL,
-                     "sandbox failed: the sandbox %s without answering", mf_describe_wait_status(ws, how, sizeof(how)));
+                     "sandbox failed: the sandbox %s %s", mf_describe_wait_status(ws, how, sizeof(how)), unanswered(call));
     } else {
-        mf_front_log("warning", "mayflyd.request", call->tenant->name, call->tenant->name_len, call->req_id, NULL, "sandbox failed: the sandbox ended without answering");
+        mf_front_log("warning", "mayflyd.request", call->tenant->name, call->tenant->name_len, call->req_id, NULL,
+                     "sandbox failed: the sandbox ended %s", unanswered(call));
     }
     fail(call, 502, ENDED, NULL);
 }
@@ -338,10 +345,37 @@ void mf_call_invalid(struct mf_call *call, enum mf_feed why)
     fail(call, 502, INVALID, NULL);
 }
 
+/* A streamed answer's head or chunk to the client. False: the call is
+ * answered (the client left, or the head was invalid) and its sandbox
+ * cancelled. MF_STREAM_FULL pauses the reading until hosts_resume. */
+static bool stream_on(struct mf_call *call, enum mf_feed got)
+{
+    enum mf_stream how;
+    if (got == MF_FEED_STREAM_HEAD) {
+        struct mf_front_response head;
+        mf_call_response(call, &head);
+        how = mf_front_stream_begin(call->ticket, &head, call);
+    } else {
+        how = mf_front_stream_write(call->ticket, call->chunk, call->chunk_len);
+    }
+    if (how == MF_STREAM_GONE) {
+        cancel(call);
+        call_answered(call);
+        return false;
+    }
+    call->paused = how == MF_STREAM_FULL;
+    return true;
+}
+
 bool mf_call_read(struct mf_call *call)
 {
     uint8_t *packet = call->hosts->packet;
     while (call->watch.fd >= 0 && !call->eof) {
+        /* Paused, the sandbox blocks in its send. Once the host reported
+         * its end, what is left is bounded by the channel's buffer, and
+         * must be read before the channel serves another request. */
+        if (call->paused && !call->reported)
+            return true; /* hosts_resume reads on */
         ssize_t n = recv(call->watch.fd, packet, MF_PACKET_MAX + 1, MSG_DONTWAIT);
         if (n < 0) {
             if (errno == EINTR)
@@ -357,11 +391,21 @@ bool mf_call_read(struct mf_call *call)
         enum mf_feed got = mf_call_feed(call, packet, (size_t)n);
         if (got == MF_FEED_MORE)
             continue;
+        if (got == MF_FEED_STREAM_HEAD || got == MF_FEED_CHUNK) {
+            if (!stream_on(call, got))
+                return false;
+            continue;
+        }
         if (got != MF_FEED_DONE) {
-            mf_call_invalid(call, got);
+            mf_call_invalid(call, got); /* a stream is cut: its head is out */
             return false;
         }
         struct mf_front_ticket *ticket = call->ticket;
+        if (call->streaming) {
+            call_answered(call);
+            mf_front_stream_end(ticket);
+            return false;
+        }
         struct mf_front_response response;
         mf_call_response(call, &response);
         mf_front_complete(ticket, &response); /* copies the answer before the call lets go of it */
@@ -601,7 +645,8 @@ static void host_ended(struct mf_host *host)
             bool idempotent = (r->method_len == 3 && memcmp(r->method, "GET", 3) == 0)
                               || (r->method_len == 4 && memcmp(r->method, "HEAD", 4) == 0);
             call->stage = MF_CALL_DONE; /* in no list now */
-            if (idempotent && !call->retried && mf_call_encode(call)) {
+            /* Not a stream whose head is out: the client has part of an answer. */
+            if (idempotent && !call->retried && !call->streaming && mf_call_encode(call)) {
                 mf_front_log("info", "mayflyd.request", call->tenant->name, call->tenant->name_len, call->req_id, NULL,
                              "the host died under the request; retrying once on the tenant's next host");
                 call->retried = true;
@@ -786,6 +831,14 @@ static void hosts_submit(void *ctx, struct mf_front_loop *loop, struct mf_front_
     dispatch(call);
 }
 
+static void hosts_resume(void *ctx, void *ref)
+{
+    struct mf_call *call = ref;
+    (void)ctx;
+    call->paused = false;
+    (void)mf_call_read(call);
+}
+
 static void hosts_turn_end(void *ctx, struct mf_front_loop *loop)
 {
     (void)ctx;
@@ -806,4 +859,4 @@ static void hosts_turn_end(void *ctx, struct mf_front_loop *loop)
 }
 
 const struct mf_front_backend mf_hosts_backend = {
-    .submit = hosts_submit, .mail = hosts_mail, .turn_end = hosts_turn_end};
+    .submit = hosts_submit, .mail = hosts_mail, .turn_end = hosts_turn_end, .resume = hosts_resume};

@@ -81,6 +81,13 @@ struct mf_call {
     char *body;
     size_t body_received, body_cap;
     struct mf_front_header *headers;
+    /* A streamed answer (body_len MF_BODY_STREAMED): its chunks go to the
+     * client as they come, never collected. */
+    bool streaming;
+    bool paused;                            /* the client is behind: reading waits for resume */
+    const uint8_t *chunk;                   /* MF_FEED_CHUNK: the chunk, in the loop's packet buffer */
+    size_t chunk_len;
+    uint64_t streamed;                      /* body bytes so far, against max_response */
     /* The host's report. */
     bool reported, failed;
     struct mf_child_exit exit;
@@ -115,7 +122,11 @@ struct mf_hosts {
 };
 
 /* sandbox_call.c */
-enum mf_feed { MF_FEED_MORE, MF_FEED_DONE, MF_FEED_INVALID, MF_FEED_TOO_LARGE };
+enum mf_feed {
+    MF_FEED_MORE, MF_FEED_DONE, MF_FEED_INVALID, MF_FEED_TOO_LARGE,
+    MF_FEED_STREAM_HEAD, /* a streamed answer's head: status and headers in the call */
+    MF_FEED_CHUNK,       /* a streamed answer's chunk: call->chunk, call->chunk_len */
+};
 
 /* Encodes the REQ_HEAD payload; false when it does not fit one frame. */
 bool mf_call_encode(struct mf_call *call);

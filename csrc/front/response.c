@@ -107,14 +107,17 @@ static void putf(struct writer *w, const char *fmt, ...)
         w->len += (size_t)n < w->cap - w->len ? (size_t)n : w->cap - w->len - 1;
 }
 
-/* The front end's own lines: our id, the length, the connection's fate. */
+/* The front end's own lines: our id, the length (a stream's chunked
+ * coding, or none: HTTP/1.0 reads to the close), the connection's fate. */
 #define OWN_LINES_MAX 160
 
 static void put_own_lines(struct writer *w, const struct mf_front_ticket *t, int status, size_t body_len)
 {
     putf(w, "X-Request-Id: %" PRIu64 "\r\n", t->id);
-    if (status != 204 && status != 304)
+    if (status != 204 && status != 304 && !t->streaming)
         putf(w, "Content-Length: %zu\r\n", body_len);
+    else if (status != 204 && status != 304 && !t->http10)
+        put(w, "Transfer-Encoding: chunked\r\n", 28);
     if (t->closes)
         put(w, "Connection: close\r\n", 19);
     else if (t->http10)
@@ -127,6 +130,7 @@ static bool finish(struct mf_front_ticket *t, struct writer *w, int status, bool
     free(t->out);
     t->out = w->buf;
     t->out_len = w->len;
+    t->out_cap = w->cap;
     t->answered = true;
     mf_ticket_answered(t, status, by_program);
     return true;
@@ -139,6 +143,7 @@ bool mf_render_daemon(struct mf_front_ticket *t, int status, const char *why, co
     int n = snprintf(body, sizeof(body), "%d %s%s%s\n", status, reason(status), why ? ": " : "", why ? why : "");
     size_t body_len = n < 0 ? 0 : (size_t)n < sizeof(body) ? (size_t)n : sizeof(body) - 1;
     t->closes = t->closes || closes;
+    t->streaming = false; /* a stream's invalid head: this answers whole */
     struct writer w = {.cap = 128 + (extra_header ? strlen(extra_header) : 0) + OWN_LINES_MAX + body_len};
     w.buf = malloc(w.cap);
     if (w.buf == NULL)
@@ -150,6 +155,36 @@ bool mf_render_daemon(struct mf_front_ticket *t, int status, const char *why, co
     if (!t->head_only)
         put(&w, body, body_len);
     return finish(t, &w, status, false);
+}
+
+/* The head of a streamed answer, left in t->out for the stream to go on. */
+static bool stream_head(struct mf_front_ticket *t, struct writer *w, int status)
+{
+    free(t->out);
+    t->out = w->buf;
+    t->out_len = w->len;
+    t->out_cap = w->cap;
+    t->status = status;
+    return true;
+}
+
+bool mf_render_stream_head(struct mf_front_ticket *t, const struct mf_front_response *r)
+{
+    bool bodyless = t->head_only || r->status == 204 || r->status == 304;
+    /* Decided before the head is rendered: its lines say how the body ends. */
+    t->streaming = true;
+    t->bodyless = bodyless;
+    t->chunked = !bodyless && !t->http10;
+    t->closes = t->closes || (!bodyless && t->http10);
+    struct mf_front_response head = *r;
+    head.body_len = 0;
+    if (!mf_render_answer(t, &head)) {
+        t->streaming = false;
+        return false;
+    }
+    if (t->answered) /* a 502 for an invalid head, rendered whole */
+        t->streaming = false;
+    return true;
 }
 
 bool mf_render_answer(struct mf_front_ticket *t, const struct mf_front_response *r)
@@ -184,6 +219,8 @@ bool mf_render_answer(struct mf_front_ticket *t, const struct mf_front_response 
         put(&w, "\r\n", 2);
     }
     put_own_lines(&w, t, r->status, r->body_len);
+    if (t->streaming)
+        return stream_head(t, &w, r->status);
     if (!bodyless)
         put(&w, r->body, r->body_len);
     return finish(t, &w, r->status, true);

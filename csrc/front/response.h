@@ -15,6 +15,11 @@
 /* Renders the program's answer into ticket->out; an invalid one becomes a
  * 502. False only when memory runs out (logged). */
 bool mf_render_answer(struct mf_front_ticket *ticket, const struct mf_front_response *response);
+/* Renders a streamed answer's head (status and headers of response) into
+ * ticket->out and marks the ticket streaming (stream.c goes on from
+ * there); an invalid one becomes a whole 502 (answered, not streaming).
+ * False only when memory runs out (logged). */
+bool mf_render_stream_head(struct mf_front_ticket *ticket, const struct mf_front_response *response);
 /* Renders the daemon's own answer: "<status> <reason>: <why>" as text, with
  * an extra header line ("Name: value") or NULL. closes: Connection: close. */
 bool mf_render_daemon(struct mf_front_ticket *ticket, int status, const char *why,

@@ -7,7 +7,8 @@
  * exactly as protocol.py's ResponseDecoder checks them: frame order,
  * req_id, status 100..599, at most MF_MAX_HEADERS headers with token names
  * and values without CR, LF or NUL, no trailing bytes, the body's length
- * as announced and within the tenant's max_response.
+ * as announced and within the tenant's max_response. A streamed answer's
+ * chunks are handed on one by one, counted against max_response.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -143,7 +144,7 @@ static enum mf_feed parse_head(struct mf_call *call, const uint8_t *payload, uin
         return mf_errx(EPROTO, "status %u outside 100-599", h.status), MF_FEED_INVALID;
     if (h.header_count > MF_MAX_HEADERS)
         return mf_errx(EPROTO, "%u headers, at most %u", h.header_count, MF_MAX_HEADERS), MF_FEED_INVALID;
-    if (h.body_len > call->max_response)
+    if (h.body_len != MF_BODY_STREAMED && h.body_len > call->max_response)
         return mf_errx(EFBIG, "response body of %llu bytes exceeds the limit of %llu",
                        (unsigned long long)h.body_len, (unsigned long long)call->max_response),
                MF_FEED_TOO_LARGE;
@@ -182,7 +183,25 @@ static enum mf_feed parse_head(struct mf_call *call, const uint8_t *payload, uin
     call->header_count = h.header_count;
     call->body_len = h.body_len;
     call->have_head = true;
-    return MF_FEED_MORE;
+    call->streaming = h.body_len == MF_BODY_STREAMED;
+    return call->streaming ? MF_FEED_STREAM_HEAD : MF_FEED_MORE;
+}
+
+/* A streamed answer's frame after its head: a chunk, or its end. */
+static enum mf_feed stream_feed(struct mf_call *call, uint16_t type, const uint8_t *payload, uint32_t len)
+{
+    if (type == MF_MSG_RESP_END)
+        return len == 0 ? MF_FEED_DONE : (mf_errx(EPROTO, "RESP_END carries a payload"), MF_FEED_INVALID);
+    if (type != MF_MSG_RESP_BODY)
+        return mf_errx(EPROTO, "unexpected frame type %u in a streamed body", type), MF_FEED_INVALID;
+    if (len > call->max_response - call->streamed)
+        return mf_errx(EFBIG, "streamed response body exceeds the limit of %llu bytes",
+                       (unsigned long long)call->max_response),
+               MF_FEED_TOO_LARGE;
+    call->streamed += len;
+    call->chunk = payload;
+    call->chunk_len = len;
+    return MF_FEED_CHUNK;
 }
 
 static enum mf_feed add_body(struct mf_call *call, const uint8_t *data, size_t len)
@@ -219,6 +238,7 @@ enum mf_feed mf_call_feed(struct mf_call *call, const uint8_t *packet, size_t le
             if (plen < sizeof(h))
                 return mf_errx(EPROTO, "RESP_WHOLE too short"), MF_FEED_INVALID;
             memcpy(&h, payload, sizeof(h));
+            /* MF_BODY_STREAMED is over any payload: no whole answer streams. */
             if (h.body_len > plen - sizeof(h))
                 return mf_errx(EPROTO, "RESP_WHOLE announces %llu body bytes, carries fewer",
                                (unsigned long long)h.body_len),
@@ -234,6 +254,8 @@ enum mf_feed mf_call_feed(struct mf_call *call, const uint8_t *packet, size_t le
             return mf_errx(EPROTO, "expected RESP_HEAD or RESP_WHOLE, got type %u", hdr.type), MF_FEED_INVALID;
         return parse_head(call, payload, plen);
     }
+    if (call->streaming)
+        return stream_feed(call, hdr.type, payload, plen);
     if (hdr.type == MF_MSG_RESP_BODY)
         return add_body(call, payload, plen);
     if (hdr.type == MF_MSG_RESP_END) {
@@ -282,4 +304,5 @@ void mf_call_release(struct mf_call *call)
     call->body_cap = call->body_received = 0;
     call->have_head = false;
     call->eof = false;
+    call->paused = false;
 }

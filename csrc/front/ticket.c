@@ -109,6 +109,11 @@ static void complete(struct mf_front_ticket *t, const struct mf_front_response *
                      const char *why, const char *extra_header)
 {
     struct mf_conn *conn = t->conn;
+    if (t->streaming) {
+        /* Its head is out: no other answer can follow it, only the cut. */
+        mf_front_stream_cut(t);
+        return;
+    }
     mf_metrics_in_flight(t->metrics, -1);
     if (conn == NULL) {
         mf_ticket_free(t);

@@ -25,6 +25,7 @@
 #include "python/py_request_path.h"
 #include "python/py_request_state.h"
 #include "python/py_requests.h"
+#include "python/py_stream.h"
 #include "python/py_util.h"
 #include "walls/cgroup.h"
 #include "walls/host_walls.h"
@@ -473,6 +474,13 @@ static PyMethodDef methods[] = {
     {"serve_fork", (PyCFunction)(void (*)(void))py_serve_fork, METH_VARARGS | METH_KEYWORDS,
      "serve_fork(ctrl_fd, runner, close_in_child, request_filter=b'', cpu_ms=0, memory_bytes=0, nofile=0, "
      "concurrency=4096, queue=256, oom_fd=-1)"},
+    {"response_start", py_response_start, METH_VARARGS,
+     "response_start(status, headers): in a sandbox's request, send the head of a streamed response"},
+    {"response_can_stream", py_response_can_stream, METH_NOARGS,
+     "response_can_stream() -> bool: whether response_start would start a stream now (in a sandbox's "
+     "request, not yet started)"},
+    {"response_write", py_response_write, METH_O,
+     "response_write(data): in a sandbox's request, after response_start, send body bytes"},
     {"encode_response", py_encode_response, METH_VARARGS,
      "encode_response(req_id, status, headers, body) -> [packet, ...]"},
     {"decode_request", py_decode_request, METH_VARARGS,
@@ -522,6 +530,10 @@ PyMODINIT_FUNC PyInit__mayfly(void)
     for (size_t i = 0; m != NULL && i < sizeof(constants) / sizeof(constants[0]); i++)
         if (PyModule_AddIntConstant(m, constants[i].name, constants[i].value) < 0)
             Py_CLEAR(m);
+    /* Beyond a long: its own call. */
+    py_cleanup_ref PyObject *streamed = PyLong_FromUnsignedLongLong(MF_BODY_STREAMED);
+    if (m != NULL && (streamed == NULL || PyModule_AddObjectRef(m, "BODY_STREAMED", streamed) < 0))
+        Py_CLEAR(m);
     if (m != NULL && (py_headers_add(m) < 0 || py_request_add(m) < 0 || py_request_path_add(m) < 0 || py_request_state_add(m) < 0))
         Py_CLEAR(m);
 #ifdef MF_HAVE_RESET_ENGINE

@@ -21,6 +21,7 @@
 #include "python/py_request_path.h"
 #include "python/py_request_state.h"
 #include "python/py_requests.h"
+#include "python/py_stream.h"
 #include "python/py_util.h"
 
 /* Interned once at module init: names and the default header values. */
@@ -53,8 +54,16 @@ static PyObject *call_handler(RequestPathObject *rp, PyObject *request)
     return result;
 }
 
-/* program.py's _as_bytes: bytes and ASCII str as they are, other str as
- * UTF-8, bytearray and memoryview copied. */
+/* program.py's _streams: a body sent as a stream, chunk by chunk. */
+static bool streams(PyObject *body)
+{
+    return !PyUnicode_Check(body) && !PyBytes_Check(body) && !PyByteArray_Check(body) && !PyMemoryView_Check(body)
+           && Py_TYPE(body)->tp_iter != NULL;
+}
+
+/* program.py's _as_body: bytes and ASCII str as they are, other str as
+ * UTF-8, bytearray and memoryview copied; any other iterable kept in
+ * r->stream, for respond() to send (or join) once the head is whole. */
 static bool set_body(struct py_response *r, PyObject *body)
 {
     py_cleanup_ref PyObject *copy = NULL;
@@ -65,8 +74,12 @@ static bool set_body(struct py_response *r, PyObject *body)
         copy = PyUnicode_AsUTF8String(body);
     else if (PyByteArray_Check(body) || PyMemoryView_Check(body))
         copy = PyBytes_FromObject(body);
-    else
-        PyErr_Format(PyExc_TypeError, "a response body must be str or bytes, not %s", Py_TYPE(body)->tp_name);
+    else if (streams(body)) {
+        Py_XSETREF(r->stream, Py_NewRef(body));
+        return true;
+    } else
+        PyErr_Format(PyExc_TypeError, "a response body must be str, bytes or an iterable of them, not %s",
+                     Py_TYPE(body)->tp_name);
     return copy != NULL && py_response_set_body(r, copy);
 }
 
@@ -217,9 +230,15 @@ static bool fill(RequestPathObject *rp, PyObject *result, struct py_response *r)
     if (how == UNUSUAL) {
         /* Anything else: normalize() decides, or raises the TypeError. */
         py_cleanup_ref PyObject *triple = PyObject_CallOneArg(rp->normalize, result);
-        how = triple != NULL && PyTuple_Check(triple) && PyTuple_GET_SIZE(triple) == 3 &&
-              py_response_build(r, PyTuple_GET_ITEM(triple, 0), PyTuple_GET_ITEM(triple, 1),
-                                PyTuple_GET_ITEM(triple, 2)) ? FILLED : FAILED;
+        py_cleanup_ref PyObject *empty = PyBytes_FromStringAndSize(NULL, 0);
+        PyObject *body = triple != NULL && PyTuple_Check(triple) && PyTuple_GET_SIZE(triple) == 3
+                             ? PyTuple_GET_ITEM(triple, 2) : NULL;
+        bool stream = body != NULL && streams(body);
+        how = body != NULL && empty != NULL &&
+              py_response_build(r, PyTuple_GET_ITEM(triple, 0), PyTuple_GET_ITEM(triple, 1), stream ? empty : body)
+                  ? FILLED : FAILED;
+        if (how == FILLED && stream)
+            r->stream = Py_NewRef(body);
         if (triple != NULL && how == FAILED && !PyErr_Occurred())
             PyErr_SetString(PyExc_TypeError, "normalize() returned no (status, headers, body)");
     }
@@ -229,27 +248,10 @@ static bool fill(RequestPathObject *rp, PyObject *result, struct py_response *r)
     return false;
 }
 
-/* The exception being raised, normalised; NULL if none. */
-static PyObject *take_exception(void)
-{
-#if PY_VERSION_HEX >= 0x030C0000
-    return PyErr_GetRaisedException();
-#else
-    PyObject *type, *exc, *tb;
-    PyErr_Fetch(&type, &exc, &tb);
-    PyErr_NormalizeException(&type, &exc, &tb);
-    if (exc != NULL && tb != NULL)
-        (void)PyException_SetTraceback(exc, tb);
-    Py_XDECREF(type);
-    Py_XDECREF(tb);
-    return exc;
-#endif
-}
-
 /* Program.call's answer to SystemExit: the sandbox ends without answering. */
 static _Noreturn void exit_for_system_exit(void)
 {
-    py_cleanup_ref PyObject *exc = take_exception();
+    py_cleanup_ref PyObject *exc = py_take_exception();
     py_cleanup_ref PyObject *value = exc != NULL ? PyObject_GetAttr(exc, s_code) : NULL;
     int code = 1;
 
@@ -273,7 +275,7 @@ static void report_error(RequestPathObject *rp, PyObject *request, uint64_t id)
         PyErr_Print();
         return;
     }
-    py_cleanup_ref PyObject *exc = take_exception();
+    py_cleanup_ref PyObject *exc = py_take_exception();
     py_cleanup_ref PyObject *id_only = request == NULL ? PyLong_FromUnsignedLongLong(id) : NULL;
     if (request == NULL && id_only == NULL)
         PyErr_Clear(); /* out of memory: the record goes without its id */
@@ -303,13 +305,62 @@ static bool fill_error(RequestPathObject *rp, PyObject *request, struct py_respo
     return false;
 }
 
+/* A failure once the stream's head is out: no 500 can follow it. The
+ * traceback goes to the tenant's log, and the stream is cut (no RESP_END:
+ * the front end cuts the client off rather than end the body). */
+static bool cut_stream(RequestPathObject *rp, PyObject *request, struct py_response *r, uint64_t id)
+{
+    if (PyErr_ExceptionMatches(PyExc_SystemExit))
+        exit_for_system_exit();
+    report_error(rp, request, id);
+    py_response_release(r);
+    memset(r, 0, sizeof(*r));
+    r->resp.streamed = r->resp.cut = true;
+    return true;
+}
+
+/* The handler called response_start: it answered on the channel, and
+ * returns None (anything else is logged and ignored). */
+static bool streamed_by_handler(RequestPathObject *rp, PyObject *request, PyObject *result,
+                                struct py_response *r, uint64_t id)
+{
+    memset(r, 0, sizeof(*r));
+    if (result == NULL)
+        return cut_stream(rp, request, r, id);
+    if (result != Py_None)
+        PySys_WriteStderr("request %llu: the program returned %.100s after response_start(); ignored\n",
+                          (unsigned long long)id, Py_TYPE(result)->tp_name);
+    r->resp.streamed = true;
+    return true;
+}
+
+/* r's iterable body: in a sandbox's request sent as a stream (head, then
+ * each chunk); elsewhere (respond()) joined into a whole body. */
+static bool send_stream(RequestPathObject *rp, PyObject *request, struct py_response *r, uint64_t id)
+{
+    py_cleanup_ref PyObject *iterable = r->stream;
+    r->stream = NULL;
+    if (!py_stream_active()) {
+        py_cleanup_ref PyObject *body = py_stream_collect(iterable);
+        return body != NULL && py_response_set_body(r, body);
+    }
+    r->resp.streamed = true;
+    return py_stream_iterable(&r->resp, iterable) || cut_stream(rp, request, r, id);
+}
+
 /* Program.call: never fails but for lack of memory (a Python exception). */
 static bool respond(RequestPathObject *rp, PyObject *request, uint64_t id, struct py_response *r)
 {
+    memset(r, 0, sizeof(*r)); /* released below whether or not filled */
     py_cleanup_ref PyObject *result = call_handler(rp, request);
 
-    if (result != NULL && fill(rp, result, r))
+    if (py_stream_started())
+        return streamed_by_handler(rp, request, result, r, id);
+    if (result != NULL && fill(rp, result, r) && (r->stream == NULL || send_stream(rp, request, r, id)))
         return true;
+    if (py_stream_started())
+        return cut_stream(rp, request, r, id);
+    py_response_release(r);
     if (PyErr_ExceptionMatches(PyExc_SystemExit))
         exit_for_system_exit();
     return fill_error(rp, request, r, id);

@@ -19,6 +19,7 @@
 #include "python/py_request_path.h"
 #include "python/py_requests.h"
 #include "python/py_seal.h"
+#include "python/py_stream.h"
 #include "python/py_util.h"
 #include "walls/seccomp.h"
 #include "wire/proto.h"
@@ -68,6 +69,7 @@ void py_response_release(struct py_response *r)
 {
     PyMem_Free(r->headers);
     Py_CLEAR(r->keep);
+    Py_CLEAR(r->stream);
     py_release_buffer(&r->body);
     r->headers = NULL;
 }
@@ -219,13 +221,19 @@ bool runner_check(PyObject *runner)
     return false;
 }
 
-bool hook_handle(void *vctx, const struct mf_request *req, struct mf_response *out)
+bool hook_handle(void *vctx, int fd, const struct mf_request *req, struct mf_response *out)
 {
     struct serve_ctx *ctx = vctx;
 
+    /* The channel is the handler's to stream on while it runs, no longer. */
+    py_stream_enter(fd, req->req_id);
     /* The response holds what its pointers point into until _exit or the rewind. */
-    if (py_request_path_check(ctx->runner) ? py_request_path_handle(ctx->runner, req, &ctx->resp)
-                                           : call_runner(ctx->runner, req, &ctx->resp)) {
+    bool ok = py_request_path_check(ctx->runner) ? py_request_path_handle(ctx->runner, req, &ctx->resp)
+                                                 : call_runner(ctx->runner, req, &ctx->resp);
+    bool started = py_stream_leave();
+    if (ok) {
+        /* A runner that streamed: what it returned is moot. */
+        ctx->resp.resp.streamed = ctx->resp.resp.streamed || started;
         *out = ctx->resp.resp;
         return true;
     }

@@ -31,6 +31,7 @@ struct py_response {
     uint32_t capacity;
     PyObject *keep;             /* what the header pointers point into */
     Py_buffer body;
+    PyObject *stream;           /* an iterable body, sent as a stream (py_stream.h); else NULL */
 };
 
 bool py_response_begin(struct py_response *r, PyObject *status, Py_ssize_t capacity);
@@ -62,7 +63,7 @@ bool runner_check(PyObject *runner);
 /* Engine hooks (ctx: struct serve_ctx): PyErr_CheckSignals between
  * requests, and one call of the runner. */
 bool hook_interrupted(void *ctx);
-bool hook_handle(void *ctx, const struct mf_request *req, struct mf_response *out);
+bool hook_handle(void *ctx, int fd, const struct mf_request *req, struct mf_response *out);
 
 /* What both engines take besides their own arguments: the request filter
  * (a buffer the binding's parse fills) and the fds no sandbox may keep.

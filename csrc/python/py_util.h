@@ -23,6 +23,11 @@ PyObject *raise_last(void);
 int uint32_converter(PyObject *obj, void *out);
 int uint64_converter(PyObject *obj, void *out);
 
+/* The exception being raised, normalised and taken out (NULL if none);
+ * and one so taken, raised again (the reference is stolen). */
+PyObject *py_take_exception(void);
+void py_restore_exception(PyObject *exc);
+
 /* Fork hooks (ctx unused) for the C helpers that fork: CPython's
  * PyOS_BeforeFork, PyOS_AfterFork_Parent and PyOS_AfterFork_Child. The
  * GIL stays held across the fork, as PyOS_BeforeFork requires. */

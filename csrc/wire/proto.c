@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "base/cleanup.h"
 #include "base/log.h"
 
 /* Most fds one packet may carry before we call it hostile. */
@@ -274,46 +275,69 @@ static bool put(uint8_t *head, uint32_t *off, const void *src, uint64_t n)
     return true;
 }
 
-bool mf_response_emit(uint64_t req_id, const struct mf_response *resp, mf_packet_sink sink, void *ctx)
+/* The RESP_HEAD payload of resp, with body_len as given, into head
+ * (MF_MAX_HEAD bytes); its length in *len. */
+static bool encode_head(const struct mf_response *resp, uint64_t body_len, uint8_t *head, uint32_t *len)
 {
-    struct mf_resp_head h = {.status = resp->status, .header_count = resp->header_count,
-                             .body_len = resp->body_len};
-    uint8_t *head;
+    struct mf_resp_head h = {.status = resp->status, .header_count = resp->header_count, .body_len = body_len};
     uint32_t off = 0;
-    bool ok = false;
 
     if (resp->header_count > MF_MAX_HEADERS)
         return mf_errx(E2BIG, "response has %u headers, at most %u allowed", resp->header_count,
                        MF_MAX_HEADERS);
-    head = malloc(MF_MAX_HEAD);
-    if (head == NULL)
-        return mf_err("malloc(%u) for the response head", MF_MAX_HEAD);
-    if (!put(head, &off, &h, sizeof(h)))
-        goto out;
+    MF_TRY(put(head, &off, &h, sizeof(h)));
     for (uint32_t i = 0; i < resp->header_count; i++) {
         const struct mf_header *src = &resp->headers[i];
         struct mf_header_entry e = {.name_len = src->name_len, .value_len = src->value_len};
-        if (!put(head, &off, &e, sizeof(e)) || !put(head, &off, src->name, src->name_len) ||
-            !put(head, &off, src->value, src->value_len))
-            goto out;
+        MF_TRY(put(head, &off, &e, sizeof(e)));
+        MF_TRY(put(head, &off, src->name, src->name_len));
+        MF_TRY(put(head, &off, src->value, src->value_len));
     }
-    if (resp->body_len <= MF_MAX_PAYLOAD - off) {
-        ok = emit_frame2(sink, ctx, MF_MSG_RESP_WHOLE, req_id, head, off, resp->body, (uint32_t)resp->body_len);
-        goto out;
-    }
-    if (!emit_frame(sink, ctx, MF_MSG_RESP_HEAD, req_id, head, off))
-        goto out;
-    for (uint64_t sent = 0; sent < resp->body_len;) {
-        uint64_t left = resp->body_len - sent;
+    *len = off;
+    return true;
+}
+
+/* RESP_BODY frames of at most MF_MAX_PAYLOAD bytes each. */
+static bool emit_chunks(mf_packet_sink sink, void *ctx, uint64_t req_id, const uint8_t *data, uint64_t len)
+{
+    for (uint64_t sent = 0; sent < len;) {
+        uint64_t left = len - sent;
         uint32_t chunk = left < MF_MAX_PAYLOAD ? (uint32_t)left : MF_MAX_PAYLOAD;
-        if (!emit_frame(sink, ctx, MF_MSG_RESP_BODY, req_id, resp->body + sent, chunk))
-            goto out;
+        MF_TRY(emit_frame(sink, ctx, MF_MSG_RESP_BODY, req_id, data + sent, chunk));
         sent += chunk;
     }
-    ok = emit_frame(sink, ctx, MF_MSG_RESP_END, req_id, NULL, 0);
-out:
-    free(head);
-    return ok;
+    return true;
+}
+
+bool mf_response_emit(uint64_t req_id, const struct mf_response *resp, mf_packet_sink sink, void *ctx)
+{
+    mf_cleanup_free uint8_t *head = malloc(MF_MAX_HEAD);
+    uint32_t off = 0;
+
+    if (head == NULL)
+        return mf_err("malloc(%u) for the response head", MF_MAX_HEAD);
+    MF_TRY(encode_head(resp, resp->body_len, head, &off));
+    if (resp->body_len <= MF_MAX_PAYLOAD - off)
+        return emit_frame2(sink, ctx, MF_MSG_RESP_WHOLE, req_id, head, off, resp->body, (uint32_t)resp->body_len);
+    MF_TRY(emit_frame(sink, ctx, MF_MSG_RESP_HEAD, req_id, head, off));
+    MF_TRY(emit_chunks(sink, ctx, req_id, resp->body, resp->body_len));
+    return emit_frame(sink, ctx, MF_MSG_RESP_END, req_id, NULL, 0);
+}
+
+bool mf_stream_head_emit(uint64_t req_id, const struct mf_response *resp, mf_packet_sink sink, void *ctx)
+{
+    mf_cleanup_free uint8_t *head = malloc(MF_MAX_HEAD);
+    uint32_t off = 0;
+
+    if (head == NULL)
+        return mf_err("malloc(%u) for the response head", MF_MAX_HEAD);
+    MF_TRY(encode_head(resp, MF_BODY_STREAMED, head, &off));
+    return emit_frame(sink, ctx, MF_MSG_RESP_HEAD, req_id, head, off);
+}
+
+bool mf_stream_body_emit(uint64_t req_id, const void *data, uint64_t len, mf_packet_sink sink, void *ctx)
+{
+    return emit_chunks(sink, ctx, req_id, data, len);
 }
 
 static bool socket_sink(void *ctx, const struct iovec *iov, int iovcnt, size_t len)
@@ -336,6 +360,25 @@ static bool socket_sink(void *ctx, const struct iovec *iov, int iovcnt, size_t l
 bool mf_response_send(int fd, uint64_t req_id, const struct mf_response *resp)
 {
     return mf_response_emit(req_id, resp, socket_sink, &fd);
+}
+
+bool mf_stream_head_send(int fd, uint64_t req_id, const struct mf_response *resp)
+{
+    return mf_stream_head_emit(req_id, resp, socket_sink, &fd);
+}
+
+bool mf_stream_body_send(int fd, uint64_t req_id, const void *data, uint64_t len)
+{
+    return mf_stream_body_emit(req_id, data, len, socket_sink, &fd);
+}
+
+bool mf_response_finish(int fd, uint64_t req_id, const struct mf_response *resp)
+{
+    if (resp->cut)
+        return mf_errx(ECANCELED, "request %llu: the stream was cut", (unsigned long long)req_id);
+    if (resp->streamed)
+        return mf_send_packet(fd, MF_MSG_RESP_END, req_id, NULL, 0);
+    return mf_response_send(fd, req_id, resp);
 }
 
 bool mf_send_packet(int fd, uint16_t type, uint64_t req_id, const void *payload, uint32_t len)

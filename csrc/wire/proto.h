@@ -48,6 +48,8 @@ struct mf_response {
     const struct mf_header *headers;
     const uint8_t *body;
     uint64_t body_len;
+    bool streamed;  /* the handler sent the head and the body itself (mf_stream_*): RESP_END is left */
+    bool cut;       /* streamed, then failed: no RESP_END, so the front end cuts the client off */
 };
 
 /* Receives one encoded packet, given as iovecs totalling len bytes. */
@@ -71,6 +73,21 @@ void mf_request_free(struct mf_request *req);
 bool mf_response_emit(uint64_t req_id, const struct mf_response *resp, mf_packet_sink sink, void *ctx);
 /* mf_response_emit to a socket (blocking sends). */
 bool mf_response_send(int fd, uint64_t req_id, const struct mf_response *resp);
+
+/* A streamed response (protocol.h, MF_BODY_STREAMED): its RESP_HEAD
+ * (resp's status and headers; its body is ignored), then its body in
+ * RESP_BODY frames of at most MF_MAX_PAYLOAD bytes, as it comes; the
+ * caller ends it with a RESP_END frame (mf_send_packet). */
+bool mf_stream_head_emit(uint64_t req_id, const struct mf_response *resp, mf_packet_sink sink, void *ctx);
+bool mf_stream_body_emit(uint64_t req_id, const void *data, uint64_t len, mf_packet_sink sink, void *ctx);
+/* The two above to a socket (blocking sends: the socket's buffer is the
+ * backpressure). */
+bool mf_stream_head_send(int fd, uint64_t req_id, const struct mf_response *resp);
+bool mf_stream_body_send(int fd, uint64_t req_id, const void *data, uint64_t len);
+
+/* What is left to send after the handler: the whole response, or a
+ * stream's RESP_END. A cut stream gets none (false, errno ECANCELED). */
+bool mf_response_finish(int fd, uint64_t req_id, const struct mf_response *resp);
 
 /* Sends one frame; never raises SIGPIPE (EPIPE is returned instead). */
 bool mf_send_packet(int fd, uint16_t type, uint64_t req_id, const void *payload, uint32_t len);

@@ -43,7 +43,12 @@
  *     front end -> sandbox : REQ_WHOLE, or REQ_HEAD, REQ_BODY*, REQ_END
  *     sandbox -> front end : RESP_WHOLE, or RESP_HEAD, RESP_BODY*, RESP_END
  *   A request or response that fits one packet travels as one *_WHOLE
- *   packet (a send and a receive each instead of three).
+ *   packet (a send and a receive each instead of three). A RESP_HEAD whose
+ *   body_len is MF_BODY_STREAMED starts a streamed response: its length
+ *   is not known, RESP_BODY chunks follow as the program makes them, and
+ *   RESP_END ends it; a stream that ends without RESP_END was cut (the
+ *   program failed mid-way), and the front end cuts the client's
+ *   connection rather than let a truncated body look complete.
  *
  * A persistent request channel carries one request at a time: the host
  * sends DISPATCHED (the request's id, the worker's slot) only to an idle
@@ -207,11 +212,14 @@ struct mf_req_head {
     uint64_t body_len;     /* exact total of the REQ_BODY chunks */
 };
 
+/* RESP_HEAD's body_len of a streamed response (never in RESP_WHOLE). */
+#define MF_BODY_STREAMED UINT64_MAX
+
 /* RESP_HEAD payload: this struct, then header_count header entries. */
 struct mf_resp_head {
     uint32_t status;       /* 100..599 */
     uint32_t header_count;
-    uint64_t body_len;     /* exact total of the RESP_BODY chunks */
+    uint64_t body_len;     /* exact total of the RESP_BODY chunks, or MF_BODY_STREAMED */
 };
 
 struct mf_header_entry {

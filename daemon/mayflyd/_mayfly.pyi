@@ -4,7 +4,7 @@ built module by tests/unit/test_stub_matches_module.py.
 serve_reset, DirtyTracker and HOT_LEARN_REWINDS exist only in builds with the
 reset engine (x86_64, see setup.py); the supervisor checks with hasattr()
 (supervisor/daemon.py) before any tenant runs on it."""
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 MAGIC: int
@@ -18,6 +18,7 @@ MSG_WORKER_CHANNEL: int
 MSG_WORKER_GONE: int
 MSG_DISPATCHED: int
 FRAME_HEADER_SIZE: int
+BODY_STREAMED: int
 MSG_REQUEST: int
 MSG_CANCEL: int
 MSG_SHUTDOWN: int
@@ -88,7 +89,8 @@ class RequestPath:
     in C, the response normalised and encoded in C."""
 
     def __init__(self, handler: Callable[..., object], takes_request: bool, request_type: type[RequestBase],
-                 response_type: type, normalize: Callable[[object], tuple[int, Headers, bytes]], *,
+                 response_type: type,
+                 normalize: Callable[[object], tuple[int, Headers, bytes | Iterable[object]]], *,
                  report: Callable[[BaseException, Any], None] | None = None) -> None: ...
     def respond(self, request: RequestBase) -> tuple[int, list[tuple[bytes, bytes]], bytes]: ...
 
@@ -135,6 +137,17 @@ def serve_reset(ctrl_fd: int, runner: Runner | None, close_in_child: Sequence[in
                 load: Loader | None = None, gc_freeze: Callable[[], None] | None = None,
                 pid_one: bool = False, stop_timeout_ms: int = 0) -> None: ...
 def reseed_random() -> None: ...
+def response_start(status: int, headers: Sequence[tuple[str | bytes, str | bytes]]) -> None:
+    """In a sandbox, while a request's handler runs: send the head of a
+    streamed response (its length not known) on the request's channel.
+    RuntimeError outside a request or when called twice; OSError if the
+    channel fails (the front end went away)."""
+def response_can_stream() -> bool:
+    """Whether response_start() would start a stream now: in a sandbox's
+    request, not started yet (out of a sandbox, a body is whole)."""
+def response_write(data: bytes | bytearray | memoryview) -> None:
+    """After response_start(): send body bytes (blocks while the client is
+    slow). RuntimeError outside a request or before response_start()."""
 def encode_response(req_id: int, status: int, headers: Headers, body: bytes) -> list[bytes]: ...
 def decode_request(req_id: int, packets: Sequence[bytes]) -> tuple[str, str, str, Headers, bytes, str]: ...
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Final
 
 __all__ = [
-    "MAGIC", "PROTOCOL_VERSION", "MAX_PAYLOAD", "MAX_HEADERS", "FRAME_HEADER_SIZE",
+    "MAGIC", "PROTOCOL_VERSION", "MAX_PAYLOAD", "MAX_HEADERS", "FRAME_HEADER_SIZE", "BODY_STREAMED",
     "MsgType", "ENGINE_FORK", "ENGINE_RESET", "EXIT_TIMED_OUT", "EXIT_CANCELLED",
     "EXIT_CPU_EXCEEDED", "EXIT_OUT_OF_MEMORY", "MAX_DATA_CHANNELS", "MAX_FRONT_LOOPS",
     "ProtocolError", "ResponseTooLarge", "Frame", "STRUCTS", "parse_frame", "pack_frame",
@@ -33,6 +33,9 @@ PROTOCOL_VERSION: Final = 1
 MAX_PAYLOAD: Final = 64 * 1024
 MAX_HEADERS: Final = 256
 FRAME_HEADER_SIZE: Final = 24
+# RESP_HEAD's body_len of a streamed response: RESP_BODY chunks of a length
+# not known beforehand, until RESP_END (never in RESP_WHOLE).
+BODY_STREAMED: Final = 2**64 - 1
 
 
 class MsgType:
@@ -208,7 +211,8 @@ class ResponseDecoder:
     tenant's limit, frame order and the request id.
     """
 
-    __slots__ = ("_req_id", "_max_body", "_status", "_headers", "_body_len", "_chunks", "_received", "done")
+    __slots__ = ("_req_id", "_max_body", "_status", "_headers", "_body_len", "_chunks", "_received", "done",
+                 "streamed")
 
     def __init__(self, req_id: int, max_body: int) -> None:
         self._req_id = req_id
@@ -219,6 +223,7 @@ class ResponseDecoder:
         self._chunks: list[bytes] = []
         self._received = 0
         self.done = False
+        self.streamed = False  # the head announced BODY_STREAMED
 
     def feed(self, packet: bytes) -> None:
         if self.done:
@@ -235,13 +240,15 @@ class ResponseDecoder:
             self._parse_head(frame.payload)
         elif frame.type == MsgType.RESP_BODY:
             self._received += len(frame.payload)
+            if self.streamed and self._received > self._max_body:
+                raise ResponseTooLarge(f"streamed body exceeds the limit of {self._max_body} bytes")
             if self._received > self._body_len:
                 raise ProtocolError(f"body exceeds announced {self._body_len} bytes")
             self._chunks.append(frame.payload)
         elif frame.type == MsgType.RESP_END:
             if frame.payload:
                 raise ProtocolError("RESP_END carries a payload")
-            if self._received != self._body_len:
+            if self._received != self._body_len and not self.streamed:
                 raise ProtocolError(f"body of {self._received} bytes, announced {self._body_len}")
             self.done = True
         else:
@@ -252,7 +259,7 @@ class ResponseDecoder:
         if len(payload) < RESP_HEAD.size:
             raise ProtocolError("RESP_WHOLE too short")
         body_len = RESP_HEAD.unpack_from(payload)[2]
-        if body_len > len(payload) - RESP_HEAD.size:
+        if body_len == BODY_STREAMED or body_len > len(payload) - RESP_HEAD.size:
             raise ProtocolError(f"RESP_WHOLE announces {body_len} body bytes, carries fewer")
         head_len = len(payload) - body_len
         self._parse_head(payload[:head_len])
@@ -269,7 +276,7 @@ class ResponseDecoder:
             raise ProtocolError(f"status {status} outside 100-599")
         if count > MAX_HEADERS:
             raise ProtocolError(f"{count} headers, at most {MAX_HEADERS}")
-        if body_len > self._max_body:
+        if body_len != BODY_STREAMED and body_len > self._max_body:
             raise ResponseTooLarge(f"response body of {body_len} bytes exceeds the limit of {self._max_body}")
         offset = RESP_HEAD.size
         for _ in range(count):
@@ -292,6 +299,7 @@ class ResponseDecoder:
             raise ProtocolError("trailing bytes after the headers")
         self._status = status
         self._body_len = body_len
+        self.streamed = body_len == BODY_STREAMED
 
     def response(self) -> Response:
         if not self.done:

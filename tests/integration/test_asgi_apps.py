@@ -3,6 +3,7 @@ engines: plain ASGI callables for the protocol's corners, FastAPI for a
 real framework."""
 from __future__ import annotations
 
+import http.client
 import json
 from collections.abc import Iterator
 
@@ -99,7 +100,9 @@ async def silent(scope, receive, send):
 
 async def unfinished(scope, receive, send):
     if scope["type"] == "http":
-        await send({"type": "http.response.start", "status": 200})
+        # A length given: the parts are collected, so the failure can still be a 500.
+        headers = [] if scope["path"] == "/stream" else [(b"content-length", b"8")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": b"half", "more_body": True})
 
 
@@ -217,9 +220,22 @@ def test_an_asgi_app_gets_a_complete_scope_and_every_request_starts_from_the_sea
         assert reply.headers.get_all("Set-Cookie") == ["a=1", "b=2"]
 
 
-def test_a_body_in_pieces_reaches_the_client_whole(daemon: Daemon) -> None:
+def test_a_body_in_pieces_is_streamed_to_the_client(daemon: Daemon) -> None:
     reply = daemon.get("pieces.localhost")
     assert (reply.status, reply.body) == (201, b"one two three")
+    # No length known: chunked, each part as the app sent it.
+    assert reply.headers["Transfer-Encoding"] == "chunked" and "Content-Length" not in reply.headers
+    assert reply.headers["Content-Type"] == "text/plain"
+
+
+def test_a_stream_cut_by_the_app_never_looks_whole(daemon: Daemon) -> None:
+    # The app returns after a part with more_body: the head is out, so the
+    # client's body is cut (no last chunk), not a complete 200.
+    with pytest.raises(http.client.IncompleteRead):
+        daemon.get("unfinished.localhost", "/stream")
+    daemon.wait_for(lambda: "the app returned before its response was complete" in daemon.log(),
+                    what="the reason in the log")
+    assert daemon.get("plain.localhost").status == 200
 
 
 def test_the_lifespan_shutdown_runs_when_the_host_stops(daemon: Daemon) -> None:
@@ -301,4 +317,5 @@ def test_fastapi_async_and_sync_routes_validation_and_lifespan(daemon: Daemon) -
     assert (reply.status, json.loads(reply.body)) == (200, {"pool": "ready"})
     reply = daemon.get("fastapi.localhost", "/stream")
     assert (reply.status, reply.body) == (200, b"0\n1\n2\n3\n4\n")
+    assert reply.headers["Transfer-Encoding"] == "chunked"
 

@@ -198,44 +198,48 @@ class FakeHost:
             request = read_request(sock, req_id, timeout_ms)
             with self._lock:
                 self.requests.append(request)
-            path = request.path
-            if path == "/hang" and self.hangs:
-                return  # holds the request until the host's channel ends
-            if path == "/sleep":
-                self._cancel_events[req_id].wait(10)
-                sock.close()
-                self._report(channel, req_id, status=signal.SIGKILL, flags=EXIT_CANCELLED)
-                return
-            if path in ("/eagain", "/enomem"):
-                sock.close()
-                code = errno.EAGAIN if path == "/eagain" else errno.ENOMEM
-                channel.send(pack_frame(MsgType.REQUEST_FAILED, req_id, REQUEST_FAILED.pack(code, 0)))
-                return
-            ends = {"/cpu": (signal.SIGKILL, EXIT_CPU_EXCEEDED), "/oom": (signal.SIGKILL, EXIT_OUT_OF_MEMORY),
-                    "/crash": (signal.SIGSEGV, 0), "/timed-out": (signal.SIGKILL, EXIT_TIMED_OUT)}
-            if path in ends:
-                sock.close()
-                self._report(channel, req_id, status=ends[path][0], flags=ends[path][1])
-                return
-            if path == "/silent":
-                return  # the sandbox's channel ends, no report comes
-            if path == "/slow":
-                time.sleep(0.5)
-            headers: list[tuple[bytes, bytes]] = [(b"Content-Type", b"application/json")]
-            if path == "/invalid":
-                headers = [(b"Bad Name", b"x")]
-            if path == "/big":
-                body = os.urandom(int(request.query))
-                headers = [(b"X-Sha", hashlib.sha256(body).hexdigest().encode())]
-            elif path == "/echo-body":
-                body = request.body
-            else:
-                body = json.dumps({"host": self.host_id, "thread": thread, "method": request.method,
-                                   "path": request.path, "query": request.query, "client": request.client,
-                                   "body": len(request.body), "timeout_ms": timeout_ms}).encode()
-            for packet in response_packets(req_id, 200, headers, body):
-                sock.sendall(packet)
-            self._report(channel, req_id)
+            self._answer(channel, thread, sock, request)
+
+    def _answer(self, channel: socket.socket, thread: int, sock: socket.socket, request: Request) -> None:
+        """What the sandbox does, by the request's path."""
+        req_id, timeout_ms, path = request.req_id, request.timeout_ms, request.path
+        if path == "/hang" and self.hangs:
+            return  # holds the request until the host's channel ends
+        if path == "/sleep":
+            self._cancel_events[req_id].wait(10)
+            sock.close()
+            self._report(channel, req_id, status=signal.SIGKILL, flags=EXIT_CANCELLED)
+            return
+        if path in ("/eagain", "/enomem"):
+            sock.close()
+            code = errno.EAGAIN if path == "/eagain" else errno.ENOMEM
+            channel.send(pack_frame(MsgType.REQUEST_FAILED, req_id, REQUEST_FAILED.pack(code, 0)))
+            return
+        ends = {"/cpu": (signal.SIGKILL, EXIT_CPU_EXCEEDED), "/oom": (signal.SIGKILL, EXIT_OUT_OF_MEMORY),
+                "/crash": (signal.SIGSEGV, 0), "/timed-out": (signal.SIGKILL, EXIT_TIMED_OUT)}
+        if path in ends:
+            sock.close()
+            self._report(channel, req_id, status=ends[path][0], flags=ends[path][1])
+            return
+        if path == "/silent":
+            return  # the sandbox's channel ends, no report comes
+        if path == "/slow":
+            time.sleep(0.5)
+        headers: list[tuple[bytes, bytes]] = [(b"Content-Type", b"application/json")]
+        if path == "/invalid":
+            headers = [(b"Bad Name", b"x")]
+        if path == "/big":
+            body = os.urandom(int(request.query))
+            headers = [(b"X-Sha", hashlib.sha256(body).hexdigest().encode())]
+        elif path == "/echo-body":
+            body = request.body
+        else:
+            body = json.dumps({"host": self.host_id, "thread": thread, "method": request.method,
+                               "path": request.path, "query": request.query, "client": request.client,
+                               "body": len(request.body), "timeout_ms": timeout_ms}).encode()
+        for packet in response_packets(req_id, 200, headers, body):
+            sock.sendall(packet)
+        self._report(channel, req_id)
 
 
 @dataclass

@@ -204,3 +204,30 @@ def test_each_host_message_travels_on_one_channel_and_is_refused_on_the_other() 
         right(packet)
         with pytest.raises(ProtocolError, match="unexpected"):
             wrong(packet)
+
+
+def test_the_streamed_body_sentinel_agrees_with_the_c_header() -> None:
+    assert protocol.BODY_STREAMED == _mayfly.BODY_STREAMED == 2**64 - 1
+
+
+def test_a_streamed_response_is_chunks_until_resp_end() -> None:
+    head, _, end = _response(headers=[(b"X-A", b"1")], announced=protocol.BODY_STREAMED)
+    decoder = ResponseDecoder(1, 10)
+    decoder.feed(head)
+    assert decoder.streamed
+    for chunk in (b"abc", b"", b"defg"):
+        decoder.feed(pack_frame(MsgType.RESP_BODY, 1, chunk))
+    decoder.feed(end)
+    assert decoder.response() == protocol.Response(200, [("X-A", "1")], b"abcdefg")
+
+
+def test_a_streamed_response_over_the_limit_or_announced_whole_is_refused() -> None:
+    head, _, _ = _response(announced=protocol.BODY_STREAMED)
+    decoder = ResponseDecoder(1, 5)
+    decoder.feed(head)
+    decoder.feed(pack_frame(MsgType.RESP_BODY, 1, b"abc"))
+    with pytest.raises(protocol.ResponseTooLarge):
+        decoder.feed(pack_frame(MsgType.RESP_BODY, 1, b"abc"))
+    with pytest.raises(ProtocolError, match="RESP_WHOLE announces"):
+        for packet in _whole(announced=protocol.BODY_STREAMED):
+            ResponseDecoder(1, 100).feed(packet)

@@ -206,16 +206,21 @@ def test_the_wire_path_in_a_forked_sandbox(tmp_path: Path) -> None:
     _check_the_wire_path(Host(_program(_wire_handler).request_path(), _log_to(log)), log)
 
 
-@pytest.mark.skipif(bool(reset_engine_missing()), reason="the kernel cannot run the reset engine")
-def test_the_wire_path_in_a_rewound_worker(tmp_path: Path) -> None:
+def _reset_host(handler: Callable[[Request], object], log: Path) -> Host:
+    """A reset host whose workers run handler's request path, logging to log."""
     from tests.unit.test_reset_engine_c import ResetHost
 
     class RequestPathResetHost(ResetHost):
         def serve(self, ctrl_fd: int, runner: Callable[..., Any], serve_kw: dict[str, Any]) -> None:
-            M.serve_reset(ctrl_fd, _program(_wire_handler).request_path(), [], M.reseed_random, **serve_kw)
+            M.serve_reset(ctrl_fd, _program(handler).request_path(), [], M.reseed_random, **serve_kw)
 
+    return RequestPathResetHost(_log_to(log))
+
+
+@pytest.mark.skipif(bool(reset_engine_missing()), reason="the kernel cannot run the reset engine")
+def test_the_wire_path_in_a_rewound_worker(tmp_path: Path) -> None:
     log = tmp_path / "log"
-    _check_the_wire_path(RequestPathResetHost(_log_to(log)), log)
+    _check_the_wire_path(_reset_host(_wire_handler, log), log)
 
 
 def test_reseed_random_draws_anew_and_resets_gauss_next() -> None:
@@ -246,3 +251,143 @@ def test_headers_is_a_case_insensitive_mapping() -> None:
     assert headers.raw() == [("X-A", "1"), ["x-a", "2"], ("Host", "h"), ("K", 3), ("k", 4)]
     with pytest.raises(ValueError):
         Headers([("a", "b", "c")])
+
+
+# ---- streamed responses (an iterable body, response_start/response_write) ----
+
+class Closing:
+    """An iterable body with a close(), as WSGI apps return."""
+
+    def __init__(self, chunks: list[object]) -> None:
+        self.chunks = chunks
+        self.closed = 0
+
+    def __iter__(self) -> Iterator[object]:
+        return iter(self.chunks)
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+STREAMED: list[object] = [
+    (200, {"X-S": "1"}, [b"a", "\u00e9", bytearray(b"c")]), ("t/x", (b"a", b"b")), Response([b"x", "y"]),
+    (200, None, []), (200, {}, [b"a", 3]), (200, {}, [None]),
+]
+
+
+@pytest.mark.parametrize("result", STREAMED, ids=[repr(r)[:40] for r in STREAMED])
+def test_an_iterable_body_is_joined_outside_a_sandbox_as_program_call_joins_it(
+        result: object, capsys: pytest.CaptureFixture[str]) -> None:
+    program = _program(lambda request: result)
+    expected = _reference(program, _request())
+    capsys.readouterr()
+    assert program.request_path().respond(_request()) == expected
+
+
+def test_an_iterator_result_is_a_streamed_body_and_close_is_called() -> None:
+    program = _program(lambda request: (chunk for chunk in [b"a", "b"]))
+    expected = (200, [(b"Content-Type", b"application/octet-stream")], b"ab")
+    assert _reference(program, _request()) == expected
+    assert program.request_path().respond(_request()) == expected
+    for chunks, status in (([b"a"], 200), ([b"a", 3], 500)):
+        body = Closing(chunks)
+        assert program.request_path().respond(_request()) and _program(
+            lambda request, body=body: (200, {}, body)).request_path().respond(_request())[0] == status  # type: ignore[misc]
+        assert body.closed == 1
+
+
+def test_response_start_outside_a_sandbox_is_an_error() -> None:
+    with pytest.raises(RuntimeError, match="outside a request"):
+        M.response_start(200, [])
+    with pytest.raises(RuntimeError, match="outside a request"):
+        M.response_write(b"x")
+
+
+def _stream_handler(request: Request) -> object:
+    if request.path == "/gen":
+        return 200, {"X-S": "1"}, (chunk for chunk in [b"a", "\u00e9", b"c" * 100_000])
+    if request.path == "/api":
+        M.response_start(201, [("X-A", "b"), (b"X-B", b"c")])
+        M.response_write(b"x")
+        M.response_write(memoryview(b"y" * 70_000))
+        return None
+    if request.path == "/twice":
+        M.response_start(200, [])
+        M.response_start(200, [])
+    if request.path == "/write-first":
+        M.response_write(b"x")
+    if request.path == "/raise":
+        def broken() -> Iterator[bytes]:
+            yield b"x"
+            raise ValueError("mid-stream")
+        return 200, {}, broken()
+    if request.path == "/bad-chunk":
+        return 200, {}, [b"x", 3]
+    return "plain"
+
+
+def _stream_frames(sock: Any, req_id: int) -> tuple[list[tuple[int, bytes]], bool]:
+    """The response's frames up to RESP_END or RESP_WHOLE (True), or to the end of the channel (False)."""
+    from mayflyd import protocol
+    frames = []
+    while True:
+        pkt = sock.recv(M.FRAME_HEADER_SIZE + M.MAX_PAYLOAD)
+        if not pkt:
+            return frames, False
+        frame = protocol.parse_frame(pkt)
+        assert frame.req_id == req_id
+        frames.append((frame.type, frame.payload))
+        if frame.type in (M.MSG_RESP_END, M.MSG_RESP_WHOLE):
+            return frames, True
+
+
+def _check_streams(host: Host, log: Path, *, rewound: bool) -> None:
+    from mayflyd import protocol
+    try:
+        for req_id, path, status, body in ((3, b"/gen", 200, "a\u00e9".encode() + b"c" * 100_000),
+                                           (4, b"/api", 201, b"x" + b"y" * 70_000), (5, b"/", 200, b"plain"),
+                                           (9, b"/write-first", 500, b"")):
+            decoder = protocol.ResponseDecoder(req_id, 1 << 20)
+            frames, ended = _stream_frames(host.request(req_id, path=path), req_id)
+            assert ended
+            for frame_type, payload in frames:
+                decoder.feed(protocol.pack_frame(frame_type, req_id, payload))
+            response = decoder.response()
+            assert (response.status, decoder.streamed) == (status, path not in (b"/", b"/write-first"))
+            assert response.body == body or status == 500
+            assert all(len(p) <= M.MAX_PAYLOAD for _, p in frames)
+            host.child_exit(req_id)
+        for req_id, path in ((6, b"/twice"), (7, b"/raise"), (8, b"/bad-chunk")):
+            sock = host.request(req_id, path=path, timeout_ms=2000)
+            if rewound:  # a persistent channel: no end, but the worker's report comes after its frames
+                host.child_exit(req_id)
+                frames = []
+                timeout = sock.sock.gettimeout()
+                sock.sock.settimeout(0)
+                while True:
+                    try:
+                        pkt = sock.sock.recv(M.FRAME_HEADER_SIZE + M.MAX_PAYLOAD)
+                    except BlockingIOError:
+                        break
+                    frames.append(protocol.parse_frame(pkt).type)
+                sock.sock.settimeout(timeout)
+            else:
+                frames = [t for t, _ in _stream_frames(sock, req_id)[0]]
+                host.child_exit(req_id)
+            assert M.MSG_RESP_END not in frames and M.MSG_RESP_WHOLE not in frames
+    finally:
+        host.close()
+    text = log.read_text()
+    assert "response_start() called twice" in text and "ValueError: mid-stream" in text
+    assert "chunk must be str or bytes, not int" in text and "response_write() before response_start()" in text
+
+
+def test_streams_in_a_forked_sandbox(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    _check_streams(Host(_program(_stream_handler).request_path(), _log_to(log)), log, rewound=False)
+
+
+@pytest.mark.skipif(bool(reset_engine_missing()), reason="the kernel cannot run the reset engine")
+def test_streams_in_a_rewound_worker(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    _check_streams(_reset_host(_stream_handler, log), log, rewound=True)

@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVarTuple
 
+from mayflyd import _mayfly
 from mayflyd.host.program import ProgramError, Request, report_exception
 
 __all__ = ["AsgiError", "AsgiHandler", "run_threads_inline"]
@@ -133,6 +134,7 @@ class _Exchange:
     status: int = 0
     headers: Headers = field(default_factory=list)
     chunks: list[bytes] = field(default_factory=list)
+    streaming: bool = False  # the head is out: each body goes as it comes
     complete: bool = False
     finished: asyncio.Future[None] | None = None  # resolved when the app is done: disconnect
 
@@ -183,21 +185,37 @@ class _Exchange:
         body = message.get("body", b"")
         if not isinstance(body, (bytes, bytearray, memoryview)):
             raise AsgiError(f"http.response.body: body must be bytes, got {type(body).__name__}")
-        if body:
+        more = bool(message.get("more_body", False))
+        if more and not self.streaming and not self.chunks and not self._has_length() \
+                and _mayfly.response_can_stream():
+            # A body of unknown length (Starlette's StreamingResponse): the
+            # head now, then each part as the app sends it. (Out of a
+            # sandbox, in a warm-up request, the body is whole.)
+            _mayfly.response_start(self.status, self.headers)
+            self.streaming = True
+        if self.streaming:
+            _mayfly.response_write(body)
+        elif body:
             self.chunks.append(bytes(body))
-        if not message.get("more_body", False):
+        if not more:
             self.complete = True
             self.wake()
+
+    def _has_length(self) -> bool:
+        return any(name.lower() == "content-length" for name, _ in self.headers)
 
     def wake(self) -> None:
         if self.finished is not None and not self.finished.done():
             self.finished.set_result(None)
 
-    def result(self) -> tuple[int, Headers, bytes]:
+    def result(self) -> tuple[int, Headers, bytes] | None:
+        """The whole response; None for a streamed one (it is out)."""
         if not self.status:
             raise AsgiError("the app returned without sending http.response.start")
         if not self.complete:
             raise AsgiError("the app returned before its response was complete (more_body was never false)")
+        if self.streaming:
+            return None
         return self.status, self.headers, b"".join(self.chunks)
 
 
@@ -297,7 +315,7 @@ class AsgiHandler:
     def stop(self) -> None:
         self.lifespan.stop()
 
-    def __call__(self, request: Request) -> tuple[int, Headers, bytes]:
+    def __call__(self, request: Request) -> tuple[int, Headers, bytes] | None:
         headers = _headers_of(request)
         if _is_websocket(headers):
             print(f"request {request.id}: a WebSocket upgrade; mayflyd serves HTTP only "

@@ -13,6 +13,12 @@ pair, a ``(status, headers, body)`` triple, a ``dict``/``list`` (sent as
 JSON), ``None`` (204) or a :class:`Response`. Anything a program raises
 becomes a 500 whose traceback goes to the tenant's log only, as one
 record (:func:`report_exception`).
+
+A body that is any other iterable (a generator, a list of chunks), or a
+result that is an iterator, is streamed: the head goes first, then each
+chunk as it is made (str as UTF-8, bytes as they are), then the
+iterable's close(). A failure once the head is out cuts the client's
+connection; the traceback goes to the tenant's log.
 """
 from __future__ import annotations
 
@@ -24,7 +30,7 @@ import json
 import os
 import sys
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType, ModuleType, TracebackType
 from typing import Any, ClassVar
@@ -37,6 +43,9 @@ __all__ = ["Request", "Response", "Headers", "Program", "ProgramError", "load_mo
 
 RawHeaders = list[tuple[str, str]]
 Result = tuple[int, RawHeaders, bytes]
+# normalize()'s body: bytes, or an iterable sent as a stream.
+Body = bytes | Iterable[object]
+Normalized = tuple[int, RawHeaders, Body]
 
 
 class ProgramError(Exception):
@@ -79,11 +88,12 @@ class Request(_mayfly.RequestBase):
 
 
 class Response:
-    """An explicit response, for programs that want to say everything."""
+    """An explicit response, for programs that want to say everything (a
+    body that is an iterable of str or bytes is streamed)."""
 
     __slots__ = ("status", "headers", "body", "content_type")
 
-    def __init__(self, body: str | bytes = b"", *, status: int = 200,
+    def __init__(self, body: str | bytes | Iterable[str | bytes] = b"", *, status: int = 200,
                  headers: Mapping[str, str] | RawHeaders | None = None,
                  content_type: str | None = None) -> None:
         self.status = status
@@ -92,14 +102,39 @@ class Response:
         self.content_type = content_type
 
 
-def _as_bytes(body: object) -> bytes:
+def _streams(body: object) -> bool:
+    return not isinstance(body, (str, bytes, bytearray, memoryview)) and isinstance(body, Iterable)
+
+
+def _as_body(body: object) -> Body:
     if isinstance(body, bytes):
         return body
     if isinstance(body, (bytearray, memoryview)):
         return bytes(body)
     if isinstance(body, str):
         return body.encode("utf-8")
-    raise TypeError(f"a response body must be str or bytes, not {type(body).__name__}")
+    if _streams(body):
+        return body  # type: ignore[return-value]
+    raise TypeError(f"a response body must be str, bytes or an iterable of them, not {type(body).__name__}")
+
+
+def _chunk_bytes(chunk: object) -> bytes:
+    if isinstance(chunk, str):
+        return chunk.encode("utf-8")
+    if isinstance(chunk, (bytes, bytearray, memoryview)):
+        return bytes(chunk)
+    raise TypeError(f"a response body's chunk must be str or bytes, not {type(chunk).__name__}")
+
+
+def collect(body: Iterable[object]) -> bytes:
+    """A streamed body joined, as a sandbox would send it, then its close()
+    (also on errors): for in-process use, where nothing streams."""
+    try:
+        return b"".join(_chunk_bytes(chunk) for chunk in body)
+    finally:
+        close = getattr(body, "close", None)
+        if close is not None:
+            close()
 
 
 def _header_list(headers: object) -> RawHeaders:
@@ -123,27 +158,29 @@ def _default_type(body: object) -> str:
     return "text/plain; charset=utf-8" if isinstance(body, str) else "application/octet-stream"
 
 
-def normalize(result: object) -> Result:
+def normalize(result: object) -> Normalized:
     """Turn whatever the program returned into (status, headers, body)."""
     if isinstance(result, Response):
         headers = _header_list(result.headers)
         content_type = result.content_type or _default_type(result.body)
-        return int(result.status), _with_content_type(headers, content_type), _as_bytes(result.body)
+        return int(result.status), _with_content_type(headers, content_type), _as_body(result.body)
     if result is None:
         return 204, [], b""
     if isinstance(result, (str, bytes, bytearray, memoryview)):
-        return 200, [("Content-Type", _default_type(result))], _as_bytes(result)
+        return 200, [("Content-Type", _default_type(result))], _as_body(result)
     if isinstance(result, (dict, list)):
         return 200, [("Content-Type", "application/json")], json.dumps(result).encode()
     if isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], str):
         content_type, body = result
-        return 200, [("Content-Type", content_type)], _as_bytes(body)
+        return 200, [("Content-Type", content_type)], _as_body(body)
     if isinstance(result, tuple) and len(result) == 3 and isinstance(result[0], int) \
             and not isinstance(result[0], bool):
         status, headers, body = result
-        return status, _with_content_type(_header_list(headers), _default_type(body)), _as_bytes(body)
+        return status, _with_content_type(_header_list(headers), _default_type(body)), _as_body(body)
+    if isinstance(result, Iterator):
+        return 200, [("Content-Type", _default_type(result))], result
     raise TypeError(f"unsupported response of type {type(result).__name__}: expected str, bytes, "
-                    "(content_type, body), (status, headers, body), dict, list, None or Response")
+                    "(content_type, body), (status, headers, body), dict, list, None, Response or an iterator")
 
 
 def _takes_request(handler: Callable[..., object]) -> bool:
@@ -214,7 +251,8 @@ class Program:
                 result = self._handler()
                 if callable(result) and not isinstance(result, Response):
                     result = result()
-            return normalize(result)
+            status, headers, body = normalize(result)
+            return status, headers, body if isinstance(body, bytes) else collect(body)
         except SystemExit as exc:
             # The program chose to end its sandbox without answering: the
             # client gets a 502, like any other exit.
