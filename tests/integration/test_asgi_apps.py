@@ -167,11 +167,6 @@ def stream():
 '''
 
 
-def _fastapi_installed() -> bool:
-    import importlib.util
-    return importlib.util.find_spec("fastapi") is not None
-
-
 @pytest.fixture(scope="module", params=("fork", "reset"))
 def daemon(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     engine = str(request.param)
@@ -298,7 +293,6 @@ def test_a_websocket_upgrade_is_a_501_with_a_log_line(daemon: Daemon) -> None:
                     what="the refusal in the log")
 
 
-@pytest.mark.skipif(not _fastapi_installed(), reason="fastapi is not installed (the test extra)")
 def test_fastapi_async_and_sync_routes_validation_and_lifespan(daemon: Daemon) -> None:
     for _ in range(3):
         reply = daemon.get("fastapi.localhost")

@@ -422,44 +422,44 @@ class ValueReader:
         return tuple(sorted(env))
 
     def _paths(self, node: Node, path: str) -> tuple[Path, ...]:
-        if not isinstance(node, SequenceNode):
-            self.issues.add(node, path, f"must be a list of absolute paths, got {type_name(node)}")
-            return ()
-        paths: list[Path] = []
-        for index, item in enumerate(node.value):
-            item_path = f"{path}[{index}]"
-            text = self.string(item, item_path)
-            if text is None:
-                continue
+        def problem(text: str) -> str | None:
             if not os.path.isabs(text) or "\0" in text or "/../" in f"{text}/":
-                self.issues.add(item, item_path, f"must be an absolute path without '..', got {text!r}")
-            elif not os.path.exists(text):
-                self.issues.add(item, item_path, f"{text!r} does not exist")
-            else:
-                paths.append(Path(text))
-        return tuple(paths)
+                return f"must be an absolute path without '..', got {text!r}"
+            return None if os.path.exists(text) else f"{text!r} does not exist"
+
+        return tuple(Path(text) for text in self._strings(node, path, "absolute paths", problem))
 
     def _targets(self, node: Node, path: str) -> tuple[str, ...]:
         """Request targets in origin form: "/path" or "/path?query", printable ASCII."""
-        if not isinstance(node, SequenceNode):
-            self.issues.add(node, path, f"must be a list of request targets, got {type_name(node)}")
-            return ()
-        if len(node.value) > MAX_WARM_UP_TARGETS:
+        if isinstance(node, SequenceNode) and len(node.value) > MAX_WARM_UP_TARGETS:
             self.issues.add(node, path, f"at most {MAX_WARM_UP_TARGETS} targets, got {len(node.value)}")
             return ()
-        targets: list[str] = []
+
+        def problem(text: str) -> str | None:
+            if re.fullmatch(r"/[!-~]*", text) is None or "#" in text:
+                return ("must be a path starting with '/' (and an optional '?query'), printable ASCII without"
+                        f" spaces or '#', got {text!r}")
+            return None
+
+        return tuple(self._strings(node, path, "request targets", problem))
+
+    def _strings(self, node: Node, path: str, what: str, problem: Callable[[str], str | None]) -> list[str]:
+        """A list of strings, each one `problem` finds nothing wrong with (the others reported)."""
+        if not isinstance(node, SequenceNode):
+            self.issues.add(node, path, f"must be a list of {what}, got {type_name(node)}")
+            return []
+        good: list[str] = []
         for index, item in enumerate(node.value):
             item_path = f"{path}[{index}]"
             text = self.string(item, item_path)
             if text is None:
                 continue
-            if re.fullmatch(r"/[!-~]*", text) is None or "#" in text:
-                self.issues.add(item, item_path, "must be a path starting with '/' (and an optional '?query'),"
-                                f" printable ASCII without spaces or '#', got {text!r}")
+            wrong = problem(text)
+            if wrong is None:
+                good.append(text)
             else:
-                targets.append(text)
-        return tuple(targets)
-
+                self.issues.add(item, item_path, wrong)
+        return good
 
 def _matches(pattern: str, value: str) -> bool:
     return re.fullmatch(pattern, value) is not None
