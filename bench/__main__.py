@@ -2,8 +2,8 @@
 on 127.0.0.1 by the harness itself, results under bench/results/.
 
     python -m bench            # full mode (up to ~15 minutes)
-    python -m bench --quick    # a, d, e, g, n at -c1/-c64, all cores at -c64, heap 1/200 MB, 1/10 tenants
-    python -m bench --only throughput,allcores,heap,tenants,profile,rewind
+    python -m bench --quick    # a, d, e, g, n at -c1/-c64, all cores at -c64, apps, heap 1/200 MB, 1/10 tenants
+    python -m bench --only throughput,allcores,apps,heap,tenants,profile,rewind
     python -m bench --only throughput,allcores --rows g,n --duration 3   # a few rows (a always)
     python -m bench --only apps --apps flask --duration 2   # Flask through mayflyd against gunicorn
 
