@@ -67,6 +67,7 @@ PROJECT = {
             path("", views.products),
             path("products/<int:product_id>/", views.product),
             path("state/", views.state),
+            path("buy/", views.buy),
         ]
     ''',
     "shop/__init__.py": "",
@@ -118,6 +119,15 @@ PROJECT = {
         def state(request):
             _count(request)
             return JsonResponse({"calls": calls, "seen": seen})
+
+
+        def buy(request):
+            from django.db import OperationalError
+            try:
+                Product.objects.create(name="vase", price_cents=1200)
+            except OperationalError as exc:
+                return JsonResponse({"refused": str(exc)}, status=409)
+            return JsonResponse({"bought": True})
     ''',
     "shop/templates/shop/products.html": '''
         <h1>Products ({{ products|length }}, call {{ calls }})</h1>
@@ -179,6 +189,12 @@ def test_a_host_outside_allowed_hosts_is_refused(daemon: Daemon) -> None:
     # The daemon routes both names to the tenant; Django checks ALLOWED_HOSTS itself.
     assert daemon.get(f"{HOST}:8080").status == 200
     assert daemon.get(OTHER_HOST).status == 400
+
+
+def test_the_database_is_read_only(daemon: Daemon) -> None:
+    reply = daemon.get(HOST, "/buy/")
+    assert reply.status == 409 and json.loads(reply.body) == {"refused": "attempt to write a readonly database"}
+    assert daemon.get(HOST).text.count("<li>") == len(ROWS)
 
 
 def test_module_state_never_reaches_the_next_request(daemon: Daemon) -> None:
