@@ -79,10 +79,13 @@ def baseline(pin: Pinning, app: AppBench) -> Iterator[RunningServer]:
 
 @contextlib.contextmanager
 def mayflyd(pin: Pinning, app: AppBench) -> Iterator[RunningServer]:
-    """The app as a reset-engine tenant: `app: "<module>:app"`."""
+    """The app as a reset-engine tenant: `app: "<module>:app"`, `warm_up: ["/"]`
+    (a user serving a framework would set it: its first-request work is done
+    once, before the seal)."""
     _require(app)
     tenant = servers.TenantSpec(name="t0", program=app.path, hosts=["t0.bench.localhost"], default=True,
-                                engine="reset", memory_mib=512, app=f"{app.module}:app", interface=app.interface)
+                                engine="reset", memory_mib=512, app=f"{app.module}:app", interface=app.interface,
+                                warm_up=["/"])
     with servers.mayflyd(pin, [tenant], engine="reset") as server:
         server.label = f"{app.name}: mayflyd reset engine"
         yield server

@@ -90,6 +90,7 @@ class TenantSpec:
     pool_idle_ms: int | None = None  # reset engine: idle workers retire after this (None: the default)
     app: str = ""  # "module:attribute" of a WSGI/ASGI app in `program` instead of the program contract
     interface: str = "auto"
+    warm_up: list[str] = field(default_factory=list)  # targets the host sends itself before the seal
 
 
 @dataclass
@@ -188,6 +189,7 @@ def write_config(directory: Path, tenants: list[TenantSpec], port: int, admin_so
              **({"uid": t.uid} if t.uid is not None else {}),
              **({"pool": t.pool} if t.pool is not None else {}),
              **({"pool_idle_ms": t.pool_idle_ms} if t.pool_idle_ms is not None else {}),
+             **({"warm_up": t.warm_up} if t.warm_up else {}),
              "limits": {"memory": f"{t.memory_mib}MiB", "concurrency": t.concurrency,
                         "request_timeout_ms": 10000, "init_timeout_ms": 120000}}
             for t in tenants
