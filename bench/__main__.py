@@ -2,9 +2,10 @@
 on 127.0.0.1 by the harness itself, results under bench/results/.
 
     python -m bench            # full mode (up to ~15 minutes)
-    python -m bench --quick    # a, d, e, g, n at -c1/-c64, all cores at -c64, heap 1/200 MB, 1/10 tenants
-    python -m bench --only throughput,allcores,heap,tenants,profile,rewind
+    python -m bench --quick    # a, d, e, g, n at -c1/-c64, all cores at -c64, apps, heap 1/200 MB, 1/10 tenants
+    python -m bench --only throughput,allcores,apps,heap,tenants,profile,rewind
     python -m bench --only throughput,allcores --rows g,n --duration 3   # a few rows (a always)
+    python -m bench --only apps --apps flask --duration 2   # Flask through mayflyd against gunicorn
 
 Ends with `headline: sandboxed/unsandboxed throughput at -c64 = N.NN`.
 """
@@ -17,10 +18,10 @@ import sys
 import time
 from typing import Any
 
-from bench import measures, report, rewind_cost, servers, wrk
+from bench import apps, measures, report, rewind_cost, servers, wrk
 from bench.common import RESULTS, all_cores_pinning, core_count, pinning
 
-STEPS = ("throughput", "allcores", "heap", "tenants", "profile", "rewind")
+STEPS = ("throughput", "allcores", "apps", "heap", "tenants", "profile", "rewind")
 # Row letters of the throughput tables: d is every mayflyd engine, e the reset engine alone.
 ROWS = ("a", "b", "c", "d", "e", "f", "g", "n")
 
@@ -35,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="the under-a-minute subset")
     parser.add_argument("--only", default=",".join(STEPS), help=f"comma-separated steps of {STEPS}")
     parser.add_argument("--rows", help=f"throughput rows of {ROWS} (a is always measured: every ratio is to it)")
+    parser.add_argument("--apps", default=",".join(a.name for a in apps.APPS),
+                        help="frameworks of the apps step (default: all)")
     parser.add_argument("--duration", type=float, help="seconds per wrk run (default 3 quick, 10 full)")
     parser.add_argument("--connections", help="comma-separated wrk -c values (default 1,64 quick, 1,8,64 full)")
     parser.add_argument("--max-tenants", type=int, default=1000, help="largest tenant count (full mode)")
@@ -44,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(steps) - set(STEPS)
     if unknown:
         parser.error(f"unknown steps: {', '.join(sorted(unknown))}")
+    app_names = [a for a in args.apps.split(",") if a]
+    if set(app_names) - {a.name for a in apps.APPS}:
+        parser.error(f"unknown apps: {', '.join(sorted(set(app_names) - {a.name for a in apps.APPS}))}")
     rows = ["a", *(r for r in args.rows.split(",") if r and r != "a")] if args.rows else None
     if rows and set(rows) - set(ROWS):
         parser.error(f"unknown rows: {', '.join(sorted(set(rows) - set(ROWS)))}")
@@ -83,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         _log(f"all cores: {pin_all.description}")
         data["all_cores"] = measures.all_cores(pin_all, [k for k in kinds if k not in ("b", "c")], all_connections,
                                                duration, _log, data.get("throughput"))
+    if "apps" in steps:
+        data["apps"] = apps.measure(pin, app_names, connections, duration, _log)
     if "heap" in steps:
         sizes = [1, 200] if quick else [1, 10, 100, 200, 500]
         data["heap"] = measures.heap_growth(pin, sizes, 300 if quick else 1000, _log)

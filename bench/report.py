@@ -65,11 +65,39 @@ def server_complaints(result: dict[str, Any]) -> list[str]:
     """What the server logged during runs that had errors (or that it logged nothing)."""
     out = []
     for r in result["rows"]:
-        if r["wrk"]["errors"]:
+        if "wrk" in r and r["wrk"]["errors"]:
             lines = r.get("server_log") or ["(nothing logged at warning or error level)"]
             out.append(f"- errors in `{r['key']} -c{r['connections']}`; the server logged:")
             out += [f"  - `{line}`" for line in lines]
     return out
+
+
+def apps_section(result: dict[str, Any]) -> list[str]:
+    """7: each framework's hello world, mayflyd's reset engine against its usual server."""
+    target = result["target"]
+    rows = []
+    for r in result["rows"]:
+        if "failed" in r:
+            rows.append([r["server"], "-", "**FAILED**: " + r["failed"].replace("|", "/")[:600]] + [""] * 8)
+            continue
+        w = r["wrk"]
+        lat = w["latency"]
+        met = "-" if r.get("meets_target") is None else "yes" if r["meets_target"] else "**no**"
+        rows.append([r["server"], f"-c{r['connections']}", _f(w["rps"], "{:.0f}"), _f(r.get("rps_ratio"), "{:.3f}"),
+                     _ms(lat.get("50")), _ms(lat.get("99")), _f(r.get("p99_ratio"), "{:.2f}x"), met,
+                     str(w["errors"]),
+                     _f(None if r.get("sandbox_cost_mean_s") is None else r["sandbox_cost_mean_s"] * 1e6, "{:.0f}"),
+                     "**ERRORS**" if w["errors"] else "ok"])
+    out = ["## 7. Real apps: Flask (WSGI) and FastAPI (ASGI)", "",
+           "A hello world in each framework (bench/programs/flask_hello.py, fastapi_hello.py), served by "
+           "mayflyd's reset engine as an `app` tenant (all walls, concurrency 64) and, as the baseline in "
+           "this run, unsandboxed by gunicorn with one sync worker (Flask; it closes the connection after "
+           "each answer) or uvicorn with one worker (FastAPI); both on the server core. Ratios: mayflyd to "
+           f"its app's baseline at the same -c. Target: req/s ratio at least {target:g} and p99 ratio at most "
+           f"{1 / target:.2f}x.", ""]
+    out += _table(["server", "conns", "req/s", "req/s ratio to baseline", "p50 ms", "p99 ms",
+                   "p99 ratio to baseline", f"meets {target:g}x", "errors", "sandbox cost mean us", "run"], rows)
+    return out + [""] + server_complaints({"rows": result["rows"]}) + [""]
 
 
 def histogram_table(hist: dict[str, Any]) -> list[str]:
@@ -226,6 +254,8 @@ def markdown(data: dict[str, Any], charts: list[str], chart_note: str | None) ->
             out += [f"Means per run: {means}.", ""]
     if "all_cores" in data:
         out += all_cores_section(data["all_cores"])
+    if "apps" in data:
+        out += apps_section(data["apps"])
     if "heap" in data:
         out += heap_section(data["heap"])
     if "tenants" in data:

@@ -79,7 +79,7 @@ class TenantSpec:
     """One tenant of a generated mayflyd config."""
 
     name: str
-    program: Path
+    program: Path  # with `app`: the app's module, a file next to the config
     hosts: list[str]
     default: bool = False
     engine: str = "fork"
@@ -88,6 +88,9 @@ class TenantSpec:
     uid: int | None = None
     pool: int | None = None  # reset engine: workers (None: the daemon's default, one per core)
     pool_idle_ms: int | None = None  # reset engine: idle workers retire after this (None: the default)
+    app: str = ""  # "module:attribute" of a WSGI/ASGI app in `program` instead of the program contract
+    interface: str = "auto"
+    warm_up: list[str] = field(default_factory=list)  # targets the host sends itself before the seal
 
 
 @dataclass
@@ -180,11 +183,13 @@ def write_config(directory: Path, tenants: list[TenantSpec], port: int, admin_so
         "cgroup_prefix": f"mayflyd-bench-{secrets.token_hex(4)}",
         "shutdown_grace_ms": 5000,
         "tenants": [
-            {"name": t.name, "hosts": t.hosts, "default": t.default, "program": str(t.program),
+            {"name": t.name, "hosts": t.hosts, "default": t.default,
+             **({"app": t.app, "interface": t.interface} if t.app else {"program": str(t.program)}),
              "engine": t.engine,
              **({"uid": t.uid} if t.uid is not None else {}),
              **({"pool": t.pool} if t.pool is not None else {}),
              **({"pool_idle_ms": t.pool_idle_ms} if t.pool_idle_ms is not None else {}),
+             **({"warm_up": t.warm_up} if t.warm_up else {}),
              "limits": {"memory": f"{t.memory_mib}MiB", "concurrency": t.concurrency,
                         "request_timeout_ms": 10000, "init_timeout_ms": 120000}}
             for t in tenants
@@ -212,7 +217,8 @@ def mayflyd(pin: Pinning, tenants: list[TenantSpec] | None = None, *, engine: st
             zygote: bool = True) -> Iterator[RunningServer]:
     """d./e. mayflyd serving the given tenants (default: one tenant t0 with the
     seed program, concurrency 64) on its own port, admin socket and cgroups;
-    zygote=False starts each host as a fresh interpreter."""
+    zygote=False starts each host as a fresh interpreter. An `app` tenant's
+    module is copied next to the config, where the daemon looks for it."""
     if engine not in AVAILABLE_ENGINES:
         raise RuntimeError(f"{engine} engine: not available yet")
     tenants = tenants if tenants is not None else hello_tenants(1, engine=engine)
@@ -221,6 +227,9 @@ def mayflyd(pin: Pinning, tenants: list[TenantSpec] | None = None, *, engine: st
         tmp.chmod(0o700)
         port = free_port()
         admin = str(tmp / "admin.sock")
+        for t in tenants:
+            if t.app:
+                shutil.copy(t.program, tmp / t.program.name)
         config = write_config(tmp, tenants, port, admin, zygote)
         log_path = tmp / "mayflyd.log"
         profile = ["-m", "cProfile", "-o", str(profile_to)] if profile_to else []

@@ -10,6 +10,7 @@ enforces max_response on it and sets Content-Length itself.
 """
 from __future__ import annotations
 
+import codecs
 import importlib
 import inspect
 import io
@@ -271,6 +272,10 @@ def load_app(path: Path, app: str, interface: str = "auto") -> Program:
     target = _import_app(module, app)
     if not callable(target):
         raise ProgramError(f"app {app} is not callable (a {type(target).__name__})")
+    # Werkzeug (Flask) encodes the Host with the idna codec in every request;
+    # the codec's first lookup imports it (7 ms here), which every request
+    # would pay again after the seal. Once, in the host.
+    codecs.lookup("idna")
     if app_interface(target, interface) == "asgi":
         # Imported only for an ASGI app: asyncio's pages are no other host's.
         from mayflyd.host.asgi import AsgiHandler
