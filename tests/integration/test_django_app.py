@@ -16,8 +16,6 @@ import pytest
 from tests.daemon_harness import Daemon, skip_without_reset_engine
 from tests.integration.conftest import limits, needs_root, serving
 
-pytest.importorskip("django", reason="django is not installed (the test extra)")
-
 pytestmark = needs_root
 
 HOST = "django.localhost"

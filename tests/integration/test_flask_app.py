@@ -1,9 +1,7 @@
 """A real Flask app (tenant key `app`) through the daemon, under both engines,
 from an HTTP client: routing, JSON, forms, a multipart upload, cookies,
-abort() and an error handler, and no request's state reaching the next.
-
-A streamed response (a generator body, stream_with_context) is left out:
-the adapter collects the body whole until streaming lands.
+abort() and an error handler, a streamed response, and no request's state
+reaching the next.
 """
 from __future__ import annotations
 
@@ -18,14 +16,12 @@ import pytest
 from tests.daemon_harness import Daemon, Reply, skip_without_reset_engine
 from tests.integration.conftest import limits, needs_root, serving
 
-pytest.importorskip("flask", reason="flask is not installed (the test extra)")
-
 pytestmark = needs_root
 
 SITE = '''
 import hashlib
 
-from flask import Flask, abort, jsonify, request
+from flask import Flask, Response, abort, jsonify, request, stream_with_context
 
 app = Flask(__name__)
 hits = 0
@@ -97,6 +93,14 @@ def parse_int(text):
 @app.errorhandler(ValueError)
 def bad_value(exc):
     return jsonify(error=str(exc)), 418
+
+
+@app.get("/stream/<int:n>")
+def stream(n):
+    def lines():
+        for i in range(n):
+            yield f"{request.args.get('word', 'line')} {i}\\n"
+    return Response(stream_with_context(lines()), mimetype="text/plain")
 '''
 
 HOST = "flask.localhost"
@@ -189,3 +193,13 @@ def test_abort_and_a_custom_error_handler(daemon: Daemon) -> None:
     assert _json(daemon.get(HOST, "/int/7")) == {"n": 7}
     # The handled exception is an answer, not a crash: the app keeps serving.
     assert daemon.get(HOST).text == "Hello from Flask (1)"
+
+
+def test_a_generator_response_is_streamed(daemon: Daemon) -> None:
+    reply = daemon.get(HOST, "/stream/3?word=row")
+    assert (reply.status, reply.text) == (200, "row 0\nrow 1\nrow 2\n")
+    # No length known: chunked, as the app makes each line.
+    assert reply.headers["Transfer-Encoding"] == "chunked" and "Content-Length" not in reply.headers
+    assert reply.headers["Content-Type"].startswith("text/plain")
+    # A plain answer has its length.
+    assert daemon.get(HOST).headers["Content-Length"] == str(len("Hello from Flask (1)"))

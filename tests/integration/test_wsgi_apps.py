@@ -67,11 +67,6 @@ def gone():
 '''
 
 
-def _flask_installed() -> bool:
-    import importlib.util
-    return importlib.util.find_spec("flask") is not None
-
-
 @pytest.fixture(scope="module", params=("fork", "reset"))
 def daemon(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     engine = str(request.param)
@@ -84,10 +79,9 @@ def daemon(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
          "engine": engine, "limits": limits()},
     ]
     sources = {"__init__.py": "", "hello.py": HELLO}
-    if _flask_installed():
-        tenants.append({"name": "flask", "hosts": ["flask.localhost"], "app": "programs.flask_site:app",
-                        "engine": engine, "limits": limits()})
-        sources["flask_site.py"] = FLASK_SITE
+    tenants.append({"name": "flask", "hosts": ["flask.localhost"], "app": "programs.flask_site:app",
+                    "engine": engine, "limits": limits()})
+    sources["flask_site.py"] = FLASK_SITE
     # The harness writes programs into programs/, next to the config: a package here.
     yield from serving(Daemon(workdir, tenants, sources), engine)
 
@@ -117,7 +111,6 @@ def test_start_response_twice_is_a_500_and_the_daemon_keeps_serving(daemon: Daem
     assert daemon.get("wsgi.localhost").status == 200
 
 
-@pytest.mark.skipif(not _flask_installed(), reason="flask is not installed (the test extra)")
 def test_flask_hello_json_and_404(daemon: Daemon) -> None:
     for _ in range(3):
         reply = daemon.get("flask.localhost")
