@@ -11,7 +11,7 @@ from mayflyd.config import parse_config
 from mayflyd.supervisor.front_metrics import Histogram, TenantCounts
 from mayflyd.supervisor.host_handle import SandboxHost
 from mayflyd.supervisor.metrics import Metrics
-from mayflyd.supervisor.tenant import BACKOFF_MAX, Tenant, TenantState, Walls
+from mayflyd.supervisor.tenant import Tenant, TenantState, Walls
 
 
 class FakeDataPlane:
@@ -51,7 +51,7 @@ def tenant(tmp_path: Path) -> Tenant:
     return Tenant(config.tenants[0], walls, Metrics(), FakeDataPlane())
 
 
-async def test_back_off_waits_says_why_and_doubles_up_to_the_ceiling(
+async def test_back_off_waits_and_says_why(
         tenant: Tenant, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     waited: list[float] = []
 
@@ -60,8 +60,8 @@ async def test_back_off_waits_says_why_and_doubles_up_to_the_ceiling(
 
     monkeypatch.setattr(asyncio, "sleep", sleep)
     with caplog.at_level(logging.WARNING, logger="mayflyd.tenant"):
-        assert await tenant._back_off(0.1, "the host died", logging.WARNING, "host died") == 0.2
-        assert await tenant._back_off(20.0, "boom", logging.ERROR, "the program failed to load: boom") == BACKOFF_MAX
+        await tenant._back_off(0.1, "the host died", logging.WARNING, "host died")
+        await tenant._back_off(20.0, "boom", logging.ERROR, "the program failed to load: boom")
     assert waited == [0.1, 20.0]
     assert (tenant.state, tenant.last_error) == (TenantState.BACKOFF, "boom")
     assert [r.getMessage() for r in caplog.records] == ["host died; restarting in 0.1s",

@@ -31,6 +31,7 @@ from mayflyd.supervisor.host_handle import HostStartError, SandboxHost
 from mayflyd.supervisor.logs import OutputBudget
 from mayflyd.supervisor.metrics import Metrics
 from mayflyd.supervisor.program_files import program_version
+from mayflyd.supervisor.restarts import RestartIntensity
 from mayflyd.supervisor.seccomp_policy import SeccompFilters, build_filters
 from mayflyd.supervisor.zygote_client import ZygoteClient
 
@@ -39,10 +40,6 @@ __all__ = ["DataPlane", "Tenant", "TenantState", "Walls", "ReloadResult", "defau
 log = logging.getLogger("mayflyd.tenant")
 
 CPU_PERIOD_US = 100_000
-BACKOFF_FIRST = 0.1
-BACKOFF_MAX = 30.0
-# A host that ran this long before dying starts the backoff afresh.
-STABLE_AFTER = 10.0
 # After its last request, how long a replaced host may take beyond the deadline.
 DRAIN_GRACE = 1.0
 
@@ -164,7 +161,9 @@ class Tenant:
         self.state = TenantState.STOPPED
         self._stopping = False
         self.last_error = ""
-        self._down = ""  # why no host will come soon (the program fails to load); "" otherwise
+        self._down = ""  # why no host will come soon (it fails to load, or a crash loop); "" otherwise
+        self._restarts = RestartIntensity()
+        self._answers_at_ready = 0  # the program's answers counted before the current host was ready
         self.last_reload: ReloadResult | None = None
         self.restarts = 0
         self.worker_replacements = 0
@@ -341,6 +340,7 @@ class Tenant:
         self.state = TenantState.READY
         self.last_error = ""
         self._down = ""
+        self._answers_at_ready = self._answers()
         self._metrics.host_started(self.name)
         self._data_plane.host_ready(self.name, host)
         log.info("host %d ready, serving version %s of %s", host.pid, host.version, self.config.program,
@@ -368,8 +368,12 @@ class Tenant:
                 if not self._draining:
                     await self._set_cgroup_limits(self.config, reloading=False)
 
+    def _answers(self) -> int:
+        """The program's answers to this tenant so far (not the 5xx, nor the front end's refusals)."""
+        counts = self._data_plane.counts(self.name)
+        return sum(n for status, n in counts.statuses.items() if status < 400) + counts.program_4xx
+
     async def _keep_host_alive(self) -> None:
-        delay = BACKOFF_FIRST
         while True:
             host = self._host
             if host is not None:
@@ -383,9 +387,16 @@ class Tenant:
                 self.restarts += 1
                 self._metrics.host_stopped(self.name)
                 self._metrics.host_restarted(self.name)
-                if host.uptime > STABLE_AFTER:
-                    delay = BACKOFF_FIRST
-                delay = await self._back_off(delay, "the host died", logging.WARNING, "host died")
+                restart = self._restarts.after_death(time.monotonic(), uptime=host.uptime,
+                                                     served=self._answers() - self._answers_at_ready)
+                if restart.delay == 0:
+                    self.state = TenantState.STARTING
+                    self.last_error = "the host died"
+                    log.warning("host died; restarting at once: %s", restart.why, extra={"tenant": self.name})
+                    continue
+                self._down = f"the host died in {restart.why}"
+                self._data_plane.tenant_down(self.name, self._down)
+                await self._back_off(restart.delay, self._down, logging.ERROR, f"host died in {restart.why}")
                 continue
             failure: Exception | None = None
             async with self._lock:
@@ -397,16 +408,15 @@ class Tenant:
             if failure is not None:
                 self._down = str(failure)
                 self._data_plane.tenant_down(self.name, self._down)
-                delay = await self._back_off(delay, str(failure), logging.ERROR,
-                                             f"the program failed to load: {failure}")
+                await self._back_off(self._restarts.after_load_failure(), str(failure), logging.ERROR,
+                                     f"the program failed to load: {failure}")
 
-    async def _back_off(self, delay: float, error: str, level: int, what: str) -> float:
-        """Wait `delay` seconds in BACKOFF, saying why; the next delay, doubled up to BACKOFF_MAX."""
+    async def _back_off(self, delay: float, error: str, level: int, what: str) -> None:
+        """Wait `delay` seconds in BACKOFF, saying why."""
         self.state = TenantState.BACKOFF
         self.last_error = error
         log.log(level, "%s; restarting in %.1fs", what, delay, extra={"tenant": self.name})
         await asyncio.sleep(delay)
-        return min(delay * 2, BACKOFF_MAX)
 
     def _sandbox_exited(self, message: WorkerReplaced) -> None:
         """The host's one report to the supervisor about sandboxes: a
