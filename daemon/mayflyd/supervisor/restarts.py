@@ -58,8 +58,8 @@ class RestartIntensity:
             self._deaths.popleft()
         recent = len(self._deaths)
         if not self._looping and recent <= self.max_deaths:
-            return Restart(0.0, f"death {recent} before serving in {self.window:g}s, "
-                                f"a crash loop after {self.max_deaths}")
+            return Restart(0.0, f"death {recent} before serving in {self.window:g}s "
+                                f"(more than {self.max_deaths} is a crash loop)")
         self._looping = True
         return Restart(self._next_delay(), f"a crash loop: more than {self.max_deaths} deaths before "
                                            f"serving in {self.window:g}s, and no host served since")
