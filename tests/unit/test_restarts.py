@@ -60,6 +60,14 @@ def test_a_load_failure_backs_off_from_the_first_and_doubles_to_the_ceiling() ->
     delays = [policy.after_load_failure() for _ in range(12)]
     assert delays[:4] == [0.1, 0.2, 0.4, 0.8]
     assert delays[-1] == BACKOFF_MAX and max(delays) == BACKOFF_MAX
-    # A host that then serves and dies starts the backoff afresh.
-    policy.after_death(0.0, uptime=1.0, served=5)
+    # Once a host is ready, a later failure backs off afresh.
+    policy.loaded()
+    assert policy.after_load_failure() == BACKOFF_FIRST
+
+
+def test_load_failures_and_a_crash_loop_keep_their_own_backoff() -> None:
+    policy = RestartIntensity()
+    unserved_deaths(policy, [i * 0.1 for i in range(CRASH_LOOP_DEATHS + 2)])  # waits 0.1, 0.2
+    policy.loaded()  # each host of a crash loop is ready before it dies
+    assert unserved_deaths(policy, [1.0]) == [0.4]
     assert policy.after_load_failure() == BACKOFF_FIRST

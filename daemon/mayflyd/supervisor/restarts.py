@@ -42,7 +42,8 @@ class RestartIntensity:
     window: float = CRASH_LOOP_WINDOW
     _deaths: deque[float] = field(default_factory=deque)  # monotonic times of deaths before serving
     _looping: bool = False  # in a crash loop until a host serves
-    _delay: float = BACKOFF_FIRST  # the next backoff
+    _loop_delay: float = BACKOFF_FIRST  # the crash loop's next backoff
+    _load_delay: float = BACKOFF_FIRST  # the next backoff after a load failure
 
     def after_death(self, now: float, *, uptime: float, served: int) -> Restart:
         """A host died at `now` after `uptime` seconds and `served` answers of the program."""
@@ -50,7 +51,7 @@ class RestartIntensity:
             # It served: whatever ended it, the program works. A crash loop (if any) is over.
             self._deaths.clear()
             self._looping = False
-            self._delay = BACKOFF_FIRST
+            self._loop_delay = BACKOFF_FIRST
             why = f"it had served {served} requests" if served else f"it had run for {uptime:.0f}s"
             return Restart(0.0, why)
         self._deaths.append(now)
@@ -61,13 +62,19 @@ class RestartIntensity:
             return Restart(0.0, f"death {recent} before serving in {self.window:g}s "
                                 f"(more than {self.max_deaths} is a crash loop)")
         self._looping = True
-        return Restart(self._next_delay(), f"a crash loop: more than {self.max_deaths} deaths before "
+        delay, self._loop_delay = self._loop_delay, _doubled(self._loop_delay)
+        return Restart(delay, f"a crash loop: more than {self.max_deaths} deaths before "
                                            f"serving in {self.window:g}s, and no host served since")
 
     def after_load_failure(self) -> float:
         """The program failed to load: the wait before the next try, doubling up to BACKOFF_MAX."""
-        return self._next_delay()
-
-    def _next_delay(self) -> float:
-        delay, self._delay = self._delay, min(self._delay * 2, BACKOFF_MAX)
+        delay, self._load_delay = self._load_delay, _doubled(self._load_delay)
         return delay
+
+    def loaded(self) -> None:
+        """A host is ready: the program loads, a later load failure backs off afresh."""
+        self._load_delay = BACKOFF_FIRST
+
+
+def _doubled(delay: float) -> float:
+    return min(delay * 2, BACKOFF_MAX)

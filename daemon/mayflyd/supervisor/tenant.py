@@ -341,6 +341,7 @@ class Tenant:
         self.last_error = ""
         self._down = ""
         self._answers_at_ready = self._answers()
+        self._restarts.loaded()
         self._metrics.host_started(self.name)
         self._data_plane.host_ready(self.name, host)
         log.info("host %d ready, serving version %s of %s", host.pid, host.version, self.config.program,
