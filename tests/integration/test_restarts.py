@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -31,6 +33,11 @@ def next_host(d: Daemon, name: str, old: int, timeout: float = 10.0) -> tuple[in
             return pids[0], time.monotonic() - started
         time.sleep(0.005)
     raise AssertionError(f"no new host for {name} within {timeout}s\n{d.log()[-4000:]}")
+
+
+def answered_up(d: Daemon) -> None:
+    """Tenant a answers, once the front end has the host the status already shows (a moment after)."""
+    d.wait_for(lambda: d.get("a.localhost").text == "up", timeout=5, what="an answer of the new host")
 
 
 @contextmanager
@@ -97,9 +104,37 @@ def test_a_host_that_dies_before_serving_again_and_again_backs_off(tmp_path: Pat
         assert reply.status == 503 and time.monotonic() - started < 0.5, reply
         # A host that serves ends the crash loop: its death is restarted at once.
         host, _ = next_host(d, "a", host)
-        assert d.get("a.localhost").text == "up"
+        answered_up(d)
         os.kill(host, signal.SIGKILL)
         _, waited = next_host(d, "a", host)
         assert waited < 1.0
         assert d.log().count("restarting at once: it had served 1 requests") == 1
     assert b_statuses[200] > 0 and set(b_statuses) == {200}, b_statuses
+
+
+def test_a_program_that_stops_loading_backs_off_from_the_first_failure(tmp_path: Path) -> None:
+    # A directory the tenant's uid can read (pytest's own tmp is 0700).
+    marks = Path(tempfile.mkdtemp(prefix="mf-marks-"))
+    marks.chmod(0o755)
+    broken = marks / "broken"
+    program = f"import os\n\ndef on_init():\n    if os.path.exists({str(broken)!r}):\n        os._exit(1)\n\n{ANSWER}"
+    try:
+        with Daemon(tmp_path, [{**tenant("a"), "files": [str(marks)]}, tenant("b")],
+                    {"a.py": program, "b.py": ANSWER}) as d, other_tenant_served(d) as b_statuses:
+            host = d.host_pid("a")
+            assert d.get("a.localhost").text == "up"
+            broken.touch()
+            os.kill(host, signal.SIGKILL)
+            d.wait_for(lambda: d.log().count("the program failed to load:") >= 3, what="three load failures")
+            status = d.status()["tenants"]["a"]
+            assert status["state"] == "backoff" and status["hosts"] == [], status
+            assert d.get("a.localhost").status == 503
+            log = d.log()
+            assert "host died; restarting at once: it had served 1 requests" in log
+            assert "restarting in 0.1s" in log and "restarting in 0.2s" in log, log[-3000:]
+            broken.unlink()
+            next_host(d, "a", host)
+            answered_up(d)
+        assert b_statuses[200] > 0 and set(b_statuses) == {200}, b_statuses
+    finally:
+        shutil.rmtree(marks, ignore_errors=True)
