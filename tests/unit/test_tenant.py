@@ -19,6 +19,10 @@ class FakeDataPlane:
 
     def __init__(self) -> None:
         self.told: list[tuple[str, ...]] = []
+        nothing = Histogram(buckets=(), sum=0, count=0)
+        self.answered: TenantCounts | None = TenantCounts(
+            statuses={}, duration_us=nothing, cost_us=nothing, pages=nothing, limits={}, errors=0,
+            program_4xx=0, in_flight=0)
 
     def host_ready(self, tenant: str, host: SandboxHost) -> None:
         self.told.append(("ready", tenant))
@@ -38,9 +42,9 @@ class FakeDataPlane:
     loops = 1
 
     def counts(self, tenant: str) -> TenantCounts:
-        nothing = Histogram(buckets=(), sum=0, count=0)
-        return TenantCounts(statuses={}, duration_us=nothing, cost_us=nothing, pages=nothing, limits={},
-                            errors=0, program_4xx=0, in_flight=0)
+        if self.answered is None:
+            raise ValueError("operation forbidden on released memoryview object")  # a closed area
+        return self.answered
 
 
 @pytest.fixture
@@ -66,3 +70,15 @@ async def test_back_off_waits_and_says_why(
     assert (tenant.state, tenant.last_error) == (TenantState.BACKOFF, "boom")
     assert [r.getMessage() for r in caplog.records] == ["host died; restarting in 0.1s",
                                                         "the program failed to load: boom; restarting in 20.0s"]
+
+
+def test_answers_are_the_programs_and_none_once_the_counters_are_closed(tenant: Tenant) -> None:
+    plane = tenant._data_plane
+    assert isinstance(plane, FakeDataPlane)
+    nothing = Histogram(buckets=(), sum=0, count=0)
+    plane.answered = TenantCounts(statuses={200: 5, 304: 1, 404: 2, 413: 1, 502: 3, 503: 4}, duration_us=nothing,
+                                  cost_us=nothing, pages=nothing, limits={"max_body": 1}, errors=8,
+                                  program_4xx=2, in_flight=0)
+    assert tenant._answers() == 8  # 2xx, 3xx and the program's own 4xx
+    plane.answered = None
+    assert tenant._answers() == 0

@@ -371,7 +371,10 @@ class Tenant:
 
     def _answers(self) -> int:
         """The program's answers to this tenant so far (not the 5xx, nor the front end's refusals)."""
-        counts = self._data_plane.counts(self.name)
+        try:
+            counts = self._data_plane.counts(self.name)
+        except ValueError:
+            return 0  # the counters' area is closed: the daemon is stopping, after its front end
         return sum(n for status, n in counts.statuses.items() if status < 400) + counts.program_4xx
 
     async def _keep_host_alive(self) -> None:
