@@ -151,7 +151,7 @@ static pid_t fork_child(const struct mf_zygote_fork_config *cfg, bool pid_namesp
     }
     errno = error;
     if (pid < 0)
-        mf_err(sibling ? "clone(CLONE_PARENT) of a host" : "fork() of a host");
+        mf_err("%s of a host", sibling ? "clone(CLONE_PARENT)" : "fork()");
     return pid;
 }
 

@@ -30,7 +30,7 @@ from mayflyd.protocol import (
     encode_request_ctl,
     pack_frame,
 )
-from mayflyd.supervisor.zygote_client import FdChannel, python_argv
+from mayflyd.supervisor.zygote_client import FdChannel, ZygoteChild, python_argv
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the identity drop needs root")
 SEED = Path(__file__).resolve().parents[2] / "config" / "programs" / "hello_pythran.py"
@@ -211,6 +211,32 @@ def test_the_zygote_forks_a_host_that_serves_as_its_parents_child(
         data_chan.close()
         os.close(out_r)
         os.close(err_r)
+
+
+def test_a_zygote_child_is_reaped_through_its_pidfd_with_its_status() -> None:
+    # The supervisor's own child, as a zygote's host is (CLONE_PARENT).
+    async def scenario() -> tuple[int, int, list[int]]:
+        ended: list[int] = []
+        nonlocal pids
+        exits = os.fork()
+        if exits == 0:
+            os._exit(3)
+        sleeps = os.fork()
+        if sleeps == 0:
+            signal.pause()
+            os._exit(0)
+        first = ZygoteChild(exits, os.pidfd_open(exits), lambda child: ended.append(child.pid))
+        second = ZygoteChild(sleeps, os.pidfd_open(sleeps), lambda child: ended.append(child.pid))
+        pids = [exits, sleeps]
+        second.kill()
+        return await first.wait(), await second.wait(), ended
+    pids: list[int] = []
+    code, killed, ended = asyncio.run(asyncio.wait_for(scenario(), 10))
+    assert (code, killed) == (3, -signal.SIGKILL)
+    assert sorted(ended) == sorted(pids)
+    for pid in pids:
+        with pytest.raises(ChildProcessError):  # reaped: no zombie left
+            os.waitpid(pid, os.WNOHANG)
 
 
 def test_the_channel_lets_many_senders_wait_for_a_full_queue_and_loses_none() -> None:
