@@ -256,9 +256,10 @@ static PyObject *py_build_host_walls(PyObject *self, PyObject *args)
 static PyObject *py_zygote_fork(PyObject *self, PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"ctrl_fd", "oom_fd", "stdout_fd", "stderr_fd", "walls", "user_namespace",
-                             "cgroup_version", "cgroup_base", "cgroup_group", "network", "hostname", NULL};
+                             "cgroup_version", "cgroup_base", "cgroup_group", "network", "hostname",
+                             "parent_pidfd", NULL};
     struct mf_ns_hooks hooks = {NULL, hook_before_fork, hook_after_fork_parent, hook_after_fork_child};
-    struct mf_zygote_fork_config cfg = {.hooks = &hooks, .zygote = getpid()};
+    struct mf_zygote_fork_config cfg = {.hooks = &hooks, .parent_pidfd = -1};
     struct mf_cgroup_config cgroup = {0};
     struct mf_ns_config ns = {0};
     /* Released on every return, in the zygote and in the host alike. */
@@ -271,10 +272,11 @@ static PyObject *py_zygote_fork(PyObject *self, PyObject *args, PyObject *kwargs
     int user_namespace = 0;
 
     (void)self;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iiiiO!|piO&O&zO&:zygote_fork", kwlist, &cfg.ctrl_fd,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iiiiO!|piO&O&zO&i:zygote_fork", kwlist, &cfg.ctrl_fd,
                                      &cfg.oom_fd, &cfg.stdout_fd, &cfg.stderr_fd, &PyTuple_Type, &walls,
                                      &user_namespace, &cgroup.version, PyUnicode_FSConverter, &base,
-                                     PyUnicode_FSConverter, &group, &network, PyUnicode_FSConverter, &hostname))
+                                     PyUnicode_FSConverter, &group, &network, PyUnicode_FSConverter, &hostname,
+                                     &cfg.parent_pidfd))
         return NULL;
     if (!walls_args_parse(walls, &w))
         return NULL;
@@ -451,7 +453,7 @@ static PyMethodDef methods[] = {
     {"enter_user_namespace", py_enter_user_namespace, METH_NOARGS, "enter_user_namespace()"},
     {"zygote_fork", (PyCFunction)(void (*)(void))py_zygote_fork, METH_VARARGS | METH_KEYWORDS,
      "zygote_fork(ctrl_fd, oom_fd, stdout_fd, stderr_fd, walls, user_namespace=False, cgroup_version=0, "
-     "cgroup_base=None, cgroup_group=None, network=None, hostname=None) -> pid, 0 in the host"},
+     "cgroup_base=None, cgroup_group=None, network=None, hostname=None, parent_pidfd=-1) -> pid, 0 in the host"},
     {"enter_namespaces", py_enter_namespaces, METH_VARARGS,
      "enter_namespaces(network, hostname); returns in pid 1 of the new pid namespace only"},
     {"seccomp_load", py_seccomp_load, METH_VARARGS, "seccomp_load(bpf)"},

@@ -58,13 +58,13 @@ static bool keep_only_host_fds(const struct mf_zygote_fork_config *cfg)
     return true;
 }
 
-/* The first steps of every child: die with the zygote, keep only the
- * host's fds, lead a session of its own. zygote_pidfd (or -1) tells
- * whether the zygote died before the signal was armed when getppid()
- * cannot (a parent outside the child's pid namespace reads as 0). */
-static bool child_setup(const struct mf_zygote_fork_config *cfg, int zygote_pidfd)
+/* The first steps of every child: die with its parent, keep only the
+ * host's fds, lead a session of its own. parent_pidfd tells whether the
+ * parent died before the signal was armed where getppid() cannot (a
+ * parent outside the child's pid namespace reads as 0). */
+static bool child_setup(const struct mf_zygote_fork_config *cfg, pid_t parent, int parent_pidfd)
 {
-    MF_TRY(mf_arm_parent_death(SIGKILL, "the zygote", cfg->zygote, zygote_pidfd));
+    MF_TRY(mf_arm_parent_death(SIGKILL, "the host's parent", parent, parent_pidfd));
     MF_TRY(keep_only_host_fds(cfg));
     if (setsid() < 0)
         return mf_err("setsid()");
@@ -74,12 +74,13 @@ static bool child_setup(const struct mf_zygote_fork_config *cfg, int zygote_pidf
 /* The child of a zygote in a user namespace of its own (an unprivileged
  * daemon): the pid namespace must belong to that user namespace, so it is
  * made here, and a stub stays behind in C (ns.c). */
-static bool become_host_in_user_namespace(const struct mf_zygote_fork_config *cfg)
+static bool become_host_in_user_namespace(const struct mf_zygote_fork_config *cfg, pid_t parent,
+                                          int parent_pidfd)
 {
     struct mf_ns_hooks ns_hooks = {cfg->hooks->ctx, no_hook, no_hook, no_hook};
     struct mf_ns_config ns = *cfg->ns;
 
-    MF_TRY(child_setup(cfg, -1));
+    MF_TRY(child_setup(cfg, parent, parent_pidfd));
     MF_TRY(mf_enter_user_namespace());
     ns.hooks = &ns_hooks;
     MF_TRY(mf_enter_namespaces(&ns));
@@ -87,9 +88,9 @@ static bool become_host_in_user_namespace(const struct mf_zygote_fork_config *cf
 }
 
 /* The child, pid 1 of its pid namespace already when cfg->ns is set. */
-static bool become_host(const struct mf_zygote_fork_config *cfg, int zygote_pidfd)
+static bool become_host(const struct mf_zygote_fork_config *cfg, pid_t parent, int parent_pidfd)
 {
-    MF_TRY(child_setup(cfg, zygote_pidfd));
+    MF_TRY(child_setup(cfg, parent, parent_pidfd));
     /* Before the namespaces: the cgroup namespace is rooted at this group. */
     if (cfg->cgroup != NULL)
         MF_TRY(mf_cgroup_join(cfg->cgroup, getpid()));
@@ -112,11 +113,24 @@ static _Noreturn void report_and_exit(int ctrl_fd)
     _exit(1);
 }
 
+/* fork(), or with sibling a fork whose child is the caller's parent's
+ * (CLONE_PARENT; the exit signal is then the caller's own, SIGCHLD).
+ * Raw, as glibc has no fork with flags: the child's cached thread id is
+ * the caller's, which only a mutex shared with the caller could tell, and
+ * glibc (2.34 on) signals its own thread by gettid(). */
+static pid_t fork_process(bool sibling)
+{
+    if (!sibling)
+        return fork();
+    return (pid_t)syscall(SYS_clone, (unsigned long)(CLONE_PARENT | SIGCHLD), NULL, NULL, NULL, 0ul);
+}
+
 /* The zygote's fork, with its next child in a new pid namespace when
- * pid_namespace: the zygote itself is then the namespace's parent, and no
- * stub is needed. */
+ * pid_namespace: the zygote itself made the namespace, and no stub is
+ * needed. */
 static pid_t fork_child(const struct mf_zygote_fork_config *cfg, bool pid_namespace, int own_pid_ns)
 {
+    bool sibling = cfg->parent_pidfd >= 0;
     pid_t pid;
     int error;
 
@@ -125,7 +139,7 @@ static pid_t fork_child(const struct mf_zygote_fork_config *cfg, bool pid_namesp
         return -1;
     }
     cfg->hooks->before_fork(cfg->hooks->ctx);
-    pid = fork();
+    pid = fork_process(sibling);
     error = errno;
     if (pid != 0)
         cfg->hooks->after_fork_parent(cfg->hooks->ctx);
@@ -137,7 +151,7 @@ static pid_t fork_child(const struct mf_zygote_fork_config *cfg, bool pid_namesp
     }
     errno = error;
     if (pid < 0)
-        mf_err("fork() of a host");
+        mf_err("%s of a host", sibling ? "clone(CLONE_PARENT)" : "fork()");
     return pid;
 }
 
@@ -145,7 +159,9 @@ pid_t mf_zygote_fork(const struct mf_zygote_fork_config *cfg)
 {
     bool pid_namespace = cfg->ns != NULL && !cfg->user_namespace;
     mf_cleanup_fd int own_pid_ns = -1;
-    mf_cleanup_fd int zygote_pidfd = -1;
+    mf_cleanup_fd int own_pidfd = -1;
+    pid_t parent = cfg->parent_pidfd >= 0 ? getppid() : getpid();
+    int parent_pidfd = cfg->parent_pidfd;
     pid_t pid;
 
     if (cfg->ctrl_fd < 3 || (cfg->oom_fd >= 0 && cfg->oom_fd < 3) || cfg->stdout_fd < 3 || cfg->stderr_fd < 3) {
@@ -167,19 +183,23 @@ pid_t mf_zygote_fork(const struct mf_zygote_fork_config *cfg)
             mf_err("open(/proc/self/ns/pid)");
             return -1;
         }
-        zygote_pidfd = (int)syscall(SYS_pidfd_open, getpid(), 0u);
-        if (zygote_pidfd < 0) {
-            mf_err("pidfd_open(zygote %d)", getpid());
+    }
+    if (parent_pidfd < 0) {
+        own_pidfd = (int)syscall(SYS_pidfd_open, parent, 0u);
+        if (own_pidfd < 0) {
+            mf_err("pidfd_open(zygote %d)", parent);
             return -1;
         }
+        parent_pidfd = own_pidfd;
     }
     pid = fork_child(cfg, pid_namespace, own_pid_ns);
     if (pid == 0) {
         /* The child's copies go in keep_only_host_fds; their numbers may
          * be taken again by the time this returns. */
-        int pidfd = mf_steal_fd(&zygote_pidfd);
+        (void)mf_steal_fd(&own_pidfd);
         (void)mf_steal_fd(&own_pid_ns);
-        bool ok = cfg->user_namespace ? become_host_in_user_namespace(cfg) : become_host(cfg, pidfd);
+        bool ok = cfg->user_namespace ? become_host_in_user_namespace(cfg, parent, parent_pidfd)
+                                      : become_host(cfg, parent, parent_pidfd);
         if (!ok)
             report_and_exit(cfg->ctrl_fd);
         /* Python again, in this process only, and only inside the walls. */

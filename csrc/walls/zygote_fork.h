@@ -1,6 +1,9 @@
 /*
  * The zygote's fork of a tenant's host. Every step between the fork and
- * the host's first Python runs here, in C. The zygote unshares the pid
+ * the host's first Python runs here, in C. Given its parent's pidfd, the
+ * zygote forks the host as its sibling (CLONE_PARENT): the host is the
+ * supervisor's child, dies with the supervisor (its parent-death signal)
+ * and outlives the zygote. The zygote unshares the pid
  * namespace itself, so that its child is pid 1 there and no stub is left
  * behind: a stub, a copy of the zygote, would hold its own copy of every
  * page that the zygote and the host write afterwards. Only in a user
@@ -22,7 +25,9 @@ struct mf_zygote_fork_config {
     int oom_fd;         /* the tenant cgroup's memory events, opened by the zygote: kept; -1: none */
     int stdout_fd;      /* becomes 1 */
     int stderr_fd;      /* becomes 2 */
-    pid_t zygote;       /* the caller: the child dies with it */
+    /* The caller's parent, whose child the host becomes and with which it
+     * dies; -1: the caller itself (the host is its child). */
+    int parent_pidfd;
     bool user_namespace;                   /* an unprivileged daemon's: entered first */
     const struct mf_cgroup_config *cgroup; /* joined before the namespaces; NULL: none */
     const struct mf_ns_config *ns;         /* NULL: no namespaces */

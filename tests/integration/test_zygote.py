@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -49,17 +51,23 @@ def pid_namespace_pids(pid: int) -> list[int]:
     return [int(p) for p in line.split()[1:]]
 
 
+def zygote_forked(pid: int) -> bool:
+    """Whether a host was forked by a zygote (its command line is the zygote's)."""
+    return "from mayflyd.host.zygote import main" in " ".join(psutil.Process(pid).cmdline())
+
+
 @needs_root
-def test_each_host_is_a_child_of_the_zygote_and_pid_1_of_its_namespace(tmp_path: Path) -> None:
+def test_each_host_is_a_child_of_the_supervisor_and_pid_1_of_its_namespace(tmp_path: Path) -> None:
     with two_tenants(tmp_path) as d:
         assert d.proc is not None
         zygote = d.status()["zygote"]
         assert zygote["starts"] == 1
         assert psutil.Process(zygote["pid"]).ppid() == d.proc.pid
         hosts = {d.host_pid("a"), d.host_pid("b")}
-        # No stub: the zygote itself is the parent of each host's pid namespace.
-        assert {child.pid for child in psutil.Process(zygote["pid"]).children()} == hosts
+        # Forked by the zygote as its sibling: no stub, the supervisor is the parent.
+        assert psutil.Process(zygote["pid"]).children() == []
         for pid in hosts:
+            assert zygote_forked(pid) and psutil.Process(pid).ppid() == d.proc.pid
             assert pid_namespace_pids(pid) == [pid, 1]
         assert d.get("a.localhost").text == "a"
         assert f"zygote {zygote['pid']} started" in d.log()
@@ -86,28 +94,116 @@ def test_without_the_zygote_each_host_is_a_fresh_interpreter(tmp_path: Path) -> 
         assert "logger=mayflyd.host.zygote" not in d.log()
 
 
-def test_a_dead_zygote_takes_its_hosts_and_a_new_one_serves(tmp_path: Path) -> None:
+class Load:
+    """GET requests on some tenants, back to back from a thread each, until stopped."""
+
+    def __init__(self, d: Daemon, hosts: list[str]) -> None:
+        self.failures: list[str] = []
+        self.done = 0
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(d, host)) for host in hosts]
+
+    def _run(self, d: Daemon, host: str) -> None:
+        while not self._stop.is_set():
+            try:
+                reply = d.get(host, timeout=10)
+                if reply.status != 200:
+                    self.failures.append(f"{host}: {reply.status} {reply.text[:200]}")
+            except OSError as exc:
+                self.failures.append(f"{host}: {exc}")
+            self.done += 1
+
+    def __enter__(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+
+
+def zygote_killed_and_back(d: Daemon) -> int:
+    """SIGKILL the running zygote; the next one's pid, once it runs."""
+    old = d.status()["zygote"]
+    os.kill(old["pid"], signal.SIGKILL)
+    d.wait_for(lambda: d.status()["zygote"]["starts"] == old["starts"] + 1 and d.status()["zygote"]["pid"] != 0,
+               timeout=20, what="a new zygote")
+    return int(d.status()["zygote"]["pid"])
+
+
+@needs_root
+def test_hosts_outlive_the_zygote_and_serve_through_its_deaths(tmp_path: Path) -> None:
+    programs = {"a.py": "def on_client_request(request):\n    return 'a'\n",
+                "r.py": "def on_client_request(request):\n    return 'r'\n"}
+    with Daemon(tmp_path, [tenant("a"), tenant("r", engine="reset", pool=2)], programs) as d:
+        hosts = {name: d.host_pid(name) for name in ("a", "r")}
+        with Load(d, ["a.localhost", "r.localhost"]) as load:
+            zygotes = []
+            for _ in range(3):
+                time.sleep(2)
+                zygotes.append(zygote_killed_and_back(d))
+            time.sleep(1)
+        assert load.failures == [], load.failures[:10]
+        assert load.done > 100
+        assert {name: d.host_pid(name) for name in ("a", "r")} == hosts
+        assert len(set(zygotes)) == 3 and d.status()["zygote"]["starts"] == 4
+        assert psutil.Process(zygotes[-1]).is_running()
+        assert d.log().count("the zygote is gone; its hosts keep serving") == 3
+        assert "mayflyd_zygote_starts_total 4.0" in metrics_text(d)
+
+
+def test_a_reload_after_the_zygote_died_forks_from_the_new_one(tmp_path: Path) -> None:
     with two_tenants(tmp_path) as d:
-        old = d.status()["zygote"]["pid"]
-        hosts_before = {d.host_pid("a"), d.host_pid("b")}
-        os.kill(old, signal.SIGKILL)
-        d.wait_for(lambda: "the zygote is gone" in d.log(), what="the zygote's death noticed")
-
-        def both_back() -> bool:
-            status = d.status()
-            return (status["zygote"]["starts"] == 2
-                    and all(t["state"] == "ready" and t["hosts"] for t in status["tenants"].values()))
-        d.wait_for(both_back, timeout=20, what="a new zygote and both tenants ready again")
-        assert d.status()["zygote"]["pid"] != old
-        assert {d.host_pid("a"), d.host_pid("b")}.isdisjoint(hosts_before)
-        for pid in hosts_before:
-            assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-        assert d.get("a.localhost").text == "a"
+        assert d.proc is not None
+        old_host = d.host_pid("a")
+        zygote = zygote_killed_and_back(d)
+        (Path(d.workdir) / "programs" / "a.py").write_text("def on_client_request(request):\n    return 'a2'\n")
+        d.proc.send_signal(signal.SIGHUP)
+        d.wait_for(lambda: d.get("a.localhost").text == "a2", timeout=20, what="the reloaded program serving")
+        d.wait_for(lambda: len(d.status()["tenants"]["a"]["hosts"]) == 1, what="the old host gone")
+        new_host = d.host_pid("a")
+        assert new_host != old_host and zygote_forked(new_host)
+        # Forked after the new zygote started: from it, the only zygote since.
+        assert psutil.Process(new_host).create_time() >= psutil.Process(zygote).create_time()
+        assert d.status()["zygote"] == {"pid": zygote, "starts": 2}
         assert json.loads(d.get("b.localhost").text)["GREETING"] == "hi"
-        assert "mayflyd_zygote_starts_total 2.0" in metrics_text(d)
 
 
-def test_a_host_killed_from_outside_is_reported_by_the_zygote_and_restarted(tmp_path: Path) -> None:
+@needs_root
+def test_a_killed_supervisor_leaves_no_zygote_host_or_sandbox(tmp_path: Path) -> None:
+    programs = {"a.py": "def on_client_request(request):\n    return 'a'\n",
+                "r.py": "def on_client_request(request):\n    return 'r'\n"}
+    d = Daemon(tmp_path, [tenant("a"), tenant("r", engine="reset", pool=2)], programs)
+    with d:
+        assert d.proc is not None
+        zygote_killed_and_back(d)  # hosts forked from the first zygote, their zygote a later one
+        pids = {d.status()["zygote"]["pid"], d.host_pid("a"), d.host_pid("r"), *d.tenant_processes()}
+        assert len(pids) >= 5  # a zygote, two hosts, r's two workers
+        d.proc.kill()
+        d.proc.wait()
+
+        def all_gone() -> bool:
+            return not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+                           for p in pids)
+        try:
+            d.wait_for(all_gone, timeout=10, what="every process of the daemon gone")
+            assert d.tenant_processes() == []
+        finally:
+            for pid in pids:  # whatever a failure left running
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+    # The next run removes what the killed one could not (cgroups), and stops clean.
+    with d:
+        assert d.get("a.localhost").text == "a"
+        assert "removing the stale cgroup of tenant a" in d.log()
+    assert d.cgroup_dirs() == []
+
+
+def test_a_host_killed_from_outside_is_reaped_by_the_supervisor_and_restarted(tmp_path: Path) -> None:
     with two_tenants(tmp_path) as d:
         host = d.host_pid("a")
         os.kill(host, signal.SIGKILL)

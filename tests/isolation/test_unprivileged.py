@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.daemon_harness import UnprivilegedDaemon, as_unprivileged
@@ -95,6 +97,22 @@ def test_sandbox_runs_as_the_daemons_user_without_capabilities(unprivileged: Unp
     assert "PATH" in environ
     assert unprivileged.get("attacker.localhost", "/proc/setuid").text == "PermissionError EPERM"
     assert unprivileged.proc is not None and os.geteuid() == 0  # the test itself stays root
+
+
+def test_its_hosts_outlive_the_zygote(unprivileged: UnprivilegedDaemon) -> None:
+    # A host's stub (in the user namespace) is the daemon's child too.
+    zygote = unprivileged.status()["zygote"]
+    hosts = {name: unprivileged.host_pid(name) for name in ("hello", "packaged")}
+    # The status names pids in the daemon's pid namespace; NSpid maps them.
+    (outer,) = [p.pid for p in psutil.Process(unprivileged.daemon_pid).children()
+                if open(f"/proc/{p.pid}/status").read().split("NSpid:")[1].split("\n")[0].split()[-1]
+                == str(zygote["pid"])]
+    os.kill(outer, signal.SIGKILL)
+    unprivileged.wait_for(lambda: unprivileged.status()["zygote"]["starts"] == zygote["starts"] + 1,
+                          what="a new zygote")
+    assert {name: unprivileged.host_pid(name) for name in ("hello", "packaged")} == hosts
+    assert unprivileged.get("packaged.localhost").text == "2.0 sibling"
+    assert unprivileged.get("hello.localhost").status == 200
 
 
 def test_without_root_the_admin_socket_is_in_the_users_runtime_dir() -> None:

@@ -30,7 +30,7 @@ from mayflyd.protocol import (
     encode_request_ctl,
     pack_frame,
 )
-from mayflyd.supervisor.zygote_client import FdChannel, python_argv
+from mayflyd.supervisor.zygote_client import FdChannel, ZygoteChild, python_argv
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the identity drop needs root")
 SEED = Path(__file__).resolve().parents[2] / "config" / "programs" / "hello_pythran.py"
@@ -163,7 +163,7 @@ def test_the_zygote_answers_a_bad_message_and_keeps_serving(zygote: tuple[subpro
 
 
 @needs_root
-def test_the_zygote_forks_a_host_that_serves_and_reports_its_end(
+def test_the_zygote_forks_a_host_that_serves_as_its_parents_child(
         zygote: tuple[subprocess.Popen[bytes], socket.socket]) -> None:
     _, channel = zygote
     ctrl, host_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -183,6 +183,8 @@ def test_the_zygote_forks_a_host_that_serves_and_reports_its_end(
         reply = json.loads(data)
         (pidfd,) = fds
         assert reply["spawned"] == 1 and reply["pid"] > 0
+        # A sibling of the zygote (CLONE_PARENT): the zygote's parent's child, not the zygote's.
+        assert psutil.Process(reply["pid"]).ppid() == os.getpid()
         assert isinstance(decode_control(recv_within(ctrl)), Ready)
         assert os.read(out_r, 100) == b"Hello from Python\n"  # on_init's print, on the host's own stdout
         socket.send_fds(ctrl, [pack_frame(MsgType.DATA_CHANNEL, 0)], [data_host_end.fileno()])
@@ -200,15 +202,41 @@ def test_the_zygote_forks_a_host_that_serves_and_reports_its_end(
         assert isinstance(decode_data(recv_within(data_chan)), ChildExit)
         mine.close()
         signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        info = os.waitid(os.P_PIDFD, pidfd, os.WEXITED)  # ours to reap
         os.close(pidfd)
-        exited = json.loads(recv_within(channel))
-        assert exited["exited"] == reply["pid"]
-        assert os.WIFSIGNALED(exited["status"]) and os.WTERMSIG(exited["status"]) == signal.SIGKILL
+        assert info is not None and info.si_pid == reply["pid"]
+        assert info.si_code == os.CLD_KILLED and info.si_status == signal.SIGKILL
     finally:
         ctrl.close()
         data_chan.close()
         os.close(out_r)
         os.close(err_r)
+
+
+def test_a_zygote_child_is_reaped_through_its_pidfd_with_its_status() -> None:
+    # The supervisor's own child, as a zygote's host is (CLONE_PARENT).
+    async def scenario() -> tuple[int, int, list[int]]:
+        ended: list[int] = []
+        nonlocal pids
+        exits = os.fork()
+        if exits == 0:
+            os._exit(3)
+        sleeps = os.fork()
+        if sleeps == 0:
+            signal.pause()
+            os._exit(0)
+        first = ZygoteChild(exits, os.pidfd_open(exits), lambda child: ended.append(child.pid))
+        second = ZygoteChild(sleeps, os.pidfd_open(sleeps), lambda child: ended.append(child.pid))
+        pids = [exits, sleeps]
+        second.kill()
+        return await first.wait(), await second.wait(), ended
+    pids: list[int] = []
+    code, killed, ended = asyncio.run(asyncio.wait_for(scenario(), 10))
+    assert (code, killed) == (3, -signal.SIGKILL)
+    assert sorted(ended) == sorted(pids)
+    for pid in pids:
+        with pytest.raises(ChildProcessError):  # reaped: no zombie left
+            os.waitpid(pid, os.WNOHANG)
 
 
 def test_the_channel_lets_many_senders_wait_for_a_full_queue_and_loses_none() -> None:
@@ -264,8 +292,9 @@ def test_closing_the_channel_fails_a_sender_that_waits() -> None:
 
 @needs_root
 def test_a_zygote_out_of_fds_refuses_the_host_and_keeps_serving() -> None:
-    # 0-2, then the three fds of a spawn: no room left for the child's pidfd.
-    proc, channel = start_zygote(open_files=6)
+    # 0-2, the channel, the supervisor's pidfd, then the three fds of a
+    # spawn: no room left for the child's pidfd.
+    proc, channel = start_zygote(open_files=7)
     ctrl, host_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
@@ -276,7 +305,9 @@ def test_a_zygote_out_of_fds_refuses_the_host_and_keeps_serving() -> None:
         reply = json.loads(recv_within(channel))
         assert reply["failed"] == 3 and reply["error"].startswith("pidfd_open: [Errno 24]"), reply
         assert proc.poll() is None
-        assert psutil.Process(proc.pid).children() == []  # the unwatched host was killed and reaped
+        # The unwatched host was killed, for its parent (here, us) to reap.
+        _, status = os.waitpid(reply["pid"], 0)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
     finally:
         proc.kill()
         proc.wait()

@@ -47,7 +47,7 @@ class HostSpec:
     tenant: str
     program: str
     ctrl_fd: int                # control channel: READY, LOAD_FAILED, SHUTDOWN, DATA_CHANNEL, ...
-    parent_pid: int             # the supervisor, or the zygote that forked this host
+    parent_pid: int             # the supervisor (also of a host the zygote forked)
     uid: int
     gid: int
     # Which walls to build: "root" (all of them), "userns" (unprivileged

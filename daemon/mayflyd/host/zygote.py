@@ -10,24 +10,25 @@ instead of loading its own Python, which is what makes an idle tenant cheap
 and quick to start.
 
 The zygote runs no tenant code and holds nothing of any tenant: a forked
-host learns only what every host already has. It reaps its children and
-reports how each ended; it dies with the supervisor, and the hosts with it
-(each host's parent-death signal watches the zygote; no stub is left behind
-except in an unprivileged daemon's user namespace). docs/design.md section 3.
+host learns only what every host already has. It forks each host as its
+sibling (CLONE_PARENT): the host is the supervisor's child, which reaps it
+through its pidfd and which it dies with (its parent-death signal); so a
+host outlives the zygote, and the zygote dies with the supervisor too. No
+stub is left behind except in an unprivileged daemon's user namespace.
+docs/design.md section 3.
 
 One JSON message per SEQPACKET packet:
   supervisor -> zygote  {"spawn": n, "spec": ..., "env": {...}}
-                        with the fds [control socket, data socket, stdout, stderr]
+                        with the fds [control socket, stdout, stderr]
   zygote -> supervisor  {"spawned": n, "pid": p} with the fd [pidfd]
-                        {"failed": n, "error": text}
-                        {"exited": p, "status": wait status}
+                        {"failed": n, "error": text}, and "pid": p if a
+                        child was forked (killed, for the supervisor to reap)
 """
 from __future__ import annotations
 
 import gc
 import json
 import os
-import select
 import signal
 import socket
 import sys
@@ -46,22 +47,18 @@ SPAWN_FDS = 3             # control socket, stdout, stderr
 
 
 class Zygote:
-    def __init__(self, channel: socket.socket) -> None:
+    def __init__(self, channel: socket.socket, supervisor_pidfd: int) -> None:
         self._channel = channel
-        self._pid = os.getpid()
+        # The hosts' parent: each is forked as its child, and dies with it.
+        self._supervisor_pidfd = supervisor_pidfd
+        self._supervisor = os.getppid()
         self._environment = dict(os.environ)
-        self._children: dict[int, int] = {}  # pidfd -> pid
-        self._poller = select.poll()
 
     def serve(self) -> int:
-        # Each child's end shows on its pidfd: no SIGCHLD handler to inherit.
-        self._poller.register(self._channel, select.POLLIN)
-        while True:
-            for fd, _events in self._poller.poll():
-                if fd in self._children:
-                    self._reap(fd)
-                elif not self._handle_message():
-                    return 0  # the supervisor is gone
+        # The hosts are not our children: nothing to reap, only messages.
+        while self._handle_message():
+            pass
+        return 0  # the supervisor is gone
 
     def _handle_message(self) -> bool:
         message: Any = None
@@ -93,7 +90,7 @@ class Zygote:
         # host keeps a copy of: as few Python calls as the spawn needs.
         ctrl, stdout, stderr = fds
         fields = json.loads(message["spec"])
-        fields.update(ctrl_fd=ctrl, parent_pid=self._pid)
+        fields.update(ctrl_fd=ctrl, parent_pid=self._supervisor)
         spec = HostSpec(**fields)
         env: dict[str, str] = message["env"]
         argv = ["-c", json.dumps(fields)]  # as a fresh host's; made here, where its pages are shared
@@ -103,7 +100,8 @@ class Zygote:
         # keeps it inside its walls.
         oom_fd = open_memory_events(spec)
         try:
-            pid = _mayfly.zygote_fork(ctrl, oom_fd, stdout, stderr, walls_of(spec), **entry_of(spec))
+            pid = _mayfly.zygote_fork(ctrl, oom_fd, stdout, stderr, walls_of(spec), **entry_of(spec),
+                                      parent_pidfd=self._supervisor_pidfd)
         except OSError as exc:
             pid = -1
             self._send({"failed": message["spawn"], "error": f"fork: {exc}"})
@@ -116,20 +114,18 @@ class Zygote:
         try:
             pidfd = os.pidfd_open(pid)
         except OSError as exc:  # out of fds: a host nobody could watch must not run
-            os.kill(pid, signal.SIGKILL)  # unreaped, so the pid is still ours
-            os.waitpid(pid, 0)
-            self._send({"failed": message["spawn"], "error": f"pidfd_open: {exc}"})
+            # Unreaped until the supervisor, its parent, reaps it: the pid is still this host's.
+            os.kill(pid, signal.SIGKILL)
+            self._send({"failed": message["spawn"], "error": f"pidfd_open: {exc}", "pid": pid})
             return
-        self._children[pidfd] = pid
-        self._poller.register(pidfd, select.POLLIN)
         self._send({"spawned": message["spawn"], "pid": pid}, [pidfd])
+        os.close(pidfd)
 
     def _become_host(self, spec: HostSpec, env: dict[str, str], argv: list[str], oom_fd: int) -> NoReturn:
         """In the child: only fds 0-2, the control channel and oom_fd are left (zygote_fork.c)."""
         code = 1
         try:
             self._channel.detach()
-            self._children.clear()
             # Only what differs: the zygote's environment is the hosts' base,
             # and usually all of it (os.environ's methods are Python: pages).
             if env != self._environment:
@@ -151,13 +147,6 @@ class Zygote:
                 except (OSError, ValueError):
                     pass
             os._exit(code)
-
-    def _reap(self, pidfd: int) -> None:
-        pid = self._children.pop(pidfd)
-        self._poller.unregister(pidfd)
-        os.close(pidfd)
-        _, status = os.waitpid(pid, 0)  # exited: does not block
-        self._send({"exited": pid, "status": status})
 
     def _send(self, message: dict[str, Any], fds: list[int] | None = None) -> None:
         data = json.dumps(message).encode()
@@ -198,10 +187,13 @@ def main() -> None:
         sys.exit(2)
     channel_fd, supervisor_pid = int(sys.argv[1]), int(sys.argv[2])
     _mayfly.set_parent_death_signal(signal.SIGKILL, supervisor_pid)
+    # Opened after the check that the supervisor is still our parent: its
+    # pid cannot have been reused, as we would have been reparented.
+    supervisor_pidfd = os.pidfd_open(supervisor_pid)
     channel = socket.socket(fileno=channel_fd)
     channel.set_inheritable(False)
     _prewarm()
-    sys.exit(Zygote(channel).serve())
+    sys.exit(Zygote(channel, supervisor_pidfd).serve())
 
 
 if __name__ == "__main__":

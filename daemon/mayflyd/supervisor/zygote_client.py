@@ -2,9 +2,9 @@
 
 Starts the zygote when the first host is wanted (and again after it died),
 sends it one spawn message per host, and gives each host back as a
-ZygoteChild: a process the supervisor can wait for and kill as it would its
-own child. The zygote reports each host's wait status; the supervisor
-signals a host through a pidfd, so a recycled pid is never hit.
+ZygoteChild. The zygote forks each host as the supervisor's own child
+(CLONE_PARENT), so a host outlives the zygote: the supervisor reaps it and
+signals it through its pidfd, so a recycled pid is never hit.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -93,25 +94,18 @@ class HostOutput:
 
 
 class ZygoteChild(HostOutput):
-    """A host forked by the zygote: pid, output streams, wait() and kill().
+    """A host forked by the zygote, the supervisor's child: pid, output
+    streams, wait() and kill(). Its pidfd tells its end, and reaps it."""
 
-    Its end is known twice: the zygote reports its wait status, and its
-    pidfd becomes readable. A report that does not follow within
-    REPORT_GRACE (the zygote died with it) ends it as killed.
-    """
-
-    REPORT_GRACE = 1.0
-
-    def __init__(self, pid: int, pidfd: int) -> None:
+    def __init__(self, pid: int, pidfd: int, on_end: Callable[[ZygoteChild], object]) -> None:
         self.pid = pid
         self._pidfd = pidfd
         self.returncode: int | None = None
         super().__init__()
+        self._on_end = on_end
         self._exited = asyncio.Event()
         self._loop = asyncio.get_running_loop()
-        self._no_report: asyncio.TimerHandle | None = None
-        self._loop.add_reader(pidfd, self._pidfd_readable)
-
+        self._loop.add_reader(pidfd, self._reap)
 
     def kill(self) -> None:
         if self.returncode is None:
@@ -125,24 +119,33 @@ class ZygoteChild(HostOutput):
         assert self.returncode is not None
         return self.returncode
 
-    def ended(self, returncode: int) -> None:
-        """Its end, as the zygote reports it (or as the pidfd tells, late)."""
-        if self.returncode is not None:
-            return
-        self.returncode = returncode
-        if self._no_report is not None:
-            self._no_report.cancel()
+    def _reap(self) -> None:
+        """Readable: it has exited, and is a zombie until this waitid."""
+        try:
+            info = os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED | os.WNOHANG)
+        except ChildProcessError:
+            info = None  # reaped by someone else: its status is lost
+        if info is not None and info.si_code == os.CLD_EXITED:
+            returncode = info.si_status
+        elif info is not None:
+            returncode = -info.si_status
         else:
-            self._loop.remove_reader(self._pidfd)
-        os.close(self._pidfd)
-        self._exited.set()
-
-    def _pidfd_readable(self) -> None:
+            returncode = -signal.SIGKILL
         self._loop.remove_reader(self._pidfd)
-        self._no_report = self._loop.call_later(self.REPORT_GRACE, self.ended, -signal.SIGKILL)
+        os.close(self._pidfd)
+        self.returncode = returncode
+        self._exited.set()
+        self._on_end(self)
 
 
 class ZygoteClient:
+    """Starts the zygote, and again soon after it died, so that the next host
+    start finds it ready; one that dies young is restarted ever later."""
+
+    RESTART_DELAY = 0.5   # seconds after a death, doubled while deaths come young
+    RESTART_DELAY_MAX = 30.0
+    STABLE_AFTER = 10.0   # seconds a zygote must live for the delay to start again at RESTART_DELAY
+
     def __init__(self, env: Mapping[str, str], on_start: Callable[[], None] | None = None) -> None:
         self._env = dict(env)
         self._on_start = on_start
@@ -153,6 +156,8 @@ class ZygoteClient:
         self._children: dict[int, ZygoteChild] = {}
         self._next_spawn = 0
         self._lock = asyncio.Lock()
+        self._started_at = 0.0
+        self._restart_delay = self.RESTART_DELAY
         self.starts = 0
 
     @property
@@ -188,7 +193,7 @@ class ZygoteClient:
         return child
 
     async def close(self) -> None:
-        """Stop the zygote; hosts still running die with it."""
+        """Stop the zygote, and kill the hosts that still run."""
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -198,6 +203,11 @@ class ZygoteClient:
                 pass
         self._tasks.clear()
         self._lost()
+        children = list(self._children.values())
+        for child in children:
+            child.kill()
+        if children:
+            await asyncio.wait([asyncio.ensure_future(child.wait()) for child in children], timeout=5.0)
         if self._proc is not None and self._proc.returncode is None:
             self._proc.kill()
             await self._proc.wait()
@@ -222,6 +232,7 @@ class ZygoteClient:
         finally:
             theirs.close()
         self.starts += 1
+        self._started_at = time.monotonic()
         if self._on_start is not None:
             self._on_start()
         self._channel = FdChannel(ours)
@@ -231,6 +242,13 @@ class ZygoteClient:
                         asyncio.create_task(self._relay(self._proc.stdout)),
                         asyncio.create_task(self._relay(self._proc.stderr))]
         log.info("zygote %d started", self._proc.pid)
+
+    async def _restart(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        try:
+            await self._running()  # unless a host start has started it already
+        except (OSError, ZygoteError) as exc:
+            log.error("cannot restart the zygote: %s; the next host start tries again", exc)
 
     async def _read(self, channel: FdChannel) -> None:
         try:
@@ -244,8 +262,12 @@ class ZygoteClient:
         finally:
             channel.close()
         if self._channel is channel:
-            log.error("the zygote is gone; its hosts die with it, and the next host start starts a new one")
             self._lost()
+            if time.monotonic() - self._started_at >= self.STABLE_AFTER:
+                self._restart_delay = self.RESTART_DELAY
+            delay, self._restart_delay = self._restart_delay, min(2 * self._restart_delay, self.RESTART_DELAY_MAX)
+            log.error("the zygote is gone; its hosts keep serving, and a new one starts in %.1f s", delay)
+            self._tasks.append(asyncio.create_task(self._restart(delay)))
 
     def _dispatch(self, data: bytes, fds: list[int]) -> None:
         try:
@@ -253,15 +275,11 @@ class ZygoteClient:
             if "spawned" in message:
                 (pidfd,) = fds
                 fds = []
-                child = ZygoteChild(int(message["pid"]), pidfd)
-                self._children[child.pid] = child
-                self._resolve(message["spawned"], child)
+                self._resolve(message["spawned"], self._adopt(int(message["pid"]), pidfd))
             elif "failed" in message:
+                if "pid" in message:  # forked, then killed: ours to reap
+                    self._reap_failed(int(message["pid"]))
                 self._resolve(message["failed"], ZygoteError(str(message["error"])))
-            elif "exited" in message:
-                found = self._children.pop(int(message["exited"]), None)
-                if found is not None:
-                    found.ended(os.waitstatus_to_exitcode(int(message["status"])))
             else:
                 raise ValueError(f"unknown message {message!r}")
         except (ValueError, TypeError, KeyError) as exc:
@@ -269,6 +287,17 @@ class ZygoteClient:
         finally:
             for fd in fds:
                 os.close(fd)
+
+    def _adopt(self, pid: int, pidfd: int) -> ZygoteChild:
+        child = ZygoteChild(pid, pidfd, lambda ended: self._children.pop(ended.pid, None))
+        self._children[pid] = child
+        return child
+
+    def _reap_failed(self, pid: int) -> None:
+        try:
+            self._adopt(pid, os.pidfd_open(pid))
+        except OSError as exc:  # out of fds here too: left a zombie until we exit
+            log.error("cannot reap host %d, which the zygote could not hand over: %s", pid, exc)
 
     def _resolve(self, n: object, result: ZygoteChild | ZygoteError) -> None:
         future = self._pending.get(n) if isinstance(n, int) else None
@@ -282,14 +311,12 @@ class ZygoteClient:
             future.set_result(result)
 
     def _lost(self) -> None:
-        """The zygote is gone: fail what waits on it; its hosts die (their pidfds tell when)."""
+        """The zygote is gone: fail what waits on it. Its hosts are the
+        supervisor's children and keep serving."""
         self._channel = None  # closed by its reader
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(ZygoteError("the zygote exited"))
-        children, self._children = self._children, {}
-        for child in children.values():
-            child.kill()
 
     async def _relay(self, stream: asyncio.StreamReader) -> None:
         while line := await stream.readline():
