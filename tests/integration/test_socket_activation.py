@@ -9,6 +9,7 @@ import http.client
 import os
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -149,14 +150,22 @@ def test_a_restart_of_the_front_end_or_the_supervisor_refuses_no_connection(
         d.proc.kill()
         d.proc.wait()
         d.wait_for(lambda: not any(alive(pid) for pid in old), what="the old daemon's processes to end")
+        # A process of the old run that escaped: the new daemon ends it with its stale cgroup.
+        stale_groups = [Path(top, "a") for top in d.cgroup_dirs()]
+        orphan = subprocess.Popen(["sleep", "60"]) if stale_groups else None
+        if orphan is not None:
+            (stale_groups[0] / "cgroup.procs").write_text(f"{orphan.pid}\n")
         gap = stream.served()
         time.sleep(0.5)  # connections queue up in the backlog meanwhile
         assert stream.served() == gap
         first_log = d.log()
         start_activated(d, listener)
         stream.wait_served(20)
-    # The old daemon's admin socket is taken over.
+    # The old daemon's admin socket, cgroups and their processes are taken over.
     assert "removing the stale admin socket" in d.log(), first_log[-2000:] + d.log()[-2000:]
+    if orphan is not None:
+        assert orphan.wait(timeout=5) == -signal.SIGKILL
+        assert "removing the stale cgroup of tenant a from a previous run" in d.log()
     # Again what its front end had accepted when the supervisor died, at most.
     after_supervisor = stream.failures() - after_front
     assert set(after_supervisor) <= LOST and sum(after_supervisor.values()) <= stream.clients, stream.outcomes

@@ -15,7 +15,7 @@ import os
 import socket
 from collections.abc import MutableMapping
 
-__all__ = ["ActivationError", "activated_listener"]
+__all__ = ["ActivationError", "activated_listener", "listener_among"]
 
 log = logging.getLogger("mayflyd.daemon")
 
@@ -49,6 +49,11 @@ def activated_listener(host: str, port: int,
     if not count.isdigit() or int(count) == 0:
         raise ActivationError(f"LISTEN_FDS={count!r}: expected the number of inherited sockets")
     inherited = [_adopt(fd) for fd in range(LISTEN_FDS_START, LISTEN_FDS_START + int(count))]
+    return listener_among(inherited, host, port)
+
+
+def listener_among(inherited: list[socket.socket], host: str, port: int) -> socket.socket:
+    """The listening TCP socket on host:port among `inherited`; the others are closed."""
     wanted = _addresses_of(host)
     chosen = next((sock for sock in inherited if _serves(sock, wanted, port)), None)
     described = [_describe(sock) for sock in inherited]
