@@ -1,7 +1,8 @@
 """The supervisor: its whole life in one place.
 
-Start-up builds the walls it can, clears what a crashed previous run left,
-opens the admin socket, starts every tenant and then listens. Signal handlers
+Start-up takes the listening socket systemd may pass, builds the walls it
+can, clears what a crashed previous run left, opens the admin socket, starts
+every tenant and then listens. Signal handlers
 only enqueue; the main loop does the work: SIGHUP reloads the config, SIGTERM
 and SIGINT drain and stop (a second one stops at once). Program files are
 watched and a changed program is reloaded. Shutdown releases everything in
