@@ -2,11 +2,11 @@
 
 Start-up takes the listening socket systemd may pass, builds the walls it
 can, clears what a crashed previous run left, opens the admin socket, starts
-every tenant and then listens. Signal handlers
-only enqueue; the main loop does the work: SIGHUP reloads the config, SIGTERM
-and SIGINT drain and stop (a second one stops at once). Program files are
-watched and a changed program is reloaded. Shutdown releases everything in
-the reverse order of start-up.
+every tenant and then listens. Signal handlers only enqueue; the main loop
+does the work: SIGHUP reloads the config, SIGTERM and SIGINT drain and stop
+(a second one stops at once). Program files are watched and a changed
+program is reloaded. Shutdown releases everything in the reverse order of
+start-up.
 """
 from __future__ import annotations
 
