@@ -74,11 +74,11 @@ class DaemonProcess:
         return 2 if self.engine == "reset" else 0
 
     def spawn(self, args: list[str], timeout: float = 30.0, prefix: list[str] | None = None,
-              env: dict[str, str] | None = None) -> None:
+              env: dict[str, str] | None = None, pass_fds: tuple[int, ...] = ()) -> None:
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen([*(prefix or []), sys.executable, "-m", "mayflyd", *args],
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                         env={**os.environ, **(env or {})})
+                                         env={**os.environ, **(env or {})}, pass_fds=pass_fds)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

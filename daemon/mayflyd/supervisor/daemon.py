@@ -1,11 +1,12 @@
 """The supervisor: its whole life in one place.
 
-Start-up builds the walls it can, clears what a crashed previous run left,
-opens the admin socket, starts every tenant and then listens. Signal handlers
-only enqueue; the main loop does the work: SIGHUP reloads the config, SIGTERM
-and SIGINT drain and stop (a second one stops at once). Program files are
-watched and a changed program is reloaded. Shutdown releases everything in
-the reverse order of start-up.
+Start-up takes the listening socket systemd may pass, builds the walls it
+can, clears what a crashed previous run left, opens the admin socket, starts
+every tenant and then listens. Signal handlers only enqueue; the main loop
+does the work: SIGHUP reloads the config, SIGTERM and SIGINT drain and stop
+(a second one stops at once). Program files are watched and a changed
+program is reloaded. Shutdown releases everything in the reverse order of
+start-up.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from typing import Any
 import mayflyd
 from mayflyd import _mayfly
 from mayflyd.config import Config, ConfigError, TenantConfig, load_config
+from mayflyd.supervisor.activation import ActivationError, activated_listener
 from mayflyd.supervisor.admin import AdminServer
 from mayflyd.supervisor.cgroups import leave_delegated_root, remove_stale_cgroups
 from mayflyd.supervisor.front_process import FrontProcess, FrontStartError, TenantView
@@ -178,6 +180,13 @@ class Daemon:
 
     async def run(self) -> int:
         async with self._signals_handled(), contextlib.AsyncExitStack() as stack:
+            # First: no child may inherit $LISTEN_FDS, and a wrong socket stops us before any tenant starts.
+            try:
+                listener = await asyncio.to_thread(activated_listener, self.config.listen_host,
+                                                   self.config.listen_port)
+            except ActivationError as exc:
+                log.error("socket activation: %s", exc)
+                return 1
             raise_open_files_limit()  # before the zygote, which inherits it
             self._walls = await asyncio.to_thread(decide_walls, self.config)
             # Before anything of ours exists: what a crashed run left behind,
@@ -194,13 +203,13 @@ class Daemon:
             stack.push_async_callback(self._stop_tenants)
             await self._start_tenants(self.config.tenants)
             try:
-                await self._front.start()
+                await self._front.start(listener)
             except FrontStartError as exc:
                 log.error("%s", exc)
                 return 1
             stack.push_async_callback(self._drain_front_end)
-            log.info("listening on %s:%d with %d tenants", self.config.listen_host, self.config.listen_port,
-                     len(self._tenants))
+            log.info("listening on %s:%d with %d tenants%s", self.config.listen_host, self.config.listen_port,
+                     len(self._tenants), " (socket-activated)" if listener is not None else "")
             self._notifier.ready(self._status_line())
             _settle_heap()
             background = [asyncio.create_task(self._notifier.run_watchdog())]

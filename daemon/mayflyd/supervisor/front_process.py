@@ -129,15 +129,19 @@ class FrontProcess:
         return FrontMetricsCollector(self.metrics, lambda: {view.name: self.slot_of(view.name)
                                                             for view in self._tenants()})
 
-    async def start(self) -> None:
-        """Listen, start the front end and give it the current table; raises FrontStartError."""
-        try:
-            self._listener = socket.create_server((self._config.listen_host, self._config.listen_port),
-                                                  family=_family(self._config.listen_host), backlog=4096,
-                                                  reuse_port=False)
-        except OSError as exc:
-            raise FrontStartError(f"cannot listen on {self._config.listen_host}:{self._config.listen_port}: "
-                                  f"{exc.strerror or exc}") from None
+    async def start(self, listener: socket.socket | None = None) -> None:
+        """Listen (on `listener`, an inherited listening socket, if given), start the
+        front end and give it the current table; raises FrontStartError."""
+        if listener is not None:
+            self._listener = listener
+        else:
+            try:
+                self._listener = socket.create_server((self._config.listen_host, self._config.listen_port),
+                                                      family=_family(self._config.listen_host), backlog=4096,
+                                                      reuse_port=False)
+            except OSError as exc:
+                raise FrontStartError(f"cannot listen on {self._config.listen_host}:{self._config.listen_port}: "
+                                      f"{exc.strerror or exc}") from None
         bpf = await asyncio.to_thread(build_front_filter)
         self._filter_fd = os.memfd_create("mayflyd-front-filter", os.MFD_CLOEXEC)
         os.write(self._filter_fd, bpf)
