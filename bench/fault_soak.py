@@ -134,6 +134,34 @@ def _targets(server: RunningServer, kind: str) -> list[int]:
     return workers
 
 
+def _parent(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat[stat.rindex(")") + 2:].split()[1])
+
+
+def _kill(pid: int, supervisor: int) -> bool:
+    """SIGKILL pid if it is still a descendant of the supervisor. Through a
+    pidfd taken before the check: pids wrap quickly on a busy machine, and
+    a pid read from the status API a moment ago may be another process's
+    now."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return False
+    try:
+        ancestor = pid
+        while ancestor not in (supervisor, 0, 1):
+            ancestor = _parent(ancestor)
+        if ancestor != supervisor:
+            return False
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        return True
+    except (OSError, ValueError):  # gone meanwhile
+        return False
+    finally:
+        os.close(pidfd)
+
+
 def _supervisor(server: RunningServer) -> tuple[int, int]:
     """Open fds and RSS (KiB) of the supervisor."""
     pid = server.proc.pid
@@ -160,12 +188,8 @@ def run(kinds: list[str], duration: float, interval: float, calm: float, clients
         while time.monotonic() < end:
             kind = random.choice(kinds)
             targets = _targets(server, kind)
-            if targets:
-                try:
-                    os.kill(random.choice(targets), signal.SIGKILL)
-                    load.phase.kills[kind] += 1
-                except ProcessLookupError:
-                    pass
+            if targets and _kill(random.choice(targets), server.proc.pid):
+                load.phase.kills[kind] += 1
             time.sleep(interval)
         phases.append(load.phase)
         load.phase = Phase("calm after")
