@@ -146,7 +146,7 @@ def _kill(pid: int, supervisor: int) -> bool:
     now."""
     try:
         pidfd = os.pidfd_open(pid)
-    except ProcessLookupError:
+    except OSError:  # gone, or not a process (a status API pid of 0 for a host starting)
         return False
     try:
         ancestor = pid
