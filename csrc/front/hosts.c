@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +40,7 @@ struct mf_htenant {
 static void call_timer_ready(struct mf_front_watch *watch, uint32_t events);
 static void host_ready(struct mf_front_watch *watch, uint32_t events);
 static void dispatch(struct mf_call *call);
+static void host_ended(struct mf_host *host);
 
 /* ---- per loop ------------------------------------------------------------ */
 
@@ -282,6 +284,68 @@ static const char *unanswered(const struct mf_call *call)
                            : "without answering";
 }
 
+/* ---- sending a request again --------------------------------------------- */
+
+static bool idempotent(const struct mf_front_request *r)
+{
+    return (r->method_len == 3 && memcmp(r->method, "GET", 3) == 0)
+           || (r->method_len == 4 && memcmp(r->method, "HEAD", 4) == 0);
+}
+
+/* Whether a call whose host or sandbox died may be sent again: one that
+ * never reached the program always (it waits for a host again); a GET or
+ * HEAD once, unless part of its streamed answer is out. */
+static bool may_resend(const struct mf_call *call)
+{
+    if (call->streaming)
+        return false; /* the client has part of an answer */
+    return !call->delivered || (!call->retried && idempotent(call->request));
+}
+
+/* Sends a call that is in no list (stage DONE, no host) again, on the
+ * tenant's serving host or the next one. False (nothing done but the
+ * channel dropped): it cannot be, the caller answers. */
+static bool resend(struct mf_call *call, const char *what)
+{
+    mf_call_release(call); /* unwatches a borrowed channel before the worker is forgotten */
+    call->worker = -1;
+    if (!may_resend(call) || !mf_call_encode(call))
+        return false;
+    mf_front_log("info", "mayflyd.request", call->tenant->name, call->tenant->name_len, call->req_id, NULL,
+                 call->delivered ? "%s under the request; retrying once" : "%s before the request reached the "
+                 "program; sending it again", what);
+    call->retried = call->retried || call->delivered;
+    call->delivered = call->reported = call->failed = false;
+    call->exit = (struct mf_child_exit){0};
+    timer_arm(call, call->deadline_ms, false);
+    dispatch(call);
+    return true;
+}
+
+/* A sandbox killed by SIGKILL that no limit of ours explains (an operator,
+ * a crash of its host's machinery): its GET or HEAD runs once more, on
+ * another worker or sandbox of the same host. A program that crashes on
+ * its own (another signal, an exit) gets its 502: it would again. */
+static bool resend_after_kill(struct mf_call *call)
+{
+    int ws = call->exit.wait_status;
+    if (!call->reported || call->failed || !WIFSIGNALED(ws) || WTERMSIG(ws) != SIGKILL
+        || (call->exit.flags & (MF_EXIT_TIMED_OUT | MF_EXIT_CPU_EXCEEDED | MF_EXIT_OUT_OF_MEMORY | MF_EXIT_CANCELLED))
+        || !may_resend(call))
+        return false;
+    struct mf_host *host = call->host;
+    unlink_call(call);
+    call->stage = MF_CALL_DONE; /* in no list now */
+    call->host = NULL;
+    if (!resend(call, "the sandbox was killed")) {
+        call->reported = true; /* its report came: nothing more to wait for */
+        fail(call, 502, ENDED, NULL);
+    }
+    if (host != NULL)
+        host_maybe_drained(host);
+    return true;
+}
+
 /* The sandbox ended (or could not start) without a whole answer: the
  * host's report says why, or there is none in time. */
 static void ended_without_answer(struct mf_call *call)
@@ -322,6 +386,8 @@ static void ended_without_answer(struct mf_call *call)
             fail(call, 502, "the program ran out of memory", NULL);
             return;
         }
+        if (resend_after_kill(call))
+            return;
         int ws = call->exit.wait_status;
         char how[64];
         mf_front_log("warning", "mayflyd.request", call->tenant->name, call->tenant->name_len, call->req_id, NULL,
@@ -492,14 +558,29 @@ static void start(struct mf_call *call, struct mf_host *host)
      * request whole on its first read. */
     mf_call_send(call);
     if (!send_request(call, host, theirs)) {
-        /* EAGAIN: a host that does not read its channel is stuck. */
+        int error = errno;
         mf_warn_last();
+        if (error == EPIPE || error == ECONNRESET) {
+            /* The host died and its channel's end is not read yet: the
+             * request never reached it. It waits for the next host. */
+            unlink_call(call);
+            call->stage = MF_CALL_DONE; /* in no list now */
+            call->host = NULL;
+            call->send_stage = 0;
+            call->body_sent = 0;
+            host_ended(host); /* before the call is sent again: not to it */
+            if (!resend(call, "the host died"))
+                fail(call, 502, ENDED, NULL);
+            return;
+        }
+        /* EAGAIN: a host that does not read its channel is stuck. */
         call->reported = true; /* it never got it: no report will come */
         fail(call, 503, NOT_RUNNING, RETRY);
         return;
     }
     if (host->workers != NULL)
         return; /* the channel comes with DISPATCHED */
+    call->delivered = true; /* its sandbox may read it from now on */
     if (!mf_front_watch_add(loop, &call->watch, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET)) {
         mf_warn_last();
         cancel(call);
@@ -638,22 +719,9 @@ static void host_ended(struct mf_host *host)
         if (call->stage == MF_CALL_DONE) {
             call_free(call);
         } else {
-            mf_call_release(call);
-            call->worker = -1; /* a retry starts clean */
-            timer_arm(call, call->deadline_ms, false);
-            const struct mf_front_request *r = call->request;
-            bool idempotent = (r->method_len == 3 && memcmp(r->method, "GET", 3) == 0)
-                              || (r->method_len == 4 && memcmp(r->method, "HEAD", 4) == 0);
             call->stage = MF_CALL_DONE; /* in no list now */
-            /* Not a stream whose head is out: the client has part of an answer. */
-            if (idempotent && !call->retried && !call->streaming && mf_call_encode(call)) {
-                mf_front_log("info", "mayflyd.request", call->tenant->name, call->tenant->name_len, call->req_id, NULL,
-                             "the host died under the request; retrying once on the tenant's next host");
-                call->retried = true;
-                call->reported = false;
-                dispatch(call);
-            } else {
-                call->reported = true;
+            if (!resend(call, "the host died")) {
+                call->reported = true; /* no report will come */
                 fail(call, 502, ENDED, NULL);
             }
         }
@@ -739,7 +807,7 @@ static void attach(struct mf_hosts *hosts, struct mf_front_mail *mail)
     while (call != NULL) {
         struct mf_call *next = call->next;
         call->prev = call->next = NULL;
-        start(call, host);
+        dispatch(call); /* to this host, unless a send found it dead meanwhile */
         call = next;
     }
 }

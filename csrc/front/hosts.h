@@ -57,7 +57,11 @@ struct mf_call {
     uint64_t deadline_ms;                   /* the head's arrival + request_timeout_ms */
     uint32_t timeout_ms, cpu_ms;
     uint64_t max_response;
-    bool retried;                           /* a GET or HEAD sent again after its host died */
+    bool retried;                           /* sent again after its host or sandbox died (once only) */
+    bool delivered;                         /* the request may have reached the program: a fork host got
+                                               it (its sandbox may have read it), or a reset host
+                                               DISPATCHED it to a worker; before that it is safe to
+                                               send again whatever its method */
     struct mf_call *prev, *next;            /* in the tenant's waiting list or the host's calls */
     /* The one timer: the deadline, or the wait for the host's report. */
     struct mf_call *timer_prev, *timer_next;

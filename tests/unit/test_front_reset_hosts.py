@@ -77,6 +77,7 @@ class FakeResetHost:
     busy_most: int = 0  # most requests running at once on one thread
     junk_before: bool = False  # the next dispatch: stale answers queued on the worker's channel first
     no_channel_next: bool = False  # the next DISPATCHED names NO_CHANNEL_SLOT
+    dies_once: bool = True  # /die-once: its worker is killed the first time only
     errors: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -169,7 +170,10 @@ class FakeResetHost:
             self.served.append(Served(req_id, thread, slot, os.fstat(sock.fileno()).st_ino))
         if request.path == "/hang" and self.hangs:
             return  # holds its worker until the host's channels end
-        if request.path == "/die":
+        dies = request.path == "/die" or (request.path == "/die-once" and self.dies_once)
+        if request.path == "/die-once":
+            self.dies_once = False
+        if dies:
             sock.shutdown(socket.SHUT_RDWR)  # the worker dies: its channel ends under the request
             time.sleep(0.05)  # the front end sees the end before the report
             with self.lock:
@@ -347,16 +351,62 @@ def test_an_unknown_engine_is_refused(front: ResetFront) -> None:
     assert "HOST_ATTACH: engine 7" in front.front.stderr.read_text()
 
 
-def test_a_worker_that_dies_under_a_request_is_a_502(binary: Path, tmp_path: Path) -> None:
+def test_a_get_whose_worker_is_killed_is_retried_once(binary: Path, tmp_path: Path) -> None:
     running = start(binary, tmp_path, "--threads", "1")
     try:
         fake = running.host(1, slots=1, threads=1)
+        status, seen = answer_of(running.front, "/die-once")
+        assert status == 200 and seen["path"] == "/die-once"  # on the slot's new worker
+        # Killed again: not a third time.
         status, seen = answer_of(running.front, "/die")
         assert (status, seen["body"]) == (502, "502 Bad Gateway: the program ended without answering\n")
         assert "the sandbox killed by signal 9 (SIGKILL) without answering" in running.front.stderr.read_text()
-        assert answer_of(running.front, "/ok")[0] == 200  # on the slot's new worker
-        first, second = fake.served
-        assert first.inode != second.inode and not fake.errors
+        assert running.front.stderr.read_text().count("the sandbox was killed under the request; retrying once") == 2
+        assert answer_of(running.front, "/ok")[0] == 200
+        assert [s.req_id for s in fake.served] == [1, 1, 2, 2, 3] and not fake.errors
+    finally:
+        stop(running)
+
+
+def test_a_post_whose_worker_is_killed_is_a_502(binary: Path, tmp_path: Path) -> None:
+    running = start(binary, tmp_path, "--threads", "1")
+    try:
+        fake = running.host(1, slots=1, threads=1)
+        status, _, body = running.front.ask("/die-once", method="POST", body=b"x")
+        assert (status, body) == (502, b"502 Bad Gateway: the program ended without answering\n")
+        assert len(fake.served) == 1 and not fake.errors  # it may have had effects: not run again
+    finally:
+        stop(running)
+
+
+def test_any_request_a_dead_reset_host_never_dispatched_is_sent_again(binary: Path, tmp_path: Path) -> None:
+    running = start(binary, tmp_path, "--threads", "1")
+    try:
+        dying = running.host(1, slots=1, threads=1, hangs=True)
+        answers: list[tuple[int, bytes]] = []
+
+        def ask(method: str) -> None:
+            status, _, body = running.front.ask("/hang", method=method, body=b"x" if method == "POST" else None)
+            answers.append((status, body))
+
+        asking = [threading.Thread(target=ask, args=("GET",))]
+        asking[0].start()
+        deadline = time.monotonic() + 5
+        while not dying.served and time.monotonic() < deadline:
+            time.sleep(0.01)
+        # The one worker is busy: the POST waits in the host, never dispatched.
+        asking.append(threading.Thread(target=ask, args=("POST",)))
+        asking[1].start()
+        time.sleep(0.2)
+        dying.close()
+        time.sleep(0.1)
+        fake = running.host(2, slots=1, threads=1)
+        for thread in asking:
+            thread.join(10)
+        assert sorted(status for status, _ in answers) == [200, 200]
+        assert len(fake.served) == 2 and not fake.errors
+        assert "the host died before the request reached the program; sending it again" in \
+            running.front.stderr.read_text()
     finally:
         stop(running)
 
