@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +22,7 @@
 #include "front/front_log.h"
 #include "front/loop.h"
 #include "front/metrics.h"
+#include "wire/front_metrics.h"
 #include "wire/proto.h"
 
 static const char NOT_RUNNING[] = "the tenant's program is not running";
@@ -36,6 +38,11 @@ struct mf_htenant {
     struct mf_host *hosts;   /* newest first */
     struct mf_call *waiting_first, *waiting_last;
 };
+
+/* Each tenant's requests waiting for a host, over every loop, by metrics
+ * slot (a tenant's for the daemon's life): while its host restarts they
+ * wait here, as many as a host takes (concurrency running, queue waiting). */
+static atomic_uint waiting_count[MF_METRICS_MAX_SLOTS];
 
 static void call_timer_ready(struct mf_front_watch *watch, uint32_t events);
 static void host_ready(struct mf_front_watch *watch, uint32_t events);
@@ -159,9 +166,30 @@ static void timer_arm(struct mf_call *call, uint64_t at_ms, bool exit_wait)
 
 /* ---- lists --------------------------------------------------------------- */
 
+/* False: the tenant has as many waiting as its host would take. */
+static bool waiting_count_add(struct mf_call *call)
+{
+    if (call->slot >= MF_METRICS_MAX_SLOTS)
+        return true; /* not a slot the supervisor gives: uncounted */
+    if (atomic_fetch_add(&waiting_count[call->slot], 1) >= call->wait_limit) {
+        atomic_fetch_sub(&waiting_count[call->slot], 1);
+        return false;
+    }
+    call->counted = true;
+    return true;
+}
+
+static void waiting_count_remove(struct mf_call *call)
+{
+    if (call->counted)
+        atomic_fetch_sub(&waiting_count[call->slot], 1);
+    call->counted = false;
+}
+
 static void unlink_call(struct mf_call *call)
 {
     if (call->stage == MF_CALL_WAITING) {
+        waiting_count_remove(call);
         struct mf_htenant *t = call->tenant;
         if (call->prev) call->prev->next = call->next; else if (t->waiting_first == call) t->waiting_first = call->next;
         if (call->next) call->next->prev = call->prev; else if (t->waiting_last == call) t->waiting_last = call->prev;
@@ -346,6 +374,14 @@ static bool resend_after_kill(struct mf_call *call)
     return true;
 }
 
+/* 503: the tenant has concurrency requests running and queue more waiting. */
+static void refuse_full(struct mf_call *call)
+{
+    mf_front_limit_hit(call->metrics, MF_METRICS_LIMIT_CONCURRENCY, call->tenant->name, call->tenant->name_len,
+                       call->req_id, "concurrency requests running and queue more waiting");
+    fail(call, 503, "the tenant is at its concurrency limit and its queue is full", RETRY);
+}
+
 /* The sandbox ended (or could not start) without a whole answer: the
  * host's report says why, or there is none in time. */
 static void ended_without_answer(struct mf_call *call)
@@ -357,9 +393,7 @@ static void ended_without_answer(struct mf_call *call)
     }
     if (call->reported && call->failed) {
         if (call->error == EAGAIN) {
-            mf_front_limit_hit(call->metrics, MF_METRICS_LIMIT_CONCURRENCY, call->tenant->name, call->tenant->name_len, call->req_id,
-                               "concurrency requests running and queue more waiting");
-            fail(call, 503, "the tenant is at its concurrency limit and its queue is full", RETRY);
+            refuse_full(call);
             return;
         }
         mf_front_log("warning", "mayflyd.request", call->tenant->name, call->tenant->name_len, call->req_id, NULL, "the host could not start a sandbox: %s",
@@ -605,8 +639,12 @@ static void dispatch(struct mf_call *call)
             fail(call, 503, NOT_RUNNING, RETRY);
         return;
     }
-    call->stage = MF_CALL_WAITING;
     call->host = NULL;
+    if (!waiting_count_add(call)) {
+        refuse_full(call);
+        return;
+    }
+    call->stage = MF_CALL_WAITING;
     call->next = NULL;
     call->prev = t->waiting_last;
     if (t->waiting_last) t->waiting_last->next = call; else t->waiting_first = call;
@@ -807,6 +845,8 @@ static void attach(struct mf_hosts *hosts, struct mf_front_mail *mail)
     while (call != NULL) {
         struct mf_call *next = call->next;
         call->prev = call->next = NULL;
+        call->stage = MF_CALL_DONE; /* in no list now */
+        waiting_count_remove(call);
         dispatch(call); /* to this host, unless a send found it dead meanwhile */
         call = next;
     }
@@ -881,6 +921,7 @@ static void hosts_submit(void *ctx, struct mf_front_loop *loop, struct mf_front_
         .req_id = request->id, .timeout_ms = request->limits->request_timeout_ms,
         .cpu_ms = request->limits->request_cpu_ms, .max_response = request->limits->max_response,
         .deadline_ms = request->arrived_ms + request->limits->request_timeout_ms,
+        .slot = request->limits->slot, .wait_limit = request->limits->concurrency + request->limits->queue,
         .stage = MF_CALL_DONE, .watch = {.fd = -1}, .worker = -1};
     if (!mf_call_encode(call)) {
         struct mf_conn *conn = ticket->conn;

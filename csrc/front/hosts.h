@@ -62,6 +62,8 @@ struct mf_call {
                                                it (its sandbox may have read it), or a reset host
                                                DISPATCHED it to a worker; before that it is safe to
                                                send again whatever its method */
+    uint32_t slot, wait_limit;              /* the tenant's metrics slot; concurrency + queue */
+    bool counted;                           /* in the tenant's count of waiting requests */
     struct mf_call *prev, *next;            /* in the tenant's waiting list or the host's calls */
     /* The one timer: the deadline, or the wait for the host's report. */
     struct mf_call *timer_prev, *timer_next;
