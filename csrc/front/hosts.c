@@ -600,8 +600,6 @@ static void start(struct mf_call *call, struct mf_host *host)
             unlink_call(call);
             call->stage = MF_CALL_DONE; /* in no list now */
             call->host = NULL;
-            call->send_stage = 0;
-            call->body_sent = 0;
             host_ended(host); /* before the call is sent again: not to it */
             if (!resend(call, "the host died"))
                 fail(call, 502, ENDED, NULL);
