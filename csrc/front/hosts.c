@@ -327,7 +327,9 @@ static bool may_resend(const struct mf_call *call)
 {
     if (call->streaming)
         return false; /* the client has part of an answer */
-    return !call->delivered || (!call->retried && idempotent(call->request));
+    if (!call->delivered)
+        return call->resends < MF_MAX_RESENDS;
+    return !call->retried && idempotent(call->request);
 }
 
 /* Sends a call that is in no list (stage DONE, no host) again, on the
@@ -342,12 +344,31 @@ static bool resend(struct mf_call *call, const char *what)
     mf_front_log("info", "mayflyd.request", call->tenant->name, call->tenant->name_len, call->req_id, NULL,
                  call->delivered ? "%s under the request; retrying once" : "%s before the request reached the "
                  "program; sending it again", what);
-    call->retried = call->retried || call->delivered;
+    if (call->delivered)
+        call->retried = true;
+    else
+        call->resends++;
     call->delivered = call->reported = call->failed = false;
     call->exit = (struct mf_child_exit){0};
     timer_arm(call, call->deadline_ms, false);
     dispatch(call);
     return true;
+}
+
+/* A running call the host reported ended without an answer, sent again
+ * (or, if it cannot be, answered 502). */
+static void resend_from_host(struct mf_call *call, const char *what)
+{
+    struct mf_host *host = call->host;
+    unlink_call(call);
+    call->stage = MF_CALL_DONE; /* in no list now */
+    call->host = NULL;
+    if (!resend(call, what)) {
+        call->reported = true; /* its report came: nothing more to wait for */
+        fail(call, 502, ENDED, NULL);
+    }
+    if (host != NULL)
+        host_maybe_drained(host);
 }
 
 /* A sandbox killed by SIGKILL that no limit of ours explains (an operator,
@@ -361,16 +382,7 @@ static bool resend_after_kill(struct mf_call *call)
         || (call->exit.flags & (MF_EXIT_TIMED_OUT | MF_EXIT_CPU_EXCEEDED | MF_EXIT_OUT_OF_MEMORY | MF_EXIT_CANCELLED))
         || !may_resend(call))
         return false;
-    struct mf_host *host = call->host;
-    unlink_call(call);
-    call->stage = MF_CALL_DONE; /* in no list now */
-    call->host = NULL;
-    if (!resend(call, "the sandbox was killed")) {
-        call->reported = true; /* its report came: nothing more to wait for */
-        fail(call, 502, ENDED, NULL);
-    }
-    if (host != NULL)
-        host_maybe_drained(host);
+    resend_from_host(call, "the sandbox was killed");
     return true;
 }
 
@@ -394,6 +406,10 @@ static void ended_without_answer(struct mf_call *call)
     if (call->reported && call->failed) {
         if (call->error == EAGAIN) {
             refuse_full(call);
+            return;
+        }
+        if (call->error == EPIPE && !call->delivered && may_resend(call)) {
+            resend_from_host(call, "the worker died");
             return;
         }
         mf_front_log("warning", "mayflyd.request", call->tenant->name, call->tenant->name_len, call->req_id, NULL, "the host could not start a sandbox: %s",

@@ -36,6 +36,10 @@
 
 #define MF_TENANT_BUCKETS 1024
 
+/* How often a request that never reached a program is sent again (each
+ * time its host died, or its worker, before it got it). */
+#define MF_MAX_RESENDS 8
+
 struct mf_htenant;
 struct mf_worker_channels;
 
@@ -58,6 +62,7 @@ struct mf_call {
     uint32_t timeout_ms, cpu_ms;
     uint64_t max_response;
     bool retried;                           /* sent again after its host or sandbox died (once only) */
+    uint8_t resends;                        /* sent again before it reached a program (bounded) */
     bool delivered;                         /* the request may have reached the program: a fork host got
                                                it (its sandbox may have read it), or a reset host
                                                DISPATCHED it to a worker; before that it is safe to

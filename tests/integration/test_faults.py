@@ -65,18 +65,22 @@ def test_gets_survive_hosts_killed_under_load(tmp_path: Path, engine: str) -> No
     assert load.statuses[200] > 100
 
 
-def worker_of(d: Daemon, name: str) -> psutil.Process:
-    """A reset tenant's one worker: the parent of the deepest process in its
+def workers_of(d: Daemon, name: str) -> list[psutil.Process]:
+    """A reset tenant's workers: the parents of the deepest processes in its
     cgroup (host, its stub if any > worker > the worker's template)."""
     procs = Path("/sys/fs/cgroup/memory") / d.cgroup_prefix / name / "cgroup.procs"
     inside = {int(pid) for pid in procs.read_text().split()}
-    templates = [p for p in map(psutil.Process, inside) if not (set(c.pid for c in p.children()) & inside)
-                 and p.parent() is not None and p.parent().parent() is not None
-                 and p.parent().parent().pid in inside]
-    (template,) = templates
-    worker = template.parent()
-    assert worker is not None
-    return worker
+    workers = []
+    for pid in inside:
+        try:
+            chain = [psutil.Process(pid)]
+            while len(chain) < 3 and (parent := chain[-1].parent()) is not None and parent.pid in inside:
+                chain.append(parent)
+            if len(chain) == 3 and not any(c.pid in inside for c in chain[0].children()):
+                workers.append(chain[1])
+        except psutil.NoSuchProcess:
+            continue  # a worker being replaced
+    return workers
 
 
 @needs_reset
@@ -84,7 +88,7 @@ def test_a_killed_workers_get_is_retried_and_its_post_is_a_502(tmp_path: Path) -
     with Daemon(tmp_path, [tenant("a", "reset", pool=1)], {"a.py": PROGRAM}) as d:
         assert d.get("a.localhost").status == 200
         for method, expected in (("GET", 200), ("POST", 502)):
-            worker = worker_of(d, "a")
+            (worker,) = workers_of(d, "a")
             with ThreadPoolExecutor(1) as pool:
                 body = b"x" if method == "POST" else None
                 asked = pool.submit(d.request, method, "/slow", host="a.localhost", body=body)
@@ -106,3 +110,17 @@ def test_a_program_that_cannot_load_is_a_prompt_503(tmp_path: Path) -> None:
         reply = d.get("broken.localhost")
         assert reply.status == 503 and time.monotonic() - started < 1.0, reply.text
         assert d.get("a.localhost").status == 200
+
+
+@needs_reset
+def test_gets_survive_workers_killed_under_load(tmp_path: Path) -> None:
+    with Daemon(tmp_path, [tenant("a", "reset", pool=2)], {"a.py": PROGRAM}) as d:
+        with Load(d, ["a.localhost"], connections=4) as load:
+            for _ in range(10):
+                time.sleep(0.5)
+                workers = workers_of(d, "a")
+                if workers:
+                    workers[0].kill()
+            time.sleep(0.5)
+    assert load.errors == [], load.errors[:5]
+    assert set(load.statuses) == {200}, (load.statuses, d.log()[-3000:])

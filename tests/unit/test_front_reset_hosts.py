@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import errno
 import http.client
 import json
 import os
@@ -31,6 +32,7 @@ from mayflyd.protocol import (
     ENGINE_RESET,
     EXIT_CANCELLED,
     REQUEST_CTL,
+    REQUEST_FAILED,
     RESP_HEAD,
     WORKER_SLOT,
     MsgType,
@@ -78,6 +80,7 @@ class FakeResetHost:
     junk_before: bool = False  # the next dispatch: stale answers queued on the worker's channel first
     no_channel_next: bool = False  # the next DISPATCHED names NO_CHANNEL_SLOT
     dies_once: bool = True  # /die-once: its worker is killed the first time only
+    gone_next: int = 0  # the next ones: REQUEST_FAILED EPIPE (their worker died as they were handed over)
     errors: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -143,6 +146,11 @@ class FakeResetHost:
         """Each queued request to an idle worker (under the lock): DISPATCHED, then a thread serves it."""
         while self.queued[thread] and (self.idle[thread] or self.no_channel_next):
             req_id, timeout_ms = self.queued[thread].popleft()
+            if self.gone_next:
+                self.gone_next -= 1
+                self.channels[thread].send(pack_frame(MsgType.REQUEST_FAILED, req_id,
+                                                      REQUEST_FAILED.pack(errno.EPIPE, 0)))
+                continue
             if self.no_channel_next:
                 self.no_channel_next = False
                 self.channels[thread].send(pack_frame(MsgType.DISPATCHED, req_id,
@@ -368,6 +376,15 @@ def test_a_killed_workers_get_is_retried_once_its_post_is_a_502(binary: Path, tm
         status, _, body = running.front.ask("/die-once", method="POST", body=b"x")
         assert (status, body) == (502, b"502 Bad Gateway: the program ended without answering\n")
         assert [s.req_id for s in fake.served] == [1, 1, 2, 2, 3, 4] and not fake.errors
+        # Handed to a worker that was gone: it reached no program, even a POST goes again; not forever.
+        fake.gone_next = 1
+        assert running.front.ask("/ok", method="POST", body=b"x")[0] == 200
+        assert "the worker died before the request reached the program; sending it again" in \
+            running.front.stderr.read_text()
+        fake.gone_next = 100
+        assert running.front.ask("/ok", method="POST", body=b"x")[::2] == \
+            (503, b"503 Service Unavailable: the tenant's program is not running\n")  # it never ran
+        assert fake.gone_next == 100 - 9  # the first and eight more
     finally:
         stop(running)
 
