@@ -104,7 +104,8 @@ static enum mf_step start_request(void *pool, const struct mf_admitted *req)
         mf_warn("worker %d: %s", w->pid, mf_last_error());
         /* A worker that cannot take a request is finished; its exit replaces it. */
         mf_reset_doom(w, "could not be handed a request");
-        return mf_children_request_failed(&p->core, req->req_id, EAGAIN);
+        /* Not EAGAIN (the queue is full): it never reached a program, the front end sends it again. */
+        return mf_children_request_failed(&p->core, req->req_id, EPIPE);
     }
     w->state = W_BUSY;
     w->req_id = req->req_id;

@@ -4,6 +4,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +22,7 @@
 #include "front/front_log.h"
 #include "front/loop.h"
 #include "front/metrics.h"
+#include "wire/front_metrics.h"
 #include "wire/proto.h"
 
 static const char NOT_RUNNING[] = "the tenant's program is not running";
@@ -36,9 +39,15 @@ struct mf_htenant {
     struct mf_call *waiting_first, *waiting_last;
 };
 
+/* Each tenant's requests waiting for a host, over every loop, by metrics
+ * slot (a tenant's for the daemon's life): while its host restarts they
+ * wait here, as many as a host takes (concurrency running, queue waiting). */
+static atomic_uint waiting_count[MF_METRICS_MAX_SLOTS];
+
 static void call_timer_ready(struct mf_front_watch *watch, uint32_t events);
 static void host_ready(struct mf_front_watch *watch, uint32_t events);
 static void dispatch(struct mf_call *call);
+static void host_ended(struct mf_host *host);
 
 /* ---- per loop ------------------------------------------------------------ */
 
@@ -157,9 +166,30 @@ static void timer_arm(struct mf_call *call, uint64_t at_ms, bool exit_wait)
 
 /* ---- lists --------------------------------------------------------------- */
 
+/* False: the tenant has as many waiting as its host would take. */
+static bool waiting_count_add(struct mf_call *call)
+{
+    if (call->slot >= MF_METRICS_MAX_SLOTS)
+        return true; /* not a slot the supervisor gives: uncounted */
+    if (atomic_fetch_add(&waiting_count[call->slot], 1) >= call->wait_limit) {
+        atomic_fetch_sub(&waiting_count[call->slot], 1);
+        return false;
+    }
+    call->counted = true;
+    return true;
+}
+
+static void waiting_count_remove(struct mf_call *call)
+{
+    if (call->counted)
+        atomic_fetch_sub(&waiting_count[call->slot], 1);
+    call->counted = false;
+}
+
 static void unlink_call(struct mf_call *call)
 {
     if (call->stage == MF_CALL_WAITING) {
+        waiting_count_remove(call);
         struct mf_htenant *t = call->tenant;
         if (call->prev) call->prev->next = call->next; else if (t->waiting_first == call) t->waiting_first = call->next;
         if (call->next) call->next->prev = call->prev; else if (t->waiting_last == call) t->waiting_last = call->prev;
@@ -282,6 +312,88 @@ static const char *unanswered(const struct mf_call *call)
                            : "without answering";
 }
 
+/* ---- sending a request again --------------------------------------------- */
+
+static bool idempotent(const struct mf_front_request *r)
+{
+    return (r->method_len == 3 && memcmp(r->method, "GET", 3) == 0)
+           || (r->method_len == 4 && memcmp(r->method, "HEAD", 4) == 0);
+}
+
+/* Whether a call whose host or sandbox died may be sent again: one that
+ * never reached the program always (it waits for a host again); a GET or
+ * HEAD once, unless part of its streamed answer is out. */
+static bool may_resend(const struct mf_call *call)
+{
+    if (call->streaming)
+        return false; /* the client has part of an answer */
+    if (!call->delivered)
+        return call->resends < MF_MAX_RESENDS;
+    return !call->retried && idempotent(call->request);
+}
+
+/* Sends a call that is in no list (stage DONE, no host) again, on the
+ * tenant's serving host or the next one. False (nothing done but the
+ * channel dropped): it cannot be, the caller answers. */
+static bool resend(struct mf_call *call, const char *what)
+{
+    mf_call_release(call); /* unwatches a borrowed channel before the worker is forgotten */
+    call->worker = -1;
+    if (!may_resend(call) || !mf_call_encode(call))
+        return false;
+    mf_front_log("info", "mayflyd.request", call->tenant->name, call->tenant->name_len, call->req_id, NULL,
+                 call->delivered ? "%s under the request; retrying once" : "%s before the request reached the "
+                 "program; sending it again", what);
+    if (call->delivered)
+        call->retried = true;
+    else
+        call->resends++;
+    call->delivered = call->reported = call->failed = false;
+    call->exit = (struct mf_child_exit){0};
+    timer_arm(call, call->deadline_ms, false);
+    dispatch(call);
+    return true;
+}
+
+/* A running call the host reported ended without an answer, sent again
+ * (or, if it cannot be, answered 502). */
+static void resend_from_host(struct mf_call *call, const char *what)
+{
+    struct mf_host *host = call->host;
+    unlink_call(call);
+    call->stage = MF_CALL_DONE; /* in no list now */
+    call->host = NULL;
+    if (!resend(call, what)) {
+        call->reported = true; /* its report came: nothing more to wait for */
+        fail(call, 502, ENDED, NULL);
+    }
+    if (host != NULL)
+        host_maybe_drained(host);
+}
+
+/* A sandbox killed by SIGKILL that no limit of ours explains (an operator,
+ * a crash of its host's machinery): its GET or HEAD runs once more, on
+ * another worker or sandbox of the same host. A program that crashes on
+ * its own (another signal, an exit) gets its 502: it would again. */
+static bool resend_after_kill(struct mf_call *call)
+{
+    int ws = call->exit.wait_status;
+    if (!call->reported || call->failed || !WIFSIGNALED(ws) || WTERMSIG(ws) != SIGKILL
+        || (call->exit.flags & (MF_EXIT_TIMED_OUT | MF_EXIT_CPU_EXCEEDED | MF_EXIT_OUT_OF_MEMORY | MF_EXIT_CANCELLED))
+        || !may_resend(call))
+        return false;
+    resend_from_host(call, "the sandbox was killed");
+    return true;
+}
+
+/* 503: the tenant has concurrency requests running and queue more waiting. */
+static void refuse_full(struct mf_call *call)
+{
+    mf_front_limit_hit(call->metrics, MF_METRICS_LIMIT_CONCURRENCY, call->tenant->name, call->tenant->name_len,
+                       call->req_id, "concurrency requests running and queue more waiting");
+    fail(call, 503, "the tenant is at its concurrency limit and its queue is full", RETRY);
+}
+
 /* The sandbox ended (or could not start) without a whole answer: the
  * host's report says why, or there is none in time. */
 static void ended_without_answer(struct mf_call *call)
@@ -293,9 +405,11 @@ static void ended_without_answer(struct mf_call *call)
     }
     if (call->reported && call->failed) {
         if (call->error == EAGAIN) {
-            mf_front_limit_hit(call->metrics, MF_METRICS_LIMIT_CONCURRENCY, call->tenant->name, call->tenant->name_len, call->req_id,
-                               "concurrency requests running and queue more waiting");
-            fail(call, 503, "the tenant is at its concurrency limit and its queue is full", RETRY);
+            refuse_full(call);
+            return;
+        }
+        if (call->error == EPIPE && !call->delivered && may_resend(call)) {
+            resend_from_host(call, "the worker died");
             return;
         }
         mf_front_log("warning", "mayflyd.request", call->tenant->name, call->tenant->name_len, call->req_id, NULL, "the host could not start a sandbox: %s",
@@ -322,6 +436,8 @@ static void ended_without_answer(struct mf_call *call)
             fail(call, 502, "the program ran out of memory", NULL);
             return;
         }
+        if (resend_after_kill(call))
+            return;
         int ws = call->exit.wait_status;
         char how[64];
         mf_front_log("warning", "mayflyd.request", call->tenant->name, call->tenant->name_len, call->req_id, NULL,
@@ -492,14 +608,27 @@ static void start(struct mf_call *call, struct mf_host *host)
      * request whole on its first read. */
     mf_call_send(call);
     if (!send_request(call, host, theirs)) {
-        /* EAGAIN: a host that does not read its channel is stuck. */
+        int error = errno;
         mf_warn_last();
+        if (error == EPIPE || error == ECONNRESET) {
+            /* The host died and its channel's end is not read yet: the
+             * request never reached it. It waits for the next host. */
+            unlink_call(call);
+            call->stage = MF_CALL_DONE; /* in no list now */
+            call->host = NULL;
+            host_ended(host); /* before the call is sent again: not to it */
+            if (!resend(call, "the host died"))
+                fail(call, 502, ENDED, NULL);
+            return;
+        }
+        /* EAGAIN: a host that does not read its channel is stuck. */
         call->reported = true; /* it never got it: no report will come */
         fail(call, 503, NOT_RUNNING, RETRY);
         return;
     }
     if (host->workers != NULL)
         return; /* the channel comes with DISPATCHED */
+    call->delivered = true; /* its sandbox may read it from now on */
     if (!mf_front_watch_add(loop, &call->watch, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET)) {
         mf_warn_last();
         cancel(call);
@@ -524,8 +653,12 @@ static void dispatch(struct mf_call *call)
             fail(call, 503, NOT_RUNNING, RETRY);
         return;
     }
-    call->stage = MF_CALL_WAITING;
     call->host = NULL;
+    if (!waiting_count_add(call)) {
+        refuse_full(call);
+        return;
+    }
+    call->stage = MF_CALL_WAITING;
     call->next = NULL;
     call->prev = t->waiting_last;
     if (t->waiting_last) t->waiting_last->next = call; else t->waiting_first = call;
@@ -638,22 +771,9 @@ static void host_ended(struct mf_host *host)
         if (call->stage == MF_CALL_DONE) {
             call_free(call);
         } else {
-            mf_call_release(call);
-            call->worker = -1; /* a retry starts clean */
-            timer_arm(call, call->deadline_ms, false);
-            const struct mf_front_request *r = call->request;
-            bool idempotent = (r->method_len == 3 && memcmp(r->method, "GET", 3) == 0)
-                              || (r->method_len == 4 && memcmp(r->method, "HEAD", 4) == 0);
             call->stage = MF_CALL_DONE; /* in no list now */
-            /* Not a stream whose head is out: the client has part of an answer. */
-            if (idempotent && !call->retried && !call->streaming && mf_call_encode(call)) {
-                mf_front_log("info", "mayflyd.request", call->tenant->name, call->tenant->name_len, call->req_id, NULL,
-                             "the host died under the request; retrying once on the tenant's next host");
-                call->retried = true;
-                call->reported = false;
-                dispatch(call);
-            } else {
-                call->reported = true;
+            if (!resend(call, "the host died")) {
+                call->reported = true; /* no report will come */
                 fail(call, 502, ENDED, NULL);
             }
         }
@@ -739,7 +859,9 @@ static void attach(struct mf_hosts *hosts, struct mf_front_mail *mail)
     while (call != NULL) {
         struct mf_call *next = call->next;
         call->prev = call->next = NULL;
-        start(call, host);
+        call->stage = MF_CALL_DONE; /* in no list now */
+        waiting_count_remove(call);
+        dispatch(call); /* to this host, unless a send found it dead meanwhile */
         call = next;
     }
 }
@@ -813,6 +935,7 @@ static void hosts_submit(void *ctx, struct mf_front_loop *loop, struct mf_front_
         .req_id = request->id, .timeout_ms = request->limits->request_timeout_ms,
         .cpu_ms = request->limits->request_cpu_ms, .max_response = request->limits->max_response,
         .deadline_ms = request->arrived_ms + request->limits->request_timeout_ms,
+        .slot = request->limits->slot, .wait_limit = request->limits->concurrency + request->limits->queue,
         .stage = MF_CALL_DONE, .watch = {.fd = -1}, .worker = -1};
     if (!mf_call_encode(call)) {
         struct mf_conn *conn = ticket->conn;

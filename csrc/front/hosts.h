@@ -36,6 +36,10 @@
 
 #define MF_TENANT_BUCKETS 1024
 
+/* How often a request that never reached a program is sent again (each
+ * time its host died, or its worker, before it got it). */
+#define MF_MAX_RESENDS 8
+
 struct mf_htenant;
 struct mf_worker_channels;
 
@@ -57,7 +61,14 @@ struct mf_call {
     uint64_t deadline_ms;                   /* the head's arrival + request_timeout_ms */
     uint32_t timeout_ms, cpu_ms;
     uint64_t max_response;
-    bool retried;                           /* a GET or HEAD sent again after its host died */
+    bool retried;                           /* sent again after its host or sandbox died (once only) */
+    uint8_t resends;                        /* sent again before it reached a program (bounded) */
+    bool delivered;                         /* the request may have reached the program: a fork host got
+                                               it (its sandbox may have read it), or a reset host
+                                               DISPATCHED it to a worker; before that it is safe to
+                                               send again whatever its method */
+    uint32_t slot, wait_limit;              /* the tenant's metrics slot; concurrency + queue */
+    bool counted;                           /* in the tenant's count of waiting requests */
     struct mf_call *prev, *next;            /* in the tenant's waiting list or the host's calls */
     /* The one timer: the deadline, or the wait for the host's report. */
     struct mf_call *timer_prev, *timer_next;

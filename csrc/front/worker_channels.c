@@ -175,6 +175,7 @@ void mf_worker_dispatched(struct mf_host *host, struct mf_call *call, const stru
         return;
     }
     call->worker = slot;
+    call->delivered = true; /* from here on the worker may read it */
     mf_call_send(call);
     (void)mf_call_read(call); /* edge triggered: what is there already */
 }

@@ -193,7 +193,8 @@ struct mf_request_done {
 };
 
 struct mf_request_failed {
-    int32_t error;         /* errno of the failed fork or setup; EAGAIN: concurrency and queue are full */
+    int32_t error;         /* errno of the failed fork or setup; EAGAIN: concurrency and queue are full;
+                              EPIPE: the reset worker it went to was gone (it reached no program) */
     uint32_t reserved;
 };
 

@@ -247,7 +247,7 @@ def test_requests_on_a_host_that_dies_get_a_retry_or_a_502(two_tenants: Daemon) 
         assert (get.result().status, get.result().text) == (200, "a0 -")
         # A POST is not safe to repeat.
         assert post.result().status == 502
-    assert "retrying once on the tenant's next host" in d.log()
+    assert "the host died under the request; retrying once" in d.log()
 
 
 def test_notify_protocol(tmp_path: Path) -> None:

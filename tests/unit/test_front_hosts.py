@@ -149,6 +149,7 @@ class FakeHost:
         self.channels: list[socket.socket] = []
         self.requests: list[Request] = []
         self.cancelled: set[int] = set()
+        self.killed: set[int] = set()  # /killed-once: the requests whose sandbox was killed once
         self._cancel_events: dict[int, threading.Event] = {}
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
@@ -216,7 +217,14 @@ class FakeHost:
             channel.send(pack_frame(MsgType.REQUEST_FAILED, req_id, REQUEST_FAILED.pack(code, 0)))
             return
         ends = {"/cpu": (signal.SIGKILL, EXIT_CPU_EXCEEDED), "/oom": (signal.SIGKILL, EXIT_OUT_OF_MEMORY),
-                "/crash": (signal.SIGSEGV, 0), "/timed-out": (signal.SIGKILL, EXIT_TIMED_OUT)}
+                "/crash": (signal.SIGSEGV, 0), "/timed-out": (signal.SIGKILL, EXIT_TIMED_OUT),
+                "/killed": (signal.SIGKILL, 0), "/killed-once": (signal.SIGKILL, 0)}
+        if path == "/killed-once":
+            with self._lock:
+                first = req_id not in self.killed
+                self.killed.add(req_id)
+            if not first:
+                path = "/ok"
         if path in ends:
             sock.close()
             self._report(channel, req_id, status=ends[path][0], flags=ends[path][1])
@@ -259,10 +267,10 @@ class Front(control.Front):
             conn.close()
 
     def routes(self, *, timeout_ms: int = 3000, max_response: int = 2 * MIB, access_log: bool = False,
-               names: tuple[str, ...] = ("app",)) -> None:
+               names: tuple[str, ...] = ("app",), queue: int = 256) -> None:
         tenants = [TenantRoute(name, (f"{name}.example",), False,
                                RouteLimits(max_body=2 * MIB, max_response=max_response, request_timeout_ms=timeout_ms,
-                                           concurrency=4, request_cpu_ms=250), slot=i)
+                                           concurrency=4, queue=queue, request_cpu_ms=250), slot=i)
                    for i, name in enumerate(names)]
         asyncio.run(self.link.send_routes(tenants, access_log=access_log))
 
@@ -382,6 +390,44 @@ def test_without_a_host_by_the_deadline_503(front: Front) -> None:
     status, headers, body = front.ask("/ok")
     assert (status, headers["retry-after"]) == (503, "1")
     assert body == b"503 Service Unavailable: the tenant's program is not running\n"
+
+
+def test_while_a_host_starts_as_many_wait_as_it_would_take(front: Front) -> None:
+    front.routes(timeout_ms=5000, queue=2)  # concurrency 4: six wait, the seventh is refused
+    answers: list[int] = []
+    asking = [threading.Thread(target=lambda: answers.append(front.ask("/ok")[0])) for _ in range(6)]
+    for thread in asking:
+        thread.start()
+    time.sleep(0.3)
+    assert not answers
+    started = time.monotonic()
+    status, headers, body = front.ask("/ok")
+    assert (status, headers["retry-after"]) == (503, "1") and time.monotonic() - started < 1
+    assert body == b"503 Service Unavailable: the tenant is at its concurrency limit and its queue is full\n"
+    front.host(1)
+    for thread in asking:
+        thread.join(5)
+    assert answers == [200] * 6
+    assert front.ask("/ok")[0] == 200  # none is counted as waiting any more
+
+
+def test_a_get_whose_sandbox_was_killed_runs_once_more(front: Front) -> None:
+    front.routes()
+    fake = front.host(1)
+    status, _, body = front.ask("/killed-once")
+    assert status == 200 and json.loads(body)["path"] == "/killed-once"
+    # Killed twice: a 502, not a third run.
+    assert front.ask("/killed")[::2] == (502, b"502 Bad Gateway: the program ended without answering\n")
+    assert [r.path for r in fake.requests] == ["/killed-once"] * 2 + ["/killed"] * 2
+    assert front.stderr.read_text().count("the sandbox was killed under the request; retrying once") == 2
+
+
+def test_a_post_whose_sandbox_was_killed_is_a_502(front: Front) -> None:
+    front.routes()
+    fake = front.host(1)
+    answer = front.ask("/killed-once", method="POST", body=b"x")
+    assert answer[::2] == (502, b"502 Bad Gateway: the program ended without answering\n")
+    assert len(fake.requests) == 1
 
 
 def test_a_down_tenant_gets_503_at_once(front: Front) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import errno
 import http.client
 import json
 import os
@@ -31,6 +32,7 @@ from mayflyd.protocol import (
     ENGINE_RESET,
     EXIT_CANCELLED,
     REQUEST_CTL,
+    REQUEST_FAILED,
     RESP_HEAD,
     WORKER_SLOT,
     MsgType,
@@ -77,6 +79,8 @@ class FakeResetHost:
     busy_most: int = 0  # most requests running at once on one thread
     junk_before: bool = False  # the next dispatch: stale answers queued on the worker's channel first
     no_channel_next: bool = False  # the next DISPATCHED names NO_CHANNEL_SLOT
+    dies_once: bool = True  # /die-once: its worker is killed the first time only
+    gone_next: int = 0  # the next ones: REQUEST_FAILED EPIPE (their worker died as they were handed over)
     errors: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -142,6 +146,11 @@ class FakeResetHost:
         """Each queued request to an idle worker (under the lock): DISPATCHED, then a thread serves it."""
         while self.queued[thread] and (self.idle[thread] or self.no_channel_next):
             req_id, timeout_ms = self.queued[thread].popleft()
+            if self.gone_next:
+                self.gone_next -= 1
+                self.channels[thread].send(pack_frame(MsgType.REQUEST_FAILED, req_id,
+                                                      REQUEST_FAILED.pack(errno.EPIPE, 0)))
+                continue
             if self.no_channel_next:
                 self.no_channel_next = False
                 self.channels[thread].send(pack_frame(MsgType.DISPATCHED, req_id,
@@ -169,7 +178,10 @@ class FakeResetHost:
             self.served.append(Served(req_id, thread, slot, os.fstat(sock.fileno()).st_ino))
         if request.path == "/hang" and self.hangs:
             return  # holds its worker until the host's channels end
-        if request.path == "/die":
+        dies = request.path == "/die" or (request.path == "/die-once" and self.dies_once)
+        if request.path == "/die-once":
+            self.dies_once = False
+        if dies:
             sock.shutdown(socket.SHUT_RDWR)  # the worker dies: its channel ends under the request
             time.sleep(0.05)  # the front end sees the end before the report
             with self.lock:
@@ -347,21 +359,38 @@ def test_an_unknown_engine_is_refused(front: ResetFront) -> None:
     assert "HOST_ATTACH: engine 7" in front.front.stderr.read_text()
 
 
-def test_a_worker_that_dies_under_a_request_is_a_502(binary: Path, tmp_path: Path) -> None:
+def test_a_killed_workers_get_is_retried_once_its_post_is_a_502(binary: Path, tmp_path: Path) -> None:
     running = start(binary, tmp_path, "--threads", "1")
     try:
         fake = running.host(1, slots=1, threads=1)
+        status, seen = answer_of(running.front, "/die-once")
+        assert status == 200 and seen["path"] == "/die-once"  # on the slot's new worker
+        # Killed again: not a third time.
         status, seen = answer_of(running.front, "/die")
         assert (status, seen["body"]) == (502, "502 Bad Gateway: the program ended without answering\n")
         assert "the sandbox killed by signal 9 (SIGKILL) without answering" in running.front.stderr.read_text()
-        assert answer_of(running.front, "/ok")[0] == 200  # on the slot's new worker
-        first, second = fake.served
-        assert first.inode != second.inode and not fake.errors
+        assert running.front.stderr.read_text().count("the sandbox was killed under the request; retrying once") == 2
+        assert answer_of(running.front, "/ok")[0] == 200
+        # A POST may have had effects: not run again.
+        fake.dies_once = True
+        status, _, body = running.front.ask("/die-once", method="POST", body=b"x")
+        assert (status, body) == (502, b"502 Bad Gateway: the program ended without answering\n")
+        assert [s.req_id for s in fake.served] == [1, 1, 2, 2, 3, 4] and not fake.errors
+        # Handed to a worker that was gone: it reached no program, even a POST goes again; not forever.
+        fake.gone_next = 1
+        assert running.front.ask("/ok", method="POST", body=b"x")[0] == 200
+        assert "the worker died before the request reached the program; sending it again" in \
+            running.front.stderr.read_text()
+        fake.gone_next = 100
+        assert running.front.ask("/ok", method="POST", body=b"x")[::2] == \
+            (503, b"503 Service Unavailable: the tenant's program is not running\n")  # it never ran
+        assert fake.gone_next == 100 - 9  # the first and eight more
     finally:
         stop(running)
 
 
 def test_a_get_whose_reset_host_died_is_retried_clean_on_the_next(binary: Path, tmp_path: Path) -> None:
+    """And a POST the dead host never DISPATCHED goes too: it never reached the program."""
     running = start(binary, tmp_path, "--threads", "1")
     try:
         dying = running.host(1, slots=1, threads=1, hangs=True)
@@ -371,12 +400,20 @@ def test_a_get_whose_reset_host_died_is_retried_clean_on_the_next(binary: Path, 
         deadline = time.monotonic() + 5
         while not dying.served and time.monotonic() < deadline:
             time.sleep(0.01)
+        posts: list[int] = []  # the one worker is busy: the POST waits in the host
+        posting = threading.Thread(target=lambda: posts.append(running.front.ask("/ok", method="POST", body=b"x")[0]))
+        posting.start()
+        time.sleep(0.2)
         dying.close()  # its data channel and workers end with the request on one of them
         time.sleep(0.1)
         fake = running.host(2, slots=1, threads=1)
         asking.join(10)
+        posting.join(10)
         assert answers and answers[0][0] == 200  # not "dispatched already": the retry started clean
-        assert [s.req_id for s in fake.served] == [s.req_id for s in dying.served]
+        assert posts == [200] and len(dying.served) == 1
+        assert sorted(s.req_id for s in fake.served) == sorted([dying.served[0].req_id, dying.served[0].req_id + 1])
         assert fake.fds_with_request == 0 and not fake.errors
+        assert "the host died before the request reached the program; sending it again" in \
+            running.front.stderr.read_text()
     finally:
         stop(running)
