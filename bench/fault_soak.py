@@ -121,8 +121,8 @@ def _children(pid: int) -> list[int]:
         return []
 
 
-def _targets(server: RunningServer, kind: str) -> list[int]:
-    status = _status(server)
+def targets(status: dict[str, Any], kind: str) -> list[int]:
+    """The pids of one kind (workers, hosts, zygote) in a status API answer."""
     hosts = [int(h["pid"]) for t in status["tenants"].values() for h in t.get("hosts", [])]
     if kind == "hosts":
         return hosts
@@ -130,8 +130,7 @@ def _targets(server: RunningServer, kind: str) -> list[int]:
         zygote = status.get("zygote")
         return [int(zygote["pid"])] if zygote else []
     # A reset host's workers (and their snapshot templates), a fork host's sandboxes.
-    workers = [child for host in hosts for child in _children(host)]
-    return workers
+    return [child for host in hosts for child in _children(host)]
 
 
 def _parent(pid: int) -> int:
@@ -139,7 +138,7 @@ def _parent(pid: int) -> int:
     return int(stat[stat.rindex(")") + 2:].split()[1])
 
 
-def _kill(pid: int, supervisor: int) -> bool:
+def kill_descendant(pid: int, supervisor: int) -> bool:
     """SIGKILL pid if it is still a descendant of the supervisor. Through a
     pidfd taken before the check: pids wrap quickly on a busy machine, and
     a pid read from the status API a moment ago may be another process's
@@ -187,8 +186,8 @@ def run(kinds: list[str], duration: float, interval: float, calm: float, clients
         end = time.monotonic() + duration
         while time.monotonic() < end:
             kind = random.choice(kinds)
-            targets = _targets(server, kind)
-            if targets and _kill(random.choice(targets), server.proc.pid):
+            pids = targets(_status(server), kind)
+            if pids and kill_descendant(random.choice(pids), server.proc.pid):
                 load.phase.kills[kind] += 1
             time.sleep(interval)
         phases.append(load.phase)

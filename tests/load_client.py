@@ -1,13 +1,15 @@
 """A load generator in a process of its own: keeps N keep-alive connections busy.
 
-    python -m tests.load_client PORT CONNECTIONS HOST [HOST...]
+    python -m tests.load_client [--method M] PORT CONNECTIONS HOST [HOST...]
 
 Runs until its standard input closes, then prints a JSON summary: the count
-of each status, the connection errors, and the last body seen per host.
-Niced to the lowest priority, so that the daemon under test gets the CPU first.
+of each status and the connection errors. Connection i sends to host
+i % len(hosts); a POST carries a small body. Niced to the lowest priority,
+so that the daemon under test gets the CPU first.
 """
 from __future__ import annotations
 
+import argparse
 import http.client
 import json
 import os
@@ -17,30 +19,39 @@ from collections import Counter
 
 
 def main() -> None:
-    port, connections, hosts = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+    parser = argparse.ArgumentParser(prog="python -m tests.load_client")
+    parser.add_argument("--method", default="GET")
+    parser.add_argument("port", type=int)
+    parser.add_argument("connections", type=int)
+    parser.add_argument("hosts", nargs="+")
+    args = parser.parse_args()
     os.nice(19)
     stop = threading.Event()
+    lock = threading.Lock()
     statuses: Counter[int] = Counter()
     errors: list[str] = []
+    body = b"payload" if args.method == "POST" else None
 
     def worker(index: int) -> None:
-        host = hosts[index % len(hosts)]
+        host = args.hosts[index % len(args.hosts)]
         conn: http.client.HTTPConnection | None = None
         while not stop.is_set():
             try:
                 if conn is None:
-                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-                conn.request("GET", "/", headers={"Host": host})
+                    conn = http.client.HTTPConnection("127.0.0.1", args.port, timeout=10)
+                conn.request(args.method, "/", body=body, headers={"Host": host})
                 response = conn.getresponse()
                 response.read()
-                statuses[response.status] += 1
+                with lock:
+                    statuses[response.status] += 1
             except (OSError, http.client.HTTPException) as exc:
-                errors.append(f"{host}: {exc!r}")
+                with lock:
+                    errors.append(f"{host}: {exc!r}")
                 if conn is not None:
                     conn.close()
                 conn = None
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(connections)]
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(args.connections)]
     for thread in threads:
         thread.start()
     sys.stdin.read()

@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from tests.daemon_harness import Daemon, reset_engine_missing
-from tests.integration.test_operations import Load
+from tests.load import Load
 
 needs_reset = pytest.mark.skipif(bool(reset_engine_missing()), reason="the kernel cannot run the reset engine")
 

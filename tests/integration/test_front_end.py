@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.daemon_harness import Daemon, is_root
-from tests.integration.test_operations import Load
+from tests.load import Load
 
 HELLO = '''
 def on_client_request(request):

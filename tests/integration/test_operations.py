@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import pytest
 
 from mayflyd.cli.admin_client import admin_request
 from tests.daemon_harness import Daemon, DaemonProcess, free_port
+from tests.load import Load
 
 VERSIONED = '''
 import os
@@ -43,27 +43,6 @@ def program(version: str, init: str = "pass") -> str:
 def tenant(name: str, **extra: Any) -> dict[str, Any]:
     return {"name": name, "hosts": [f"{name}.localhost"], "program": f"programs/{name}.py",
             "limits": {"concurrency": 64, "init_timeout_ms": 1500}, **extra}
-
-
-class Load:
-    """A load generator process keeping `connections` keep-alive connections busy."""
-
-    def __init__(self, daemon: Daemon, hosts: list[str], connections: int = 16) -> None:
-        self._args = [sys.executable, "-m", "tests.load_client", str(daemon.port), str(connections), *hosts]
-        self.statuses: Counter[int] = Counter()
-        self.errors: list[str] = []
-        self._proc: subprocess.Popen[str] | None = None
-
-    def __enter__(self) -> Load:
-        self._proc = subprocess.Popen(self._args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self._proc is not None
-        out, _ = self._proc.communicate("", timeout=60)
-        summary = json.loads(out)
-        self.statuses = Counter({int(k): v for k, v in summary["statuses"].items()})
-        self.errors = summary["errors"]
 
 
 def wait_for_answer(daemon: Daemon, host: str, expected: str, timeout: float) -> float:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ import psutil
 from mayflyd.cli.admin_client import UnixHTTPConnection
 from tests.daemon_harness import Daemon
 from tests.integration.conftest import needs_root
+from tests.load import Load
 
 ENVIRONMENT = '''
 import json, os
@@ -94,36 +94,6 @@ def test_without_the_zygote_each_host_is_a_fresh_interpreter(tmp_path: Path) -> 
         assert "logger=mayflyd.host.zygote" not in d.log()
 
 
-class Load:
-    """GET requests on some tenants, back to back from a thread each, until stopped."""
-
-    def __init__(self, d: Daemon, hosts: list[str]) -> None:
-        self.failures: list[str] = []
-        self.done = 0
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(d, host)) for host in hosts]
-
-    def _run(self, d: Daemon, host: str) -> None:
-        while not self._stop.is_set():
-            try:
-                reply = d.get(host, timeout=10)
-                if reply.status != 200:
-                    self.failures.append(f"{host}: {reply.status} {reply.text[:200]}")
-            except OSError as exc:
-                self.failures.append(f"{host}: {exc}")
-            self.done += 1
-
-    def __enter__(self) -> Load:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join()
-
-
 def zygote_killed_and_back(d: Daemon) -> int:
     """SIGKILL the running zygote; the next one's pid, once it runs."""
     old = d.status()["zygote"]
@@ -139,14 +109,15 @@ def test_hosts_outlive_the_zygote_and_serve_through_its_deaths(tmp_path: Path) -
                 "r.py": "def on_client_request(request):\n    return 'r'\n"}
     with Daemon(tmp_path, [tenant("a"), tenant("r", engine="reset", pool=2)], programs) as d:
         hosts = {name: d.host_pid(name) for name in ("a", "r")}
-        with Load(d, ["a.localhost", "r.localhost"]) as load:
+        with Load(d, ["a.localhost", "r.localhost"], connections=4) as load:
             zygotes = []
             for _ in range(3):
                 time.sleep(2)
                 zygotes.append(zygote_killed_and_back(d))
             time.sleep(1)
-        assert load.failures == [], load.failures[:10]
-        assert load.done > 100
+        assert load.errors == [], load.errors[:10]
+        assert set(load.statuses) == {200}, load.statuses
+        assert load.statuses[200] > 100
         assert {name: d.host_pid(name) for name in ("a", "r")} == hosts
         assert len(set(zygotes)) == 3 and d.status()["zygote"]["starts"] == 4
         assert psutil.Process(zygotes[-1]).is_running()
