@@ -38,6 +38,7 @@ class Node:
     address: str
     port: int
     health_port: int | None  # None: no health check (a single node, as in the benchmark)
+    source: str | None = None  # the address HAProxy connects from (the node's trusted_proxies)
 
 
 def haproxy_config(*, bind: str, certificate: Path, nodes: list[Node], stats_socket: Path,
@@ -49,11 +50,13 @@ def haproxy_config(*, bind: str, certificate: Path, nodes: list[Node], stats_soc
     for node in nodes:
         check = (f" check port {node.health_port} inter {inter_ms} fall {fall} rise {rise}"
                  if node.health_port is not None else "")
-        servers.append(f"    server {node.name} {node.address}:{node.port} send-proxy-v2{check}")
+        source = f" source {node.source}" if node.source else ""
+        servers.append(f"    server {node.name} {node.address}:{node.port}{source} send-proxy-v2{check}")
     return "\n".join([
         "global",
         f"    stats socket {stats_socket} mode 600 level admin",
         "    log stdout format raw local0",
+        "    ssl-default-bind-options ssl-min-ver TLSv1.2",
         "",
         "defaults",
         "    mode http",
@@ -61,22 +64,32 @@ def haproxy_config(*, bind: str, certificate: Path, nodes: list[Node], stats_soc
         "    option httplog",
         "    timeout connect 1s",
         "    timeout client 60s",
+        "    # Above the longest request_timeout_ms of any tenant: mayflyd answers 504 itself.",
         "    timeout server 60s",
         "    timeout http-keep-alive 60s",
+        "    # Sent again, to another node: a request whose connection failed, one that",
+        "    # got no answer (a keep-alive connection the node closed under it), one a",
+        "    # node answered 503 (its tenant cannot load, or its queue is full: the",
+        "    # program did not run).",
         "    retries 3",
         "    option redispatch 1",
         "    retry-on conn-failure empty-response 503",
         "",
         "frontend https",
         f"    bind {bind} ssl crt {certificate} alpn h2,http/1.1",
+        "    # Only a GET (or HEAD) is sent twice after it reached a node.",
         "    http-request disable-l7-retry if !METH_GET",
         "    default_backend mayflyd",
         "",
         "backend mayflyd",
+        "    # One tenant's requests go to one node, which keeps its workers warm;",
+        "    # a node leaving or joining moves only its own share of the hosts.",
         "    balance hdr(host)",
         "    hash-type consistent",
+        "    hash-balance-factor 150",
         "    option httpchk GET /healthz",
         "    http-check expect status 200",
+        "    # PROXY v2 to the node's `listen`; the check goes to its `metrics_listen`.",
         *servers,
         "",
     ])
