@@ -64,7 +64,7 @@ run undefined build/sanitized-undefined "${C_TESTS[@]}"
 # here with both sanitizers (MAYFLYD_FRONT_TEST_CFLAGS). A report aborts the
 # front end, whose exit status the tests check; its stderr is in their files.
 FRONT_TESTS=(tests/unit/test_front_http.py tests/unit/test_front_control.py tests/unit/test_front_hosts.py
-             tests/unit/test_front_streams.py tests/unit/test_front_reset_hosts.py)
+             tests/unit/test_front_streams.py tests/unit/test_front_reset_hosts.py tests/unit/test_front_proxy.py)
 echo "== front end tests under -fsanitize=address,undefined"
 MAYFLYD_FRONT_TEST_CFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" \
     "$python" -m pytest -q -p no:cacheprovider "${FRONT_TESTS[@]}"

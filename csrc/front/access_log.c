@@ -3,7 +3,7 @@
  * as one access log line when the routing table asks for it (the
  * supervisor's --access-log). The line matches the supervisor's own
  * (daemon/mayflyd/supervisor/logs.py): logger mayflyd.access, level info,
- * msg "<METHOD> <target> <status>", fields tenant, req, ms; logfmt or JSON
+ * msg "<METHOD> <target> <status>", fields tenant, req, ms, client; logfmt or JSON
  * (--log-format). One write() per line, under PIPE_BUF, so that lines of
  * several loops never interleave.
  */
@@ -41,7 +41,7 @@ static void write_line(const struct mf_front_ticket *t, int status, uint64_t dur
         (void)snprintf(streamed, sizeof(streamed), " (streamed, %s%" PRIu64 " bytes)", t->cut ? "cut after " : "",
                        t->body_sent);
     /* The message: method, target as sent (cut short rather than split), status. */
-    mf_front_log("info", "mayflyd.access", t->tenant, t->tenant_len, t->id, ms, "%.*s %.*s %d%s",
+    mf_front_access_log(t->tenant, t->tenant_len, t->id, ms, t->client, t->client_len, "%.*s %.*s %d%s",
                  (int)(t->buf != NULL ? t->method_len : 0), method,
                  (int)(target_len < TARGET_MAX_BYTES ? target_len : TARGET_MAX_BYTES), target, status, streamed);
 }

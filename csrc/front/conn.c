@@ -166,12 +166,44 @@ static bool may_parse(const struct mf_conn *conn)
     return conn->parsing != NULL || conn->queued < conn->loop->config->max_pipeline;
 }
 
+/* A trusted peer's first bytes: its PROXY header, if it sends one, names
+ * the client of every request on the connection. False while more bytes
+ * are needed, or when a malformed header closes the connection. */
+static bool conn_proxy_header(struct mf_conn *conn)
+{
+    struct mf_proxy_header header;
+    switch (mf_proxy_header_parse((const uint8_t *)conn->in + conn->in_off, conn->in_len - conn->in_off, &header)) {
+    case MF_PROXY_MORE:
+        return false;
+    case MF_PROXY_NONE:
+        break;
+    case MF_PROXY_DONE:
+        conn->in_off += header.len;
+        if (header.has_source) {
+            conn->peer = header.source;
+            conn->client_len = mf_addr_text(&conn->peer, conn->client, sizeof(conn->client));
+        }
+        break;
+    case MF_PROXY_BAD:
+        mf_warn("PROXY header from %s refused (%s): connection closed", conn->client, header.why);
+        conn->reading_done = conn->broken = true; /* no answer: the proxy did not speak HTTP */
+        conn->in_off = conn->in_len;
+        return false;
+    }
+    conn->proxy_pending = false;
+    return true;
+}
+
 /* Parses what is buffered; false when it had to stop before the end. */
 static bool conn_parse(struct mf_conn *conn)
 {
     while (conn->in_off < conn->in_len) {
         if (!may_parse(conn))
             return false;
+        if (conn->proxy_pending && !conn_proxy_header(conn))
+            return !conn->broken; /* the header's end is to come: read on */
+        if (conn->in_off == conn->in_len)
+            break;
         const char *data = conn->in + conn->in_off;
         enum llhttp_errno err = llhttp_execute(&conn->parser, data, conn->in_len - conn->in_off);
         if (err == HPE_OK) {
@@ -213,11 +245,15 @@ static void conn_pump(struct mf_conn *conn)
             return;
         if (conn->in_len > 0)
             conn->byte_before = conn->in[conn->in_len - 1];
-        ssize_t n = recv(conn->watch.fd, conn->in, sizeof(conn->in), 0);
+        /* A PROXY header's beginning stays: the next bytes go after it
+         * (MF_PROXY_MAX_HEADER is well under the buffer). */
+        size_t kept = conn->proxy_pending ? conn->in_len - conn->in_off : 0;
+        memmove(conn->in, conn->in + conn->in_off, kept);
+        ssize_t n = recv(conn->watch.fd, conn->in + kept, sizeof(conn->in) - kept, 0);
         if (n > 0) {
             conn->in_off = 0;
-            conn->in_len = (size_t)n;
-            if ((size_t)n < sizeof(conn->in))
+            conn->in_len = kept + (size_t)n;
+            if ((size_t)n < sizeof(conn->in) - kept)
                 conn->readable = false;
             continue;
         }
@@ -347,8 +383,8 @@ void mf_conn_run(struct mf_conn *conn)
             break;
         conn_pump(conn);
         conn_flush(conn);
-        if (conn->in_off == conn->in_len || !may_parse(conn))
-            break; /* drained, or waiting for answers or the client */
+        if (conn->in_off == conn->in_len || conn->proxy_pending || !may_parse(conn))
+            break; /* drained, or waiting for answers or the client (or a PROXY header's end) */
     }
     conn->in_pump = false;
     conn_settle(conn);
@@ -370,7 +406,8 @@ static void conn_ready(struct mf_front_watch *watch, uint32_t events)
     mf_conn_run(conn);
 }
 
-/* The peer's address for the program (REMOTE_ADDR); empty if unknown. */
+/* The peer's address for the program (REMOTE_ADDR); empty if unknown. A
+ * trusted proxy may send a PROXY header first. */
 static void peer_name(struct mf_conn *conn)
 {
     struct sockaddr_storage addr;
@@ -384,6 +421,10 @@ static void peer_name(struct mf_conn *conn)
         raw = &((struct sockaddr_in6 *)&addr)->sin6_addr;
     if (raw != NULL && inet_ntop(addr.ss_family, raw, conn->client, sizeof(conn->client)) != NULL)
         conn->client_len = strlen(conn->client);
+    conn->peer_known = mf_addr_from_sockaddr((const struct sockaddr *)&addr, &conn->peer);
+    const struct mf_routes *routes = conn->loop->routes;
+    conn->proxy_pending = conn->peer_known && routes != NULL
+                          && mf_proxy_trusted(routes->proxies, routes->proxy_count, &conn->peer);
 }
 
 void mf_conn_accept(struct mf_front_loop *loop, int fd)
@@ -422,6 +463,9 @@ void mf_conn_timed_out(struct mf_timer *timer)
     if (conn->dead)
         return;
     if (timer->kind == MF_TIMER_LINGER || (!conn->parsing && timer->kind != MF_TIMER_BODY)) {
+        if (conn->proxy_pending && conn->in_off < conn->in_len)
+            mf_warn("PROXY header from %s incomplete after %zu bytes and the header timeout: connection closed",
+                    conn->client, conn->in_len - conn->in_off);
         conn_close(conn); /* idle, or never said anything: no answer is owed */
         return;
     }

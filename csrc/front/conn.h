@@ -13,6 +13,7 @@
 
 #include "front/front.h"
 #include "front/loop.h"
+#include "front/proxy.h"
 #include "wire/front_protocol.h"
 
 struct mf_metrics_record;
@@ -100,8 +101,11 @@ struct mf_conn {
     char in[16 * 1024];       /* read but not yet parsed: in[in_off, in_len) */
     size_t in_off, in_len;
     char byte_before;         /* the stream's byte before in[0] */
-    char client[48];          /* the peer's address, as text (empty if unknown) */
+    char client[48];          /* the peer's address, as text (empty if unknown); a PROXY header's source */
     size_t client_len;
+    struct mf_addr peer;      /* the same, if known, for the trusted_proxies rule */
+    bool peer_known;
+    bool proxy_pending;       /* a trusted peer's first bytes: a PROXY header may come (proxy.h) */
     char *out;                /* rendered, not yet written: out[out_sent, out_len) */
     size_t out_len, out_sent, out_cap;
 };

@@ -91,8 +91,17 @@ static void timestamp(char *out, size_t cap)
     (void)snprintf(out, cap, "%s.%03ldZ", stamp, (long)(now.tv_nsec / 1000000) % 1000);
 }
 
-static void vlog(const char *level, const char *logger, const char *tenant, size_t tenant_len, uint64_t req,
-                 const char *ms, const char *fmt, va_list ap)
+/* The fields of a line besides its level, logger and message. */
+struct fields {
+    const char *tenant;
+    size_t tenant_len;
+    uint64_t req;
+    const char *ms;
+    const char *client;
+    size_t client_len;
+};
+
+static void vlog(const char *level, const char *logger, const struct fields *f, const char *fmt, va_list ap)
 {
     char ts[64];
     timestamp(ts, sizeof(ts));
@@ -102,29 +111,39 @@ static void vlog(const char *level, const char *logger, const char *tenant, size
     struct line l = {.len = 0};
     if (log_json) {
         addf(&l, "{\"ts\": \"%s\", \"level\": \"%s\", \"logger\": \"%s\", ", ts, level, logger);
-        if (tenant != NULL && tenant_len > 0) {
+        if (f->tenant != NULL && f->tenant_len > 0) {
             add(&l, "\"tenant\": \"", 11);
-            add_escaped(&l, tenant, tenant_len, true);
+            add_escaped(&l, f->tenant, f->tenant_len, true);
             add(&l, "\", ", 3);
         }
-        if (req != 0)
-            addf(&l, "\"req\": %" PRIu64 ", ", req);
-        if (ms != NULL)
-            addf(&l, "\"ms\": %s, ", ms);
+        if (f->req != 0)
+            addf(&l, "\"req\": %" PRIu64 ", ", f->req);
+        if (f->ms != NULL)
+            addf(&l, "\"ms\": %s, ", f->ms);
+        if (f->client != NULL && f->client_len > 0) {
+            add(&l, "\"client\": \"", 11);
+            add_escaped(&l, f->client, f->client_len, true);
+            add(&l, "\", ", 3);
+        }
         add(&l, "\"msg\": \"", 8);
         add_escaped(&l, msg.buf, msg.len, true);
         add(&l, "\"}", 2);
     } else {
         addf(&l, "ts=%s level=%s logger=%s ", ts, level, logger);
-        if (tenant != NULL && tenant_len > 0) {
+        if (f->tenant != NULL && f->tenant_len > 0) {
             add(&l, "tenant=", 7);
-            add_logfmt_value(&l, tenant, tenant_len);
+            add_logfmt_value(&l, f->tenant, f->tenant_len);
             add(&l, " ", 1);
         }
-        if (req != 0)
-            addf(&l, "req=%" PRIu64 " ", req);
-        if (ms != NULL)
-            addf(&l, "ms=%s ", ms);
+        if (f->req != 0)
+            addf(&l, "req=%" PRIu64 " ", f->req);
+        if (f->ms != NULL)
+            addf(&l, "ms=%s ", f->ms);
+        if (f->client != NULL && f->client_len > 0) {
+            add(&l, "client=", 7);
+            add_logfmt_value(&l, f->client, f->client_len);
+            add(&l, " ", 1);
+        }
         add(&l, "msg=", 4);
         add_logfmt_value(&l, msg.buf, msg.len);
     }
@@ -138,9 +157,21 @@ static void vlog(const char *level, const char *logger, const char *tenant, size
 void mf_front_log(const char *level, const char *logger, const char *tenant, size_t tenant_len, uint64_t req,
                   const char *ms, const char *fmt, ...)
 {
+    struct fields f = {.tenant = tenant, .tenant_len = tenant_len, .req = req, .ms = ms};
     va_list ap;
     va_start(ap, fmt);
-    vlog(level, logger, tenant, tenant_len, req, ms, fmt, ap);
+    vlog(level, logger, &f, fmt, ap);
+    va_end(ap);
+}
+
+void mf_front_access_log(const char *tenant, size_t tenant_len, uint64_t req, const char *ms, const char *client,
+                         size_t client_len, const char *fmt, ...)
+{
+    struct fields f = {.tenant = tenant, .tenant_len = tenant_len, .req = req, .ms = ms, .client = client,
+                       .client_len = client_len};
+    va_list ap;
+    va_start(ap, fmt);
+    vlog("info", "mayflyd.access", &f, fmt, ap);
     va_end(ap);
 }
 

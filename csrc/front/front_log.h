@@ -22,6 +22,11 @@ void mf_front_log_init(bool json);
 void mf_front_log(const char *level, const char *logger, const char *tenant, size_t tenant_len, uint64_t req,
                   const char *ms, const char *fmt, ...) __attribute__((format(printf, 7, 8)));
 
+/* An access log line (logger mayflyd.access, level info): also the
+ * request's client address (field client, after ms). */
+void mf_front_access_log(const char *tenant, size_t tenant_len, uint64_t req, const char *ms, const char *client,
+                         size_t client_len, const char *fmt, ...) __attribute__((format(printf, 7, 8)));
+
 /* A request stopped by one of its tenant's limits: counted, and logged as
  * the supervisor logged it ("limit hit: NAME (detail)", mayflyd.tenant). */
 void mf_front_limit_hit(struct mf_metrics_record *metrics, enum mf_metrics_limit which, const char *tenant,

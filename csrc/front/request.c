@@ -250,6 +250,33 @@ static void route(const struct mf_front_loop *loop, struct mf_front_ticket *t)
         t->max_body = tenant->limits.max_body;
 }
 
+/* A trusted peer's Forwarded, else X-Forwarded-For, names the client
+ * (proxy.h: the walk). Forwarded wins: it is the standard, and a proxy
+ * that writes it means it. The headers themselves stay as sent. */
+static void forwarded_client(const struct mf_conn *conn, struct mf_front_ticket *t)
+{
+    const struct mf_routes *routes = conn->loop->routes;
+    if (routes == NULL || !conn->peer_known || !mf_proxy_trusted(routes->proxies, routes->proxy_count, &conn->peer))
+        return;
+    struct mf_forwarded_lines forwarded = {.count = 0}, xff = {.count = 0};
+    for (size_t i = 0; i < t->header_count; i++) {
+        const struct mf_header_pos *pos = &t->pos[i];
+        struct mf_forwarded_lines *lines = name_is(t, pos, "forwarded") ? &forwarded
+                                           : name_is(t, pos, "x-forwarded-for") ? &xff : NULL;
+        if (lines == NULL)
+            continue;
+        if (lines->count == MF_FORWARDED_MAX_LINES)
+            return; /* more lines than a chain of proxies writes: none is believed */
+        lines->value[lines->count] = t->buf + pos->value_off;
+        lines->len[lines->count++] = pos->value_len;
+    }
+    bool use_forwarded = forwarded.count > 0;
+    struct mf_addr client;
+    if (mf_forwarded_client(use_forwarded ? &forwarded : &xff, use_forwarded, routes->proxies, routes->proxy_count,
+                            &client))
+        t->client_len = mf_addr_text(&client, t->client, sizeof(t->client));
+}
+
 /* llhttp skips a value's leading whitespace but keeps its trailing:
  * neither is part of the value (RFC 9112 5), for Host nor the program. */
 static void trim_values(struct mf_front_ticket *t)
@@ -274,6 +301,7 @@ static int on_headers_complete(llhttp_t *parser)
     if (status != 0)
         return refuse(parser, status, "invalid request head");
     route(conn->loop, t);
+    forwarded_client(conn, t);
     if ((parser->flags & F_CONTENT_LENGTH) && parser->content_length > t->max_body)
         return refuse(parser, 413, "request body too large");
     t->head_only = parser->method == HTTP_HEAD;

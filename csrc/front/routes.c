@@ -132,6 +132,24 @@ static bool decode_tenant(struct mf_routes *routes, struct reader *r, size_t ind
     return true;
 }
 
+static bool decode_proxies(struct mf_routes *routes, struct reader *r, uint32_t count)
+{
+    routes->proxies = calloc(count ? count : 1, sizeof(*routes->proxies));
+    if (routes->proxies == NULL)
+        return mf_err("calloc(%u proxies)", count);
+    for (uint32_t i = 0; i < count; i++) {
+        struct mf_route_proxy wire;
+        MF_TRY(take(r, &wire, sizeof(wire), "a trusted proxy"));
+        if (wire.prefix > 128 || wire.reserved != 0)
+            return mf_errx(EINVAL, "ROUTES: trusted proxy %u: prefix %u, reserved %u", i, wire.prefix,
+                           wire.reserved);
+        memcpy(routes->proxies[i].addr, wire.addr, sizeof(wire.addr));
+        routes->proxies[i].prefix = (uint8_t)wire.prefix;
+    }
+    routes->proxy_count = count;
+    return true;
+}
+
 static void routes_free(struct mf_routes *routes)
 {
     if (routes == NULL)
@@ -139,6 +157,7 @@ static void routes_free(struct mf_routes *routes)
     free(routes->tenants);
     free(routes->exact);
     free(routes->wildcards);
+    free(routes->proxies);
     free(routes->payload);
     free(routes);
 }
@@ -147,11 +166,13 @@ static bool decode(struct mf_routes *routes, const char *payload, size_t len)
 {
     struct reader r = {.at = routes->payload, .left = len};
     memcpy(routes->payload, payload, len);
-    struct mf_routes_head head;
+    struct mf_routes_head head = {.generation = 0};
     MF_TRY(take(&r, &head, sizeof(head), "the head"));
-    if ((head.flags & ~MF_ROUTES_ACCESS_LOG) != 0 || head.tenant_count > MF_ROUTE_MAX_TENANTS)
-        return mf_errx(EINVAL, "ROUTES: %u tenants (at most %u), unknown flags %#x", head.tenant_count,
-                       MF_ROUTE_MAX_TENANTS, head.flags);
+    if ((head.flags & ~MF_ROUTES_ACCESS_LOG) != 0 || head.tenant_count > MF_ROUTE_MAX_TENANTS
+        || head.proxy_count > MF_ROUTE_MAX_PROXIES || head.reserved != 0)
+        return mf_errx(EINVAL, "ROUTES: %u tenants (at most %u), %u proxies (at most %u), unknown flags %#x,"
+                       " reserved %u", head.tenant_count, MF_ROUTE_MAX_TENANTS, head.proxy_count,
+                       MF_ROUTE_MAX_PROXIES, head.flags, head.reserved);
     routes->generation = head.generation;
     routes->access_log = (head.flags & MF_ROUTES_ACCESS_LOG) != 0;
     /* Each host takes at least a mf_route_host and a byte: that bounds them. */
@@ -164,8 +185,9 @@ static bool decode(struct mf_routes *routes, const char *payload, size_t len)
     routes->tenant_count = head.tenant_count;
     for (size_t i = 0; i < head.tenant_count; i++)
         MF_TRY(decode_tenant(routes, &r, i, &hosts_left));
+    MF_TRY(decode_proxies(routes, &r, head.proxy_count));
     if (r.left != 0)
-        return mf_errx(EINVAL, "ROUTES: %zu bytes after the last tenant", r.left);
+        return mf_errx(EINVAL, "ROUTES: %zu bytes after the last trusted proxy", r.left);
     MF_TRY(sort_unique(routes->exact, routes->exact_count, by_name));
     MF_TRY(sort_unique(routes->wildcards, routes->wildcard_count, by_length_then_name));
     return true;

@@ -20,6 +20,7 @@
 #include <stdint.h>
 
 #include "front/front.h"
+#include "front/proxy.h"
 
 struct mf_tenant_route {
     const char *name;  /* into the table's copy of the payload, not terminated */
@@ -44,6 +45,8 @@ struct mf_routes {
     struct mf_route_name *wildcards; /* longest suffix first */
     size_t wildcard_count;
     const struct mf_tenant_route *fallback; /* the default tenant, or NULL */
+    struct mf_proxy_net *proxies;    /* trusted_proxies (proxy.h) */
+    size_t proxy_count;
     char *payload;
 };
 

@@ -35,11 +35,13 @@ enum mf_front_msg_type {
 #define MF_MAX_ROUTES_PAYLOAD (128u * 1024u)
 #define MF_ROUTE_MAX_TENANTS 4096u
 #define MF_ROUTE_MAX_NAME 255u
+#define MF_ROUTE_MAX_PROXIES 1024u
 
 /*
  * ROUTES payload: this head, then tenant_count tenants, each a
  * mf_route_tenant, its name (name_len bytes), then host_count hosts, each
- * a mf_route_host and its name (len bytes). A host is an exact name as
+ * a mf_route_host and its name (len bytes), then proxy_count
+ * mf_route_proxy (the config's trusted_proxies). A host is an exact name as
  * the front end normalises Host (lower case, no port, no trailing dot) or
  * "*.suffix": any name ending in ".suffix", not "suffix" itself. A host
  * names one tenant; at most one tenant is the default.
@@ -48,6 +50,8 @@ struct mf_routes_head {
     uint64_t generation;   /* the supervisor's count; ROUTES_ACK returns it */
     uint32_t tenant_count;
     uint32_t flags;        /* enum mf_routes_flags */
+    uint32_t proxy_count;  /* trusted proxies, at most MF_ROUTE_MAX_PROXIES */
+    uint32_t reserved;     /* 0 */
 };
 
 enum mf_routes_flags {
@@ -73,6 +77,14 @@ struct mf_route_tenant {
 
 struct mf_route_host {
     uint32_t len;
+    uint32_t reserved;     /* 0 */
+};
+
+/* A trusted proxy's network: IPv4 as IPv4-mapped IPv6 (::ffff:a.b.c.d)
+ * with its prefix plus 96; the bits past the prefix are 0. */
+struct mf_route_proxy {
+    uint8_t addr[16];
+    uint32_t prefix;       /* 0..128 */
     uint32_t reserved;     /* 0 */
 };
 
@@ -113,7 +125,8 @@ struct mf_tenant_state {
     uint32_t name_len;
 };
 
-_Static_assert(sizeof(struct mf_routes_head) == 16, "mf_routes_head layout");
+_Static_assert(sizeof(struct mf_routes_head) == 24, "mf_routes_head layout");
+_Static_assert(sizeof(struct mf_route_proxy) == 24, "mf_route_proxy layout");
 _Static_assert(sizeof(struct mf_route_tenant) == 48, "mf_route_tenant layout");
 _Static_assert(sizeof(struct mf_route_host) == 8, "mf_route_host layout");
 _Static_assert(sizeof(struct mf_routes_ack) == 8, "mf_routes_ack layout");

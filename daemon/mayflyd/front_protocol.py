@@ -11,6 +11,7 @@ compiles a small program against the C header to check that both agree.
 """
 from __future__ import annotations
 
+import ipaddress
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from mayflyd.protocol import ProtocolError, pack_frame, parse_frame
 
 __all__ = [
     "MSG_ROUTES", "MSG_ROUTES_ACK", "MSG_ROUTES_REFUSED", "MAX_ROUTES_PAYLOAD", "MAX_TENANTS", "MAX_NAME",
-    "ROUTE_DEFAULT", "ROUTES_ACCESS_LOG", "STRUCTS", "RouteLimits", "TenantRoute", "RoutesAnswer",
+    "MAX_PROXIES", "ROUTE_DEFAULT", "ROUTES_ACCESS_LOG", "STRUCTS", "RouteLimits", "TenantRoute", "RoutesAnswer",
     "encode_routes", "decode_answer", "MSG_HOST_ATTACH", "MSG_HOST_DETACH", "MSG_TENANT_STATE",
     "MSG_HOST_DRAINED", "TENANT_STARTING", "TENANT_DOWN", "HostDrained", "encode_host_attach",
     "encode_host_detach", "encode_tenant_state", "decode_from_front",
@@ -40,13 +41,15 @@ TENANT_DOWN: Final = 2
 MAX_ROUTES_PAYLOAD: Final = 128 * 1024
 MAX_TENANTS: Final = 4096
 MAX_NAME: Final = 255
+MAX_PROXIES: Final = 1024
 ROUTE_DEFAULT: Final = 1
 ROUTES_ACCESS_LOG: Final = 1
 
 # Native byte order, standard sizes, no padding, as in protocol.py.
-ROUTES_HEAD: Final = struct.Struct("=QII")
+ROUTES_HEAD: Final = struct.Struct("=QIIII")
 ROUTE_TENANT: Final = struct.Struct("=QQIIIIIIII")
 ROUTE_HOST: Final = struct.Struct("=II")
+ROUTE_PROXY: Final = struct.Struct("=16sII")
 ROUTES_ACK: Final = struct.Struct("=Q")
 HOST_ATTACH: Final = struct.Struct("=QIIII")
 HOST_DETACH: Final = struct.Struct("=Q")
@@ -55,10 +58,11 @@ TENANT_STATE: Final = struct.Struct("=II")
 
 # struct name -> (struct, field names in order), for the layout test.
 STRUCTS: Final[dict[str, tuple[struct.Struct, tuple[str, ...]]]] = {
-    "mf_routes_head": (ROUTES_HEAD, ("generation", "tenant_count", "flags")),
+    "mf_routes_head": (ROUTES_HEAD, ("generation", "tenant_count", "flags", "proxy_count", "reserved")),
     "mf_route_tenant": (ROUTE_TENANT, ("max_body", "max_response", "request_timeout_ms", "concurrency",
                                        "flags", "name_len", "host_count", "queue", "slot", "request_cpu_ms")),
     "mf_route_host": (ROUTE_HOST, ("len", "reserved")),
+    "mf_route_proxy": (ROUTE_PROXY, ("addr", "prefix", "reserved")),
     "mf_routes_ack": (ROUTES_ACK, ("generation",)),
     "mf_host_attach": (HOST_ATTACH, ("host_id", "thread", "name_len", "engine", "reserved")),
     "mf_host_detach": (HOST_DETACH, ("host_id",)),
@@ -101,11 +105,16 @@ class HostDrained:
     thread: int
 
 
-def encode_routes(generation: int, tenants: Sequence[TenantRoute], *, access_log: bool = False) -> bytes:
-    """One ROUTES packet; ValueError if it cannot fit one."""
+def encode_routes(generation: int, tenants: Sequence[TenantRoute], *, access_log: bool = False,
+                  trusted_proxies: Sequence[str] = ()) -> bytes:
+    """One ROUTES packet; ValueError if it cannot fit one. trusted_proxies:
+    networks as the config keeps them ("10.0.0.0/8", "2001:db8::/32")."""
     if len(tenants) > MAX_TENANTS:
         raise ValueError(f"{len(tenants)} tenants, at most {MAX_TENANTS}")
-    parts = [ROUTES_HEAD.pack(generation, len(tenants), ROUTES_ACCESS_LOG if access_log else 0)]
+    if len(trusted_proxies) > MAX_PROXIES:
+        raise ValueError(f"{len(trusted_proxies)} trusted proxies, at most {MAX_PROXIES}")
+    parts = [ROUTES_HEAD.pack(generation, len(tenants), ROUTES_ACCESS_LOG if access_log else 0,
+                              len(trusted_proxies), 0)]
     for tenant in tenants:
         name = tenant.name.encode("ascii")
         limits = tenant.limits
@@ -117,7 +126,17 @@ def encode_routes(generation: int, tenants: Sequence[TenantRoute], *, access_log
             encoded = host.encode("ascii")
             parts.append(ROUTE_HOST.pack(len(encoded), 0))
             parts.append(encoded)
+    parts.extend(_proxy(network) for network in trusted_proxies)
     return pack_frame(MSG_ROUTES, 0, b"".join(parts), max_payload=MAX_ROUTES_PAYLOAD)
+
+
+def _proxy(text: str) -> bytes:
+    """A network as the front end matches it: IPv4 as IPv4-mapped IPv6."""
+    network = ipaddress.ip_network(text)
+    if isinstance(network, ipaddress.IPv4Network):
+        mapped = ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + network.network_address.packed)
+        return ROUTE_PROXY.pack(mapped.packed, network.prefixlen + 96, 0)
+    return ROUTE_PROXY.pack(network.network_address.packed, network.prefixlen, 0)
 
 
 def _name(name: str) -> bytes:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import os
+import re
 import socket
 import struct
 import subprocess
@@ -218,7 +219,9 @@ def malformed(generation: int) -> list[bytes]:
     limits = RouteLimits(max_body=10, max_response=10, request_timeout_ms=10, concurrency=1)
     good = encode_routes(generation, [TenantRoute("t", ("t.example",), False, limits)])
     header = FRAME_HEADER.size
-    head = front_protocol.ROUTES_HEAD.pack(generation, 2, 0)
+    head = front_protocol.ROUTES_HEAD.pack(generation, 2, 0, 0, 0)
+    proxy = front_protocol.ROUTE_PROXY.pack(b"\0" * 16, 129, 0)  # a prefix over 128
+    one_proxy = front_protocol.ROUTES_HEAD.pack(generation, 0, 0, 1, 0)
     return [
         encode_routes(generation, [TenantRoute("t", ("bad host",), False, limits)]),
         encode_routes(generation, [TenantRoute("t", ("*.",), False, limits)]),
@@ -231,6 +234,8 @@ def malformed(generation: int) -> list[bytes]:
         encode_routes(generation, [TenantRoute("t", (), False, RouteLimits(10, 10, 0, 1))]),
         good[:-1],  # truncated: payload_len no longer matches
         FRAME_HEADER.pack(MAGIC, MSG_ROUTES, PROTOCOL_VERSION, 0, len(head), 0) + head,  # 2 tenants, none sent
+        FRAME_HEADER.pack(MAGIC, MSG_ROUTES, PROTOCOL_VERSION, 0, len(one_proxy), 0) + one_proxy,  # 1 proxy, not sent
+        FRAME_HEADER.pack(MAGIC, MSG_ROUTES, PROTOCOL_VERSION, 0, len(one_proxy) + len(proxy), 0) + one_proxy + proxy,
         # A byte after the last tenant, payload_len counting it.
         FRAME_HEADER.pack(MAGIC, MSG_ROUTES, PROTOCOL_VERSION, 0, len(good) - header + 1, 0) + good[header:] + b"\0",
         FRAME_HEADER.pack(MAGIC, 100, PROTOCOL_VERSION, 0, len(good) - header, 0) + good[header:],  # unknown type
@@ -281,13 +286,14 @@ def test_struct_layouts_match_the_c_header(tmp_path: Path) -> None:
         lines.append(f'printf("{const} %llu\\n", (unsigned long long)MF_{const});')
     lines.append('printf("MAX_TENANTS %llu\\n", (unsigned long long)MF_ROUTE_MAX_TENANTS);')
     lines.append('printf("MAX_NAME %llu\\n", (unsigned long long)MF_ROUTE_MAX_NAME);')
+    lines.append('printf("MAX_PROXIES %llu\\n", (unsigned long long)MF_ROUTE_MAX_PROXIES);')
     out = c_printed(tmp_path, "wire/front_protocol.h", lines)
     for name, (st, fields) in front_protocol.STRUCTS.items():
         assert int(out[name]) == st.size, name
         offset = 0
-        for f, code in zip(fields, st.format.lstrip("="), strict=True):
+        for f, code in zip(fields, re.findall(r"[0-9]*[a-zA-Z]", st.format.lstrip("=")), strict=True):
             size = struct.calcsize("=" + code)
             assert out[f"{name}.{f}"] == f"{offset} {size}", f"{name}.{f}"
             offset += size
-    for const in [*CONSTANTS, "MAX_TENANTS", "MAX_NAME"]:
+    for const in [*CONSTANTS, "MAX_TENANTS", "MAX_NAME", "MAX_PROXIES"]:
         assert int(out[const]) == getattr(front_protocol, const), const

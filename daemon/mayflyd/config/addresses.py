@@ -1,6 +1,7 @@
 """Listen addresses and host names as written in the config.
 
 "127.0.0.1:8080", "[::1]:8080" and "localhost:8080" are listen addresses;
+"10.0.0.0/8", "192.0.2.7" and "2001:db8::/32" are (trusted proxies') networks;
 tenant host names are DNS names, optionally with a leading "*." wildcard.
 """
 
@@ -10,7 +11,7 @@ import ipaddress
 import re
 from typing import Final
 
-__all__ = ["host_name_problem", "normalize_host_name", "parse_listen"]
+__all__ = ["host_name_problem", "normalize_host_name", "parse_listen", "parse_network"]
 
 _LABEL_RE: Final = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _HOST_WITH_PORT_RE: Final = re.compile(r".*:[0-9]*")
@@ -47,6 +48,33 @@ def parse_listen(value: str) -> tuple[str, int]:
     if not 1 <= port <= 65535:
         raise ValueError(f"port must be between 1 and 65535, got {port}")
     return host, port
+
+
+def parse_network(value: str) -> str:
+    """An IPv4 or IPv6 address or network in CIDR notation, as its network
+    ("192.0.2.7" is "192.0.2.7/32"); ValueError says what is wrong. Host bits
+    past the prefix are refused: "10.0.0.1/8" is more likely a typo for
+    10.0.0.1/32 than for 10.0.0.0/8, and guessing would trust the wrong hosts."""
+    text = value.strip()
+    if not text or text != value:
+        raise ValueError(f"must be an IP address or network like 10.0.0.0/8, got {value!r}")
+    if text.startswith("["):
+        raise ValueError(f"write an IPv6 address without brackets, got {value!r}")
+    address, slash, prefix = text.partition("/")
+    if "%" in address:
+        raise ValueError(f"an address with a zone (%) cannot be matched, got {value!r}")
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        raise ValueError(f"{address!r} is not an IPv4 or IPv6 address (in {value!r})") from None
+    if slash and not (prefix.isascii() and prefix.isdigit() and int(prefix) <= ip.max_prefixlen):
+        raise ValueError(f"the prefix length of {value!r} must be a number from 0 to {ip.max_prefixlen}")
+    try:
+        return str(ipaddress.ip_network(text))
+    except ValueError:
+        network = ipaddress.ip_network(text, strict=False)
+        raise ValueError(f"{value!r} has host bits set past the /{network.prefixlen} prefix: write the network"
+                         f" {str(network)!r} or the single address {str(ip)!r}") from None
 
 
 def _check_listen_host(host: str) -> None:

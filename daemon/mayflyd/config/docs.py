@@ -48,6 +48,7 @@ _TYPES: Final[Mapping[Kind, str]] = {
     "cores": "number (cores)",
     "choice": "string",
     "listen": "string `HOST:PORT` or `[IPv6]:PORT`",
+    "networks": "list of addresses or CIDRs",
     "abs_path": "absolute path",
     "socket_path": "absolute path",
     "cgroup_prefix": "relative path",

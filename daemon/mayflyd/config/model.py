@@ -127,6 +127,7 @@ class Config:
     metrics_listen: tuple[str, int] | None = TOP["metrics_listen"].default
     log_format: str = TOP["log_format"].default
     access_log: bool = TOP["access_log"].default
+    trusted_proxies: tuple[str, ...] = TOP["trusted_proxies"].default  # networks, "a.b.c.d/n" or "x::/n"
     zygote: bool = TOP["zygote"].default
     shutdown_grace_ms: int = TOP["shutdown_grace_ms"].default
     header_timeout_ms: int = TOP["header_timeout_ms"].default

@@ -21,10 +21,10 @@ import yaml
 from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from .addresses import parse_listen
+from .addresses import parse_listen, parse_network
 from .model import ConfigIssue
 from .packages import packages_version_problem
-from .records import MAX_WARM_UP_TARGETS, Key, Kind
+from .records import MAX_NETWORKS, MAX_WARM_UP_TARGETS, Key, Kind
 from .sizes import format_size, parse_size
 
 __all__ = ["SECTION_KINDS", "Entries", "Issues", "ValueReader", "compose", "line_of", "type_name"]
@@ -136,6 +136,8 @@ class ValueReader:
                 return self._choice(node, path, key.choices)
             case "listen":
                 return self._listen(node, path)
+            case "networks":
+                return self._networks(node, path)
             case "abs_path":
                 return self._string_where(node, path, os.path.isabs, "an absolute path")
             case "socket_path":
@@ -428,6 +430,21 @@ class ValueReader:
             return None if os.path.exists(text) else f"{text!r} does not exist"
 
         return tuple(Path(text) for text in self._strings(node, path, "absolute paths", problem))
+
+    def _networks(self, node: Node, path: str) -> tuple[str, ...]:
+        """Addresses or networks, each kept as its network ("10.0.0.0/8", "::1/128")."""
+        if isinstance(node, SequenceNode) and len(node.value) > MAX_NETWORKS:
+            self.issues.add(node, path, f"at most {MAX_NETWORKS} networks, got {len(node.value)}")
+            return ()
+
+        def problem(text: str) -> str | None:
+            try:
+                parse_network(text)
+            except ValueError as exc:
+                return str(exc)
+            return None
+
+        return tuple(parse_network(text) for text in self._strings(node, path, "addresses or networks", problem))
 
     def _targets(self, node: Node, path: str) -> tuple[str, ...]:
         """Request targets in origin form: "/path" or "/path?query", printable ASCII."""

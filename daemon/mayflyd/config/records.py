@@ -37,7 +37,7 @@ __all__ = [
 # the record's range or choices; the others name a check of their own.
 Kind = Literal[
     "bool", "int", "id", "size", "cores", "choice",
-    "listen", "abs_path", "socket_path", "cgroup_prefix",
+    "listen", "networks", "abs_path", "socket_path", "cgroup_prefix",
     "tenant_name", "host_names", "program", "app", "directory", "packages", "env", "paths", "targets",
     "mapping", "limits", "tenants",
 ]  # fmt: skip
@@ -77,6 +77,7 @@ class Key:
 MAX_ID: Final = 2**31 - 2  # 2^31-1 is reserved by some tools as "no id"
 UID_SPAN: Final = 65536  # derived uids are uid_base + crc32(name) % UID_SPAN
 MAX_WARM_UP_TARGETS: Final = 16
+MAX_NETWORKS: Final = 1024  # trusted_proxies: the front end's MF_ROUTE_MAX_PROXIES
 WARM_UP_ROUNDS: Final = 16  # requests per warm-up target: CPython specialises after a few calls
 _HOUR_MS: Final = 3_600_000
 
@@ -152,7 +153,13 @@ TOP_KEYS: Final = (
     Key(name="log_format", kind="choice", default="logfmt", choices=("logfmt", "json"),
         doc="One event per line on stderr, in this format."),
     Key(name="access_log", kind="bool", default=False,
-        doc="One log line per request (method, path, status, duration, tenant, request id)."),
+        doc="One log line per request (method, path, status, duration, tenant, request id, client address)."),
+    Key(name="trusted_proxies", kind="networks", default=(), range_note="at most 1024; no host bits past the prefix",
+        doc="Proxies (IPv4 or IPv6 addresses, or networks like `10.0.0.0/8`) whose word on the client"
+            " is believed: a connection from one may begin with a PROXY protocol header (v1 or v2), and"
+            " a request from one names its client in `Forwarded` or `X-Forwarded-For`"
+            " ([HTTP](http.md#clients-behind-a-proxy)). The client's address becomes `request.client`"
+            " (`REMOTE_ADDR`) and the access log's `client`. Empty: nobody is trusted."),
     Key(name="header_timeout_ms", kind="int", default=60_000, low=1, high=_HOUR_MS,
         doc="Time a client has to send a request's head, from its first byte (and a new"
             " connection's first byte), and then its body: else `408` and the connection is closed."

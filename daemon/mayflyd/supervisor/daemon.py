@@ -338,7 +338,8 @@ class Daemon:
         for tenant in removed:
             del self._tenants[tenant.name]
         self.config = dataclasses.replace(self.config, tenants=new.tenants, defaults=new.defaults,
-                                          log_level=new.log_level, access_log=new.access_log)
+                                          log_level=new.log_level, access_log=new.access_log,
+                                          trusted_proxies=new.trusted_proxies)
         await self._front.reconfigure(self.config)
         for tenant in removed:
             log.info("tenant removed from the configuration: draining and stopping", extra={"tenant": tenant.name})

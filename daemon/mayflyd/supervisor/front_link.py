@@ -92,13 +92,16 @@ class FrontLink:
 
     async def send_config(self, config: Config, *, slots: Mapping[str, int] | None = None,
                           access_log: bool = False) -> int:
-        return await self.send_routes(routes_of(config, slots), access_log=access_log)
+        return await self.send_routes(routes_of(config, slots), access_log=access_log,
+                                      trusted_proxies=config.trusted_proxies)
 
-    async def send_routes(self, tenants: Sequence[TenantRoute], *, access_log: bool = False) -> int:
+    async def send_routes(self, tenants: Sequence[TenantRoute], *, access_log: bool = False,
+                          trusted_proxies: Sequence[str] = ()) -> int:
         """Sends a table and returns its generation once the front end uses it."""
         async with self._lock:
             self._generation += 1
-            packet = encode_routes(self._generation, tenants, access_log=access_log)
+            packet = encode_routes(self._generation, tenants, access_log=access_log,
+                                   trusted_proxies=trusted_proxies)
             return await self._exchange(self._generation, packet)
 
     async def send_raw(self, generation: int, packet: bytes) -> int:

@@ -269,7 +269,7 @@ class FrontProcess:
             return  # a front end starting meanwhile is told by _tell_everything
         routes = routes_of(config, {tenant.name: self.slot_of(tenant.name) for tenant in config.tenants})
         try:
-            await link.send_routes(routes, access_log=config.access_log)
+            await link.send_routes(routes, access_log=config.access_log, trusted_proxies=config.trusted_proxies)
         except FrontGone:
             pass  # _keep_running restarts it, with this table
 
