@@ -194,6 +194,14 @@ static bool conn_proxy_header(struct mf_conn *conn)
     return true;
 }
 
+/* The connection ends (at `why`) in the middle of a PROXY header: said once. */
+static void proxy_cut_short(const struct mf_conn *conn, const char *why)
+{
+    if (conn->proxy_pending && conn->in_off < conn->in_len)
+        mf_warn("PROXY header from %s incomplete after %zu bytes and %s: connection closed", conn->client,
+                conn->in_len - conn->in_off, why);
+}
+
 /* Parses what is buffered; false when it had to stop before the end. */
 static bool conn_parse(struct mf_conn *conn)
 {
@@ -258,6 +266,7 @@ static void conn_pump(struct mf_conn *conn)
             continue;
         }
         if (n == 0) {
+            proxy_cut_short(conn, "the peer's end");
             conn->peer_eof = true;
             conn->reading_done = true;
             if (conn->parsing != NULL) /* cut off mid-request: nobody to answer */
@@ -463,9 +472,7 @@ void mf_conn_timed_out(struct mf_timer *timer)
     if (conn->dead)
         return;
     if (timer->kind == MF_TIMER_LINGER || (!conn->parsing && timer->kind != MF_TIMER_BODY)) {
-        if (conn->proxy_pending && conn->in_off < conn->in_len)
-            mf_warn("PROXY header from %s incomplete after %zu bytes and the header timeout: connection closed",
-                    conn->client, conn->in_len - conn->in_off);
+        proxy_cut_short(conn, "the header timeout");
         conn_close(conn); /* idle, or never said anything: no answer is owed */
         return;
     }

@@ -80,6 +80,22 @@ static void add_logfmt_value(struct line *l, const char *s, size_t len)
     add(l, "\"", 1);
 }
 
+/* A text field and its separator, in the line's format; nothing if empty. */
+static void add_text_field(struct line *l, const char *name, const char *value, size_t len)
+{
+    if (value == NULL || len == 0)
+        return;
+    if (log_json) {
+        addf(l, "\"%s\": \"", name);
+        add_escaped(l, value, len, true);
+        add(l, "\", ", 3);
+    } else {
+        addf(l, "%s=", name);
+        add_logfmt_value(l, value, len);
+        add(l, " ", 1);
+    }
+}
+
 static void timestamp(char *out, size_t cap)
 {
     struct timespec now;
@@ -111,39 +127,23 @@ static void vlog(const char *level, const char *logger, const struct fields *f, 
     struct line l = {.len = 0};
     if (log_json) {
         addf(&l, "{\"ts\": \"%s\", \"level\": \"%s\", \"logger\": \"%s\", ", ts, level, logger);
-        if (f->tenant != NULL && f->tenant_len > 0) {
-            add(&l, "\"tenant\": \"", 11);
-            add_escaped(&l, f->tenant, f->tenant_len, true);
-            add(&l, "\", ", 3);
-        }
+        add_text_field(&l, "tenant", f->tenant, f->tenant_len);
         if (f->req != 0)
             addf(&l, "\"req\": %" PRIu64 ", ", f->req);
         if (f->ms != NULL)
             addf(&l, "\"ms\": %s, ", f->ms);
-        if (f->client != NULL && f->client_len > 0) {
-            add(&l, "\"client\": \"", 11);
-            add_escaped(&l, f->client, f->client_len, true);
-            add(&l, "\", ", 3);
-        }
+        add_text_field(&l, "client", f->client, f->client_len);
         add(&l, "\"msg\": \"", 8);
         add_escaped(&l, msg.buf, msg.len, true);
         add(&l, "\"}", 2);
     } else {
         addf(&l, "ts=%s level=%s logger=%s ", ts, level, logger);
-        if (f->tenant != NULL && f->tenant_len > 0) {
-            add(&l, "tenant=", 7);
-            add_logfmt_value(&l, f->tenant, f->tenant_len);
-            add(&l, " ", 1);
-        }
+        add_text_field(&l, "tenant", f->tenant, f->tenant_len);
         if (f->req != 0)
             addf(&l, "req=%" PRIu64 " ", f->req);
         if (f->ms != NULL)
             addf(&l, "ms=%s ", f->ms);
-        if (f->client != NULL && f->client_len > 0) {
-            add(&l, "client=", 7);
-            add_logfmt_value(&l, f->client, f->client_len);
-            add(&l, " ", 1);
-        }
+        add_text_field(&l, "client", f->client, f->client_len);
         add(&l, "msg=", 4);
         add_logfmt_value(&l, msg.buf, msg.len);
     }

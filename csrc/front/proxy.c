@@ -79,8 +79,7 @@ bool mf_proxy_trusted(const struct mf_proxy_net *nets, size_t count, const struc
     return false;
 }
 
-/* 0..65535 in decimal. */
-static bool port_number(const char *p, size_t len)
+bool mf_port_number(const char *p, size_t len)
 {
     if (len == 0 || len > 5)
         return false;
@@ -169,7 +168,7 @@ static enum mf_proxy_parse parse_v1(const uint8_t *data, size_t len, struct mf_p
     if (!mf_addr_parse(field[2], field_len[2], &out->source) || !mf_addr_parse(field[3], field_len[3], &destination)
         || is_mapped_v4(&out->source) != tcp4 || is_mapped_v4(&destination) != tcp4)
         return bad(out, "a v1 address that is not of its family");
-    if (!port_number(field[4], field_len[4]) || !port_number(field[5], field_len[5]))
+    if (!mf_port_number(field[4], field_len[4]) || !mf_port_number(field[5], field_len[5]))
         return bad(out, "a v1 port that is not a number of 0..65535");
     out->has_source = true;
     return MF_PROXY_DONE;
@@ -212,7 +211,7 @@ static void trim(const char **s, size_t *len)
 /* A port after a node: digits, or an obfuscated "_name" (RFC 7239 6.3). */
 static bool valid_port(const char *p, size_t len)
 {
-    return (len > 0 && p[0] == '_') || port_number(p, len);
+    return (len > 0 && p[0] == '_') || mf_port_number(p, len);
 }
 
 

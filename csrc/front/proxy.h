@@ -40,6 +40,9 @@ size_t mf_addr_text(const struct mf_addr *addr, char *out, size_t cap);
 /* Whether addr lies in one of the networks. */
 bool mf_proxy_trusted(const struct mf_proxy_net *nets, size_t count, const struct mf_addr *addr);
 
+/* A port: 0..65535 in decimal (1 to 5 digits). Host's too (request.c). */
+bool mf_port_number(const char *p, size_t len);
+
 /* A PROXY header longer than this (v2: 16 bytes of head and its length) is refused. */
 #define MF_PROXY_MAX_HEADER (16 + 4096)
 

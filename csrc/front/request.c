@@ -389,19 +389,6 @@ static bool is_label_char(unsigned char c)
     return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_';
 }
 
-static bool valid_port(const char *p, size_t len)
-{
-    if (len == 0 || len > 5)
-        return false;
-    unsigned value = 0;
-    for (size_t i = 0; i < len; i++) {
-        if (p[i] < '0' || p[i] > '9')
-            return false;
-        value = value * 10 + (unsigned)(p[i] - '0');
-    }
-    return value <= 65535;
-}
-
 bool mf_host_normalize(const char *host, size_t len, char *out, size_t *out_len)
 {
     for (size_t i = 0; i < len; i++) {
@@ -447,7 +434,7 @@ bool mf_host_normalize(const char *host, size_t len, char *out, size_t *out_len)
     const char *after = out + name_len;
     if (rest > 0 && after[0] == '.')
         after++, rest--; /* the stripped root dot */
-    if (rest > 0 && (after[0] != ':' || !valid_port(after + 1, rest - 1)))
+    if (rest > 0 && (after[0] != ':' || !mf_port_number(after + 1, rest - 1)))
         return false;
     *out_len = name_len;
     return true;

@@ -25,6 +25,7 @@ from mayflyd.config import (
     parse_listen,
     parse_size,
 )
+from mayflyd.config.addresses import parse_network
 from mayflyd.config.sizes import GiB, KiB, MiB, format_size
 
 # A valid first tenant; bad cases append keys at line 5 and beyond.
@@ -846,6 +847,34 @@ def test_parse_listen_bad(value: str, message: str) -> None:
     with pytest.raises(ValueError) as info:
         parse_listen(value)
     assert message in str(info.value)
+
+
+def test_trusted_proxies_are_kept_as_networks(base: Path) -> None:
+    assert parse(TENANT, base).trusted_proxies == ()
+    config = parse('trusted_proxies: ["10.0.0.0/8", "192.0.2.7", "2001:DB8::/32", "::1"]\n' + TENANT, base)
+    assert config.trusted_proxies == ("10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32", "::1/128")
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("10.0.0.1/8", "host bits set past the /8 prefix: write the network '10.0.0.0/8' or the single address"),
+    ("2001:db8::1/32", "write the network '2001:db8::/32'"),
+    ("10.0.0.0/33", "must be a number from 0 to 32"),
+    ("10.0.0.0/x", "must be a number from 0 to 32"),
+    ("example.com", "is not an IPv4 or IPv6 address"),
+    ("[::1]", "without brackets"),
+    ("fe80::1%eth0", "with a zone"),
+    ("", "must be an IP address or network"),
+])
+def test_parse_network_bad(value: str, message: str) -> None:
+    with pytest.raises(ValueError) as info:
+        parse_network(value)
+    assert message in str(info.value)
+
+
+def test_too_many_trusted_proxies(base: Path) -> None:
+    many = ", ".join(f'"10.0.{i // 256}.{i % 256}"' for i in range(1025))
+    (issue,) = issues_of(f"trusted_proxies: [{many}]\n" + TENANT, base)
+    assert (issue.key, issue.message) == ("trusted_proxies", "at most 1024 networks, got 1025")
 
 
 # ---- uid derivation

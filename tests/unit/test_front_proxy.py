@@ -144,7 +144,12 @@ def test_a_proxy_header_cut_short_times_out(front: Front) -> None:
     with connect(front) as sock:
         sock.sendall(v2_header("203.0.113.7")[:20])
         assert sock.recv(100) == b""  # --header-timeout-ms 300
-    assert "PROXY header from 127.0.0.1 incomplete after 20 bytes" in front.stderr.read_text()
+    assert "PROXY header from 127.0.0.1 incomplete after 20 bytes and the header timeout" in front.stderr.read_text()
+    with connect(front) as sock:
+        sock.sendall(v2_header("203.0.113.7")[:13])
+        sock.shutdown(socket.SHUT_WR)
+        assert sock.recv(100) == b""
+    assert "incomplete after 13 bytes and the peer's end" in front.stderr.read_text()
 
 
 def test_an_untrusted_peer_s_proxy_header_is_bad_http(front: Front) -> None:

@@ -9,7 +9,7 @@ import time
 
 __all__ = ["LogfmtFormatter", "JsonFormatter", "ReadableErrorsFormatter", "OutputBudget", "setup_logging"]
 
-_CONTEXT_FIELDS = ("tenant", "req", "stream", "method", "path", "status", "ms")
+_CONTEXT_FIELDS = ("tenant", "req", "stream", "method", "path", "status", "ms", "client")
 EXCEPTION_LOGGER = "mayflyd.tenant.exception"  # a sandbox's traceback, one record (host_handle.py)
 
 
