@@ -150,6 +150,14 @@ static bool handle(int fd, const char *packet, size_t len, int *passed_fd, struc
     if (len >= sizeof(header) + sizeof(generation))
         memcpy(&generation, packet + sizeof(header), sizeof(generation)); /* to name it in a refusal */
     if (mf_frame_parse((const uint8_t *)packet, len, &header)) { /* else: its error says why */
+        if (header.type == MF_MSG_LEAVING) {
+            if (header.payload_len != 0 || *passed_fd >= 0)
+                mf_warn("control: LEAVING with a payload of %u bytes%s: ignored", header.payload_len,
+                        *passed_fd >= 0 ? " and an fd" : "");
+            else
+                mf_loops_leave();
+            return true;
+        }
         if (header.type == MF_MSG_HOST_ATTACH || header.type == MF_MSG_HOST_DETACH
             || header.type == MF_MSG_TENANT_STATE) {
             handle_host_message(&header, packet + sizeof(header), passed_fd, loops, count);

@@ -31,10 +31,21 @@ static atomic_uint_fast64_t request_ids;
 static atomic_bool draining;
 static atomic_uint loops_busy;
 static int drained_event = -1;
+static atomic_bool leaving;
 
 bool mf_loop_draining(void)
 {
     return atomic_load_explicit(&draining, memory_order_relaxed);
+}
+
+void mf_loops_leave(void)
+{
+    atomic_store(&leaving, true);
+}
+
+bool mf_loop_leaving(void)
+{
+    return atomic_load_explicit(&leaving, memory_order_relaxed);
 }
 
 bool mf_loops_drain(struct mf_front_loop *loops, unsigned count, int *drained_fd)

@@ -80,6 +80,13 @@ void mf_loop_wake(struct mf_front_loop *loop);
  */
 bool mf_loops_drain(struct mf_front_loop *loops, unsigned count, int *drained_fd);
 bool mf_loop_draining(void);
+/*
+ * Leaving (MF_MSG_LEAVING, before the drain): the node is being taken out
+ * of its load balancer but still serves; every answer from now on closes
+ * its connection, so that keep-alive clients reconnect, elsewhere.
+ */
+void mf_loops_leave(void);
+bool mf_loop_leaving(void);
 
 /* Runs until an epoll call fails (logged); never returns otherwise. */
 bool mf_loop_run(struct mf_front_loop *loop);

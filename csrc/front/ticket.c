@@ -73,7 +73,7 @@ void mf_conn_request_end(struct mf_conn *conn)
     conn->parsing = NULL;
     t->want_continue = false;
     t->http10 = conn->parser.http_major == 1 && conn->parser.http_minor == 0;
-    if (!t->keep_alive) {
+    if (!t->keep_alive || mf_loop_leaving()) {
         conn->reading_done = true; /* llhttp refuses bytes after a closing request anyway */
         t->closes = true;
     }

@@ -7,7 +7,8 @@
  *
  *   supervisor -> front : MF_MSG_ROUTES (a whole routing table),
  *                         MF_MSG_HOST_ATTACH (+ one fd: a host's data channel for one loop),
- *                         MF_MSG_HOST_DETACH, MF_MSG_TENANT_STATE
+ *                         MF_MSG_HOST_DETACH, MF_MSG_TENANT_STATE,
+ *                         MF_MSG_LEAVING (the node drains: answers close their connections)
  *   front -> supervisor : MF_MSG_ROUTES_ACK (in use now), MF_MSG_ROUTES_REFUSED,
  *                         MF_MSG_HOST_DRAINED (sent by a loop itself)
  *
@@ -25,6 +26,7 @@ enum mf_front_msg_type {
     MF_MSG_HOST_ATTACH = 97,     /* payload: mf_host_attach, then the tenant name; one fd */
     MF_MSG_HOST_DETACH = 98,     /* payload: mf_host_detach */
     MF_MSG_TENANT_STATE = 99,    /* payload: mf_tenant_state, then the name, then UTF-8 reason */
+    MF_MSG_LEAVING = 100,        /* no payload; from now on every answer says Connection: close */
     MF_MSG_ROUTES_ACK = 112,     /* payload: mf_routes_ack */
     MF_MSG_ROUTES_REFUSED = 113, /* payload: mf_routes_ack, then UTF-8 reason; the old table stays */
     MF_MSG_HOST_DRAINED = 114,   /* payload: mf_host_drained */

@@ -6,8 +6,9 @@ by it, or ROUTES_REFUSED (the old table stays). HOST_ATTACH hands a loop a
 host's data channel, HOST_DETACH takes a host out of service (each loop
 answers HOST_DRAINED once nothing is in flight there), TENANT_STATE says
 whether requests for a tenant without a host wait (STARTING) or get 503
-(DOWN). Frames are protocol.py's 24-byte header with types of their own range. tests/unit/test_front_control.py
-compiles a small program against the C header to check that both agree.
+(DOWN), LEAVING that the node drains: every answer closes its connection.
+Frames are protocol.py's 24-byte header with types of their own range.
+tests/unit/test_front_control.py compiles a small program against the C header to check that both agree.
 """
 from __future__ import annotations
 
@@ -24,13 +25,14 @@ __all__ = [
     "MAX_PROXIES", "ROUTE_DEFAULT", "ROUTES_ACCESS_LOG", "STRUCTS", "RouteLimits", "TenantRoute", "RoutesAnswer",
     "encode_routes", "decode_answer", "MSG_HOST_ATTACH", "MSG_HOST_DETACH", "MSG_TENANT_STATE",
     "MSG_HOST_DRAINED", "TENANT_STARTING", "TENANT_DOWN", "HostDrained", "encode_host_attach",
-    "encode_host_detach", "encode_tenant_state", "decode_from_front",
+    "encode_host_detach", "encode_tenant_state", "decode_from_front", "MSG_LEAVING", "encode_leaving",
 ]
 
 MSG_ROUTES: Final = 96
 MSG_HOST_ATTACH: Final = 97
 MSG_HOST_DETACH: Final = 98
 MSG_TENANT_STATE: Final = 99
+MSG_LEAVING: Final = 100
 MSG_ROUTES_ACK: Final = 112
 MSG_ROUTES_REFUSED: Final = 113
 MSG_HOST_DRAINED: Final = 114
@@ -161,6 +163,10 @@ def encode_tenant_state(tenant: str, state: int, reason: str = "") -> bytes:
     name = _name(tenant)
     text = reason.encode("utf-8")[:1024]
     return pack_frame(MSG_TENANT_STATE, 0, TENANT_STATE.pack(state, len(name)) + name + text)
+
+
+def encode_leaving() -> bytes:
+    return pack_frame(MSG_LEAVING, 0, b"")
 
 
 def decode_from_front(packet: bytes) -> RoutesAnswer | HostDrained:

@@ -14,6 +14,7 @@ import pytest
 
 from mayflyd.cli.admin_client import AdminError, admin_request, format_status
 from mayflyd.supervisor.admin import AdminServer
+from mayflyd.supervisor.health import Health, TenantHealth, evaluate
 from mayflyd.supervisor.metrics import Metrics
 
 SAMPLE_STATUS: dict[str, Any] = {
@@ -35,6 +36,7 @@ class FakeControl:
     def __init__(self) -> None:
         self.reload_result: dict[str, Any] = {"result": "ok", "error": None}
         self.reloads = 0
+        self.tenant_health = TenantHealth(name="hello", state="ready", critical=False, ready=True)
 
     def status(self) -> dict[str, Any]:
         return SAMPLE_STATUS
@@ -46,6 +48,9 @@ class FakeControl:
     async def reload(self) -> dict[str, Any]:
         self.reloads += 1
         return self.reload_result
+
+    def health(self) -> Health:
+        return evaluate(draining=False, front_end="running", tenants=[self.tenant_health])
 
 
 @pytest.fixture
@@ -207,7 +212,17 @@ async def test_close_removes_the_socket(control: FakeControl, sock_path: str) ->
     await admin.close()  # twice is harmless
 
 
-async def test_metrics_listen_serves_only_metrics(control: FakeControl, sock_path: str) -> None:
+async def test_healthz_answers_503_with_what_is_wrong(
+        server: AdminServer, control: FakeControl, sock_path: str) -> None:
+    assert (await request(sock_path, "GET", "/healthz"))[0] == 200
+    control.tenant_health = TenantHealth(name="hello", state="starting", critical=False, ready=False,
+                                         reason="its host is starting")
+    code, body = await request(sock_path, "GET", "/healthz")
+    assert (code, body["status"]) == (503, "unhealthy")
+    assert body["problems"] == ["tenant 'hello' has no ready host: its host is starting"]
+
+
+async def test_metrics_listen_serves_only_metrics_and_health(control: FakeControl, sock_path: str) -> None:
     port = free_port()
     metrics = Metrics()
     metrics.reload("config", "ok")
@@ -218,6 +233,8 @@ async def test_metrics_listen_serves_only_metrics(control: FakeControl, sock_pat
             async with session.get(f"http://127.0.0.1:{port}/metrics") as resp:
                 assert resp.status == 200
                 assert 'mayflyd_reloads_total{kind="config",result="ok"} 1.0' in await resp.text()
+            async with session.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                assert resp.status == 200 and (await resp.json())["status"] == "ok"
             async with session.get(f"http://127.0.0.1:{port}/status") as resp:
                 assert resp.status == 404
                 assert "error" in await resp.json()

@@ -148,6 +148,11 @@ BAD_CONFIGS = [
     ("zygote-not-bool", "zygote: fresh\n" + TENANT, 1, "zygote", "true or false"),
     ("shutdown-grace-negative", "shutdown_grace_ms: -1\n" + TENANT, 1, "shutdown_grace_ms",
      "must be between 0 and"),
+    ("drain-negative", "drain_ms: -1\n" + TENANT, 1, "drain_ms", "must be between 0 and 600000, got -1"),
+    ("drain-too-long", "drain_ms: 600001\n" + TENANT, 1, "drain_ms", "must be between 0 and 600000"),
+    ("drain-seconds", "drain_ms: 5s\n" + TENANT, 1, "drain_ms", "must be an int, got string"),
+    ("critical-not-bool", TENANT_EXTRA.format("critical: yes please"), 5, "tenants[0].critical",
+     "must be true or false"),
     ("uid-base-negative", "uid_base: -5\n" + TENANT, 1, "uid_base", "must be between 1 and"),
     ("defaults-not-mapping", "defaults: 5\n" + TENANT, 1, "defaults", "must be a mapping, got int"),
     (
@@ -550,6 +555,11 @@ def test_config_error_pickles(base: Path) -> None:
     assert str(copy) == str(info.value)
 
 
+def test_drain_ms_and_critical(base: Path) -> None:
+    config = parse("drain_ms: 1500\n" + TENANT_EXTRA.format("critical: true"), base)
+    assert config.drain_ms == 1500 and config.tenants[0].critical is True
+
+
 # ---- good configs
 
 
@@ -560,6 +570,7 @@ def test_minimal(base: Path) -> None:
     assert config.uid_base == 200000
     assert (config.admin_socket, config.metrics_listen) == ("/run/mayflyd/admin.sock", None)
     assert (config.log_format, config.access_log, config.shutdown_grace_ms) == ("logfmt", False, 10000)
+    assert config.drain_ms == 0
     assert config.zygote is True
     assert config.defaults == BUILTIN_LIMITS
     assert config.source == "test.yaml"
@@ -567,6 +578,7 @@ def test_minimal(base: Path) -> None:
     assert tenant.name == "a"
     assert tenant.hosts == ("a.example",)
     assert tenant.default is False
+    assert tenant.critical is False
     assert tenant.program == (base / "prog.py").resolve()
     assert tenant.engine == "auto" and tenant.pool == 0 and not tenant.verify_rewind
     assert tenant.pool_idle_ms == 60_000

@@ -238,7 +238,7 @@ def malformed(generation: int) -> list[bytes]:
         FRAME_HEADER.pack(MAGIC, MSG_ROUTES, PROTOCOL_VERSION, 0, len(one_proxy) + len(proxy), 0) + one_proxy + proxy,
         # A byte after the last tenant, payload_len counting it.
         FRAME_HEADER.pack(MAGIC, MSG_ROUTES, PROTOCOL_VERSION, 0, len(good) - header + 1, 0) + good[header:] + b"\0",
-        FRAME_HEADER.pack(MAGIC, 100, PROTOCOL_VERSION, 0, len(good) - header, 0) + good[header:],  # unknown type
+        FRAME_HEADER.pack(MAGIC, 127, PROTOCOL_VERSION, 0, len(good) - header, 0) + good[header:],  # unknown type
     ]
 
 
@@ -252,6 +252,25 @@ def test_a_malformed_table_is_refused_and_the_old_one_stays(front: Front, tmp_pa
     assert "ROUTES" in front.stderr.read_text()
     assert send(front, config(tmp_path, default=True)) == 2  # the channel still works
     assert front.status("unknown.test")[0] == 503
+
+
+def test_leaving_closes_every_connection_after_its_answer(front: Front, tmp_path: Path) -> None:
+    send(front, config(tmp_path, default=False))
+    conn = http.client.HTTPConnection("127.0.0.1", front.port, timeout=5)
+    try:
+        conn.request("GET", "/", headers={"Host": "unknown.test"})
+        first = conn.getresponse()
+        first.read()
+        assert (first.status, first.getheader("Connection")) == (404, None)
+        front.link.leaving()
+        # A table's answer comes after the control thread took LEAVING: no race.
+        assert send(front, config(tmp_path, default=False)) == 2
+        conn.request("GET", "/", headers={"Host": "unknown.test"})  # the same keep-alive connection
+        second = conn.getresponse()
+        second.read()
+        assert (second.status, second.getheader("Connection")) == (404, "close")
+    finally:
+        conn.close()
 
 
 def test_the_end_of_the_control_channel_ends_the_front_end(front: Front) -> None:
@@ -271,7 +290,7 @@ def test_routes_of_a_config_keeps_hosts_default_and_limits(tmp_path: Path) -> No
 # Named MF_<name> in the C header.
 CONSTANTS = ["MSG_ROUTES", "MSG_ROUTES_ACK", "MSG_ROUTES_REFUSED", "MAX_ROUTES_PAYLOAD", "ROUTE_DEFAULT",
              "ROUTES_ACCESS_LOG", "MSG_HOST_ATTACH", "MSG_HOST_DETACH", "MSG_TENANT_STATE", "MSG_HOST_DRAINED",
-             "TENANT_STARTING", "TENANT_DOWN"]
+             "TENANT_STARTING", "TENANT_DOWN", "MSG_LEAVING"]
 
 
 def test_struct_layouts_match_the_c_header(tmp_path: Path) -> None:

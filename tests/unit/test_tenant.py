@@ -82,3 +82,23 @@ def test_answers_are_the_programs_and_none_once_the_counters_are_closed(tenant: 
     assert tenant._answers() == 8  # 2xx, 3xx and the program's own 4xx
     plane.answered = None
     assert tenant._answers() == 0
+
+
+async def test_health_while_starting_and_backing_off(tenant: Tenant, monkeypatch: pytest.MonkeyPatch) -> None:
+    tenant.state = TenantState.STARTING
+    starting = tenant.health()
+    assert (starting.ready, starting.down, starting.reason) == (False, "", "its host is starting")
+    assert starting.fails_node()
+    seen = []
+
+    async def sleep(seconds: float) -> None:
+        seen.append(tenant.health())
+
+    monkeypatch.setattr(asyncio, "sleep", sleep)
+    tenant._down = "the program failed: boom"
+    await tenant._back_off(1.6, "boom", logging.ERROR, "the program failed to load: boom")
+    (backing_off,) = seen
+    assert (backing_off.state, backing_off.down) == ("backoff", "the program failed: boom")
+    assert backing_off.retry_in is not None and 1.5 < backing_off.retry_in <= 1.6
+    assert not backing_off.fails_node()  # not critical: reported only
+    assert tenant.health().retry_in is None  # the next try has begun

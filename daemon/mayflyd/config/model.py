@@ -86,6 +86,7 @@ class TenantConfig:
     name: str
     hosts: tuple[str, ...] = TENANT["hosts"].default  # lower-cased, no trailing dot; "*.suffix" kept
     default: bool = TENANT["default"].default
+    critical: bool = TENANT["critical"].default  # a load failure or crash loop fails /healthz
     root: Path | None = TENANT["root"].default  # absolute, resolved; program lies inside it
     program: Path  # absolute, resolved; with `app`, its module's file or package
     packages: Path | None = TENANT["packages"].default  # absolute, resolved
@@ -130,6 +131,7 @@ class Config:
     trusted_proxies: tuple[str, ...] = TOP["trusted_proxies"].default  # networks, "a.b.c.d/n" or "x::/n"
     zygote: bool = TOP["zygote"].default
     shutdown_grace_ms: int = TOP["shutdown_grace_ms"].default
+    drain_ms: int = TOP["drain_ms"].default
     header_timeout_ms: int = TOP["header_timeout_ms"].default
     idle_timeout_ms: int = TOP["idle_timeout_ms"].default
     front_threads: int = TOP["front_threads"].default  # 0: one per core of the daemon's affinity

@@ -176,6 +176,13 @@ TOP_KEYS: Final = (
     Key(name="shutdown_grace_ms", kind="int", default=10000, low=0, high=_HOUR_MS,
         doc="On SIGTERM/SIGINT, how long requests in flight may take to finish."
             " A second signal stops at once."),
+    Key(name="drain_ms", kind="int", default=0, low=0, high=600_000,
+        doc="On SIGTERM/SIGINT, how long the daemon first goes on accepting and serving as usual while"
+            " `GET /healthz` answers 503 `draining`, so that a load balancer takes the node out before"
+            " it stops listening; then it stops as `shutdown_grace_ms` says. During the drain, answers"
+            " carry `Connection: close`, so that keep-alive clients reconnect (to another node). A"
+            " second signal ends the drain at once. A reload changes it for the next stop. Raise"
+            " systemd's `TimeoutStopSec=` with it ([service](service.md#health-checks-and-draining))."),
     Key(name="zygote", kind="bool", default=True,
         doc="Fork each tenant's host from one pre-warmed interpreter: an idle fork-engine tenant"
             " then costs about 1.9 MiB and starts in about 10 ms, instead of a whole Python"
@@ -197,6 +204,10 @@ TENANT_KEYS: Final = (
             " No host may belong to two tenants."),
     Key(name="default", kind="bool", default=False,
         doc="Serves requests whose host matches no tenant. At most one tenant may be the default."),
+    Key(name="critical", kind="bool", default=False,
+        doc="Whether the node is unhealthy (`GET /healthz` answers 503) while this tenant's program"
+            " cannot load or its host is in a crash loop. Any tenant that is starting or restarting"
+            " its host counts against the node; a non-critical tenant that is down is only reported."),
     Key(name="root", kind="directory", default=None,
         doc="A directory holding the tenant's code, shown read-only in its sandbox and first on its"
             " `sys.path`: a program of several files imports its siblings (`import helpers`). With"

@@ -1,9 +1,10 @@
 """The admin API: status, reload and metrics on a Unix socket only its user can open.
 
-Routes: GET /status, GET /tenants/{name}, POST /reload, GET /metrics. Every
-answer is JSON except /metrics; an unknown path is a JSON 404, a wrong method
-a JSON 405. An optional TCP listener serves GET /metrics only, so that a
-Prometheus server can scrape it without being able to reload anything.
+Routes: GET /status, GET /tenants/{name}, POST /reload, GET /metrics, GET
+/healthz. Every answer is JSON except /metrics; an unknown path is a JSON
+404, a wrong method a JSON 405. An optional TCP listener serves GET /metrics
+and GET /healthz only, so that a Prometheus server can scrape it and a load
+balancer check it without being able to reload anything.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from typing import Any, Protocol
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from mayflyd.supervisor.health import Health
 from mayflyd.supervisor.metrics import Metrics
 
 __all__ = ["AdminServer", "Control"]
@@ -41,6 +43,10 @@ class Control(Protocol):
 
     async def reload(self) -> dict[str, Any]:
         """Reload the config: {"result": "ok" | "failed", "error": str | None, ...}."""
+        ...
+
+    def health(self) -> Health:
+        """Whether the node should get traffic, and what is wrong if not."""
         ...
 
 
@@ -158,14 +164,16 @@ class AdminServer:
             admin.router.add_get("/tenants/{name}", self._tenant)
             admin.router.add_post("/reload", self._reload)
             admin.router.add_get("/metrics", self._metrics_text)
+            admin.router.add_get("/healthz", self._healthz)
             await self._serve(admin, lambda runner: web.SockSite(runner, sock))
             log.info("admin API on %s", path)
             if self._metrics_listen is not None:
                 host, port = self._metrics_listen
                 scrape = web.Application(middlewares=[_json_errors])
                 scrape.router.add_get("/metrics", self._metrics_text)
+                scrape.router.add_get("/healthz", self._healthz)
                 await self._serve(scrape, lambda runner: web.TCPSite(runner, host, port, reuse_address=True))
-                log.info("metrics on http://%s:%d/metrics", host, port)
+                log.info("metrics and health on http://%s:%d/metrics and /healthz", host, port)
         except BaseException:
             sock.close()
             await self.close()
@@ -212,6 +220,10 @@ class AdminServer:
         async with self._reload_lock:
             result = await self._control.reload()
         return web.json_response(result, status=200 if result.get("result") == "ok" else 409)
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        health = self._control.health()
+        return web.json_response(health.body, status=health.http_status)
 
     async def _metrics_text(self, request: web.Request) -> web.Response:
         body, content_type = self._metrics.render()

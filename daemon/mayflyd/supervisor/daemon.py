@@ -3,8 +3,11 @@
 Start-up takes the listening socket systemd may pass, builds the walls it
 can, clears what a crashed previous run left, opens the admin socket, starts
 every tenant and then listens. Signal handlers only enqueue; the main loop
-does the work: SIGHUP reloads the config, SIGTERM and SIGINT drain and stop
-(a second one stops at once). Program files are watched and a changed
+does the work: SIGHUP reloads the config, SIGTERM and SIGINT drain and stop.
+The drain first serves on for drain_ms with /healthz answering 503, so that
+a load balancer moves traffic away (a second signal ends that at once), then
+stops accepting and lets requests in flight finish (a further signal stops
+at once). Program files are watched and a changed
 program is reloaded. Shutdown releases everything in the reverse order of
 start-up.
 """
@@ -33,6 +36,7 @@ from mayflyd.supervisor.activation import ActivationError, activated_listener
 from mayflyd.supervisor.admin import AdminServer
 from mayflyd.supervisor.cgroups import leave_delegated_root, remove_stale_cgroups
 from mayflyd.supervisor.front_process import FrontProcess, FrontStartError, TenantView
+from mayflyd.supervisor.health import Health, evaluate
 from mayflyd.supervisor.metrics import Metrics
 from mayflyd.supervisor.notify import Notifier
 from mayflyd.supervisor.program_files import program_fingerprint, program_version
@@ -138,8 +142,8 @@ def decide_walls(config: Config) -> Walls:
 
 
 def _router_only_change(old: TenantConfig, new: TenantConfig) -> bool:
-    """Only which hosts route to the tenant changed: no new host needed."""
-    return dataclasses.replace(old, hosts=new.hosts, default=new.default) == new
+    """Only which hosts route to the tenant (or whether it is critical) changed: no new host needed."""
+    return dataclasses.replace(old, hosts=new.hosts, default=new.default, critical=new.critical) == new
 
 
 def _settle_heap() -> None:
@@ -168,6 +172,7 @@ class Daemon:
         self._reload_lock = asyncio.Lock()
         self._last_reload: ReloadResult | None = None
         self._started = time.monotonic()
+        self._draining = False  # a stop signal came: /healthz says 503 from then on
         self._program_reloads: set[asyncio.Task[ReloadResult]] = set()
         # Started by the first host start that needs it.
         self._zygote = (ZygoteClient(BASE_HOST_ENVIRONMENT, on_start=self._metrics.zygote_started)
@@ -217,10 +222,11 @@ class Daemon:
                 background.append(asyncio.create_task(self._watch_programs()))
             try:
                 await self._main_loop()
+                await self._serve_while_leaving()
             finally:
                 for task in background:
                     task.cancel()
-                self._notifier.stopping("stopping: draining requests")
+                self._begin_drain()
         self._notifier.close()
         log.info("stopped")
         return 0
@@ -240,10 +246,40 @@ class Daemon:
         while True:
             sig = await self._signals.get()
             if sig in _STOP_SIGNALS:
-                log.info("%s: stopping (a second signal stops at once)", sig.name)
+                if self.config.drain_ms:
+                    log.info("%s: draining: serving %d ms more with /healthz at 503, then stopping"
+                             " (a second signal ends the drain)", sig.name, self.config.drain_ms)
+                else:
+                    log.info("%s: stopping (a second signal stops at once)", sig.name)
                 return
             if sig is signal.SIGHUP:
                 await self.reload()
+
+    def _begin_drain(self) -> None:
+        """From now on /healthz answers 503 and systemd knows the daemon stops (said once)."""
+        if not self._draining:
+            self._draining = True
+            self._notifier.stopping("stopping: draining requests")
+
+    async def _serve_while_leaving(self) -> None:
+        """drain_ms of serving as usual, /healthz at 503 and every answer closing its
+        connection, while load balancers take the node out; a stop signal ends it early."""
+        self._begin_drain()
+        if not self.config.drain_ms:
+            return
+        self._front.leave()
+        deadline = time.monotonic() + self.config.drain_ms / 1000
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                async with asyncio.timeout(left):
+                    sig = await self._signals.get()
+            except TimeoutError:
+                break
+            if sig in _STOP_SIGNALS:
+                log.info("%s again: ending the drain; stopping (a further signal stops at once)", sig.name)
+                return
+            await self.reload()  # SIGHUP: the node still serves
+        log.info("drained for %d ms: stopping (a second signal stops at once)", self.config.drain_ms)
 
     async def _drain_front_end(self) -> None:
         """Stop accepting; let requests in flight finish within the grace, or until a second signal."""
@@ -339,7 +375,7 @@ class Daemon:
             del self._tenants[tenant.name]
         self.config = dataclasses.replace(self.config, tenants=new.tenants, defaults=new.defaults,
                                           log_level=new.log_level, access_log=new.access_log,
-                                          trusted_proxies=new.trusted_proxies)
+                                          trusted_proxies=new.trusted_proxies, drain_ms=new.drain_ms)
         await self._front.reconfigure(self.config)
         for tenant in removed:
             log.info("tenant removed from the configuration: draining and stopping", extra={"tenant": tenant.name})
@@ -396,10 +432,16 @@ class Daemon:
         ready = sum(1 for t in self._tenants.values() if t.state.value == "ready")
         return f"serving {ready}/{len(self._tenants)} tenants on {self.config.listen_host}:{self.config.listen_port}"
 
+    def health(self) -> Health:
+        """GET /healthz: whether a load balancer should send this node traffic."""
+        return evaluate(draining=self._draining, front_end=self._front.state,
+                        tenants=[tenant.health() for tenant in self._tenants.values()])
+
     def status(self) -> dict[str, Any]:
         walls = self._walls
         return {
             "version": mayflyd.__version__, "pid": os.getpid(), "uptime_s": round(time.monotonic() - self._started, 3),
+            "draining": self._draining,
             "config": str(self._config_path) if self._config_path else None,
             "listen": f"{self.config.listen_host}:{self.config.listen_port}",
             "walls": {"mode": walls.mode, "cgroup": f"v{walls.cgroup_version}" if walls.cgroup_version else None,

@@ -27,6 +27,7 @@ from mayflyd.front_protocol import (
     decode_from_front,
     encode_host_attach,
     encode_host_detach,
+    encode_leaving,
     encode_routes,
     encode_tenant_state,
 )
@@ -126,6 +127,10 @@ class FrontLink:
     def tenant_state(self, name: str, state: int, reason: str = "") -> None:
         """front_protocol.TENANT_STARTING or TENANT_DOWN (the reason is logged once by the front end)."""
         self._send_now(encode_tenant_state(name, state, reason))
+
+    def leaving(self) -> None:
+        """The node drains: from now on every answer closes its connection."""
+        self._send_now(encode_leaving())
 
     async def host_drained(self) -> HostDrained:
         """The next HOST_DRAINED a loop sent."""

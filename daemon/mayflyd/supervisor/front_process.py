@@ -88,6 +88,8 @@ class FrontProcess:
         self._drains: dict[int, _Drain] = {}
         self._deaths: list[float] = []
         self._closing = False
+        self._serving = False  # the front end running now has taken its table and hosts
+        self._leaving = False  # the node drains: answers close their connections
         self.restarts = 0
 
     # ---- life ------------------------------------------------------------
@@ -95,6 +97,15 @@ class FrontProcess:
     @property
     def pid(self) -> int:
         return self._proc.pid if self._proc is not None else 0
+
+    @property
+    def state(self) -> str:
+        """running (it serves), starting, restarting (it ended, the next is coming) or stopped."""
+        if self._closing or self._proc is None:
+            return "stopped"
+        if self._proc.returncode is not None:
+            return "restarting"
+        return "running" if self._serving else "starting"
 
     def slot_of(self, tenant: str) -> int:
         """The tenant's metrics slot, from its first table until release_slot."""
@@ -151,6 +162,7 @@ class FrontProcess:
     async def close(self, grace: float) -> None:
         """Stop accepting, let requests in flight finish within `grace`, then stop the front end."""
         self._closing = True
+        self._serving = False
         if self._keeper is not None:
             self._keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -215,6 +227,7 @@ class FrontProcess:
                  config.listen_host, config.listen_port)
         try:
             await self._tell_everything()
+            self._serving = True
         except (FrontGone, RoutesRefused, OSError) as exc:
             log.error("the new front end did not take its configuration: %s", exc)
             if self._proc.returncode is None:
@@ -228,12 +241,15 @@ class FrontProcess:
                 self.host_ready(view.name, view.host)
             elif view.down:
                 self.tenant_down(view.name, view.down)
+        if self._leaving and self._link is not None:
+            self._link.leaving()
 
     async def _keep_running(self) -> None:
         while True:
             proc = self._proc
             assert proc is not None
             status = await proc.wait()
+            self._serving = False
             if self._closing:
                 return
             self.restarts += 1
@@ -293,6 +309,16 @@ class FrontProcess:
         except OSError as exc:
             if exc.errno not in (errno.EPIPE, errno.ECONNRESET, errno.EBADF):
                 log.error("cannot hand host %d to the front end: %s", host.pid, exc, extra={"tenant": tenant})
+
+    def leave(self) -> None:
+        """The node drains before it stops: from now on every answer closes its
+        connection, so that keep-alive clients reconnect through their balancer."""
+        self._leaving = True
+        if self._link is not None:
+            try:
+                self._link.leaving()
+            except OSError as exc:
+                log.warning("cannot tell the front end that the node is leaving: %s", exc)
 
     def tenant_starting(self, tenant: str) -> None:
         """No host right now, one is coming: the front end's requests for it wait."""

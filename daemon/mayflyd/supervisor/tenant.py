@@ -27,6 +27,7 @@ from mayflyd.host.sandbox_host import STOP_TIMEOUT_MAX_MS, HostSpec
 from mayflyd.protocol import WorkerReplaced
 from mayflyd.supervisor.front_metrics import TenantCounts
 from mayflyd.supervisor.front_process import TenantView
+from mayflyd.supervisor.health import TenantHealth
 from mayflyd.supervisor.host_handle import HostStartError, SandboxHost
 from mayflyd.supervisor.logs import OutputBudget
 from mayflyd.supervisor.metrics import Metrics
@@ -163,6 +164,7 @@ class Tenant:
         self.last_error = ""
         self._down = ""  # why no host will come soon (it fails to load, or a crash loop); "" otherwise
         self._restarts = RestartIntensity()
+        self._retry_at: float | None = None  # monotonic time of the next start, while backing off
         self._answers_at_ready = 0  # the program's answers counted before the current host was ready
         self.last_reload: ReloadResult | None = None
         self.restarts = 0
@@ -201,6 +203,23 @@ class Tenant:
         """What a (re)started front end is told about this tenant."""
         host = self._host if self._host is not None and self._host.ready else None
         return TenantView(name=self.name, host=host, down=self._down if host is None else "")
+
+    def health(self) -> TenantHealth:
+        """What GET /healthz says of this tenant: from the same state as view()."""
+        view = self.view()
+        retry_in = None
+        if view.down and self._retry_at is not None:
+            retry_in = max(0.0, self._retry_at - time.monotonic())
+        if view.host is not None or view.down:
+            reason = ""
+        elif self.state is TenantState.STOPPED:
+            reason = "stopped"
+        elif self.state is TenantState.READY:
+            reason = "its host has ended; a new one is starting"
+        else:
+            reason = "its host is starting" + (f" ({self.last_error})" if self.last_error else "")
+        return TenantHealth(name=self.name, state=self.state.value, critical=self.config.critical,
+                            ready=view.host is not None, down=view.down, reason=reason, retry_in=retry_in)
 
     def status(self) -> dict[str, object]:
         hosts = [host for host in (self._host, *self._draining) if host is not None]
@@ -420,7 +439,11 @@ class Tenant:
         self.state = TenantState.BACKOFF
         self.last_error = error
         log.log(level, "%s; restarting in %.1fs", what, delay, extra={"tenant": self.name})
-        await asyncio.sleep(delay)
+        self._retry_at = time.monotonic() + delay
+        try:
+            await asyncio.sleep(delay)
+        finally:
+            self._retry_at = None
 
     def _sandbox_exited(self, message: WorkerReplaced) -> None:
         """The host's one report to the supervisor about sandboxes: a
