@@ -140,16 +140,16 @@ class HAProxy:
                 chunks.append(chunk)
         return b"".join(chunks).decode()
 
-    def server_status(self) -> dict[str, str]:
-        """The status column of `show stat` for each server of the backend (UP, DOWN, ...)."""
+    def stats(self) -> dict[str, dict[str, str]]:
+        """`show stat` of the backend: its servers' rows and BACKEND's, by name."""
         lines = self.command("show stat").splitlines()
         columns = lines[0].lstrip("# ").split(",")
-        states = {}
-        for line in lines[1:]:
-            row = dict(zip(columns, line.split(",")))
-            if row.get("pxname") == "mayflyd" and row.get("svname") not in ("FRONTEND", "BACKEND", None):
-                states[row["svname"]] = row["status"]
-        return states
+        rows = (dict(zip(columns, line.split(","))) for line in lines[1:])
+        return {row["svname"]: row for row in rows if row.get("pxname") == "mayflyd"}
+
+    def server_status(self) -> dict[str, str]:
+        """The status column of each server of the backend (UP, DOWN, ...)."""
+        return {name: row["status"] for name, row in self.stats().items() if name != "BACKEND"}
 
     def wait_status(self, server: str, status: str, timeout: float = 10.0) -> float:
         """Wait until `server`'s status starts with `status`; the seconds it took."""
