@@ -222,13 +222,18 @@ def topology(workdir: Path) -> Iterator[Topology]:
             haproxy.wait_status(f"node{i}", "UP")
         yield Topology(workdir, client, front, nodes, haproxy, ca)
     finally:
-        if haproxy is not None:
-            haproxy.stop()
-        for node in nodes:
-            node.stop()
+        # Every step runs whatever the one before did: a node that would not
+        # stop is killed (by Daemon.stop) and the namespaces still go.
+        errors: list[BaseException] = []
+        for stop in [*([haproxy.stop] if haproxy else []), *(node.stop for node in nodes)]:
+            try:
+                stop()
+            except (AssertionError, OSError, subprocess.SubprocessError) as exc:
+                errors.append(exc)
         leftovers = [d for node in nodes for d in node.cgroup_dirs()]
         for ns in reversed(made):  # removes the veths inside with it
             subprocess.run(["ip", "netns", "del", ns.name], capture_output=True)
+        assert errors == [], errors
         assert leftovers == [], f"cgroups left behind: {leftovers}"
 
 
