@@ -47,7 +47,7 @@ pytestmark = [
 CLIENT, FRONT = "10.77.9.2", "10.77.9.1"
 PORT, HEALTH_PORT = 8080, 9100
 # Health checks every 200 ms, down after 2 failures: drain_ms must outlast that.
-INTER_MS, FALL, DRAIN_MS = 200, 2, 1500
+INTER_MS, FALL, DRAIN_MS = 200, 2, 2500
 HOSTS = [f"site{i}.example.test" for i in range(16)]
 SPOOFED = "203.0.113.9"
 
