@@ -36,7 +36,7 @@ import pytest
 from tests.daemon_harness import Daemon
 from tests.haproxy_front import HAPROXY, HAProxy, Node, haproxy_config, make_certificate
 
-MISSING = [tool for tool in ("ip", "unshare", "nsenter", "openssl", "curl") if shutil.which(tool) is None]
+MISSING = [tool for tool in ("ip", "nsenter", "openssl", "curl") if shutil.which(tool) is None]
 if not os.path.exists(HAPROXY):
     MISSING.append("haproxy")
 pytestmark = [
@@ -51,13 +51,12 @@ INTER_MS, FALL, DRAIN_MS = 200, 2, 2500
 HOSTS = [f"site{i}.example.test" for i in range(16)]
 SPOOFED = "203.0.113.9"
 
-# Answers which node served it, and what the program sees of the request.
+# Answers which node served it, and the client it sees.
 WHERE = '''
-import json, os
+import os
 
 def on_client_request(request):
-    return {"node": os.environ["NODE"], "client": request.client,
-            "xff": request.headers.get("x-forwarded-for")}
+    return {"node": os.environ["NODE"], "client": request.client}
 '''
 BROKEN = '''
 raise RuntimeError("this critical tenant cannot load")
@@ -65,6 +64,7 @@ raise RuntimeError("this critical tenant cannot load")
 def on_client_request(request):
     return "never"
 '''
+
 
 def node_settings(i: int) -> dict[str, Any]:
     """What node i's config adds for running behind HAProxy: HAProxy's
@@ -136,6 +136,8 @@ class NodeDaemon(Daemon):
 
 @dataclass
 class Topology:
+    """What topology() built, and requests from the client's namespace through HAProxy."""
+
     workdir: Path
     client: Netns
     front: Netns
