@@ -65,6 +65,11 @@ def test_a_front_end_that_does_not_serve_fails_the_node(front_end: str) -> None:
     assert body["problems"] == [f"the front end is {front_end}"]
 
 
+def test_a_down_tenant_says_when_it_tries_again() -> None:
+    assert down(critical=False, retry_in=0.04).why() == "ImportError: no module named 'x', trying again now"
+    assert down(critical=False, retry_in=12.34).why() == "ImportError: no module named 'x', next try in 12.3 s"
+
+
 def test_draining_is_503_whatever_else() -> None:
     status, body = body_of(draining=True)
     assert (status, body["status"], body["draining"]) == (503, "draining", True)

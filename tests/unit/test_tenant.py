@@ -101,4 +101,5 @@ async def test_health_while_starting_and_backing_off(tenant: Tenant, monkeypatch
     assert (backing_off.state, backing_off.down) == ("backoff", "the program failed: boom")
     assert backing_off.retry_in is not None and 1.5 < backing_off.retry_in <= 1.6
     assert not backing_off.fails_node()  # not critical: reported only
-    assert tenant.health().retry_in is None  # the next try has begun
+    assert tenant.health().retry_in == 0.0  # the next try has begun
+    assert tenant.health().why() == "the program failed: boom, trying again now"

@@ -149,7 +149,7 @@ TOP_KEYS: Final = (
             " parent directory is created 0700, an existing one must belong to the daemon's user or root"
             " and not be writable by group or others."),
     Key(name="metrics_listen", kind="listen", default=None, range_note="port 1..65535",
-        doc="Also serve `GET /metrics` over TCP here."),
+        doc="Also serve `GET /metrics` and `GET /healthz` over TCP here (no admin route)."),
     Key(name="log_format", kind="choice", default="logfmt", choices=("logfmt", "json"),
         doc="One event per line on stderr, in this format."),
     Key(name="access_log", kind="bool", default=False,

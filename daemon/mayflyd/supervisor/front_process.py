@@ -101,8 +101,10 @@ class FrontProcess:
     @property
     def state(self) -> str:
         """running (it serves), starting, restarting (it ended, the next is coming) or stopped."""
-        if self._closing or self._proc is None:
+        if self._closing:
             return "stopped"
+        if self._proc is None:
+            return "starting"  # the daemon is starting its tenants first
         if self._proc.returncode is not None:
             return "restarting"
         return "running" if self._serving else "starting"

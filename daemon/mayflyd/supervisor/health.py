@@ -28,12 +28,12 @@ class TenantHealth:
     ready: bool        # a running host able to take requests
     down: str = ""     # why no host will come soon (load failure, crash loop); "" otherwise
     reason: str = ""   # why not ready, when not down
-    retry_in: float | None = None  # seconds until the next start of a down tenant, if waiting
+    retry_in: float | None = None  # seconds until a down tenant's next start; 0: trying now
 
     def why(self) -> str:
         why = self.down or self.reason or f"state {self.state}"
         if self.retry_in is not None:
-            why += f", next try in {self.retry_in:.1f} s"
+            why += f", next try in {self.retry_in:.1f} s" if self.retry_in >= 0.05 else ", trying again now"
         return why
 
     def fails_node(self) -> bool:

@@ -208,8 +208,8 @@ class Tenant:
         """What GET /healthz says of this tenant: from the same state as view()."""
         view = self.view()
         retry_in = None
-        if view.down and self._retry_at is not None:
-            retry_in = max(0.0, self._retry_at - time.monotonic())
+        if view.down:  # backing off, or (no retry time) starting again now
+            retry_in = 0.0 if self._retry_at is None else max(0.0, self._retry_at - time.monotonic())
         if view.host is not None or view.down:
             reason = ""
         elif self.state is TenantState.STOPPED:
