@@ -6,6 +6,7 @@ on 127.0.0.1 by the harness itself, results under bench/results/.
     python -m bench --only throughput,allcores,apps,heap,tenants,profile,rewind
     python -m bench --only throughput,allcores --rows g,n --duration 3   # a few rows (a always)
     python -m bench --only apps --apps flask --duration 2   # Flask through mayflyd against gunicorn
+    python -m bench --only proxy --quick   # one node directly, then through HAProxy with TLS
 
 Ends with `headline: sandboxed/unsandboxed throughput at -c64 = N.NN`.
 """
@@ -18,10 +19,10 @@ import sys
 import time
 from typing import Any
 
-from bench import apps, measures, report, rewind_cost, servers, wrk
+from bench import apps, measures, proxy, report, rewind_cost, servers, wrk
 from bench.common import RESULTS, all_cores_pinning, core_count, pinning
 
-STEPS = ("throughput", "allcores", "apps", "heap", "tenants", "profile", "rewind")
+STEPS = ("throughput", "allcores", "apps", "proxy", "heap", "tenants", "profile", "rewind")
 # Row letters of the throughput tables: d is every mayflyd engine, e the reset engine alone.
 ROWS = ("a", "b", "c", "d", "e", "f", "g", "n")
 
@@ -91,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
                                                duration, _log, data.get("throughput"))
     if "apps" in steps:
         data["apps"] = apps.measure(pin, app_names, connections, duration, _log)
+    if "proxy" in steps:
+        data["proxy"] = proxy.measure(pin, connections, duration, _log)
     if "heap" in steps:
         sizes = [1, 200] if quick else [1, 10, 100, 200, 500]
         data["heap"] = measures.heap_growth(pin, sizes, 300 if quick else 1000, _log)

@@ -114,11 +114,13 @@ def _wrk_runs(pin: Pinning, server: RunningServer, key: str, connections: list[i
     """A warm-up, then one wrk run per connection count against server."""
     rows: list[Row] = []
     label = server.label
-    wrk.run(pin, server.port, connections=8, duration_s=1, host=server.host_header)  # warm-up
+    # warm-up
+    wrk.run(pin, server.port, connections=8, duration_s=1, host=server.host_header, scheme=server.scheme)
     for c in connections:
         before = admin_metrics.sandbox_cost(server.admin_socket) if server.admin_socket else None
         log_mark = _log_size(server)
-        result = wrk.run(pin, server.port, connections=c, duration_s=duration_s, host=server.host_header)
+        result = wrk.run(pin, server.port, connections=c, duration_s=duration_s, host=server.host_header,
+                         scheme=server.scheme)
         row: Row = {"server": label, "key": key, "connections": c, "wrk": result.to_json()}
         if result.errors:
             row["server_log"] = _complaints_since(server, log_mark)

@@ -100,6 +100,28 @@ def apps_section(result: dict[str, Any]) -> list[str]:
     return out + [""] + server_complaints({"rows": result["rows"]}) + [""]
 
 
+def proxy_section(result: dict[str, Any]) -> list[str]:
+    """8: one node directly, and through HAProxy with TLS in front of it."""
+    rows = []
+    for r in result["rows"]:
+        w = r["wrk"]
+        lat = w["latency"]
+        rows.append([r["server"], f"-c{r['connections']}", _f(w["rps"], "{:.0f}"), _f(r.get("rps_ratio"), "{:.3f}"),
+                     _ms(lat.get("50")), _ms(lat.get("99")),
+                     _f(None if r.get("added_p50_s") is None else r["added_p50_s"] * 1e3, "{:+.3f}"),
+                     _f(None if r.get("added_p99_s") is None else r["added_p99_s"] * 1e3, "{:+.3f}"),
+                     str(w["errors"]), "**ERRORS**" if w["errors"] else "ok"])
+    out = ["## 8. HAProxy in front of a node", "",
+           f"One mayflyd node ({result['engine']} engine, the seed program) served directly over plain HTTP, "
+           "then, in the same run, through HAProxy terminating TLS (wrk over HTTPS, keep-alive) and sending "
+           "the PROXY v2 header, with the haproxy.cfg of docs/deploy.md. HAProxy runs on the server core "
+           "beside the node, so the req/s ratio is a floor; the added p50 and p99 are what a client sees "
+           "HAProxy add.", ""]
+    out += _table(["server", "conns", "req/s", "req/s ratio to direct", "p50 ms", "p99 ms", "added p50 ms",
+                   "added p99 ms", "errors", "run"], rows)
+    return out + [""] + [f"- {n}" for n in result["notes"]] + server_complaints(result) + [""]
+
+
 def histogram_table(hist: dict[str, Any]) -> list[str]:
     rows, previous, prev_le = [], 0, 0.0
     for le, cumulative in hist["buckets"]:
@@ -256,6 +278,8 @@ def markdown(data: dict[str, Any], charts: list[str], chart_note: str | None) ->
         out += all_cores_section(data["all_cores"])
     if "apps" in data:
         out += apps_section(data["apps"])
+    if "proxy" in data:
+        out += proxy_section(data["proxy"])
     if "heap" in data:
         out += heap_section(data["heap"])
     if "tenants" in data:

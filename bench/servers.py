@@ -27,6 +27,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bench.common import REPO, SEED, Pinning, free_port, mayflyd_env, wait_listening
 from bench.latency import BASELINE
@@ -105,6 +106,7 @@ class RunningServer:
     admin_socket: str | None = None
     log_path: Path | None = None
     tenants: list[str] = field(default_factory=list)
+    scheme: str = "http"  # "https": wrk speaks TLS to it
 
 
 def stop(proc: subprocess.Popen[bytes], grace: float = 60.0) -> None:
@@ -174,9 +176,11 @@ def per_process(pin: Pinning, *, bwrap: bool, program: Path = SEED) -> Iterator[
 
 
 def write_config(directory: Path, tenants: list[TenantSpec], port: int, admin_socket: str,
-                 zygote: bool = True) -> Path:
-    """A mayflyd config of our own (JSON is YAML) with a unique cgroup prefix."""
+                 zygote: bool = True, top: dict[str, Any] | None = None) -> Path:
+    """A mayflyd config of our own (JSON is YAML) with a unique cgroup prefix;
+    `top`: more top-level keys."""
     config = {
+        **(top or {}),
         "listen": f"127.0.0.1:{port}",
         "admin_socket": admin_socket,
         "zygote": zygote,
@@ -214,11 +218,12 @@ def hello_tenants(count: int, program: Path = SEED, engine: str = "fork",
 @contextlib.contextmanager
 def mayflyd(pin: Pinning, tenants: list[TenantSpec] | None = None, *, engine: str = "fork",
             profile_to: Path | None = None, start_timeout: float = 120.0,
-            zygote: bool = True) -> Iterator[RunningServer]:
+            zygote: bool = True, top: dict[str, Any] | None = None) -> Iterator[RunningServer]:
     """d./e. mayflyd serving the given tenants (default: one tenant t0 with the
     seed program, concurrency 64) on its own port, admin socket and cgroups;
     zygote=False starts each host as a fresh interpreter. An `app` tenant's
-    module is copied next to the config, where the daemon looks for it."""
+    module is copied next to the config, where the daemon looks for it.
+    `top`: more top-level keys of the config."""
     if engine not in AVAILABLE_ENGINES:
         raise RuntimeError(f"{engine} engine: not available yet")
     tenants = tenants if tenants is not None else hello_tenants(1, engine=engine)
@@ -230,7 +235,7 @@ def mayflyd(pin: Pinning, tenants: list[TenantSpec] | None = None, *, engine: st
         for t in tenants:
             if t.app:
                 shutil.copy(t.program, tmp / t.program.name)
-        config = write_config(tmp, tenants, port, admin, zygote)
+        config = write_config(tmp, tenants, port, admin, zygote, top)
         log_path = tmp / "mayflyd.log"
         profile = ["-m", "cProfile", "-o", str(profile_to)] if profile_to else []
         cmd = [*pin.server, sys.executable, *profile, "-m", "mayflyd", "serve", "--config", str(config)]

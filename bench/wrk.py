@@ -76,10 +76,11 @@ def parse(output: str, connections: int, duration_s: float, threads: int) -> Wrk
 
 
 def run(pin: Pinning, port: int, *, connections: int, duration_s: float, host: str | None = None,
-        hosts: list[str] | None = None, timeout_s: float = 10.0) -> WrkResult:
+        hosts: list[str] | None = None, timeout_s: float = 10.0, scheme: str = "http") -> WrkResult:
     """wrk --latency against http://127.0.0.1:port/ (1 thread, or 2 from 8
     connections up; never more threads than connections), pinned to the
-    client core. hosts: a random Host per request (Lua script)."""
+    client core. hosts: a random Host per request (Lua script). scheme
+    "https": over TLS (wrk verifies no certificate)."""
     threads = max(1, min(connections, 2 if connections >= 8 else 1))
     cmd = [*pin.client, "wrk", f"-t{threads}", f"-c{connections}", f"-d{duration_s:g}s",
            f"--timeout={timeout_s:g}s", "--latency"]
@@ -90,7 +91,7 @@ def run(pin: Pinning, port: int, *, connections: int, duration_s: float, host: s
             cmd += ["-s", str(script)]
         elif host:
             cmd += ["-H", f"Host: {host}"]
-        cmd.append(f"http://127.0.0.1:{port}/")
+        cmd.append(f"{scheme}://127.0.0.1:{port}/")
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration_s + timeout_s + 30)
     if out.returncode != 0:
         raise RuntimeError(f"wrk failed ({out.returncode}): {out.stderr}{out.stdout}")

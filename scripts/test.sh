@@ -16,7 +16,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # systemd: for systemd-analyze (tests/integration/test_systemd_unit.py).
-SYSTEM_PACKAGES=(python3-venv python3-dev gcc node-llhttp systemd)
+# haproxy, iproute2, openssl, curl: nodes behind HAProxy in network namespaces
+# (tests/integration/test_haproxy_nodes.py).
+SYSTEM_PACKAGES=(python3-venv python3-dev gcc node-llhttp systemd haproxy iproute2 openssl curl)
 read -ra PYTHONS <<<"${MAYFLYD_PYTHONS:-3.11 3.12 3.13}"
 read -ra PYTEST_ARGS <<<"${MAYFLYD_PYTEST_ARGS:--q}"
 

@@ -62,6 +62,7 @@ class DaemonProcess:
         self.cgroup_prefix = "mayflyd"
         self.engine = "fork"  # what the fixture configured its tenants with
         self.zygote = True     # whether hosts are forked from the zygote
+        self.listen_host = "127.0.0.1"  # what its "listening on" line names: it is up
 
     def idle_processes(self) -> int:
         """Processes of an idle tenant: the host; the stub a fresh host leaves outside its pid
@@ -83,7 +84,7 @@ class DaemonProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"mayflyd exited with {self.proc.returncode}:\n{self.log()}")
-            if "listening on 127.0.0.1" in self.log():
+            if f"listening on {self.listen_host}" in self.log():
                 return
             time.sleep(0.05)
         self.stop()  # leave no daemon behind a failed test
