@@ -5,6 +5,7 @@ import concurrent.futures
 import ctypes
 import http.client
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -13,6 +14,7 @@ import tempfile
 import textwrap
 import time
 import uuid
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -172,7 +174,11 @@ class Daemon(DaemonProcess):
         for name, source in programs.items():
             (programs_dir / name).write_text(textwrap.dedent(source))
         # A socket path must stay short (108 bytes): not below pytest's tmp dirs.
-        self.admin_socket = os.path.join(tempfile.mkdtemp(prefix="mfa-"), "admin.sock")
+        socket_dir = tempfile.mkdtemp(prefix="mfa-")
+        # Removed when the test lets go of the daemon, not at its stop: some
+        # tests start the same daemon again.
+        weakref.finalize(self, shutil.rmtree, socket_dir, True)
+        self.admin_socket = os.path.join(socket_dir, "admin.sock")
         self.socket_in_config = True
         self.config_path = workdir / "mayflyd.yaml"
         self.write_config(tenants, **top)
