@@ -256,10 +256,13 @@ def test_a_forged_completion_is_not_believed(isolated: IsolatedDaemon) -> None:
     if isolated.engine == "fork":
         assert status == 502
         return
-    # The answer may already be out when the host kills the worker.
+    # The answer may already be out when the host kills the worker. If not,
+    # the GET is retried once on another worker, which forges again and is
+    # replaced too: one replacement or two, never more.
     assert status in (204, 502)
-    isolated.wait_for(lambda: isolated.status()["tenants"]["attacker"]["worker_replacements"] == replaced + 1,
+    isolated.wait_for(lambda: isolated.status()["tenants"]["attacker"]["worker_replacements"] >= replaced + 1,
                       what="the forging worker's replacement")
+    assert isolated.status()["tenants"]["attacker"]["worker_replacements"] <= replaced + 2
     assert "forged a completion" in isolated.log()
     assert attack(isolated, "/normal")[0] == 200
 
