@@ -243,7 +243,7 @@ def test_notify_protocol(tmp_path: Path) -> None:
             if text.startswith(prefix):
                 return
 
-    d = Daemon(tmp_path, [tenant("a")], {"a.py": program("a0")})
+    d = Daemon(tmp_path, [tenant("a")], {"a.py": program("a0")}, drain_ms=300, shutdown_grace_ms=2000)
     d.start(env={"NOTIFY_SOCKET": notify_path, "WATCHDOG_USEC": "200000", "WATCHDOG_PID": ""})
     try:
         receive_until("READY=1")
@@ -261,6 +261,9 @@ def test_notify_protocol(tmp_path: Path) -> None:
     assert len(ready) == 2 and all("STATUS=serving 1/1 tenants" in m for m in ready), messages
     reloading = next(m for m in messages if m.startswith("RELOADING=1"))
     assert "MONOTONIC_USEC=" in reloading
+    # systemd waits for the drain, the grace and the stop hooks, whatever TimeoutStopSec= says.
+    stopping = next(m for m in messages if m.startswith("STOPPING=1"))
+    assert "EXTEND_TIMEOUT_USEC=12300000" in stopping.split("\n"), stopping
     order = [m.split("\n")[0] for m in messages if not m.startswith("WATCHDOG")]
     assert order == ["READY=1", "RELOADING=1", "READY=1", "STOPPING=1"], order
 

@@ -53,6 +53,8 @@ def test_every_message_is_sent_exactly(manager: tuple[str, socket.socket]) -> No
     assert received(sock) == "STOPPING=1"
     notifier.stopping("draining")
     assert received(sock) == "STOPPING=1\nSTATUS=draining"
+    notifier.stopping("draining", within_usec=25_000_000)
+    assert received(sock) == "STOPPING=1\nEXTEND_TIMEOUT_USEC=25000000\nSTATUS=draining"
     notifier.status("reload failed: bad.yaml:3")
     assert received(sock) == "STATUS=reload failed: bad.yaml:3"
     notifier.watchdog()

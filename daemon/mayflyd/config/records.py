@@ -181,8 +181,8 @@ TOP_KEYS: Final = (
             " `GET /healthz` answers 503 `draining`, so that a load balancer takes the node out before"
             " it stops listening; then it stops as `shutdown_grace_ms` says. During the drain, answers"
             " carry `Connection: close`, so that keep-alive clients reconnect (to another node). A"
-            " second signal ends the drain at once. A reload changes it for the next stop. Raise"
-            " systemd's `TimeoutStopSec=` with it ([service](service.md#health-checks-and-draining))."),
+            " second signal ends the drain at once. A reload changes it for the next stop. Under systemd the"
+            " daemon extends its stop timeout by as much ([service](service.md#health-checks-and-draining))."),
     Key(name="zygote", kind="bool", default=True,
         doc="Fork each tenant's host from one pre-warmed interpreter: an idle fork-engine tenant"
             " then costs about 1.9 MiB and starts in about 10 ms, instead of a whole Python"

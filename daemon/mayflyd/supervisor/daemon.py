@@ -56,6 +56,8 @@ WATCH_INTERVAL = 0.05
 WATCH_INTERVAL_PER_TENANT = 0.0005
 WATCH_DEBOUNCE = 0.1
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# Beyond drain_ms and shutdown_grace_ms, what a stop may take: the stop hooks (5 s at most), the rest.
+_STOP_MARGIN_MS = 10_000
 OPEN_FILES_CEILING = 1 << 20
 
 
@@ -259,7 +261,11 @@ class Daemon:
         """From now on /healthz answers 503 and systemd knows the daemon stops (said once)."""
         if not self._draining:
             self._draining = True
-            self._notifier.stopping("stopping: draining requests")
+            # The drain, the grace for requests in flight, the stop hooks (at
+            # most 5 s) and a margin: systemd waits that long rather than
+            # SIGKILLing a daemon still stopping as configured.
+            longest_ms = self.config.drain_ms + self.config.shutdown_grace_ms + _STOP_MARGIN_MS
+            self._notifier.stopping("stopping: draining requests", within_usec=longest_ms * 1000)
 
     async def _serve_while_leaving(self) -> None:
         """drain_ms of serving as usual, /healthz at 503 and every answer closing its

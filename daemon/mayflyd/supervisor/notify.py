@@ -10,7 +10,8 @@ The protocol the supervisor follows:
 - READY=1 once it listens, and again when a reload has finished (with
   Type=notify that is what ends the unit's "reloading" state);
 - RELOADING=1 when a SIGHUP reload starts; STOPPING=1 when it starts to
-  drain;
+  drain, with EXTEND_TIMEOUT_USEC (systemd 236+) set to the longest the
+  stop may take, so that a long drain_ms needs no larger TimeoutStopSec=;
 - WATCHDOG=1 from a task on the event loop (run_watchdog), so a blocked loop
   stops the pings and systemd restarts the service.
 
@@ -133,9 +134,11 @@ class Notifier:
         usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
         self._send(f"RELOADING=1\nMONOTONIC_USEC={usec}", status)
 
-    def stopping(self, status: str | None = None) -> None:
-        """The daemon starts to shut down."""
-        self._send("STOPPING=1", status)
+    def stopping(self, status: str | None = None, *, within_usec: int | None = None) -> None:
+        """The daemon starts to shut down; within_usec, if given, is how long it
+        may take, past the unit's TimeoutStopSec= if need be."""
+        state = "STOPPING=1" if within_usec is None else f"STOPPING=1\nEXTEND_TIMEOUT_USEC={within_usec}"
+        self._send(state, status)
 
     def status(self, text: str) -> None:
         """A one-line status for `systemctl status`."""
