@@ -285,6 +285,8 @@ def test_format_status() -> None:
     assert header.split()[5:8] == ["REQUESTS", "ERRORS", "4XX"]
     assert row.endswith("failed: SyntaxError ...")
     assert header.index("HOSTS") == row.index(" 1 ") + 1
+    assert "draining" not in lines[0]
+    assert format_status({**SAMPLE_STATUS, "draining": True}).splitlines()[0].endswith(", draining: stopping soon")
 
 
 def test_format_status_is_defensive() -> None:

@@ -122,7 +122,9 @@ def format_status(status: dict[str, Any]) -> str:
     last = _dict(status.get("last_reload"))
     lines = [
         f"mayflyd {_text(status.get('version'), '?')}, pid {_text(status.get('pid'), '?')}, "
-        f"up {_uptime(status.get('uptime_s'))}, listening on {_text(status.get('listen'), '?')}",
+        f"up {_uptime(status.get('uptime_s'))}, listening on {_text(status.get('listen'), '?')}"
+        # A node draining still serves, but its /healthz says 503: say why.
+        + (", draining: stopping soon" if status.get("draining") is True else ""),
         f"config: {_text(status.get('config'), '?')}",
         f"walls: {_walls_text(_dict(status.get('walls')))}",
         f"last reload: {_reload_text(last)}" + (f" at {last['at']}" if last.get("at") else ""),
