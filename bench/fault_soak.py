@@ -161,9 +161,8 @@ def kill_descendant(pid: int, supervisor: int) -> bool:
         os.close(pidfd)
 
 
-def _supervisor(server: RunningServer) -> tuple[int, int]:
+def supervisor_usage(pid: int) -> tuple[int, int]:
     """Open fds and RSS (KiB) of the supervisor."""
-    pid = server.proc.pid
     fds = len(os.listdir(f"/proc/{pid}/fd"))
     rss = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
                if line.startswith("VmRSS:"))
@@ -180,7 +179,7 @@ def run(kinds: list[str], duration: float, interval: float, calm: float, clients
         phases: list[Phase] = []
         load.phase = Phase("calm before")
         time.sleep(calm)
-        before = _supervisor(server)
+        before = supervisor_usage(server.proc.pid)
         phases.append(load.phase)
         load.phase = Phase(f"SIGKILL every {interval:g} s: {', '.join(kinds)}")
         end = time.monotonic() + duration
@@ -193,7 +192,7 @@ def run(kinds: list[str], duration: float, interval: float, calm: float, clients
         phases.append(load.phase)
         load.phase = Phase("calm after")
         time.sleep(calm)
-        after = _supervisor(server)
+        after = supervisor_usage(server.proc.pid)
         phases.append(load.phase)
         load.stop()
     return {"kinds": kinds, "duration_s": duration, "interval_s": interval, "clients": clients,

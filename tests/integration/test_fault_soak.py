@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.fault_soak import kill_descendant, targets
+from bench.fault_soak import kill_descendant, supervisor_usage, targets
 from tests.daemon_harness import Daemon, reset_engine_missing
 from tests.integration.conftest import needs_root
 from tests.load import Load
@@ -27,14 +27,6 @@ POST_CONNECTIONS = 2
 # the status API closing, the allocator keeping a page.
 FD_SLACK = 2
 RSS_SLACK_KIB = 8 * 1024
-
-
-def supervisor_usage(pid: int) -> tuple[int, int]:
-    """Open fds and RSS (KiB) of the supervisor."""
-    fds = len(os.listdir(f"/proc/{pid}/fd"))
-    rss = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-               if line.startswith("VmRSS:"))
-    return fds, rss
 
 
 def pidfds_of(pids: list[int]) -> list[int]:

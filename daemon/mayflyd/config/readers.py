@@ -433,10 +433,6 @@ class ValueReader:
 
     def _networks(self, node: Node, path: str) -> tuple[str, ...]:
         """Addresses or networks, each kept as its network ("10.0.0.0/8", "::1/128")."""
-        if isinstance(node, SequenceNode) and len(node.value) > MAX_NETWORKS:
-            self.issues.add(node, path, f"at most {MAX_NETWORKS} networks, got {len(node.value)}")
-            return ()
-
         def problem(text: str) -> str | None:
             try:
                 parse_network(text)
@@ -444,26 +440,28 @@ class ValueReader:
                 return str(exc)
             return None
 
-        return tuple(parse_network(text) for text in self._strings(node, path, "addresses or networks", problem))
+        return tuple(parse_network(text) for text in self._strings(node, path, "addresses or networks", problem,
+                                                                   at_most=(MAX_NETWORKS, "networks")))
 
     def _targets(self, node: Node, path: str) -> tuple[str, ...]:
         """Request targets in origin form: "/path" or "/path?query", printable ASCII."""
-        if isinstance(node, SequenceNode) and len(node.value) > MAX_WARM_UP_TARGETS:
-            self.issues.add(node, path, f"at most {MAX_WARM_UP_TARGETS} targets, got {len(node.value)}")
-            return ()
-
         def problem(text: str) -> str | None:
             if re.fullmatch(r"/[!-~]*", text) is None or "#" in text:
                 return ("must be a path starting with '/' (and an optional '?query'), printable ASCII without"
                         f" spaces or '#', got {text!r}")
             return None
 
-        return tuple(self._strings(node, path, "request targets", problem))
+        return tuple(self._strings(node, path, "request targets", problem, at_most=(MAX_WARM_UP_TARGETS, "targets")))
 
-    def _strings(self, node: Node, path: str, what: str, problem: Callable[[str], str | None]) -> list[str]:
-        """A list of strings, each one `problem` finds nothing wrong with (the others reported)."""
+    def _strings(self, node: Node, path: str, what: str, problem: Callable[[str], str | None], *,
+                 at_most: tuple[int, str] | None = None) -> list[str]:
+        """A list of strings, each one `problem` finds nothing wrong with (the others reported);
+        at_most: (how many, of what) a longer list is refused whole."""
         if not isinstance(node, SequenceNode):
             self.issues.add(node, path, f"must be a list of {what}, got {type_name(node)}")
+            return []
+        if at_most is not None and len(node.value) > at_most[0]:
+            self.issues.add(node, path, f"at most {at_most[0]} {at_most[1]}, got {len(node.value)}")
             return []
         good: list[str] = []
         for index, item in enumerate(node.value):
